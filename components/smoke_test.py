@@ -1,0 +1,86 @@
+"""Smoke test for a Ray cluster, run by the Kubernetes Job as a Ray Client driver.
+
+Shipped to the Job in a ConfigMap (nothing is downloaded at run time). It waits, within a bound, until the head
+and every expected worker are alive, then runs rounds of nested remote calls as Ray's original Kubernetes example
+did: `where(where(()))` returns the nodes both calls ran on, so a pair of different nodes proves that an object
+travelled between them. It prints `Success!` and exits 0, or prints what failed and exits 1, which fails the Job
+and therefore `pulumi up`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import ray
+
+CALLS_PER_ROUND = 100
+MAX_ROUNDS = 30
+NODE_WAIT_SECONDS = float(os.environ.get("SMOKE_NODE_WAIT_SECONDS", "600"))
+HEAD_RESOURCE = "node:__internal_head__"
+
+
+@ray.remote(scheduling_strategy="SPREAD")
+def where(trail: tuple[str, ...]) -> tuple[str, ...]:
+    """Append the node this call ran on; SPREAD makes every node take a share of the calls."""
+    time.sleep(0.01)
+    return (*trail, ray.get_runtime_context().get_node_id())
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    return [node for node in ray.nodes() if node["Alive"]]  # type: ignore[no-untyped-call]
+
+
+def wait_for_nodes(expected_workers: int) -> list[dict[str, Any]]:
+    """Until exactly 1 head + expected workers are alive (a replaced pod's old node lingers as alive for a while)."""
+    deadline = time.monotonic() + NODE_WAIT_SECONDS
+    while True:
+        nodes = alive_nodes()
+        workers = [node for node in nodes if HEAD_RESOURCE not in node["Resources"]]
+        print(f"{len(nodes)} nodes alive, {len(workers)} workers of {expected_workers} expected", flush=True)
+        if len(workers) == expected_workers and len(nodes) == expected_workers + 1:
+            return workers
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(workers)} of {expected_workers} workers joined in {NODE_WAIT_SECONDS:.0f}s")
+        time.sleep(2)
+
+
+def run_rounds(worker_ids: set[str], multi_node: bool) -> Counter[tuple[str, ...]]:
+    """Rounds of nested calls until every worker ran a call and, with 2+ nodes, an object changed node."""
+    pairs: Counter[tuple[str, ...]] = Counter()
+    for round_number in range(1, MAX_ROUNDS + 1):
+        started = time.monotonic()
+        pairs.update(ray.get([where.remote(where.remote(())) for _ in range(CALLS_PER_ROUND)]))
+        ran_on = {node for pair in pairs for node in pair}
+        moved = sum(count for pair, count in pairs.items() if pair[0] != pair[1])
+        print(
+            f"round {round_number}: {CALLS_PER_ROUND} nested calls in {time.monotonic() - started:.2f}s, "
+            f"{len(ran_on)} nodes ran calls, {moved} objects moved between nodes",
+            flush=True,
+        )
+        if worker_ids <= ran_on and (moved > 0 or not multi_node):
+            return pairs
+    missing = sorted(worker_ids - ran_on)
+    raise RuntimeError(f"after {MAX_ROUNDS} rounds: workers that ran no call {missing}, objects moved {moved}")
+
+
+def main() -> int:
+    expected_workers = int(os.environ["SMOKE_EXPECTED_WORKERS"])
+    print(f"smoke test from {socket.gethostname()}: groups {os.environ.get('SMOKE_WORKER_GROUPS', '')}", flush=True)
+    try:
+        ray.init()  # the address comes from RAY_ADDRESS
+        workers = wait_for_nodes(expected_workers)
+        run_rounds({node["NodeID"] for node in workers}, multi_node=expected_workers > 0)
+    except Exception as error:  # noqa: BLE001 - any failure must end as a clear message and exit code 1
+        print(f"Smoke test FAILED: {type(error).__name__}: {error}", flush=True)
+        return 1
+    print("Success!", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

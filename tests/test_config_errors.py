@@ -1,0 +1,77 @@
+"""Every bad config value ends the real program with a RunError naming key, value and what is allowed,
+before a single resource is registered."""
+
+import json
+from typing import Any
+
+import pulumi
+import pytest
+
+from tests.program import _Mocks, render
+
+
+def spy_on_declarations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The logical names of all resources the program declares from now on."""
+    declared: list[str] = []
+    original = _Mocks.new_resource
+
+    def recording(self: _Mocks, args: Any) -> Any:
+        declared.append(args.name)
+        return original(self, args)
+
+    monkeypatch.setattr(_Mocks, "new_resource", recording)
+    return declared
+
+
+BAD_VALUES = [
+    # (config, text the message must contain)
+    ({"workers": -1}, ["ray-cluster:workers", "-1", "0 or more"]),
+    ({"workers": "four"}, ["ray-cluster:workers", "four"]),
+    ({"headMemory": "2GB"}, ["ray-cluster:headMemory", "'2GB'", "Kubernetes quantity"]),
+    ({"workerCpu": "-1"}, ["ray-cluster:workerCpu", "'-1'", "Kubernetes quantity"]),
+    ({"workerMemory": "lots"}, ["ray-cluster:workerMemory", "'lots'"]),
+    ({"headCpu": "0"}, ["ray-cluster:headCpu", "'0'", "greater than zero"]),
+    ({"workerGpus": -2}, ["ray-cluster:workerGpus", "-2"]),
+    ({"image": ""}, ["ray-cluster:image", "''", "non-empty"]),
+    ({"image": "rayproject/ray"}, ["ray-cluster:image", "'rayproject/ray'", "tag or a digest"]),
+    ({"image": "rayproject/ray:latest"}, ["ray-cluster:image", "latest"]),
+    ({"image": "localhost:5000/ray"}, ["ray-cluster:image", "tag or a digest"]),
+    ({"namespace": "Not_A_Label"}, ["ray-cluster:namespace", "'Not_A_Label'", "DNS label"]),
+    ({"clusterName": "ray.cluster"}, ["ray-cluster:clusterName", "'ray.cluster'", "DNS label"]),
+    ({"testJob": "sometimes"}, ["ray-cluster:testJob", "sometimes"]),
+    ({"workerGroups": {"name": "gpu"}}, ["ray-cluster:workerGroups", "list"]),
+    ({"workerGroups": [{"name": "GPU_1"}]}, ["ray-cluster:workerGroups[0].name", "'GPU_1'", "DNS label"]),
+    ({"workerGroups": [{"name": "gpu", "replica": 2}]}, ["ray-cluster:workerGroups[0]", "unknown keys ['replica']"]),
+    ({"workerGroups": [{"replicas": 2}]}, ["ray-cluster:workerGroups[0]", "must have a name"]),
+    ({"workerGroups": [{"name": "gpu"}, {"name": "gpu"}]}, ["ray-cluster:workerGroups", "'gpu'", "unique"]),
+    ({"workerGroups": [{"name": "worker"}]}, ["ray-cluster:workerGroups", "'worker'", "unique"]),
+    ({"workerGroups": [{"name": "head"}]}, ["ray-cluster:workerGroups", "'head'"]),
+    ({"workerGroups": [{"name": "gpu", "replicas": -1}]}, ["ray-cluster:workerGroups[0].replicas", "-1"]),
+    ({"workerGroups": [{"name": "gpu", "memory": "8GB"}]}, ["ray-cluster:workerGroups[0].memory", "'8GB'"]),
+    ({"workerGroups": [{"name": "gpu", "gpus": "one"}]}, ["ray-cluster:workerGroups[0].gpus", "'one'"]),
+    ({"workerGroups": [{"name": "gpu", "nodeSelector": {"a": 1}}]}, ["ray-cluster:workerGroups[0].nodeSelector"]),
+    (
+        {"workerGroups": [{"name": "gpu", "tolerations": [{"key": "k", "effekt": "NoSchedule"}]}]},
+        ["ray-cluster:workerGroups[0].tolerations", "effekt"],
+    ),
+    ({"workerGroups": [{"name": "g" * 60}]}, ["ray-cluster:workerGroups", "at most 63"]),
+]
+
+
+@pytest.mark.parametrize(("config", "expected"), BAD_VALUES, ids=[json.dumps(c) for c, _ in BAD_VALUES])
+def test_bad_value_is_rejected_before_any_resource(
+    config: dict[str, object], expected: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    declared = spy_on_declarations(monkeypatch)
+    with pytest.raises(pulumi.RunError) as error:
+        render(config)
+    for text in expected:
+        assert text in str(error.value)
+    assert declared == []
+
+
+def test_a_valid_config_does_declare_resources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: the same spy sees resources when the config is good."""
+    declared = spy_on_declarations(monkeypatch)
+    render({"workers": 1})
+    assert "ray-worker" in declared

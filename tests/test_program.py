@@ -1,0 +1,269 @@
+"""The real program under Pulumi's mocks: the resources, fields and dependencies that make the cluster work."""
+
+import shlex
+from typing import Any
+
+import pytest
+
+from components.settings import parse_quantity
+from tests.program import Manifest, Rendered, render
+
+HEAD_HOST = "ray-head.ray-test.svc"
+POD_LABELS = [
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+    "ray.io/cluster",
+    "ray.io/node-type",
+    "ray.io/group",
+]
+
+
+@pytest.fixture(scope="module")
+def default() -> Rendered:
+    return render()
+
+
+def pod_spec(workload: Manifest) -> Manifest:
+    spec: Manifest = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def container(workload: Manifest) -> Manifest:
+    containers = pod_spec(workload)["containers"]
+    assert len(containers) == 1
+    found: Manifest = containers[0]
+    return found
+
+
+def ray_argv(workload: Manifest) -> list[str]:
+    """The `ray start ...` words of a Ray container (`bash -c "ulimit ...; exec ray start ..."`)."""
+    command = container(workload)["command"]
+    assert command[:2] == ["/bin/bash", "-c"]
+    words = shlex.split(command[2].split("; exec ", 1)[1])
+    assert words[:2] == ["ray", "start"]
+    return words
+
+
+def flag(argv: list[str], name: str) -> str:
+    values = [word.split("=", 1)[1] for word in argv if word.startswith(f"{name}=")]
+    assert len(values) == 1, f"{name} in {argv}"
+    return values[0]
+
+
+def env(container_spec: Manifest) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container_spec["env"]}
+
+
+def test_the_component_owns_every_resource(default: Rendered) -> None:
+    component = default.registrations[0]
+    assert component.type == "ray-cluster:index:RayCluster"
+    assert all(r.parent == component.urn for r in default.registrations[1:])
+    assert sorted(m["kind"] for m in default.manifests) == [
+        "ConfigMap",
+        "Deployment",
+        "Deployment",
+        "Job",
+        "Namespace",
+        "Service",
+    ]
+
+
+def test_namespace_comes_from_the_stack_name() -> None:
+    assert render(stack="staging").one("Namespace")["metadata"]["name"] == "ray-staging"
+    assert render(stack="Prod_EU").one("Namespace")["metadata"]["name"] == "ray-prod-eu"
+    assert render({"namespace": "ml"}).one("Namespace")["metadata"]["name"] == "ml"
+
+
+def test_an_existing_namespace_is_used_not_created() -> None:
+    rendered = render({"namespace": "shared-ml", "createNamespace": False})
+    assert rendered.of_kind("Namespace") == []
+    assert {m["metadata"]["namespace"] for m in rendered.manifests} == {"shared-ml"}
+
+
+def test_head_service_is_stable_and_selects_only_the_head(default: Rendered) -> None:
+    service = default.one("Service", "ray-head")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
+        "gcs": 6379,
+        "dashboard": 8265,
+        "client": 10001,
+        "metrics": 8080,
+    }
+    selector = service["spec"]["selector"].items()
+    head_labels = default.one("Deployment", "ray-head")["spec"]["template"]["metadata"]["labels"].items()
+    worker_labels = default.one("Deployment", "ray-worker")["spec"]["template"]["metadata"]["labels"].items()
+    assert selector <= head_labels
+    assert not selector <= worker_labels
+
+
+def test_head_runs_current_ray_start_flags(default: Rendered) -> None:
+    head = default.one("Deployment", "ray-head")
+    assert head["spec"]["replicas"] == 1
+    assert head["spec"]["strategy"] == {"type": "Recreate"}
+    argv = ray_argv(head)
+    assert "--head" in argv and argv[-1] == "--block"
+    assert flag(argv, "--port") == "6379"
+    assert flag(argv, "--dashboard-host") == "0.0.0.0"
+    assert flag(argv, "--ray-client-server-port") == "10001"
+    assert flag(argv, "--node-ip-address") == "$(RAY_POD_IP)"
+    assert env(container(head))["RAY_POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    for outdated in ("--redis-port", "--redis-shard-ports", "--webui-host", "--redis-password"):
+        assert not any(word.startswith(outdated) for word in argv)
+
+
+def test_ray_is_told_the_pod_resources_not_the_host(default: Rendered) -> None:
+    for name, cpu, memory in (("ray-head", "1", "4Gi"), ("ray-worker", "1", "2Gi")):
+        workload = default.one("Deployment", name)
+        argv = ray_argv(workload)
+        resources = container(workload)["resources"]
+        assert resources["requests"] == resources["limits"] == {"cpu": cpu, "memory": memory}
+        assert flag(argv, "--num-cpus") == cpu
+        assert flag(argv, "--num-gpus") == "0"
+        object_store = int(flag(argv, "--object-store-memory"))
+        assert int(flag(argv, "--memory")) + object_store == parse_quantity("m", memory)
+        shm = next(v for v in pod_spec(workload)["volumes"] if v["name"] == "shm")["emptyDir"]
+        assert shm["medium"] == "Memory"
+        assert 0 < object_store < parse_quantity("shm", shm["sizeLimit"]) < parse_quantity("m", memory)
+        assert {"name": "shm", "mountPath": "/dev/shm"} in container(workload)["volumeMounts"]
+
+
+def test_probes_use_rays_health_endpoints(default: Rendered) -> None:
+    head, worker = container(default.one("Deployment", "ray-head")), container(default.one("Deployment", "ray-worker"))
+    assert head["readinessProbe"]["httpGet"] == {"path": "/api/gcs_healthz", "port": 8265}
+    for ray_container in (head, worker):
+        assert ray_container["livenessProbe"]["httpGet"] == {"path": "/api/healthz", "port": 52365}
+        assert ray_container["livenessProbe"]["failureThreshold"] * ray_container["livenessProbe"]["periodSeconds"] > 60
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/api/healthz", "port": 52365}
+
+
+def test_workers_join_the_head_by_its_service_name(default: Rendered) -> None:
+    worker = default.one("Deployment", "ray-worker")
+    assert worker["spec"]["replicas"] == 3
+    argv = ray_argv(worker)
+    assert "--head" not in argv
+    assert flag(argv, "--address") == f"{HEAD_HOST}:6379"
+    [init] = pod_spec(worker)["initContainers"]
+    assert init["image"] == container(worker)["image"]
+    assert f"ray health-check --address={HEAD_HOST}:6379" in init["command"][-1]
+    assert init["resources"] == container(worker)["resources"]
+
+
+def test_workers_start_with_the_head_not_after_it(default: Rendered) -> None:
+    worker = default.registration_of(default.one("Deployment", "ray-worker"))
+    head_names = {default.registration_of(default.one(kind, "ray-head")).urn for kind in ("Deployment", "Service")}
+    assert not head_names & set(worker.dependencies)
+
+
+def test_every_pod_carries_the_labels(default: Rendered) -> None:
+    for workload in default.of_kind("Deployment") + default.of_kind("Job"):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert set(POD_LABELS) <= set(labels)
+        assert labels["app.kubernetes.io/managed-by"] == "pulumi"
+    assert default.one("Deployment", "ray-head")["spec"]["template"]["metadata"]["labels"]["ray.io/node-type"] == "head"
+    worker_labels = default.one("Deployment", "ray-worker")["spec"]["template"]["metadata"]["labels"]
+    assert worker_labels["ray.io/node-type"] == "worker"
+    assert worker_labels["ray.io/group"] == "worker"
+
+
+def test_smoke_test_job_waits_for_the_whole_cluster(default: Rendered) -> None:
+    job = default.one("Job")
+    registration = default.registration_of(job)
+    for kind, name in (("Deployment", "ray-head"), ("Service", "ray-head"), ("Deployment", "ray-worker")):
+        assert default.registration_of(default.one(kind, name)).urn in registration.dependencies
+    assert job["spec"]["backoffLimit"] >= 0 and job["spec"]["activeDeadlineSeconds"] > 0
+    assert "ttlSecondsAfterFinished" not in job["spec"]
+    driver = container(job)
+    assert env(driver)["RAY_ADDRESS"] == f"ray://{HEAD_HOST}:10001"
+    assert env(driver)["SMOKE_EXPECTED_WORKERS"] == "3"
+    script = default.one("ConfigMap")["data"]["smoke_test.py"]
+    assert "Success!" in script and "CALLS_PER_ROUND = 100" in script
+    [volume] = [v for v in pod_spec(job)["volumes"] if "configMap" in v]
+    assert volume["configMap"]["name"] == default.one("ConfigMap")["metadata"]["name"]
+    assert driver["command"] == ["python", "/opt/ray-smoke-test/smoke_test.py"]
+
+
+def test_smoke_test_job_can_be_turned_off() -> None:
+    rendered = render({"testJob": False})
+    assert rendered.of_kind("Job") == [] and rendered.of_kind("ConfigMap") == []
+
+
+def test_outputs_say_how_to_reach_the_cluster(default: Rendered) -> None:
+    assert default.outputs == {
+        "namespace": "ray-test",
+        "headServiceDns": HEAD_HOST,
+        "gcsAddress": f"{HEAD_HOST}:6379",
+        "rayClientAddress": f"ray://{HEAD_HOST}:10001",
+        "dashboardUrl": f"http://{HEAD_HOST}:8265",
+        "portForwardCommand": "kubectl -n ray-test port-forward service/ray-head 8265:8265 10001:10001",
+        "image": "rayproject/ray:2.60.0",
+        "workerReplicas": {"worker": 3},
+    }
+
+
+@pytest.mark.parametrize("workers", [0, 1, 4])
+def test_worker_count(workers: int) -> None:
+    rendered = render({"workers": workers})
+    assert rendered.one("Deployment", "ray-worker")["spec"]["replicas"] == workers
+    assert env(container(rendered.one("Job")))["SMOKE_EXPECTED_WORKERS"] == str(workers)
+    assert rendered.outputs["workerReplicas"] == {"worker": workers}
+
+
+def test_scaling_changes_only_the_worker_group_and_the_job() -> None:
+    before, after = ({(m["kind"], m["metadata"]["name"]): m for m in render({"workers": n}).manifests} for n in (3, 4))
+    assert before.keys() == after.keys()
+    changed = {key for key in before if before[key] != after[key]}
+    [job] = [key for key in before if key[0] == "Job"]
+    assert changed == {("Deployment", "ray-worker"), job}
+    assert before[job]["spec"]["template"] != after[job]["spec"]["template"]
+
+
+def test_dev_stack_file_is_applied() -> None:
+    assert render(stack="dev").one("Deployment", "ray-worker")["spec"]["replicas"] == 2
+
+
+def test_custom_image_and_resources() -> None:
+    rendered = render(
+        {"image": "myregistry/ray-ml:2.60.0-py311", "headCpu": "4", "headMemory": "16Gi", "workerCpu": "500m"}
+    )
+    head, worker = rendered.one("Deployment", "ray-head"), rendered.one("Deployment", "ray-worker")
+    for workload in rendered.of_kind("Deployment") + rendered.of_kind("Job"):
+        images = {c["image"] for c in pod_spec(workload)["containers"] + pod_spec(workload).get("initContainers", [])}
+        assert images == {"myregistry/ray-ml:2.60.0-py311"}
+    assert flag(ray_argv(head), "--num-cpus") == "4"
+    assert int(flag(ray_argv(head), "--object-store-memory")) == int(16 * 2**30 * 0.3)
+    assert container(worker)["resources"]["limits"]["cpu"] == "500m"
+    assert flag(ray_argv(worker), "--num-cpus") == "1"
+    assert rendered.outputs["image"] == "myregistry/ray-ml:2.60.0-py311"
+
+
+def test_an_extra_gpu_group() -> None:
+    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    rendered = render(
+        {
+            "workerGroups": [
+                {
+                    "name": "gpu",
+                    "replicas": 2,
+                    "cpu": "8",
+                    "memory": "32Gi",
+                    "gpus": 1,
+                    "nodeSelector": {"nvidia.com/gpu.present": "true"},
+                    "tolerations": [toleration],
+                }
+            ]
+        }
+    )
+    gpu = rendered.one("Deployment", "ray-gpu")
+    assert gpu["spec"]["replicas"] == 2
+    assert container(gpu)["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
+    assert flag(ray_argv(gpu), "--num-gpus") == "1"
+    assert pod_spec(gpu)["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod_spec(gpu)["tolerations"] == [toleration]
+    assert gpu["spec"]["template"]["metadata"]["labels"]["ray.io/group"] == "gpu"
+    assert "nvidia.com/gpu" not in container(rendered.one("Deployment", "ray-worker"))["resources"]["limits"]
+    job = rendered.registration_of(rendered.one("Job"))
+    assert rendered.registration_of(gpu).urn in job.dependencies
+    assert env(container(rendered.one("Job")))["SMOKE_EXPECTED_WORKERS"] == "5"
+    assert rendered.outputs["workerReplicas"] == {"worker": 3, "gpu": 2}
