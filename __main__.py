@@ -4,8 +4,9 @@ import pulumi
 
 from components import RayCluster, load_settings
 
-settings = load_settings(pulumi.Config(), pulumi.get_stack())
-cluster = RayCluster(settings.cluster_name, settings)
+config = pulumi.Config()
+settings = load_settings(config, pulumi.get_stack())
+cluster = RayCluster(settings.cluster_name, settings, auth_token=config.get_secret("authToken"))
 
 pulumi.export("namespace", cluster.namespace)
 pulumi.export("headServiceDns", cluster.head_service_dns)
@@ -15,3 +16,4 @@ pulumi.export("dashboardUrl", cluster.dashboard_url)
 pulumi.export("portForwardCommand", cluster.port_forward_command)
 pulumi.export("image", cluster.image)
 pulumi.export("workerReplicas", cluster.worker_replicas)
+pulumi.export("authTokenSecret", cluster.auth_secret_name)

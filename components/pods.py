@@ -31,6 +31,8 @@ RAY_GID = 100
 NOFILE_LIMIT = 65536
 MIB = 2**20
 POD_IP_ENV = "RAY_POD_IP"
+AUTH_TOKEN_DIR = "/etc/ray/auth"
+AUTH_TOKEN_KEY = "token"
 SMOKE_TEST_MOUNT = "/opt/ray-smoke-test"
 SMOKE_TEST_FILE = "smoke_test.py"
 
@@ -153,23 +155,40 @@ def pod_security() -> Manifest:
     }
 
 
-def common_env() -> list[Manifest]:
-    return [
+def ray_env(settings: ClusterSettings) -> list[Manifest]:
+    """Env of every process that talks to Ray: its pod's IP, no usage stats, and the token when auth is on."""
+    env: list[Manifest] = [
         {"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
     ]
+    if settings.token_auth:
+        # A file rather than RAY_AUTH_TOKEN: env vars leak into `kubectl describe`, crash dumps and child processes.
+        env += [
+            {"name": "RAY_AUTH_MODE", "value": "token"},
+            {"name": "RAY_AUTH_TOKEN_PATH", "value": f"{AUTH_TOKEN_DIR}/{AUTH_TOKEN_KEY}"},
+        ]
+    return env
 
 
-def ray_volumes(sizing: RayNodeSizing) -> list[Manifest]:
-    """Writable scratch for Ray's session directory and a memory-backed /dev/shm sized for the object store."""
-    return [
-        {"name": "tmp", "emptyDir": {}},
-        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{sizing.shm_bytes // MIB}Mi"}},
-    ]
+def ray_volumes(settings: ClusterSettings, sizing: RayNodeSizing | None) -> list[Manifest]:
+    """Writable scratch for Ray's session directory, a memory-backed /dev/shm for the object store (Ray nodes
+    only) and the auth token."""
+    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
+    if sizing:
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{sizing.shm_bytes // MIB}Mi"}})
+    if settings.token_auth:
+        secret = {"secretName": settings.auth_secret_name, "defaultMode": 0o440}
+        volumes.append({"name": "auth-token", "secret": secret})
+    return volumes
 
 
-def ray_volume_mounts() -> list[Manifest]:
-    return [{"name": "tmp", "mountPath": "/tmp"}, {"name": "shm", "mountPath": "/dev/shm"}]
+def ray_volume_mounts(settings: ClusterSettings, *, shm: bool) -> list[Manifest]:
+    mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if shm:
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    if settings.token_auth:
+        mounts.append({"name": "auth-token", "mountPath": AUTH_TOKEN_DIR, "readOnly": True})
+    return mounts
 
 
 def http_probe(port: int, path: str, *, liveness: bool) -> Manifest:
@@ -182,7 +201,12 @@ def http_probe(port: int, path: str, *, liveness: bool) -> Manifest:
     return {"httpGet": {"path": path, "port": port}, **timings}
 
 
-def ray_container(settings: ClusterSettings, resources: PodResources, *, head: bool, env: list[Manifest]) -> Manifest:
+def worker_env(settings: ClusterSettings) -> list[Manifest]:
+    """How long a worker's raylet waits for a lost head before it exits, to be restarted against the new head."""
+    return [{"name": "RAY_gcs_rpc_server_reconnect_timeout_s", "value": str(settings.gcs_reconnect_timeout_seconds)}]
+
+
+def ray_container(settings: ClusterSettings, resources: PodResources, *, head: bool) -> Manifest:
     ports = ([("gcs", GCS_PORT), ("dashboard", DASHBOARD_PORT), ("client", CLIENT_PORT)] if head else []) + [
         ("metrics", METRICS_PORT),
         ("agent", AGENT_PORT),
@@ -196,11 +220,11 @@ def ray_container(settings: ClusterSettings, resources: PodResources, *, head: b
         "name": "ray-head" if head else "ray-worker",
         "image": settings.image,
         "command": shell("exec " + shlex.join(ray_start_args(settings, resources, head=head))),
-        "env": common_env() + env,
+        "env": ray_env(settings) + ([] if head else worker_env(settings)),
         "ports": [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports],
         "resources": container_resources(resources),
         "securityContext": container_security(),
-        "volumeMounts": ray_volume_mounts(),
+        "volumeMounts": ray_volume_mounts(settings, shm=True),
         "readinessProbe": readiness,
         "livenessProbe": http_probe(AGENT_PORT, "/api/healthz", liveness=True),
     }
@@ -220,6 +244,7 @@ def pod_template(
     annotations: dict[str, str] | None = None,
 ) -> Manifest:
     spec: Manifest = {
+        "serviceAccountName": settings.cluster_name,
         "automountServiceAccountToken": False,
         "securityContext": pod_security(),
         "restartPolicy": restart_policy,
@@ -240,8 +265,8 @@ def head_pod_template(settings: ClusterSettings) -> Manifest:
         settings,
         component="head",
         group="head",
-        containers=[ray_container(settings, settings.head, head=True, env=[])],
-        volumes=ray_volumes(node_sizing(settings.head)),
+        containers=[ray_container(settings, settings.head, head=True)],
+        volumes=ray_volumes(settings, node_sizing(settings.head)),
     )
 
 
@@ -250,19 +275,19 @@ def worker_pod_template(settings: ClusterSettings, group: WorkerGroup) -> Manife
         "name": "wait-gcs-ready",
         "image": settings.image,
         "command": shell(wait_for_gcs_script(settings)),
-        "env": common_env(),
+        "env": ray_env(settings),
         # Init containers run before the Ray container, so the same amounts add nothing to the pod's footprint.
         "resources": container_resources(group.resources),
         "securityContext": container_security(),
-        "volumeMounts": ray_volume_mounts(),
+        "volumeMounts": ray_volume_mounts(settings, shm=False),
     }
     return pod_template(
         settings,
         component="worker",
         group=group.name,
-        containers=[ray_container(settings, group.resources, head=False, env=[])],
+        containers=[ray_container(settings, group.resources, head=False)],
         init_containers=[wait_for_gcs],
-        volumes=ray_volumes(node_sizing(group.resources)),
+        volumes=ray_volumes(settings, node_sizing(group.resources)),
         node_selector=dict(group.node_selector),
         tolerations=[dict(t) for t in group.tolerations],
     )
@@ -280,7 +305,7 @@ def smoke_test_pod_template(settings: ClusterSettings, *, script_config_map: str
         "image": settings.image,
         "command": ["python", f"{SMOKE_TEST_MOUNT}/{SMOKE_TEST_FILE}"],
         "env": [
-            *common_env(),
+            *ray_env(settings),
             {"name": "RAY_ADDRESS", "value": f"ray://{settings.head_host}:{CLIENT_PORT}"},
             {"name": "SMOKE_EXPECTED_WORKERS", "value": str(settings.total_workers)},
             {"name": "SMOKE_WORKER_GROUPS", "value": ",".join(f"{k}={v}" for k, v in expected.items())},
@@ -288,7 +313,7 @@ def smoke_test_pod_template(settings: ClusterSettings, *, script_config_map: str
         "resources": container_resources(PodResources(cpu="500m", memory="1Gi")),
         "securityContext": container_security(),
         "volumeMounts": [
-            {"name": "tmp", "mountPath": "/tmp"},
+            *ray_volume_mounts(settings, shm=False),
             {"name": "script", "mountPath": SMOKE_TEST_MOUNT, "readOnly": True},
         ],
     }
@@ -297,7 +322,7 @@ def smoke_test_pod_template(settings: ClusterSettings, *, script_config_map: str
         component="smoke-test",
         group="smoke-test",
         containers=[driver],
-        volumes=[{"name": "tmp", "emptyDir": {}}, {"name": "script", "configMap": {"name": script_config_map}}],
+        volumes=[*ray_volumes(settings, None), {"name": "script", "configMap": {"name": script_config_map}}],
         restart_policy="Never",
         annotations={"ray-cluster.pulumi.com/smoke-test-sha256": hashlib.sha256(script.encode()).hexdigest()},
     )

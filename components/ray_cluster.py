@@ -1,13 +1,15 @@
-"""The RayCluster component: wires the pure pod builders into Kubernetes resources, parented to itself."""
+"""The RayCluster component: wires the pure builders into Kubernetes resources, every one parented to it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pulumi
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
-from . import pods
+from . import network, pods
 from .settings import ClusterSettings
 
 # Ray images are several GB: the first pull alone can outlast pulumi-kubernetes' 10-minute default.
@@ -17,7 +19,8 @@ SMOKE_TEST_SCRIPT = (Path(__file__).parent / pods.SMOKE_TEST_FILE).read_text()
 
 
 class RayCluster(pulumi.ComponentResource):
-    """A Ray head, its Service, one Deployment per worker group and an optional smoke-test Job."""
+    """A Ray head, its Service, one Deployment per worker group and an optional smoke-test Job, locked down:
+    a dedicated ServiceAccount, NetworkPolicies and (by default) Ray token authentication."""
 
     namespace: pulumi.Output[str]
     head_service_dns: pulumi.Output[str]
@@ -27,42 +30,51 @@ class RayCluster(pulumi.ComponentResource):
     port_forward_command: pulumi.Output[str]
     image: pulumi.Output[str]
     worker_replicas: pulumi.Output[dict[str, int]]
+    auth_secret_name: pulumi.Output[str | None]
 
-    def __init__(self, name: str, settings: ClusterSettings, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: ClusterSettings,
+        auth_token: pulumi.Input[str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        """`auth_token` is the user's own token (a secret); without one, a token is generated once per stack."""
         # Inputs stay None: whatever is passed here is recorded in the state as the component's inputs.
         super().__init__("ray-cluster:index:RayCluster", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        rollout = pulumi.ResourceOptions(parent=self, custom_timeouts=_ROLLOUT_TIMEOUTS)
+        self._name, self._settings = name, settings
+        self._namespace = self._declare_namespace()
 
-        namespace = self._namespace(name, settings, child)
-        # Reading the name from the Namespace resource makes everything in it wait for it.
-        namespace_name = namespace.metadata.name if namespace else pulumi.Output.from_input(settings.namespace)
+        access = [
+            self._child(
+                k8s.core.v1.ServiceAccount,
+                "service-account",
+                settings.cluster_name,
+                "cluster",
+                automount_service_account_token=False,
+            ),
+            *self._network_policies(),
+        ]
+        if settings.token_auth:
+            access.append(self._auth_secret(auth_token))
+        ready_to_run = pulumi.ResourceOptions(depends_on=access, custom_timeouts=_ROLLOUT_TIMEOUTS)
 
-        def metadata(resource_name: str | None, component: str, group: str) -> dict[str, object]:
-            named = {"name": resource_name} if resource_name else {}
-            return {**named, "namespace": namespace_name, "labels": pods.labels(settings, component, group)}
-
-        head_service = k8s.core.v1.Service(
-            f"{name}-head-service",
-            metadata=metadata(settings.head_service_name, "head", "head"),
+        head_service = self._child(
+            k8s.core.v1.Service,
+            "head-service",
+            settings.head_service_name,
+            "head",
             spec={
                 "type": "ClusterIP",
                 "selector": pods.selector_labels(settings, "head"),
-                "ports": [
-                    {"name": port_name, "port": port, "targetPort": port, "protocol": "TCP"}
-                    for port_name, port in (
-                        ("gcs", pods.GCS_PORT),
-                        ("dashboard", pods.DASHBOARD_PORT),
-                        ("client", pods.CLIENT_PORT),
-                        ("metrics", pods.METRICS_PORT),
-                    )
-                ],
+                "ports": network.head_service_ports(),
             },
-            opts=child,
         )
-        head = k8s.apps.v1.Deployment(
-            f"{name}-head",
-            metadata=metadata(settings.head_service_name, "head", "head"),
+        head = self._child(
+            k8s.apps.v1.Deployment,
+            "head",
+            settings.head_service_name,
+            "head",
             spec={
                 "replicas": 1,
                 # Never two heads: a second GCS would split the cluster in two.
@@ -70,59 +82,41 @@ class RayCluster(pulumi.ComponentResource):
                 "selector": {"matchLabels": pods.selector_labels(settings, "head")},
                 "template": pods.head_pod_template(settings),
             },
-            opts=rollout,
+            opts=ready_to_run,
         )
-        # Workers depend only on the namespace: they start with the head, and their init container waits for it.
+        # Workers do not wait for the head: they start with it, and their init container waits for its GCS.
         workers = [
-            k8s.apps.v1.Deployment(
-                f"{name}-{group.name}",
-                metadata=metadata(f"{settings.cluster_name}-{group.name}", "worker", group.name),
+            self._child(
+                k8s.apps.v1.Deployment,
+                group.name,
+                f"{settings.cluster_name}-{group.name}",
+                "worker",
+                group.name,
                 spec={
                     "replicas": group.replicas,
                     "selector": {"matchLabels": pods.selector_labels(settings, group.name)},
                     "template": pods.worker_pod_template(settings, group),
                 },
-                opts=rollout,
+                opts=ready_to_run,
             )
             for group in settings.worker_groups
         ]
         if settings.test_job:
-            script_name = f"{settings.cluster_name}-smoke-test"
-            script = k8s.core.v1.ConfigMap(
-                f"{name}-smoke-test-script",
-                metadata=metadata(script_name, "smoke-test", "smoke-test"),
-                data={pods.SMOKE_TEST_FILE: SMOKE_TEST_SCRIPT},
-                opts=child,
-            )
-            k8s.batch.v1.Job(
-                f"{name}-smoke-test",
-                # No fixed name: a changed template replaces the immutable Job create-before-delete, so it runs again.
-                metadata=metadata(None, "smoke-test", "smoke-test"),
-                spec={
-                    "backoffLimit": 1,
-                    "activeDeadlineSeconds": _SMOKE_TEST_DEADLINE_SECONDS,
-                    "template": pods.smoke_test_pod_template(
-                        settings, script_config_map=script_name, script=SMOKE_TEST_SCRIPT
-                    ),
-                },
-                opts=pulumi.ResourceOptions(
-                    parent=self,
-                    depends_on=[script, head_service, head, *workers],
-                    custom_timeouts=pulumi.CustomTimeouts(create=f"{_SMOKE_TEST_DEADLINE_SECONDS + 60}s"),
-                ),
-            )
+            self._smoke_test([*access, head_service, head, *workers])
 
-        self.namespace = namespace_name
-        self.head_service_dns = pulumi.Output.from_input(settings.head_host)
-        self.gcs_address = pulumi.Output.from_input(f"{settings.head_host}:{pods.GCS_PORT}")
-        self.client_address = pulumi.Output.from_input(f"ray://{settings.head_host}:{pods.CLIENT_PORT}")
-        self.dashboard_url = pulumi.Output.from_input(f"http://{settings.head_host}:{pods.DASHBOARD_PORT}")
+        host = settings.head_host
+        self.namespace = self._namespace
+        self.head_service_dns = pulumi.Output.from_input(host)
+        self.gcs_address = pulumi.Output.from_input(f"{host}:{pods.GCS_PORT}")
+        self.client_address = pulumi.Output.from_input(f"ray://{host}:{pods.CLIENT_PORT}")
+        self.dashboard_url = pulumi.Output.from_input(f"http://{host}:{pods.DASHBOARD_PORT}")
         self.port_forward_command = pulumi.Output.from_input(
             f"kubectl -n {settings.namespace} port-forward service/{settings.head_service_name} "
             f"{pods.DASHBOARD_PORT}:{pods.DASHBOARD_PORT} {pods.CLIENT_PORT}:{pods.CLIENT_PORT}"
         )
         self.image = pulumi.Output.from_input(settings.image)
         self.worker_replicas = pulumi.Output.from_input({g.name: g.replicas for g in settings.worker_groups})
+        self.auth_secret_name = pulumi.Output.from_input(settings.auth_secret_name if settings.token_auth else None)
         self.register_outputs(
             {
                 "namespace": self.namespace,
@@ -133,17 +127,38 @@ class RayCluster(pulumi.ComponentResource):
                 "port_forward_command": self.port_forward_command,
                 "image": self.image,
                 "worker_replicas": self.worker_replicas,
+                "auth_secret_name": self.auth_secret_name,
             }
         )
 
-    def _namespace(
-        self, name: str, settings: ClusterSettings, opts: pulumi.ResourceOptions
-    ) -> k8s.core.v1.Namespace | None:
-        """The stack's own namespace, or None to use an existing one that `pulumi destroy` must leave alone."""
+    def _child(
+        self,
+        kind: Callable[..., pulumi.CustomResource],
+        suffix: str,
+        resource_name: str | None,
+        component: str,
+        group: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+        **fields: object,
+    ) -> pulumi.CustomResource:
+        """A namespaced child labelled like the pods it belongs with; reading the namespace from the Namespace
+        resource makes it wait for that namespace."""
+        named = {"name": resource_name} if resource_name else {}
+        metadata = {
+            **named,
+            "namespace": self._namespace,
+            "labels": pods.labels(self._settings, component, group or component),
+        }
+        options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
+        return kind(f"{self._name}-{suffix}", metadata=metadata, opts=options, **fields)
+
+    def _declare_namespace(self) -> pulumi.Output[str]:
+        """The stack's own namespace, or the name of an existing one that `pulumi destroy` must leave alone."""
+        settings = self._settings
         if not settings.create_namespace:
-            return None
-        return k8s.core.v1.Namespace(
-            f"{name}-namespace",
+            return pulumi.Output.from_input(settings.namespace)
+        namespace = k8s.core.v1.Namespace(
+            f"{self._name}-namespace",
             metadata={
                 "name": settings.namespace,
                 "labels": {
@@ -152,5 +167,77 @@ class RayCluster(pulumi.ComponentResource):
                     "pod-security.kubernetes.io/enforce": "restricted",
                 },
             },
-            opts=opts,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        name: pulumi.Output[str] = namespace.metadata.name
+        return name
+
+    def _network_policies(self) -> list[pulumi.CustomResource]:
+        settings = self._settings
+        policies = [
+            self._child(
+                k8s.networking.v1.NetworkPolicy,
+                "internal-traffic",
+                f"{settings.cluster_name}-internal",
+                "cluster",
+                spec=network.internal_policy_spec(settings),
+            )
+        ]
+        client_spec = network.client_policy_spec(settings)
+        if client_spec:
+            policies.append(
+                self._child(
+                    k8s.networking.v1.NetworkPolicy,
+                    "client-traffic",
+                    f"{settings.cluster_name}-clients",
+                    "cluster",
+                    spec=client_spec,
+                )
+            )
+        return policies
+
+    def _auth_secret(self, given: pulumi.Input[str] | None) -> pulumi.CustomResource:
+        """The token every Ray process reads from a mounted file; generated unless the stack config gives one."""
+        generated = random.RandomPassword(
+            f"{self._name}-auth-token", length=48, special=False, opts=pulumi.ResourceOptions(parent=self)
+        )
+        token = pulumi.Output.secret(
+            pulumi.Output.all(given, generated.result).apply(lambda tokens: tokens[0] or tokens[1])
+        )
+        return self._child(
+            k8s.core.v1.Secret,
+            "auth-token-secret",
+            self._settings.auth_secret_name,
+            "cluster",
+            type="Opaque",
+            string_data={pods.AUTH_TOKEN_KEY: token},
+        )
+
+    def _smoke_test(self, cluster: list[pulumi.CustomResource]) -> None:
+        settings = self._settings
+        script_name = f"{settings.cluster_name}-smoke-test"
+        script = self._child(
+            k8s.core.v1.ConfigMap,
+            "smoke-test-script",
+            script_name,
+            "smoke-test",
+            data={pods.SMOKE_TEST_FILE: SMOKE_TEST_SCRIPT},
+        )
+        self._child(
+            k8s.batch.v1.Job,
+            "smoke-test",
+            # No fixed name: a changed template replaces the immutable Job create-before-delete, so it runs again.
+            None,
+            "smoke-test",
+            spec={
+                "backoffLimit": 1,
+                "activeDeadlineSeconds": _SMOKE_TEST_DEADLINE_SECONDS,
+                "template": pods.smoke_test_pod_template(
+                    settings, script_config_map=script_name, script=SMOKE_TEST_SCRIPT
+                ),
+            },
+            opts=pulumi.ResourceOptions(
+                depends_on=[script, *cluster],
+                custom_timeouts=pulumi.CustomTimeouts(create=f"{_SMOKE_TEST_DEADLINE_SECONDS + 60}s"),
+            ),
         )

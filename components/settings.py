@@ -7,6 +7,7 @@ naming the key, the value and what is allowed, instead of a half-created cluster
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,10 @@ class ClusterSettings:
     head: PodResources
     worker_groups: tuple[WorkerGroup, ...]
     test_job: bool
+    token_auth: bool
+    client_namespaces: tuple[str, ...]
+    client_cidrs: tuple[str, ...]
+    gcs_reconnect_timeout_seconds: int
 
     @property
     def head_service_name(self) -> str:
@@ -107,6 +112,10 @@ class ClusterSettings:
     def head_host(self) -> str:
         """The head Service's DNS name; `.svc` resolves through every pod's search path, whatever the cluster domain."""
         return f"{self.head_service_name}.{self.namespace}.svc"
+
+    @property
+    def auth_secret_name(self) -> str:
+        return f"{self.cluster_name}-auth-token"
 
     @property
     def total_workers(self) -> int:
@@ -179,6 +188,25 @@ def _parse_group(index: int, raw: object, defaults: PodResources) -> WorkerGroup
     )
 
 
+def _require_list(key: str, value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise config_error(key, value, "it must be a list")
+    return value
+
+
+def _require_cidr(key: str, value: object) -> str:
+    try:
+        return str(ipaddress.ip_network(value if isinstance(value, str) else "", strict=True))
+    except ValueError:
+        raise config_error(key, value, "it must be a CIDR block such as 10.8.0.0/16") from None
+
+
+def _require_seconds(key: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise config_error(key, value, f"it must be between {low} and {high} seconds")
+    return value
+
+
 def _default_namespace(stack: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"ray-{stack}".lower()).strip("-")[:_MAX_NAME].rstrip("-")
 
@@ -219,4 +247,18 @@ def load_settings(config: pulumi.Config, stack: str) -> ClusterSettings:
         ),
         worker_groups=groups,
         test_job=config.require_bool("testJob"),
+        token_auth=config.require_bool("tokenAuth"),
+        client_namespaces=tuple(
+            _require_dns_label(f"allowedClientNamespaces[{i}]", value)
+            for i, value in enumerate(
+                _require_list("allowedClientNamespaces", config.require_object("allowedClientNamespaces"))
+            )
+        ),
+        client_cidrs=tuple(
+            _require_cidr(f"allowedClientCidrs[{i}]", value)
+            for i, value in enumerate(_require_list("allowedClientCidrs", config.require_object("allowedClientCidrs")))
+        ),
+        gcs_reconnect_timeout_seconds=_require_seconds(
+            "gcsReconnectTimeoutSeconds", config.require_int("gcsReconnectTimeoutSeconds"), 5, 3600
+        ),
     )

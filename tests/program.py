@@ -17,7 +17,8 @@ from typing import Any
 
 import pulumi
 import yaml
-from pulumi.runtime import mocks, settings
+from google.protobuf import json_format
+from pulumi.runtime import mocks, rpc, settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
@@ -34,6 +35,7 @@ class Registration:
     dependencies: tuple[str, ...]
     inputs: Manifest
     urn: str
+    secret_paths: frozenset[str]
 
 
 @dataclass
@@ -60,15 +62,29 @@ class Rendered:
         return next(r for r in self.kubernetes() if r.inputs is manifest)
 
 
-def integral(value: Any) -> Any:
-    """Pulumi's wire format has only floats: turn 2.0 back into 2, as the provider does for int fields."""
+def plain(value: Any) -> Any:
+    """A value as the provider sends it to the API server: Pulumi's wire format has only floats (2.0 becomes 2
+    again) and wraps secrets in an envelope (unwrapped here; `secret_paths` records where they were)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
-        return {k: integral(v) for k, v in value.items()}
+        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+            return plain(value["value"])
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [integral(v) for v in value]
+        return [plain(v) for v in value]
     return value
+
+
+def secret_paths(value: Any, path: str = "") -> set[str]:
+    """Dotted paths of the values the program sent to the engine as secrets (encrypted in the state)."""
+    if isinstance(value, dict):
+        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+            return {path}
+        return {p for key, item in value.items() for p in secret_paths(item, f"{path}.{key}" if path else key)}
+    if isinstance(value, list):
+        return {p for index, item in enumerate(value) for p in secret_paths(item, f"{path}[{index}]")}
+    return set()
 
 
 def auto_name(logical_name: str) -> str:
@@ -81,7 +97,7 @@ class _Mocks(pulumi.runtime.Mocks):
     states: dict[str, Manifest] = field(default_factory=dict)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[Any, Any]]:
-        state = integral(dict(args.inputs))
+        state = plain(dict(args.inputs))
         if args.typ.startswith("kubernetes:") and "metadata" in state:
             state["metadata"].setdefault("name", auto_name(args.name))
         if args.typ == "random:index/randomPassword:RandomPassword":
@@ -147,6 +163,7 @@ def render(config: Mapping[str, object] | None = None, stack: str = "test", secr
             dependencies=tuple(request.dependencies),
             inputs=mock.states.get(request.name, {}),
             urn=urn,
+            secret_paths=frozenset(secret_paths(json_format.MessageToDict(request.object))),
         )
         for request, urn in monitor.requests
         if request.type != "pulumi:pulumi:Stack"

@@ -55,6 +55,12 @@ BAD_VALUES = [
         ["ray-cluster:workerGroups[0].tolerations", "effekt"],
     ),
     ({"workerGroups": [{"name": "g" * 60}]}, ["ray-cluster:workerGroups", "at most 63"]),
+    ({"allowedClientCidrs": ["10.8.0.1/16"]}, ["ray-cluster:allowedClientCidrs[0]", "'10.8.0.1/16'", "CIDR"]),
+    ({"allowedClientCidrs": "10.8.0.0/16"}, ["ray-cluster:allowedClientCidrs", "10.8.0.0/16", "JSON"]),
+    ({"allowedClientCidrs": {"vpn": "10.8.0.0/16"}}, ["ray-cluster:allowedClientCidrs", "must be a list"]),
+    ({"allowedClientNamespaces": ["Team A"]}, ["ray-cluster:allowedClientNamespaces[0]", "'Team A'", "DNS label"]),
+    ({"gcsReconnectTimeoutSeconds": 1}, ["ray-cluster:gcsReconnectTimeoutSeconds", "1", "between 5 and 3600"]),
+    ({"tokenAuth": "maybe"}, ["ray-cluster:tokenAuth", "maybe"]),
 ]
 
 

@@ -13,6 +13,10 @@ SETTINGS = ClusterSettings(
     head=PodResources(cpu="2", memory="8Gi"),
     worker_groups=(WorkerGroup(name=DEFAULT_GROUP, replicas=2, resources=PodResources(cpu="1500m", memory="3Gi")),),
     test_job=True,
+    token_auth=True,
+    client_namespaces=(),
+    client_cidrs=(),
+    gcs_reconnect_timeout_seconds=30,
 )
 
 

@@ -66,7 +66,10 @@ def test_the_component_owns_every_resource(default: Rendered) -> None:
         "Deployment",
         "Job",
         "Namespace",
+        "NetworkPolicy",
+        "Secret",
         "Service",
+        "ServiceAccount",
     ]
 
 
@@ -199,6 +202,7 @@ def test_outputs_say_how_to_reach_the_cluster(default: Rendered) -> None:
         "portForwardCommand": "kubectl -n ray-test port-forward service/ray-head 8265:8265 10001:10001",
         "image": "rayproject/ray:2.60.0",
         "workerReplicas": {"worker": 3},
+        "authTokenSecret": "ray-auth-token",
     }
 
 

@@ -1,0 +1,48 @@
+"""Pure builders for who may reach the cluster: the head Service's ports and the NetworkPolicies.
+
+Ray's ports run code for whoever reaches them (CVE-2023-48022, "ShadowRay"), so by default only the cluster's
+own pods may; clients are let in by namespace or CIDR, and only on the ports clients use.
+"""
+
+from __future__ import annotations
+
+from . import pods
+from .pods import Manifest
+from .settings import ClusterSettings
+
+CLIENT_PORTS = (("dashboard", pods.DASHBOARD_PORT), ("client", pods.CLIENT_PORT), ("metrics", pods.METRICS_PORT))
+
+
+def head_service_ports() -> list[Manifest]:
+    return [
+        {"name": name, "port": port, "targetPort": port, "protocol": "TCP"}
+        for name, port in (("gcs", pods.GCS_PORT), *CLIENT_PORTS)
+    ]
+
+
+def cluster_pods(settings: ClusterSettings) -> Manifest:
+    return {"matchLabels": {"ray.io/cluster": settings.cluster_name}}
+
+
+def internal_policy_spec(settings: ClusterSettings) -> Manifest:
+    """Ray nodes and the smoke test talk to each other on many ports (GCS, raylets, object managers, workers)."""
+    return {
+        "podSelector": cluster_pods(settings),
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": cluster_pods(settings)}]}],
+    }
+
+
+def client_policy_spec(settings: ClusterSettings) -> Manifest | None:
+    """The listed namespaces and CIDR blocks may use the dashboard/jobs API, Ray Client and metrics; None if none."""
+    sources: list[Manifest] = [{"ipBlock": {"cidr": cidr}} for cidr in settings.client_cidrs]
+    if settings.client_namespaces:
+        names = {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(settings.client_namespaces)}
+        sources.append({"namespaceSelector": {"matchExpressions": [names]}})
+    if not sources:
+        return None
+    return {
+        "podSelector": cluster_pods(settings),
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": sources, "ports": [{"port": port, "protocol": "TCP"} for _, port in CLIENT_PORTS]}],
+    }

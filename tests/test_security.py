@@ -1,0 +1,242 @@
+"""Secure by default: Pod Security Standard "restricted", token auth in every Ray process, NetworkPolicies,
+no secret in outputs, and a clean checkov scan."""
+
+import copy
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import pods
+from tests.program import ROOT, Manifest, Rendered, render
+from tests.variants import VARIANTS, rendered
+
+CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
+SKIPS: dict[str, str] = yaml.safe_load((ROOT / "tests" / "checkov-skips.yaml").read_text())
+
+
+def pod_specs(manifests: list[Manifest]) -> Iterator[tuple[str, Manifest]]:
+    for manifest in manifests:
+        if manifest["kind"] in {"Deployment", "Job"}:
+            yield manifest["metadata"]["name"], manifest["spec"]["template"]["spec"]
+
+
+def restricted_violations(name: str, spec: Manifest) -> list[str]:
+    """The Pod Security Standard "restricted" rules, plus this project's own: read-only root filesystem,
+    no API token, requests = limits on every container, probes on long-running containers."""
+    found = []
+    pod_context = spec.get("securityContext", {})
+    if pod_context.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        found.append(f"{name}: seccomp profile is not RuntimeDefault")
+    if spec.get("automountServiceAccountToken") is not False or not spec.get("serviceAccountName"):
+        found.append(f"{name}: no dedicated ServiceAccount with its token unmounted")
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            found.append(f"{name}: {key}")
+    if any("hostPath" in volume for volume in spec.get("volumes", [])):
+        found.append(f"{name}: hostPath volume")
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        where, context = f"{name}/{container['name']}", container.get("securityContext", {})
+        run_as_non_root = context.get("runAsNonRoot", pod_context.get("runAsNonRoot"))
+        run_as_user = context.get("runAsUser", pod_context.get("runAsUser"))
+        if run_as_non_root is not True or run_as_user == 0:
+            found.append(f"{where}: may run as root")
+        if context.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{where}: privilege escalation allowed")
+        if context.get("capabilities", {}).get("drop") != ["ALL"] or context.get("capabilities", {}).get("add"):
+            found.append(f"{where}: capabilities not all dropped")
+        if context.get("privileged"):
+            found.append(f"{where}: privileged")
+        if context.get("readOnlyRootFilesystem") is not True:
+            found.append(f"{where}: writable root filesystem")
+        resources = container.get("resources", {})
+        if not resources.get("requests") or resources.get("requests") != resources.get("limits"):
+            found.append(f"{where}: requests and limits missing or different")
+    for container in spec["containers"]:
+        if spec.get("restartPolicy", "Always") == "Always" and not (
+            container.get("readinessProbe") and container.get("livenessProbe")
+        ):
+            found.append(f"{name}/{container['name']}: long-running without probes")
+    return found
+
+
+def ray_containers(manifests: list[Manifest]) -> Iterator[tuple[str, Manifest, Manifest]]:
+    """Every container that runs Ray code (a node, a health check or a driver), with its pod spec."""
+    for name, spec in pod_specs(manifests):
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            yield f"{name}/{container['name']}", container, spec
+
+
+def missing_token(manifests: list[Manifest], secret_name: str) -> list[str]:
+    """Ray containers that would not present the token: auth mode, token path, and the Secret mounted there."""
+    missing = []
+    for where, container, spec in ray_containers(manifests):
+        env = {item["name"]: item.get("value") for item in container.get("env", [])}
+        token_path = Path(env.get("RAY_AUTH_TOKEN_PATH") or "/nonexistent/token")
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        mounted = [
+            mount
+            for mount in container.get("volumeMounts", [])
+            if Path(mount["mountPath"]) == token_path.parent
+            and volumes.get(mount["name"], {}).get("secret", {}).get("secretName") == secret_name
+        ]
+        if env.get("RAY_AUTH_MODE") != "token" or not mounted or "RAY_AUTH_TOKEN" in env:
+            missing.append(where)
+    return missing
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_pod_is_restricted(variant: str) -> None:
+    for name, spec in pod_specs(rendered(variant).manifests):
+        assert restricted_violations(name, spec) == []
+
+
+def test_a_root_container_is_caught() -> None:
+    [(name, spec)] = [(n, s) for n, s in pod_specs(copy.deepcopy(rendered("default").manifests)) if n == "ray-head"]
+    spec["containers"][0]["securityContext"]["runAsUser"] = 0
+    assert restricted_violations(name, spec) == ["ray-head/ray-head: may run as root"]
+
+
+def test_the_namespace_enforces_restricted() -> None:
+    namespace = rendered("default").one("Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_writable_paths_are_only_where_ray_writes() -> None:
+    for _, container, spec in ray_containers(rendered("default").manifests):
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+        assert writable <= {"/tmp", "/dev/shm"}
+        assert all("emptyDir" in volumes[m["name"]] for m in container["volumeMounts"] if not m.get("readOnly"))
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "auth-off"])
+def test_every_ray_container_has_the_token(variant: str) -> None:
+    manifests = rendered(variant).manifests
+    assert len(list(ray_containers(manifests))) >= 2
+    assert missing_token(manifests, "ray-auth-token") == []
+
+
+def test_a_container_without_the_token_is_caught() -> None:
+    manifests = copy.deepcopy(rendered("default").manifests)
+    worker = next(m for m in manifests if m["metadata"]["name"] == "ray-worker")
+    init = worker["spec"]["template"]["spec"]["initContainers"][0]
+    init["env"] = [item for item in init["env"] if item["name"] != "RAY_AUTH_TOKEN_PATH"]
+    assert missing_token(manifests, "ray-auth-token") == ["ray-worker/wait-gcs-ready"]
+
+
+def test_the_token_is_a_secret_and_never_an_output() -> None:
+    result = rendered("default")
+    secret = result.one("Secret", "ray-auth-token")
+    token = secret["stringData"][pods.AUTH_TOKEN_KEY]
+    assert len(token) >= 32
+    assert result.registration_of(secret).secret_paths == {"stringData"}
+    assert token not in json.dumps(result.outputs)
+    holders = {r.type for r in result.registrations if token in json.dumps(r.inputs)}
+    # Only the Secret and its generator hold it; pulumi-random marks `result` secret in the state.
+    assert holders == {"kubernetes:core/v1:Secret", "random:index/randomPassword:RandomPassword"}
+    assert result.registrations[0].inputs == {}  # the component records no inputs
+
+
+def test_a_given_token_is_used() -> None:
+    result = render({"authToken": "my-own-token-of-sufficient-length-0123456789"}, secrets=("authToken",))
+    assert result.one("Secret", "ray-auth-token")["stringData"][pods.AUTH_TOKEN_KEY].startswith("my-own-token")
+
+
+def test_auth_can_be_turned_off() -> None:
+    manifests = rendered("auth-off").manifests
+    assert [m for m in manifests if m["kind"] == "Secret"] == []
+    assert len(missing_token(manifests, "ray-auth-token")) == len(list(ray_containers(manifests)))
+
+
+def test_network_policies_admit_only_the_cluster_and_listed_clients(default_policies: list[Manifest]) -> None:
+    [internal] = default_policies
+    selector = {"matchLabels": {"ray.io/cluster": "ray"}}
+    assert internal["spec"] == {
+        "podSelector": selector,
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": selector}]}],
+    }
+    result = rendered("clients-allowed")
+    clients = result.one("NetworkPolicy", "ray-clients")["spec"]
+    [rule] = clients["ingress"]
+    assert {"ipBlock": {"cidr": "10.8.0.0/16"}} in rule["from"]
+    namespaces = [
+        s["namespaceSelector"]["matchExpressions"][0]["values"] for s in rule["from"] if "namespaceSelector" in s
+    ]
+    assert namespaces == [["ml-notebooks"]]
+    assert sorted(p["port"] for p in rule["ports"]) == [8080, 8265, 10001]
+    assert rendered("default").one("Service")["spec"]["type"] == "ClusterIP"
+
+
+@pytest.fixture
+def default_policies() -> list[Manifest]:
+    return rendered("default").of_kind("NetworkPolicy")
+
+
+def checkov(manifests: list[Manifest], directory: Path) -> dict[str, object]:
+    """Run checkov over the manifests, offline, with the listed skips; returns its JSON report."""
+    assert CHECKOV.exists(), f"{CHECKOV} is missing: scripts/test creates it from requirements-checkov.txt"
+    directory.mkdir(parents=True, exist_ok=True)
+    for index, manifest in enumerate(manifests):
+        (directory / f"{index:02d}-{manifest['kind'].lower()}.yaml").write_text(yaml.safe_dump(manifest))
+    completed = subprocess.run(
+        [
+            str(CHECKOV),
+            "--framework",
+            "kubernetes",
+            "--directory",
+            str(directory),
+            "--skip-download",
+            "--skip-check",
+            ",".join(SKIPS),
+            "--output",
+            "json",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "TRUE"},
+    )
+    assert completed.returncode in (0, 1), completed.stderr
+    report: dict[str, object] = json.loads(completed.stdout)
+    return report
+
+
+def failed_checks(report: dict[str, object]) -> list[str]:
+    results = report["results"]
+    assert isinstance(results, dict)
+    return sorted(f"{c['check_id']} {c['resource']}" for c in results["failed_checks"])
+
+
+def test_each_skip_has_a_reason() -> None:
+    assert SKIPS and all(check.startswith("CKV") and len(reason) > 20 for check, reason in SKIPS.items())
+
+
+def test_checkov_finds_nothing_in_the_default_cluster(tmp_path: Path) -> None:
+    report = checkov(rendered("default").manifests, tmp_path)
+    print("checkov summary:", report["summary"])
+    assert failed_checks(report) == []
+    summary = report["summary"]
+    assert isinstance(summary, dict) and summary["passed"] > 100
+
+
+def test_checkov_catches_a_root_container(tmp_path: Path) -> None:
+    manifests = copy.deepcopy(rendered("default").manifests)
+    head = next(m for m in manifests if m["kind"] == "Deployment" and m["metadata"]["name"] == "ray-head")
+    spec = head["spec"]["template"]["spec"]
+    spec["securityContext"].update(runAsNonRoot=False, runAsUser=0)
+    spec["containers"][0]["securityContext"].update(runAsNonRoot=False, runAsUser=0)
+    assert any(check.startswith("CKV_K8S_23 ") for check in failed_checks(checkov(manifests, tmp_path)))
+
+
+def test_rendering_is_the_program_not_a_fixture() -> None:
+    """The variants above are rendered by the real program: a config change shows up in them."""
+    assert isinstance(rendered("default"), Rendered)
+    assert rendered("four-workers").one("Deployment", "ray-worker")["spec"]["replicas"] == 4
