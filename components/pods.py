@@ -112,8 +112,9 @@ def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: 
 
 
 def shell(script: str) -> list[str]:
-    """Run `script` under bash, after raising the open-files limit that Ray's many connections need."""
-    return ["/bin/bash", "-c", f"ulimit -n {NOFILE_LIMIT}; {script}"]
+    """Run `script` under bash, after raising the open-files limit that Ray's many connections need (runtimes
+    such as containerd 2 start containers with a soft limit of 1024), or as far as the hard limit allows."""
+    return ["/bin/bash", "-c", f'ulimit -n {NOFILE_LIMIT} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; {script}']
 
 
 def wait_for_gcs_script(settings: ClusterSettings) -> str:

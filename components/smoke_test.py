@@ -31,13 +31,26 @@ def where(trail: tuple[str, ...]) -> tuple[str, ...]:
     return (*trail, ray.get_runtime_context().get_node_id())
 
 
+def connect(deadline: float) -> None:
+    """Connect to the cluster, retrying while the head is still starting its client server (bounded)."""
+    while True:
+        try:
+            ray.init()  # the address comes from RAY_ADDRESS
+            return
+        except ConnectionError as error:
+            if time.monotonic() > deadline:
+                raise
+            print(f"cannot connect yet ({error.__class__.__name__}), retrying", flush=True)
+            ray.shutdown()
+            time.sleep(3)
+
+
 def alive_nodes() -> list[dict[str, Any]]:
     return [node for node in ray.nodes() if node["Alive"]]  # type: ignore[no-untyped-call]
 
 
-def wait_for_nodes(expected_workers: int) -> list[dict[str, Any]]:
+def wait_for_nodes(expected_workers: int, deadline: float) -> list[dict[str, Any]]:
     """Until exactly 1 head + expected workers are alive (a replaced pod's old node lingers as alive for a while)."""
-    deadline = time.monotonic() + NODE_WAIT_SECONDS
     while True:
         nodes = alive_nodes()
         workers = [node for node in nodes if HEAD_RESOURCE not in node["Resources"]]
@@ -49,7 +62,7 @@ def wait_for_nodes(expected_workers: int) -> list[dict[str, Any]]:
         time.sleep(2)
 
 
-def run_rounds(worker_ids: set[str], multi_node: bool) -> Counter[tuple[str, ...]]:
+def run_rounds(worker_ids: set[str], multi_node: bool) -> set[str]:
     """Rounds of nested calls until every worker ran a call and, with 2+ nodes, an object changed node."""
     pairs: Counter[tuple[str, ...]] = Counter()
     for round_number in range(1, MAX_ROUNDS + 1):
@@ -63,7 +76,7 @@ def run_rounds(worker_ids: set[str], multi_node: bool) -> Counter[tuple[str, ...
             flush=True,
         )
         if worker_ids <= ran_on and (moved > 0 or not multi_node):
-            return pairs
+            return ran_on
     missing = sorted(worker_ids - ran_on)
     raise RuntimeError(f"after {MAX_ROUNDS} rounds: workers that ran no call {missing}, objects moved {moved}")
 
@@ -72,9 +85,12 @@ def main() -> int:
     expected_workers = int(os.environ["SMOKE_EXPECTED_WORKERS"])
     print(f"smoke test from {socket.gethostname()}: groups {os.environ.get('SMOKE_WORKER_GROUPS', '')}", flush=True)
     try:
-        ray.init()  # the address comes from RAY_ADDRESS
-        workers = wait_for_nodes(expected_workers)
-        run_rounds({node["NodeID"] for node in workers}, multi_node=expected_workers > 0)
+        deadline = time.monotonic() + NODE_WAIT_SECONDS
+        connect(deadline)
+        workers = wait_for_nodes(expected_workers, deadline)
+        ran_on = run_rounds({node["NodeID"] for node in workers}, multi_node=expected_workers > 0)
+        addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}  # type: ignore[no-untyped-call]
+        print(f"nodes that ran calls: {' '.join(sorted(addresses.get(n, n) for n in ran_on))}", flush=True)
     except Exception as error:  # noqa: BLE001 - any failure must end as a clear message and exit code 1
         print(f"Smoke test FAILED: {type(error).__name__}: {error}", flush=True)
         return 1

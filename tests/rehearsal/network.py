@@ -1,0 +1,148 @@
+"""The rehearsal's network: an isolated node namespace with a bridge, one network namespace per pod, and a
+cluster DNS that answers Service names.
+
+The node namespace has no link to the outside world, so nothing a pod sends can leave it; the harness thread
+that creates it moves into it, so probes and checks reach pods the way a kubelet on the node would.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import itertools
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+
+from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+from dnslib.server import BaseResolver, DNSHandler, DNSServer
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+
+
+class NetworkError(RuntimeError):
+    """Namespaces, links or addresses could not be set up: the rehearsal cannot run (never a skip)."""
+
+
+def ip(*args: str) -> None:
+    completed = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise NetworkError(f"ip {' '.join(args)}: {completed.stderr.strip()}")
+
+
+def _pids(namespace: str) -> list[str]:
+    listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False)
+    return listed.stdout.split()
+
+
+def enter_namespace(path: str) -> None:
+    """Move the calling thread into a network namespace (threads it starts later follow it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise NetworkError(f"setns({path}): {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(fd)
+
+
+class PodNetwork:
+    """Allocates pod namespaces on one bridge, like a CNI plugin on a single node."""
+
+    def __init__(self, prefix: str, subnet: str = "10.244.0.0/24") -> None:
+        self.prefix = prefix
+        self.subnet = ipaddress.ip_network(subnet)
+        hosts = self.subnet.hosts()
+        self.gateway = str(next(hosts))
+        self._free_addresses = (str(address) for address in hosts)
+        self._interface_numbers = itertools.count()
+        self._lock = threading.Lock()
+        self.node = f"{prefix}-node"
+        self._pods: dict[str, str] = {}
+        self._original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        ip("netns", "add", self.node)
+        try:
+            ip("-n", self.node, "link", "set", "lo", "up")
+            ip("-n", self.node, "link", "add", "br0", "type", "bridge")
+            ip("-n", self.node, "addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", "br0")
+            ip("-n", self.node, "link", "set", "br0", "up")
+            enter_namespace(f"/run/netns/{self.node}")
+        except BaseException:
+            ip("netns", "del", self.node)
+            raise
+
+    def add_pod(self, pod: str) -> tuple[str, str]:
+        """A namespace for the pod, wired to the bridge; returns its name and the pod's IP."""
+        with self._lock:
+            address, number = next(self._free_addresses), next(self._interface_numbers)
+        namespace, host_side = f"{self.prefix}-{pod}"[:40], f"vp{number}"
+        ip("netns", "add", namespace)
+        ip("-n", self.node, "link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+        ip("-n", self.node, "link", "set", host_side, "master", "br0", "up")
+        ip("-n", namespace, "link", "set", "lo", "up")
+        ip("-n", namespace, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", "eth0")
+        ip("-n", namespace, "link", "set", "eth0", "up")
+        # A default route (into the isolated node namespace) so Ray's own address detection finds eth0.
+        ip("-n", namespace, "route", "add", "default", "via", self.gateway)
+        with self._lock:
+            self._pods[pod] = namespace
+        return namespace, address
+
+    def remove_pod(self, pod: str, timeout: float = 30) -> None:
+        """Once the pod's last process has exited (so its connections were closed on the wire), as CNI teardown."""
+        with self._lock:
+            namespace = self._pods.pop(pod, None)
+        if not namespace:
+            return
+        deadline = time.monotonic() + timeout
+        while _pids(namespace) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in _pids(namespace):
+            os.kill(int(pid), signal.SIGKILL)
+        ip("netns", "del", namespace)  # takes the veth pair with it
+
+    def close(self) -> None:
+        for pod in list(self._pods):
+            self.remove_pod(pod)
+        try:
+            if _libc.setns(self._original, CLONE_NEWNET) != 0:
+                raise NetworkError(f"could not return to the original namespace: {os.strerror(ctypes.get_errno())}")
+        finally:
+            os.close(self._original)
+            ip("netns", "del", self.node)
+
+
+class _ServiceResolver(BaseResolver):  # type: ignore[misc]
+    def __init__(self, lookup: Callable[[str], list[str]]) -> None:
+        self.lookup = lookup
+
+    def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
+        reply = request.reply()
+        name = str(request.q.qname).rstrip(".")
+        addresses = self.lookup(name)
+        if request.q.qtype == QTYPE.A:
+            for address in addresses:
+                reply.add_answer(RR(name, QTYPE.A, rdata=A(address), ttl=1))
+        if not addresses:
+            reply.header.rcode = RCODE.NXDOMAIN
+        return reply
+
+
+class ClusterDNS:
+    """Cluster DNS on the bridge: Service names resolve to their ready pods, anything else is NXDOMAIN at once."""
+
+    def __init__(self, address: str, lookup: Callable[[str], list[str]]) -> None:
+        self.address = address
+        self._server = DNSServer(_ServiceResolver(lookup), address=address, port=53, logger=_QuietLogger())
+        self._server.start_thread()
+
+    def close(self) -> None:
+        self._server.stop()
+
+
+class _QuietLogger:
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
