@@ -19,6 +19,9 @@ DASHBOARD_PORT = 8265
 CLIENT_PORT = 10001
 METRICS_PORT = 8080
 AGENT_PORT = 52365
+# Fixed rather than random, so the head's Ray Client server knows the runtime env agent's address from the start
+# instead of looking it up while the agent may still be registering (first client connections failed that way).
+RUNTIME_ENV_AGENT_PORT = 52366
 
 # Ray's own default object store share is 30% of memory; /dev/shm gets a little more so the store always fits
 # (Ray falls back to a slow disk-backed store when /dev/shm is smaller), and both count against the memory limit.
@@ -105,6 +108,7 @@ def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: 
         f"--memory={sizing.memory_bytes}",
         f"--object-store-memory={sizing.object_store_bytes}",
         f"--dashboard-agent-listen-port={AGENT_PORT}",
+        f"--runtime-env-agent-port={RUNTIME_ENV_AGENT_PORT}",
         f"--metrics-export-port={METRICS_PORT}",
         "--disable-usage-stats",
         "--block",
@@ -118,12 +122,17 @@ def shell(script: str) -> list[str]:
 
 
 def wait_for_gcs_script(settings: ClusterSettings) -> str:
-    """Loop until the head's GCS answers, so workers wait instead of crash-looping while the head starts."""
-    address = f"{settings.head_host}:{GCS_PORT}"
+    """Loop until the head's GCS answers, so workers wait instead of crash-looping while the head starts.
+
+    A plain TCP connect (bash's /dev/tcp) gates the `ray health-check`, so the waiting workers do not spend
+    the CPU the starting head needs on a Python import every second.
+    """
+    host, port = settings.head_host, GCS_PORT
     return (
-        f"until ray health-check --address={address} >/dev/null 2>&1; do "
-        f'echo "waiting for the Ray head (GCS) at {address}"; sleep 2; done; '
-        f'echo "GCS at {address} is ready"'
+        f"until (exec 3<>/dev/tcp/{host}/{port}) 2>/dev/null && "
+        f"ray health-check --address={host}:{port} >/dev/null 2>&1; do "
+        f'echo "waiting for the Ray head (GCS) at {host}:{port}"; sleep 1; done; '
+        f'echo "GCS at {host}:{port} is ready"'
     )
 
 
@@ -193,11 +202,12 @@ def ray_volume_mounts(settings: ClusterSettings, *, shm: bool) -> list[Manifest]
 
 
 def http_probe(port: int, path: str, *, liveness: bool) -> Manifest:
-    """KubeRay's timings: readiness reacts within seconds, liveness tolerates a long stall before a restart."""
+    """Readiness every second (an HTTP GET, cheap), so Services and the smoke test follow a node within a
+    second; liveness, as KubeRay's, tolerates a long stall before it restarts anything."""
     timings = (
         {"initialDelaySeconds": 30, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 120}
         if liveness
-        else {"initialDelaySeconds": 2, "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 10}
+        else {"initialDelaySeconds": 1, "periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 10}
     )
     return {"httpGet": {"path": path, "port": port}, **timings}
 

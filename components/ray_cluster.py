@@ -68,6 +68,9 @@ class RayCluster(pulumi.ComponentResource):
                 "type": "ClusterIP",
                 "selector": pods.selector_labels(settings, "head"),
                 "ports": network.head_service_ports(),
+                # The head's name resolves as soon as its pod runs, not once its dashboard is ready: the workers'
+                # init containers check the GCS themselves, so they join seconds earlier.
+                "publishNotReadyAddresses": True,
             },
         )
         head = self._child(

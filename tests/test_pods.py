@@ -39,8 +39,9 @@ def test_worker_command_survives_the_shell() -> None:
 
 def test_wait_for_gcs_loops_until_health_check_passes() -> None:
     script = pods.wait_for_gcs_script(SETTINGS)
-    assert script.startswith("until ray health-check --address=demo-head.ml.svc:6379 ")
-    assert "sleep" in script
+    assert script.startswith("until (exec 3<>/dev/tcp/demo-head.ml.svc/6379) 2>/dev/null && ")
+    assert "ray health-check --address=demo-head.ml.svc:6379 " in script
+    assert "sleep 1; done" in script
 
 
 def test_labels_name_cluster_component_and_group() -> None:

@@ -150,6 +150,7 @@ def test_workers_join_the_head_by_its_service_name(default: Rendered) -> None:
     [init] = pod_spec(worker)["initContainers"]
     assert init["image"] == container(worker)["image"]
     assert f"ray health-check --address={HEAD_HOST}:6379" in init["command"][-1]
+    assert init["command"][-1].startswith("ulimit")
     assert init["resources"] == container(worker)["resources"]
 
 

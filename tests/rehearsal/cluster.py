@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import threading
@@ -56,7 +57,7 @@ def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 class Cluster:
-    def __init__(self, directory: Path, prefix: str = "rh") -> None:
+    def __init__(self, directory: Path, prefix: str = f"rh{os.getpid() % 100000}") -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o755)
@@ -67,7 +68,6 @@ class Cluster:
         self.pods: dict[str, Pod] = {}
         self._owners: dict[str, tuple[str, str, str]] = {}
         self._job_started: dict[tuple[str, str, str], float] = {}
-        self._created_mountpoints: list[Path] = []
         self._declared: set[tuple[str, str, str]] = set()
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -114,14 +114,14 @@ class Cluster:
         with self._lock:
             return [pod for name, pod in self.pods.items() if self._owners[name] == owner]
 
-    def ready_pods(self, namespace: str, selector: dict[str, str]) -> list[Pod]:
+    def ready_pods(self, namespace: str, selector: dict[str, str], *, not_ready_too: bool = False) -> list[Pod]:
         with self._lock:
-            return [
-                p for p in self.pods.values() if p.namespace == namespace and _selects(selector, p.labels) and p.ready
-            ]
+            pods = [p for p in self.pods.values() if p.namespace == namespace and _selects(selector, p.labels)]
+        return [pod for pod in pods if pod.ready or not_ready_too]
 
     def resolve(self, name: str) -> list[str]:
-        """Cluster DNS: `<service>.<namespace>.svc.<domain>` is the IPs of the Service's ready pods."""
+        """Cluster DNS: `<service>.<namespace>.svc.<domain>` is the IPs of the Service's ready pods (or of all its
+        pods with `publishNotReadyAddresses`)."""
         parts = name.split(".")
         if len(parts) < 4 or ".".join(parts[2:]) != f"svc.{CLUSTER_DOMAIN}":
             return []
@@ -129,7 +129,9 @@ class Cluster:
             service = self.objects.get(("Service", parts[1], parts[0]))
         if not service:
             return []
-        return [pod.ip for pod in self.ready_pods(parts[1], service["spec"].get("selector", {}))]
+        spec = service["spec"]
+        everyone = bool(spec.get("publishNotReadyAddresses"))
+        return [pod.ip for pod in self.ready_pods(parts[1], spec.get("selector", {}), not_ready_too=everyone)]
 
     def _start_pod(self, owner: tuple[str, str, str], template: Manifest, name: str) -> Pod:
         namespace_name, ip = self.network.add_pod(name)
@@ -150,17 +152,11 @@ class Cluster:
             self.pods[name], self._owners[name] = pod, owner
         return pod
 
-    def _mountpoint(self, path: str) -> None:
-        """Mount targets missing from the "image" are created, as a runtime does, and removed at the end."""
-        target = Path(path)
-        missing = []
-        while not target.exists():
-            missing.append(target)
-            target = target.parent
-        with self._lock:
-            for directory in reversed(missing):
-                directory.mkdir(exist_ok=True)
-                self._created_mountpoints.append(directory)
+    @staticmethod
+    def _mountpoint(path: str) -> None:
+        """Mount targets missing from the "image" are created as empty directories, as a runtime does, and left in
+        place: removing one would detach it from the pods of any other rehearsal running at the same time."""
+        Path(path).mkdir(parents=True, exist_ok=True)
 
     def delete_pod(self, name: str) -> None:
         """`kubectl delete pod --force`: the processes die at once, the pod's network and files go."""
@@ -287,10 +283,11 @@ class Cluster:
     def close(self) -> None:
         self._stop.set()
         self._controller.join(timeout=10)
-        for name in list(self.pods):
-            self.delete_pod(name)
+        stopping = [threading.Thread(target=self.delete_pod, args=(name,)) for name in list(self.pods)]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join(timeout=120)
         self.dns.close()
         self.network.close()
-        for directory in reversed(self._created_mountpoints):
-            directory.rmdir()
         shutil.rmtree(self.directory, ignore_errors=True)
