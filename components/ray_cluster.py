@@ -57,7 +57,7 @@ class RayCluster(pulumi.ComponentResource):
         ]
         if settings.token_auth:
             access.append(self._auth_secret(auth_token))
-        ready_to_run = pulumi.ResourceOptions(depends_on=access, custom_timeouts=_ROLLOUT_TIMEOUTS)
+        self._ready_to_run = pulumi.ResourceOptions(depends_on=access, custom_timeouts=_ROLLOUT_TIMEOUTS)
 
         head_service = self._child(
             k8s.core.v1.Service,
@@ -73,35 +73,11 @@ class RayCluster(pulumi.ComponentResource):
                 "publishNotReadyAddresses": True,
             },
         )
-        head = self._child(
-            k8s.apps.v1.Deployment,
-            "head",
-            settings.head_service_name,
-            "head",
-            spec={
-                "replicas": 1,
-                # Never two heads: a second GCS would split the cluster in two.
-                "strategy": {"type": "Recreate"},
-                "selector": {"matchLabels": pods.selector_labels(settings, "head")},
-                "template": pods.head_pod_template(settings),
-            },
-            opts=ready_to_run,
-        )
+        # Never two heads: a second GCS would split the cluster in two.
+        head = self._deployment("head", "head", 1, pods.head_pod_template(settings), {"type": "Recreate"})
         # Workers do not wait for the head: they start with it, and their init container waits for its GCS.
         workers = [
-            self._child(
-                k8s.apps.v1.Deployment,
-                group.name,
-                f"{settings.cluster_name}-{group.name}",
-                "worker",
-                group.name,
-                spec={
-                    "replicas": group.replicas,
-                    "selector": {"matchLabels": pods.selector_labels(settings, group.name)},
-                    "template": pods.worker_pod_template(settings, group),
-                },
-                opts=ready_to_run,
-            )
+            self._deployment(group.name, "worker", group.replicas, pods.worker_pod_template(settings, group))
             for group in settings.worker_groups
         ]
         if settings.test_job:
@@ -154,6 +130,25 @@ class RayCluster(pulumi.ComponentResource):
         }
         options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
         return kind(f"{self._name}-{suffix}", metadata=metadata, opts=options, **fields)
+
+    def _deployment(
+        self,
+        group: str,
+        component: str,
+        replicas: int,
+        template: pods.Manifest,
+        strategy: pods.Manifest | None = None,
+    ) -> pulumi.CustomResource:
+        """`<cluster>-<group>`, a Deployment of Ray pods, created once the access objects (ServiceAccount,
+        policies, token) exist."""
+        spec: pods.Manifest = {
+            "replicas": replicas,
+            "selector": {"matchLabels": pods.selector_labels(self._settings, group)},
+            "template": template,
+            **({"strategy": strategy} if strategy else {}),
+        }
+        name = f"{self._settings.cluster_name}-{group}"
+        return self._child(k8s.apps.v1.Deployment, group, name, component, group, spec=spec, opts=self._ready_to_run)
 
     def _declare_namespace(self) -> pulumi.Output[str]:
         """The stack's own namespace, or the name of an existing one that `pulumi destroy` must leave alone."""

@@ -135,7 +135,6 @@ class ClusterDNS:
     """Cluster DNS on the bridge: Service names resolve to their ready pods, anything else is NXDOMAIN at once."""
 
     def __init__(self, address: str, lookup: Callable[[str], list[str]]) -> None:
-        self.address = address
         self._server = DNSServer(_ServiceResolver(lookup), address=address, port=53, logger=_QuietLogger())
         self._server.start_thread()
 
