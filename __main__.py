@@ -4,9 +4,20 @@ import pulumi
 
 from components import RayCluster, load_settings
 
+# The component's name prefixes every logical name: fixed, so that no config change (not even `clusterName`) moves
+# a resource to a new URN. Stacks made before it was fixed named it after `clusterName`; the alias carries them
+# (and, by Pulumi's child-alias rule, every child named `<name>-...`) over without a replacement.
+COMPONENT_NAME = "ray"
+
 config = pulumi.Config()
-settings = load_settings(config, pulumi.get_stack())
-cluster = RayCluster(settings.cluster_name, settings, auth_token=config.get_secret("authToken"))
+settings = load_settings(config, pulumi.get_project(), pulumi.get_stack())
+earlier_name = [pulumi.Alias(name=settings.cluster_name)] if settings.cluster_name != COMPONENT_NAME else []
+cluster = RayCluster(
+    COMPONENT_NAME,
+    settings,
+    auth_token=config.get_secret("authToken"),
+    opts=pulumi.ResourceOptions(aliases=earlier_name),
+)
 
 pulumi.export("namespace", cluster.namespace)
 pulumi.export("headServiceDns", cluster.head_service_dns)

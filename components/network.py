@@ -33,16 +33,31 @@ def internal_policy_spec(settings: ClusterSettings) -> Manifest:
     }
 
 
-def client_policy_spec(settings: ClusterSettings) -> Manifest | None:
-    """The listed namespaces and CIDR blocks may use the dashboard/jobs API, Ray Client and metrics; None if none."""
-    sources: list[Manifest] = [{"ipBlock": {"cidr": cidr}} for cidr in settings.client_cidrs]
-    if settings.client_namespaces:
-        names = {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(settings.client_namespaces)}
-        sources.append({"namespaceSelector": {"matchExpressions": [names]}})
+def _namespaces(names: tuple[str, ...]) -> Manifest:
+    match = {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(names)}
+    return {"namespaceSelector": {"matchExpressions": [match]}}
+
+
+def _ingress_policy(settings: ClusterSettings, sources: list[Manifest], ports: tuple[int, ...]) -> Manifest | None:
     if not sources:
         return None
     return {
         "podSelector": cluster_pods(settings),
         "policyTypes": ["Ingress"],
-        "ingress": [{"from": sources, "ports": [{"port": port, "protocol": "TCP"} for _, port in CLIENT_PORTS]}],
+        "ingress": [{"from": sources, "ports": [{"port": port, "protocol": "TCP"} for port in ports]}],
     }
+
+
+def client_policy_spec(settings: ClusterSettings) -> Manifest | None:
+    """The listed namespaces and CIDR blocks may use the dashboard/jobs API, Ray Client and metrics; None if none."""
+    sources: list[Manifest] = [{"ipBlock": {"cidr": cidr}} for cidr in settings.client_cidrs]
+    if settings.client_namespaces:
+        sources.append(_namespaces(settings.client_namespaces))
+    return _ingress_policy(settings, sources, tuple(port for _, port in CLIENT_PORTS))
+
+
+def metrics_policy_spec(settings: ClusterSettings) -> Manifest | None:
+    """The listed namespaces (Prometheus) may scrape every node's metrics port, and nothing else: scraping must not
+    come with the right to submit jobs. None if none are listed."""
+    sources = [_namespaces(settings.metrics_namespaces)] if settings.metrics_namespaces else []
+    return _ingress_policy(settings, sources, (pods.METRICS_PORT,))

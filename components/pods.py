@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING
 from typing import Any
 
+from . import sizing
 from .settings import ClusterSettings, PodResources, WorkerGroup
 
 GCS_PORT = 6379
@@ -23,21 +25,28 @@ AGENT_PORT = 52365
 # instead of looking it up while the agent may still be registering (first client connections failed that way).
 RUNTIME_ENV_AGENT_PORT = 52366
 
-# Ray's own default object store share is 30% of memory; /dev/shm gets a little more so the store always fits
-# (Ray falls back to a slow disk-backed store when /dev/shm is smaller), and both count against the memory limit.
-OBJECT_STORE_FRACTION = Decimal("0.30")
-SHM_FRACTION = Decimal("0.35")
-
-# The official Ray image runs as user `ray` (uid 1000, group `users`, gid 100).
+# The official Ray image runs as user `ray` (uid 1000, group `users`, gid 100), with HOME and WORKDIR /home/ray and
+# conda in /home/ray/anaconda3. The root filesystem is read-only, so HOME and the working directory move to an
+# emptyDir below the image's home, which leaves conda where the image put it.
 RAY_UID = 1000
 RAY_GID = 100
+HOME_DIR = "/home/ray/workspace"
 NOFILE_LIMIT = 65536
-MIB = 2**20
+MIB = sizing.MIB
 POD_IP_ENV = "RAY_POD_IP"
 AUTH_TOKEN_DIR = "/etc/ray/auth"
 AUTH_TOKEN_KEY = "token"
 SMOKE_TEST_MOUNT = "/opt/ray-smoke-test"
 SMOKE_TEST_FILE = "smoke_test.py"
+# Changes with the auth token (but reveals nothing of it), so every pod that reads the token rolls when it changes.
+TOKEN_VERSION_ANNOTATION = "ray-cluster.pulumi.com/auth-token-version"
+# On SIGTERM `ray start --block` drains its node (no new work; running tasks finish) for up to this many seconds,
+# then stops Ray's processes, allowing each about a second: the pod's grace period covers both.
+DRAIN_TIMEOUT_ENV = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"
+SHUTDOWN_MARGIN_SECONDS = 15
+# The head does not drain: without GCS fault tolerance its loss ends every job anyway, and a head that drains
+# only delays its replacement.
+HEAD_DRAIN_SECONDS = 0
 
 Manifest = dict[str, Any]
 
@@ -55,14 +64,14 @@ class RayNodeSizing:
 
 def node_sizing(resources: PodResources) -> RayNodeSizing:
     total = resources.memory_bytes
-    object_store = int(total * OBJECT_STORE_FRACTION)
+    object_store = sizing.object_store_bytes(total)
     return RayNodeSizing(
         # `ray start` takes whole CPUs; like KubeRay, round a fractional request up.
         num_cpus=int(resources.cpu_cores.to_integral_value(rounding=ROUND_CEILING)),
         num_gpus=resources.gpus,
         memory_bytes=total - object_store,
         object_store_bytes=object_store,
-        shm_bytes=int(total * SHM_FRACTION) // MIB * MIB,
+        shm_bytes=sizing.shm_bytes(total),
     )
 
 
@@ -122,17 +131,21 @@ def shell(script: str) -> list[str]:
 
 
 def wait_for_gcs_script(settings: ClusterSettings) -> str:
-    """Loop until the head's GCS answers, so workers wait instead of crash-looping while the head starts.
+    """Loop until the head's GCS answers, so workers wait instead of crash-looping while the head starts, and say
+    each time why it does not yet (no such name or port, or what `ray health-check` said: a wrong token, say).
 
     A plain TCP connect (bash's /dev/tcp) gates the `ray health-check`, so the waiting workers do not spend
     the CPU the starting head needs on a Python import every second.
     """
-    host, port = settings.head_host, GCS_PORT
+    address = f"{settings.head_host}:{GCS_PORT}"
     return (
-        f"until (exec 3<>/dev/tcp/{host}/{port}) 2>/dev/null && "
-        f"ray health-check --address={host}:{port} >/dev/null 2>&1; do "
-        f'echo "waiting for the Ray head (GCS) at {host}:{port}"; sleep 1; done; '
-        f'echo "GCS at {host}:{port} is ready"'
+        "while true; do "
+        f"if (exec 3<>/dev/tcp/{settings.head_host}/{GCS_PORT}) 2>/dev/null; then "
+        f"why=$(ray health-check --address={address} 2>&1) && break; "
+        'why=$(printf "%s" "$why" | tail -n 1); '
+        'else why="its port does not answer yet"; fi; '
+        f'echo "waiting for the Ray head (GCS) at {address}: $why"; sleep 1; done; '
+        f'echo "GCS at {address} is ready"'
     )
 
 
@@ -166,9 +179,11 @@ def pod_security() -> Manifest:
 
 
 def ray_env(settings: ClusterSettings) -> list[Manifest]:
-    """Env of every process that talks to Ray: its pod's IP, no usage stats, and the token when auth is on."""
+    """Env of every process that talks to Ray: its pod's IP, a writable HOME (Ray Train's ~/ray_results, the
+    ~/.cache of Hugging Face and torch), no usage stats, and the token when auth is on."""
     env: list[Manifest] = [
         {"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "HOME", "value": HOME_DIR},
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
     ]
     if settings.token_auth:
@@ -181,9 +196,9 @@ def ray_env(settings: ClusterSettings) -> list[Manifest]:
 
 
 def ray_volumes(settings: ClusterSettings, sizing: RayNodeSizing | None) -> list[Manifest]:
-    """Writable scratch for Ray's session directory, a memory-backed /dev/shm for the object store (Ray nodes
-    only) and the auth token."""
-    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
+    """Writable scratch for Ray's session directory and for HOME, a memory-backed /dev/shm for the object store
+    (Ray nodes only) and the auth token."""
+    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
     if sizing:
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{sizing.shm_bytes // MIB}Mi"}})
     if settings.token_auth:
@@ -193,7 +208,7 @@ def ray_volumes(settings: ClusterSettings, sizing: RayNodeSizing | None) -> list
 
 
 def ray_volume_mounts(settings: ClusterSettings, *, shm: bool) -> list[Manifest]:
-    mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]
+    mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": HOME_DIR}]
     if shm:
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     if settings.token_auth:
@@ -212,12 +227,21 @@ def http_probe(port: int, path: str, *, liveness: bool) -> Manifest:
     return {"httpGet": {"path": path, "port": port}, **timings}
 
 
-def worker_env(settings: ClusterSettings) -> list[Manifest]:
-    """How long a worker's raylet waits for a lost head before it exits, to be restarted against the new head."""
-    return [{"name": "RAY_gcs_rpc_server_reconnect_timeout_s", "value": str(settings.gcs_reconnect_timeout_seconds)}]
+def drain_seconds(settings: ClusterSettings, *, head: bool) -> int:
+    return HEAD_DRAIN_SECONDS if head else settings.worker_drain_seconds
 
 
-def ray_container(settings: ClusterSettings, resources: PodResources, *, head: bool) -> Manifest:
+def node_env(settings: ClusterSettings, *, head: bool) -> list[Manifest]:
+    """How long a node drains when its pod is deleted; for workers also how long the raylet waits for a lost head
+    before it exits, to be restarted against the new head."""
+    env = [{"name": DRAIN_TIMEOUT_ENV, "value": str(drain_seconds(settings, head=head))}]
+    if not head:
+        reconnect = str(settings.gcs_reconnect_timeout_seconds)
+        env.append({"name": "RAY_gcs_rpc_server_reconnect_timeout_s", "value": reconnect})
+    return env
+
+
+def ray_container(settings: ClusterSettings, resources: PodResources, image: str, *, head: bool) -> Manifest:
     ports = ([("gcs", GCS_PORT), ("dashboard", DASHBOARD_PORT), ("client", CLIENT_PORT)] if head else []) + [
         ("metrics", METRICS_PORT),
         ("agent", AGENT_PORT),
@@ -229,9 +253,10 @@ def ray_container(settings: ClusterSettings, resources: PodResources, *, head: b
     )
     return {
         "name": "ray-head" if head else "ray-worker",
-        "image": settings.image,
+        "image": image,
         "command": shell("exec " + shlex.join(ray_start_args(settings, resources, head=head))),
-        "env": ray_env(settings) + ([] if head else worker_env(settings)),
+        "workingDir": HOME_DIR,
+        "env": ray_env(settings) + node_env(settings, head=head),
         "ports": [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports],
         "resources": container_resources(resources),
         "securityContext": container_security(),
@@ -252,13 +277,15 @@ def pod_template(
     node_selector: dict[str, str] | None = None,
     tolerations: list[Manifest] | None = None,
     restart_policy: str = "Always",
-    annotations: dict[str, str] | None = None,
+    grace_seconds: int | None = None,
+    annotations: Mapping[str, Any] | None = None,
 ) -> Manifest:
     spec: Manifest = {
         "serviceAccountName": settings.cluster_name,
         "automountServiceAccountToken": False,
         "securityContext": pod_security(),
         "restartPolicy": restart_policy,
+        **({"terminationGracePeriodSeconds": grace_seconds} if grace_seconds is not None else {}),
         "containers": containers,
         "volumes": volumes,
         **({"initContainers": init_containers} if init_containers else {}),
@@ -267,25 +294,29 @@ def pod_template(
     }
     metadata: Manifest = {"labels": labels(settings, component, group)}
     if annotations:
-        metadata["annotations"] = annotations
+        metadata["annotations"] = dict(annotations)
     return {"metadata": metadata, "spec": spec}
 
 
-def head_pod_template(settings: ClusterSettings) -> Manifest:
+def head_pod_template(settings: ClusterSettings, annotations: Mapping[str, Any]) -> Manifest:
+    """`annotations` (the token's version) change with what the pod reads at start, so a change rolls it."""
     return pod_template(
         settings,
         component="head",
         group="head",
-        containers=[ray_container(settings, settings.head, head=True)],
+        containers=[ray_container(settings, settings.head, settings.image, head=True)],
         volumes=ray_volumes(settings, node_sizing(settings.head)),
+        grace_seconds=HEAD_DRAIN_SECONDS + SHUTDOWN_MARGIN_SECONDS,
+        annotations=annotations,
     )
 
 
-def worker_pod_template(settings: ClusterSettings, group: WorkerGroup) -> Manifest:
+def worker_pod_template(settings: ClusterSettings, group: WorkerGroup, annotations: Mapping[str, Any]) -> Manifest:
     wait_for_gcs = {
         "name": "wait-gcs-ready",
-        "image": settings.image,
+        "image": group.image,
         "command": shell(wait_for_gcs_script(settings)),
+        "workingDir": HOME_DIR,
         "env": ray_env(settings),
         # Init containers run before the Ray container, so the same amounts add nothing to the pod's footprint.
         "resources": container_resources(group.resources),
@@ -296,25 +327,37 @@ def worker_pod_template(settings: ClusterSettings, group: WorkerGroup) -> Manife
         settings,
         component="worker",
         group=group.name,
-        containers=[ray_container(settings, group.resources, head=False)],
+        containers=[ray_container(settings, group.resources, group.image, head=False)],
         init_containers=[wait_for_gcs],
         volumes=ray_volumes(settings, node_sizing(group.resources)),
         node_selector=dict(group.node_selector),
         tolerations=[dict(t) for t in group.tolerations],
+        grace_seconds=drain_seconds(settings, head=False) + SHUTDOWN_MARGIN_SECONDS,
+        annotations=annotations,
     )
 
 
-def smoke_test_pod_template(settings: ClusterSettings, *, script_config_map: str, script: str) -> Manifest:
+def worker_rollout() -> Manifest:
+    """Replace workers in place, a quarter at a time, never adding one first: a surge pod needs room for one more
+    worker, which a GPU group sized to its GPUs never has, so the rollout (and `pulumi up`) would never finish."""
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "25%"}}
+
+
+def smoke_test_pod_template(
+    settings: ClusterSettings, *, script_config_map: str, script: str, cluster_digest: Any
+) -> Manifest:
     """A Ray Client driver that runs the smoke test against the head.
 
-    Its env names the shape it must find and an annotation carries the script's hash, so a change of either
-    changes the Job's template, which replaces the Job and runs the test again.
+    Its env names the shape it must find, and annotations carry the script's hash and `cluster_digest` (a digest
+    of everything that runs the cluster: pod templates, replicas, the head Service), so a change of any of them
+    changes the Job's template, which replaces the Job and runs the test again, and nothing else does.
     """
     expected = {group.name: group.replicas for group in settings.worker_groups}
     driver = {
         "name": "smoke-test",
         "image": settings.image,
         "command": ["python", f"{SMOKE_TEST_MOUNT}/{SMOKE_TEST_FILE}"],
+        "workingDir": HOME_DIR,
         "env": [
             *ray_env(settings),
             {"name": "RAY_ADDRESS", "value": f"ray://{settings.head_host}:{CLIENT_PORT}"},
@@ -335,5 +378,8 @@ def smoke_test_pod_template(settings: ClusterSettings, *, script_config_map: str
         containers=[driver],
         volumes=[*ray_volumes(settings, None), {"name": "script", "configMap": {"name": script_config_map}}],
         restart_policy="Never",
-        annotations={"ray-cluster.pulumi.com/smoke-test-sha256": hashlib.sha256(script.encode()).hexdigest()},
+        annotations={
+            "ray-cluster.pulumi.com/smoke-test-sha256": hashlib.sha256(script.encode()).hexdigest(),
+            "ray-cluster.pulumi.com/cluster-sha256": cluster_digest,
+        },
     )

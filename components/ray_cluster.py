@@ -1,9 +1,17 @@
-"""The RayCluster component: wires the pure builders into Kubernetes resources, every one parented to it."""
+"""The RayCluster component: wires the pure builders into Kubernetes resources, every one parented to it.
+
+Logical names derive from the component's own name only, never from config a user may change (`clusterName`,
+`namespace`), so a change of config updates or replaces resources under the same URNs instead of creating new
+ones that collide with, or are deleted along with, the live objects of the old ones.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -16,6 +24,15 @@ from .settings import ClusterSettings
 _ROLLOUT_TIMEOUTS = pulumi.CustomTimeouts(create="20m", update="20m")
 _SMOKE_TEST_DEADLINE_SECONDS = 900
 SMOKE_TEST_SCRIPT = (Path(__file__).parent / pods.SMOKE_TEST_FILE).read_text()
+# Every field Pulumi sets is Pulumi's: a `kubectl scale` (which owns spec.replicas through the scale subresource)
+# would otherwise make the next apply fail with a field-manager conflict. Fields Pulumi does not set stay with
+# whoever set them.
+_PULUMI_OWNS_ITS_FIELDS = {"pulumi.com/patchForce": "true"}
+# `kubectl rollout restart` stamps this annotation; the provider takes kubectl's fields over on its next apply and
+# would drop it, restarting every pod a second time. Ignoring it keeps the live value.
+_ROLLOUT_RESTART_ANNOTATION = 'spec.template.metadata.annotations["kubectl.kubernetes.io/restartedAt"]'
+# A failed smoke-test Job is replaced by the next `pulumi up` (so it runs again) instead of awaited again.
+_RETRY_FAILED_JOB = {"pulumi.com/replaceUnready": "true"}
 
 
 class RayCluster(pulumi.ComponentResource):
@@ -43,6 +60,8 @@ class RayCluster(pulumi.ComponentResource):
         # Inputs stay None: whatever is passed here is recorded in the state as the component's inputs.
         super().__init__("ray-cluster:index:RayCluster", name, None, opts)
         self._name, self._settings = name, settings
+        for warning in settings.warnings():
+            pulumi.log.warn(warning, resource=self)
         self._namespace = self._declare_namespace()
 
         access = [
@@ -55,33 +74,45 @@ class RayCluster(pulumi.ComponentResource):
             ),
             *self._network_policies(),
         ]
+        pod_annotations: dict[str, Any] = {}
         if settings.token_auth:
-            access.append(self._auth_secret(auth_token))
-        self._ready_to_run = pulumi.ResourceOptions(depends_on=access, custom_timeouts=_ROLLOUT_TIMEOUTS)
+            secret, token_version = self._auth_secret(auth_token)
+            access.append(secret)
+            pod_annotations[pods.TOKEN_VERSION_ANNOTATION] = token_version
+        self._ready_to_run = pulumi.ResourceOptions(
+            depends_on=access, custom_timeouts=_ROLLOUT_TIMEOUTS, ignore_changes=[_ROLLOUT_RESTART_ANNOTATION]
+        )
 
+        head_service_spec = {
+            "type": "ClusterIP",
+            "selector": pods.selector_labels(settings, "head"),
+            "ports": network.head_service_ports(),
+            # The head's name resolves as soon as its pod runs, not once its dashboard is ready: the workers'
+            # init containers check the GCS themselves, so they join seconds earlier.
+            "publishNotReadyAddresses": True,
+        }
         head_service = self._child(
-            k8s.core.v1.Service,
-            "head-service",
-            settings.head_service_name,
-            "head",
-            spec={
-                "type": "ClusterIP",
-                "selector": pods.selector_labels(settings, "head"),
-                "ports": network.head_service_ports(),
-                # The head's name resolves as soon as its pod runs, not once its dashboard is ready: the workers'
-                # init containers check the GCS themselves, so they join seconds earlier.
-                "publishNotReadyAddresses": True,
-            },
+            k8s.core.v1.Service, "head-service", settings.head_service_name, "head", spec=head_service_spec
         )
         # Never two heads: a second GCS would split the cluster in two.
-        head = self._deployment("head", "head", 1, pods.head_pod_template(settings), {"type": "Recreate"})
+        head_spec = self._deployment_spec(
+            "head", 1, pods.head_pod_template(settings, pod_annotations), {"type": "Recreate"}
+        )
+        head = self._deployment("head", "head", head_spec)
         # Workers do not wait for the head: they start with it, and their init container waits for its GCS.
-        workers = [
-            self._deployment(group.name, "worker", group.replicas, pods.worker_pod_template(settings, group))
+        worker_specs = {
+            group.name: self._deployment_spec(
+                group.name,
+                group.replicas,
+                pods.worker_pod_template(settings, group, pod_annotations),
+                pods.worker_rollout(),
+            )
             for group in settings.worker_groups
-        ]
+        }
+        workers = [self._deployment(group, "worker", spec) for group, spec in worker_specs.items()]
         if settings.test_job:
-            self._smoke_test([*access, head_service, head, *workers])
+            running = {"head-service": head_service_spec, "head": head_spec, "workers": worker_specs}
+            self._smoke_test([*access, head_service, head, *workers], _digest(running))
 
         host = settings.head_host
         self.namespace = self._namespace
@@ -118,6 +149,7 @@ class RayCluster(pulumi.ComponentResource):
         component: str,
         group: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
+        annotations: Mapping[str, str] | None = None,
         **fields: object,
     ) -> pulumi.CustomResource:
         """A namespaced child labelled like the pods it belongs with; reading the namespace from the Namespace
@@ -127,36 +159,41 @@ class RayCluster(pulumi.ComponentResource):
             **named,
             "namespace": self._namespace,
             "labels": pods.labels(self._settings, component, group or component),
+            "annotations": {**_PULUMI_OWNS_ITS_FIELDS, **(annotations or {})},
         }
         options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
         return kind(f"{self._name}-{suffix}", metadata=metadata, opts=options, **fields)
 
-    def _deployment(
-        self,
-        group: str,
-        component: str,
-        replicas: int,
-        template: pods.Manifest,
-        strategy: pods.Manifest | None = None,
-    ) -> pulumi.CustomResource:
-        """`<cluster>-<group>`, a Deployment of Ray pods, created once the access objects (ServiceAccount,
-        policies, token) exist."""
-        spec: pods.Manifest = {
+    def _deployment_spec(
+        self, group: str, replicas: int, template: pods.Manifest, strategy: pods.Manifest
+    ) -> pods.Manifest:
+        return {
             "replicas": replicas,
             "selector": {"matchLabels": pods.selector_labels(self._settings, group)},
             "template": template,
-            **({"strategy": strategy} if strategy else {}),
+            "strategy": strategy,
         }
+
+    def _deployment(self, group: str, component: str, spec: pods.Manifest) -> pulumi.CustomResource:
+        """`<cluster>-<group>`, a Deployment of Ray pods, created once the access objects (ServiceAccount,
+        policies, token) exist."""
         name = f"{self._settings.cluster_name}-{group}"
         return self._child(k8s.apps.v1.Deployment, group, name, component, group, spec=spec, opts=self._ready_to_run)
 
     def _declare_namespace(self) -> pulumi.Output[str]:
-        """The stack's own namespace, or the name of an existing one that `pulumi destroy` must leave alone."""
+        """The stack's own namespace, or an existing one, read rather than managed, under the same logical name:
+        switching `createNamespace` from true to false then releases the namespace (the engine's "relinquish":
+        the same object, no delete), and from false to true adopts it, instead of deleting the namespace with the
+        cluster in it or failing on a name that exists."""
         settings = self._settings
+        logical_name = f"{self._name}-namespace"
+        options = pulumi.ResourceOptions(parent=self)
         if not settings.create_namespace:
-            return pulumi.Output.from_input(settings.namespace)
+            existing = k8s.core.v1.Namespace.get(logical_name, settings.namespace, opts=options)
+            read: pulumi.Output[str] = existing.id.apply(lambda _: settings.namespace)
+            return read
         namespace = k8s.core.v1.Namespace(
-            f"{self._name}-namespace",
+            logical_name,
             metadata={
                 "name": settings.namespace,
                 "labels": {
@@ -164,45 +201,45 @@ class RayCluster(pulumi.ComponentResource):
                     # Admission rejects any pod here that is not "restricted", ours included.
                     "pod-security.kubernetes.io/enforce": "restricted",
                 },
+                "annotations": _PULUMI_OWNS_ITS_FIELDS,
             },
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=options,
         )
         name: pulumi.Output[str] = namespace.metadata.name
         return name
 
     def _network_policies(self) -> list[pulumi.CustomResource]:
         settings = self._settings
-        policies = [
+        specs = {
+            "internal-traffic": ("internal", network.internal_policy_spec(settings)),
+            "client-traffic": ("clients", network.client_policy_spec(settings)),
+            "metrics-traffic": ("metrics", network.metrics_policy_spec(settings)),
+        }
+        return [
             self._child(
-                k8s.networking.v1.NetworkPolicy,
-                "internal-traffic",
-                f"{settings.cluster_name}-internal",
-                "cluster",
-                spec=network.internal_policy_spec(settings),
+                k8s.networking.v1.NetworkPolicy, suffix, f"{settings.cluster_name}-{name}", "cluster", spec=spec
             )
+            for suffix, (name, spec) in specs.items()
+            if spec
         ]
-        client_spec = network.client_policy_spec(settings)
-        if client_spec:
-            policies.append(
-                self._child(
-                    k8s.networking.v1.NetworkPolicy,
-                    "client-traffic",
-                    f"{settings.cluster_name}-clients",
-                    "cluster",
-                    spec=client_spec,
-                )
-            )
-        return policies
 
-    def _auth_secret(self, given: pulumi.Input[str] | None) -> pulumi.CustomResource:
-        """The token every Ray process reads from a mounted file; generated unless the stack config gives one."""
+    def _auth_secret(self, given: pulumi.Input[str] | None) -> tuple[pulumi.CustomResource, pulumi.Output[str]]:
+        """The token every Ray process reads from a mounted file (generated unless the stack config gives one),
+        and its version: a random id drawn anew whenever the token changes, so pods roll with the token while
+        their templates reveal nothing of it."""
         generated = random.RandomPassword(
             f"{self._name}-auth-token", length=48, special=False, opts=pulumi.ResourceOptions(parent=self)
         )
-        token = pulumi.Output.secret(
-            pulumi.Output.all(given, generated.result).apply(lambda tokens: tokens[0] or tokens[1])
+        token: pulumi.Output[str] = pulumi.Output.secret(
+            pulumi.Output.all(given, generated.result).apply(lambda tokens: str(tokens[0] or tokens[1]))
         )
-        return self._child(
+        version = random.RandomId(
+            f"{self._name}-auth-token-version",
+            byte_length=8,
+            keepers={"token": token},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        secret = self._child(
             k8s.core.v1.Secret,
             "auth-token-secret",
             self._settings.auth_secret_name,
@@ -210,8 +247,10 @@ class RayCluster(pulumi.ComponentResource):
             type="Opaque",
             string_data={pods.AUTH_TOKEN_KEY: token},
         )
+        version_hex: pulumi.Output[str] = version.hex
+        return secret, version_hex
 
-    def _smoke_test(self, cluster: list[pulumi.CustomResource]) -> None:
+    def _smoke_test(self, cluster: list[pulumi.CustomResource], cluster_digest: pulumi.Output[str]) -> None:
         settings = self._settings
         script_name = f"{settings.cluster_name}-smoke-test"
         script = self._child(
@@ -227,11 +266,12 @@ class RayCluster(pulumi.ComponentResource):
             # No fixed name: a changed template replaces the immutable Job create-before-delete, so it runs again.
             None,
             "smoke-test",
+            annotations=_RETRY_FAILED_JOB,
             spec={
                 "backoffLimit": 1,
                 "activeDeadlineSeconds": _SMOKE_TEST_DEADLINE_SECONDS,
                 "template": pods.smoke_test_pod_template(
-                    settings, script_config_map=script_name, script=SMOKE_TEST_SCRIPT
+                    settings, script_config_map=script_name, script=SMOKE_TEST_SCRIPT, cluster_digest=cluster_digest
                 ),
             },
             opts=pulumi.ResourceOptions(
@@ -239,3 +279,10 @@ class RayCluster(pulumi.ComponentResource):
                 custom_timeouts=pulumi.CustomTimeouts(create=f"{_SMOKE_TEST_DEADLINE_SECONDS + 60}s"),
             ),
         )
+
+
+def _digest(specs: Mapping[str, Any]) -> pulumi.Output[str]:
+    """A SHA-256 of specs that may hold Outputs (the token's version), once they are known."""
+    return pulumi.Output.from_input(specs).apply(
+        lambda resolved: hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
+    )

@@ -3,11 +3,18 @@
 Every value is checked here, before any resource is declared, so that a typo fails `pulumi up` with a message
 naming the key, the value and what is allowed, instead of a half-created cluster. Defaults live in
 `Pulumi.yaml` (the engine fills them in); only values that depend on the stack are derived here.
+
+Values arrive as the Pulumi CLI stores them: top-level keys as the text typed, and inside objects set with
+`pulumi config set --path`, `true`/`false` as booleans and whole numbers as integers
+(pulumi/pulumi sdk/go/common/resource/config/map.go, adjustObjectValue). Both are turned back into the text the
+user typed wherever the key holds text (a quantity, a label value), so `--path 'workerGroups[0].cpu' 8` works.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,10 +23,18 @@ from typing import Any
 
 import pulumi
 
+from . import sizing
+
 PROJECT = "ray-cluster"
 DEFAULT_GROUP = "worker"
 
+# RFC 1123 labels name namespaces and most objects; a Service name must also start with a letter (RFC 1035), and
+# every other name derives from the cluster's name, so the cluster's name follows the stricter rule.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_NOT_IN_LABEL = re.compile(r"[^a-z0-9-]+")
+_WHOLE_NUMBER = re.compile(r"^[0-9]+$")
 # Kubernetes' own grammar for a quantity (apimachinery resource.Quantity): a non-negative decimal number and one
 # suffix. The kubernetes client's parse_quantity is looser (it takes "K", "Infinity", "1_000"), so it is not used.
 _QUANTITY = re.compile(
@@ -27,15 +42,31 @@ _QUANTITY = re.compile(
 )
 _BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
 _DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
-_GROUP_KEYS = frozenset({"name", "replicas", "cpu", "memory", "gpus", "nodeSelector", "tolerations"})
+_GROUP_KEYS = frozenset({"name", "replicas", "cpu", "memory", "gpus", "image", "nodeSelector", "tolerations"})
 _TOLERATION_KEYS = frozenset({"key", "operator", "value", "effect", "tolerationSeconds"})
+_TOLERATION_OPERATORS = ("Equal", "Exists")
+_TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # The Deployment name `<cluster>-<group>` is also a label value: at most 63 characters.
 _MAX_NAME = 63
+# Leaves room for the suffixes of every name derived from it (`-worker`, `-internal`, ...); tests check them all.
+_MAX_CLUSTER_NAME = 53
+# The official Ray images: tags without an accelerator suffix (or with `-cpu`) carry no CUDA; `-gpu` variants do.
+_OFFICIAL_RAY_REPOSITORIES = frozenset({"rayproject/ray", "docker.io/rayproject/ray", "index.docker.io/rayproject/ray"})
+_GPU_TAG = re.compile(r"-(gpu|cu[0-9]+)(-|$)")
 
 
 def config_error(key: str, value: object, allowed: str) -> pulumi.RunError:
     """The one shape of every config error: which key, what it held, what it may hold."""
     return pulumi.RunError(f"{PROJECT}:{key} is {value!r}, but {allowed}")
+
+
+def cli_text(value: object) -> object:
+    """A scalar the CLI typed back into the text the user gave (`true`, `8`); anything else as it is."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float) and math.isfinite(value):
+        return repr(value)
+    return value
 
 
 def parse_quantity(key: str, value: object) -> Decimal:
@@ -56,6 +87,22 @@ def parse_quantity(key: str, value: object) -> Decimal:
     return amount
 
 
+def _require_memory(key: str, value: object) -> str:
+    """A pod memory Ray can start in: its object store share must reach Ray's minimum, or every start crash-loops."""
+    text = cli_text(value)
+    smallest = sizing.min_pod_memory_bytes()
+    if parse_quantity(key, text) < smallest:
+        raise config_error(
+            key,
+            value,
+            f"it must be at least {smallest // sizing.MIB}Mi: Ray's object store takes "
+            f"{sizing.OBJECT_STORE_FRACTION:.0%} of a pod's memory and refuses less than "
+            f"{sizing.RAY_MIN_OBJECT_STORE_BYTES // sizing.MIB} MiB",
+        )
+    assert isinstance(text, str)
+    return text
+
+
 @dataclass(frozen=True)
 class PodResources:
     """Requests of one Ray pod; limits equal requests (Guaranteed QoS, as Ray advises for memory)."""
@@ -67,10 +114,12 @@ class PodResources:
     @classmethod
     def parse(cls, key_of: Callable[[str], str], cpu: object, memory: object, gpus: object = 0) -> PodResources:
         """`key_of("cpu")` names the config key a value came from, for the error message."""
-        parse_quantity(key_of("cpu"), cpu)
-        parse_quantity(key_of("memory"), memory)
-        assert isinstance(cpu, str) and isinstance(memory, str)
-        return cls(cpu=cpu, memory=memory, gpus=_require_count(key_of("gpus"), gpus))
+        cpu_text = cli_text(cpu)
+        parse_quantity(key_of("cpu"), cpu_text)
+        assert isinstance(cpu_text, str)
+        return cls(
+            cpu=cpu_text, memory=_require_memory(key_of("memory"), memory), gpus=_require_count(key_of("gpus"), gpus)
+        )
 
     @property
     def cpu_cores(self) -> Decimal:
@@ -86,6 +135,7 @@ class WorkerGroup:
     name: str
     replicas: int
     resources: PodResources
+    image: str
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
 
@@ -102,7 +152,9 @@ class ClusterSettings:
     token_auth: bool
     client_namespaces: tuple[str, ...]
     client_cidrs: tuple[str, ...]
+    metrics_namespaces: tuple[str, ...]
     gcs_reconnect_timeout_seconds: int
+    worker_drain_seconds: int
 
     @property
     def head_service_name(self) -> str:
@@ -121,8 +173,22 @@ class ClusterSettings:
     def total_workers(self) -> int:
         return sum(group.replicas for group in self.worker_groups)
 
+    def warnings(self) -> list[str]:
+        """What works but is likely to hurt: reported by the component on every `pulumi up`."""
+        if self.head.memory_bytes >= sizing.RECOMMENDED_HEAD_MEMORY_BYTES:
+            return []
+        recommended = sizing.RECOMMENDED_HEAD_MEMORY_BYTES // 2**30
+        return [
+            f"{PROJECT}:headMemory is {self.head.memory!r}: the head's own Ray processes (GCS, dashboard, Ray Client "
+            f"server, raylet, agents) use about 1 GiB before any work, so a head below {recommended}Gi is likely "
+            "to be OOM-killed, and every worker with it"
+        ]
+
 
 def _require_count(key: str, value: object) -> int:
+    """A whole number, 0 or more: an integer, or the digits of one (`--path ... 02` is kept as the text "02")."""
+    if isinstance(value, str) and _WHOLE_NUMBER.match(value):
+        return int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise config_error(key, value, "it must be a whole number, 0 or more")
     return value
@@ -136,36 +202,100 @@ def _require_dns_label(key: str, value: object, max_length: int = _MAX_NAME) -> 
     return value
 
 
-def _require_image(value: object) -> str:
-    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
-        raise config_error("image", value, "it must be a non-empty image reference such as rayproject/ray:2.60.0")
-    name = value.split("@", 1)[0]
-    tag = name.rsplit("/", 1)[-1].partition(":")[2]
-    if "@" not in value and not tag:
+def _require_cluster_name(value: object) -> str:
+    if not isinstance(value, str) or len(value) > _MAX_CLUSTER_NAME or not _DNS_1035_LABEL.match(value):
         raise config_error(
-            "image", value, "it must name a tag or a digest (rayproject/ray:<version>), not imply latest"
+            "clusterName",
+            value,
+            "it must start with a letter and hold only lower-case letters, digits and '-', at most "
+            f"{_MAX_CLUSTER_NAME} characters (it names the head Service, which Kubernetes requires to start "
+            "with a letter)",
         )
-    if tag == "latest":
-        raise config_error("image", value, "it must pin a version: `latest` changes under a running cluster")
     return value
 
 
-def _require_string_map(key: str, value: object) -> dict[str, str]:
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise config_error(key, value, "it must be an object of string keys to string values")
-    return dict(value)
+def _require_image(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise config_error(key, value, "it must be a non-empty image reference such as rayproject/ray:2.60.0")
+    if "@" not in value and not _image_tag(value):
+        raise config_error(key, value, "it must name a tag or a digest (rayproject/ray:<version>), not imply latest")
+    if _image_tag(value) == "latest":
+        raise config_error(key, value, "it must pin a version: `latest` changes under a running cluster")
+    return value
 
 
-def _require_tolerations(key: str, value: object) -> tuple[Mapping[str, Any], ...]:
+def _image_tag(image: str) -> str:
+    return image.split("@", 1)[0].rsplit("/", 1)[-1].partition(":")[2]
+
+
+def gpu_image(key: str, image: str) -> str:
+    """The image a GPU group runs when it names none: the `-gpu` variant of an official Ray image's tag
+    (`2.60.0` and `2.60.0-cpu` -> `2.60.0-gpu`; a `-gpu` or `-cu<NNN>` tag as it is). A custom image is used as it
+    is (whether it carries CUDA is its builder's to know), and a digest names one image only, so an official
+    image pinned by digest needs the group's own `image`."""
+    name = image.split("@", 1)[0]
+    tag = _image_tag(image)
+    repository = name.removesuffix(f":{tag}")
+    if repository not in _OFFICIAL_RAY_REPOSITORIES or _GPU_TAG.search(tag):
+        return image
+    if "@" in image:
+        raise config_error(
+            key,
+            "",
+            f"the cluster's image {image!r} is pinned by digest and a GPU group needs the -gpu variant, which has "
+            "a digest of its own: set this group's image (e.g. rayproject/ray:<version>-gpu@sha256:<digest>)",
+        )
+    return f"{repository}:{tag.removesuffix('-cpu')}-gpu"
+
+
+def _group_image(key: str, value: object, cluster_image: str, gpus: int) -> str:
+    """The group's own image if given, else the cluster's (its -gpu variant for a group with GPUs)."""
+    if value != "":
+        return _require_image(key, value)
+    return gpu_image(key, cluster_image) if gpus else cluster_image
+
+
+def _require_label_value(key: str, value: object) -> str:
+    text = cli_text(value)
+    if not isinstance(text, str) or len(text) > _MAX_NAME or not _LABEL_VALUE.match(text):
+        raise config_error(key, value, "it must be a label value: at most 63 letters, digits, '-', '_' or '.'")
+    return text
+
+
+def _require_node_selector(key: str, value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise config_error(key, value, "it must be an object of node label names to values")
+    return {name: _require_label_value(f"{key}[{name!r}]", label) for name, label in value.items()}
+
+
+def _require_toleration(key: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not set(value) <= _TOLERATION_KEYS:
+        raise config_error(key, value, f"a toleration may only have the keys {sorted(_TOLERATION_KEYS)}")
+    toleration: dict[str, Any] = {name: cli_text(value[name]) for name in ("key", "value") if name in value}
+    if "operator" in value:
+        if value["operator"] not in _TOLERATION_OPERATORS:
+            raise config_error(f"{key}.operator", value["operator"], f"it must be one of {list(_TOLERATION_OPERATORS)}")
+        toleration["operator"] = value["operator"]
+    if "effect" in value:
+        if value["effect"] not in _TAINT_EFFECTS:
+            raise config_error(f"{key}.effect", value["effect"], f"it must be one of {list(_TAINT_EFFECTS)}")
+        toleration["effect"] = value["effect"]
+    if "tolerationSeconds" in value:
+        if toleration.get("effect") != "NoExecute":
+            raise config_error(key, value, "tolerationSeconds is only allowed with the effect NoExecute")
+        toleration["tolerationSeconds"] = _require_count(f"{key}.tolerationSeconds", value["tolerationSeconds"])
+    if not all(isinstance(toleration.get(name, ""), str) for name in ("key", "value")):
+        raise config_error(key, value, "its key and value must be text")
+    return toleration
+
+
+def _require_tolerations(key: str, value: object) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, Sequence) or isinstance(value, str):
         raise config_error(key, value, "it must be a list of Kubernetes tolerations")
-    for toleration in value:
-        if not isinstance(toleration, Mapping) or not set(toleration) <= _TOLERATION_KEYS:
-            raise config_error(key, toleration, f"each toleration may only have the keys {sorted(_TOLERATION_KEYS)}")
-    return tuple(dict(t) for t in value)
+    return tuple(_require_toleration(f"{key}[{index}]", toleration) for index, toleration in enumerate(value))
 
 
-def _parse_group(index: int, raw: object, defaults: PodResources) -> WorkerGroup:
+def _parse_group(index: int, raw: object, defaults: PodResources, cluster_image: str) -> WorkerGroup:
     key = f"workerGroups[{index}]"
     if not isinstance(raw, Mapping):
         raise config_error(key, raw, "it must be an object with a name and replicas")
@@ -174,16 +304,18 @@ def _parse_group(index: int, raw: object, defaults: PodResources) -> WorkerGroup
         raise config_error(key, raw, f"it has unknown keys {sorted(unknown)}; allowed are {sorted(_GROUP_KEYS)}")
     if "name" not in raw:
         raise config_error(key, raw, "it must have a name")
+    resources = PodResources.parse(
+        lambda name: f"{key}.{name}",
+        raw.get("cpu", defaults.cpu),
+        raw.get("memory", defaults.memory),
+        raw.get("gpus", 0),
+    )
     return WorkerGroup(
-        name=_require_dns_label(f"{key}.name", raw["name"]),
+        name=_require_dns_label(f"{key}.name", cli_text(raw["name"])),
         replicas=_require_count(f"{key}.replicas", raw.get("replicas", 1)),
-        resources=PodResources.parse(
-            lambda name: f"{key}.{name}",
-            raw.get("cpu", defaults.cpu),
-            raw.get("memory", defaults.memory),
-            raw.get("gpus", 0),
-        ),
-        node_selector=_require_string_map(f"{key}.nodeSelector", raw.get("nodeSelector", {})),
+        resources=resources,
+        image=_group_image(f"{key}.image", raw.get("image", ""), cluster_image, resources.gpus),
+        node_selector=_require_node_selector(f"{key}.nodeSelector", raw.get("nodeSelector", {})),
         tolerations=_require_tolerations(f"{key}.tolerations", raw.get("tolerations", [])),
     )
 
@@ -192,6 +324,11 @@ def _require_list(key: str, value: object) -> list[object]:
     if not isinstance(value, list):
         raise config_error(key, value, "it must be a list")
     return value
+
+
+def _require_label_list(config: pulumi.Config, key: str) -> tuple[str, ...]:
+    values = _require_list(key, config.require_object(key))
+    return tuple(_require_dns_label(f"{key}[{i}]", cli_text(value)) for i, value in enumerate(values))
 
 
 def _require_cidr(key: str, value: object) -> str:
@@ -207,14 +344,29 @@ def _require_seconds(key: str, value: int, low: int, high: int) -> int:
     return value
 
 
-def _default_namespace(stack: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", f"ray-{stack}".lower()).strip("-")[:_MAX_NAME].rstrip("-")
+def default_namespace(project: str, stack: str) -> str:
+    """`ray-<stack>`, only for a stack name that is a namespace name as it is: deriving one from `Dev` or `a_b`
+    would give `dev` and `a-b` the same namespace. A copy of this program under another project name gets a
+    suffix from the project's name, so its `dev` stack does not land in this project's `ray-dev`."""
+    suffix = "" if project == PROJECT else "-" + hashlib.sha256(project.encode()).hexdigest()[:6]
+    longest = _MAX_NAME - len("ray-") - len(suffix)
+    if len(stack) > longest or not _DNS_LABEL.match(stack):
+        example = _NOT_IN_LABEL.sub("-", stack.lower()).strip("-")[:longest] or "dev"
+        raise config_error(
+            "namespace",
+            "",
+            f"the stack {stack!r} is not a namespace name as it is (lower-case letters, digits and '-', at most "
+            f"{longest} characters), so none is derived from it: set one, e.g. "
+            f"`pulumi config set namespace ray-{example}`",
+        )
+    return f"ray-{stack}{suffix}"
 
 
-def load_settings(config: pulumi.Config, stack: str) -> ClusterSettings:
+def load_settings(config: pulumi.Config, project: str, stack: str) -> ClusterSettings:
     """Read and check every key; raises pulumi.RunError on the first bad value."""
-    cluster_name = _require_dns_label("clusterName", config.require("clusterName"), max_length=_MAX_NAME - 10)
-    namespace = config.require("namespace") or _default_namespace(stack)
+    cluster_name = _require_cluster_name(config.require("clusterName"))
+    namespace = config.require("namespace") or default_namespace(project, stack)
+    image = _require_image("image", config.require("image"))
     worker_resources = PodResources.parse(
         lambda name: f"worker{name.capitalize()}",
         config.require("workerCpu"),
@@ -225,11 +377,12 @@ def load_settings(config: pulumi.Config, stack: str) -> ClusterSettings:
         name=DEFAULT_GROUP,
         replicas=_require_count("workers", config.require_int("workers")),
         resources=worker_resources,
+        image=_group_image("workerImage", config.require("workerImage"), image, worker_resources.gpus),
     )
     raw_groups = config.get_object("workerGroups") or []
     if not isinstance(raw_groups, list):
         raise config_error("workerGroups", raw_groups, "it must be a list of worker group objects")
-    groups = (default_group, *(_parse_group(i, raw, worker_resources) for i, raw in enumerate(raw_groups)))
+    groups = (default_group, *(_parse_group(i, raw, worker_resources, image) for i, raw in enumerate(raw_groups)))
     names = [group.name for group in groups]
     for name in names:
         if names.count(name) > 1 or name == "head":
@@ -241,24 +394,21 @@ def load_settings(config: pulumi.Config, stack: str) -> ClusterSettings:
         cluster_name=cluster_name,
         namespace=_require_dns_label("namespace", namespace),
         create_namespace=config.require_bool("createNamespace"),
-        image=_require_image(config.require("image")),
+        image=image,
         head=PodResources.parse(
             lambda name: f"head{name.capitalize()}", config.require("headCpu"), config.require("headMemory")
         ),
         worker_groups=groups,
         test_job=config.require_bool("testJob"),
         token_auth=config.require_bool("tokenAuth"),
-        client_namespaces=tuple(
-            _require_dns_label(f"allowedClientNamespaces[{i}]", value)
-            for i, value in enumerate(
-                _require_list("allowedClientNamespaces", config.require_object("allowedClientNamespaces"))
-            )
-        ),
+        client_namespaces=_require_label_list(config, "allowedClientNamespaces"),
         client_cidrs=tuple(
             _require_cidr(f"allowedClientCidrs[{i}]", value)
             for i, value in enumerate(_require_list("allowedClientCidrs", config.require_object("allowedClientCidrs")))
         ),
+        metrics_namespaces=_require_label_list(config, "allowedMetricsNamespaces"),
         gcs_reconnect_timeout_seconds=_require_seconds(
             "gcsReconnectTimeoutSeconds", config.require_int("gcsReconnectTimeoutSeconds"), 5, 3600
         ),
+        worker_drain_seconds=_require_seconds("workerDrainSeconds", config.require_int("workerDrainSeconds"), 0, 3600),
     )

@@ -37,7 +37,30 @@ BAD_VALUES = [
     ({"image": "rayproject/ray:latest"}, ["ray-cluster:image", "latest"]),
     ({"image": "localhost:5000/ray"}, ["ray-cluster:image", "tag or a digest"]),
     ({"namespace": "Not_A_Label"}, ["ray-cluster:namespace", "'Not_A_Label'", "DNS label"]),
-    ({"clusterName": "ray.cluster"}, ["ray-cluster:clusterName", "'ray.cluster'", "DNS label"]),
+    ({"clusterName": "ray.cluster"}, ["ray-cluster:clusterName", "'ray.cluster'", "start with a letter"]),
+    # The head Service is named after the cluster, and a Service name must start with a letter.
+    ({"clusterName": "1ray"}, ["ray-cluster:clusterName", "'1ray'", "start with a letter"]),
+    ({"clusterName": "r" * 54}, ["ray-cluster:clusterName", "at most 53 characters"]),
+    # Ray refuses an object store below 75 MiB, and the store is 30% of the pod's memory.
+    ({"headMemory": "100Mi"}, ["ray-cluster:headMemory", "'100Mi'", "at least 250Mi", "75 MiB"]),
+    ({"workerMemory": "200Mi"}, ["ray-cluster:workerMemory", "'200Mi'", "at least 250Mi"]),
+    ({"workerMemory": "262143999"}, ["ray-cluster:workerMemory", "at least 250Mi"]),
+    (
+        {"workerGroups": [{"name": "small", "memory": "249Mi"}]},
+        ["ray-cluster:workerGroups[0].memory", "'249Mi'", "at least 250Mi"],
+    ),
+    ({"workerImage": "rayproject/ray:latest"}, ["ray-cluster:workerImage", "latest"]),
+    (
+        {"image": f"rayproject/ray:2.60.0@sha256:{'0' * 64}", "workerGpus": "1"},
+        ["ray-cluster:workerImage", "pinned by digest", "-gpu variant"],
+    ),
+    (
+        {"image": f"rayproject/ray@sha256:{'0' * 64}", "workerGroups": [{"name": "gpu", "gpus": 1}]},
+        ["ray-cluster:workerGroups[0].image", "pinned by digest"],
+    ),
+    ({"workerGroups": [{"name": "gpu", "image": "rayproject/ray"}]}, ["ray-cluster:workerGroups[0].image", "tag"]),
+    ({"workerDrainSeconds": "-1"}, ["ray-cluster:workerDrainSeconds", "-1", "between 0 and 3600"]),
+    ({"allowedMetricsNamespaces": ["Prom"]}, ["ray-cluster:allowedMetricsNamespaces[0]", "'Prom'", "DNS label"]),
     ({"testJob": "sometimes"}, ["ray-cluster:testJob", "sometimes"]),
     ({"workerGroups": {"name": "gpu"}}, ["ray-cluster:workerGroups", "list"]),
     ({"workerGroups": [{"name": "GPU_1"}]}, ["ray-cluster:workerGroups[0].name", "'GPU_1'", "DNS label"]),
@@ -49,7 +72,23 @@ BAD_VALUES = [
     ({"workerGroups": [{"name": "gpu", "replicas": -1}]}, ["ray-cluster:workerGroups[0].replicas", "-1"]),
     ({"workerGroups": [{"name": "gpu", "memory": "8GB"}]}, ["ray-cluster:workerGroups[0].memory", "'8GB'"]),
     ({"workerGroups": [{"name": "gpu", "gpus": "one"}]}, ["ray-cluster:workerGroups[0].gpus", "'one'"]),
-    ({"workerGroups": [{"name": "gpu", "nodeSelector": {"a": 1}}]}, ["ray-cluster:workerGroups[0].nodeSelector"]),
+    (
+        {"workerGroups": [{"name": "gpu", "nodeSelector": {"pool": "a b"}}]},
+        ["ray-cluster:workerGroups[0].nodeSelector['pool']", "'a b'", "label value"],
+    ),
+    (
+        {"workerGroups": [{"name": "gpu", "nodeSelector": {"pool": ["a"]}}]},
+        ["ray-cluster:workerGroups[0].nodeSelector['pool']", "label value"],
+    ),
+    (
+        {"workerGroups": [{"name": "gpu", "tolerations": [{"key": "k", "operator": "Equals"}]}]},
+        ["ray-cluster:workerGroups[0].tolerations[0].operator", "'Equals'", "['Equal', 'Exists']"],
+    ),
+    (
+        {"workerGroups": [{"name": "gpu", "tolerations": [{"key": "k", "tolerationSeconds": 60}]}]},
+        ["ray-cluster:workerGroups[0].tolerations[0]", "only allowed with the effect NoExecute"],
+    ),
+    ({"workerGroups": [{"name": "gpu", "cpu": True}]}, ["ray-cluster:workerGroups[0].cpu", "'true'", "quantity"]),
     (
         {"workerGroups": [{"name": "gpu", "tolerations": [{"key": "k", "effekt": "NoSchedule"}]}]},
         ["ray-cluster:workerGroups[0].tolerations", "effekt"],
@@ -73,6 +112,17 @@ def test_bad_value_is_rejected_before_any_resource(
         render(config)
     for text in expected:
         assert text in str(error.value)
+    assert declared == []
+
+
+@pytest.mark.parametrize("stack", ["Dev", "prod_eu", "a.b", "s" * 60])
+def test_a_namespace_is_derived_only_from_a_stack_name_that_is_one(stack: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Dev` and `dev`, `a_b` and `a-b` would share a namespace if names were normalised: refused, with the fix."""
+    declared = spy_on_declarations(monkeypatch)
+    with pytest.raises(pulumi.RunError) as error:
+        render(stack=stack)
+    assert f"ray-cluster:namespace is '', but the stack {stack!r}" in str(error.value)
+    assert "pulumi config set namespace ray-" in str(error.value)
     assert declared == []
 
 

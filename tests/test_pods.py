@@ -1,6 +1,10 @@
 """The pod builders on their own: no Pulumi runtime, just settings in and Kubernetes dicts out."""
 
+import json
 import shlex
+import socket
+import subprocess
+from pathlib import Path
 
 from components import pods
 from components.settings import DEFAULT_GROUP, ClusterSettings, PodResources, WorkerGroup
@@ -11,12 +15,21 @@ SETTINGS = ClusterSettings(
     create_namespace=True,
     image="rayproject/ray:2.60.0",
     head=PodResources(cpu="2", memory="8Gi"),
-    worker_groups=(WorkerGroup(name=DEFAULT_GROUP, replicas=2, resources=PodResources(cpu="1500m", memory="3Gi")),),
+    worker_groups=(
+        WorkerGroup(
+            name=DEFAULT_GROUP,
+            replicas=2,
+            resources=PodResources(cpu="1500m", memory="3Gi"),
+            image="rayproject/ray:2.60.0",
+        ),
+    ),
     test_job=True,
     token_auth=True,
     client_namespaces=(),
     client_cidrs=(),
+    metrics_namespaces=(),
     gcs_reconnect_timeout_seconds=30,
+    worker_drain_seconds=120,
 )
 
 
@@ -37,11 +50,34 @@ def test_worker_command_survives_the_shell() -> None:
     assert "--address=demo-head.ml.svc:6379" in args
 
 
-def test_wait_for_gcs_loops_until_health_check_passes() -> None:
-    script = pods.wait_for_gcs_script(SETTINGS)
-    assert script.startswith("until (exec 3<>/dev/tcp/demo-head.ml.svc/6379) 2>/dev/null && ")
-    assert "ray health-check --address=demo-head.ml.svc:6379 " in script
-    assert "sleep 1; done" in script
+def test_wait_for_gcs_loops_until_health_check_passes_and_says_why_not(tmp_path: Path) -> None:
+    """Run for real under bash, against a local port and a `ray` that refuses twice (as with a wrong token)."""
+    fake_ray = tmp_path / "ray"
+    fake_ray.write_text(
+        '#!/bin/sh\ncount=$(cat "$0.calls" 2>/dev/null || echo 0); echo $((count + 1)) > "$0.calls"\n'
+        '[ "$count" -ge 2 ] && exit 0\necho "Traceback ..." >&2; echo "Unauthenticated: invalid token" >&2; exit 1\n'
+    )
+    fake_ray.chmod(0o755)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        script = pods.wait_for_gcs_script(SETTINGS)
+        assert script.count("demo-head.ml.svc") == 4 and script.count("6379") == 4
+        local = script.replace("demo-head.ml.svc", "127.0.0.1").replace("6379", str(listener.getsockname()[1]))
+        result = subprocess.run(
+            ["bash", "-c", local], env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=30
+        )
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stderr
+    assert lines == [f"waiting for the Ray head (GCS) at {local.split('--address=')[1].split(' ')[0]}: "
+                     "Unauthenticated: invalid token"] * 2 + [lines[-1]]  # fmt: skip
+    assert lines[-1].endswith(" is ready")
+
+    unreachable = subprocess.run(
+        ["timeout", "3", "bash", "-c", script.replace("demo-head.ml.svc", "127.0.0.1").replace("6379", "1")],
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert "waiting for the Ray head (GCS) at 127.0.0.1:1: its port does not answer yet" in unreachable.stdout
 
 
 def test_labels_name_cluster_component_and_group() -> None:
@@ -57,8 +93,44 @@ def test_gpu_resources_only_when_asked_for() -> None:
     assert with_gpu["limits"]["nvidia.com/gpu"] == with_gpu["requests"]["nvidia.com/gpu"] == "4"
 
 
-def test_smoke_test_template_changes_with_the_script() -> None:
-    first = pods.smoke_test_pod_template(SETTINGS, script_config_map="cm", script="print('a')")
-    second = pods.smoke_test_pod_template(SETTINGS, script_config_map="cm", script="print('b')")
-    assert first["metadata"]["annotations"] != second["metadata"]["annotations"]
+def test_smoke_test_template_changes_with_the_script_and_the_cluster() -> None:
+    first = pods.smoke_test_pod_template(SETTINGS, script_config_map="cm", script="print('a')", cluster_digest="1")
+    second = pods.smoke_test_pod_template(SETTINGS, script_config_map="cm", script="print('b')", cluster_digest="1")
+    third = pods.smoke_test_pod_template(SETTINGS, script_config_map="cm", script="print('a')", cluster_digest="2")
+    assert len({json.dumps(t["metadata"]["annotations"]) for t in (first, second, third)}) == 3
     assert first["spec"]["restartPolicy"] == "Never"
+
+
+def test_workers_drain_for_the_configured_time_and_the_kubelet_waits_for_it() -> None:
+    worker = pods.worker_pod_template(SETTINGS, SETTINGS.worker_groups[0], {})
+    head = pods.head_pod_template(SETTINGS, {})
+    for template, drain in ((worker, 120), (head, pods.HEAD_DRAIN_SECONDS)):
+        [ray] = template["spec"]["containers"]
+        env = {item["name"]: item.get("value") for item in ray["env"]}
+        assert env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] == str(drain)
+        # Ray's teardown after the drain (about a second per process) must fit in the grace period as well.
+        assert template["spec"]["terminationGracePeriodSeconds"] >= drain + 10
+    # A head that drained would only delay its replacement; a worker outlasts Ray's default 30 s drain.
+    assert head["spec"]["terminationGracePeriodSeconds"] < 30 < 120 <= worker["spec"]["terminationGracePeriodSeconds"]
+    env = {item["name"]: item.get("value") for item in worker["spec"]["containers"][0]["env"]}
+    assert env["RAY_gcs_rpc_server_reconnect_timeout_s"] == "30"
+
+
+def test_workers_roll_without_a_surge_pod() -> None:
+    rollout = pods.worker_rollout()
+    assert rollout == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "25%"}}
+
+
+def test_every_ray_container_has_a_writable_home_as_its_working_directory() -> None:
+    worker = pods.worker_pod_template(SETTINGS, SETTINGS.worker_groups[0], {})
+    smoke = pods.smoke_test_pod_template(SETTINGS, script_config_map="cm", script="", cluster_digest="")
+    for template in (worker, pods.head_pod_template(SETTINGS, {}), smoke):
+        spec = template["spec"]
+        volumes = {volume["name"]: volume for volume in spec["volumes"]}
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            env = {item["name"]: item.get("value") for item in container["env"]}
+            assert env["HOME"] == container["workingDir"] == pods.HOME_DIR
+            [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == pods.HOME_DIR]
+            assert volumes[mount["name"]] == {"name": mount["name"], "emptyDir": {}} and not mount.get("readOnly")
+            # Below the image's home, not over it: /home/ray/anaconda3 (conda, Ray) stays visible.
+            assert pods.HOME_DIR.startswith("/home/ray/") and pods.HOME_DIR != "/home/ray/anaconda3"

@@ -1,12 +1,16 @@
 """The real program under Pulumi's mocks: the resources, fields and dependencies that make the cluster work."""
 
+import json
 import shlex
 from typing import Any
 
+import pulumi
 import pytest
 
+from components.pods import TOKEN_VERSION_ANNOTATION as TOKEN_VERSION
 from components.settings import parse_quantity
 from tests.program import Manifest, Rendered, render
+from tests.pulumi_cli import StackConfig
 
 HEAD_HOST = "ray-head.ray-test.svc"
 POD_LABELS = [
@@ -75,8 +79,8 @@ def test_the_component_owns_every_resource(default: Rendered) -> None:
 
 def test_namespace_comes_from_the_stack_name() -> None:
     assert render(stack="staging").one("Namespace")["metadata"]["name"] == "ray-staging"
-    assert render(stack="Prod_EU").one("Namespace")["metadata"]["name"] == "ray-prod-eu"
-    assert render({"namespace": "ml"}).one("Namespace")["metadata"]["name"] == "ml"
+    assert render(stack="prod-eu").one("Namespace")["metadata"]["name"] == "ray-prod-eu"
+    assert render({"namespace": "ml"}, stack="Prod_EU").one("Namespace")["metadata"]["name"] == "ml"
 
 
 def test_an_existing_namespace_is_used_not_created() -> None:
@@ -272,3 +276,81 @@ def test_an_extra_gpu_group() -> None:
     assert rendered.registration_of(gpu).urn in job.dependencies
     assert env(container(rendered.one("Job")))["SMOKE_EXPECTED_WORKERS"] == "5"
     assert rendered.outputs["workerReplicas"] == {"worker": 3, "gpu": 2}
+
+
+def test_gpu_groups_run_the_gpu_variant_of_the_image() -> None:
+    config = StackConfig(values={"workerGpus": "1"})
+    config.run("pulumi config set --path 'workerGroups[0].name' a100")
+    config.run("pulumi config set --path 'workerGroups[0].gpus' 2")
+    config.run("pulumi config set --path 'workerGroups[1].name' cuda-custom")
+    config.run("pulumi config set --path 'workerGroups[1].gpus' 1")
+    config.run("pulumi config set --path 'workerGroups[1].image' registry.example/ray-cuda:2.60.0")
+    config.run("pulumi config set --path 'workerGroups[2].name' cpu")
+    rendered = render(config.program_config())
+
+    def images(name: str) -> set[str]:
+        spec = pod_spec(rendered.one("Deployment", name))
+        return {c["image"] for c in spec["containers"] + spec.get("initContainers", [])}
+
+    assert images("ray-head") == images("ray-cpu") == {"rayproject/ray:2.60.0"}
+    assert images("ray-worker") == images("ray-a100") == {"rayproject/ray:2.60.0-gpu"}
+    assert images("ray-cuda-custom") == {"registry.example/ray-cuda:2.60.0"}
+    assert container(rendered.one("Job"))["image"] == "rayproject/ray:2.60.0"
+
+
+def test_workers_roll_without_surge_and_drain_before_they_stop(default: Rendered) -> None:
+    worker = default.one("Deployment", "ray-worker")
+    assert worker["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "25%"},
+    }
+    assert env(container(worker))["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] == "120"
+    assert pod_spec(worker)["terminationGracePeriodSeconds"] == 135
+    drained = render({"workerDrainSeconds": "600"}).one("Deployment", "ray-worker")
+    assert env(container(drained))["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] == "600"
+    assert pod_spec(drained)["terminationGracePeriodSeconds"] == 615
+
+
+def test_a_failed_smoke_test_is_replaced_by_the_next_up(default: Rendered) -> None:
+    """pulumi-kubernetes re-awaits a Job that failed (and fails again) unless it may replace an unready one."""
+    assert default.one("Job")["metadata"]["annotations"]["pulumi.com/replaceUnready"] == "true"
+
+
+def test_pulumi_owns_the_fields_it_sets_on_every_object(default: Rendered) -> None:
+    for manifest in default.manifests:
+        assert manifest["metadata"]["annotations"]["pulumi.com/patchForce"] == "true", manifest["kind"]
+
+
+def test_a_new_token_rolls_every_pod_that_reads_it() -> None:
+    def versions(token: str) -> dict[str, str]:
+        rendered = render({"authToken": token}, secrets=("authToken",))
+        return {
+            m["metadata"]["name"]: m["spec"]["template"]["metadata"]["annotations"][TOKEN_VERSION]
+            for m in rendered.of_kind("Deployment")
+        }
+
+    first, again, rotated = versions("a" * 40), versions("a" * 40), versions("b" * 40)
+    assert first.keys() == {"ray-head", "ray-worker"} and len(set(first.values())) == 1
+    assert first == again
+    assert set(rotated.values()).isdisjoint(first.values())
+    assert "a" * 8 not in json.dumps(first)
+    assert TOKEN_VERSION not in json.dumps(render({"tokenAuth": "false"}).manifests)
+
+
+def test_metrics_scrapers_get_the_metrics_port_only() -> None:
+    rendered = render({"allowedMetricsNamespaces": ["monitoring"]})
+    policy = rendered.one("NetworkPolicy", "ray-metrics")["spec"]
+    [rule] = policy["ingress"]
+    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert rule["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["monitoring"]
+    assert policy["podSelector"] == {"matchLabels": {"ray.io/cluster": "ray"}}
+    assert [m["metadata"]["name"] for m in rendered.of_kind("NetworkPolicy")] == ["ray-internal", "ray-metrics"]
+
+
+def test_a_small_head_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    warnings: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: warnings.append(message))
+    render()
+    assert warnings == []
+    render({"headMemory": "1Gi"})
+    assert len(warnings) == 1 and "headMemory is '1Gi'" in warnings[0]

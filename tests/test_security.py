@@ -110,7 +110,7 @@ def test_writable_paths_are_only_where_ray_writes() -> None:
     for _, container, spec in ray_containers(rendered("default").manifests):
         volumes = {v["name"]: v for v in spec["volumes"]}
         writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
-        assert writable <= {"/tmp", "/dev/shm"}
+        assert writable <= {"/tmp", "/dev/shm", pods.HOME_DIR}
         assert all("emptyDir" in volumes[m["name"]] for m in container["volumeMounts"] if not m.get("readOnly"))
 
 
@@ -136,9 +136,17 @@ def test_the_token_is_a_secret_and_never_an_output() -> None:
     assert len(token) >= 32
     assert result.registration_of(secret).secret_paths == {"stringData"}
     assert token not in json.dumps(result.outputs)
-    holders = {r.type for r in result.registrations if token in json.dumps(r.inputs)}
-    # Only the Secret and its generator hold it; pulumi-random marks `result` secret in the state.
-    assert holders == {"kubernetes:core/v1:Secret", "random:index/randomPassword:RandomPassword"}
+    holders = {r.type: r for r in result.registrations if token in json.dumps(r.inputs)}
+    # Only the Secret, its generator and its version's keepers (sent as a secret) hold it; pulumi-random marks
+    # `result` secret in the state.
+    assert holders.keys() == {
+        "kubernetes:core/v1:Secret",
+        "random:index/randomPassword:RandomPassword",
+        "random:index/randomId:RandomId",
+    }
+    assert holders["random:index/randomId:RandomId"].secret_paths == {"keepers.token"}
+    version = result.one("Deployment", "ray-head")["spec"]["template"]["metadata"]["annotations"]
+    assert token not in json.dumps(version)
     assert result.registrations[0].inputs == {}  # the component records no inputs
 
 

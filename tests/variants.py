@@ -1,31 +1,47 @@
-"""The config variants every manifest-level test renders: each one the real program under mocks, rendered once."""
+"""The config variants every manifest-level test renders: each one the real program under mocks, rendered once,
+with config stored as the Pulumi CLI stores it."""
 
 from __future__ import annotations
 
 from functools import cache
 
 from tests.program import Rendered, render
+from tests.pulumi_cli import StackConfig
 
-GPU_GROUP = {
-    "name": "gpu",
-    "replicas": 1,
-    "cpu": "8",
-    "memory": "32Gi",
-    "gpus": 1,
-    "nodeSelector": {"nvidia.com/gpu.present": "true"},
-    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-}
+# The README's GPU group, typed as `pulumi config set --path` types it (cpu 8 and `true` arrive as 8 and True).
+GPU_GROUP = StackConfig()
+for command in (
+    "pulumi config set --path 'workerGroups[0].name' gpu",
+    "pulumi config set --path 'workerGroups[0].replicas' 1",
+    "pulumi config set --path 'workerGroups[0].cpu' 8",
+    "pulumi config set --path 'workerGroups[0].memory' 32Gi",
+    "pulumi config set --path 'workerGroups[0].gpus' 1",
+    "pulumi config set --path 'workerGroups[0].nodeSelector[\"nvidia.com/gpu.present\"]' true",
+    "pulumi config set --path 'workerGroups[0].tolerations[0].key' nvidia.com/gpu",
+    "pulumi config set --path 'workerGroups[0].tolerations[0].operator' Exists",
+    "pulumi config set --path 'workerGroups[0].tolerations[0].effect' NoSchedule",
+):
+    GPU_GROUP.run(command)
+
 VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
-    "no-workers": {"workers": 0},
-    "one-worker": {"workers": 1},
-    "four-workers": {"workers": 4},
-    "custom-image-and-resources": {"image": "registry.example/ray:2.60.0-py311", "headCpu": "4", "workerMemory": "8Gi"},
-    "gpu-group": {"workerGroups": [GPU_GROUP]},
-    "auth-off": {"tokenAuth": False},
-    "clients-allowed": {"allowedClientNamespaces": ["ml-notebooks"], "allowedClientCidrs": ["10.8.0.0/16"]},
-    "existing-namespace": {"namespace": "shared", "createNamespace": False},
-    "no-test-job": {"testJob": False},
+    "no-workers": {"workers": "0"},
+    "one-worker": {"workers": "1"},
+    "four-workers": {"workers": "4"},
+    "custom-image-and-resources": {
+        "image": "registry.example/ray:2.60.0-py311",
+        "headCpu": "4",
+        "workerMemory": "8Gi",
+    },
+    "gpu-group": GPU_GROUP.program_config(),
+    "auth-off": {"tokenAuth": "false"},
+    "clients-allowed": {
+        "allowedClientNamespaces": ["ml-notebooks"],
+        "allowedClientCidrs": ["10.8.0.0/16"],
+        "allowedMetricsNamespaces": ["monitoring"],
+    },
+    "existing-namespace": {"namespace": "shared", "createNamespace": "false"},
+    "no-test-job": {"testJob": "false"},
 }
 
 

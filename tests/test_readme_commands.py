@@ -1,0 +1,81 @@
+"""Every `pulumi` command in the README's shell blocks, run in order against the CLI's config store and the real
+program: each `pulumi up` (and each block that sets config) must render without an error, with the values stored
+as the real CLI stores them (`--path` numbers and booleans included)."""
+
+import re
+import shlex
+
+import pytest
+
+from tests.program import ROOT, Rendered, render
+from tests.pulumi_cli import StackConfig
+
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"```bash\n(.*?)```", README, re.DOTALL)
+
+
+def commands(block: str) -> list[str]:
+    """The `pulumi ...` commands of a block, `&&` chains split, comments dropped."""
+    found = []
+    for line in block.splitlines():
+        for part in line.split("&&"):
+            words = shlex.split(part, comments=True)
+            if words[:1] == ["pulumi"]:
+                found.append(shlex.join(words))
+    return found
+
+
+def run_readme() -> list[tuple[str, Rendered]]:
+    """Runs the README's commands; returns each deployment (stack, what `pulumi up` would declare)."""
+    stacks: dict[str, StackConfig] = {}
+    stack = "dev"
+    deployed: list[tuple[str, Rendered]] = []
+    for block in BLOCKS:
+        pending = False
+        for command in commands(block):
+            words = shlex.split(command)
+            if words[1:3] == ["stack", "select"]:
+                stack = words[-1]
+            elif words[1:3] == ["config", "set"]:
+                stacks.setdefault(stack, StackConfig()).run(command)
+                pending = True
+            elif words[1] == "up":
+                config = stacks.setdefault(stack, StackConfig())
+                deployed.append((stack, render(config.program_config(), stack, secrets=tuple(config.secrets))))
+                pending = False
+        if pending:
+            config = stacks[stack]
+            deployed.append((stack, render(config.program_config(), stack, secrets=tuple(config.secrets))))
+    return deployed
+
+
+@pytest.fixture(scope="module")
+def deployed() -> list[tuple[str, Rendered]]:
+    return run_readme()
+
+
+def test_the_readme_has_the_commands_this_test_runs() -> None:
+    everything = [command for block in BLOCKS for command in commands(block)]
+    assert sum("config set --path" in command for command in everything) >= 9
+    assert sum(command.startswith("pulumi up") for command in everything) >= 4
+
+
+def test_every_readme_deployment_renders(deployed: list[tuple[str, Rendered]]) -> None:
+    assert [stack for stack, _ in deployed] == ["dev", "dev", "staging", "prod", "prod"]
+
+
+def test_the_readme_gpu_group_is_what_it_says(deployed: list[tuple[str, Rendered]]) -> None:
+    [gpu] = [
+        r.one("Deployment", "ray-gpu") for _, r in deployed if "ray-gpu" in {m["metadata"]["name"] for m in r.manifests}
+    ]
+    spec = gpu["spec"]["template"]["spec"]
+    assert gpu["spec"]["replicas"] == 2
+    assert spec["containers"][0]["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert spec["containers"][0]["image"] == "rayproject/ray:2.60.0-gpu"
+
+
+def test_the_readme_environments_get_their_own_namespaces(deployed: list[tuple[str, Rendered]]) -> None:
+    namespaces = {stack: rendered.one("Namespace")["metadata"]["name"] for stack, rendered in deployed}
+    assert namespaces == {"dev": "ray-dev", "staging": "ray-staging", "prod": "ray-prod"}
