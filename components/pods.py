@@ -292,10 +292,13 @@ def pod_template(
         **({"nodeSelector": node_selector} if node_selector else {}),
         **({"tolerations": tolerations} if tolerations else {}),
     }
-    metadata: Manifest = {"labels": labels(settings, component, group)}
-    if annotations:
-        metadata["annotations"] = dict(annotations)
-    return {"metadata": metadata, "spec": spec}
+    # `kubectl logs/exec` pick the first main container without `-c`; the map is never empty, which the
+    # Deployments' ignore_changes path below it (kubectl's restartedAt) needs to exist.
+    first = {"kubectl.kubernetes.io/default-container": containers[0]["name"]}
+    return {
+        "metadata": {"labels": labels(settings, component, group), "annotations": {**first, **(annotations or {})}},
+        "spec": spec,
+    }
 
 
 def head_pod_template(settings: ClusterSettings, annotations: Mapping[str, Any]) -> Manifest:

@@ -1,0 +1,137 @@
+"""A model of field ownership under server-side apply, as pulumi-kubernetes 4.x and kubectl meet on one object.
+
+Rules modelled (Kubernetes server-side apply; pulumi-kubernetes provider/pkg/await/await.go and ssa.go):
+- Every leaf field of a live object has one manager; an apply takes ownership of the fields it sets, and
+  removes the fields it owned before and no longer sets.
+- An apply that sets a field another manager owns, to another value, is a conflict, unless it is forced
+  (pulumi-kubernetes forces with the annotation `pulumi.com/patchForce: "true"`), which takes the field over.
+- `kubectl scale` writes `spec.replicas` through the scale subresource as manager "kubectl";
+  `kubectl rollout restart` stamps a template annotation as "kubectl-rollout"; `kubectl edit` writes as
+  "kubectl-edit".
+- Before each real apply, the provider takes over the fields of managers whose names start with "kubectl" and
+  that did not write through a subresource (fixCSAFieldManagers): their edits are Pulumi's to keep or drop.
+- `ignore_changes` paths: a field another manager owns (and Pulumi does not) is left out of the apply; one Pulumi
+  owns is sent with its live value (handleSSAIgnoreFields).
+- Pulumi applies only when its diff finds a change: against its last inputs after a plain `pulumi up`, against the
+  live object after `pulumi refresh` (or `pulumi up --refresh`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.pulumi_cli import path_segments
+
+Path = tuple[str | int, ...]
+PULUMI = "pulumi-kubernetes-5d1e0f2a"
+PATCH_FORCE = "pulumi.com/patchForce"
+
+
+class ConflictError(RuntimeError):
+    """The API server refused the apply: another manager owns a field it sets to another value."""
+
+
+@dataclass(frozen=True)
+class Owned:
+    value: Any
+    manager: str
+    subresource: str = ""
+
+
+def leaves(value: Any, prefix: Path = ()) -> dict[Path, Any]:
+    """Every leaf of a manifest by its path (lists by index; empty objects and lists are leaves)."""
+    if isinstance(value, dict) and value:
+        return {path: leaf for key, item in value.items() for path, leaf in leaves(item, (*prefix, key)).items()}
+    if isinstance(value, list) and value:
+        return {path: leaf for index, item in enumerate(value) for path, leaf in leaves(item, (*prefix, index)).items()}
+    return {prefix: value}
+
+
+def rebuild(fields: dict[Path, Any]) -> Any:
+    """The manifest whose leaves these are."""
+    root: dict[str | int, Any] = {}
+    for path, value in sorted(fields.items(), key=lambda item: [str(segment) for segment in item[0]]):
+        node = root
+        for segment in path[:-1]:
+            node = node.setdefault(segment, {})
+        node[path[-1]] = value
+    return _lists(root)
+
+
+def _lists(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    if node and all(isinstance(key, int) for key in node):
+        return [_lists(node[index]) for index in sorted(node)]
+    return {key: _lists(item) for key, item in node.items()}
+
+
+def pulumi_path(text: str) -> Path:
+    """An `ignore_changes` path (`spec.template.metadata.annotations["a/b"]`) as a field path."""
+    return tuple(path_segments(text))
+
+
+@dataclass
+class LiveObject:
+    fields: dict[Path, Owned] = field(default_factory=dict)
+
+    def manifest(self) -> Any:
+        return rebuild({path: owned.value for path, owned in self.fields.items()})
+
+    def value(self, text: str) -> Any:
+        owned = self.fields.get(pulumi_path(text))
+        return owned.value if owned else None
+
+    def write(self, manager: str, values: dict[str, Any], subresource: str = "") -> None:
+        """An update by another client (kubectl): it owns what it wrote."""
+        for text, value in values.items():
+            self.fields[pulumi_path(text)] = Owned(value, manager, subresource)
+
+    def pulumi_apply(self, manifest: Any, ignore_changes: tuple[str, ...] = ()) -> None:
+        """A server-side apply by pulumi-kubernetes, forced when the manifest carries patchForce."""
+        force = manifest.get("metadata", {}).get("annotations", {}).get(PATCH_FORCE) == "true"
+        for path, owned in list(self.fields.items()):
+            if owned.manager.startswith("kubectl") and not owned.subresource:
+                self.fields[path] = Owned(owned.value, PULUMI)
+        desired = leaves(copy.deepcopy(manifest))
+        for text in ignore_changes:
+            ignored = pulumi_path(text)
+            live = self.fields.get(ignored)
+            if live is None:
+                continue
+            if live.manager != PULUMI:
+                desired.pop(ignored, None)
+            else:
+                desired[ignored] = live.value
+        conflicts = [
+            path
+            for path, value in desired.items()
+            if path in self.fields and self.fields[path].manager != PULUMI and self.fields[path].value != value
+        ]
+        if conflicts and not force:
+            owners = sorted({f"{self.fields[p].manager} ({self.fields[p].subresource or 'main'})" for p in conflicts})
+            raise ConflictError(f"Apply failed with {len(conflicts)} conflict(s) with {owners}: {conflicts}")
+        for path in [p for p, owned in self.fields.items() if owned.manager == PULUMI and p not in desired]:
+            del self.fields[path]
+        for path, value in desired.items():
+            self.fields[path] = Owned(value, PULUMI)
+
+    def drifted_from(self, manifest: Any, ignore_changes: tuple[str, ...] = ()) -> bool:
+        """What `pulumi refresh` makes the next diff see: a field Pulumi sets that lives with another value."""
+        ignored = {pulumi_path(text) for text in ignore_changes}
+        return any(
+            path not in ignored and (path not in self.fields or self.fields[path].value != value)
+            for path, value in leaves(manifest).items()
+        )
+
+
+def pulumi_up(
+    live: LiveObject, before: Any, after: Any, ignore_changes: tuple[str, ...] = (), *, refresh: bool = False
+) -> bool:
+    """`pulumi up` of one object whose inputs go from `before` to `after`; returns whether it applied."""
+    changed = live.drifted_from(after, ignore_changes) if refresh else leaves(before) != leaves(after)
+    if changed:
+        live.pulumi_apply(after, ignore_changes)
+    return changed

@@ -1,0 +1,164 @@
+"""A stack's life after its first `pulumi up`, as the engine decides it: every config key changed alone, the
+namespace and cluster-name changes both ways, and destroy, planned by the model in tests/lifecycle.py from two
+renders of the real program. Each plan must be safe (no live object left to or deleted from under another
+resource, no engine error), and what it does to pods and to the smoke test must be what the README's
+"Changing a running stack" table says."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+import pytest
+import yaml
+
+from tests.lifecycle import Plan, Step, plan
+from tests.program import ROOT, Rendered, render
+
+README = (ROOT / "README.md").read_text()
+CONFIG_KEYS = set(yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]) | {"workerGroups"}
+# One change per key, away from the default; keys whose change is tested both ways have both.
+CHANGES: dict[str, dict[str, object]] = {
+    "workers": {"workers": "4"},
+    "workerCpu": {"workerCpu": "2"},
+    "workerMemory": {"workerMemory": "3Gi"},
+    "workerGpus": {"workerGpus": "1"},
+    "workerImage": {"workerImage": "registry.example/ray:2.60.0"},
+    "workerDrainSeconds": {"workerDrainSeconds": "300"},
+    "gcsReconnectTimeoutSeconds": {"gcsReconnectTimeoutSeconds": "120"},
+    "workerGroups": {"workerGroups": [{"name": "extra"}]},
+    "headCpu": {"headCpu": "2"},
+    "headMemory": {"headMemory": "8Gi"},
+    "image": {"image": "rayproject/ray:2.60.0-py311"},
+    "authToken": {"authToken": "a-token-of-the-users-own-0123456789abcdef"},
+    "tokenAuth": {"tokenAuth": "false"},
+    "clusterName": {"clusterName": "renamed"},
+    "namespace": {"namespace": "elsewhere"},
+    "createNamespace": {"createNamespace": "false"},
+    "allowedClientNamespaces": {"allowedClientNamespaces": ["notebooks"]},
+    "allowedClientCidrs": {"allowedClientCidrs": ["10.8.0.0/16"]},
+    "allowedMetricsNamespaces": {"allowedMetricsNamespaces": ["monitoring"]},
+    "testJob": {"testJob": "false"},
+}
+
+
+@cache
+def rendered(key: str | None) -> Rendered:
+    """The default stack (None), or the stack after one key's change."""
+    change = CHANGES[key] if key else {}
+    return render(change, secrets=("authToken",) if "authToken" in change else ())
+
+
+def readme_table() -> dict[str, tuple[str, str]]:
+    """Config key -> (pods, smoke test) from the README's table."""
+    section = README.split("## Changing a running stack", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| `")]
+    return {
+        key: (row[2].strip(), row[3].strip(" |"))
+        for row in rows
+        for key in re.findall(r"`([A-Za-z]+)`", row[0])
+        if key in CONFIG_KEYS
+    }
+
+
+def _template_changed(step: Step) -> bool:
+    return any(path.startswith("spec.template") for path in step.changed_paths)
+
+
+def pods_effect(changes: Plan) -> str:
+    """What the change does to running pods, in the README's words."""
+    deployments = [step for step in changes.steps if step.type == "kubernetes:apps/v1:Deployment"]
+    if any(step.kind == "replace" for step in deployments):
+        return "new cluster"
+    head = [step for step in deployments if step.name.endswith("-head")]
+    workers = [step for step in deployments if step not in head]
+    effects = []
+    if any(step.kind == "update" and _template_changed(step) for step in head):
+        effects.append("head restarts")
+    if any(step.kind == "update" and _template_changed(step) for step in workers):
+        effects.append("workers roll")
+    elif any(step.kind in ("create", "delete") or "spec.replicas" in step.changed_paths for step in workers):
+        effects.append("workers added or removed")
+    return ", ".join(effects) or "none"
+
+
+def smoke_effect(changes: Plan) -> str:
+    jobs = [step for step in changes.steps if step.type == "kubernetes:batch/v1:Job"]
+    return "runs again" if any(step.kind in ("replace", "create") for step in jobs) else "no"
+
+
+def assert_safe(changes: Plan) -> None:
+    assert changes.hazards == () and changes.errors == (), (changes.hazards, changes.errors)
+
+
+def test_the_table_covers_every_config_key() -> None:
+    assert readme_table().keys() == CONFIG_KEYS == CHANGES.keys()
+
+
+@pytest.mark.parametrize("key", sorted(CHANGES))
+def test_each_change_does_what_the_readme_says(key: str) -> None:
+    changes = plan(rendered(None), rendered(key))
+    assert_safe(changes)
+    assert (pods_effect(changes), smoke_effect(changes)) == readme_table()[key]
+
+
+@pytest.mark.parametrize("key", sorted(CHANGES))
+def test_each_change_is_safe_undone(key: str) -> None:
+    assert_safe(plan(rendered(key), rendered(None)))
+
+
+@pytest.mark.parametrize("key", ["clusterName", "namespace", "createNamespace", "image", "authToken"])
+def test_no_urn_depends_on_a_value_a_user_may_change(key: str) -> None:
+    """The same resources before and after: each is updated or replaced under its URN, never re-created under a
+    new one (which would adopt the live object and then delete it with the old URN)."""
+    before, after = rendered(None), rendered(key)
+    assert {r.urn for r in before.registrations} == {r.urn for r in after.registrations}
+    changes = plan(before, after)
+    assert changes.created() == [] and changes.deleted() == []
+
+
+def test_a_rename_replaces_each_object_before_deleting_the_old_one_in_the_same_namespace() -> None:
+    changes = plan(rendered(None), rendered("clusterName"))
+    replaced = [changes.step(name) for name in changes.replaced()]
+    assert {"ray-head", "ray-worker", "ray-head-service", "ray-auth-token-secret"} <= set(changes.replaced())
+    for step in replaced:
+        assert not step.delete_before_replace, step.name
+        assert step.obj and step.old_obj and step.obj.namespace == step.old_obj.namespace == "ray-test"
+        assert step.obj.name != step.old_obj.name
+
+
+def test_creating_the_namespace_no_more_releases_it_and_creating_it_again_adopts_it() -> None:
+    released = plan(rendered(None), rendered("createNamespace"))
+    assert released.kind_of("ray-namespace") == "relinquish"
+    namespace = [op.action for op in released.operations if op.obj and op.obj.kind == "Namespace"]
+    assert sorted(namespace) == ["read", "release"]
+    adopted = plan(rendered("createNamespace"), rendered(None))
+    assert adopted.kind_of("ray-namespace") == "adopt"
+
+
+@pytest.mark.parametrize("key", [None, "createNamespace"])
+def test_destroy_deletes_the_namespace_last_or_leaves_an_existing_one(key: str | None) -> None:
+    destroy = plan(rendered(key), None)
+    assert_safe(destroy)
+    kubernetes = [op for op in destroy.operations if op.obj]
+    namespace = [op for op in kubernetes if op.obj and op.obj.kind == "Namespace"]
+    if key is None:
+        assert namespace == [kubernetes[-1]] and namespace[0].action == "delete"
+    else:
+        assert [op.action for op in namespace] == ["release"]
+    deleted = {op.obj.name for op in kubernetes if op.obj and op.action == "delete"}
+    assert {"ray-head", "ray-worker", "ray-auth-token"} <= deleted
+
+
+def test_the_smoke_test_runs_again_only_when_the_running_cluster_changes() -> None:
+    """The Job's digest covers the head and worker Deployments and the head Service: any change of those
+    replaces it, and no other change does."""
+    for key in CHANGES:
+        changes = plan(rendered(None), rendered(key))
+        cluster = [
+            step
+            for step in changes.steps
+            if step.type in ("kubernetes:apps/v1:Deployment", "kubernetes:core/v1:Service") and step.kind != "same"
+        ]
+        if key != "testJob":
+            assert (smoke_effect(changes) == "runs again") == bool(cluster), key
