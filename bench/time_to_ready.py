@@ -89,7 +89,9 @@ def rendered_cluster(workers: int) -> Run:
     rendered = render({"workers": workers})
     cluster = Cluster(Path(f"/run/ray-bench-{os.getpid()}"))
     try:
-        sampler = MemorySampler(lambda: [pod.network_namespace for pod in list(cluster.pods.values())])
+        sampler = MemorySampler(
+            lambda: [p.network_namespace for p in list(cluster.pods.values()) if p.network_namespace]
+        )
         started = time.monotonic()
         done: dict[str, float] = {}
         thread = threading.Thread(target=lambda: done.setdefault("up", cluster.up(rendered, timeout=TIMEOUT)))

@@ -1,12 +1,34 @@
-"""The rehearsal harness on its own (no root needed): Kubernetes' `$(VAR)` expansion, and no knowledge of this
-project's commands, names or ports, which it must read from the manifests."""
+"""The rehearsal harness on its own, with small hand-made manifests and no Ray where it can be helped.
 
+Without root: Kubernetes' `$(VAR)` expansion, quantities, effective requests, tolerations, rolling-update bounds,
+and that the harness knows nothing of this project's commands, names or ports, which it must read from the
+manifests. With root (marked `rehearsal`; they fail, never skip, without it): the image's filesystem and
+config, the scheduler, Deployment rollouts, graceful termination and `pulumi up`'s replacement rules.
+"""
+
+from __future__ import annotations
+
+import os
 import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.program import ROOT
-from tests.rehearsal.kubelet import expand
+from tests.program import ROOT, Registration, Rendered
+from tests.rehearsal import image
+from tests.rehearsal.cluster import Cluster, JobFailedError, rolling_bounds, wait_for
+from tests.rehearsal.kubelet import Manifest, Pod, expand, quantity
+from tests.rehearsal.scheduler import Node, pod_requests, tolerates
+
+NAMESPACE = "harness"
+# A main process that ends as soon as it is asked to (PID 1 gets SIGTERM only if it handles it).
+SERVE = 'trap "exit 0" TERM; while :; do sleep 0.1; done'
 
 
 @pytest.mark.parametrize(
@@ -28,3 +50,484 @@ def test_the_harness_knows_nothing_of_this_project() -> None:
     facts = re.compile(r"ray start|ray-head|ray-worker|smoke|6379|8265|10001|52365|wait-gcs|RAY_AUTH|--head")
     for source in (ROOT / "tests" / "rehearsal").glob("*.py"):
         assert facts.findall(source.read_text()) == [], source.name
+
+
+@pytest.mark.parametrize(
+    ("text", "amount"),
+    [("500m", "0.5"), ("2", "2"), (3, "3"), ("1.5", "1.5"), ("4Gi", str(4 * 2**30)), ("1k", "1000"),
+     ("1e3", "1000"), ("128974848", "128974848"), ("129M", "129000000"), ("0", "0")],
+)  # fmt: skip
+def test_quantities(text: str | int, amount: str) -> None:
+    assert quantity(text) == Decimal(amount)
+
+
+def test_effective_requests_are_the_larger_of_the_largest_init_container_and_the_containers_together() -> None:
+    def with_resources(requests: dict[str, str], limits: dict[str, str] | None = None) -> Manifest:
+        return {"name": "c", "resources": {"requests": requests, **({"limits": limits} if limits else {})}}
+
+    spec = {
+        "initContainers": [with_resources({"cpu": "3", "memory": "1Gi"}), with_resources({"cpu": "1"})],
+        "containers": [
+            with_resources({"cpu": "1", "memory": "1Gi"}),
+            with_resources({"cpu": "500m"}, limits={"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": "1"}),
+        ],
+    }
+    requests = pod_requests(spec)
+    # cpu: max(3, 1 + 0.5); memory: max(1Gi, 1Gi + 2Gi, requested at its limit); the GPU only limited, so requested
+    assert requests == {"pods": 1, "cpu": 3, "memory": 3 * 2**30, "nvidia.com/gpu": 1}
+
+
+@pytest.mark.parametrize(
+    ("toleration", "tolerated"),
+    [
+        ({"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}, True),
+        ({"key": "dedicated", "value": "gpu"}, True),  # Equal by default, any effect
+        ({"key": "dedicated", "value": "cpu"}, False),
+        ({"key": "dedicated", "operator": "Exists"}, True),
+        ({"operator": "Exists"}, True),  # no key: every taint
+        ({"key": "dedicated", "operator": "Exists", "effect": "NoExecute"}, False),
+        ({"key": "other", "operator": "Exists"}, False),
+    ],
+)
+def test_tolerations(toleration: dict[str, str], tolerated: bool) -> None:
+    assert tolerates(toleration, {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}) is tolerated
+
+
+@pytest.mark.parametrize(
+    ("rolling_update", "replicas", "bounds"),
+    [
+        ({}, 3, (1, 0)),  # 25% of 3: surge rounded up, unavailable down
+        ({}, 4, (1, 1)),
+        ({"maxSurge": 0, "maxUnavailable": 0}, 3, (0, 1)),  # both 0 would never progress
+        ({"maxSurge": 0, "maxUnavailable": 1}, 3, (0, 1)),
+        ({"maxSurge": "50%", "maxUnavailable": "50%"}, 3, (2, 1)),
+    ],
+)
+def test_rolling_update_bounds(rolling_update: dict[str, int | str], replicas: int, bounds: tuple[int, int]) -> None:
+    assert rolling_bounds(rolling_update, replicas) == bounds
+
+
+def test_the_images_passwd_names_its_user_ray() -> None:
+    host = "root:x:0:0:root:/root:/bin/bash\nsomeone:x:1000:1000::/home/someone:/bin/bash\n"
+    assert image.passwd(host).splitlines() == ["root:x:0:0:root:/root:/bin/bash", "ray:x:1000:100::/home/ray:/bin/bash"]
+
+
+# ----- with root: a cluster of hand-made manifests -----
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    if os.geteuid() != 0:
+        pytest.fail("the rehearsal harness needs root to create network namespaces; run it as root (CI does)")
+    cluster = Cluster(Path(f"/run/rehearsal-harness-{os.getpid()}"), prefix=f"hh{os.getpid() % 100000}")
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def container(script: str, name: str = "main", **fields: Any) -> Manifest:
+    return {"name": name, "image": "stand-in", "command": ["/bin/sh", "-c", script], **fields}
+
+
+def cpu(amount: str) -> Manifest:
+    return {"resources": {"requests": {"cpu": amount}}}
+
+
+def template(*containers: Manifest, app: str = "app", **spec: Any) -> Manifest:
+    return {"metadata": {"labels": {"app": app}}, "spec": {"containers": list(containers), **spec}}
+
+
+def deployment(name: str, replicas: int, pod: Manifest, **spec: Any) -> Manifest:
+    selector = {"matchLabels": pod["metadata"]["labels"]}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"replicas": replicas, "selector": selector, "template": pod, **spec}}  # fmt: skip
+
+
+def job(name: str, pod: Manifest, annotations: dict[str, str] | None = None, **spec: Any) -> Manifest:
+    metadata = {"name": name, "namespace": NAMESPACE, **({"annotations": annotations} if annotations else {})}
+    pod = {**pod, "spec": {"restartPolicy": "Never", **pod["spec"]}}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": {"template": pod, **spec}}
+
+
+def config_map(name: str, data: dict[str, str]) -> Manifest:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": NAMESPACE}, "data": data}
+
+
+def stack(*resources: tuple[str, Manifest, tuple[str, ...]]) -> Rendered:
+    """A hand-made program: (logical name, manifest, the names it depends on), in the order Pulumi registers them."""
+
+    def urn(name: str) -> str:
+        return f"urn:pulumi:test::harness::kubernetes:x::{name}"
+
+    registrations = [
+        Registration(f"kubernetes:{manifest['apiVersion']}:{manifest['kind']}", name, "",
+                     tuple(urn(d) for d in dependencies), manifest, urn(name), frozenset())
+        for name, manifest, dependencies in resources
+    ]  # fmt: skip
+    return Rendered(registrations=registrations, outputs={})
+
+
+def pods(cluster: Cluster, manifest: Manifest) -> list[Pod]:
+    return cluster.pods_of((manifest["kind"], NAMESPACE, manifest["metadata"]["name"]))
+
+
+def finished_pod(cluster: Cluster, pod: Manifest, timeout: float = 30) -> Pod:
+    """Run one pod of `pod` to its end, as a Job without retries."""
+    check = job("check", pod, backoffLimit=0)
+    cluster.apply(check)
+    return wait_for(
+        lambda: next((p for p in pods(cluster, check) if p.finished), None), timeout, "the pod finished", 0.1
+    )
+
+
+def running(cluster: Cluster, manifest: Manifest, count: int, timeout: float = 20) -> list[Pod]:
+    """Wait until `count` of the resource's pods are ready and no other is active; returns the ready ones."""
+
+    def ready() -> list[Pod] | None:
+        active = [pod for pod in pods(cluster, manifest) if pod.active]
+        return active if len(active) == count and all(pod.ready for pod in active) else None
+
+    return wait_for(ready, timeout, f"{count} ready pods of {manifest['metadata']['name']}", interval=0.1)
+
+
+# ----- the image -----
+
+
+@pytest.mark.rehearsal
+def test_the_image_runs_as_ray_in_its_home_which_a_read_only_root_covers(cluster: Cluster) -> None:
+    script = (
+        'echo "id=$(id -u):$(id -g) user=$(whoami) pwd=$(pwd) home=$HOME path=$PATH"; '
+        "stat -c 'owner=%u:%g mode=%a' /home/ray; "
+        'touch "$HOME/file" 2>/dev/null && echo "home writable" || echo "home read-only"; '
+        "/home/ray/anaconda3/bin/python -c 'import sys, ray; print(sys.prefix, ray.__file__)'"
+    )
+    pod = finished_pod(cluster, template(container(script, securityContext={"readOnlyRootFilesystem": True})))
+    logs = pod.logs("main")
+    assert pod.phase == "Succeeded", logs
+    assert f"id=1000:100 user=ray pwd=/home/ray home=/home/ray path={image.ENV['PATH']}" in logs
+    assert str(image.ROOT) not in image.ENV["PATH"]
+    assert "owner=1000:100 mode=755" in logs
+    assert "home read-only" in logs
+    # Python found by the image's conda path uses the virtualenv mounted there, and its site-packages.
+    assert "/home/ray/anaconda3 /home/ray/anaconda3/lib/" in logs
+
+
+@pytest.mark.rehearsal
+def test_an_empty_dir_below_home_is_writable_and_leaves_conda_in_place(cluster: Cluster) -> None:
+    home_existed = Path("/home/ray").exists()
+    work = "/home/ray/work"
+    main = container(
+        'pwd; touch "$HOME/file" && echo "home writable"; ray --version',
+        env=[{"name": "HOME", "value": work}],  # the container's env overrides the image's
+        workingDir=work,
+        volumeMounts=[{"name": "work", "mountPath": work}],
+        securityContext={"readOnlyRootFilesystem": True},
+    )
+    pod = finished_pod(cluster, template(main, volumes=[{"name": "work", "emptyDir": {}}]))
+    logs = pod.logs("main")
+    assert pod.phase == "Succeeded", logs
+    assert f"{work}\nhome writable\n" in logs
+    assert "ray, version" in logs
+    assert Path("/home/ray").exists() == home_existed  # the mount target was made in the image, not here
+
+
+@pytest.mark.rehearsal
+def test_an_empty_dir_over_home_hides_conda(cluster: Cluster) -> None:
+    main = container(
+        'command -v ray || echo "no ray"; python3 -c "import ray" 2>/dev/null || echo "no ray module"',
+        volumeMounts=[{"name": "home", "mountPath": "/home/ray"}],
+    )
+    pod = finished_pod(cluster, template(main, volumes=[{"name": "home", "emptyDir": {}}]))
+    assert "no ray\nno ray module\n" in pod.logs("main"), pod.logs("main")
+
+
+@pytest.mark.rehearsal
+def test_each_container_start_has_its_own_writable_image_layer(cluster: Cluster) -> None:
+    writer = container('touch "$HOME/mark" && echo written', name="writer")
+    reader = container('test -e "$HOME/mark" && echo "mark seen" || echo "no mark"')
+    pod = finished_pod(cluster, template(reader, initContainers=[writer]))
+    assert "written" in pod.logs("writer")
+    assert "no mark" in pod.logs("main"), pod.logs("main")
+
+
+# ----- the scheduler -----
+
+
+@pytest.mark.rehearsal
+def test_a_pod_that_does_not_fit_stays_pending_until_the_node_has_room(cluster: Cluster) -> None:
+    cluster.node = Node(allocatable={"cpu": "1", "memory": "1Gi", "pods": 10})
+    big = deployment("big", 1, template(container(SERVE, **cpu("1500m"))))
+    cluster.apply(big)
+    [pod] = wait_for(lambda: pods(cluster, big), 5, "a pod", interval=0.1)
+    wait_for(lambda: pod.unschedulable, 5, "the scheduler's verdict", interval=0.1)
+    time.sleep(1)
+    assert (pod.phase, pod.node, pod.ip, pod.unschedulable) == ("Pending", None, "", "Insufficient cpu")
+    assert pod.statuses["main"].starts == []  # no process was started
+    cluster.node = replace(cluster.node, allocatable={**cluster.node.allocatable, "cpu": "2"})
+    assert running(cluster, big, 1) == [pod]
+
+
+@pytest.mark.rehearsal
+def test_a_gpu_pod_stays_pending_on_a_node_without_gpus(cluster: Cluster) -> None:
+    gpu: Manifest = {"resources": {"limits": {"nvidia.com/gpu": 1}}}  # a limit alone is also the request
+    cluster.apply(deployment("gpu", 1, template(container(SERVE, **gpu))))
+    [pod] = wait_for(lambda: list(cluster.pods.values()), 5, "a pod", interval=0.1)
+    wait_for(lambda: pod.unschedulable, 5, "the scheduler's verdict", interval=0.1)
+    time.sleep(1)
+    assert (pod.phase, pod.unschedulable, pod.statuses["main"].starts) == ("Pending", "Insufficient nvidia.com/gpu", [])
+
+
+@pytest.mark.rehearsal
+def test_node_selectors_and_taints(cluster: Cluster) -> None:
+    taint = {"key": "dedicated", "value": "ray", "effect": "NoSchedule"}
+    cluster.node = replace(cluster.node, labels={**cluster.node.labels, "pool": "ray"}, taints=(taint,))
+    tolerating = [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]
+    cases: dict[str, tuple[Manifest, bool]] = {
+        "elsewhere": ({"nodeSelector": {"pool": "other"}, "tolerations": tolerating}, False),
+        "intolerant": ({"nodeSelector": {"pool": "ray"}}, False),
+        "tolerating": ({"nodeSelector": {"pool": "ray"}, "tolerations": tolerating}, True),
+        "equal": ({"tolerations": [{"key": "dedicated", "value": "ray"}]}, True),
+    }
+    manifests = {
+        name: deployment(name, 1, template(container(SERVE), app=name, **spec)) for name, (spec, _) in cases.items()
+    }
+    for manifest in manifests.values():
+        cluster.apply(manifest)
+    for name, (_, schedulable) in cases.items():
+        if schedulable:
+            running(cluster, manifests[name], 1)
+    for name, (_, schedulable) in cases.items():
+        [pod] = pods(cluster, manifests[name])
+        assert (pod.node is not None) == schedulable, (name, pod.unschedulable)
+    [elsewhere], [intolerant] = pods(cluster, manifests["elsewhere"]), pods(cluster, manifests["intolerant"])
+    assert elsewhere.unschedulable == "node(s) didn't match Pod's node affinity/selector"
+    assert intolerant.unschedulable == "node(s) had untolerated taint {dedicated: ray}"
+
+
+@pytest.mark.rehearsal
+def test_pending_pods_are_bound_oldest_first_when_room_frees_up(cluster: Cluster) -> None:
+    cluster.node = Node(allocatable={"cpu": "1", "memory": "1Gi", "pods": 10})
+    web = deployment("web", 3, template(container(SERVE, **cpu("1"))))
+    cluster.apply(web)
+    [first] = wait_for(lambda: [p for p in pods(cluster, web) if p.ready], 20, "one pod running", interval=0.1)
+    waiting = [pod for pod in pods(cluster, web) if pod.node is None]
+    cluster.delete_pod(first.name, grace_seconds=0)  # its replacement is the newest pod
+    wait_for(lambda: waiting[0].ready, 20, "the oldest Pending pod running", interval=0.1)
+    assert [pod.node for pod in pods(cluster, web) if pod is not waiting[0]] == [None, None]
+
+
+# ----- Deployments -----
+
+
+class Watch:
+    """Samples a Deployment's pods while something happens to it, to check what held at every moment."""
+
+    def __init__(self, cluster: Cluster, manifest: Manifest) -> None:
+        self.samples: list[list[tuple[str, bool, bool, bool]]] = []  # (template hash, active, ready, exited)
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.05):
+                self.samples.append([(p.labels["pod-template-hash"], p.active, p.ready, p.finished)
+                                     for p in pods(cluster, manifest)])  # fmt: skip
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def versioned(version: str, pod: Manifest) -> Manifest:
+    """`pod` with a changed template, as a new image or env would change it."""
+    [main] = pod["spec"]["containers"]
+    return {**pod, "spec": {**pod["spec"], "containers": [{**main, "env": [{"name": "VERSION", "value": version}]}]}}
+
+
+@pytest.mark.rehearsal
+def test_the_default_rolling_update_cannot_surge_on_a_full_node(cluster: Cluster) -> None:
+    cluster.node = Node(allocatable={"cpu": "3", "memory": "1Gi", "pods": 10})
+    first = deployment("web", 3, versioned("1", template(container(SERVE, **cpu("1")))))
+    cluster.up(stack(("web", first, ())), timeout=30)
+    old = {pod.name for pod in running(cluster, first, 3)}
+    second = deployment("web", 3, versioned("2", first["spec"]["template"]))
+    with pytest.raises(TimeoutError, match="Insufficient cpu"):
+        cluster.up(stack(("web", second, ())), timeout=6)
+    current = pods(cluster, second)
+    assert {pod.name for pod in current if pod.ready} == old  # maxUnavailable 0: no old pod may go first
+    [surge] = [pod for pod in current if pod.name not in old]
+    assert (surge.phase, surge.unschedulable) == ("Pending", "Insufficient cpu")
+
+
+@pytest.mark.rehearsal
+def test_max_surge_0_rolls_through_a_full_node_one_pod_at_a_time(cluster: Cluster) -> None:
+    cluster.node = Node(allocatable={"cpu": "3", "memory": "1Gi", "pods": 10})
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    first = deployment("web", 3, versioned("1", template(container(SERVE, **cpu("1")))), strategy=strategy)
+    cluster.up(stack(("web", first, ())), timeout=30)
+    old = {pod.name for pod in running(cluster, first, 3)}
+    second = deployment("web", 3, versioned("2", first["spec"]["template"]), strategy=strategy)
+    watch = Watch(cluster, second)
+    try:
+        cluster.up(stack(("web", second, ())), timeout=30)
+    finally:
+        watch.stop()
+    assert not old & {pod.name for pod in running(cluster, second, 3)}
+    assert max(sum(active for _, active, _, _ in sample) for sample in watch.samples) == 3  # never a surge
+    assert min(sum(active and ready for _, active, ready, _ in sample) for sample in watch.samples) == 2
+
+
+@pytest.mark.rehearsal
+def test_recreate_lets_the_old_pods_go_before_creating_new_ones(cluster: Cluster) -> None:
+    slow_exit = 'trap "sleep 1; exit 0" TERM; while :; do sleep 0.1; done'
+    first = deployment("web", 2, versioned("1", template(container(slow_exit))), strategy={"type": "Recreate"})
+    cluster.up(stack(("web", first, ())), timeout=30)
+    old_hash = running(cluster, first, 2)[0].labels["pod-template-hash"]
+    second = deployment("web", 2, versioned("2", first["spec"]["template"]), strategy={"type": "Recreate"})
+    watch = Watch(cluster, second)
+    try:
+        cluster.up(stack(("web", second, ())), timeout=30)
+    finally:
+        watch.stop()
+    new_hash = running(cluster, second, 2)[0].labels["pod-template-hash"]
+    present = [{h for h, _, _, exited in sample if not exited} for sample in watch.samples]
+    assert present[0] == {old_hash} and present[-1] == {new_hash}
+    assert all(len(hashes) <= 1 for hashes in present)  # never old and new pods at once, Terminating ones included
+
+
+@pytest.mark.rehearsal
+def test_a_scale_down_deletes_pending_pods_then_the_cheapest_to_lose(cluster: Cluster) -> None:
+    cluster.node = Node(allocatable={"cpu": "2", "memory": "1Gi", "pods": 10})
+    web = deployment("web", 3, template(container(SERVE, **cpu("1"))))
+    cluster.apply(web)
+    wait_for(lambda: len([p for p in pods(cluster, web) if p.ready]) == 2, 20, "two pods running", interval=0.1)
+    [pending] = [pod for pod in pods(cluster, web) if pod.node is None]
+    keep, lose = [pod for pod in pods(cluster, web) if pod.ready]
+    keep.annotations["controller.kubernetes.io/pod-deletion-cost"] = "100"  # kubectl annotate
+    cluster.apply({**web, "spec": {**web["spec"], "replicas": 2}})
+    wait_for(lambda: pending.terminating, 5, "the Pending pod deleted", interval=0.1)
+    assert not keep.terminating and not lose.terminating
+    cluster.apply({**web, "spec": {**web["spec"], "replicas": 1}})
+    wait_for(lambda: lose.terminating, 5, "the cheaper pod deleted", interval=0.1)
+    assert not keep.terminating
+
+
+# ----- graceful termination -----
+
+
+def one_pod(cluster: Cluster, script: str, grace: int, *containers: Manifest) -> tuple[Manifest, Pod]:
+    """A Deployment of one pod running `script` (and `containers`), with `grace` seconds to stop; and its pod."""
+    web = deployment("web", 1, template(container(script), *containers, terminationGracePeriodSeconds=grace))
+    cluster.apply(web)
+    [pod] = running(cluster, web, 1)
+    return web, pod
+
+
+def deleted(cluster: Cluster, pod: Pod) -> float:
+    """Delete the pod; the seconds until it is gone (checking that deleting returns at once)."""
+    started = time.monotonic()
+    cluster.delete_pod(pod.name)
+    assert time.monotonic() - started < 0.5
+    assert pod.terminating and not pod.ready
+    wait_for(lambda: pod.name not in cluster.pods, 30, f"{pod.name} gone", interval=0.05)
+    return time.monotonic() - started
+
+
+@pytest.mark.rehearsal
+def test_a_container_that_handles_sigterm_exits_by_itself_within_the_grace_period(cluster: Cluster) -> None:
+    _, pod = one_pod(cluster, 'trap "sleep 1; exit 0" TERM; while :; do sleep 0.1; done', 20)
+    assert 0.9 < deleted(cluster, pod) < 6
+    assert pod.statuses["main"].exit_codes == [0]
+
+
+@pytest.mark.rehearsal
+def test_containers_that_ignore_sigterm_are_killed_at_the_pods_one_deadline(cluster: Cluster) -> None:
+    ignore = 'trap "" TERM; while :; do sleep 0.1; done'
+    _, pod = one_pod(cluster, ignore, 3, container(ignore, name="sidecar"))
+    assert 2.9 < deleted(cluster, pod) < 5.5  # one deadline for the pod, not one per container
+    assert [pod.statuses[name].exit_codes for name in ("main", "sidecar")] == [[-9], [-9]]
+
+
+@pytest.mark.rehearsal
+def test_a_deployment_replaces_a_terminating_pod_at_once_which_holds_its_resources_until_gone(cluster: Cluster) -> None:
+    cluster.node = Node(allocatable={"cpu": "1", "memory": "1Gi", "pods": 10})
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NAMESPACE},
+               "spec": {"selector": {"app": "app"}, "ports": [{"port": 80}]}}  # fmt: skip
+    cluster.apply(service)
+    web = deployment("web", 1, template(container('trap "" TERM; while :; do sleep 0.1; done', **cpu("1"))))
+    cluster.apply(web)
+    [old] = running(cluster, web, 1)
+    address = f"web.{NAMESPACE}.svc.cluster.local"
+    assert cluster.resolve(address) == [old.ip]
+    cluster.delete_pod(old.name)  # its grace period: the default 30 s
+    [new] = wait_for(lambda: [p for p in pods(cluster, web) if p is not old], 2, "a replacement", interval=0.05)
+    assert old.terminating and old.name in cluster.pods and cluster.resolve(address) == []
+    wait_for(lambda: new.unschedulable, 2, "the scheduler's verdict", interval=0.05)
+    assert (new.phase, new.unschedulable) == ("Pending", "Insufficient cpu")  # the old pod still holds the CPU
+    cluster.delete_pod(old.name, grace_seconds=0)  # --force --grace-period=0
+    assert old.name not in cluster.pods
+    assert running(cluster, web, 1) == [new]
+    assert cluster.resolve(address) == [new.ip]
+    cluster.delete(web)
+    cluster.delete_pod(new.name, grace_seconds=0)  # rather than wait 30 s for it when the test ends
+
+
+@pytest.mark.rehearsal
+def test_a_job_pod_deleted_before_it_finished_is_a_failed_attempt(cluster: Cluster) -> None:
+    work = job("work", template(container(SERVE)), backoffLimit=0)
+    cluster.apply(work)
+    [pod] = wait_for(lambda: [p for p in pods(cluster, work) if p.phase == "Running"], 10, "running", interval=0.1)
+    cluster.delete_pod(pod.name)
+    with pytest.raises(JobFailedError):
+        wait_for(lambda: cluster.is_ready(work), 5, "the Job's verdict", interval=0.1)
+    wait_for(lambda: pod.finished, 5, "the pod's end", interval=0.1)
+    assert pod.phase == "Succeeded"  # it exited 0 on SIGTERM, yet it was deleted before it had succeeded
+    assert cluster.job_status(work) == "Failed"
+
+
+# ----- pulumi up -----
+
+
+@pytest.mark.rehearsal
+@pytest.mark.parametrize("replace_unready", [False, True])
+def test_a_failed_job_fails_up_again_unless_it_may_be_replaced(cluster: Cluster, replace_unready: bool) -> None:
+    flag = config_map("flag", {"ok": "no"})
+    mount: Manifest = {"volumeMounts": [{"name": "flag", "mountPath": "/etc/flag"}]}
+    check = template(
+        container('test "$(cat /etc/flag/ok)" = yes', **mount),
+        volumes=[{"name": "flag", "configMap": {"name": "flag"}}],
+    )
+    annotations = {"pulumi.com/replaceUnready": "true"} if replace_unready else None
+    program = stack(("flag", flag, ()), ("check", job("check", check, annotations, backoffLimit=0), ("flag",)))
+    with pytest.raises(JobFailedError):
+        cluster.up(program, timeout=30)
+    [failed] = pods(cluster, program.one("Job"))
+    cluster.apply(config_map("flag", {"ok": "yes"}))  # fixed with kubectl; the program still says "no"
+    started = time.monotonic()
+    if not replace_unready:
+        with pytest.raises(JobFailedError):  # the engine goes on awaiting the failed Job, which fails at once
+            cluster.up(program, timeout=30)
+        assert time.monotonic() - started < 3
+        assert pods(cluster, program.one("Job")) == [failed]
+        return
+    cluster.up(program, timeout=30)
+    [attempt] = pods(cluster, program.one("Job"))
+    assert attempt is not failed and attempt.phase == "Succeeded"
+    assert cluster.get("ConfigMap", NAMESPACE, "flag")["data"] == {"ok": "yes"}  # unchanged inputs: left alone
+
+
+@pytest.mark.rehearsal
+def test_a_changed_job_template_replaces_the_job_and_unchanged_inputs_leave_it_alone(cluster: Cluster) -> None:
+    def program(version: str) -> Rendered:
+        return stack(("print", job("print", template(container(f"echo version {version}")), backoffLimit=0), ()))
+
+    cluster.up(program("1"), timeout=30)
+    [first] = pods(cluster, program("1").one("Job"))
+    cluster.up(program("1"), timeout=30)
+    assert pods(cluster, program("1").one("Job")) == [first]
+    cluster.up(program("2"), timeout=30)
+    [second] = pods(cluster, program("2").one("Job"))
+    assert second is not first and first.name not in cluster.pods
+    assert "version 2" in second.logs("main")

@@ -1,41 +1,88 @@
 """A one-node Kubernetes for the rehearsal, and `pulumi up` on top of it.
 
-It keeps the objects the program renders, resolves Service names to their ready pods, and runs two
-controllers: a Deployment keeps `replicas` pods of its template (a deleted pod is replaced by a new one with a
-new name and IP), a Job runs its pod until it succeeds, retrying up to `backoffLimit` within
-`activeDeadlineSeconds`. `up` creates each resource once everything it depends on is ready, as Pulumi does,
-with pulumi-kubernetes' readiness rules: a Deployment when all its replicas are ready, a Service when it has a
-ready endpoint, a Job when it has succeeded.
+It keeps the objects the program renders, resolves Service names to their endpoints, and runs, in one thread,
+the controllers and the scheduler:
+- a Deployment rolls its template out through ReplicaSets named after the template's hash, with its strategy:
+  Recreate (the old pods gone before new ones are created) or RollingUpdate (within maxSurge and maxUnavailable,
+  old pods scaled down as new ones become available), as the Deployment controller does;
+- a ReplicaSet keeps `replicas` active pods (a deleted pod is replaced at once, by a pod with a new name and IP)
+  and, when it has too many, deletes the ones Kubernetes would pick;
+- a Job runs its pod until it succeeds, retrying with Kubernetes' back-off up to `backoffLimit` within
+  `activeDeadlineSeconds`; a pod deleted before it succeeded counts as a failed attempt;
+- the scheduler binds Pending pods, oldest first, to the node once they fit (scheduler.py); the kubelet then
+  starts them (kubelet.py).
+Deleting a pod is graceful and never blocks: the pod is Terminating at once (not ready, not counted by its
+controller), holds its resources on the node until its last process has exited, and only then leaves the API,
+its network namespace and its files with it.
 
-Not emulated: NetworkPolicy enforcement, cgroup limits, image pulls, ClusterIPs (names resolve to pod IPs).
+`up` is `pulumi up` against the state it keeps (the inputs it last applied per URN, and which resources failed
+their await): each resource is created, updated, replaced (deleted and gone, then created: on a change to one of
+pulumi-kubernetes' replacement fields, or for a Job marked `pulumi.com/replaceUnready` that failed its await)
+or left alone, once everything it depends on is ready, then awaited with pulumi-kubernetes' rules: a Deployment
+when every replica is of the current template and available and no pod of an old template is active, a Service
+when it has an endpoint, a Job when it has succeeded (its failure fails `up`).
+
+Not emulated: NetworkPolicy enforcement, cgroup limits, image pulls, ClusterIPs (names resolve to pod IPs),
+proportional scaling of a Deployment in mid-rollout, revision history limits.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.program import Rendered
-from tests.rehearsal.kubelet import Manifest, Pod, UnsupportedError
+from tests.rehearsal.kubelet import DEFAULT_GRACE_SECONDS, Manifest, Pod, UnsupportedError, check_supported
 from tests.rehearsal.network import ClusterDNS, PodNetwork
+from tests.rehearsal.scheduler import Node, add, pod_requests, unschedulable
 
 CLUSTER_DOMAIN = "cluster.local"
+REPLACE_UNREADY = "pulumi.com/replaceUnready"
+POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+JOB_BACKOFF_START, JOB_BACKOFF_MAX = 10.0, 360.0
+_KINDS = {"Namespace", "ServiceAccount", "Secret", "ConfigMap", "Service", "NetworkPolicy", "Deployment", "Job"}
+# pulumi-kubernetes replaces, rather than updates, a resource when one of these changes (its forceNew fields).
+_REPLACED_ON_CHANGE: dict[str, tuple[tuple[str, ...], ...]] = {
+    "ConfigMap": (("data",), ("binaryData",)),
+    "Secret": (("type",), ("stringData",), ("data",)),
+    "Service": (("spec", "clusterIP"),),
+    "Deployment": (("spec", "selector"),),
+    "Job": (("spec", "completions"), ("spec", "parallelism"), ("spec", "selector"), ("spec", "template")),
+}
+_ALWAYS_REPLACED_ON_CHANGE = (("metadata", "name"), ("metadata", "namespace"))
+# What the API server refuses to change in place.
+_IMMUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
+    "Deployment": (("spec", "selector"),),
+    "Job": (("spec", "selector"), ("spec", "template")),
+}
+_PHASE_ORDER = {"Pending": 0, "Unknown": 1, "Running": 2}
 T = TypeVar("T")
+Key = tuple[str, str, str]
 
 
 class JobFailedError(RuntimeError):
     """The Job gave up: `pulumi up` would fail here."""
 
 
-def wait_for(condition: Callable[[], T], timeout: float, what: str | Callable[[], str], interval: float = 0.5) -> T:
+class InvalidError(RuntimeError):
+    """The API server would refuse the request (422: a field is immutable)."""
+
+
+def wait_for(
+    condition: Callable[[], T | None], timeout: float, what: str | Callable[[], str], interval: float = 0.5
+) -> T:
     """Poll until `condition()` is truthy; every wait in the rehearsal is bounded."""
     deadline = time.monotonic() + timeout
     while True:
@@ -47,28 +94,136 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str | Callable[[]
         time.sleep(interval)
 
 
-def _key(manifest: Manifest) -> tuple[str, str, str]:
+def rolling_bounds(rolling_update: Mapping[str, int | str], replicas: int) -> tuple[int, int]:
+    """maxSurge and maxUnavailable (25% each unless set; counts or percentages of `replicas`) as pod counts: the
+    surge rounded up, the unavailable rounded down, and 1 unavailable if both come to 0 (ResolveFenceposts)."""
+
+    def scaled(value: int | str, round_up: bool) -> int:
+        if isinstance(value, int):
+            return value
+        exact = Decimal(value.removesuffix("%")) * replicas / 100
+        return math.ceil(exact) if round_up else math.floor(exact)
+
+    surge = scaled(rolling_update.get("maxSurge", "25%"), round_up=True)
+    unavailable = scaled(rolling_update.get("maxUnavailable", "25%"), round_up=False)
+    return surge, 1 if surge == 0 and unavailable == 0 else unavailable
+
+
+def _key(manifest: Manifest) -> Key:
     metadata = manifest["metadata"]
     return manifest["kind"], metadata.get("namespace", ""), metadata["name"]
 
 
-def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
-    return selector.items() <= labels.items()
+def _pluck(manifest: Manifest, path: tuple[str, ...]) -> Any:
+    value: Any = manifest
+    for part in path:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _template_hash(template: Manifest) -> str:
+    """The pod-template-hash: a Deployment's ReplicaSet for a template is found by it."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _random_suffix() -> str:
+    return secrets.token_hex(3)[:5]
+
+
+@dataclass
+class ReplicaSet:
+    """The pods of one template of a Deployment, `replicas` of them; named, and its pods labelled, after the
+    template's hash."""
+
+    name: str
+    namespace: str
+    uid: str
+    deployment: str  # the owning Deployment's uid
+    pod_hash: str
+    template: Manifest
+    replicas: int
+    created_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _JobRun:
+    """The Job controller's record of one Job: when it started, every pod it ran (gone ones included) and its
+    final condition once it has one."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    attempts: list[Pod] = field(default_factory=list)
+    status: str = "Running"
+
+
+@dataclass
+class _Step:
+    """One resource's operation in an `up` (same, create, update, or replace: `previous` deleted and its pods gone
+    before the new one is created), then its await."""
+
+    urn: str
+    inputs: Manifest
+    operation: str
+    previous: Manifest | None = None
+    leaving: list[Pod] | None = None
+    applied: bool = False
+
+
+def _outcome(pod: Pod) -> str | None:
+    """A Job attempt as the Job controller counts it: Succeeded, Failed (a pod deleted before it had succeeded
+    counts as failed at once), or None while it runs."""
+    if pod.phase_at_deletion not in {None, "Succeeded"}:
+        return "Failed"
+    return pod.phase if pod.finished else None
+
+
+def _deletion_order(a: Pod, b: Pod, now: float) -> int:
+    """A ReplicaSet's order of preference for deletion (ActivePodsWithRanks.Less, on one node): unscheduled before
+    scheduled, Pending before Running, not ready before ready, lower pod-deletion-cost first, then, of two ready
+    pods, the one ready for less time, else the one with more restarts, else the newer one. Times compare on a
+    log2 scale with ties broken by uid, so pods of about the same age go in an arbitrary order, as in Kubernetes."""
+
+    def rank(pod: Pod) -> tuple[bool, int, bool, int]:
+        try:
+            cost = int(pod.annotations.get(POD_DELETION_COST, "0"))
+        except ValueError:
+            cost = 0
+        return pod.node is not None, _PHASE_ORDER.get(pod.phase, 2), pod.ready, cost
+
+    def by_age(time_a: float, time_b: float) -> int:
+        log_a, log_b = (int(math.log2((now - t) * 1e9)) if now > t else -1 for t in (time_a, time_b))
+        if log_a != log_b:
+            return -1 if log_a < log_b else 1
+        return -1 if a.uid < b.uid else 1
+
+    if rank(a) != rank(b):
+        return -1 if rank(a) < rank(b) else 1
+    if a.ready and b.ready and a.ready_since != b.ready_since:
+        return by_age(a.ready_since or now, b.ready_since or now)
+    restarts_a, restarts_b = (max(s.restarts for s in pod.statuses.values()) for pod in (a, b))
+    if restarts_a != restarts_b:
+        return -1 if restarts_a > restarts_b else 1
+    return by_age(a.created_at, b.created_at) if a.created_at != b.created_at else 0
 
 
 class Cluster:
-    def __init__(self, directory: Path, prefix: str = f"rh{os.getpid() % 100000}") -> None:
+    """One node's worth of Kubernetes: objects, controllers, scheduler, kubelets, pod network and cluster DNS."""
+
+    def __init__(self, directory: Path, prefix: str = f"rh{os.getpid() % 100000}", node: Node | None = None) -> None:
+        """`directory` holds the pods' files (outside /tmp, which pods mount over); `prefix` names this cluster's
+        network namespaces; `node` is its one node (by default roomy enough for any rehearsal, without GPUs)."""
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o755)
-        self.image_home = directory / "image-home"
-        self.image_home.mkdir(exist_ok=True)
-        self.image_home.chmod(0o755)
-        self.objects: dict[tuple[str, str, str], Manifest] = {}
-        self.pods: dict[str, Pod] = {}
-        self._owners: dict[str, tuple[str, str, str]] = {}
-        self._job_started: dict[tuple[str, str, str], float] = {}
-        self._declared: set[tuple[str, str, str]] = set()
+        self._node = node or Node()
+        self.objects: dict[Key, Manifest] = {}
+        self.pods: dict[str, Pod] = {}  # every pod the API server knows, Terminating ones included
+        self.replica_sets: dict[str, ReplicaSet] = {}  # by uid
+        self._uids: dict[Key, str] = {}
+        self._jobs: dict[str, _JobRun] = {}  # by the Job's uid
+        self._state: dict[str, Manifest] = {}  # per URN, the inputs `up` last applied
+        self._init_errors: set[str] = set()  # URNs whose await failed or did not finish
+        self._reapers: list[threading.Thread] = []
+        self._errors: list[str] = []  # controller failures, which `up` reports
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self.network = PodNetwork(prefix)
@@ -80,149 +235,338 @@ class Cluster:
         self._controller = threading.Thread(target=self._reconcile_forever, name="controllers", daemon=True)
         self._controller.start()
 
+    # ----- the node -----
+    @property
+    def node(self) -> Node:
+        return self._node
+
+    @node.setter
+    def node(self, node: Node) -> None:
+        """Change the node's allocatable resources, labels or taints (as when a bigger node joins); Pending pods that
+        now fit are bound in the scheduler's next pass. Pods already bound stay."""
+        with self._lock:
+            self._node = node
+
     # ----- objects -----
     def get(self, kind: str, namespace: str, name: str) -> Manifest:
         with self._lock:
             return self.objects[(kind, namespace, name)]
 
     def apply(self, manifest: Manifest) -> None:
+        """`kubectl apply`: create the object or change it in place; the controllers take it from there."""
         kind = manifest["kind"]
-        if kind not in {"Namespace", "ServiceAccount", "Secret", "ConfigMap", "Service", "NetworkPolicy",
-                        "Deployment", "Job"}:  # fmt: skip
+        if kind not in _KINDS:
             raise UnsupportedError(f"kind {kind}")
         if kind == "Service":
             for port in manifest["spec"]["ports"]:
                 if port.get("targetPort", port["port"]) != port["port"]:
                     raise UnsupportedError("a Service port that differs from its targetPort (no ClusterIP emulation)")
+        if kind in {"Deployment", "Job"}:
+            check_supported(manifest["spec"]["template"]["spec"])
+        key = _key(manifest)
         with self._lock:
-            previous = self.objects.get(_key(manifest))
-            self.objects[_key(manifest)] = manifest
-            if kind == "Job" and previous is None:
-                self._job_started[_key(manifest)] = time.monotonic()
-        if kind == "Deployment" and previous and previous["spec"]["template"] != manifest["spec"]["template"]:
-            for pod in self.pods_of(_key(manifest)):  # a new template: replace every pod (Recreate)
-                self.delete_pod(pod.name)
+            previous = self.objects.get(key)
+            if previous is None:
+                self._uids[key] = uid = secrets.token_hex(8)
+                if kind == "Job":
+                    self._jobs[uid] = _JobRun()
+            else:
+                changed = [".".join(p) for p in _IMMUTABLE.get(kind, ()) if _pluck(previous, p) != _pluck(manifest, p)]
+                if changed:
+                    raise InvalidError(f"{kind} {key[2]}: {', '.join(changed)}: field is immutable")
+            self.objects[key] = manifest
 
-    def delete(self, manifest: Manifest) -> None:
+    def delete(self, manifest: Manifest) -> list[Pod]:
+        """Delete an object with foreground cascading, as pulumi-kubernetes does: its controller stops at once and
+        its pods are deleted gracefully; returns them, for the caller to wait until they are gone."""
+        key = _key(manifest)
         with self._lock:
-            self.objects.pop(_key(manifest), None)
-        for pod in self.pods_of(_key(manifest)):
-            self.delete_pod(pod.name)
+            self.objects.pop(key, None)
+            uid = self._uids.pop(key, None)
+            if uid is None:
+                return []
+            self._jobs.pop(uid, None)
+            owners = {uid} | {rs.uid for rs in self.replica_sets.values() if rs.deployment == uid}
+            for owner in owners - {uid}:
+                del self.replica_sets[owner]
+            pods = [pod for pod in self.pods.values() if pod.owner in owners]
+            for pod in pods:
+                self.delete_pod(pod.name)
+        return pods
+
+    def _gone(self, pods: Iterable[Pod]) -> bool:
+        with self._lock:
+            return not any(self.pods.get(pod.name) is pod for pod in pods)
 
     # ----- pods -----
-    def pods_of(self, owner: tuple[str, str, str]) -> list[Pod]:
+    def pods_of(self, owner: Key) -> list[Pod]:
+        """The pods of a Job, or of a Deployment's ReplicaSets, oldest first, Terminating ones included."""
         with self._lock:
-            return [pod for name, pod in self.pods.items() if self._owners[name] == owner]
+            uid = self._uids.get(owner)
+            owners = {uid} | {rs.uid for rs in self.replica_sets.values() if rs.deployment == uid}
+            return [pod for pod in self.pods.values() if uid is not None and pod.owner in owners]
 
-    def ready_pods(self, namespace: str, selector: dict[str, str], *, not_ready_too: bool = False) -> list[Pod]:
+    def _owned(self, owner: str) -> list[Pod]:
+        return [pod for pod in self.pods.values() if pod.owner == owner]
+
+    def _endpoints(self, service: Manifest, *, keep_terminating: bool) -> list[Pod]:
+        """The pods behind a Service: those it selects that have an IP and have not finished, the ready ones only
+        unless it publishes not-ready addresses; then Terminating ones too where `keep_terminating`, as
+        EndpointSlices (and so DNS) keep them while the Endpoints that Pulumi's await reads drop them."""
+        spec, namespace = service["spec"], service["metadata"].get("namespace", "")
+        if not spec.get("selector"):
+            return []
+        everyone = bool(spec.get("publishNotReadyAddresses"))
         with self._lock:
-            pods = [p for p in self.pods.values() if p.namespace == namespace and _selects(selector, p.labels)]
-        return [pod for pod in pods if pod.ready or not_ready_too]
+            pods = [
+                p
+                for p in self.pods.values()
+                if p.namespace == namespace and spec["selector"].items() <= p.labels.items()
+            ]
+        return [
+            p
+            for p in pods
+            if p.ip and not p.finished and (p.ready or (everyone and (keep_terminating or not p.terminating)))
+        ]
 
     def resolve(self, name: str) -> list[str]:
-        """Cluster DNS: `<service>.<namespace>.svc.<domain>` is the IPs of the Service's ready pods (or of all its
-        pods with `publishNotReadyAddresses`)."""
+        """Cluster DNS: `<service>.<namespace>.svc.<domain>` is the IPs of the Service's endpoints."""
         parts = name.split(".")
         if len(parts) < 4 or ".".join(parts[2:]) != f"svc.{CLUSTER_DOMAIN}":
             return []
         with self._lock:
             service = self.objects.get(("Service", parts[1], parts[0]))
-        if not service:
-            return []
-        spec = service["spec"]
-        everyone = bool(spec.get("publishNotReadyAddresses"))
-        return [pod.ip for pod in self.ready_pods(parts[1], spec.get("selector", {}), not_ready_too=everyone)]
+        return [pod.ip for pod in self._endpoints(service, keep_terminating=True)] if service else []
 
-    def _start_pod(self, owner: tuple[str, str, str], template: Manifest, name: str) -> Pod:
-        namespace_name, ip = self.network.add_pod(name)
+    def _create_pod(self, owner: str, namespace: str, template: Manifest, name: str) -> Pod:
+        """A new pod of `template`, Pending until the scheduler binds it."""
         pod = Pod(
             name,
-            owner[1],
-            template["metadata"].get("labels", {}),
+            namespace,
+            template.get("metadata", {}),
             template["spec"],
-            network_namespace=namespace_name,
-            ip=ip,
+            owner=owner,
             directory=self.directory / "pods" / name,
-            image_home=self.image_home,
-            objects=lambda kind, object_name: self.get(kind, owner[1], object_name),
+            objects=lambda kind, object_name: self.get(kind, namespace, object_name),
             dns=(self.network.gateway, CLUSTER_DOMAIN),
-            mountpoint=self._mountpoint,
+            sandbox=self.network.add_pod,
         )
         with self._lock:
-            self.pods[name], self._owners[name] = pod, owner
+            self.pods[name] = pod
         return pod
 
-    @staticmethod
-    def _mountpoint(path: str) -> None:
-        """Mount targets missing from the "image" are created as empty directories, as a runtime does, and left in
-        place: removing one would detach it from the pods of any other rehearsal running at the same time."""
-        Path(path).mkdir(parents=True, exist_ok=True)
-
-    def delete_pod(self, name: str) -> None:
-        """`kubectl delete pod --force`: the processes die at once, the pod's network and files go."""
+    def delete_pod(self, name: str, grace_seconds: float | None = None) -> None:
+        """`kubectl delete pod` (and what controllers do to scale down): returns at once. The pod is Terminating
+        from now on; its processes get SIGTERM, and SIGKILL at the end of `grace_seconds` (by default the pod's
+        terminationGracePeriodSeconds); it leaves the API once they have exited. 0 is `--force --grace-period=0`:
+        it leaves the API (and frees its share of the node) at once, its processes killed behind it."""
         with self._lock:
-            pod = self.pods.pop(name, None)
-            self._owners.pop(name, None)
-        if pod:
-            pod.delete()
-            self.network.remove_pod(name)
-            pod.release_files()
+            pod = self.pods.get(name)
+            if pod is None:
+                return
+            default = pod.spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+            grace = float(default if grace_seconds is None else grace_seconds)
+            first = not pod.terminating
+            pod.terminate(grace)
+            if grace == 0:
+                del self.pods[name]
+            if first:
+                reaper = threading.Thread(target=self._reap, args=(pod, grace), name=f"reap-{name}", daemon=True)
+                self._reapers = [r for r in self._reapers if r.is_alive()] + [reaper]
+                reaper.start()
 
-    # ----- controllers -----
+    def _reap(self, pod: Pod, grace: float) -> None:
+        """Once the pod's last process has exited (the kubelet kills what is left at its deadline), the pod leaves
+        the API, then its network namespace (so its connections were closed on the wire) and its files go."""
+        pod.wait_exited(timeout=grace + 30)
+        with self._lock:
+            if self.pods.get(pod.name) is pod:
+                del self.pods[pod.name]
+        self.network.remove_pod(pod.name)
+        pod.release_files()
+
+    # ----- controllers and scheduler -----
     def _reconcile_forever(self) -> None:
-        """One controller thread; it holds the lock only to read, so kubelets and DNS are never kept waiting."""
+        """The controllers and the scheduler, in one thread. A pass holds the lock, but never waits on a process:
+        creating, deleting and binding pods only start things that run on their own."""
         while not self._stop.wait(0.2):
             with self._lock:
-                snapshot = list(self.objects.items())
-            for key, manifest in snapshot:
-                if key[0] == "Deployment":
-                    self._reconcile_deployment(key, manifest)
-                elif key[0] == "Job":
-                    self._reconcile_job(key, manifest)
+                for key, manifest in list(self.objects.items()):
+                    if key[0] == "Deployment":
+                        self._guarded(self._sync_deployment, key, manifest)
+                    elif key[0] == "Job":
+                        self._guarded(self._sync_job, key, manifest)
+                for replica_set in list(self.replica_sets.values()):
+                    self._guarded(self._sync_replica_set, replica_set)
+                self._guarded(self._schedule)
 
-    def _reconcile_deployment(self, key: tuple[str, str, str], deployment: Manifest) -> None:
-        template = deployment["spec"]["template"]
-        pod_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
-        pods = self.pods_of(key)
-        for pod in pods[deployment["spec"]["replicas"] :]:
-            self.delete_pod(pod.name)
-        for _ in range(deployment["spec"]["replicas"] - len(pods)):
-            self._start_pod(key, template, f"{key[2]}-{pod_hash}-{secrets.token_hex(3)[:5]}")
+    def _guarded(self, sync: Callable[..., None], *args: Any) -> None:
+        """Run one controller's pass; a failure is kept for `up` to report instead of stopping every controller."""
+        try:
+            sync(*args)
+        except Exception as error:  # noqa: BLE001 - reported by `up`
+            if repr(error) not in self._errors:
+                self._errors.append(repr(error))
 
-    def _reconcile_job(self, key: tuple[str, str, str], job: Manifest) -> None:
-        pods = self.pods_of(key)
-        if self.job_status(job) != "Running":
-            for pod in pods:
-                if not pod.finished:
-                    self.delete_pod(pod.name)
+    def _schedule(self) -> None:
+        """Bind Pending pods, oldest first, to the node where they fit; the kubelet then starts them."""
+        used: dict[str, Decimal] = {}
+        for pod in self.pods.values():
+            if pod.node is not None and not pod.finished:  # Terminating pods hold theirs until their processes exit
+                add(used, pod_requests(pod.spec))
+        for pod in list(self.pods.values()):
+            if pod.node is not None or pod.terminating:
+                continue
+            pod.unschedulable = unschedulable(pod.spec, self._node, used)
+            if pod.unschedulable is None:
+                pod.node = self._node.name
+                add(used, pod_requests(pod.spec))
+                pod.start()
+
+    def _sync_deployment(self, key: Key, deployment: Manifest) -> None:
+        """The Deployment controller's pass: find (or make) the ReplicaSet of the current template and move the
+        replicas over to it with the Deployment's strategy."""
+        uid, spec = self._uids[key], deployment["spec"]
+        replicas, template = spec.get("replicas", 1), spec["template"]
+        pod_hash = _template_hash(template)
+        sets = sorted((rs for rs in self.replica_sets.values() if rs.deployment == uid), key=lambda rs: rs.created_at)
+        new = next((rs for rs in sets if rs.pod_hash == pod_hash), None)
+        old = [rs for rs in sets if rs is not new]
+        strategy = spec.get("strategy", {})
+        if strategy.get("type", "RollingUpdate") == "Recreate":
+            if not self._old_pods_left(old):
+                new = new or self._new_replica_set(key, uid, template, pod_hash, 0)
+                new.replicas = replicas
             return
-        if all(pod.phase == "Failed" for pod in pods):
-            self._start_pod(key, job["spec"]["template"], f"{key[2]}-{secrets.token_hex(3)[:5]}")
+        if new is None:
+            new = self._new_replica_set(key, uid, template, pod_hash, 0)
+        surge, unavailable = rolling_bounds(strategy.get("rollingUpdate", {}), replicas)
+        if new.replicas != replicas:  # reconcileNewReplicaSet: grow within the surge, or shrink to `replicas`
+            room = replicas + surge - sum(rs.replicas for rs in [*old, new])
+            target = replicas if new.replicas > replicas else new.replicas + max(0, min(room, replicas - new.replicas))
+            if target != new.replicas:
+                new.replicas = target
+                return
+        self._scale_down_old(old, new, replicas, min(unavailable, replicas), spec.get("minReadySeconds", 0))
+
+    def _old_pods_left(self, old: list[ReplicaSet]) -> bool:
+        """Recreate's first half: scale the old ReplicaSets to 0; True while any of their pods is left, Terminating
+        ones included."""
+        for rs in old:
+            rs.replicas = 0
+        return any(not pod.finished for rs in old for pod in self._owned(rs.uid))
+
+    def _scale_down_old(
+        self, old: list[ReplicaSet], new: ReplicaSet, replicas: int, max_unavailable: int, min_ready: float
+    ) -> None:
+        """reconcileOldReplicaSets: shrink the old ReplicaSets, oldest first, as far as keeping `replicas -
+        max_unavailable` available allows; their unavailable pods go first."""
+        old_replicas = sum(rs.replicas for rs in old)
+        if old_replicas == 0:
+            return
+        min_available = replicas - max_unavailable
+        available = {rs.uid: self._available(rs.uid, min_ready) for rs in [*old, new]}
+        budget = old_replicas + new.replicas - min_available - (new.replicas - available[new.uid])
+        if budget <= 0:
+            return
+        for rs in old:  # cleanupUnhealthyReplicas
+            scaled = min(budget, rs.replicas - available[rs.uid])
+            if scaled > 0:
+                rs.replicas, budget = rs.replicas - scaled, budget - scaled
+        excess = sum(available.values()) - min_available
+        for rs in old:  # scaleDownOldReplicaSetsForRollingUpdate
+            if excess <= 0:
+                break
+            scaled = min(rs.replicas, excess)
+            rs.replicas, excess = rs.replicas - scaled, excess - scaled
+
+    def _available(self, owner: str, min_ready: float) -> int:
+        """Active pods that have been ready for `min_ready` seconds (the Deployment's minReadySeconds)."""
+        now = time.monotonic()
+        return sum(
+            pod.active and pod.ready and now - (pod.ready_since or now) >= min_ready for pod in self._owned(owner)
+        )
+
+    def _new_replica_set(
+        self, key: Key, deployment: str, template: Manifest, pod_hash: str, replicas: int
+    ) -> ReplicaSet:
+        metadata = template.get("metadata", {})
+        labels = {**metadata.get("labels", {}), "pod-template-hash": pod_hash}
+        replica_set = ReplicaSet(
+            name=f"{key[2]}-{pod_hash}",
+            namespace=key[1],
+            uid=secrets.token_hex(8),
+            deployment=deployment,
+            pod_hash=pod_hash,
+            template={**template, "metadata": {**metadata, "labels": labels}},
+            replicas=replicas,
+        )
+        self.replica_sets[replica_set.uid] = replica_set
+        return replica_set
+
+    def _sync_replica_set(self, replica_set: ReplicaSet) -> None:
+        """Keep `replicas` active pods: create the missing ones, delete the surplus in Kubernetes' order."""
+        active = [pod for pod in self._owned(replica_set.uid) if pod.active]
+        for _ in range(replica_set.replicas - len(active)):
+            name = f"{replica_set.name}-{_random_suffix()}"
+            self._create_pod(replica_set.uid, replica_set.namespace, replica_set.template, name)
+        now = time.monotonic()
+
+        def order(a: Pod, b: Pod) -> int:
+            return _deletion_order(a, b, now)
+
+        ordered = sorted(active, key=functools.cmp_to_key(order))
+        for victim in ordered[: max(0, len(active) - replica_set.replicas)]:
+            self.delete_pod(victim.name)
+
+    def _sync_job(self, key: Key, job: Manifest) -> None:
+        """Create the next attempt when none is active (after the back-off that follows a failure); once the Job has
+        succeeded or failed, delete what still runs."""
+        uid = self._uids[key]
+        run = self._jobs[uid]
+        active = [pod for pod in run.attempts if pod.active]
+        if self._job_status(job, run) != "Running":
+            for pod in active:
+                self.delete_pod(pod.name)
+            return
+        if active:
+            return
+        failed = [pod for pod in run.attempts if _outcome(pod) == "Failed"]
+        if failed:
+            last = max(min(t for t in (pod.deleted_at, pod.finished_at) if t is not None) for pod in failed)
+            if time.monotonic() < last + min(JOB_BACKOFF_START * 2 ** (len(failed) - 1), JOB_BACKOFF_MAX):
+                return
+        run.attempts.append(self._create_pod(uid, key[1], job["spec"]["template"], f"{key[2]}-{_random_suffix()}"))
 
     def job_status(self, job: Manifest) -> str:
-        """Running, Succeeded, or Failed (back-off limit or deadline reached)."""
-        key = _key(job)
-        pods = self.pods_of(key)
-        if any(pod.phase == "Succeeded" for pod in pods):
-            return "Succeeded"
-        failed = sum(pod.phase == "Failed" for pod in pods)
-        deadline = job["spec"].get("activeDeadlineSeconds")
-        if failed > job["spec"].get("backoffLimit", 6):
-            return "Failed"
-        if deadline and time.monotonic() - self._job_started[key] > deadline:
-            return "Failed"
-        return "Running"
+        """Running, Succeeded, or Failed (back-off limit or deadline reached), as the Job's conditions say."""
+        with self._lock:
+            uid = self._uids.get(_key(job))
+            run = self._jobs.get(uid) if uid else None
+            if run is None:
+                raise KeyError(f"no Job {_key(job)}")
+            return self._job_status(job, run)
+
+    @staticmethod
+    def _job_status(job: Manifest, run: _JobRun) -> str:
+        if run.status == "Running":
+            outcomes = [_outcome(pod) for pod in run.attempts]
+            deadline = job["spec"].get("activeDeadlineSeconds")
+            too_late = deadline is not None and time.monotonic() - run.started_at > deadline
+            if "Succeeded" in outcomes:
+                run.status = "Succeeded"
+            elif outcomes.count("Failed") > job["spec"].get("backoffLimit", 6) or too_late:
+                run.status = "Failed"
+        return run.status
 
     # ----- pulumi up -----
     def is_ready(self, manifest: Manifest) -> bool:
-        """pulumi-kubernetes' await rules for the kinds the program declares."""
+        """pulumi-kubernetes' await rules for the kinds the harness runs."""
         kind = manifest["kind"]
         if kind == "Deployment":
-            replicas = manifest["spec"]["replicas"]
-            pods = self.pods_of(_key(manifest))
-            return len(pods) == replicas and all(pod.ready for pod in pods)
+            return self._rolled_out(manifest)
         if kind == "Service":
-            return bool(self.ready_pods(manifest["metadata"]["namespace"], manifest["spec"].get("selector", {})))
+            return bool(self._endpoints(manifest, keep_terminating=False))
         if kind == "Job":
             status = self.job_status(manifest)
             if status == "Failed":
@@ -230,42 +574,116 @@ class Cluster:
             return status == "Succeeded"
         return True
 
+    def _rolled_out(self, deployment: Manifest) -> bool:
+        """Every replica is an available pod of the current template's ReplicaSet, and no old pod is active (the
+        Available condition, and Progressing with NewReplicaSetAvailable)."""
+        spec = deployment["spec"]
+        pod_hash = _template_hash(spec["template"])
+        with self._lock:
+            uid = self._uids.get(_key(deployment))
+            sets = [rs for rs in self.replica_sets.values() if rs.deployment == uid]
+            new = next((rs for rs in sets if rs.pod_hash == pod_hash), None)
+            replicas: int = spec.get("replicas", 1)
+            if new is None or new.replicas != replicas:
+                return False
+            active = sum(pod.active for rs in sets for pod in self._owned(rs.uid))
+            return active == replicas == self._available(new.uid, spec.get("minReadySeconds", 0))
+
     def up(self, rendered: Rendered, timeout: float, delays: Mapping[str, float] | None = None) -> float:
-        """Apply every resource once all it depends on is ready, then delete what the program no longer declares;
-        returns the seconds until all were ready. `delays` holds back resources by logical name, as a slow image
-        pull would."""
+        """`pulumi up`: plan each declared resource against the state (same, create, update or replace), carry the
+        step out once all the resource depends on is ready, and await it; then delete what the program no longer
+        declares. Returns the seconds until every resource was ready. A failed Job raises JobFailedError, a
+        resource not ready in time TimeoutError; either way the resources left unready are remembered, and the
+        next `up` awaits them again (or replaces them, where that is asked for). `delays` holds back resources by
+        logical name, as a slow image pull would."""
         started = time.monotonic()
-        kubernetes = {r.urn: r for r in rendered.kubernetes()}
-        ready: set[str] = {r.urn for r in rendered.registrations if r.urn not in kubernetes}
-        applied: set[str] = set()
+        declared = {r.urn: r for r in rendered.kubernetes()}
+        ready: set[str] = {r.urn for r in rendered.registrations if r.urn not in declared}
+        steps: dict[str, _Step] = {}
 
         def progress() -> bool:
-            for urn, registration in kubernetes.items():
+            if self._errors:
+                raise RuntimeError(f"a controller failed: {'; '.join(self._errors)}")
+            for urn, registration in declared.items():
                 if urn in ready or not set(registration.dependencies) <= ready:
                     continue
                 if time.monotonic() - started < (delays or {}).get(registration.name, 0):
                     continue
-                if urn not in applied:
-                    self.apply(registration.inputs)
-                    applied.add(urn)
-                if self.is_ready(registration.inputs):
+                step = steps.setdefault(urn, self._plan(urn, registration.inputs))
+                if self._advance(step):
                     ready.add(urn)
-            return ready >= kubernetes.keys()
+            return ready >= declared.keys()
 
         def not_ready() -> str:
-            return "pulumi up: " + ", ".join(kubernetes[urn].name for urn in sorted(kubernetes.keys() - ready))
+            waiting = (
+                f"{declared[urn].name} [{self._describe(declared[urn].inputs)}]" for urn in declared.keys() - ready
+            )
+            return "pulumi up: " + ", ".join(sorted(waiting))
 
-        wait_for(progress, timeout, not_ready, interval=0.2)
+        try:
+            wait_for(progress, timeout, not_ready, interval=0.2)
+        except BaseException:
+            self._init_errors |= {urn for urn, step in steps.items() if step.applied and urn not in ready}
+            raise
         elapsed = time.monotonic() - started
-        declared = {_key(r.inputs) for r in kubernetes.values()}
-        for key in self._declared - declared:
-            self.delete(self.objects[key])
-        self._declared = declared
+        leaving: list[Pod] = []
+        for urn in reversed([urn for urn in self._state if urn not in declared]):
+            leaving += self.delete(self._state.pop(urn))
+            self._init_errors.discard(urn)
+        wait_for(lambda: self._gone(leaving), timeout, "pulumi up: deleting what is no longer declared", interval=0.2)
         return elapsed
+
+    def _plan(self, urn: str, inputs: Manifest) -> _Step:
+        """What the engine does with one resource, from its last inputs and whether its last await failed."""
+        previous = self._state.get(urn)
+        if previous is None:
+            return _Step(urn, inputs, "create")
+        fields = _ALWAYS_REPLACED_ON_CHANGE + _REPLACED_ON_CHANGE.get(inputs["kind"], ())
+        if any(_pluck(previous, path) != _pluck(inputs, path) for path in fields):
+            return _Step(urn, inputs, "replace", previous)
+        if urn not in self._init_errors:
+            return _Step(urn, inputs, "same" if previous == inputs else "update")
+        replace_unready = inputs["metadata"].get("annotations", {}).get(REPLACE_UNREADY) == "true"
+        if inputs["kind"] == "Job" and replace_unready and not self._succeeded(previous):
+            return _Step(urn, inputs, "replace", previous)
+        return _Step(urn, inputs, "update")  # with unchanged inputs: the engine goes on awaiting it
+
+    def _succeeded(self, job: Manifest) -> bool:
+        try:
+            return self.job_status(job) == "Succeeded"
+        except KeyError:  # deleted behind Pulumi's back
+            return False
+
+    def _advance(self, step: _Step) -> bool:
+        """Carry a step on as far as it goes now; True once the resource is ready."""
+        if step.operation == "same":
+            return True
+        if step.operation == "replace" and not step.applied:
+            if step.leaving is None:
+                assert step.previous is not None
+                step.leaving = self.delete(step.previous)
+            if not self._gone(step.leaving):
+                return False
+        if not step.applied:
+            self.apply(step.inputs)
+            step.applied, self._state[step.urn] = True, step.inputs
+        ready = self.is_ready(step.inputs)  # a failure propagates, and `up` remembers the resource as unready
+        if ready:
+            self._init_errors.discard(step.urn)
+        return ready
+
+    def _describe(self, manifest: Manifest) -> str:
+        """The pods of a resource as `kubectl get pods` would list them, for a timeout's message."""
+
+        def state(pod: Pod) -> str:
+            words = [pod.phase, "Terminating" if pod.terminating else "", "ready" if pod.ready else ""]
+            return " ".join([pod.name, *filter(None, words)]) + (f" ({pod.unschedulable})" if pod.unschedulable else "")
+
+        return "; ".join(state(pod) for pod in self.pods_of(_key(manifest)))
 
     def job_logs(self, job: Manifest) -> str:
         return "\n".join(
-            f"--- {pod.name} ({pod.phase})\n{pod.logs(container['name'])}"
+            f"--- {pod.name} ({pod.phase})\n{pod.events()}{pod.logs(container['name'])}"
             for pod in self.pods_of(_key(job))
             for container in job["spec"]["template"]["spec"]["containers"]
         )
@@ -281,13 +699,20 @@ class Cluster:
             self.delete(fresh)
 
     def close(self) -> None:
+        """Stop the controllers, delete every pod as deleting its namespace would (each with its grace period) and
+        wait, bounded by the longest grace, until they are gone; then the DNS, the network and the files go."""
         self._stop.set()
         self._controller.join(timeout=10)
-        stopping = [threading.Thread(target=self.delete_pod, args=(name,)) for name in list(self.pods)]
-        for thread in stopping:
-            thread.start()
-        for thread in stopping:
-            thread.join(timeout=120)
+        with self._lock:
+            graces = [
+                pod.spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS) for pod in self.pods.values()
+            ]
+            for name in list(self.pods):
+                self.delete_pod(name)
+            reapers = list(self._reapers)
+        deadline = time.monotonic() + max(graces, default=0) + 60
+        for reaper in reapers:
+            reaper.join(timeout=max(0.0, deadline - time.monotonic()))
         self.dns.close()
         self.network.close()
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,15 +1,17 @@
-"""A small kubelet: runs one pod's containers from its manifest, as real processes.
+"""A small kubelet: runs one pod's containers from its manifest, as real processes, in the stand-in image.
 
 Everything comes from the pod spec, nothing from knowledge of this project: each container's command and args
-with Kubernetes' `$(VAR)` expansion, its env (values, fieldRef, resourceFieldRef, secretKeyRef,
-configMapKeyRef), its volume mounts (emptyDir, memory-backed emptyDir with its size limit, Secret and
-ConfigMap files), its securityContext (user, group, fsGroup, no-new-privileges, dropped capabilities, read-only
-root filesystem), init containers before the main ones, httpGet readiness and liveness probes, and the
-restart policy with Kubernetes' crash-loop back-off.
+with Kubernetes' `$(VAR)` expansion, its env (the image's, overridden by the container's own: values, fieldRef,
+resourceFieldRef, secretKeyRef, configMapKeyRef), its working directory, its volume mounts (emptyDir,
+memory-backed emptyDir with its size limit, Secret and ConfigMap files), its securityContext (user and group,
+the image's unless set; fsGroup, no-new-privileges, dropped capabilities, read-only root filesystem), init
+containers before the main ones, httpGet readiness and liveness probes, the restart policy with Kubernetes'
+crash-loop back-off, and deletion: the pod is Terminating at once, every container's main process gets SIGTERM
+together, and whatever is left gets SIGKILL when the pod's grace period (one deadline for the pod) runs out.
 
 Each container runs in the pod's network namespace and in its own mount, UTS and PID namespaces, so it has
-the pod's hostname and files, and when its main process exits every process it started dies with it.
-The "image" is this machine's own filesystem, with Ray from the test environment on PATH.
+the pod's hostname and files, and when its main process exits every process it started dies with it. Its root
+filesystem is this machine's, with the image's /home and conda over it (see image.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import base64
 import math
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -27,21 +30,28 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from decimal import Decimal
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from components.settings import parse_quantity
+from tests.rehearsal import image
 
 Manifest = dict[str, Any]
 
-# The stand-in for the Ray image: a virtualenv with only ray[default] at the image's version, which
-# scripts/test builds outside /tmp (pods mount their own /tmp over whatever is there). Its bin is the image's PATH.
-IMAGE_ROOT = Path(os.environ.get("RAY_REHEARSAL_IMAGE", "/opt/ray-cluster-rehearsal/image"))
-IMAGE_PATH = f"{IMAGE_ROOT}/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+IMAGE_ROOT = image.ROOT  # where the tests find the image's Ray outside any pod
 # containerd 2's default open-files limit for containers: soft 1024, hard 524288 (or what this machine allows).
 RUNTIME_NOFILE = (1024, 524288)
 BACKOFF_START, BACKOFF_MAX = 10.0, 300.0
+DEFAULT_GRACE_SECONDS = 30
 _VAR_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+_QUANTITY = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:([numkMGTPE]|[KMGTPE]i)|[eE]([+-]?\d+))?")
+_DECIMAL_SUFFIXES = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_BINARY_SUFFIXES = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+# Fields whose effect this kubelet (or the scheduler) would silently leave out: a manifest using one is refused.
+_UNSUPPORTED_POD_FIELDS = ("affinity", "topologySpreadConstraints", "hostNetwork", "hostPID", "hostIPC",
+                           "shareProcessNamespace", "readinessGates")  # fmt: skip
+_UNSUPPORTED_CONTAINER_FIELDS = ("lifecycle", "startupProbe", "envFrom")
+_UNSUPPORTED_MOUNT_FIELDS = ("subPath", "subPathExpr", "mountPropagation")
 
 
 class UnsupportedError(RuntimeError):
@@ -59,6 +69,42 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _VAR_REFERENCE.sub(replace, text)
 
 
+def quantity(value: str | int | float) -> Decimal:
+    """A Kubernetes quantity ("500m", "4Gi", "1e3", or a plain number) as cores, bytes or devices."""
+    if isinstance(value, int | float):
+        return Decimal(str(value))
+    match = _QUANTITY.fullmatch(value)
+    if match is None:
+        raise ValueError(f"not a Kubernetes quantity: {value!r}")
+    number, suffix, exponent = Decimal(match[1]), match[2] or "", match[3]
+    if exponent is not None:
+        return number.scaleb(int(exponent))
+    if suffix in _BINARY_SUFFIXES:
+        return number * Decimal(1024) ** _BINARY_SUFFIXES[suffix]
+    return number.scaleb(_DECIMAL_SUFFIXES.get(suffix, 0))
+
+
+def check_supported(spec: Manifest) -> None:
+    """Refuse, when a pod template is applied, what this kubelet and the scheduler would otherwise leave out."""
+    used = [name for name in _UNSUPPORTED_POD_FIELDS if name in spec]
+    used += [f"{c['name']}.restartPolicy (a sidecar)" for c in spec.get("initContainers", []) if "restartPolicy" in c]
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        used += [f"{container['name']}.{name}" for name in _UNSUPPORTED_CONTAINER_FIELDS if name in container]
+        mounts = container.get("volumeMounts", [])
+        used += [
+            f"{container['name']}.volumeMounts.{name}"
+            for m in mounts
+            for name in _UNSUPPORTED_MOUNT_FIELDS
+            if name in m
+        ]
+    for volume in spec.get("volumes", []):
+        used += (
+            [f"volumes.{volume['name']}.items"] if "items" in volume.get("secret", volume.get("configMap", {})) else []
+        )
+    if used:
+        raise UnsupportedError(f"not emulated: {', '.join(used)}")
+
+
 @dataclass
 class ContainerStatus:
     name: str
@@ -71,92 +117,175 @@ class ContainerStatus:
 
 
 class Pod:
-    """One pod: its volumes on disk, its containers as processes, its status as a kubelet would report it."""
+    """One pod: its volumes on disk, its containers as processes, its status as a kubelet would report it.
+
+    It is created Pending and unscheduled; `start()` runs it once the scheduler has bound it to the node, and
+    `terminate()` deletes it. Times are time.monotonic()."""
 
     def __init__(
         self,
         name: str,
         namespace: str,
-        labels: Mapping[str, str],
+        metadata: Manifest,
         spec: Manifest,
         *,
-        network_namespace: str,
-        ip: str,
+        owner: str,
         directory: Path,
-        image_home: Path,
         objects: Callable[[str, str], Manifest],
         dns: tuple[str, str],
-        mountpoint: Callable[[str], None],
+        sandbox: Callable[[str], tuple[str, str]],
     ) -> None:
-        """`objects(kind, name)` returns a Secret or ConfigMap; `dns` is (nameserver, cluster domain);
-        `mountpoint(path)` makes sure a mount target exists in the "image", as a container runtime does."""
-        self.name, self.namespace, self.labels, self.spec = name, namespace, dict(labels), spec
-        self.network_namespace, self.ip, self.directory, self.image_home = network_namespace, ip, directory, image_home
-        self._objects = objects
+        """`owner` is the uid of the object that created the pod (its ownerReference); `objects(kind, name)` returns
+        a Secret or ConfigMap (KeyError while there is none); `dns` is (nameserver, cluster domain);
+        `sandbox(name)` wires the pod's network namespace and returns its name and the pod's IP, as CNI does when
+        the kubelet creates the pod's sandbox."""
+        self.name, self.namespace, self.spec, self.owner = name, namespace, spec, owner
+        self.labels: dict[str, str] = dict(metadata.get("labels", {}))
+        self.annotations: dict[str, str] = dict(metadata.get("annotations", {}))
+        self.uid = secrets.token_hex(8)
+        self.directory = directory
+        self._objects, self._dns, self._sandbox = objects, dns, sandbox
+        self.node: str | None = None  # spec.nodeName: set when the scheduler binds it
+        self.unschedulable: str | None = None  # the PodScheduled condition's message while it cannot be bound
+        self.network_namespace, self.ip = "", ""
+        self.created_at = time.monotonic()
+        self.started_at = self.created_at  # status.startTime: when the kubelet took it up (creation until then)
+        self.ready_since: float | None = None  # the Ready condition's last transition to true
+        self.deleted_at: float | None = None  # metadata.deletionTimestamp
+        self.phase_at_deletion: str | None = None
+        self.finished_at: float | None = None
         self.statuses = {c["name"]: ContainerStatus(c["name"]) for c in self._all_containers()}
         self.phase = "Pending"
-        self.started_at = time.monotonic()
+        self._kill_at: float | None = None
         self._stop = threading.Event()
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
-        self._prepare_files(*dns)
-        for container in self._all_containers():
-            for mount in container.get("volumeMounts", []):
-                mountpoint(mount["mountPath"])
-        self._thread = threading.Thread(target=self._run, name=f"kubelet-{name}", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
 
     # ----- status -----
     @property
+    def terminating(self) -> bool:
+        return self.deleted_at is not None
+
+    @property
     def ready(self) -> bool:
-        return self.phase == "Running" and all(self.statuses[c["name"]].ready for c in self.spec["containers"])
+        """The Ready condition; a Terminating pod is no longer ready (Services and controllers drop it at once)."""
+        main = self.spec["containers"]
+        return not self.terminating and self.phase == "Running" and all(self.statuses[c["name"]].ready for c in main)
 
     @property
     def finished(self) -> bool:
         return self.phase in {"Succeeded", "Failed"}
 
+    @property
+    def active(self) -> bool:
+        """What ReplicaSets and Jobs count: neither Terminating nor finished."""
+        return not self.terminating and not self.finished
+
     def restarts(self) -> int:
         return sum(status.restarts for status in self.statuses.values())
 
     def logs(self, container: str) -> str:
-        return self.statuses[container].log.read_text(errors="replace")
+        """The container's output, every start of it; empty once the pod is gone."""
+        try:
+            return self.statuses[container].log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def events(self) -> str:
+        """What `kubectl describe pod` would list under Events: failed mounts, kubelet errors."""
+        events = self.directory / "events.txt"
+        return events.read_text() if events.exists() else ""
+
+    # ----- life cycle, as the cluster drives it -----
+    def start(self) -> None:
+        """Run the pod (once it is bound to the node): its sandbox, files and containers, in a thread of its own."""
+        if self._stop.is_set() or self._thread is not None:
+            return
+        self.started_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"kubelet-{self.name}", daemon=True)
+        self._thread.start()
+
+    def terminate(self, grace_seconds: float) -> None:
+        """Deletion: Terminating from now on; SIGTERM goes to every container's main process at once and SIGKILL to
+        whatever is left `grace_seconds` from now. A second deletion with a shorter grace brings the deadline
+        forward, as `kubectl delete --grace-period` does. Returns at once."""
+        now = time.monotonic()
+        with self._lock:
+            if self.deleted_at is None:
+                self.deleted_at, self.phase_at_deletion = now, self.phase
+            self._kill_at = min(now + grace_seconds, math.inf if self._kill_at is None else self._kill_at)
+        self._stop.set()
+
+    def wait_exited(self, timeout: float) -> bool:
+        """Wait, up to `timeout`, until no process of the pod is left; True if none is."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()
+
+    def release_files(self) -> None:
+        for volume in self.spec.get("volumes", []):
+            path = self.directory / "volumes" / volume["name"]
+            if volume.get("emptyDir", {}).get("medium") == "Memory":
+                subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     # ----- files -----
     def _all_containers(self) -> list[Manifest]:
         return list(self.spec.get("initContainers", [])) + list(self.spec["containers"])
 
-    def _prepare_files(self, nameserver: str, domain: str) -> None:
+    def _prepare_files(self) -> bool:
+        """The pod's /etc files and volumes. Like a kubelet whose mount fails, it retries until every Secret and
+        ConfigMap the pod mounts exists; False if the pod is deleted first."""
+        volumes = self.spec.get("volumes", [])
+        while True:
+            try:
+                contents = {volume["name"]: self._volume_files(volume) for volume in volumes}
+                break
+            except KeyError as missing:
+                self._event(f"FailedMount: {missing} not found")
+                if self._stop.wait(1):
+                    return False
+        nameserver, domain = self._dns
         etc = self.directory / "etc"
-        etc.mkdir(parents=True)
+        etc.mkdir(parents=True, exist_ok=True)
         (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n{self.ip}\t{self.name}\n")
         search = f"{self.namespace}.svc.{domain} svc.{domain} {domain}"
         (etc / "resolv.conf").write_text(f"search {search}\nnameserver {nameserver}\noptions ndots:5\n")
+        (etc / "passwd").write_text(image.passwd(Path("/etc/passwd").read_text()))
         for path in etc.iterdir():
             path.chmod(0o644)
         fs_group = self.spec.get("securityContext", {}).get("fsGroup")
-        for volume in self.spec.get("volumes", []):
-            self._prepare_volume(volume, self.directory / "volumes" / volume["name"], fs_group)
+        for volume in volumes:
+            self._prepare_volume(volume, contents[volume["name"]], fs_group)
+        return True
 
-    def _prepare_volume(self, volume: Manifest, path: Path, fs_group: int | None) -> None:
-        path.mkdir(parents=True)
+    def _volume_files(self, volume: Manifest) -> dict[str, bytes] | None:
+        """The files of a Secret or ConfigMap volume (KeyError if the object does not exist yet), None for an
+        emptyDir."""
         if "emptyDir" in volume:
+            return None
+        if "secret" in volume:
+            secret = self._objects("Secret", volume["secret"]["secretName"])
+            files = {k: v.encode() for k, v in secret.get("stringData", {}).items()}
+            return files | {k: base64.b64decode(v) for k, v in secret.get("data", {}).items()}
+        if "configMap" in volume:
+            config_map = self._objects("ConfigMap", volume["configMap"]["name"])
+            return {k: v.encode() for k, v in config_map.get("data", {}).items()}
+        raise UnsupportedError(f"volume {volume['name']}: only emptyDir, secret and configMap are emulated")
+
+    def _prepare_volume(self, volume: Manifest, files: dict[str, bytes] | None, fs_group: int | None) -> None:
+        path = self.directory / "volumes" / volume["name"]
+        path.mkdir(parents=True)
+        if files is None:
             empty_dir = volume["emptyDir"]
             if empty_dir.get("medium") == "Memory":
-                size = int(parse_quantity("sizeLimit", empty_dir["sizeLimit"])) if "sizeLimit" in empty_dir else None
+                size = int(quantity(empty_dir["sizeLimit"])) if "sizeLimit" in empty_dir else None
                 options = f"size={size}" if size else "size=50%"
                 subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
             path.chmod(0o1777)
             return
-        if "secret" in volume:
-            source = volume["secret"]
-            secret = self._objects("Secret", source["secretName"])
-            files = {k: v.encode() for k, v in secret.get("stringData", {}).items()}
-            files |= {k: base64.b64decode(v) for k, v in secret.get("data", {}).items()}
-        elif "configMap" in volume:
-            source = volume["configMap"]
-            files = {k: v.encode() for k, v in self._objects("ConfigMap", source["name"]).get("data", {}).items()}
-        else:
-            raise UnsupportedError(f"volume {volume['name']}: only emptyDir, secret and configMap are emulated")
+        source: Manifest = volume["secret"] if "secret" in volume else volume["configMap"]
         mode = source.get("defaultMode", 0o644)
         for key, content in files.items():
             file = path / key
@@ -166,20 +295,20 @@ class Pod:
                 os.chown(file, 0, fs_group)
         path.chmod(0o755)
 
-    def release_files(self) -> None:
-        for volume in self.spec.get("volumes", []):
-            path = self.directory / "volumes" / volume["name"]
-            if volume.get("emptyDir", {}).get("medium") == "Memory":
-                subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
-        shutil.rmtree(self.directory, ignore_errors=True)
+    def _event(self, message: str) -> None:
+        """What `kubectl describe pod` would list under Events, kept in the pod's directory."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / "events.txt").open("a") as events:
+            events.write(f"{time.strftime('%H:%M:%S')} {message}\n")
 
     # ----- one container -----
-    def environment(self, container: Manifest) -> dict[str, str]:
-        env = {"PATH": IMAGE_PATH, "HOME": str(self.image_home), "HOSTNAME": self.name}
+    def _declared_env(self, container: Manifest) -> dict[str, str]:
+        """The container's own env, in order; `$(VAR)` in a value refers to the entries before it, never to the
+        image's env (Kubernetes' rule)."""
+        env: dict[str, str] = {}
         for item in container.get("env", []):
-            env[item["name"]] = (
-                expand(item["value"], env) if "value" in item else self._value_from(container, item["valueFrom"])
-            )
+            source = item.get("valueFrom")
+            env[item["name"]] = self._value_from(container, source) if source else expand(item.get("value", ""), env)
         return env
 
     def _value_from(self, container: Manifest, source: Manifest) -> str:
@@ -199,9 +328,8 @@ class Pod:
         if "resourceFieldRef" in source:
             ref = source["resourceFieldRef"]
             section, resource = ref["resource"].split(".", 1)
-            amount = parse_quantity(ref["resource"], container["resources"][section][resource])
-            divisor = parse_quantity("divisor", str(ref.get("divisor", "1")))
-            return str(math.ceil(amount / divisor))
+            amount = quantity(container["resources"][section][resource])
+            return str(math.ceil(amount / quantity(ref.get("divisor", "1"))))
         if "secretKeyRef" in source:
             ref = source["secretKeyRef"]
             secret = self._objects("Secret", ref["name"])
@@ -213,33 +341,50 @@ class Pod:
             return str(self._objects("ConfigMap", ref["name"])["data"][ref["key"]])
         raise UnsupportedError(f"valueFrom {sorted(source)}")
 
-    def argv(self, container: Manifest) -> list[str]:
-        """The command that starts the container: namespaces, mounts and identity as the runtime sets them up."""
-        env = self.environment(container)
-        command = [expand(word, env) for word in container.get("command", []) + container.get("args", [])]
+    def argv(self, container: Manifest, layer: Path) -> list[str]:
+        """The command that starts the container on the image layer `layer` (from image.fresh_layer): namespaces,
+        mounts, working directory and identity as the runtime sets them up."""
         if not container.get("command"):
             raise UnsupportedError(f"container {container['name']}: no command (the image's entrypoint is not known)")
-        volumes = {v["name"]: self.directory / "volumes" / v["name"] for v in self.spec.get("volumes", [])}
-        setup = [
-            f"hostname {shlex.quote(self.name)}",
-            f"mount --bind {self.directory}/etc/hosts /etc/hosts",
-            f"mount --bind {self.directory}/etc/resolv.conf /etc/resolv.conf",
-            "mount -t proc proc /proc",
-        ]
-        for mount in container.get("volumeMounts", []):
-            target = shlex.quote(mount["mountPath"])
-            setup.append(f"mount --bind {volumes[mount['name']]} {target}")
-            if mount.get("readOnly"):
-                setup.append(f"mount -o remount,bind,ro {target}")
+        declared = self._declared_env(container)
+        command = [expand(word, declared) for word in container["command"] + container.get("args", [])]
+        env = {**image.ENV, "HOSTNAME": self.name, **declared}
         pod_context = self.spec.get("securityContext", {})
         context = {**pod_context, **container.get("securityContext", {})}
+        etc = self.directory / "etc"
+        setup = [
+            "set -e",
+            f"hostname {shlex.quote(self.name)}",
+            *(
+                f"mount --bind {shlex.quote(str(etc / name))} /etc/{name}"
+                for name in ("hosts", "resolv.conf", "passwd")
+            ),
+            "mount -t proc proc /proc",
+            f"mount --bind {shlex.quote(str(layer))} {image.LAYER_TOP}",
+            f"mount --bind {shlex.quote(str(image.ROOT))} {image.CONDA}",
+            f"mount -o remount,bind,ro {image.CONDA}",
+        ]
+        # Parents before children, as containerd orders a container's mounts; each target is made where it lies.
+        mounts: list[tuple[PurePosixPath, Path]] = [(image.LAYER_TOP, layer), (image.CONDA, image.ROOT)]
+        volumes = {v["name"]: self.directory / "volumes" / v["name"] for v in self.spec.get("volumes", [])}
+        for mount in sorted(container.get("volumeMounts", []), key=lambda m: len(PurePosixPath(m["mountPath"]).parts)):
+            target = PurePosixPath(mount["mountPath"])
+            _host_path(target, mounts).mkdir(parents=True, exist_ok=True)
+            mounts.append((target, volumes[mount["name"]]))
+            setup.append(f"mount --bind {shlex.quote(str(volumes[mount['name']]))} {shlex.quote(str(target))}")
+            if mount.get("readOnly"):
+                setup.append(f"mount -o remount,bind,ro {shlex.quote(str(target))}")
+        # The image's files, its /home included, are read-only last: a bind mount made afterwards would inherit
+        # that from the tree its source lies in.
         if context.get("readOnlyRootFilesystem"):
-            setup.append("mount -o remount,bind,ro /")
-        setup.append(f"ulimit -Hn {RUNTIME_NOFILE[1]} 2>/dev/null; ulimit -Sn {RUNTIME_NOFILE[0]}")
-        setup.append(f"cd {shlex.quote(str(self.image_home))}")
-        identity = self._identity(context, pod_context)
+            setup += ["mount -o remount,bind,ro /", f"mount -o remount,bind,ro {image.LAYER_TOP}"]
+        workdir = PurePosixPath(container.get("workingDir", str(image.WORKDIR)))
+        _host_path(workdir, mounts).mkdir(parents=True, exist_ok=True)
+        setup.append(f"ulimit -Hn {RUNTIME_NOFILE[1]} 2>/dev/null || true")
+        setup.append(f"ulimit -Sn {RUNTIME_NOFILE[0]}")
+        setup.append(f"cd {shlex.quote(str(workdir))}")
         process = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *command]
-        setup.append("exec " + shlex.join(identity + process))
+        setup.append("exec " + shlex.join(self._identity(context, pod_context) + process))
         return [
             "ip", "netns", "exec", self.network_namespace,
             "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child", "--propagation", "private",
@@ -248,75 +393,117 @@ class Pod:
 
     @staticmethod
     def _identity(context: Manifest, pod_context: Manifest) -> list[str]:
+        """setpriv's arguments: the securityContext's user and group, else the image's (`ray`, whose primary group
+        the runtime takes from the image's /etc/passwd), with fsGroup and supplementalGroups, no-new-privileges and
+        the capability bounding set."""
         if context.get("privileged") or context.get("capabilities", {}).get("add"):
             raise UnsupportedError("privileged containers and added capabilities")
-        user = context.get("runAsUser")
-        if context.get("runAsNonRoot") and not user:
-            raise UnsupportedError("runAsNonRoot without runAsUser: the image's user is not known")
-        identity = ["setpriv"]
-        if user is not None:
-            groups = [pod_context["fsGroup"]] if "fsGroup" in pod_context else []
-            groups += pod_context.get("supplementalGroups", [])
-            identity += [f"--reuid={user}", f"--regid={context.get('runAsGroup', 0)}"]
-            identity += [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
+        user = context.get("runAsUser", image.USER)
+        group = context.get("runAsGroup", image.GROUP if user == image.USER else 0)
+        if context.get("runAsNonRoot") and user == 0:
+            raise RuntimeError("CreateContainerConfigError: container has runAsNonRoot and image will run as root")
+        groups = pod_context.get("supplementalGroups", [])
+        if "fsGroup" in pod_context:
+            groups = [pod_context["fsGroup"], *groups]
+        identity = ["setpriv", f"--reuid={user}", f"--regid={group}"]
+        identity += [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
         if context.get("allowPrivilegeEscalation") is False:
             identity.append("--no-new-privs")
         if "ALL" in context.get("capabilities", {}).get("drop", []):
             identity += ["--inh-caps=-all", "--bounding-set=-all"]
-        return identity if len(identity) > 1 else []
+        return identity
 
     def _start(self, container: Manifest) -> subprocess.Popen[bytes]:
         status = self.statuses[container["name"]]
+        argv = self.argv(container, image.fresh_layer(self.directory / "rootfs" / container["name"]))
         status.log = self.directory / f"{container['name']}.log"
         with status.log.open("ab") as log:
             log.write(f"--- start {time.strftime('%H:%M:%S')} ---\n".encode())
-            process = subprocess.Popen(self.argv(container), stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         status.running = True
         status.starts.append(time.monotonic())
         with self._lock:
             self._processes[container["name"]] = process
         return process
 
-    def _stop_container(self, name: str) -> None:
-        """As a kubelet stops a container: SIGTERM to its main process, SIGKILL after the grace period."""
+    def _stop_containers(self, names: list[str], deadline: Callable[[], float]) -> dict[str, int]:
+        """As a kubelet stops containers: SIGTERM to each one's main process at once, SIGKILL to whatever is left at
+        `deadline()` (read again while waiting, so a deletion with a shorter grace brings it forward); returns
+        their exit codes."""
         with self._lock:
-            process = self._processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        # `unshare --fork` waits for the container's PID 1; signal that one, as the runtime would.
-        children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
-        main = children.read_text().split() if children.exists() else []
-        for pid in main:
-            os.kill(int(pid), signal.SIGTERM)
-        try:
-            process.wait(timeout=self.spec.get("terminationGracePeriodSeconds", 30))
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)  # unshare --kill-child takes the whole PID namespace down
-            process.wait(timeout=30)
+            processes = {name: self._processes.pop(name) for name in names if name in self._processes}
+        signalled: set[str] = set()
+        while alive := {name: p for name, p in processes.items() if p.poll() is None}:
+            for name in alive.keys() - signalled:
+                if _signal_main(alive[name], signal.SIGTERM):
+                    signalled.add(name)
+            if time.monotonic() >= deadline():
+                for process in alive.values():
+                    # Killing its PID 1 takes the container's whole PID namespace down; unshare's --kill-child
+                    # covers only a container not yet forked (a change of user clears it from the forked one).
+                    _signal_main(process, signal.SIGKILL)
+                    process.kill()
+                for process in alive.values():
+                    process.wait(timeout=30)
+                break
+            time.sleep(0.05)
+        return {name: process.wait() for name, process in processes.items()}
+
+    def _wait(self, process: subprocess.Popen[bytes]) -> int | None:
+        """The exit code of `process`, or None if the pod is deleted first (its termination then stops it)."""
+        while process.poll() is None:
+            if self._stop.wait(0.1):
+                return None
+        return process.returncode
 
     # ----- the pod's life -----
     def _run(self) -> None:
         try:
+            self.network_namespace, self.ip = self._sandbox(self.name)
+            if not self._prepare_files():
+                return
             restart = self.spec.get("restartPolicy", "Always")
             for container in self.spec.get("initContainers", []):
                 if not self._run_to_completion(container, retry=restart != "Never"):
-                    self.phase = "Failed"
                     return
-            self.phase = "Running"
-            self._supervise(self.spec["containers"], restart)
+            if not self._stop.is_set():
+                self.phase = "Running"
+                self._supervise(self.spec["containers"], restart)
         except Exception as error:  # noqa: BLE001 - a kubelet reports, it does not crash
             self.phase = "Failed"
-            (self.directory / "kubelet-error.txt").write_text(repr(error))
+            self._event(f"kubelet error: {error!r}")
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Stop what still runs (by the deletion deadline, or the grace period when the kubelet itself gave up)
+        and settle the final phase: Succeeded only if every main container last exited 0."""
+        grace_end = time.monotonic() + self.spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+        running = [name for name, status in self.statuses.items() if status.running]
+        codes = self._stop_containers(running, lambda: grace_end if self._kill_at is None else self._kill_at)
+        for name, code in codes.items():
+            status = self.statuses[name]
+            status.running, status.ready = False, False
+            status.exit_codes.append(code)
+        if not self.finished:
+            last = [self.statuses[c["name"]].exit_codes[-1:] for c in self.spec["containers"]]
+            self.phase = "Succeeded" if all(exit_code == [0] for exit_code in last) else "Failed"
+        self.ready_since, self.finished_at = None, time.monotonic()
 
     def _run_to_completion(self, container: Manifest, retry: bool) -> bool:
         status, backoff = self.statuses[container["name"]], BACKOFF_START
         while not self._stop.is_set():
-            code = self._start(container).wait()
+            code = self._wait(self._start(container))
+            if code is None:
+                return False
+            with self._lock:
+                self._processes.pop(container["name"], None)
             status.running = False
             status.exit_codes.append(code)
-            if code == 0 or self._stop.is_set():
-                return code == 0
+            if code == 0:
+                return True
             if not retry:
+                self.phase = "Failed"
                 return False
             status.restarts += 1
             if self._stop.wait(backoff):
@@ -335,9 +522,11 @@ class Pod:
                 process = processes[name]
                 if status.running and process.poll() is None:
                     if not probes[name].check():  # liveness failed: kill, and restart as after a crash
-                        self._stop_container(name)
+                        self._stop_containers([name], self._liveness_deadline(container))
                     continue
                 if status.running:  # it just exited
+                    with self._lock:
+                        self._processes.pop(name, None)
                     status.running, status.ready = False, False
                     status.exit_codes.append(process.wait())
                     if restart == "Never" or (restart == "OnFailure" and process.returncode == 0):
@@ -348,18 +537,60 @@ class Pod:
                     del next_start[name]
                     status.restarts += 1
                     processes[name], probes[name] = self._start(container), _Probes(self, container)
+            self._note_readiness()
             if restart != "Always" and not any(s.running for n, s in self.statuses.items() if n in processes):
                 codes = [self.statuses[c["name"]].exit_codes[-1] for c in containers]
                 self.phase = "Succeeded" if all(code == 0 for code in codes) else "Failed"
                 return
 
-    def delete(self) -> None:
-        """`kubectl delete pod`: every container is stopped gracefully; the caller then tears down the network."""
-        self._stop.set()
-        for name in list(self._processes):
-            self._stop_container(name)
-        self._thread.join(timeout=60)
-        self.phase = "Deleted"
+    def _liveness_deadline(self, container: Manifest) -> Callable[[], float]:
+        """A liveness kill's SIGKILL deadline: the probe's own grace period, else the pod's, or sooner if the pod
+        is deleted meanwhile."""
+        probe_grace = container["livenessProbe"].get("terminationGracePeriodSeconds")
+        grace = (
+            self.spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+            if probe_grace is None
+            else probe_grace
+        )
+        end = time.monotonic() + grace
+        return lambda: min(end, math.inf if self._kill_at is None else self._kill_at)
+
+    def _note_readiness(self) -> None:
+        """Keep the Ready condition's transition time, which a ReplicaSet weighs when it picks pods to delete."""
+        ready = self.ready
+        if ready and self.ready_since is None:
+            self.ready_since = time.monotonic()
+        elif not ready:
+            self.ready_since = None
+
+
+def _host_path(target: PurePosixPath, mounts: list[tuple[PurePosixPath, Path]]) -> Path:
+    """Where a mount target or working directory lies on this machine, given the mounts made before it (the last
+    one that covers it wins): inside the image layer, a volume, or else this machine's own tree, where a missing
+    one is created and left in place (removing it would detach it from the pods of any other rehearsal running
+    at the same time)."""
+    for point, source in reversed(mounts):
+        if target == point or point in target.parents:
+            if source == image.ROOT:
+                raise UnsupportedError(f"{target}: a mount target or working directory inside the image's conda")
+            return source / target.relative_to(point)
+    return Path(target)
+
+
+def _signal_main(process: subprocess.Popen[bytes], signum: int) -> bool:
+    """Signal a container's main process, its PID 1, as the runtime would: `unshare --fork` is its parent.
+    False if it has not been forked yet."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    try:
+        main = children.read_text().split()
+    except OSError:
+        return False
+    for pid in main:
+        try:
+            os.kill(int(pid), signum)
+        except ProcessLookupError:
+            continue
+    return bool(main)
 
 
 class _Probes:

@@ -7,6 +7,7 @@ that creates it moves into it, so probes and checks reach pods the way a kubelet
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ipaddress
 import itertools
@@ -57,11 +58,13 @@ class PodNetwork:
         self.subnet = ipaddress.ip_network(subnet)
         hosts = self.subnet.hosts()
         self.gateway = str(next(hosts))
-        self._free_addresses = (str(address) for address in hosts)
+        # Handed out in turn and given back at the end of the line, as host-local IPAM goes round its range: a new
+        # pod does not get the address a pod just left.
+        self._free_addresses = collections.deque(str(address) for address in hosts)
         self._interface_numbers = itertools.count()
         self._lock = threading.Lock()
         self.node = f"{prefix}-node"
-        self._pods: dict[str, str] = {}
+        self._pods: dict[str, tuple[str, str]] = {}  # pod: (namespace, address)
         self._original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         ip("netns", "add", self.node)
         try:
@@ -77,8 +80,11 @@ class PodNetwork:
     def add_pod(self, pod: str) -> tuple[str, str]:
         """A namespace for the pod, wired to the bridge; returns its name and the pod's IP."""
         with self._lock:
-            address, number = next(self._free_addresses), next(self._interface_numbers)
-        namespace, host_side = f"{self.prefix}-{pod}"[:40], f"vp{number}"
+            if not self._free_addresses:
+                raise NetworkError(f"no free address in {self.subnet}")
+            address, number = self._free_addresses.popleft(), next(self._interface_numbers)
+        # The interface number keeps names unique where the pod's is cut short.
+        namespace, host_side = f"{self.prefix}-{number}-{pod}"[:40], f"vp{number}"
         ip("netns", "add", namespace)
         ip("-n", self.node, "link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", namespace)
         ip("-n", self.node, "link", "set", host_side, "master", "br0", "up")
@@ -88,13 +94,13 @@ class PodNetwork:
         # A default route (into the isolated node namespace) so Ray's own address detection finds eth0.
         ip("-n", namespace, "route", "add", "default", "via", self.gateway)
         with self._lock:
-            self._pods[pod] = namespace
+            self._pods[pod] = namespace, address
         return namespace, address
 
     def remove_pod(self, pod: str, timeout: float = 30) -> None:
         """Once the pod's last process has exited (so its connections were closed on the wire), as CNI teardown."""
         with self._lock:
-            namespace = self._pods.pop(pod, None)
+            namespace, address = self._pods.pop(pod, ("", ""))
         if not namespace:
             return
         deadline = time.monotonic() + timeout
@@ -103,6 +109,8 @@ class PodNetwork:
         for pid in _pids(namespace):
             os.kill(int(pid), signal.SIGKILL)
         ip("netns", "del", namespace)  # takes the veth pair with it
+        with self._lock:
+            self._free_addresses.append(address)
 
     def close(self) -> None:
         for pod in list(self._pods):
