@@ -203,7 +203,7 @@ class _State:
 
 
 @dataclass(frozen=True)
-class _Diff:
+class Diff:
     changed: tuple[PropertyPath, ...] = ()
     replace: tuple[PropertyPath, ...] = ()
     delete_before_replace: bool = False
@@ -446,6 +446,57 @@ def _state(registration: Registration) -> _State:
 # ----- the engine -----
 
 
+def force_new(
+    type_token: str, inputs: Mapping[str, Any], enable_secret_mutable: bool, enable_config_map_mutable: bool
+) -> list[PropertyPath]:
+    """kubeProvider.forceNewProperties (diff.go): name and namespace always; per kind, the table; Secret data
+    and ConfigMap data unless the provider makes them mutable and the object is not `immutable`."""
+    group, version, kind = _gvk(type_token)
+    paths = [".metadata.name", ".metadata.namespace", *FORCE_NEW.get((group, version, kind), ())]
+    immutable = inputs.get("immutable") is True
+    if kind == "Secret" and (not enable_secret_mutable or immutable):
+        paths += [".stringData", ".data"]
+    if kind == "ConfigMap" and (not enable_config_map_mutable or immutable):
+        paths += [".binaryData", ".data"]
+    return [_force_new_pattern(p) for p in paths]
+
+
+def kubernetes_diff(
+    type_token: str,
+    old_inputs: Manifest,
+    new_inputs: Manifest,
+    *,
+    enable_secret_mutable: bool = False,
+    enable_config_map_mutable: bool = False,
+) -> Diff:
+    """pulumi-kubernetes' Diff of one object's old and new inputs: what changed, what forces a replacement, and
+    whether that replacement must delete first (a user-set name that stays: the new object would collide)."""
+    kind = _gvk(type_token)[2]
+    old_manifest, new_manifest = _strip_nulls(old_inputs), _strip_nulls(new_inputs)
+    for manifest in (old_manifest, new_manifest):
+        if kind in CLUSTER_SCOPED_KINDS:
+            manifest.get("metadata", {}).pop("namespace", None)
+        else:
+            manifest.setdefault("metadata", {})["namespace"] = _namespace(kind, manifest)
+    forcing = force_new(type_token, new_manifest, enable_secret_mutable, enable_config_map_mutable)
+    changed: list[PropertyPath] = []
+    replace_paths: list[PropertyPath] = []
+    for path, value in _diff_paths(old_manifest, new_manifest):
+        changed.append(path)
+        if any(_found(_patch_slice(path, value), p) for p in forcing) or (path == ("metadata",) and value is None):
+            replace_paths.append(path)
+    old_metadata, new_metadata = old_manifest.get("metadata", {}), new_manifest.get("metadata", {})
+    same_identity = all(old_metadata.get(key) == new_metadata.get(key) for key in ("name", "namespace"))
+    dbr = bool(replace_paths) and not _autonamed(new_manifest) and same_identity
+    return Diff(tuple(changed), tuple(replace_paths), dbr)
+
+
+def type_token(manifest: Mapping[str, Any]) -> str:
+    """The pulumi-kubernetes type token of a manifest (`apps/v1` Deployment -> kubernetes:apps/v1:Deployment)."""
+    group, _, version = str(manifest["apiVersion"]).rpartition("/")
+    return f"kubernetes:{group or 'core'}/{version}:{manifest['kind']}"
+
+
 @dataclass
 class _Engine:
     olds: list[_State]
@@ -526,47 +577,22 @@ class _Engine:
             name = auto_name(registration.name, seed)
         return _with_name(inputs, name)
 
-    def _force_new(self, type_token: str, inputs: Mapping[str, Any]) -> list[PropertyPath]:
-        """kubeProvider.forceNewProperties (diff.go): name and namespace always; per kind, the table; Secret data
-        and ConfigMap data unless the provider makes them mutable and the object is not `immutable`."""
-        group, version, kind = _gvk(type_token)
-        paths = [".metadata.name", ".metadata.namespace", *FORCE_NEW.get((group, version, kind), ())]
-        immutable = inputs.get("immutable") is True
-        if kind == "Secret" and (not self.enable_secret_mutable or immutable):
-            paths += [".stringData", ".data"]
-        if kind == "ConfigMap" and (not self.enable_config_map_mutable or immutable):
-            paths += [".binaryData", ".data"]
-        return [_force_new_pattern(p) for p in paths]
-
-    def _provider_diff(self, registration: Registration, old: _State, inputs: Manifest) -> _Diff:
+    def _provider_diff(self, registration: Registration, old: _State, inputs: Manifest) -> Diff:
         """The provider's Diff of the old inputs against the new ones, whose ignored values the engine has already
         put back (so the provider's own removal of ignored paths from its diff has nothing left to remove)."""
         if registration.type in RANDOM_TYPES:
             paths = tuple(p for p, _ in _diff_paths(old.inputs, inputs))
-            return _Diff(changed=paths, replace=paths)
+            return Diff(changed=paths, replace=paths)
         if not registration.custom or not _is_kubernetes(registration.type):
             # Components (no provider: any difference is an update) and other providers, modelled as updating.
-            return _Diff(changed=tuple(p for p, _ in _diff_paths(old.inputs, inputs)))
-        kind = _gvk(registration.type)[2]
-        old_manifest, new_manifest = _strip_nulls(old.inputs), _strip_nulls(inputs)
-        for manifest in (old_manifest, new_manifest):
-            if kind in CLUSTER_SCOPED_KINDS:
-                manifest.get("metadata", {}).pop("namespace", None)
-            else:
-                manifest.setdefault("metadata", {})["namespace"] = _namespace(kind, manifest)
-        force_new = self._force_new(registration.type, new_manifest)
-        changed: list[PropertyPath] = []
-        replace_paths: list[PropertyPath] = []
-        for path, value in _diff_paths(old_manifest, new_manifest):
-            changed.append(path)
-            if any(_found(_patch_slice(path, value), p) for p in force_new) or (
-                path == ("metadata",) and value is None
-            ):
-                replace_paths.append(path)
-        old_metadata, new_metadata = old_manifest.get("metadata", {}), new_manifest.get("metadata", {})
-        same_identity = all(old_metadata.get(key) == new_metadata.get(key) for key in ("name", "namespace"))
-        dbr = bool(replace_paths) and not _autonamed(new_manifest) and same_identity
-        return _Diff(tuple(changed), tuple(replace_paths), dbr)
+            return Diff(changed=tuple(p for p, _ in _diff_paths(old.inputs, inputs)))
+        return kubernetes_diff(
+            registration.type,
+            old.inputs,
+            inputs,
+            enable_secret_mutable=self.enable_secret_mutable,
+            enable_config_map_mutable=self.enable_config_map_mutable,
+        )
 
     def _requires_replacement(self, dependent: _State, replace_set: set[str]) -> bool:
         """calculateDependentReplacements' requiresReplacement: a custom, managed dependent whose inputs come from a
@@ -582,7 +608,12 @@ class _Engine:
             return True
         if not _is_kubernetes(dependent.type):
             return False
-        roots = {p[0] for p in self._force_new(dependent.type, dependent.inputs)}
+        roots = {
+            p[0]
+            for p in force_new(
+                dependent.type, dependent.inputs, self.enable_secret_mutable, self.enable_config_map_mutable
+            )
+        }
         return bool(keys & {str(r) for r in roots})
 
     def _dependent_replacements(self, root: _State) -> list[_State]:

@@ -43,6 +43,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.lifecycle import kubernetes_diff, type_token
 from tests.program import Rendered
 from tests.rehearsal.kubelet import DEFAULT_GRACE_SECONDS, Manifest, Pod, UnsupportedError, check_supported
 from tests.rehearsal.network import ClusterDNS, PodNetwork
@@ -53,15 +54,6 @@ REPLACE_UNREADY = "pulumi.com/replaceUnready"
 POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 JOB_BACKOFF_START, JOB_BACKOFF_MAX = 10.0, 360.0
 _KINDS = {"Namespace", "ServiceAccount", "Secret", "ConfigMap", "Service", "NetworkPolicy", "Deployment", "Job"}
-# pulumi-kubernetes replaces, rather than updates, a resource when one of these changes (its forceNew fields).
-_REPLACED_ON_CHANGE: dict[str, tuple[tuple[str, ...], ...]] = {
-    "ConfigMap": (("data",), ("binaryData",)),
-    "Secret": (("type",), ("stringData",), ("data",)),
-    "Service": (("spec", "clusterIP"),),
-    "Deployment": (("spec", "selector"),),
-    "Job": (("spec", "completions"), ("spec", "parallelism"), ("spec", "selector"), ("spec", "template")),
-}
-_ALWAYS_REPLACED_ON_CHANGE = (("metadata", "name"), ("metadata", "namespace"))
 # What the API server refuses to change in place.
 _IMMUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
     "Deployment": (("spec", "selector"),),
@@ -638,8 +630,7 @@ class Cluster:
         previous = self._state.get(urn)
         if previous is None:
             return _Step(urn, inputs, "create")
-        fields = _ALWAYS_REPLACED_ON_CHANGE + _REPLACED_ON_CHANGE.get(inputs["kind"], ())
-        if any(_pluck(previous, path) != _pluck(inputs, path) for path in fields):
+        if kubernetes_diff(type_token(inputs), previous, inputs).replace:
             return _Step(urn, inputs, "replace", previous)
         if urn not in self._init_errors:
             return _Step(urn, inputs, "same" if previous == inputs else "update")
