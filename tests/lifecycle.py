@@ -770,19 +770,7 @@ class _Engine:
                 if dependent.urn in self.deleted_early:
                     continue
                 self.deleted_early.add(dependent.urn)
-                if dependent.protect:
-                    self.errors.append(f"{_label(dependent.urn)}: cannot be replaced, it is protected")
-                self._record(
-                    Step(
-                        dependent.urn,
-                        "delete",
-                        dependent.name,
-                        dependent.type,
-                        old_urn=dependent.urn,
-                        old_obj=dependent.obj,
-                        retained=dependent.retain_on_delete,
-                    )
-                )
+                self._delete_step(dependent, "replaced")
                 self._delete(dependent, f"before replacing {_label(registration.urn)}, which it depends on")
             self._record(step)
             self._delete(old, "delete-before-replace")
@@ -792,6 +780,13 @@ class _Engine:
             self._operate("create", registration.urn, new.obj, "replacement, create-before-delete")
             self.pending.append(old)
         return new
+
+    def _delete_step(self, old: _State, verb: str) -> None:
+        """A delete step for an old resource (a protected one is an error: the engine refuses it)."""
+        if old.protect:
+            self.errors.append(f"{_label(old.urn)}: cannot be {verb}, it is protected")
+        retained = old.external or old.retain_on_delete
+        self._record(Step(old.urn, "delete", old.name, old.type, old_urn=old.urn, old_obj=old.obj, retained=retained))
 
     def _delete(self, old: _State, note: str) -> None:
         if old.external or old.retain_on_delete:
@@ -809,19 +804,7 @@ class _Engine:
             if id(old) in replaced:
                 self._delete(old, "old copy of a replacement")
                 continue
-            if old.protect:
-                self.errors.append(f"{_label(old.urn)}: cannot be deleted, it is protected")
-            self._record(
-                Step(
-                    old.urn,
-                    "delete",
-                    old.name,
-                    old.type,
-                    old_urn=old.urn,
-                    old_obj=old.obj,
-                    retained=old.external or old.retain_on_delete,
-                )
-            )
+            self._delete_step(old, "deleted")
             self._delete(old, "left the program")
 
 

@@ -1,35 +1,50 @@
 """The rehearsal: the pods the program renders, run as a real Ray cluster (see tests/rehearsal/).
 
-One cluster lives through the module, in order: it forms with its workers started before the head, the smoke
-test passes, auth is checked, it is scaled from 3 to 4 workers, then a worker pod and the head pod are killed
-and it heals. Needs root (network namespaces); without it these tests fail, they never skip.
+One cluster lives through the module, in order, as a stack lives through its `pulumi up`s: it forms with its
+workers started before the head, the smoke test passes, auth is checked, user code writes its home; it is
+scaled from 3 to 2 workers while they are busy (the removed one drains), then to 4; a worker pod and the head
+pod are killed and it heals; a head-only change, a new token and a new image (on a node sized exactly for the
+cluster) each roll what they must and run the smoke test again; a smoke test that failed runs again on the next
+`pulumi up`. Needs root (network namespaces); without it these tests fail, they never skip.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from components import pods
+from components.settings import parse_quantity
 from tests.program import Rendered, render
-from tests.rehearsal.cluster import Cluster, wait_for
+from tests.rehearsal.cluster import Cluster, JobFailedError, wait_for
 from tests.rehearsal.kubelet import BACKOFF_START, IMAGE_ROOT, Pod
+from tests.rehearsal.scheduler import Node
 
 pytestmark = pytest.mark.rehearsal
 
 RECONNECT_SECONDS = 15  # gcsReconnectTimeoutSeconds for the rehearsal: the bound on noticing a lost head
-CONFIG: dict[str, object] = {"gcsReconnectTimeoutSeconds": RECONNECT_SECONDS}
+CONFIG: dict[str, object] = {"gcsReconnectTimeoutSeconds": str(RECONNECT_SECONDS)}
 HEAD_DELAY_SECONDS = 8  # the head's pod starts this much after the workers' (a slower image pull)
 UP_TIMEOUT = 420
+# Longer than Ray's default drain (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S, 30 s) and than a default grace period,
+# shorter than the program's workerDrainSeconds: only the program's settings let such a task finish.
+BUSY_SECONDS = 45
+NEW_TOKEN = "a-rotated-token-0123456789abcdef0123456789"
+WORKER_NODES = "[n['NodeID'] for n in ray.nodes() if n['Alive'] and 'node:__internal_head__' not in n['Resources']]"
 
 
 @dataclass
@@ -37,9 +52,26 @@ class Deployment:
     cluster: Cluster
     rendered: Rendered
     token: str
+    config: dict[str, object] = field(default_factory=lambda: dict(CONFIG))
+
+    def configure(self, **changes: object) -> None:
+        """`pulumi config set ...` for each change: the program renders (in the main thread: Pulumi's runtime
+        needs its event loop)."""
+        self.config.update(changes)
+        self.rendered = render(self.config, secrets=("authToken",) if "authToken" in self.config else ())
+        self.token = self.rendered.one("Secret")["stringData"][pods.AUTH_TOKEN_KEY]
+
+    def up(self) -> float:
+        """`pulumi up`; returns the seconds until it was done."""
+        return self.cluster.up(self.rendered, timeout=UP_TIMEOUT)
+
+    def update(self, **changes: object) -> float:
+        self.configure(**changes)
+        return self.up()
 
     def pods(self, prefix: str) -> list[Pod]:
-        return [pod for name, pod in sorted(self.cluster.pods.items()) if name.startswith(prefix)]
+        """The pods a Deployment keeps (neither Terminating nor finished) whose names start with `prefix`."""
+        return [pod for name, pod in sorted(self.cluster.pods.items()) if name.startswith(prefix) and pod.active]
 
     def head(self) -> Pod:
         [head] = self.pods("ray-head-")
@@ -48,9 +80,14 @@ class Deployment:
     def workers(self) -> list[Pod]:
         return self.pods("ray-worker-")
 
-    def dashboard(self, path: str, token: str | None) -> tuple[int, bytes]:
+    def dashboard(self, path: str, token: str | None, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        """A request to the head's dashboard (a POST of `body` as JSON if given), as `ray job submit` makes."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        request = urllib.request.Request(f"http://{self.head().ip}:{pods.DASHBOARD_PORT}{path}", headers=headers)
+        data = json.dumps(body).encode() if body is not None else None
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        url = f"http://{self.head().ip}:{pods.DASHBOARD_PORT}{path}"
+        request = urllib.request.Request(url, data=data, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return int(response.status), bytes(response.read())
@@ -75,6 +112,34 @@ class Deployment:
         logs = self.cluster.run_job(self.rendered.one("Job"), timeout=300)
         assert "Success!" in logs, logs
         return logs
+
+    def smoke_test_runs(self) -> list[Pod]:
+        """The pods of the smoke-test Job `pulumi up` last ran."""
+        job = self.rendered.one("Job")
+        return self.cluster.pods_of(("Job", job["metadata"]["namespace"], job["metadata"]["name"]))
+
+    def submit(self, script: str) -> str:
+        """A Ray job through the Jobs API, as `ray job submit` sends it; its driver runs on the head."""
+        code = base64.b64encode(script.encode()).decode()
+        # Every task's output reaches the job's logs once per line (Ray folds repeated lines by default).
+        entrypoint = f"RAY_DEDUP_LOGS=0 python -c \"import base64; exec(base64.b64decode('{code}'))\""
+        status, answer = self.dashboard("/api/jobs/", self.token, {"entrypoint": entrypoint})
+        assert status == 200, answer
+        submission: str = json.loads(answer)["submission_id"]
+        return submission
+
+    def job(self, submission: str) -> tuple[str, str]:
+        """The Ray job's status and logs."""
+        _, info = self.dashboard(f"/api/jobs/{submission}", self.token)
+        _, logs = self.dashboard(f"/api/jobs/{submission}/logs", self.token)
+        return json.loads(info)["status"], json.loads(logs)["logs"]
+
+    def finished_job(self, submission: str, timeout: float) -> tuple[str, str]:
+        def finished() -> tuple[str, str] | None:
+            status, logs = self.job(submission)
+            return (status, logs) if status in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
+        return wait_for(finished, timeout, lambda: f"Ray job {submission}: {self.job(submission)}", interval=1)
 
 
 @pytest.fixture(scope="module")
@@ -154,15 +219,80 @@ def test_ray_refuses_clients_without_the_token(deployment: Deployment, tmp_path:
     assert results["token"].returncode == 0, results["token"].stderr
 
 
-def test_a_fifth_node_joins_when_workers_go_from_3_to_4(deployment: Deployment) -> None:
+def test_user_code_writes_its_home_cache_working_directory_and_ray_results(deployment: Deployment) -> None:
+    """The real image's /home/ray is read-only here (read-only root): HOME and the working directory are not."""
+    script = f"""
+import pathlib, ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+def write_everywhere(tag):
+    home = pathlib.Path.home()
+    targets = [home / f"{{tag}}.txt", home / ".cache" / "huggingface" / f"{{tag}}.txt",
+               pathlib.Path.cwd() / f"{{tag}}-in-cwd.txt", home / "ray_results" / "experiment" / f"{{tag}}.txt"]
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(tag)
+    return " ".join(str(target) for target in targets)
+
+ray.init()
+print("driver wrote", write_everywhere("driver"), flush=True)
+write = ray.remote(num_cpus=1)(write_everywhere)
+for node in {WORKER_NODES}:
+    strategy = NodeAffinitySchedulingStrategy(node, soft=False)
+    print("task wrote", ray.get(write.options(scheduling_strategy=strategy).remote("task")), flush=True)
+"""
+    status, logs = deployment.finished_job(deployment.submit(script), timeout=180)
+    assert status == "SUCCEEDED", logs
+    home = pods.HOME_DIR
+    expected = f"{home}/{{0}}.txt {home}/.cache/huggingface/{{0}}.txt {home}/{{0}}-in-cwd.txt "
+    expected += f"{home}/ray_results/experiment/{{0}}.txt"
+    assert f"driver wrote {expected.format('driver')}" in logs
+    assert logs.count(f"task wrote {expected.format('task')}") == len(deployment.workers()) == 3
+
+
+def test_scaling_down_lets_the_removed_workers_tasks_finish(deployment: Deployment) -> None:
+    """3 -> 2 while every worker runs a task longer than Ray's default drain: no task is lost or retried."""
+    script = f"""
+import time, ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+@ray.remote(num_cpus=1, max_retries=0)
+def busy(seconds):
+    print("busy", flush=True)
+    time.sleep(seconds)
+    return ray.get_runtime_context().get_node_id()
+
+ray.init()
+workers = sorted({WORKER_NODES})
+strategies = [NodeAffinitySchedulingStrategy(node, soft=False) for node in workers]
+results = ray.get([busy.options(scheduling_strategy=s).remote({BUSY_SECONDS}) for s in strategies])
+print("every task finished on its node:", sorted(results) == workers, len(results), flush=True)
+"""
+    before = {pod.name: pod for pod in deployment.workers()}
+    submission = deployment.submit(script)
+    started = time.monotonic()
+    wait_for(lambda: deployment.job(submission)[1].count(" busy\n") == 3, 30, lambda: f"{deployment.job(submission)}")
+    deployment.update(workers="2")
+    [removed] = [pod for name, pod in before.items() if name not in {p.name for p in deployment.workers()}]
+    status, logs = deployment.finished_job(submission, timeout=120)
+    assert status == "SUCCEEDED", logs
+    assert "every task finished on its node: True 3" in logs
+    assert removed.deleted_at is not None and removed.deleted_at - started < BUSY_SECONDS  # removed while busy
+    # It drained: its processes stopped once its task was done, not at Ray's default 30 s drain.
+    wait_for(lambda: removed.finished_at, 60, f"{removed.name} stopped")
+    assert removed.finished_at is not None and removed.finished_at - started >= BUSY_SECONDS - 5
+    assert [pod.phase for pod in deployment.smoke_test_runs()] == ["Succeeded"]
+
+
+def test_new_nodes_join_when_workers_go_from_2_to_4(deployment: Deployment) -> None:
     before = {pod.name for pod in deployment.workers()}
     head = deployment.head().name
-    deployment.rendered = render({**CONFIG, "workers": 4})
-    deployment.cluster.up(deployment.rendered, timeout=UP_TIMEOUT)  # runs the replaced smoke-test Job too
+    deployment.update(workers="4")  # runs the replaced smoke-test Job too
     workers = deployment.workers()
     assert len(workers) == 4 and before < {pod.name for pod in workers}
     assert deployment.head().name == head  # scaling never touches the head
-    assert wait_for(deployment.joined, 120, "the fifth node joined")
+    assert wait_for(deployment.joined, 120, "the new nodes joined")
+    assert [pod.phase for pod in deployment.smoke_test_runs()] == ["Succeeded"]
     assert {pod.ip for pod in workers} <= ran_calls_on(deployment.smoke_test())
 
 
@@ -188,3 +318,79 @@ def test_a_killed_head_pod_is_replaced_and_the_workers_rejoin_it(deployment: Dep
     wait_for(deployment.joined, 120, "the workers rejoined the new head")
     assert [pod.name for pod in deployment.workers()] == [pod.name for pod in workers]  # same pods, restarted
     assert {pod.ip for pod in workers} <= ran_calls_on(deployment.smoke_test())
+
+
+def test_a_head_only_change_runs_the_smoke_test_again_once_the_head_is_back(deployment: Deployment) -> None:
+    old_head, workers = deployment.head(), {pod.name for pod in deployment.workers()}
+    deployment.update(headMemory="3Gi")
+    new_head = deployment.head()
+    assert new_head.name != old_head.name and new_head.spec["containers"][0]["resources"]["limits"]["memory"] == "3Gi"
+    assert {pod.name for pod in deployment.workers()} == workers  # the workers were not rolled, they reconnected
+    [run] = deployment.smoke_test_runs()
+    assert new_head.ready_since is not None
+    assert run.phase == "Succeeded" and run.created_at > new_head.ready_since  # the test ran against the new head
+    assert "Success!" in run.logs("smoke-test")
+    assert wait_for(deployment.joined, 120, "every worker is in the new head's cluster")
+
+
+def test_a_new_token_rolls_every_pod_and_the_old_token_is_refused(deployment: Deployment) -> None:
+    before = {pod.name for pod in deployment.pods("ray-")}
+    old_token = deployment.token
+    deployment.update(authToken=NEW_TOKEN)
+    assert deployment.token == NEW_TOKEN
+    now = deployment.pods("ray-")
+    assert len(now) == 5 and not before & {pod.name for pod in now}  # head and every worker are new pods
+    assert [pod.phase for pod in deployment.smoke_test_runs()] == ["Succeeded"]
+    assert deployment.dashboard("/nodes?view=summary", old_token)[0] == 403
+    assert wait_for(deployment.joined, 120, "every worker joined with the new token")
+    assert all(pod.restarts() == 0 for pod in deployment.workers())  # none waited on a token the head refused
+
+
+def requests_of(rendered: Rendered) -> dict[str, Decimal]:
+    """CPU and memory the rendered cluster asks of its node: every pod, the smoke test's included."""
+    total = {"cpu": Decimal(0), "memory": Decimal(0)}
+    for workload in rendered.of_kind("Deployment") + rendered.of_kind("Job"):
+        replicas = workload["spec"].get("replicas", 1)
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            for resource in total:
+                total[resource] += replicas * parse_quantity(resource, container["resources"]["requests"][resource])
+    return total
+
+
+def test_an_image_change_rolls_through_a_node_sized_exactly_for_the_cluster(deployment: Deployment) -> None:
+    needed = requests_of(deployment.rendered)
+    deployment.cluster.node = Node(allocatable={"cpu": str(needed["cpu"]), "memory": str(int(needed["memory"])),
+                                                "nvidia.com/gpu": 0, "pods": 110})  # fmt: skip
+    image = "rayproject/ray:2.60.0-py311"
+    deployment.update(image=image)
+    for pod in deployment.pods("ray-"):
+        assert {c["image"] for c in pod.spec["containers"] + pod.spec.get("initContainers", [])} == {image}
+    assert [pod.phase for pod in deployment.smoke_test_runs()] == ["Succeeded"]
+    assert all(pod.unschedulable is None for pod in deployment.cluster.pods.values())
+
+
+def test_a_failed_smoke_test_runs_again_on_the_next_up(deployment: Deployment) -> None:
+    """Its pods evicted twice (backoffLimit 1), the smoke test fails `pulumi up`; the next `pulumi up`, with no
+    change at all, replaces the failed Job and runs it again (replaceUnready) instead of awaiting it again."""
+    failure: list[BaseException] = []
+
+    def up() -> None:
+        try:
+            deployment.up()
+        except BaseException as error:  # noqa: BLE001 - handed to the test's thread
+            failure.append(error)
+
+    deployment.configure(workers=str(len(deployment.workers()) - 1))  # a change, so the smoke test runs
+    updating = threading.Thread(target=up)
+    updating.start()
+    for attempt in (1, 2):
+        running = wait_for(
+            lambda: [p for p in deployment.smoke_test_runs() if p.phase == "Running" and not p.terminating],
+            240,
+            f"smoke-test attempt {attempt} runs",
+        )
+        deployment.cluster.delete_pod(running[0].name, grace_seconds=0)  # evicted
+    updating.join(UP_TIMEOUT)
+    assert len(failure) == 1 and isinstance(failure[0], JobFailedError), failure
+    deployment.up()  # the same program, the same config
+    assert [pod.phase for pod in deployment.smoke_test_runs()] == ["Succeeded"]
