@@ -148,12 +148,12 @@ def auto_name(logical_name: str, seed: str = "") -> str:
     return f"{logical_name}-{hashlib.sha256((seed or logical_name).encode()).hexdigest()[:8]}"
 
 
-def random_id(name: str, byte_length: int, keepers: Any, prefix: str = "") -> dict[str, str]:
+def random_id(seed_text: str, byte_length: int, keepers: Any, prefix: str = "") -> dict[str, str]:
     """RandomId's outputs (terraform-provider-random internal/provider/resource_id.go Create): its bytes as hex,
     base64 (URL-safe without padding, and standard) and decimal, each after `prefix`. The real bytes are random
-    and drawn again when `keepers` change (that replaces it); here they come from the logical name and the
-    keepers, so they change exactly then."""
-    seed = json.dumps([name, keepers], sort_keys=True).encode()
+    and drawn again when `keepers` change (that replaces it); here they come from `seed_text` and the keepers, so
+    they change exactly then."""
+    seed = json.dumps([seed_text, keepers], sort_keys=True).encode()
     data = hashlib.sha256(seed).digest()[:byte_length]
     return {
         "hex": prefix + data.hex(),
@@ -179,10 +179,12 @@ class _Mocks(pulumi.runtime.Mocks):
                 # What the provider's Check does to an unnamed object (metadata.AssignNameIfAutonamable).
                 metadata["name"] = auto_name(args.name)
                 metadata["annotations"] = {**(metadata.get("annotations") or {}), AUTONAMED_ANNOTATION: "true"}
+        # Random bytes are drawn once, when the resource is created, and stay with it, under an alias too: seeded
+        # here by the type (not the logical name, which an alias changes), they stay across renders the same way.
         if args.typ == "random:index/randomPassword:RandomPassword":
-            state["result"] = hashlib.sha256(args.name.encode()).hexdigest()[: int(state["length"])]
+            state["result"] = hashlib.sha256(args.typ.encode()).hexdigest()[: int(state["length"])]
         if args.typ == "random:index/randomId:RandomId":
-            state.update(random_id(args.name, int(state["byteLength"]), state.get("keepers"), state.get("prefix", "")))
+            state.update(random_id(args.typ, int(state["byteLength"]), state.get("keepers"), state.get("prefix", "")))
         if args.resource_id:
             return args.resource_id, state
         if args.custom is False:

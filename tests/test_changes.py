@@ -9,11 +9,13 @@ from __future__ import annotations
 import re
 from functools import cache
 
+import pulumi
 import pytest
 import yaml
 
+from components import RayCluster, load_settings
 from tests.lifecycle import Plan, Step, plan
-from tests.program import ROOT, Rendered, render
+from tests.program import ROOT, Rendered, capture, render, stack_config
 
 README = (ROOT / "README.md").read_text()
 CONFIG_KEYS = set(yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]) | {"workerGroups"}
@@ -162,3 +164,22 @@ def test_the_smoke_test_runs_again_only_when_the_running_cluster_changes() -> No
         ]
         if key != "testJob":
             assert (smoke_effect(changes) == "runs again") == bool(cluster), key
+
+
+def test_a_stack_whose_component_was_named_after_the_cluster_moves_to_the_fixed_names_in_place() -> None:
+    """Before logical names were fixed, the component (and so every child, `<name>-...`) was named after
+    `clusterName`. The program's alias (and Pulumi's child-alias rule) carry such a stack's resources over: the
+    same objects, no replacement, nothing created or deleted."""
+    config = {"clusterName": "analytics"}
+
+    def earlier_program() -> None:
+        project_config = pulumi.Config()
+        settings = load_settings(project_config, pulumi.get_project(), pulumi.get_stack())
+        RayCluster(settings.cluster_name, settings, auth_token=project_config.get_secret("authToken"))
+
+    earlier = capture(earlier_program, "test", stack_config("test", config))
+    assert {r.name for r in earlier.registrations} >= {"analytics", "analytics-head", "analytics-namespace"}
+    changes = plan(earlier, render(config))
+    assert_safe(changes)
+    assert changes.created() == changes.deleted() == changes.replaced() == []
+    assert {step.kind for step in changes.steps} == {"same"}
