@@ -11,12 +11,12 @@ COMPONENT_NAME = "ray"
 
 config = pulumi.Config()
 settings = load_settings(config, pulumi.get_project(), pulumi.get_stack())
-earlier_name = [pulumi.Alias(name=settings.cluster_name)] if settings.cluster_name != COMPONENT_NAME else []
+aliases = [pulumi.Alias(name=settings.cluster_name)] if settings.cluster_name != COMPONENT_NAME else []
 cluster = RayCluster(
     COMPONENT_NAME,
     settings,
     auth_token=config.get_secret("authToken"),
-    opts=pulumi.ResourceOptions(aliases=earlier_name),
+    opts=pulumi.ResourceOptions(aliases=aliases),
 )
 
 pulumi.export("namespace", cluster.namespace)

@@ -38,8 +38,10 @@ AUTH_TOKEN_DIR = "/etc/ray/auth"
 AUTH_TOKEN_KEY = "token"
 SMOKE_TEST_MOUNT = "/opt/ray-smoke-test"
 SMOKE_TEST_FILE = "smoke_test.py"
-# Changes with the auth token (but reveals nothing of it), so every pod that reads the token rolls when it changes.
-TOKEN_VERSION_ANNOTATION = "ray-cluster.pulumi.com/auth-token-version"
+# A pod template label that changes with the auth token (but reveals nothing of it), so every pod that reads the
+# token rolls when it changes. A label, not an annotation: the Deployments leave their pod templates' annotations
+# to whoever sets them (`kubectl rollout restart`), so a change there would not reach the cluster.
+TOKEN_VERSION_LABEL = "ray-cluster.pulumi.com/auth-token-version"
 # On SIGTERM `ray start --block` drains its node (no new work; running tasks finish) for up to this many seconds,
 # then stops Ray's processes, allowing each about a second: the pod's grace period covers both.
 DRAIN_TIMEOUT_ENV = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"
@@ -95,7 +97,7 @@ def selector_labels(settings: ClusterSettings, group: str) -> dict[str, str]:
 
 def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: bool) -> list[str]:
     """`ray start` for one node, in the foreground (`--block`) so the container lives exactly as long as Ray."""
-    sizing = node_sizing(resources)
+    node = node_sizing(resources)
     role = (
         [
             "--head",
@@ -112,10 +114,10 @@ def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: 
         "start",
         *role,
         f"--node-ip-address=$({POD_IP_ENV})",
-        f"--num-cpus={sizing.num_cpus}",
-        f"--num-gpus={sizing.num_gpus}",
-        f"--memory={sizing.memory_bytes}",
-        f"--object-store-memory={sizing.object_store_bytes}",
+        f"--num-cpus={node.num_cpus}",
+        f"--num-gpus={node.num_gpus}",
+        f"--memory={node.memory_bytes}",
+        f"--object-store-memory={node.object_store_bytes}",
         f"--dashboard-agent-listen-port={AGENT_PORT}",
         f"--runtime-env-agent-port={RUNTIME_ENV_AGENT_PORT}",
         f"--metrics-export-port={METRICS_PORT}",
@@ -132,18 +134,21 @@ def shell(script: str) -> list[str]:
 
 def wait_for_gcs_script(settings: ClusterSettings) -> str:
     """Loop until the head's GCS answers, so workers wait instead of crash-looping while the head starts, and say
-    each time why it does not yet (no such name or port, or what `ray health-check` said: a wrong token, say).
+    each time why it does not yet: the name does not resolve, the port refuses, or what `ray health-check` said
+    (a token the head does not accept, say).
 
     A plain TCP connect (bash's /dev/tcp) gates the `ray health-check`, so the waiting workers do not spend
     the CPU the starting head needs on a Python import every second.
     """
-    address = f"{settings.head_host}:{GCS_PORT}"
+    host, address = settings.head_host, f"{settings.head_host}:{GCS_PORT}"
     return (
         "while true; do "
-        f"if (exec 3<>/dev/tcp/{settings.head_host}/{GCS_PORT}) 2>/dev/null; then "
+        f"if why=$( (exec 3<>/dev/tcp/{host}/{GCS_PORT}) 2>&1 ); then "
         f"why=$(ray health-check --address={address} 2>&1) && break; "
-        'why=$(printf "%s" "$why" | tail -n 1); '
-        'else why="its port does not answer yet"; fi; '
+        'why=$(printf "%s" "$why" | tail -n 1); why=${why:-"ray health-check failed without a word"}; '
+        # bash's own first line says what failed (`<host>: Name or service not known`, `connect: Connection
+        # refused`) after its `bash: line 1: ` prefix.
+        'else why=$(printf "%s" "$why" | head -n 1 | sed \'s/^bash: \\(line [0-9]*: \\)\\{0,1\\}//\'); fi; '
         f'echo "waiting for the Ray head (GCS) at {address}: $why"; sleep 1; done; '
         f'echo "GCS at {address} is ready"'
     )
@@ -195,12 +200,12 @@ def ray_env(settings: ClusterSettings) -> list[Manifest]:
     return env
 
 
-def ray_volumes(settings: ClusterSettings, sizing: RayNodeSizing | None) -> list[Manifest]:
+def ray_volumes(settings: ClusterSettings, node: RayNodeSizing | None) -> list[Manifest]:
     """Writable scratch for Ray's session directory and for HOME, a memory-backed /dev/shm for the object store
     (Ray nodes only) and the auth token."""
     volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
-    if sizing:
-        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{sizing.shm_bytes // MIB}Mi"}})
+    if node:
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{node.shm_bytes // MIB}Mi"}})
     if settings.token_auth:
         secret = {"secretName": settings.auth_secret_name, "defaultMode": 0o440}
         volumes.append({"name": "auth-token", "secret": secret})
@@ -278,6 +283,7 @@ def pod_template(
     tolerations: list[Manifest] | None = None,
     restart_policy: str = "Always",
     grace_seconds: int | None = None,
+    version_labels: Mapping[str, Any] | None = None,
     annotations: Mapping[str, Any] | None = None,
 ) -> Manifest:
     spec: Manifest = {
@@ -292,17 +298,19 @@ def pod_template(
         **({"nodeSelector": node_selector} if node_selector else {}),
         **({"tolerations": tolerations} if tolerations else {}),
     }
-    # `kubectl logs/exec` pick the first main container without `-c`; the map is never empty, which the
-    # Deployments' ignore_changes path below it (kubectl's restartedAt) needs to exist.
+    # `kubectl logs/exec` pick the first main container without `-c`.
     first = {"kubectl.kubernetes.io/default-container": containers[0]["name"]}
     return {
-        "metadata": {"labels": labels(settings, component, group), "annotations": {**first, **(annotations or {})}},
+        "metadata": {
+            "labels": {**labels(settings, component, group), **(version_labels or {})},
+            "annotations": {**first, **(annotations or {})},
+        },
         "spec": spec,
     }
 
 
-def head_pod_template(settings: ClusterSettings, annotations: Mapping[str, Any]) -> Manifest:
-    """`annotations` (the token's version) change with what the pod reads at start, so a change rolls it."""
+def head_pod_template(settings: ClusterSettings, version_labels: Mapping[str, Any]) -> Manifest:
+    """`version_labels` (the token's version) change with what the pod reads at start, so a change rolls it."""
     return pod_template(
         settings,
         component="head",
@@ -310,11 +318,11 @@ def head_pod_template(settings: ClusterSettings, annotations: Mapping[str, Any])
         containers=[ray_container(settings, settings.head, settings.image, head=True)],
         volumes=ray_volumes(settings, node_sizing(settings.head)),
         grace_seconds=HEAD_DRAIN_SECONDS + SHUTDOWN_MARGIN_SECONDS,
-        annotations=annotations,
+        version_labels=version_labels,
     )
 
 
-def worker_pod_template(settings: ClusterSettings, group: WorkerGroup, annotations: Mapping[str, Any]) -> Manifest:
+def worker_pod_template(settings: ClusterSettings, group: WorkerGroup, version_labels: Mapping[str, Any]) -> Manifest:
     wait_for_gcs = {
         "name": "wait-gcs-ready",
         "image": group.image,
@@ -335,15 +343,28 @@ def worker_pod_template(settings: ClusterSettings, group: WorkerGroup, annotatio
         volumes=ray_volumes(settings, node_sizing(group.resources)),
         node_selector=dict(group.node_selector),
         tolerations=[dict(t) for t in group.tolerations],
-        grace_seconds=drain_seconds(settings, head=False) + SHUTDOWN_MARGIN_SECONDS,
-        annotations=annotations,
+        grace_seconds=worker_grace_seconds(settings),
+        version_labels=version_labels,
     )
 
 
-def worker_rollout() -> Manifest:
-    """Replace workers in place, a quarter at a time, never adding one first: a surge pod needs room for one more
-    worker, which a GPU group sized to its GPUs never has, so the rollout (and `pulumi up`) would never finish."""
-    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "25%"}}
+# Replace workers in place, a quarter at a time (at least one), never adding one first: a surge pod needs room for
+# one more worker, which a GPU group sized to its GPUs never has, so the rollout (and `pulumi up`) would never end.
+WORKER_ROLLOUT: Manifest = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "25%"}}
+# Kubernetes rounds a quarter down (to at least one): up to 7 replicas roll one at a time, more in at most 6 rounds.
+WORKER_ROLLOUT_ROUNDS = 7
+# Kubernetes' default time a rollout may go without progress; a round's drain comes on top of it.
+PROGRESS_DEADLINE_SECONDS = 600
+
+
+def worker_grace_seconds(settings: ClusterSettings) -> int:
+    return drain_seconds(settings, head=False) + SHUTDOWN_MARGIN_SECONDS
+
+
+def worker_progress_deadline_seconds(settings: ClusterSettings) -> int:
+    """A round of a rollout makes no progress while its old workers drain: without room for that, a long drain
+    would mark the Deployment ProgressDeadlineExceeded, which fails `pulumi up`."""
+    return worker_grace_seconds(settings) + PROGRESS_DEADLINE_SECONDS
 
 
 def smoke_test_pod_template(

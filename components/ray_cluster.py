@@ -21,16 +21,18 @@ from . import network, pods
 from .settings import ClusterSettings
 
 # Ray images are several GB: the first pull alone can outlast pulumi-kubernetes' 10-minute default.
-_ROLLOUT_TIMEOUTS = pulumi.CustomTimeouts(create="20m", update="20m")
+_PULL_SECONDS = 20 * 60
 _SMOKE_TEST_DEADLINE_SECONDS = 900
 SMOKE_TEST_SCRIPT = (Path(__file__).parent / pods.SMOKE_TEST_FILE).read_text()
 # Every field Pulumi sets is Pulumi's: a `kubectl scale` (which owns spec.replicas through the scale subresource)
 # would otherwise make the next apply fail with a field-manager conflict. Fields Pulumi does not set stay with
 # whoever set them.
 _PULUMI_OWNS_ITS_FIELDS = {"pulumi.com/patchForce": "true"}
-# `kubectl rollout restart` stamps this annotation; the provider takes kubectl's fields over on its next apply and
-# would drop it, restarting every pod a second time. Ignoring it keeps the live value.
-_ROLLOUT_RESTART_ANNOTATION = 'spec.template.metadata.annotations["kubectl.kubernetes.io/restartedAt"]'
+# The pod templates' annotations are left to whoever sets them: `kubectl rollout restart` stamps one there, which the
+# provider would take over on its next apply and drop, restarting every pod a second time. (The annotation's own
+# path cannot be ignored: the provider splits ignore paths at every dot, and its key has dots.) What must roll pods
+# when it changes goes into labels instead.
+_POD_TEMPLATE_ANNOTATIONS = "spec.template.metadata.annotations"
 # A failed smoke-test Job is replaced by the next `pulumi up` (so it runs again) instead of awaited again.
 _RETRY_FAILED_JOB = {"pulumi.com/replaceUnready": "true"}
 
@@ -74,14 +76,12 @@ class RayCluster(pulumi.ComponentResource):
             ),
             *self._network_policies(),
         ]
-        pod_annotations: dict[str, Any] = {}
+        version_labels: dict[str, Any] = {}
         if settings.token_auth:
             secret, token_version = self._auth_secret(auth_token)
             access.append(secret)
-            pod_annotations[pods.TOKEN_VERSION_ANNOTATION] = token_version
-        self._ready_to_run = pulumi.ResourceOptions(
-            depends_on=access, custom_timeouts=_ROLLOUT_TIMEOUTS, ignore_changes=[_ROLLOUT_RESTART_ANNOTATION]
-        )
+            version_labels[pods.TOKEN_VERSION_LABEL] = token_version
+        self._access = access
 
         head_service_spec = {
             "type": "ClusterIP",
@@ -95,21 +95,25 @@ class RayCluster(pulumi.ComponentResource):
             k8s.core.v1.Service, "head-service", settings.head_service_name, "head", spec=head_service_spec
         )
         # Never two heads: a second GCS would split the cluster in two.
-        head_spec = self._deployment_spec(
-            "head", 1, pods.head_pod_template(settings, pod_annotations), {"type": "Recreate"}
-        )
-        head = self._deployment("head", "head", head_spec)
+        head_spec = {
+            **self._deployment_spec("head", 1, pods.head_pod_template(settings, version_labels)),
+            "strategy": {"type": "Recreate"},
+        }
+        head = self._deployment("head", "head", head_spec, _PULL_SECONDS)
         # Workers do not wait for the head: they start with it, and their init container waits for its GCS.
         worker_specs = {
-            group.name: self._deployment_spec(
-                group.name,
-                group.replicas,
-                pods.worker_pod_template(settings, group, pod_annotations),
-                pods.worker_rollout(),
-            )
+            group.name: {
+                **self._deployment_spec(
+                    group.name, group.replicas, pods.worker_pod_template(settings, group, version_labels)
+                ),
+                "strategy": pods.WORKER_ROLLOUT,
+                "progressDeadlineSeconds": pods.worker_progress_deadline_seconds(settings),
+            }
             for group in settings.worker_groups
         }
-        workers = [self._deployment(group, "worker", spec) for group, spec in worker_specs.items()]
+        # Every round of a rollout may wait for its workers' drain.
+        rollout_seconds = _PULL_SECONDS + pods.WORKER_ROLLOUT_ROUNDS * pods.worker_grace_seconds(settings)
+        workers = [self._deployment(group, "worker", spec, rollout_seconds) for group, spec in worker_specs.items()]
         if settings.test_job:
             running = {"head-service": head_service_spec, "head": head_spec, "workers": worker_specs}
             self._smoke_test([*access, head_service, head, *workers], _digest(running))
@@ -164,21 +168,26 @@ class RayCluster(pulumi.ComponentResource):
         options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
         return kind(f"{self._name}-{suffix}", metadata=metadata, opts=options, **fields)
 
-    def _deployment_spec(
-        self, group: str, replicas: int, template: pods.Manifest, strategy: pods.Manifest
-    ) -> pods.Manifest:
+    def _deployment_spec(self, group: str, replicas: int, template: pods.Manifest) -> pods.Manifest:
         return {
             "replicas": replicas,
             "selector": {"matchLabels": pods.selector_labels(self._settings, group)},
             "template": template,
-            "strategy": strategy,
         }
 
-    def _deployment(self, group: str, component: str, spec: pods.Manifest) -> pulumi.CustomResource:
+    def _deployment(
+        self, group: str, component: str, spec: pods.Manifest, timeout_seconds: int
+    ) -> pulumi.CustomResource:
         """`<cluster>-<group>`, a Deployment of Ray pods, created once the access objects (ServiceAccount,
-        policies, token) exist."""
+        policies, token) exist; `pulumi up` waits `timeout_seconds` for it to roll out."""
+        timeout = f"{timeout_seconds}s"
+        options = pulumi.ResourceOptions(
+            depends_on=self._access,
+            custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout),
+            ignore_changes=[_POD_TEMPLATE_ANNOTATIONS],
+        )
         name = f"{self._settings.cluster_name}-{group}"
-        return self._child(k8s.apps.v1.Deployment, group, name, component, group, spec=spec, opts=self._ready_to_run)
+        return self._child(k8s.apps.v1.Deployment, group, name, component, group, spec=spec, opts=options)
 
     def _declare_namespace(self) -> pulumi.Output[str]:
         """The stack's own namespace, or an existing one, read rather than managed, under the same logical name:

@@ -53,6 +53,7 @@ _MAX_CLUSTER_NAME = 53
 # The official Ray images: tags without an accelerator suffix (or with `-cpu`) carry no CUDA; `-gpu` variants do.
 _OFFICIAL_RAY_REPOSITORIES = frozenset({"rayproject/ray", "docker.io/rayproject/ray", "index.docker.io/rayproject/ray"})
 _GPU_TAG = re.compile(r"-(gpu|cu[0-9]+)(-|$)")
+_PLATFORM_SUFFIX = "-aarch64"
 
 
 def config_error(key: str, value: object, allowed: str) -> pulumi.RunError:
@@ -87,9 +88,16 @@ def parse_quantity(key: str, value: object) -> Decimal:
     return amount
 
 
+def _require_quantity(key: str, value: object) -> str:
+    """The quantity's text, as the user typed it (a number the CLI typed as one included)."""
+    text = cli_text(value)
+    parse_quantity(key, text)
+    return str(text)
+
+
 def _require_memory(key: str, value: object) -> str:
     """A pod memory Ray can start in: its object store share must reach Ray's minimum, or every start crash-loops."""
-    text = cli_text(value)
+    text = _require_quantity(key, value)
     smallest = sizing.min_pod_memory_bytes()
     if parse_quantity(key, text) < smallest:
         raise config_error(
@@ -99,7 +107,6 @@ def _require_memory(key: str, value: object) -> str:
             f"{sizing.OBJECT_STORE_FRACTION:.0%} of a pod's memory and refuses less than "
             f"{sizing.RAY_MIN_OBJECT_STORE_BYTES // sizing.MIB} MiB",
         )
-    assert isinstance(text, str)
     return text
 
 
@@ -114,9 +121,7 @@ class PodResources:
     @classmethod
     def parse(cls, key_of: Callable[[str], str], cpu: object, memory: object, gpus: object = 0) -> PodResources:
         """`key_of("cpu")` names the config key a value came from, for the error message."""
-        cpu_text = cli_text(cpu)
-        parse_quantity(key_of("cpu"), cpu_text)
-        assert isinstance(cpu_text, str)
+        cpu_text = _require_quantity(key_of("cpu"), cpu)
         return cls(
             cpu=cpu_text, memory=_require_memory(key_of("memory"), memory), gpus=_require_count(key_of("gpus"), gpus)
         )
@@ -231,19 +236,20 @@ def _image_tag(image: str) -> str:
 def gpu_image(key: str, image: str) -> str:
     """The image a GPU group runs when it names none: the `-gpu` variant of an official Ray image's tag
     (`2.60.0` and `2.60.0-cpu` -> `2.60.0-gpu`; a `-gpu` or `-cu<NNN>` tag as it is). A custom image is used as it
-    is (whether it carries CUDA is its builder's to know), and a digest names one image only, so an official
-    image pinned by digest needs the group's own `image`."""
+    is (whether it carries CUDA is its builder's to know). A digest names one image only, and no GPU variant of
+    an `-aarch64` tag is known, so for those the group needs its own `image`."""
     name = image.split("@", 1)[0]
     tag = _image_tag(image)
     repository = name.removesuffix(f":{tag}")
     if repository not in _OFFICIAL_RAY_REPOSITORIES or _GPU_TAG.search(tag):
         return image
-    if "@" in image:
+    if "@" in image or tag.endswith(_PLATFORM_SUFFIX):
+        why = "is pinned by digest" if "@" in image else f"is an {_PLATFORM_SUFFIX} image"
         raise config_error(
             key,
             "",
-            f"the cluster's image {image!r} is pinned by digest and a GPU group needs the -gpu variant, which has "
-            "a digest of its own: set this group's image (e.g. rayproject/ray:<version>-gpu@sha256:<digest>)",
+            f"the cluster's image {image!r} {why}, and a GPU group needs an image with CUDA whose reference "
+            "cannot be derived from it: set this group's image (e.g. rayproject/ray:<version>-gpu@sha256:<digest>)",
         )
     return f"{repository}:{tag.removesuffix('-cpu')}-gpu"
 
@@ -276,6 +282,12 @@ def _require_toleration(key: str, value: object) -> dict[str, Any]:
         if value["operator"] not in _TOLERATION_OPERATORS:
             raise config_error(f"{key}.operator", value["operator"], f"it must be one of {list(_TOLERATION_OPERATORS)}")
         toleration["operator"] = value["operator"]
+    # The API server's own rules (core/v1 validation, validateTolerations).
+    exists = toleration.get("operator") == "Exists"
+    if exists and toleration.get("value"):
+        raise config_error(key, value, "a toleration with the operator Exists must have no value")
+    if not toleration.get("key") and not exists:
+        raise config_error(key, value, "a toleration without a key must have the operator Exists")
     if "effect" in value:
         if value["effect"] not in _TAINT_EFFECTS:
             raise config_error(f"{key}.effect", value["effect"], f"it must be one of {list(_TAINT_EFFECTS)}")

@@ -10,8 +10,9 @@ Rules modelled (Kubernetes server-side apply; pulumi-kubernetes provider/pkg/awa
   "kubectl-edit".
 - Before each real apply, the provider takes over the fields of managers whose names start with "kubectl" and
   that did not write through a subresource (fixCSAFieldManagers): their edits are Pulumi's to keep or drop.
-- `ignore_changes` paths: a field another manager owns (and Pulumi does not) is left out of the apply; one Pulumi
-  owns is sent with its live value (handleSSAIgnoreFields).
+- `ignore_changes` paths: a field (or object) another manager owns (and Pulumi owns nothing of) is left out of the
+  apply; otherwise it is sent with its live value (handleSSAIgnoreFields). The provider finds the field by
+  splitting the path's text at every dot, so a path through a key with a dot (an annotation's) finds nothing.
 - Pulumi applies only when its diff finds a change: against its last inputs after a plain `pulumi up`, against the
   live object after `pulumi refresh` (or `pulumi up --refresh`).
 """
@@ -69,8 +70,32 @@ def _lists(node: Any) -> Any:
 
 
 def pulumi_path(text: str) -> Path:
-    """An `ignore_changes` path (`spec.template.metadata.annotations["a/b"]`) as a field path."""
+    """A path in Pulumi's syntax (`spec.template.metadata.annotations["a/b"]`) as a field path."""
     return tuple(path_segments(text))
+
+
+def property_path_text(path: Path) -> str:
+    """Pulumi's PropertyPath.String() (sdk/go/common/resource/property_path.go): a key of anything but letters,
+    digits and `_` is quoted as `["key"]`, others follow a dot, indexes are `[n]`."""
+    text = ""
+    for index, segment in enumerate(path):
+        if isinstance(segment, int):
+            text += f"[{segment}]"
+        elif all(c.isascii() and (c.isalnum() or c == "_") for c in segment):
+            text += f".{segment}" if index else segment
+        else:
+            escaped = segment.replace('"', '\\"')
+            text += f'["{escaped}"]'
+    return text
+
+
+def provider_ignore_path(text: str) -> Path:
+    """The field path handleSSAIgnoreFields looks for: `strings.Split(path.String(), ".")`."""
+    return tuple(property_path_text(pulumi_path(text)).split("."))
+
+
+def _under(path: Path, prefix: Path) -> bool:
+    return path[: len(prefix)] == prefix
 
 
 @dataclass
@@ -97,14 +122,13 @@ class LiveObject:
                 self.fields[path] = Owned(owned.value, PULUMI)
         desired = leaves(copy.deepcopy(manifest))
         for text in ignore_changes:
-            ignored = pulumi_path(text)
-            live = self.fields.get(ignored)
-            if live is None:
-                continue
-            if live.manager != PULUMI:
-                desired.pop(ignored, None)
-            else:
-                desired[ignored] = live.value
+            ignored = provider_ignore_path(text)
+            live = {path: owned for path, owned in self.fields.items() if _under(path, ignored)}
+            if not live:
+                continue  # not found on the cluster: the declared value goes
+            desired = {path: value for path, value in desired.items() if not _under(path, ignored)}
+            if any(owned.manager == PULUMI for owned in live.values()):  # else only others own it: left out
+                desired.update({path: owned.value for path, owned in live.items()})
         conflicts = [
             path
             for path, value in desired.items()
@@ -119,10 +143,12 @@ class LiveObject:
             self.fields[path] = Owned(value, PULUMI)
 
     def drifted_from(self, manifest: Any, ignore_changes: tuple[str, ...] = ()) -> bool:
-        """What `pulumi refresh` makes the next diff see: a field Pulumi sets that lives with another value."""
-        ignored = {pulumi_path(text) for text in ignore_changes}
+        """What `pulumi refresh` makes the next diff see: a field Pulumi sets that lives with another value (the
+        engine leaves ignored paths out of the diff, parsing them properly)."""
+        ignored = [pulumi_path(text) for text in ignore_changes]
         return any(
-            path not in ignored and (path not in self.fields or self.fields[path].value != value)
+            not any(_under(path, prefix) for prefix in ignored)
+            and (path not in self.fields or self.fields[path].value != value)
             for path, value in leaves(manifest).items()
         )
 

@@ -52,7 +52,11 @@ BAD_VALUES = [
     ({"workerImage": "rayproject/ray:latest"}, ["ray-cluster:workerImage", "latest"]),
     (
         {"image": f"rayproject/ray:2.60.0@sha256:{'0' * 64}", "workerGpus": "1"},
-        ["ray-cluster:workerImage", "pinned by digest", "-gpu variant"],
+        ["ray-cluster:workerImage", "pinned by digest", "set this group's image"],
+    ),
+    (
+        {"image": "rayproject/ray:2.60.0-aarch64", "workerGroups": [{"name": "gpu", "gpus": 1}]},
+        ["ray-cluster:workerGroups[0].image", "is an -aarch64 image", "set this group's image"],
     ),
     (
         {"image": f"rayproject/ray@sha256:{'0' * 64}", "workerGroups": [{"name": "gpu", "gpus": 1}]},
@@ -83,6 +87,14 @@ BAD_VALUES = [
     (
         {"workerGroups": [{"name": "gpu", "tolerations": [{"key": "k", "operator": "Equals"}]}]},
         ["ray-cluster:workerGroups[0].tolerations[0].operator", "'Equals'", "['Equal', 'Exists']"],
+    ),
+    (
+        {"workerGroups": [{"name": "gpu", "tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}]},
+        ["ray-cluster:workerGroups[0].tolerations[0]", "Exists must have no value"],
+    ),
+    (
+        {"workerGroups": [{"name": "gpu", "tolerations": [{"effect": "NoSchedule"}]}]},
+        ["ray-cluster:workerGroups[0].tolerations[0]", "without a key must have the operator Exists"],
     ),
     (
         {"workerGroups": [{"name": "gpu", "tolerations": [{"key": "k", "tolerationSeconds": 60}]}]},

@@ -73,11 +73,16 @@ def test_wait_for_gcs_loops_until_health_check_passes_and_says_why_not(tmp_path:
                      "Unauthenticated: invalid token"] * 2 + [lines[-1]]  # fmt: skip
     assert lines[-1].endswith(" is ready")
 
-    unreachable = subprocess.run(
-        ["timeout", "3", "bash", "-c", script.replace("demo-head.ml.svc", "127.0.0.1").replace("6379", "1")],
-        env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert "waiting for the Ray head (GCS) at 127.0.0.1:1: its port does not answer yet" in unreachable.stdout
+    unanswered = [
+        ("127.0.0.1", "1", "connect: Connection refused"),
+        ("no-such-head.invalid", "6379", "no-such-head.invalid: Name or service not known"),
+    ]
+    for host, port, why in unanswered:
+        unreachable = subprocess.run(
+            ["timeout", "3", "bash", "-c", script.replace("demo-head.ml.svc", host).replace("6379", port)],
+            env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert f"waiting for the Ray head (GCS) at {host}:{port}: {why}\n" in unreachable.stdout
 
 
 def test_labels_name_cluster_component_and_group() -> None:
@@ -116,9 +121,12 @@ def test_workers_drain_for_the_configured_time_and_the_kubelet_waits_for_it() ->
     assert env["RAY_gcs_rpc_server_reconnect_timeout_s"] == "30"
 
 
-def test_workers_roll_without_a_surge_pod() -> None:
-    rollout = pods.worker_rollout()
+def test_workers_roll_without_a_surge_pod_in_at_most_seven_rounds() -> None:
+    rollout = pods.WORKER_ROLLOUT
     assert rollout == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "25%"}}
+    # Kubernetes rounds maxUnavailable down, to at least 1 when maxSurge is 0.
+    rounds = {n: -(-n // max(1, n * 25 // 100)) for n in range(1, 200)}
+    assert max(rounds.values()) == pods.WORKER_ROLLOUT_ROUNDS
 
 
 def test_every_ray_container_has_a_writable_home_as_its_working_directory() -> None:

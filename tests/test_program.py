@@ -7,8 +7,10 @@ from typing import Any
 import pulumi
 import pytest
 
-from components.pods import TOKEN_VERSION_ANNOTATION as TOKEN_VERSION
+from components.pods import AUTH_TOKEN_KEY
+from components.pods import TOKEN_VERSION_LABEL as TOKEN_VERSION
 from components.settings import parse_quantity
+from tests.lifecycle import plan
 from tests.program import Manifest, Rendered, render
 from tests.pulumi_cli import StackConfig
 
@@ -322,19 +324,41 @@ def test_pulumi_owns_the_fields_it_sets_on_every_object(default: Rendered) -> No
 
 
 def test_a_new_token_rolls_every_pod_that_reads_it() -> None:
-    def versions(token: str) -> dict[str, str]:
-        rendered = render({"authToken": token}, secrets=("authToken",))
-        return {
-            m["metadata"]["name"]: m["spec"]["template"]["metadata"]["annotations"][TOKEN_VERSION]
-            for m in rendered.of_kind("Deployment")
-        }
-
-    first, again, rotated = versions("a" * 40), versions("a" * 40), versions("b" * 40)
-    assert first.keys() == {"ray-head", "ray-worker"} and len(set(first.values())) == 1
-    assert first == again
-    assert set(rotated.values()).isdisjoint(first.values())
-    assert "a" * 8 not in json.dumps(first)
+    """The token is the (secret) keeper of a RandomId whose value labels every pod template that reads the token: a
+    new token replaces the RandomId (pulumi-random draws anew when keepers change), and so rolls the pods."""
+    rendered = render({"authToken": "a" * 40}, secrets=("authToken",))
+    [version] = [r for r in rendered.registrations if r.type == "random:index/randomId:RandomId"]
+    token = rendered.one("Secret")["stringData"][AUTH_TOKEN_KEY]
+    assert version.inputs["keepers"] == {"token": token} and version.secret_paths == {"keepers.token"}
+    labels = {
+        m["metadata"]["name"]: m["spec"]["template"]["metadata"]["labels"][TOKEN_VERSION]
+        for m in rendered.of_kind("Deployment")
+    }
+    assert labels == {"ray-head": version.inputs["hex"], "ray-worker": version.inputs["hex"]}
+    rotated = plan(rendered, render({"authToken": "b" * 40}, secrets=("authToken",)))
+    assert rotated.kind_of(version.name) == "replace"
+    assert {"ray-head", "ray-worker"} <= set(rotated.updated())
     assert TOKEN_VERSION not in json.dumps(render({"tokenAuth": "false"}).manifests)
+
+
+def test_rollouts_may_take_every_round_of_drains(default: Rendered) -> None:
+    """Seven rounds of a worker rollout, each waiting for a drain, fit in `pulumi up`'s wait, and a round's drain
+    is not taken for a stuck rollout (ProgressDeadlineExceeded fails the await)."""
+    for drain in (120, 3600):
+        rendered = default if drain == 120 else render({"workerDrainSeconds": str(drain)})
+        worker = rendered.one("Deployment", "ray-worker")
+        grace = pod_spec(worker)["terminationGracePeriodSeconds"]
+        assert worker["spec"]["progressDeadlineSeconds"] >= grace + 600
+        timeouts = rendered.registration_of(worker).options.custom_timeouts
+        assert timeouts["update"] == f"{20 * 60 + 7 * grace}s" == timeouts["create"]
+    head = default.registration_of(default.one("Deployment", "ray-head")).options.custom_timeouts
+    assert head["update"] == "1200s" and "progressDeadlineSeconds" not in default.one("Deployment", "ray-head")["spec"]
+
+
+def test_deployments_leave_their_pod_templates_annotations_to_kubectl(default: Rendered) -> None:
+    for deployment in default.of_kind("Deployment"):
+        options = default.registration_of(deployment).options
+        assert options.ignore_changes == ("spec.template.metadata.annotations",)
 
 
 def test_metrics_scrapers_get_the_metrics_port_only() -> None:
