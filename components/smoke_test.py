@@ -58,7 +58,10 @@ def wait_for_nodes(expected_workers: int, deadline: float) -> list[dict[str, Any
         if len(workers) == expected_workers and len(nodes) == expected_workers + 1:
             return workers
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(workers)} of {expected_workers} workers joined in {NODE_WAIT_SECONDS:.0f}s")
+            raise RuntimeError(
+                f"{len(nodes)} nodes alive ({len(workers)} workers), not {expected_workers + 1} "
+                f"({expected_workers} workers), after {NODE_WAIT_SECONDS:.0f}s"
+            )
         time.sleep(2)
 
 
