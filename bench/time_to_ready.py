@@ -140,7 +140,8 @@ def floor(workers: int) -> Run:
         namespaces.append(driver_namespace)
         smoke = subprocess.run(
             ["ip", "netns", "exec", driver_namespace, "python", str(SMOKE_TEST)],
-            env={**image, "RAY_ADDRESS": f"ray://{head_ip}:10001", "SMOKE_EXPECTED_WORKERS": str(workers)},
+            env={**image, "RAY_ADDRESS": f"ray://{head_ip}:10001", "SMOKE_EXPECTED_WORKERS": str(workers),
+                 "SMOKE_NODE_WAIT_SECONDS": str(pods.SMOKE_NODE_WAIT_SECONDS)},
             capture_output=True, text=True, timeout=TIMEOUT, check=False,
         )  # fmt: skip
         if "Success!" not in smoke.stdout:

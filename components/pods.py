@@ -38,6 +38,8 @@ AUTH_TOKEN_DIR = "/etc/ray/auth"
 AUTH_TOKEN_KEY = "token"
 SMOKE_TEST_MOUNT = "/opt/ray-smoke-test"
 SMOKE_TEST_FILE = "smoke_test.py"
+# How long the smoke test waits for its connection and for every node to join, before it fails.
+SMOKE_NODE_WAIT_SECONDS = 600
 # A pod template label that changes with the auth token (but reveals nothing of it), so every pod that reads the
 # token rolls when it changes. A label, not an annotation: the Deployments leave their pod templates' annotations
 # to whoever sets them (`kubectl rollout restart`), so a change there would not reach the cluster.
@@ -386,6 +388,7 @@ def smoke_test_pod_template(
             *ray_env(settings),
             {"name": "RAY_ADDRESS", "value": f"ray://{settings.head_host}:{CLIENT_PORT}"},
             {"name": "SMOKE_EXPECTED_WORKERS", "value": str(settings.total_workers)},
+            {"name": "SMOKE_NODE_WAIT_SECONDS", "value": str(SMOKE_NODE_WAIT_SECONDS)},
             {"name": "SMOKE_WORKER_GROUPS", "value": ",".join(f"{k}={v}" for k, v in expected.items())},
         ],
         "resources": container_resources(PodResources(cpu="500m", memory="1Gi")),

@@ -22,7 +22,8 @@ from .settings import ClusterSettings
 
 # Ray images are several GB: the first pull alone can outlast pulumi-kubernetes' 10-minute default.
 _PULL_SECONDS = 20 * 60
-_SMOKE_TEST_DEADLINE_SECONDS = 900
+# The smoke test's own wait for the nodes, then up to 30 rounds of 200 calls (seconds each on a loaded cluster).
+_SMOKE_TEST_DEADLINE_SECONDS = pods.SMOKE_NODE_WAIT_SECONDS + 300
 SMOKE_TEST_SCRIPT = (Path(__file__).parent / pods.SMOKE_TEST_FILE).read_text()
 # Every field Pulumi sets is Pulumi's: a `kubectl scale` (which owns spec.replicas through the scale subresource)
 # would otherwise make the next apply fail with a field-manager conflict. Fields Pulumi does not set stay with

@@ -20,7 +20,8 @@ import ray
 
 CALLS_PER_ROUND = 100
 MAX_ROUNDS = 30
-NODE_WAIT_SECONDS = float(os.environ.get("SMOKE_NODE_WAIT_SECONDS", "600"))
+# How long to wait for the connection and every node; the Job sets it (components/pods.py), within its own deadline.
+NODE_WAIT_SECONDS = float(os.environ["SMOKE_NODE_WAIT_SECONDS"])
 HEAD_RESOURCE = "node:__internal_head__"
 
 

@@ -6,6 +6,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from components import pods
 from components.settings import DEFAULT_GROUP, ClusterSettings, PodResources, WorkerGroup
 
@@ -31,6 +33,12 @@ SETTINGS = ClusterSettings(
     gcs_reconnect_timeout_seconds=30,
     worker_drain_seconds=120,
 )
+
+
+@pytest.mark.parametrize(("cpu", "cpus"), [("100m", 1), ("1", 1), ("1200m", 2), ("1500m", 2), ("2.1", 3), ("2001m", 3)])
+def test_fractional_cpus_are_rounded_up_not_to_the_nearest(cpu: str, cpus: int) -> None:
+    """Ray would otherwise schedule more work than the pod's CPU limit allows (1200m is 2 CPUs, not 1)."""
+    assert pods.node_sizing(PodResources(cpu=cpu, memory="1Gi")).num_cpus == cpus
 
 
 def test_sizing_rounds_cpus_up_and_keeps_the_object_store_inside_shm() -> None:
