@@ -51,6 +51,11 @@ SHUTDOWN_MARGIN_SECONDS = 15
 # The head does not drain: without GCS fault tolerance its loss ends every job anyway, and a head that drains
 # only delays its replacement.
 HEAD_DRAIN_SECONDS = 0
+# A raylet whose head came back within gcsReconnectTimeoutSeconds reconnects to a GCS that has never heard of it
+# (a new cluster, without GCS fault tolerance); it learns so, and exits to be restarted into the new cluster, only
+# at its next self-check, every 60 s by Ray's default. A cheap RPC every few seconds makes that a few seconds.
+LIVENESS_SELF_CHECK_ENV = "RAY_raylet_liveness_self_check_interval_ms"
+LIVENESS_SELF_CHECK_SECONDS = 5
 
 Manifest = dict[str, Any]
 
@@ -240,11 +245,13 @@ def drain_seconds(settings: ClusterSettings, *, head: bool) -> int:
 
 def node_env(settings: ClusterSettings, *, head: bool) -> list[Manifest]:
     """How long a node drains when its pod is deleted; for workers also how long the raylet waits for a lost head
-    before it exits, to be restarted against the new head."""
+    before it exits, and how soon it notices that the head it reconnected to is a new one, to be restarted against
+    the new head either way."""
     env = [{"name": DRAIN_TIMEOUT_ENV, "value": str(drain_seconds(settings, head=head))}]
     if not head:
         reconnect = str(settings.gcs_reconnect_timeout_seconds)
         env.append({"name": "RAY_gcs_rpc_server_reconnect_timeout_s", "value": reconnect})
+        env.append({"name": LIVENESS_SELF_CHECK_ENV, "value": str(LIVENESS_SELF_CHECK_SECONDS * 1000)})
     return env
 
 

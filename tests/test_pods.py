@@ -129,6 +129,19 @@ def test_workers_drain_for_the_configured_time_and_the_kubelet_waits_for_it() ->
     assert env["RAY_gcs_rpc_server_reconnect_timeout_s"] == "30"
 
 
+def test_workers_notice_a_new_head_within_seconds_and_the_head_keeps_rays_defaults() -> None:
+    worker = pods.worker_pod_template(SETTINGS, SETTINGS.worker_groups[0], {})
+    head = pods.head_pod_template(SETTINGS, {})
+    [worker_env, head_env] = (
+        {item["name"]: item.get("value") for item in template["spec"]["containers"][0]["env"]}
+        for template in (worker, head)
+    )
+    # Ray's default self-check is every 60 s: a worker would stay in a cluster that no longer knows it that long.
+    assert worker_env["RAY_raylet_liveness_self_check_interval_ms"] == "5000"
+    assert "RAY_raylet_liveness_self_check_interval_ms" not in head_env
+    assert "RAY_gcs_rpc_server_reconnect_timeout_s" not in head_env
+
+
 def test_workers_roll_without_a_surge_pod_in_at_most_seven_rounds() -> None:
     rollout = pods.WORKER_ROLLOUT
     assert rollout == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "25%"}}

@@ -113,6 +113,7 @@ class ContainerStatus:
     running: bool = False
     exit_codes: list[int] = field(default_factory=list)
     starts: list[float] = field(default_factory=list)  # time.monotonic() of each start
+    exits: list[float] = field(default_factory=list)  # and of each exit the kubelet saw
     log: Path = Path("/dev/null")
 
 
@@ -485,6 +486,7 @@ class Pod:
             status = self.statuses[name]
             status.running, status.ready = False, False
             status.exit_codes.append(code)
+            status.exits.append(time.monotonic())
         if not self.finished:
             last = [self.statuses[c["name"]].exit_codes[-1:] for c in self.spec["containers"]]
             self.phase = "Succeeded" if all(exit_code == [0] for exit_code in last) else "Failed"
@@ -500,6 +502,7 @@ class Pod:
                 self._processes.pop(container["name"], None)
             status.running = False
             status.exit_codes.append(code)
+            status.exits.append(time.monotonic())
             if code == 0:
                 return True
             if not retry:
@@ -529,6 +532,7 @@ class Pod:
                         self._processes.pop(name, None)
                     status.running, status.ready = False, False
                     status.exit_codes.append(process.wait())
+                    status.exits.append(time.monotonic())
                     if restart == "Never" or (restart == "OnFailure" and process.returncode == 0):
                         continue
                     next_start[name] = time.monotonic() + backoff[name]
