@@ -222,6 +222,8 @@ def _require_cluster_name(value: object) -> str:
 def _require_image(key: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
         raise config_error(key, value, "it must be a non-empty image reference such as rayproject/ray:2.60.0")
+    if value.count("@") > 1:
+        raise config_error(key, value, "it must name at most one digest (name[:tag][@sha256:<digest>])")
     if "@" not in value and not _image_tag(value):
         raise config_error(key, value, "it must name a tag or a digest (rayproject/ray:<version>), not imply latest")
     if _image_tag(value) == "latest":

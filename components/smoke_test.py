@@ -87,7 +87,7 @@ def run_rounds(worker_ids: set[str], multi_node: bool) -> set[str]:
 
 def main() -> int:
     expected_workers = int(os.environ["SMOKE_EXPECTED_WORKERS"])
-    print(f"smoke test from {socket.gethostname()}: groups {os.environ.get('SMOKE_WORKER_GROUPS', '')}", flush=True)
+    print(f"smoke test from {socket.gethostname()}: groups {os.environ['SMOKE_WORKER_GROUPS']}", flush=True)
     try:
         deadline = time.monotonic() + NODE_WAIT_SECONDS
         connect(deadline)

@@ -8,6 +8,7 @@ import pulumi
 import pytest
 
 from tests.program import _Mocks, render
+from tests.pulumi_cli import StackConfig
 
 
 def spy_on_declarations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -143,3 +144,222 @@ def test_a_valid_config_does_declare_resources(monkeypatch: pytest.MonkeyPatch) 
     declared = spy_on_declarations(monkeypatch)
     render({"workers": 1})
     assert "ray-worker" in declared
+
+
+DIGEST = f"sha256:{'0' * 64}"
+LABEL_VALUE_RULE = "it must be a label value: at most 63 letters, digits, '-', '_' or '.'"
+COUNT_RULE = "it must be a whole number, 0 or more"
+TOLERATION = "ray-cluster:workerGroups[0].tolerations[0]"
+GPU_IMAGE_RULE = (
+    "a GPU group needs an image with CUDA whose reference cannot be derived from it: set this group's image "
+    "(e.g. rayproject/ray:<version>-gpu@sha256:<digest>)"
+)
+
+
+def tolerations(*values: object) -> dict[str, object]:
+    """Config with one worker group that has these tolerations."""
+    return {"workerGroups": [{"name": "gpu", "tolerations": list(values)}]}
+
+
+# (config, the whole message): the user reads all of it, so every word of it is checked, not just the key.
+WHOLE_MESSAGES: list[tuple[dict[str, object], str]] = [
+    (
+        {"headMemory": "2GB"},
+        'ray-cluster:headMemory is \'2GB\', but it must be a Kubernetes quantity such as "1", "500m", "512Mi" or "4Gi"',
+    ),
+    ({"headCpu": "0"}, "ray-cluster:headCpu is '0', but it must be greater than zero"),
+    ({"workers": -1}, f"ray-cluster:workers is -1, but {COUNT_RULE}"),
+    (
+        {"clusterName": "1ray"},
+        "ray-cluster:clusterName is '1ray', but it must start with a letter and hold only lower-case letters, digits "
+        "and '-', at most 53 characters (it names the head Service, which Kubernetes requires to start with a letter)",
+    ),
+    (
+        {"image": " "},
+        "ray-cluster:image is ' ', but it must be a non-empty image reference such as rayproject/ray:2.60.0",
+    ),
+    (
+        {"image": "rayproject/ray"},
+        "ray-cluster:image is 'rayproject/ray', but it must name a tag or a digest (rayproject/ray:<version>), "
+        "not imply latest",
+    ),
+    # A stray '/' after the tag leaves a name without a tag, which no registry serves (InvalidImageName).
+    (
+        {"image": "rayproject/ray:2.60.0/"},
+        "ray-cluster:image is 'rayproject/ray:2.60.0/', but it must name a tag or a digest (rayproject/ray:<version>), "
+        "not imply latest",
+    ),
+    # Two digests are no reference at all (InvalidImageName on every node).
+    (
+        {"image": f"rayproject/ray:2.60.0@{DIGEST}@{DIGEST}"},
+        f"ray-cluster:image is 'rayproject/ray:2.60.0@{DIGEST}@{DIGEST}', but it must name at most one digest "
+        "(name[:tag][@sha256:<digest>])",
+    ),
+    (
+        {"image": "rayproject/ray:latest"},
+        "ray-cluster:image is 'rayproject/ray:latest', but it must pin a version: `latest` changes under a running "
+        "cluster",
+    ),
+    (
+        {"image": f"rayproject/ray:2.60.0@{DIGEST}", "workerGpus": "1"},
+        f"ray-cluster:workerImage is '', but the cluster's image 'rayproject/ray:2.60.0@{DIGEST}' is pinned by "
+        f"digest, and {GPU_IMAGE_RULE}",
+    ),
+    (
+        {"image": "rayproject/ray:2.60.0-aarch64", "workerGroups": [{"name": "gpu", "gpus": 1}]},
+        "ray-cluster:workerGroups[0].image is '', but the cluster's image 'rayproject/ray:2.60.0-aarch64' is an "
+        f"-aarch64 image, and {GPU_IMAGE_RULE}",
+    ),
+    (
+        {"workerGroups": [{"name": "gpu", "nodeSelector": {"pool": "a b"}}]},
+        f"ray-cluster:workerGroups[0].nodeSelector['pool'] is 'a b', but {LABEL_VALUE_RULE}",
+    ),
+    # `--path 'workerGroups[0].nodeSelector' pool=a` stores text, not an object.
+    (
+        {"workerGroups": [{"name": "gpu", "nodeSelector": "pool=a"}]},
+        "ray-cluster:workerGroups[0].nodeSelector is 'pool=a', but it must be an object of node label names to values",
+    ),
+    (
+        {"workerGroups": [{"name": "gpu", "nodeSelector": ["pool"]}]},
+        "ray-cluster:workerGroups[0].nodeSelector is ['pool'], but it must be an object of node label names to values",
+    ),
+    (
+        {"workerGroups": [{"name": "gpu", "tolerations": "gpu=true:NoSchedule"}]},
+        "ray-cluster:workerGroups[0].tolerations is 'gpu=true:NoSchedule', but it must be a list of Kubernetes "
+        "tolerations",
+    ),
+    (
+        {"workerGroups": [{"name": "gpu", "tolerations": {"key": "gpu"}}]},
+        "ray-cluster:workerGroups[0].tolerations is {'key': 'gpu'}, but it must be a list of Kubernetes tolerations",
+    ),
+    (
+        tolerations({"key": "k", "effekt": "NoSchedule"}),
+        f"{TOLERATION} is {{'key': 'k', 'effekt': 'NoSchedule'}}, but a toleration may only have the keys "
+        "['effect', 'key', 'operator', 'tolerationSeconds', 'value']",
+    ),
+    (
+        tolerations({"key": "k", "operator": "Exists", "value": "v"}),
+        f"{TOLERATION} is {{'key': 'k', 'operator': 'Exists', 'value': 'v'}}, but a toleration with the operator "
+        "Exists must have no value",
+    ),
+    (
+        tolerations({"effect": "NoSchedule"}),
+        f"{TOLERATION} is {{'effect': 'NoSchedule'}}, but a toleration without a key must have the operator Exists",
+    ),
+    (
+        tolerations({"key": "k", "effect": "NoExecution"}),
+        f"{TOLERATION}.effect is 'NoExecution', but it must be one of ['NoSchedule', 'PreferNoSchedule', 'NoExecute']",
+    ),
+    (
+        tolerations({"key": "k", "effect": "NoSchedule", "tolerationSeconds": 60}),
+        f"{TOLERATION} is {{'key': 'k', 'effect': 'NoSchedule', 'tolerationSeconds': 60}}, but tolerationSeconds is "
+        "only allowed with the effect NoExecute",
+    ),
+    (
+        tolerations({"key": "k", "effect": "NoExecute", "tolerationSeconds": -5}),
+        f"{TOLERATION}.tolerationSeconds is -5, but {COUNT_RULE}",
+    ),
+    (
+        tolerations({"key": ["a"], "operator": "Exists"}),
+        f"{TOLERATION} is {{'key': ['a'], 'operator': 'Exists'}}, but its key and value must be text",
+    ),
+    (
+        tolerations({"key": "k", "value": {"a": "b"}}),
+        f"{TOLERATION} is {{'key': 'k', 'value': {{'a': 'b'}}}}, but its key and value must be text",
+    ),
+    (
+        {"workerGroups": ["gpu"]},
+        "ray-cluster:workerGroups[0] is 'gpu', but it must be an object with a name and replicas",
+    ),
+    (
+        {"workerGroups": [{"name": "gpu", "replica": 2}]},
+        "ray-cluster:workerGroups[0] is {'name': 'gpu', 'replica': 2}, but it has unknown keys ['replica']; allowed "
+        "are ['cpu', 'gpus', 'image', 'memory', 'name', 'nodeSelector', 'replicas', 'tolerations']",
+    ),
+    ({"workerGroups": [{"replicas": 2}]}, "ray-cluster:workerGroups[0] is {'replicas': 2}, but it must have a name"),
+    (
+        {"workerGroups": {"name": "gpu"}},
+        "ray-cluster:workerGroups is {'name': 'gpu'}, but it must be a list of worker group objects",
+    ),
+    (
+        {"allowedClientCidrs": {"vpn": "10.8.0.0/16"}},
+        "ray-cluster:allowedClientCidrs is {'vpn': '10.8.0.0/16'}, but it must be a list",
+    ),
+    (
+        {"allowedMetricsNamespaces": {"prometheus": "monitoring"}},
+        "ray-cluster:allowedMetricsNamespaces is {'prometheus': 'monitoring'}, but it must be a list",
+    ),
+    (
+        {"allowedClientCidrs": ["10.8.0.1/16"]},
+        "ray-cluster:allowedClientCidrs[0] is '10.8.0.1/16', but it must be a CIDR block such as 10.8.0.0/16",
+    ),
+    # A number is not a CIDR block, although Python's ipaddress would read 167772160 as 10.0.0.0/32.
+    (
+        {"allowedClientCidrs": [167772160]},
+        "ray-cluster:allowedClientCidrs[0] is 167772160, but it must be a CIDR block such as 10.8.0.0/16",
+    ),
+]
+
+
+@pytest.mark.parametrize(("config", "message"), WHOLE_MESSAGES, ids=[json.dumps(c) for c, _ in WHOLE_MESSAGES])
+def test_the_whole_message_names_key_value_and_what_is_allowed(config: dict[str, object], message: str) -> None:
+    with pytest.raises(pulumi.RunError) as error:
+        render(config)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"gcsReconnectTimeoutSeconds": 5, "workerDrainSeconds": 0},
+        {"gcsReconnectTimeoutSeconds": 3600, "workerDrainSeconds": 3600},
+    ],
+)
+def test_the_limits_of_a_number_of_seconds_are_allowed(config: dict[str, object]) -> None:
+    """ "between 5 and 3600 seconds" includes 5 and 3600 (and 0 for the drain: a worker may stop at once)."""
+    render(config)
+
+
+@pytest.mark.parametrize("image", ["myray:1.0", f"myray@{DIGEST}", "registry.example:5000/team/ray:2.60.0"])
+def test_an_image_with_a_tag_or_a_digest_is_allowed_with_or_without_a_repository_path(image: str) -> None:
+    """A Docker Hub library image (`myray:1.0`) has no '/' at all, and still names its tag."""
+    rendered = render({"image": image})
+    assert rendered.one("Deployment", "ray-worker")["spec"]["template"]["spec"]["containers"][0]["image"] == image
+
+
+def test_a_group_set_with_the_cli_gets_its_replicas_and_tolerations() -> None:
+    """`--path` stores "02" as text (a leading zero) and 60 as a number; a group without replicas gets one; every
+    field of a toleration reaches the pod; the head, which has no GPUs key, asks for no GPU."""
+    config = StackConfig()
+    for command in [
+        "pulumi config set --path 'workerGroups[0].name' gpu",
+        "pulumi config set --path 'workerGroups[0].replicas' 02",
+        "pulumi config set --path 'workerGroups[0].tolerations[0].key' nvidia.com/gpu",
+        "pulumi config set --path 'workerGroups[0].tolerations[0].operator' Equal",
+        "pulumi config set --path 'workerGroups[0].tolerations[0].value' present",
+        "pulumi config set --path 'workerGroups[0].tolerations[0].effect' NoExecute",
+        "pulumi config set --path 'workerGroups[0].tolerations[0].tolerationSeconds' 060",
+        "pulumi config set --path 'workerGroups[0].tolerations[1].operator' Exists",
+        "pulumi config set --path 'workerGroups[0].tolerations[2].key' spot",
+        "pulumi config set --path 'workerGroups[0].tolerations[2].effect' NoExecute",
+        "pulumi config set --path 'workerGroups[0].tolerations[2].tolerationSeconds' 0",
+        "pulumi config set --path 'workerGroups[1].name' cpu",
+    ]:
+        config.run(command)
+    rendered = render(config.program_config())
+    gpu = rendered.one("Deployment", "ray-gpu")
+    assert gpu["spec"]["replicas"] == 2
+    assert gpu["spec"]["template"]["spec"]["tolerations"] == [
+        {
+            "key": "nvidia.com/gpu",
+            "operator": "Equal",
+            "value": "present",
+            "effect": "NoExecute",
+            "tolerationSeconds": 60,
+        },
+        {"operator": "Exists"},
+        {"key": "spot", "effect": "NoExecute", "tolerationSeconds": 0},
+    ]
+    assert rendered.one("Deployment", "ray-cpu")["spec"]["replicas"] == 1
+    [head] = rendered.one("Deployment", "ray-head")["spec"]["template"]["spec"]["containers"]
+    assert head["resources"] == {"limits": {"cpu": "1", "memory": "4Gi"}, "requests": {"cpu": "1", "memory": "4Gi"}}

@@ -103,4 +103,32 @@ def test_namespaces_of_different_stacks_and_projects_differ() -> None:
 def test_a_small_head_gets_a_warning_and_a_sensible_one_none() -> None:
     assert dataclasses.replace(SETTINGS, head=PodResources(cpu="1", memory="2Gi")).warnings() == []
     [warning] = dataclasses.replace(SETTINGS, head=PodResources(cpu="1", memory="1536Mi")).warnings()
-    assert "ray-cluster:headMemory is '1536Mi'" in warning and "below 2Gi" in warning
+    assert warning == (
+        "ray-cluster:headMemory is '1536Mi': the head's own Ray processes (GCS, dashboard, Ray Client server, raylet, "
+        "agents) use about 1 GiB before any work, so a head below 2Gi is likely to be OOM-killed, and every worker "
+        "with it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("project", "stack", "longest", "example"),
+    [
+        ("ray-cluster", "Prod_EU", 59, "prod-eu"),
+        # Nothing of the stack's name is left for an example: a plain one is offered.
+        ("ray-cluster", "__", 59, "dev"),
+        ("ray-cluster", "s" * 60, 59, "s" * 59),
+        # Another project's namespaces carry a 7-character suffix, so its stack names must be shorter.
+        ("another-project", "s" * 53, 52, "s" * 52),
+    ],
+)
+def test_a_stack_name_that_is_no_namespace_gets_a_message_with_a_namespace_to_set(
+    project: str, stack: str, longest: int, example: str
+) -> None:
+    """The message says the stack's name, the rule it breaks and a command that works, with a valid name in it."""
+    with pytest.raises(pulumi.RunError) as error:
+        default_namespace(project, stack)
+    assert str(error.value) == (
+        f"ray-cluster:namespace is '', but the stack {stack!r} is not a namespace name as it is (lower-case letters, "
+        f"digits and '-', at most {longest} characters), so none is derived from it: set one, e.g. "
+        f"`pulumi config set namespace ray-{example}`"
+    )
