@@ -1,5 +1,6 @@
 """The pod builders on their own: no Pulumi runtime, just settings in and Kubernetes dicts out."""
 
+import dataclasses
 import json
 import shlex
 import socket
@@ -163,3 +164,155 @@ def test_every_ray_container_has_a_writable_home_as_its_working_directory() -> N
             assert volumes[mount["name"]] == {"name": mount["name"], "emptyDir": {}} and not mount.get("readOnly")
             # Below the image's home, not over it: /home/ray/anaconda3 (conda, Ray) stays visible.
             assert pods.HOME_DIR.startswith("/home/ray/") and pods.HOME_DIR != "/home/ray/anaconda3"
+
+
+# Literal expectations for the container builders: every field below is read by the API server, the kubelet or Ray,
+# so a changed name, value or case changes what the cluster does (or gets the manifest rejected).
+ULIMIT = 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; '
+# 30% of the pod's memory for the object store, the rest for Ray's own accounting (8 GiB head, 3 GiB worker).
+HEAD_RAY_START = (
+    "exec ray start --head --port=6379 --dashboard-host=0.0.0.0 --dashboard-port=8265 --ray-client-server-port=10001"
+    " '--node-ip-address=$(RAY_POD_IP)' --num-cpus=2 --num-gpus=0 --memory=6012954215"
+    " --object-store-memory=2576980377 --dashboard-agent-listen-port=52365 --runtime-env-agent-port=52366"
+    " --metrics-export-port=8080 --disable-usage-stats --block"
+)
+WORKER_RAY_START = (
+    "exec ray start --address=demo-head.ml.svc:6379"
+    " '--node-ip-address=$(RAY_POD_IP)' --num-cpus=2 --num-gpus=0 --memory=2254857831"
+    " --object-store-memory=966367641 --dashboard-agent-listen-port=52365 --runtime-env-agent-port=52366"
+    " --metrics-export-port=8080 --disable-usage-stats --block"
+)
+TOKEN_ENV = [
+    {"name": "RAY_AUTH_MODE", "value": "token"},
+    {"name": "RAY_AUTH_TOKEN_PATH", "value": "/etc/ray/auth/token"},
+]
+BASE_ENV = [
+    {"name": "RAY_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    {"name": "HOME", "value": "/home/ray/workspace"},
+    {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+]
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 100,
+}
+READINESS_TIMINGS = {"initialDelaySeconds": 1, "periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 10}
+LIVENESS_TIMINGS = {"initialDelaySeconds": 30, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 120}
+LIVENESS = {"httpGet": {"path": "/api/healthz", "port": 52365}, **LIVENESS_TIMINGS}
+MOUNTS = [
+    {"name": "tmp", "mountPath": "/tmp"},
+    {"name": "home", "mountPath": "/home/ray/workspace"},
+    {"name": "shm", "mountPath": "/dev/shm"},
+    {"name": "auth-token", "mountPath": "/etc/ray/auth", "readOnly": True},
+]
+
+
+def tcp_ports(*named: tuple[str, int]) -> list[dict[str, object]]:
+    """Container ports as the API server accepts them: protocol is case-sensitive ("TCP", never "tcp")."""
+    return [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in named]
+
+
+def test_head_container_is_exactly_the_promised_spec() -> None:
+    """Ray's head: `ray start --head` in the foreground with the pod's own sizing, the GCS, dashboard and client
+    ports named for the Service, readiness on the GCS health endpoint every second, liveness lenient as KubeRay's,
+    the restricted security context, the token file and a memory-backed /dev/shm."""
+    container = pods.ray_container(SETTINGS, SETTINGS.head, "rayproject/ray:2.60.0", head=True)
+    assert container == {
+        "name": "ray-head",
+        "image": "rayproject/ray:2.60.0",
+        "command": ["/bin/bash", "-c", ULIMIT + HEAD_RAY_START],
+        "workingDir": "/home/ray/workspace",
+        "env": [*BASE_ENV, *TOKEN_ENV, {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": "0"}],
+        "ports": tcp_ports(("gcs", 6379), ("dashboard", 8265), ("client", 10001), ("metrics", 8080), ("agent", 52365)),
+        "resources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}},
+        "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": MOUNTS,
+        "readinessProbe": {"httpGet": {"path": "/api/gcs_healthz", "port": 8265}, **READINESS_TIMINGS},
+        "livenessProbe": LIVENESS,
+    }
+
+
+def test_worker_container_is_exactly_the_promised_spec() -> None:
+    """A worker joins the head's GCS by its Service name, exposes only metrics and agent ports, is ready when its
+    own agent answers, and tells the raylet how long to wait for a lost head and how often to check it is known."""
+    group = SETTINGS.worker_groups[0]
+    container = pods.ray_container(SETTINGS, group.resources, "my/ray:custom", head=False)
+    assert container == {
+        "name": "ray-worker",
+        "image": "my/ray:custom",
+        "command": ["/bin/bash", "-c", ULIMIT + WORKER_RAY_START],
+        "workingDir": "/home/ray/workspace",
+        "env": [
+            *BASE_ENV,
+            *TOKEN_ENV,
+            {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": "120"},
+            {"name": "RAY_gcs_rpc_server_reconnect_timeout_s", "value": "30"},
+            {"name": "RAY_raylet_liveness_self_check_interval_ms", "value": "5000"},
+        ],
+        "ports": tcp_ports(("metrics", 8080), ("agent", 52365)),
+        "resources": {"requests": {"cpu": "1500m", "memory": "3Gi"}, "limits": {"cpu": "1500m", "memory": "3Gi"}},
+        "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": MOUNTS,
+        "readinessProbe": {"httpGet": {"path": "/api/healthz", "port": 52365}, **READINESS_TIMINGS},
+        "livenessProbe": LIVENESS,
+    }
+
+
+def test_ray_start_flags_ray_reads_for_head_and_worker() -> None:
+    """The argv itself (no shell): `--head` and the dashboard on all interfaces only on the head, `--address` only
+    on workers, and on both `--block` (the container lives as long as Ray) and no usage stats."""
+    head = pods.ray_start_args(SETTINGS, SETTINGS.head, head=True)
+    worker = pods.ray_start_args(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
+    assert head == shlex.split(HEAD_RAY_START)[1:]
+    assert worker == shlex.split(WORKER_RAY_START)[1:]
+    gpu = pods.ray_start_args(SETTINGS, PodResources(cpu="4", memory="10Gi", gpus=2), head=False)
+    assert [arg for arg in gpu if arg.startswith(("--num-cpus=", "--num-gpus="))] == ["--num-cpus=4", "--num-gpus=2"]
+
+
+def test_ray_env_without_token_auth_has_no_auth_settings() -> None:
+    """The pod IP from the downward API (status.podIP, case-sensitive), HOME and no usage stats; the token
+    settings only when auth is on, pointing at the mounted Secret's file."""
+    assert pods.ray_env(SETTINGS) == [*BASE_ENV, *TOKEN_ENV]
+    assert pods.ray_env(dataclasses.replace(SETTINGS, token_auth=False)) == BASE_ENV
+
+
+def test_security_contexts_meet_the_restricted_pod_security_standard() -> None:
+    """Each field is one the "restricted" standard checks: non-root, no privilege escalation, every capability
+    dropped ("ALL", case-sensitive), the RuntimeDefault seccomp profile; plus a read-only image and Ray's uid/gid."""
+    assert pods.container_security() == RESTRICTED_CONTAINER
+    assert pods.pod_security() == {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 100,
+        "fsGroup": 100,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def test_probes_ready_within_a_second_and_restart_only_after_ten_minutes() -> None:
+    """Readiness: first check after 1 s, then every second, unready after 10 misses. Liveness: starts after 30 s,
+    every 5 s, restarts only after 120 misses (10 minutes of a stalled node), like KubeRay's."""
+    assert pods.http_probe(8265, "/x", liveness=False) == {"httpGet": {"path": "/x", "port": 8265}, **READINESS_TIMINGS}
+    assert pods.http_probe(52365, "/y", liveness=True) == {"httpGet": {"path": "/y", "port": 52365}, **LIVENESS_TIMINGS}
+
+
+def test_labels_are_the_recommended_and_kuberay_sets() -> None:
+    """Exact keys (label keys are case-sensitive) and values that kubectl, dashboards and KubeRay tooling match."""
+    assert pods.labels(SETTINGS, "worker", "gpu") == {
+        "app.kubernetes.io/name": "ray",
+        "app.kubernetes.io/instance": "demo",
+        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/managed-by": "pulumi",
+        "ray.io/cluster": "demo",
+        "ray.io/node-type": "worker",
+        "ray.io/group": "gpu",
+    }
+
+
+def test_worker_grace_period_is_the_drain_plus_the_shutdown_margin() -> None:
+    """The kubelet waits the configured drain (120 s) plus 15 s for Ray's processes to stop before SIGKILL."""
+    assert pods.worker_grace_seconds(SETTINGS) == 135
+    assert pods.worker_grace_seconds(dataclasses.replace(SETTINGS, worker_drain_seconds=0)) == 15

@@ -1,0 +1,286 @@
+"""The pod templates on their own: the Ray head, a worker group and the smoke-test Job, as Kubernetes dicts.
+
+Guards what the kubelet and the API server act on at pod level: the volumes (a memory-backed /dev/shm of the
+promised size for Ray's object store, writable emptyDirs for /tmp and HOME, the token Secret readable by the
+`ray` group only, the smoke-test script's ConfigMap), that every volumeMount names a volume of its pod, read-only
+mounts, restartPolicy, the grace period, the service-account token that is never mounted, the default container
+that `kubectl logs/exec` pick, and the labels Services and tooling select by. Expected values are written out
+literally; the container-level builders (`ray start`, probes, ports) are guarded in test_pods.py.
+"""
+
+import dataclasses
+import re
+from typing import Any
+
+import pytest
+
+from components import pods
+from components.settings import ClusterSettings, PodResources, WorkerGroup
+
+Manifest = dict[str, Any]
+
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+SETTINGS = ClusterSettings(
+    cluster_name="demo",
+    namespace="ml",
+    create_namespace=True,
+    image="rayproject/ray:2.60.0",
+    head=PodResources(cpu="2", memory="8Gi"),
+    worker_groups=(
+        WorkerGroup(
+            name="worker", replicas=2, resources=PodResources(cpu="1500m", memory="3Gi"), image="rayproject/ray:2.60.0"
+        ),
+        WorkerGroup(
+            name="gpu",
+            replicas=1,
+            resources=PodResources(cpu="4", memory="16Gi", gpus=1),
+            image="rayproject/ray:2.60.0-gpu",
+            node_selector={"accelerator": "nvidia"},
+            tolerations=(GPU_TOLERATION,),
+        ),
+    ),
+    test_job=True,
+    token_auth=True,
+    client_namespaces=(),
+    client_cidrs=(),
+    metrics_namespaces=(),
+    gcs_reconnect_timeout_seconds=30,
+    worker_drain_seconds=120,
+)
+NO_AUTH = dataclasses.replace(SETTINGS, token_auth=False)
+[CPU_GROUP, GPU_GROUP] = SETTINGS.worker_groups
+VERSION = {"ray-cluster.pulumi.com/auth-token-version": "v1"}
+SCRIPT = "print('smoke')"
+SCRIPT_SHA256 = "c8f7efe666eb489fbdb278ee6dd4c87c5344a6f59360745494e1ecbcddc562d4"  # `printf %s "$SCRIPT" | sha256sum`
+
+# The image's `ray` user (uid 1000, group `users` 100): fsGroup makes the Secret's files group-owned by 100.
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 100,
+    "fsGroup": 100,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 100,
+}
+SCRATCH_VOLUMES = [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
+# 0o440: the owner (root) and the group (fsGroup 100, the `ray` user's) read the token; nobody writes or runs it.
+TOKEN_VOLUME = {"name": "auth-token", "secret": {"secretName": "demo-auth-token", "defaultMode": 0o440}}
+SCRATCH_MOUNTS = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": "/home/ray/workspace"}]
+SHM_MOUNT = {"name": "shm", "mountPath": "/dev/shm"}
+TOKEN_MOUNT = {"name": "auth-token", "mountPath": "/etc/ray/auth", "readOnly": True}
+BASE_ENV = [
+    {"name": "RAY_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    {"name": "HOME", "value": "/home/ray/workspace"},
+    {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+]
+TOKEN_ENV = [
+    {"name": "RAY_AUTH_MODE", "value": "token"},
+    {"name": "RAY_AUTH_TOKEN_PATH", "value": "/etc/ray/auth/token"},
+]
+
+
+def shm_volume(mebibytes: int) -> Manifest:
+    """/dev/shm in RAM (the kubelet's default emptyDir is node disk, which makes Ray's object store slow), capped."""
+    return {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{mebibytes}Mi"}}
+
+
+def pod_labels(component: str, group: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "ray",
+        "app.kubernetes.io/instance": "demo",
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "pulumi",
+        "ray.io/cluster": "demo",
+        "ray.io/node-type": component,
+        "ray.io/group": group,
+    }
+
+
+def without(manifest: Manifest, *keys: str) -> Manifest:
+    return {key: value for key, value in manifest.items() if key not in keys}
+
+
+def smoke_test(settings: ClusterSettings) -> Manifest:
+    return pods.smoke_test_pod_template(
+        settings, script_config_map="demo-smoke-test", script=SCRIPT, cluster_digest="d1"
+    )
+
+
+def all_templates(settings: ClusterSettings) -> list[Manifest]:
+    return [
+        pods.head_pod_template(settings, VERSION),
+        *(pods.worker_pod_template(settings, group, VERSION) for group in settings.worker_groups),
+        smoke_test(settings),
+    ]
+
+
+def test_head_pod_keeps_the_restart_policy_grace_period_and_volumes_a_ray_node_needs() -> None:
+    """35% of 8Gi is 2867.2 MiB: /dev/shm is capped in whole MiB below that, in RAM, and the token is read-only."""
+    template = pods.head_pod_template(SETTINGS, VERSION)
+    assert template["metadata"] == {
+        "labels": {**pod_labels("head", "head"), **VERSION},
+        "annotations": {"kubectl.kubernetes.io/default-container": "ray-head"},
+    }
+    assert without(template["spec"], "containers") == {
+        "serviceAccountName": "demo",
+        # Ray never calls the Kubernetes API: no token for anyone who gets into the pod.
+        "automountServiceAccountToken": False,
+        "securityContext": POD_SECURITY,
+        # A Deployment's pods must restart their containers (the API server accepts only "Always").
+        "restartPolicy": "Always",
+        # The head does not drain: 0 s plus the margin for Ray's processes to stop.
+        "terminationGracePeriodSeconds": 15,
+        "volumes": [*SCRATCH_VOLUMES, shm_volume(2867), TOKEN_VOLUME],
+    }
+    [ray] = template["spec"]["containers"]
+    assert ray["name"] == "ray-head"
+    assert ray["volumeMounts"] == [*SCRATCH_MOUNTS, SHM_MOUNT, TOKEN_MOUNT]
+
+
+def test_worker_pod_waits_for_the_gcs_in_an_init_container_and_is_placed_as_its_group_says() -> None:
+    """16Gi gives a 5734Mi /dev/shm; the GPU group's nodeSelector and tolerations reach the pod as given."""
+    template = pods.worker_pod_template(SETTINGS, GPU_GROUP, VERSION)
+    assert template["metadata"] == {
+        "labels": {**pod_labels("worker", "gpu"), **VERSION},
+        # Not the init container: `kubectl logs` without `-c` shows the raylet's node, not the wait loop.
+        "annotations": {"kubectl.kubernetes.io/default-container": "ray-worker"},
+    }
+    spec = template["spec"]
+    assert without(spec, "containers", "initContainers") == {
+        "serviceAccountName": "demo",
+        "automountServiceAccountToken": False,
+        "securityContext": POD_SECURITY,
+        "restartPolicy": "Always",
+        # 120 s of drain plus 15 s for Ray's processes to stop, before the kubelet's SIGKILL.
+        "terminationGracePeriodSeconds": 135,
+        "volumes": [*SCRATCH_VOLUMES, shm_volume(5734), TOKEN_VOLUME],
+        "nodeSelector": {"accelerator": "nvidia"},
+        "tolerations": [GPU_TOLERATION],
+    }
+    [ray] = spec["containers"]
+    assert ray["name"] == "ray-worker"
+    assert ray["volumeMounts"] == [*SCRATCH_MOUNTS, SHM_MOUNT, TOKEN_MOUNT]
+
+    [wait] = spec["initContainers"]
+    assert without(wait, "command") == {
+        "name": "wait-gcs-ready",
+        "image": "rayproject/ray:2.60.0-gpu",
+        "workingDir": "/home/ray/workspace",
+        # The token too: `ray health-check` against a head with auth on must present it.
+        "env": [*BASE_ENV, *TOKEN_ENV],
+        "resources": {
+            "requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"},
+            "limits": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"},
+        },
+        "securityContext": CONTAINER_SECURITY,
+        # A TCP connect and `ray health-check` hold no objects: no /dev/shm.
+        "volumeMounts": [*SCRATCH_MOUNTS, TOKEN_MOUNT],
+    }
+    shell, flag, script = wait["command"]
+    assert (shell, flag) == ("/bin/bash", "-c")
+    assert "ray health-check --address=demo-head.ml.svc:6379 " in script
+    assert script.endswith('echo "GCS at demo-head.ml.svc:6379 is ready"')
+
+
+def test_a_worker_group_without_placement_sets_no_node_selector_or_tolerations() -> None:
+    """Absent, not empty or null: the fields stay out of the manifest so nothing else's value is overwritten."""
+    spec = pods.worker_pod_template(NO_AUTH, CPU_GROUP, {})["spec"]
+    assert without(spec, "containers", "initContainers") == {
+        "serviceAccountName": "demo",
+        "automountServiceAccountToken": False,
+        "securityContext": POD_SECURITY,
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": 135,
+        "volumes": [*SCRATCH_VOLUMES, shm_volume(1075)],
+    }
+    assert [c["volumeMounts"] for c in spec["initContainers"] + spec["containers"]] == [
+        SCRATCH_MOUNTS,
+        [*SCRATCH_MOUNTS, SHM_MOUNT],
+    ]
+    assert pods.worker_pod_template(NO_AUTH, CPU_GROUP, {})["metadata"]["labels"] == pod_labels("worker", "worker")
+
+
+def test_smoke_test_pod_is_a_run_once_ray_client_driver_with_its_script_read_only() -> None:
+    """The whole Job template: Never restarted in place (the Job counts the failure), no grace period of its own,
+    no /dev/shm (a Ray Client driver keeps no object store), and the env the script reads."""
+    assert smoke_test(SETTINGS) == {
+        "metadata": {
+            "labels": pod_labels("smoke-test", "smoke-test"),
+            "annotations": {
+                "kubectl.kubernetes.io/default-container": "smoke-test",
+                "ray-cluster.pulumi.com/smoke-test-sha256": SCRIPT_SHA256,
+                "ray-cluster.pulumi.com/cluster-sha256": "d1",
+            },
+        },
+        "spec": {
+            "serviceAccountName": "demo",
+            "automountServiceAccountToken": False,
+            "securityContext": POD_SECURITY,
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "smoke-test",
+                    "image": "rayproject/ray:2.60.0",
+                    "command": ["python", "/opt/ray-smoke-test/smoke_test.py"],
+                    "workingDir": "/home/ray/workspace",
+                    "env": [
+                        *BASE_ENV,
+                        *TOKEN_ENV,
+                        {"name": "RAY_ADDRESS", "value": "ray://demo-head.ml.svc:10001"},
+                        {"name": "SMOKE_EXPECTED_WORKERS", "value": "3"},
+                        {"name": "SMOKE_NODE_WAIT_SECONDS", "value": "600"},
+                        {"name": "SMOKE_WORKER_GROUPS", "value": "worker=2,gpu=1"},
+                    ],
+                    "resources": {
+                        "requests": {"cpu": "500m", "memory": "1Gi"},
+                        "limits": {"cpu": "500m", "memory": "1Gi"},
+                    },
+                    "securityContext": CONTAINER_SECURITY,
+                    "volumeMounts": [
+                        *SCRATCH_MOUNTS,
+                        TOKEN_MOUNT,
+                        {"name": "script", "mountPath": "/opt/ray-smoke-test", "readOnly": True},
+                    ],
+                }
+            ],
+            "volumes": [*SCRATCH_VOLUMES, TOKEN_VOLUME, {"name": "script", "configMap": {"name": "demo-smoke-test"}}],
+        },
+    }
+
+
+def test_without_auth_no_pod_has_a_token_volume_mount_or_env() -> None:
+    smoke = smoke_test(NO_AUTH)["spec"]
+    assert smoke["volumes"] == [*SCRATCH_VOLUMES, {"name": "script", "configMap": {"name": "demo-smoke-test"}}]
+    [driver] = smoke["containers"]
+    assert driver["volumeMounts"] == [
+        *SCRATCH_MOUNTS,
+        {"name": "script", "mountPath": "/opt/ray-smoke-test", "readOnly": True},
+    ]
+    assert driver["env"][:4] == [*BASE_ENV, {"name": "RAY_ADDRESS", "value": "ray://demo-head.ml.svc:10001"}]
+    head = pods.head_pod_template(NO_AUTH, {})["spec"]
+    assert head["volumes"] == [*SCRATCH_VOLUMES, shm_volume(2867)]
+    assert head["containers"][0]["volumeMounts"] == [*SCRATCH_MOUNTS, SHM_MOUNT]
+
+
+@pytest.mark.parametrize("settings", [SETTINGS, NO_AUTH], ids=["auth", "no-auth"])
+def test_every_mount_names_a_volume_of_its_pod_and_every_volume_is_mounted(settings: ClusterSettings) -> None:
+    """The API server rejects a pod whose volumeMount names no volume, and any name not a DNS-1123 label."""
+    dns_label = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+    for template in all_templates(settings):
+        spec = template["spec"]
+        volumes = [volume["name"] for volume in spec["volumes"]]
+        assert len(set(volumes)) == len(volumes) and all(dns_label.fullmatch(name) for name in volumes)
+        containers = spec.get("initContainers", []) + spec["containers"]
+        mounted = {mount["name"] for container in containers for mount in container["volumeMounts"]}
+        assert mounted == set(volumes), template["metadata"]["labels"]["ray.io/group"]
+        # Each container sees /tmp and HOME writable, in its own pod's emptyDirs, and nothing else over them.
+        for container in containers:
+            paths = [mount["mountPath"] for mount in container["volumeMounts"]]
+            assert paths[:2] == ["/tmp", "/home/ray/workspace"] and len(set(paths)) == len(paths)
