@@ -162,6 +162,8 @@ def test_auth_can_be_turned_off() -> None:
 
 
 def test_network_policies_admit_only_the_cluster_and_listed_clients(default_policies: list[Manifest]) -> None:
+    """Exactly these rules: clients on the dashboard/jobs, Ray Client and metrics ports only, from the listed CIDRs
+    and from namespaces picked by the name label Kubernetes sets on every namespace; scrapers on metrics only."""
     [internal] = default_policies
     selector = {"matchLabels": {"ray.io/cluster": "ray"}}
     assert internal["spec"] == {
@@ -170,15 +172,48 @@ def test_network_policies_admit_only_the_cluster_and_listed_clients(default_poli
         "ingress": [{"from": [{"podSelector": selector}]}],
     }
     result = rendered("clients-allowed")
-    clients = result.one("NetworkPolicy", "ray-clients")["spec"]
-    [rule] = clients["ingress"]
-    assert {"ipBlock": {"cidr": "10.8.0.0/16"}} in rule["from"]
-    namespaces = [
-        s["namespaceSelector"]["matchExpressions"][0]["values"] for s in rule["from"] if "namespaceSelector" in s
+    # Registration order follows Pulumi's asynchronous outputs: compare as a set.
+    assert sorted(p["metadata"]["name"] for p in result.of_kind("NetworkPolicy")) == [
+        "ray-clients",
+        "ray-internal",
+        "ray-metrics",
     ]
-    assert namespaces == [["ml-notebooks"]]
-    assert sorted(p["port"] for p in rule["ports"]) == [8080, 8265, 10001]
+
+    def namespaces(*names: str) -> Manifest:
+        match = {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(names)}
+        return {"namespaceSelector": {"matchExpressions": [match]}}
+
+    assert result.one("NetworkPolicy", "ray-clients")["spec"] == {
+        "podSelector": selector,
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {
+                "from": [{"ipBlock": {"cidr": "10.8.0.0/16"}}, namespaces("ml-notebooks")],
+                "ports": [
+                    {"port": 8265, "protocol": "TCP"},
+                    {"port": 10001, "protocol": "TCP"},
+                    {"port": 8080, "protocol": "TCP"},
+                ],
+            }
+        ],
+    }
+    assert result.one("NetworkPolicy", "ray-metrics")["spec"] == {
+        "podSelector": selector,
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [namespaces("monitoring")], "ports": [{"port": 8080, "protocol": "TCP"}]}],
+    }
     assert rendered("default").one("Service")["spec"]["type"] == "ClusterIP"
+
+
+def test_the_head_service_exposes_ray_ports_under_their_documented_names() -> None:
+    """The README's `gcs 6379 · dashboard/jobs 8265 · client 10001 · metrics 8080`, each straight to the same port
+    on the head pod over TCP (a ServiceMonitor or port-forward picks a port by these names)."""
+    assert rendered("default").one("Service", "ray-head")["spec"]["ports"] == [
+        {"name": "gcs", "port": 6379, "targetPort": 6379, "protocol": "TCP"},
+        {"name": "dashboard", "port": 8265, "targetPort": 8265, "protocol": "TCP"},
+        {"name": "client", "port": 10001, "targetPort": 10001, "protocol": "TCP"},
+        {"name": "metrics", "port": 8080, "targetPort": 8080, "protocol": "TCP"},
+    ]
 
 
 @pytest.fixture
