@@ -5,11 +5,14 @@ that says what failed and without `Success!`, and only a cluster that worked may
 Each test loads the script afresh, as the Job does (a standalone file, not the `components` package), with a fake
 `ray` module in `sys.modules`: a scripted cluster whose nodes, connection and task placement the test chooses.
 Time is a fake clock (the script's `time.sleep` only moves it), so waiting out a 600 s deadline takes no time.
+Its stdout is a pipe, as in the pod (no PYTHONUNBUFFERED): a line reaches `kubectl logs` only when flushed, and
+every run checks that nothing printed is still unflushed when the script waits on Ray or the clock, or returns.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import socket
 import sys
 import types
 from collections.abc import Callable, Iterable
@@ -20,9 +23,12 @@ from typing import Any
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "components" / "smoke_test.py"
+# Each test runs a fresh copy of the script under its own module name (which mutation testing keys mutants by).
+MODULE = "components.smoke_test"
 HEAD_RESOURCE = "node:__internal_head__"
 WAIT_SECONDS = 120.0
 START = 1000.0  # an arbitrary origin, as monotonic time's is
+GROUPS = "cpu=2,gpu=1"  # SMOKE_WORKER_GROUPS as the Job sets it: each worker group's name and replicas
 
 # A placement of the calls of a round: (round number from 1, call number in the round from 0) -> node id. In
 # `where.remote(where.remote(()))` the inner call is made first: calls 2k and 2k+1 are one nested pair.
@@ -38,13 +44,38 @@ class Misuse(BaseException):
     """The script used Ray in a way the real Ray would refuse (e.g. before `ray.init`); not an Exception either."""
 
 
+class LogPipe:
+    """The script's stdout in the pod: a pipe, so Python buffers it and a line reaches `kubectl logs` only when
+    flushed. The script can hang in any call to Ray (a round whose `ray.get` never returns, Ray's own shutdown at
+    exit, which runs before Python flushes stdout) until the Job's deadline kills it, losing what is unflushed:
+    each such moment is a checkpoint, which records any output still pending."""
+
+    def __init__(self) -> None:
+        self.written = ""
+        self.pending = ""
+        self.stale: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.written += text
+        self.pending += text
+        return len(text)
+
+    def flush(self) -> None:
+        self.pending = ""
+
+    def checkpoint(self, moment: str) -> None:
+        if self.pending:
+            self.stale.append(f"{self.pending!r} not flushed at {moment}")
+
+
 class FakeClock:
     """Stands in for the script's `time` module: `sleep` moves the clock, nothing waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: LogPipe | None = None) -> None:
         self.now = START
         self.sleeps: list[float] = []
         self.reads = 0
+        self.log = log or LogPipe()
 
     def monotonic(self) -> float:
         self.reads += 1
@@ -53,6 +84,7 @@ class FakeClock:
         return self.now
 
     def sleep(self, seconds: float) -> None:
+        self.log.checkpoint(f"time.sleep({seconds})")
         self.sleeps.append(seconds)
         self.now += seconds
         if self.now > START + 100_000:
@@ -139,8 +171,10 @@ class FakeRay(types.ModuleType):
         self.remote_options: list[dict[str, Any]] = []
         self.placed: list[str] = []
         self.running_on: str | None = None
+        self.log = LogPipe()
 
     def init(self, *args: Any, **kwargs: Any) -> None:
+        self.log.checkpoint("ray.init")
         if self.connected:
             raise Misuse("ray.init called twice without ray.shutdown")
         self.init_calls += 1
@@ -150,10 +184,12 @@ class FakeRay(types.ModuleType):
         self.connected = True
 
     def shutdown(self) -> None:
+        self.log.checkpoint("ray.shutdown")
         self.shutdown_calls += 1
         self.connected = False
 
     def _require_connection(self, what: str) -> None:
+        self.log.checkpoint(what)
         if not self.connected:
             raise Misuse(f"{what} before ray.init connected")
 
@@ -224,25 +260,31 @@ class Run:
 
 
 @pytest.fixture
-def smoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[[Cluster, int], Run]:
-    """Runs the script's main() against a fake cluster, expecting that many workers; a fresh script each time."""
+def smoke(monkeypatch: pytest.MonkeyPatch) -> Callable[[Cluster, int], Run]:
+    """Runs the script's main() against a fake cluster, expecting that many workers; a fresh script each time.
+
+    Whatever the outcome, every line must have reached the log before each call to Ray or sleep and when main()
+    returns (the interpreter's exit runs Ray's shutdown before it flushes stdout)."""
 
     def run(setup: Cluster, expected_workers: int) -> Run:
         fake = FakeRay(setup)
         monkeypatch.setitem(sys.modules, "ray", fake)
         monkeypatch.setenv("SMOKE_EXPECTED_WORKERS", str(expected_workers))
-        monkeypatch.setenv("SMOKE_WORKER_GROUPS", "worker")
+        monkeypatch.setenv("SMOKE_WORKER_GROUPS", GROUPS)
         monkeypatch.setenv("SMOKE_NODE_WAIT_SECONDS", f"{WAIT_SECONDS:.0f}")
-        spec = importlib.util.spec_from_file_location("smoke_test_under_test", SCRIPT)
+        spec = importlib.util.spec_from_file_location(MODULE, SCRIPT)
         assert spec is not None and spec.loader is not None
         script = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(script)
-        clock = FakeClock()
+        clock = FakeClock(fake.log)
         monkeypatch.setattr(script, "time", clock)
-        capsys.readouterr()
-        code = script.main()
+        with monkeypatch.context() as stdout:
+            stdout.setattr(sys, "stdout", fake.log)
+            code = script.main()
+        fake.log.checkpoint("the return of main()")
+        assert fake.log.stale == [], fake.log.written
         assert isinstance(code, int)
-        return Run(code, capsys.readouterr().out, fake, clock, script)
+        return Run(code, fake.log.written, fake, clock, script)
 
     return run
 
@@ -281,7 +323,7 @@ def test_a_working_cluster_succeeds(smoke: Smoke) -> None:
     assert run.ray.get_calls == 1  # the first round showed everything
     assert run.ray.task_calls == 0 and len(run.ray.placed) == 200  # 100 nested calls: 200 tasks
     round_1 = next(line for line in run.lines if line.startswith("round 1: "))
-    assert round_1.startswith("round 1: 100 nested calls in ")
+    assert round_1.startswith("round 1: 100 nested calls in 2.00s, ")  # 200 calls, each sleeping 0.01 s
     assert round_1.endswith(", 4 nodes ran calls, 100 objects moved between nodes")
     ran_on = next(line for line in run.lines if line.startswith("nodes that ran calls: "))
     assert ran_on.split(": ")[1].split() == ["10.0.0.1", "10.0.1.1", "10.0.1.2", "10.0.1.3"]
@@ -326,6 +368,65 @@ def test_a_connection_that_comes_on_a_later_try_succeeds(smoke: Smoke) -> None:
     assert run.ray.init_calls == 4
     assert run.ray.shutdown_calls == 3  # each failed try is cleaned up before the next
     assert run.out.count("cannot connect yet (ConnectionError), retrying") == 3
+
+
+def test_the_first_line_names_the_job_pod_and_the_expected_worker_groups(
+    smoke: Smoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kubectl logs` starts with which pod ran the test and which groups (and replicas) it expects."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "smoke-test-x7k2p")
+    run = smoke(Cluster(), 3)
+    assert_succeeded(run)
+    assert "smoke-test-x7k2p" in run.lines[0], run.out
+    assert GROUPS in run.lines[0], run.out
+
+
+def test_calls_that_ran_on_every_worker_but_not_the_head_succeed(smoke: Smoke) -> None:
+    """The head need not run a call: the test is about the workers, and objects moving between them."""
+    nodes = cluster(3)
+    workers = nodes[1:]
+    run = smoke(Cluster(snapshots=[nodes], placement=lambda r, call: workers[call % len(workers)].id), 3)
+    assert_succeeded(run)
+    assert run.ray.get_calls == 1
+    assert HEAD.id not in run.ray.placed
+    assert "3 nodes ran calls, 100 objects moved between nodes" in run.out
+
+
+def test_a_single_object_that_moved_between_nodes_is_enough(smoke: Smoke) -> None:
+    nodes = cluster(3)
+    stay = pairs_on_one_node(nodes)
+
+    def placement(round_number: int, call: int) -> str:
+        return worker(1).id if (round_number, call) == (1, 1) else stay(round_number, call)  # pair 0: head, then 1
+
+    run = smoke(Cluster(snapshots=[nodes], placement=placement), 3)
+    assert_succeeded(run)
+    assert run.ray.get_calls == 1
+    assert "4 nodes ran calls, 1 objects moved between nodes" in run.out
+
+
+def test_a_node_gone_from_the_list_after_the_rounds_is_named_by_its_id(smoke: Smoke) -> None:
+    """The closing list names nodes by address; one that left `ray.nodes()` meanwhile still ran calls."""
+    nodes = cluster(3)
+    setup = Cluster(snapshots=[nodes, nodes[:-1]], placement=lambda r, call: nodes[call % len(nodes)].id)
+    run = smoke(setup, 3)
+    assert_succeeded(run)
+    ran_on = next(line for line in run.lines if line.startswith("nodes that ran calls: "))
+    assert ran_on.split(": ")[1].split() == ["10.0.0.1", "10.0.1.1", "10.0.1.2", worker(3).id]
+
+
+def test_the_waits_look_again_within_seconds(smoke: Smoke) -> None:
+    """A head or node that becomes ready is noticed within 3 s (connection) and 2 s (nodes), and each look, which
+    prints a line, comes no more than once a second, so the log stays readable over a 600 s wait."""
+    setup = Cluster(
+        snapshots=[[HEAD], cluster(3)], init_error=lambda attempt: ConnectionError("not yet") if attempt == 1 else None
+    )
+    run = smoke(setup, 3)
+    assert_succeeded(run)
+    connect_retry, nodes_retry, *rounds = run.clock.sleeps
+    assert 1 <= connect_retry <= 3
+    assert 1 <= nodes_retry <= 2
+    assert set(rounds) == {0.01}  # only the calls' own sleeps follow
 
 
 def test_a_worker_that_gets_calls_only_in_a_later_round_succeeds(smoke: Smoke) -> None:
@@ -387,7 +488,7 @@ def test_one_worker_that_ran_every_call_fails(smoke: Smoke) -> None:
 def test_fewer_nodes_than_expected_fail_at_the_deadline(smoke: Smoke, nodes: list[Node], joined: str) -> None:
     run = smoke(Cluster(snapshots=[nodes]), 3)
     assert_failed(run, joined, f"not 4 (3 workers), after {WAIT_SECONDS:.0f}s")
-    assert WAIT_SECONDS <= run.waited <= WAIT_SECONDS + 5  # waited for the deadline, and not much longer
+    assert WAIT_SECONDS < run.waited <= WAIT_SECONDS + 5  # gave up after the deadline (not at it), not much later
     assert run.ray.nodes_calls > 10  # it kept looking
     assert run.ray.get_calls == 0  # no round on a cluster that is not complete
 
@@ -412,7 +513,7 @@ def test_more_nodes_than_expected_fail_at_the_deadline(smoke: Smoke, nodes: list
     """The count must be exact: an extra node (an old pod's node that lingers) is waited out, then fails."""
     run = smoke(Cluster(snapshots=[nodes]), 3)
     assert_failed(run, joined, f"not 4 (3 workers), after {WAIT_SECONDS:.0f}s")
-    assert WAIT_SECONDS <= run.waited <= WAIT_SECONDS + 5
+    assert WAIT_SECONDS < run.waited <= WAIT_SECONDS + 5
     assert run.ray.get_calls == 0
 
 
@@ -425,7 +526,7 @@ def test_an_extra_node_that_goes_away_in_time_is_waited_out(smoke: Smoke) -> Non
 def test_a_connection_that_never_comes_fails_at_the_deadline(smoke: Smoke) -> None:
     run = smoke(Cluster(init_error=lambda attempt: ConnectionError("no client server")), 3)
     assert_failed(run, "ConnectionError", "no client server")
-    assert WAIT_SECONDS <= run.waited <= WAIT_SECONDS + 5
+    assert WAIT_SECONDS < run.waited <= WAIT_SECONDS + 5  # a try that fails at the deadline itself is retried
     assert run.ray.init_calls > 10
     assert run.ray.nodes_calls == 0 and run.ray.get_calls == 0
 
@@ -506,7 +607,7 @@ def test_without_a_node_wait_the_script_does_not_start(monkeypatch: pytest.Monke
     """The Job sets the wait (one number, in components/pods.py); the script has no default of its own."""
     monkeypatch.setitem(sys.modules, "ray", FakeRay(Cluster()))
     monkeypatch.delenv("SMOKE_NODE_WAIT_SECONDS", raising=False)
-    spec = importlib.util.spec_from_file_location("smoke_test_under_test", SCRIPT)
+    spec = importlib.util.spec_from_file_location(MODULE, SCRIPT)
     assert spec is not None and spec.loader is not None
     script = importlib.util.module_from_spec(spec)
     with pytest.raises(KeyError, match="SMOKE_NODE_WAIT_SECONDS"):
