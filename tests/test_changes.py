@@ -7,7 +7,6 @@ resource, no engine error), and what it does to pods and to the smoke test must 
 from __future__ import annotations
 
 import re
-from functools import cache
 
 import pulumi
 import pytest
@@ -44,7 +43,6 @@ CHANGES: dict[str, dict[str, object]] = {
 }
 
 
-@cache
 def rendered(key: str | None) -> Rendered:
     """The default stack (None), or the stack after one key's change."""
     change = CHANGES[key] if key else {}

@@ -1,12 +1,16 @@
 """The real program under Pulumi's mocks: the resources, fields and dependencies that make the cluster work."""
 
+import hashlib
 import json
 import shlex
 from typing import Any
 
 import pulumi
 import pytest
+from google.protobuf import json_format
+from pulumi.runtime import mocks
 
+from components import RayCluster
 from components.pods import AUTH_TOKEN_KEY
 from components.pods import TOKEN_VERSION_LABEL as TOKEN_VERSION
 from components.settings import parse_quantity
@@ -26,8 +30,10 @@ POD_LABELS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def default() -> Rendered:
+    """A fresh render per test (0.1 s): mutmut credits a test only with the code run during its own setup, call
+    and teardown, so a module-scoped render would let a mutant survive every test but the first that used it."""
     return render()
 
 
@@ -377,9 +383,223 @@ def test_metrics_scrapers_get_the_metrics_port_only() -> None:
 
 
 def test_a_small_head_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
-    warnings: list[str] = []
-    monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: warnings.append(message))
+    """The warning is attached to the component, so `pulumi up` shows it on the cluster's row, not the stack's."""
+    warnings: list[tuple[str, object]] = []
+    monkeypatch.setattr(
+        pulumi.log, "warn", lambda message, *args, **kwargs: warnings.append((message, kwargs.get("resource")))
+    )
     render()
     assert warnings == []
     render({"headMemory": "1Gi"})
-    assert len(warnings) == 1 and "headMemory is '1Gi'" in warnings[0]
+    [(message, resource)] = warnings
+    assert "headMemory is '1Gi'" in message
+    assert isinstance(resource, RayCluster)
+
+
+COMPONENT_URN = "urn:pulumi:test::ray-cluster::ray-cluster:index:RayCluster::ray"
+PATCH_FORCE = {"pulumi.com/patchForce": "true"}
+
+
+def object_labels(component: str, group: str | None = None) -> dict[str, str]:
+    """The labels every object of the cluster carries, written out here (not taken from components.pods)."""
+    return {
+        "app.kubernetes.io/name": "ray",
+        "app.kubernetes.io/instance": "ray",
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "pulumi",
+        "ray.io/cluster": "ray",
+        "ray.io/node-type": component,
+        "ray.io/group": group or component,
+    }
+
+
+def namespaced(name: str, component: str, group: str | None = None) -> Manifest:
+    """The metadata of a named object in the stack's namespace."""
+    return {
+        "name": name,
+        "namespace": "ray-test",
+        "labels": object_labels(component, group),
+        "annotations": PATCH_FORCE,
+    }
+
+
+def test_every_object_keeps_its_logical_name_kind_and_labels() -> None:
+    """Logical names are what the state knows each object by: a renamed one is deleted and created again (and a
+    fixed-name object collides with itself). Every object is labelled with the part of the cluster it belongs to
+    (`kubectl get all -l ray.io/node-type=head`), and the ServiceAccount mounts no API token into any pod."""
+    rendered = render(
+        {
+            "allowedClientNamespaces": ["notebooks"],
+            "allowedMetricsNamespaces": ["monitoring"],
+            "workerGroups": [{"name": "gpu", "gpus": 1}],
+        }
+    )
+    found: dict[tuple[str, str], Manifest] = {}
+    for registration in rendered.kubernetes():
+        top = {key: value for key, value in registration.inputs.items() if key not in ("spec", "data", "stringData")}
+        found[(registration.type, registration.name)] = top
+    job = found[("kubernetes:batch/v1:Job", "ray-smoke-test")]["metadata"]
+    assert job.pop("name").startswith("ray-smoke-test-")  # generated: a changed Job is created before the old goes
+    policy = ("kubernetes:networking.k8s.io/v1:NetworkPolicy", "NetworkPolicy", "networking.k8s.io/v1")
+    assert found == {
+        ("kubernetes:core/v1:Namespace", "ray-namespace"): {
+            "kind": "Namespace",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": "ray-test",
+                "labels": {
+                    "app.kubernetes.io/managed-by": "pulumi",
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                },
+                "annotations": PATCH_FORCE,
+            },
+        },
+        ("kubernetes:core/v1:ServiceAccount", "ray-service-account"): {
+            "kind": "ServiceAccount",
+            "apiVersion": "v1",
+            "metadata": namespaced("ray", "cluster"),
+            "automountServiceAccountToken": False,
+        },
+        **{
+            (policy[0], f"ray-{suffix}-traffic"): {
+                "kind": policy[1],
+                "apiVersion": policy[2],
+                "metadata": namespaced(f"ray-{name}", "cluster"),
+            }
+            for suffix, name in (("internal", "internal"), ("client", "clients"), ("metrics", "metrics"))
+        },
+        ("kubernetes:core/v1:Secret", "ray-auth-token-secret"): {
+            "kind": "Secret",
+            "apiVersion": "v1",
+            "metadata": namespaced("ray-auth-token", "cluster"),
+            "type": "Opaque",
+        },
+        ("kubernetes:core/v1:Service", "ray-head-service"): {
+            "kind": "Service",
+            "apiVersion": "v1",
+            "metadata": namespaced("ray-head", "head"),
+        },
+        **{
+            ("kubernetes:apps/v1:Deployment", f"ray-{group}"): {
+                "kind": "Deployment",
+                "apiVersion": "apps/v1",
+                "metadata": namespaced(f"ray-{group}", component, group),
+            }
+            for component, group in (("head", "head"), ("worker", "worker"), ("worker", "gpu"))
+        },
+        ("kubernetes:core/v1:ConfigMap", "ray-smoke-test-script"): {
+            "kind": "ConfigMap",
+            "apiVersion": "v1",
+            "metadata": namespaced("ray-smoke-test", "smoke-test"),
+        },
+        ("kubernetes:batch/v1:Job", "ray-smoke-test"): {
+            "kind": "Job",
+            "apiVersion": "batch/v1",
+            "metadata": {
+                "namespace": "ray-test",
+                "labels": object_labels("smoke-test"),
+                "annotations": {**PATCH_FORCE, "pulumi.com/replaceUnready": "true", "pulumi.com/autonamed": "true"},
+            },
+        },
+    }
+
+
+def test_the_head_service_resolves_the_head_alone_before_it_is_ready(default: Rendered) -> None:
+    """Each Deployment selects its own group's pods only, and the Service the head's, published before the head
+    is ready (the workers' init containers check the GCS themselves)."""
+    service = default.one("Service", "ray-head")["spec"]
+    assert {key: value for key, value in service.items() if key != "ports"} == {
+        "type": "ClusterIP",
+        "selector": {"ray.io/cluster": "ray", "ray.io/group": "head"},
+        "publishNotReadyAddresses": True,
+    }
+    rendered = render({"workerGroups": [{"name": "gpu", "gpus": 1}]})
+    for group in ("head", "worker", "gpu"):
+        selector = rendered.one("Deployment", f"ray-{group}")["spec"]["selector"]
+        assert selector == {"matchLabels": {"ray.io/cluster": "ray", "ray.io/group": group}}, group
+
+
+def test_pods_are_created_only_once_their_access_objects_exist(default: Rendered) -> None:
+    """A pod whose ServiceAccount or token Secret does not exist yet is rejected or cannot start, and one that
+    starts before its NetworkPolicy runs unfenced; the smoke test waits for all of the cluster."""
+    names = {r.urn: r.name for r in default.registrations}
+
+    def dependencies(name: str) -> set[str]:
+        [registration] = [r for r in default.registrations if r.name == name]
+        return {names[urn] for urn in registration.dependencies}
+
+    access = {"ray-namespace", "ray-service-account", "ray-internal-traffic", "ray-auth-token-secret"}
+    for deployment in ("ray-head", "ray-worker"):
+        assert dependencies(deployment) == access | {"ray-auth-token-version"}
+    cluster = {"ray-head-service", "ray-head", "ray-worker", "ray-smoke-test-script"}
+    assert dependencies("ray-smoke-test") == access | cluster | {"ray-auth-token-version"}
+
+
+def test_pulumi_up_waits_a_minute_longer_than_the_smoke_test_may_run(default: Rendered) -> None:
+    """The Job's own deadline (its node wait plus five minutes of calls) ends first, so `pulumi up` reports the
+    Job's failure instead of a timeout of its own."""
+    job = default.one("Job")
+    assert job["spec"]["activeDeadlineSeconds"] == 900
+    assert default.registration_of(job).options.custom_timeouts == {"create": "960s"}
+
+
+def test_the_generated_token_is_drawn_once_per_stack_and_is_the_one_used(default: Rendered) -> None:
+    """The README's 48-character token: any change of the random resources' inputs would replace them (a new
+    token, or a new version label rolling every pod) on the next `pulumi up` of an existing stack."""
+    [password] = [r for r in default.registrations if r.type == "random:index/randomPassword:RandomPassword"]
+    [version] = [r for r in default.registrations if r.type == "random:index/randomId:RandomId"]
+    assert {key: value for key, value in password.inputs.items() if key != "result"} == {"length": 48, "special": False}
+    assert version.inputs["byteLength"] == 8 and len(version.inputs["hex"]) == 16
+    token = default.one("Secret")["stringData"][AUTH_TOKEN_KEY]
+    assert token == password.inputs["result"] and len(token) == 48
+
+
+_REGISTER_OUTPUTS = mocks.MockMonitor.RegisterResourceOutputs
+
+
+def component_outputs(monkeypatch: pytest.MonkeyPatch, config: dict[str, object]) -> dict[str, Any]:
+    """What the component registers as its outputs (kept in the state, shown by `pulumi stack --show-urns -j` and
+    the console); the mock monitor drops them, so they are recorded here."""
+    recorded: dict[str, dict[str, Any]] = {}
+
+    def record(monitor: mocks.MockMonitor, request: Any) -> Any:
+        recorded[request.urn] = json_format.MessageToDict(request.outputs)
+        return _REGISTER_OUTPUTS(monitor, request)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(mocks.MockMonitor, "RegisterResourceOutputs", record)
+    render(config)
+    return recorded[COMPONENT_URN]
+
+
+def test_the_component_records_how_to_reach_the_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The component's own outputs say what the stack's do, under the component's attribute names."""
+    reach = {
+        "namespace": "ray-test",
+        "head_service_dns": HEAD_HOST,
+        "gcs_address": f"{HEAD_HOST}:6379",
+        "client_address": f"ray://{HEAD_HOST}:10001",
+        "dashboard_url": f"http://{HEAD_HOST}:8265",
+        "port_forward_command": "kubectl -n ray-test port-forward service/ray-head 8265:8265 10001:10001",
+        "image": "rayproject/ray:2.60.0",
+        "worker_replicas": {"worker": 3},
+    }
+    assert component_outputs(monkeypatch, {}) == {**reach, "auth_secret_name": "ray-auth-token"}
+    # Without token auth there is no Secret to name: the output is null (and so left out of the state).
+    assert component_outputs(monkeypatch, {"tokenAuth": "false"}) == reach
+    assert render({"tokenAuth": "false"}).outputs["authTokenSecret"] is None
+
+
+def test_the_smoke_test_reruns_when_what_runs_the_cluster_changes_and_only_then() -> None:
+    """The Job's cluster digest is the SHA-256 of the running specs (the head Service's, the head's and each
+    worker group's), as canonical JSON: keys sorted, so the order a user wrote a map in does not matter."""
+    rendered = render({"workerGroups": [{"name": "gpu", "gpus": 1, "nodeSelector": {"a": "1", "b": "2"}}]})
+    running = {
+        "head-service": rendered.one("Service", "ray-head")["spec"],
+        "head": rendered.one("Deployment", "ray-head")["spec"],
+        "workers": {group: rendered.one("Deployment", f"ray-{group}")["spec"] for group in ("worker", "gpu")},
+    }
+    expected = hashlib.sha256(json.dumps(running, sort_keys=True).encode()).hexdigest()
+    job = rendered.one("Job")
+    assert job["spec"]["template"]["metadata"]["annotations"]["ray-cluster.pulumi.com/cluster-sha256"] == expected
+    reordered = render({"workerGroups": [{"name": "gpu", "gpus": 1, "nodeSelector": {"b": "2", "a": "1"}}]})
+    assert reordered.one("Job") == job

@@ -49,7 +49,7 @@ def run_readme() -> list[tuple[str, Rendered]]:
     return deployed
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def deployed() -> list[tuple[str, Rendered]]:
     return run_readme()
 

@@ -3,8 +3,6 @@ with config stored as the Pulumi CLI stores it."""
 
 from __future__ import annotations
 
-from functools import cache
-
 from tests.program import Rendered, render
 from tests.pulumi_cli import StackConfig
 
@@ -45,6 +43,5 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
-@cache
 def rendered(variant: str) -> Rendered:
     return render(VARIANTS[variant])
