@@ -1,0 +1,61 @@
+"""The mutation score of the last `mutmut run` (scripts/mutation), against docs/mutation.md's equivalent mutants.
+
+A survivor is either a gap in the tests or an equivalent mutant (one no test could tell from the original, e.g.
+a default that equals the value always passed); docs/mutation.md lists the equivalent ones, each with why. The
+score counts killed mutants among the non-equivalent ones. Exits 1 if a survivor is unexplained, if a listed
+one was killed after all (the list must stay true), or if the score is below the target.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = 0.90
+# docs/mutation.md lists each equivalent mutant as a bullet that starts with its name in backticks.
+EQUIVALENT_ENTRY = re.compile(r"^- `(components\.[\w.]+__mutmut_\d+)`", re.MULTILINE)
+# What mutmut reports for mutants the fast tests or mypy (CI's type check) reject.
+KILLED = {"killed", "caught by type check", "timeout"}
+
+
+def results() -> dict[str, str]:
+    """Every mutant's status, from mutmut's per-file records."""
+    statuses: dict[str, str] = {}
+    for meta in sorted((ROOT / "mutants").rglob("*.py.meta")):
+        for name, exit_code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            statuses[name] = status_by_exit_code[exit_code]
+    return statuses
+
+
+def main() -> int:
+    statuses = results()
+    if not statuses:
+        print("no mutmut results under mutants/: run scripts/mutation first", file=sys.stderr)
+        return 1
+    listed = set(EQUIVALENT_ENTRY.findall((ROOT / "docs" / "mutation.md").read_text()))
+    survivors = {name for name, status in statuses.items() if status not in KILLED}
+    equivalent = survivors & listed
+    unexplained = sorted(survivors - listed)
+    stale = sorted(name for name in listed if statuses.get(name) in KILLED or name not in statuses)
+    counts = Counter(statuses.values())
+    killed = sum(counts[status] for status in KILLED)
+    considered = len(statuses) - len(equivalent)
+    score = killed / considered
+    print(f"mutants: {len(statuses)} ({', '.join(f'{n} {s}' for s, n in counts.most_common())})")
+    print(f"equivalent (docs/mutation.md): {len(equivalent)}")
+    print(f"score: {killed}/{considered} non-equivalent mutants killed = {score:.1%} (target {TARGET:.0%})")
+    for name in unexplained:
+        print(f"unexplained survivor: {name} ({statuses[name]}): kill it, or list it as equivalent with why")
+    for name in stale:
+        print(f"listed as equivalent, but {statuses.get(name, 'no such mutant')}: {name}")
+    return 1 if unexplained or stale or score < TARGET else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
