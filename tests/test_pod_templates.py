@@ -16,20 +16,18 @@ import pytest
 
 from components import pods
 from components.settings import ClusterSettings, PodResources, WorkerGroup
+from tests.test_pods import BASE_ENV, TOKEN_ENV
+from tests.test_pods import RESTRICTED_CONTAINER as CONTAINER_SECURITY
+from tests.test_pods import SETTINGS as BASE_SETTINGS
 
 Manifest = dict[str, Any]
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-SETTINGS = ClusterSettings(
-    cluster_name="demo",
-    namespace="ml",
-    create_namespace=True,
-    image="rayproject/ray:2.60.0",
-    head=PodResources(cpu="2", memory="8Gi"),
+# test_pods.py's cluster, with a GPU group beside the default one.
+SETTINGS = dataclasses.replace(
+    BASE_SETTINGS,
     worker_groups=(
-        WorkerGroup(
-            name="worker", replicas=2, resources=PodResources(cpu="1500m", memory="3Gi"), image="rayproject/ray:2.60.0"
-        ),
+        *BASE_SETTINGS.worker_groups,
         WorkerGroup(
             name="gpu",
             replicas=1,
@@ -39,13 +37,6 @@ SETTINGS = ClusterSettings(
             tolerations=(GPU_TOLERATION,),
         ),
     ),
-    test_job=True,
-    token_auth=True,
-    client_namespaces=(),
-    client_cidrs=(),
-    metrics_namespaces=(),
-    gcs_reconnect_timeout_seconds=30,
-    worker_drain_seconds=120,
 )
 NO_AUTH = dataclasses.replace(SETTINGS, token_auth=False)
 [CPU_GROUP, GPU_GROUP] = SETTINGS.worker_groups
@@ -61,29 +52,12 @@ POD_SECURITY = {
     "fsGroup": 100,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-CONTAINER_SECURITY = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "readOnlyRootFilesystem": True,
-    "runAsNonRoot": True,
-    "runAsUser": 1000,
-    "runAsGroup": 100,
-}
 SCRATCH_VOLUMES = [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
 # 0o440: the owner (root) and the group (fsGroup 100, the `ray` user's) read the token; nobody writes or runs it.
 TOKEN_VOLUME = {"name": "auth-token", "secret": {"secretName": "demo-auth-token", "defaultMode": 0o440}}
 SCRATCH_MOUNTS = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": "/home/ray/workspace"}]
 SHM_MOUNT = {"name": "shm", "mountPath": "/dev/shm"}
 TOKEN_MOUNT = {"name": "auth-token", "mountPath": "/etc/ray/auth", "readOnly": True}
-BASE_ENV = [
-    {"name": "RAY_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-    {"name": "HOME", "value": "/home/ray/workspace"},
-    {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
-]
-TOKEN_ENV = [
-    {"name": "RAY_AUTH_MODE", "value": "token"},
-    {"name": "RAY_AUTH_TOKEN_PATH", "value": "/etc/ray/auth/token"},
-]
 
 
 def shm_volume(mebibytes: int) -> Manifest:
@@ -144,6 +118,17 @@ def test_head_pod_keeps_the_restart_policy_grace_period_and_volumes_a_ray_node_n
     assert ray["volumeMounts"] == [*SCRATCH_MOUNTS, SHM_MOUNT, TOKEN_MOUNT]
 
 
+# What every worker pod of this cluster has, whatever its group.
+WORKER_POD = {
+    "serviceAccountName": "demo",
+    "automountServiceAccountToken": False,
+    "securityContext": POD_SECURITY,
+    "restartPolicy": "Always",
+    # 120 s of drain plus 15 s for Ray's processes to stop, before the kubelet's SIGKILL.
+    "terminationGracePeriodSeconds": 135,
+}
+
+
 def test_worker_pod_waits_for_the_gcs_in_an_init_container_and_is_placed_as_its_group_says() -> None:
     """16Gi gives a 5734Mi /dev/shm; the GPU group's nodeSelector and tolerations reach the pod as given."""
     template = pods.worker_pod_template(SETTINGS, GPU_GROUP, VERSION)
@@ -154,12 +139,7 @@ def test_worker_pod_waits_for_the_gcs_in_an_init_container_and_is_placed_as_its_
     }
     spec = template["spec"]
     assert without(spec, "containers", "initContainers") == {
-        "serviceAccountName": "demo",
-        "automountServiceAccountToken": False,
-        "securityContext": POD_SECURITY,
-        "restartPolicy": "Always",
-        # 120 s of drain plus 15 s for Ray's processes to stop, before the kubelet's SIGKILL.
-        "terminationGracePeriodSeconds": 135,
+        **WORKER_POD,
         "volumes": [*SCRATCH_VOLUMES, shm_volume(5734), TOKEN_VOLUME],
         "nodeSelector": {"accelerator": "nvidia"},
         "tolerations": [GPU_TOLERATION],
@@ -193,11 +173,7 @@ def test_a_worker_group_without_placement_sets_no_node_selector_or_tolerations()
     """Absent, not empty or null: the fields stay out of the manifest so nothing else's value is overwritten."""
     spec = pods.worker_pod_template(NO_AUTH, CPU_GROUP, {})["spec"]
     assert without(spec, "containers", "initContainers") == {
-        "serviceAccountName": "demo",
-        "automountServiceAccountToken": False,
-        "securityContext": POD_SECURITY,
-        "restartPolicy": "Always",
-        "terminationGracePeriodSeconds": 135,
+        **WORKER_POD,
         "volumes": [*SCRATCH_VOLUMES, shm_volume(1075)],
     }
     assert [c["volumeMounts"] for c in spec["initContainers"] + spec["containers"]] == [
