@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGET = 0.90
 # docs/mutation.md lists each equivalent mutant as a bullet that starts with its name in backticks.
 EQUIVALENT_ENTRY = re.compile(r"^- `(components\.[\w.]+__mutmut_\d+)`", re.MULTILINE)
-# What mutmut reports for mutants the fast tests or mypy (CI's type check) reject.
-KILLED = {"killed", "caught by type check", "timeout"}
+# What mutmut reports for mutants the fast tests reject (a test that never ends is a failure too).
+KILLED = {"killed", "timeout"}
 
 
 def results() -> dict[str, str]:

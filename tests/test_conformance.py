@@ -134,9 +134,9 @@ def validate_everywhere(manifest: Manifest) -> None:
 @cache
 def validate_json(manifest: str) -> None:
     """Variants share most manifests: each distinct one is validated once (a failure is not cached)."""
-    for version in VERSIONS:
-        kubernetes_validate.validate(json.loads(manifest), version, strict=True)
     parsed = json.loads(manifest)
+    for version in VERSIONS:
+        kubernetes_validate.validate(parsed, version, strict=True)
     rejections = list(api_server_rejections(parsed, kind_schema(parsed), parsed["kind"]))
     if rejections:
         raise ApiServerRejectionError("\n".join(rejections))

@@ -210,6 +210,16 @@ MOUNTS = [
 ]
 
 
+# What the head's and every worker's Ray container share: a writable HOME as working directory, the restricted
+# security context, the token and /dev/shm mounts, and the lenient liveness probe.
+EVERY_RAY_CONTAINER = {
+    "workingDir": "/home/ray/workspace",
+    "securityContext": RESTRICTED_CONTAINER,
+    "volumeMounts": MOUNTS,
+    "livenessProbe": LIVENESS,
+}
+
+
 def tcp_ports(*named: tuple[str, int]) -> list[dict[str, object]]:
     """Container ports as the API server accepts them: protocol is case-sensitive ("TCP", never "tcp")."""
     return [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in named]
@@ -224,14 +234,11 @@ def test_head_container_is_exactly_the_promised_spec() -> None:
         "name": "ray-head",
         "image": "rayproject/ray:2.60.0",
         "command": ["/bin/bash", "-c", ULIMIT + HEAD_RAY_START],
-        "workingDir": "/home/ray/workspace",
+        **EVERY_RAY_CONTAINER,
         "env": [*BASE_ENV, *TOKEN_ENV, {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": "0"}],
         "ports": tcp_ports(("gcs", 6379), ("dashboard", 8265), ("client", 10001), ("metrics", 8080), ("agent", 52365)),
         "resources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}},
-        "securityContext": RESTRICTED_CONTAINER,
-        "volumeMounts": MOUNTS,
         "readinessProbe": {"httpGet": {"path": "/api/gcs_healthz", "port": 8265}, **READINESS_TIMINGS},
-        "livenessProbe": LIVENESS,
     }
 
 
@@ -244,7 +251,7 @@ def test_worker_container_is_exactly_the_promised_spec() -> None:
         "name": "ray-worker",
         "image": "my/ray:custom",
         "command": ["/bin/bash", "-c", ULIMIT + WORKER_RAY_START],
-        "workingDir": "/home/ray/workspace",
+        **EVERY_RAY_CONTAINER,
         "env": [
             *BASE_ENV,
             *TOKEN_ENV,
@@ -254,10 +261,7 @@ def test_worker_container_is_exactly_the_promised_spec() -> None:
         ],
         "ports": tcp_ports(("metrics", 8080), ("agent", 52365)),
         "resources": {"requests": {"cpu": "1500m", "memory": "3Gi"}, "limits": {"cpu": "1500m", "memory": "3Gi"}},
-        "securityContext": RESTRICTED_CONTAINER,
-        "volumeMounts": MOUNTS,
         "readinessProbe": {"httpGet": {"path": "/api/healthz", "port": 52365}, **READINESS_TIMINGS},
-        "livenessProbe": LIVENESS,
     }
 
 

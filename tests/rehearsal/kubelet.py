@@ -116,6 +116,12 @@ class ContainerStatus:
     exits: list[float] = field(default_factory=list)  # and of each exit the kubelet saw
     log: Path = Path("/dev/null")
 
+    def exited(self, code: int) -> None:
+        """The kubelet saw the container's process end: it is neither running nor ready, with this exit code."""
+        self.running, self.ready = False, False
+        self.exit_codes.append(code)
+        self.exits.append(time.monotonic())
+
 
 class Pod:
     """One pod: its volumes on disk, its containers as processes, its status as a kubelet would report it.
@@ -483,10 +489,7 @@ class Pod:
         running = [name for name, status in self.statuses.items() if status.running]
         codes = self._stop_containers(running, lambda: grace_end if self._kill_at is None else self._kill_at)
         for name, code in codes.items():
-            status = self.statuses[name]
-            status.running, status.ready = False, False
-            status.exit_codes.append(code)
-            status.exits.append(time.monotonic())
+            self.statuses[name].exited(code)
         if not self.finished:
             last = [self.statuses[c["name"]].exit_codes[-1:] for c in self.spec["containers"]]
             self.phase = "Succeeded" if all(exit_code == [0] for exit_code in last) else "Failed"
@@ -500,9 +503,7 @@ class Pod:
                 return False
             with self._lock:
                 self._processes.pop(container["name"], None)
-            status.running = False
-            status.exit_codes.append(code)
-            status.exits.append(time.monotonic())
+            status.exited(code)
             if code == 0:
                 return True
             if not retry:
@@ -530,9 +531,7 @@ class Pod:
                 if status.running:  # it just exited
                     with self._lock:
                         self._processes.pop(name, None)
-                    status.running, status.ready = False, False
-                    status.exit_codes.append(process.wait())
-                    status.exits.append(time.monotonic())
+                    status.exited(process.wait())
                     if restart == "Never" or (restart == "OnFailure" and process.returncode == 0):
                         continue
                     next_start[name] = time.monotonic() + backoff[name]
