@@ -447,7 +447,8 @@ def test_containers_that_ignore_sigterm_are_killed_at_the_pods_one_deadline(clus
     ignore = 'trap "" TERM; while :; do sleep 0.1; done'
     _, pod = one_pod(cluster, ignore, 3, container(ignore, name="sidecar"))
     assert 2.9 < deleted(cluster, pod) < 5.5  # one deadline for the pod, not one per container
-    assert [pod.statuses[name].exit_codes for name in ("main", "sidecar")] == [[-9], [-9]]
+    codes = [pod.statuses[name].exit_codes for name in ("main", "sidecar")]
+    assert codes == [[-9], [-9]], f"{pod.logs('main')}\n{pod.logs('sidecar')}\n{pod.events()}"
 
 
 @pytest.mark.rehearsal

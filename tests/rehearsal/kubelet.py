@@ -17,6 +17,7 @@ filesystem is this machine's, with the image's /home and conda over it (see imag
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import os
 import re
@@ -115,6 +116,7 @@ class ContainerStatus:
     starts: list[float] = field(default_factory=list)  # time.monotonic() of each start
     exits: list[float] = field(default_factory=list)  # and of each exit the kubelet saw
     log: Path = Path("/dev/null")
+    collected_log: str = ""  # the log's last text, once the pod's files are gone
 
     def exited(self, code: int) -> None:
         """The kubelet saw the container's process end: it is neither running nor ready, with this exit code."""
@@ -193,11 +195,13 @@ class Pod:
         return sum(status.restarts for status in self.statuses.values())
 
     def logs(self, container: str) -> str:
-        """The container's output, every start of it; empty once the pod is gone."""
+        """The container's output, every start of it; kept once the pod is gone, as a log collector would, so a
+        test can still say why a deleted pod's container ended as it did."""
+        status = self.statuses[container]
         try:
-            return self.statuses[container].log.read_text(errors="replace")
+            return status.log.read_text(errors="replace")
         except FileNotFoundError:
-            return ""
+            return status.collected_log
 
     def events(self) -> str:
         """What `kubectl describe pod` would list under Events: failed mounts, kubelet errors."""
@@ -231,6 +235,8 @@ class Pod:
         return self._thread is None or not self._thread.is_alive()
 
     def release_files(self) -> None:
+        for status in self.statuses.values():
+            status.collected_log = self.logs(status.name)
         for volume in self.spec.get("volumes", []):
             path = self.directory / "volumes" / volume["name"]
             if volume.get("emptyDir", {}).get("medium") == "Memory":
@@ -442,14 +448,18 @@ class Pod:
         signalled: set[str] = set()
         while alive := {name: p for name, p in processes.items() if p.poll() is None}:
             for name in alive.keys() - signalled:
-                if _signal_main(alive[name], signal.SIGTERM):
+                if main := _main_processes(alive[name]):
+                    _signal(main, signal.SIGTERM)
                     signalled.add(name)
             if time.monotonic() >= deadline():
                 for process in alive.values():
-                    # Killing its PID 1 takes the container's whole PID namespace down; unshare's --kill-child
-                    # covers only a container not yet forked (a change of user clears it from the forked one).
-                    _signal_main(process, signal.SIGKILL)
+                    # unshare first, so the exit code is the kill's: left to report its child's SIGKILL itself,
+                    # util-linux 2.38's unshare exits 1 instead ("sigprocmask unblock failed"). Then its PID 1,
+                    # which takes the container's whole PID namespace down: unshare's --kill-child covers only a
+                    # container not yet forked (a change of user clears it from the forked one).
+                    main = _main_processes(process)
                     process.kill()
+                    _signal(main, signal.SIGKILL)
                 for process in alive.values():
                     process.wait(timeout=30)
                 break
@@ -580,20 +590,19 @@ def _host_path(target: PurePosixPath, mounts: list[tuple[PurePosixPath, Path]]) 
     return Path(target)
 
 
-def _signal_main(process: subprocess.Popen[bytes], signum: int) -> bool:
-    """Signal a container's main process, its PID 1, as the runtime would: `unshare --fork` is its parent.
-    False if it has not been forked yet."""
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+def _main_processes(process: subprocess.Popen[bytes]) -> list[int]:
+    """A container's main process, its PID 1, as the runtime would signal it: `unshare --fork` is its parent.
+    Empty if it has not been forked yet."""
     try:
-        main = children.read_text().split()
+        return [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
     except OSError:
-        return False
-    for pid in main:
-        try:
-            os.kill(int(pid), signum)
-        except ProcessLookupError:
-            continue
-    return bool(main)
+        return []
+
+
+def _signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
 class _Probes:
