@@ -51,6 +51,11 @@ SHUTDOWN_MARGIN_SECONDS = 15
 # The head does not drain: without GCS fault tolerance its loss ends every job anyway, and a head that drains
 # only delays its replacement.
 HEAD_DRAIN_SECONDS = 0
+# Ray Client's proxier on the head starts a server for each client with `Popen(preexec_fn=...)`, a fork() of a
+# multithreaded gRPC process; with gRPC's fork support on, the child now and then dies before its exec and the
+# client waits about 40 s (the proxier's 30 s channel timeout, then a retry) or fails: ray-project/ray#63202, fix
+# pending in #65982. With it off, the fork is a plain one. Only the head runs the proxier.
+GRPC_FORK_SUPPORT_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 # A raylet whose head came back within gcsReconnectTimeoutSeconds reconnects to a GCS that has never heard of it
 # (a new cluster, without GCS fault tolerance); it learns so, and exits to be restarted into the new cluster, only
 # at its next self-check, every 60 s by Ray's default. A cheap RPC every few seconds makes that a few seconds.
@@ -244,11 +249,14 @@ def drain_seconds(settings: ClusterSettings, *, head: bool) -> int:
 
 
 def node_env(settings: ClusterSettings, *, head: bool) -> list[Manifest]:
-    """How long a node drains when its pod is deleted; for workers also how long the raylet waits for a lost head
-    before it exits, and how soon it notices that the head it reconnected to is a new one, to be restarted against
-    the new head either way."""
+    """How long a node drains when its pod is deleted; for the head, gRPC without fork support, so that Ray
+    Client connections do not stall; for workers, how long the raylet waits for a lost head before it exits, and
+    how soon it notices that the head it reconnected to is a new one, to be restarted against the new head either
+    way."""
     env = [{"name": DRAIN_TIMEOUT_ENV, "value": str(drain_seconds(settings, head=head))}]
-    if not head:
+    if head:
+        env.append({"name": GRPC_FORK_SUPPORT_ENV, "value": "0"})
+    else:
         reconnect = str(settings.gcs_reconnect_timeout_seconds)
         env.append({"name": "RAY_gcs_rpc_server_reconnect_timeout_s", "value": reconnect})
         env.append({"name": LIVENESS_SELF_CHECK_ENV, "value": str(LIVENESS_SELF_CHECK_SECONDS * 1000)})

@@ -228,14 +228,20 @@ def tcp_ports(*named: tuple[str, int]) -> list[dict[str, object]]:
 def test_head_container_is_exactly_the_promised_spec() -> None:
     """Ray's head: `ray start --head` in the foreground with the pod's own sizing, the GCS, dashboard and client
     ports named for the Service, readiness on the GCS health endpoint every second, liveness lenient as KubeRay's,
-    the restricted security context, the token file and a memory-backed /dev/shm."""
+    the restricted security context, the token file, a memory-backed /dev/shm, and gRPC without fork support."""
     container = pods.ray_container(SETTINGS, SETTINGS.head, "rayproject/ray:2.60.0", head=True)
     assert container == {
         "name": "ray-head",
         "image": "rayproject/ray:2.60.0",
         "command": ["/bin/bash", "-c", ULIMIT + HEAD_RAY_START],
         **EVERY_RAY_CONTAINER,
-        "env": [*BASE_ENV, *TOKEN_ENV, {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": "0"}],
+        "env": [
+            *BASE_ENV,
+            *TOKEN_ENV,
+            {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": "0"},
+            # Ray Client's proxier forks a server per client; with gRPC's fork support on, now and then it stalls.
+            {"name": "GRPC_ENABLE_FORK_SUPPORT", "value": "0"},
+        ],
         "ports": tcp_ports(("gcs", 6379), ("dashboard", 8265), ("client", 10001), ("metrics", 8080), ("agent", 52365)),
         "resources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}},
         "readinessProbe": {"httpGet": {"path": "/api/gcs_healthz", "port": 8265}, **READINESS_TIMINGS},
