@@ -4,17 +4,20 @@ For 1, 2 and 3 workers it measures, from the moment all pods are started at once
 has joined and until the smoke test has passed, and the peak memory of all the cluster's processes; then the
 same for the floor: the same Ray, in the same kind of network namespaces, started by hand (`ray start --head`,
 then the workers, no init containers, no probes, no token) and the same smoke-test script run directly.
-Each is measured `--repeat` times, interleaved, and the median is reported. Prints a Markdown table with the
-ratios. Needs root, like the rehearsal.
+Each is measured `--repeat` times, interleaved, and the median is reported. Prints Markdown: the table with the
+ratios and how far the worst run lies from its median, where the memory goes (by kind of process), and the raw
+runs with each worker's timeline (init container, Ray container, node ALIVE). Needs root, like the rehearsal.
 
-    sudo .venv/bin/python bench/time_to_ready.py [--workers 1 2 3] [--repeat 3]
+    sudo .venv/bin/python bench/time_to_ready.py [--workers 1 2 3] [--repeat 5] [--keep-logs DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -23,7 +26,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components import pods
 from tests.program import render
 from tests.rehearsal.cluster import Cluster, wait_for
-from tests.rehearsal.kubelet import IMAGE_ROOT
+from tests.rehearsal.kubelet import IMAGE_ROOT, Pod
 from tests.rehearsal.network import PodNetwork
 
 SMOKE_TEST = Path(pods.__file__).with_name(pods.SMOKE_TEST_FILE)
@@ -43,29 +46,37 @@ class Run:
     joined: float
     smoke_passed: float
     peak_mib: float
+    peak_kib_by_kind: dict[str, int] = field(default_factory=dict)
+    worker_timelines: list[str] = field(default_factory=list)
 
 
 class MemorySampler:
-    """Peak of the summed resident memory of every process in the given network namespaces."""
+    """Peak of the summed resident memory of every process in the given network namespaces, and at that peak how
+    much each kind of process held (see `process_kind`), to show where the memory goes."""
 
     def __init__(self, namespaces: Callable[[], list[str]]) -> None:
         self.namespaces, self.peak_kib = namespaces, 0
+        self.peak_by_kind: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
         while not self._stop.wait(0.5):
-            total = 0
+            by_kind: dict[str, int] = {}
             for namespace in self.namespaces():
                 listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
                 for pid in listed.stdout.split():
                     try:
                         status = Path(f"/proc/{pid}/status").read_text()
+                        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                     except OSError:
                         continue
-                    total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")), 0)
-            self.peak_kib = max(self.peak_kib, total)
+                    rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")), 0)
+                    kind = process_kind([part.decode(errors="replace") for part in command if part])
+                    by_kind[kind] = by_kind.get(kind, 0) + rss
+            if sum(by_kind.values()) > self.peak_kib:
+                self.peak_kib, self.peak_by_kind = sum(by_kind.values()), by_kind
 
     def stop(self) -> float:
         self._stop.set()
@@ -73,7 +84,31 @@ class MemorySampler:
         return self.peak_kib / 1024
 
 
-def alive_nodes(head_ip: str, token: str) -> int:
+# The kinds of process a Ray cluster runs, by a word of their command line (first match wins).
+PROCESS_KINDS = (
+    ("gcs_server", "gcs_server"),
+    ("raylet", "raylet"),
+    ("dashboard/dashboard.py", "dashboard"),
+    ("dashboard/agent.py", "dashboard agent"),
+    ("runtime_env/agent", "runtime env agent"),
+    ("log_monitor.py", "log monitor"),
+    ("autoscaler/_private/monitor.py", "autoscaler monitor"),
+    ("specific-server", "client server (per client)"),
+    ("ray.util.client.server", "client proxier"),
+    ("ray::", "worker process"),
+    ("default_worker.py", "worker process"),
+    ("smoke_test.py", "smoke-test driver"),
+    ("health-check", "ray health-check"),
+    ("ray start", "ray start --block"),
+)
+
+
+def process_kind(command: list[str]) -> str:
+    line = " ".join(command)
+    return next((kind for word, kind in PROCESS_KINDS if word in line), Path(command[0]).name if command else "?")
+
+
+def alive_node_ips(head_ip: str, token: str) -> set[str]:
     request = urllib.request.Request(
         f"http://{head_ip}:{pods.DASHBOARD_PORT}/nodes?view=summary", headers={"Authorization": f"Bearer {token}"}
     )
@@ -81,11 +116,11 @@ def alive_nodes(head_ip: str, token: str) -> int:
         with urllib.request.urlopen(request, timeout=2) as response:
             summary = json.load(response)["data"]["summary"]
     except (OSError, ValueError, KeyError):
-        return 0
-    return sum(node["raylet"]["state"] == "ALIVE" for node in summary)
+        return set()
+    return {node["ip"] for node in summary if node["raylet"]["state"] == "ALIVE"}
 
 
-def rendered_cluster(workers: int) -> Run:
+def rendered_cluster(workers: int, keep_logs: Path | None) -> Run:
     rendered = render({"workers": workers})
     cluster = Cluster(Path(f"/run/ray-bench-{os.getpid()}"))
     try:
@@ -100,18 +135,48 @@ def rendered_cluster(workers: int) -> Run:
         token = rendered.one("Secret")["stringData"][pods.AUTH_TOKEN_KEY]
         head_service = rendered.one("Service")["metadata"]
         head_name = f"{head_service['name']}.{head_service['namespace']}.svc.cluster.local"
+        alive_since: dict[str, float] = {}
 
         def all_joined() -> bool:
-            return any(alive_nodes(ip, token) == workers + 1 for ip in cluster.resolve(head_name))
+            for ip in (ip for head_ip in cluster.resolve(head_name) for ip in alive_node_ips(head_ip, token)):
+                alive_since.setdefault(ip, time.monotonic() - started)
+            return len(alive_since) == workers + 1
 
         wait_for(all_joined, TIMEOUT, "every worker joined", interval=0.1)
         joined = time.monotonic() - started
         thread.join(TIMEOUT)
         if "up" not in done:
             raise RuntimeError("pulumi up (rehearsed) did not finish")
-        return Run(joined, done["up"], sampler.stop())
+        timeline = [worker_timeline(pod, started, alive_since) for pod in cluster.pods.values() if "worker" in pod.name]
+        return Run(joined, done["up"], sampler.stop(), sampler.peak_by_kind, timeline)
     finally:
+        if keep_logs:
+            save_logs(cluster, keep_logs / time.strftime("%H%M%S"))
         cluster.close()
+
+
+def save_logs(cluster: Cluster, directory: Path) -> None:
+    """Every container's output and Ray's own logs (from each pod's /tmp), to find out afterwards why a run was
+    slow."""
+    for pod in cluster.pods.values():
+        for name in pod.statuses:
+            (directory / pod.name).mkdir(parents=True, exist_ok=True)
+            (directory / pod.name / f"{name}.log").write_text(pod.logs(name))
+        for log in (pod.directory / "volumes" / "tmp").glob("ray/session_*/logs/*"):
+            if log.is_file() and log.suffix in (".out", ".err", ".log"):
+                shutil.copy(log, directory / pod.name / log.name)
+
+
+def worker_timeline(pod: Pod, started: float, alive_since: dict[str, float]) -> str:
+    """When (seconds after the start) each of the worker pod's containers started and exited, with their exit
+    codes, and when its node turned ALIVE: a late worker shows which of them it waited for."""
+    parts = []
+    for name, status in pod.statuses.items():
+        starts = "/".join(f"{moment - started:.1f}" for moment in status.starts)
+        ends = zip(status.exits, status.exit_codes, strict=True)
+        exits = "/".join(f"{moment - started:.1f}({code})" for moment, code in ends)
+        parts.append(f"{name} {starts}-{exits or '...'}")
+    return f"{' '.join(parts)} alive {alive_since.get(pod.ip, math.nan):.1f}"
 
 
 def floor(workers: int) -> Run:
@@ -121,15 +186,19 @@ def floor(workers: int) -> Run:
         sampler = MemorySampler(lambda: list(namespaces))
         image = {"PATH": f"{IMAGE_ROOT}/bin:/usr/bin:/bin", "HOME": "/root", "RAY_USAGE_STATS_ENABLED": "0"}
 
-        def node(name: str, *args: str) -> tuple[str, subprocess.Popen[bytes]]:
+        def node(name: str, *args: str, env: dict[str, str] = image) -> tuple[str, subprocess.Popen[bytes]]:
             namespace, ip = network.add_pod(name)
             namespaces.append(namespace)
             command = ["ip", "netns", "exec", namespace, "ray", "start", f"--node-ip-address={ip}",
                        f"--temp-dir=/tmp/ray-floor-{name}", "--num-cpus=1", *args]  # fmt: skip
-            return ip, subprocess.Popen(command, env=image, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return ip, subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         started = time.monotonic()
-        head_ip, head = node("head", "--head", "--port=6379", "--dashboard-host=0.0.0.0", "--disable-usage-stats")
+        # The floor gets the Ray Client fork workaround too: a known bug's workaround is part of Ray done by hand.
+        head_env = {**image, pods.GRPC_FORK_SUPPORT_ENV: "0"}
+        head_ip, head = node(
+            "head", "--head", "--port=6379", "--dashboard-host=0.0.0.0", "--disable-usage-stats", env=head_env
+        )
         if head.wait(TIMEOUT) != 0:
             raise RuntimeError("ray start --head failed")
         joiners = [node(f"worker{i}", f"--address={head_ip}:6379")[1] for i in range(workers)]
@@ -146,10 +215,33 @@ def floor(workers: int) -> Run:
         )  # fmt: skip
         if "Success!" not in smoke.stdout:
             raise RuntimeError(f"floor smoke test failed:\n{smoke.stdout}\n{smoke.stderr}")
-        return Run(joined, time.monotonic() - started, sampler.stop())
+        return Run(joined, time.monotonic() - started, sampler.stop(), sampler.peak_by_kind)
     finally:
         network.close()  # kills what is left in each namespace
         subprocess.run(["sh", "-c", "rm -rf /tmp/ray-floor-*"], check=False)
+
+
+def raw(workers: int, ours: Run, by_hand: Run) -> str:
+    sides = [
+        f"{name}: joined {run.joined:5.1f}  smoke {run.smoke_passed:5.1f}  peak {run.peak_mib:5.0f} MiB"
+        for name, run in (("ours", ours), ("floor", by_hand))
+    ]
+    return f"{workers} workers  " + "   ".join(sides)
+
+
+def worst_over_median(values: list[float]) -> float:
+    return max(values) / statistics.median(values)
+
+
+def memory_table(runs: list[tuple[Run, Run]]) -> list[str]:
+    """Where the memory goes: each kind of process's mean MiB at the peak, ours against the floor."""
+    kinds = sorted({kind for pair in runs for run in pair for kind in run.peak_kib_by_kind})
+
+    def mean_mib(side: int, kind: str) -> float:
+        return statistics.mean(pair[side].peak_kib_by_kind.get(kind, 0) for pair in runs) / 1024
+
+    rows = sorted(((mean_mib(0, k), mean_mib(1, k), k) for k in kinds), reverse=True)
+    return [f"| {kind} | {ours:.0f} | {floor_mib:.0f} | {ours - floor_mib:+.0f} |" for ours, floor_mib, kind in rows]
 
 
 def main() -> None:
@@ -157,27 +249,44 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--keep-logs", type=Path, help="save every run's container and Ray logs under this folder")
     arguments = parser.parse_args()
-    rows = []
+    rows, raws, memory = [], [], []
     for workers in arguments.workers:
-        runs = [(rendered_cluster(workers), floor(workers)) for _ in range(arguments.repeat)]
-        for ours, by_hand in runs:
-            print(f"  {workers} workers: {ours} / floor {by_hand}", file=sys.stderr, flush=True)
-        ours, by_hand = (
+        runs = []
+        for _ in range(arguments.repeat):
+            runs.append((rendered_cluster(workers, arguments.keep_logs), floor(workers)))
+            raws.append(raw(workers, *runs[-1]))
+            raws += [f"    worker {timeline}" for timeline in runs[-1][0].worker_timelines]
+            print("\n".join(raws[-1 - workers :]), file=sys.stderr, flush=True)
+        medians = [
             Run(*(statistics.median(getattr(r, f) for r in column) for f in ("joined", "smoke_passed", "peak_mib")))
             for column in zip(*runs, strict=True)
+        ]
+        ours, by_hand = medians
+        spread = max(
+            worst_over_median([getattr(pair[side], f) for pair in runs])
+            for side in (0, 1)
+            for f in ("joined", "smoke_passed")
         )
         rows.append(
             f"| {workers} | {ours.joined:.1f} | {by_hand.joined:.1f} | {ours.joined / by_hand.joined:.2f}x "
             f"| {ours.smoke_passed:.1f} | {by_hand.smoke_passed:.1f} | {ours.smoke_passed / by_hand.smoke_passed:.2f}x "
-            f"| {ours.peak_mib:.0f} | {by_hand.peak_mib:.0f} |"
+            f"| {ours.peak_mib:.0f} | {by_hand.peak_mib:.0f} | {ours.peak_mib / by_hand.peak_mib:.2f}x "
+            f"| {spread:.2f}x |"
         )
+        memory += [f"| {workers} " + row for row in memory_table(runs)]
         print(rows[-1], file=sys.stderr, flush=True)
     print("| workers | joined (s) | floor joined (s) | ratio | smoke passed (s) | floor smoke (s) | ratio "
-          "| peak MiB | floor peak MiB |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| peak MiB | floor peak MiB | ratio | worst run / median |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    print("\nMemory at the peak, mean MiB by kind of process:\n")
+    print("| workers | process | ours | floor | difference |\n|---|---|---|---|---|")
+    print("\n".join(memory))
+    print("\nRaw runs (seconds; each worker: its containers' start-exit(code) and when its node turned ALIVE):\n")
+    print("```\n" + "\n".join(raws) + "\n```")
 
 
 if __name__ == "__main__":
