@@ -21,9 +21,6 @@ DASHBOARD_PORT = 8265
 CLIENT_PORT = 10001
 METRICS_PORT = 8080
 AGENT_PORT = 52365
-# Fixed rather than random, so the head's Ray Client server knows the runtime env agent's address from the start
-# instead of looking it up while the agent may still be registering (first client connections failed that way).
-RUNTIME_ENV_AGENT_PORT = 52366
 
 # The official Ray image runs as user `ray` (uid 1000, group `users`, gid 100), with HOME and WORKDIR /home/ray and
 # conda in /home/ray/anaconda3. The root filesystem is read-only, so HOME and the working directory move to an
@@ -131,7 +128,6 @@ def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: 
         f"--memory={node.memory_bytes}",
         f"--object-store-memory={node.object_store_bytes}",
         f"--dashboard-agent-listen-port={AGENT_PORT}",
-        f"--runtime-env-agent-port={RUNTIME_ENV_AGENT_PORT}",
         f"--metrics-export-port={METRICS_PORT}",
         "--disable-usage-stats",
         "--block",

@@ -173,13 +173,13 @@ ULIMIT = 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; '
 HEAD_RAY_START = (
     "exec ray start --head --port=6379 --dashboard-host=0.0.0.0 --dashboard-port=8265 --ray-client-server-port=10001"
     " '--node-ip-address=$(RAY_POD_IP)' --num-cpus=2 --num-gpus=0 --memory=6012954215"
-    " --object-store-memory=2576980377 --dashboard-agent-listen-port=52365 --runtime-env-agent-port=52366"
+    " --object-store-memory=2576980377 --dashboard-agent-listen-port=52365"
     " --metrics-export-port=8080 --disable-usage-stats --block"
 )
 WORKER_RAY_START = (
     "exec ray start --address=demo-head.ml.svc:6379"
     " '--node-ip-address=$(RAY_POD_IP)' --num-cpus=2 --num-gpus=0 --memory=2254857831"
-    " --object-store-memory=966367641 --dashboard-agent-listen-port=52365 --runtime-env-agent-port=52366"
+    " --object-store-memory=966367641 --dashboard-agent-listen-port=52365"
     " --metrics-export-port=8080 --disable-usage-stats --block"
 )
 TOKEN_ENV = [
