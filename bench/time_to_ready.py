@@ -179,6 +179,14 @@ def worker_timeline(pod: Pod, started: float, alive_since: dict[str, float]) -> 
     return f"{' '.join(parts)} alive {alive_since.get(pod.ip, math.nan):.1f}"
 
 
+def floor_smoke_env(workers: int, head_ip: str) -> dict[str, str]:
+    """The smoke-test Job's own SMOKE_* settings for this many workers, so the floor runs the same test, and the
+    floor's head as its Ray Client address."""
+    [driver] = render({"workers": workers}).one("Job")["spec"]["template"]["spec"]["containers"]
+    smoke = {variable["name"]: variable["value"] for variable in driver["env"] if variable["name"].startswith("SMOKE_")}
+    return {**smoke, "RAY_ADDRESS": f"ray://{head_ip}:{pods.CLIENT_PORT}"}
+
+
 def floor(workers: int) -> Run:
     network = PodNetwork(f"rf{os.getpid() % 10000}")
     namespaces: list[str] = []
@@ -209,8 +217,7 @@ def floor(workers: int) -> Run:
         namespaces.append(driver_namespace)
         smoke = subprocess.run(
             ["ip", "netns", "exec", driver_namespace, "python", str(SMOKE_TEST)],
-            env={**image, "RAY_ADDRESS": f"ray://{head_ip}:10001", "SMOKE_EXPECTED_WORKERS": str(workers),
-                 "SMOKE_NODE_WAIT_SECONDS": str(pods.SMOKE_NODE_WAIT_SECONDS)},
+            env={**image, **floor_smoke_env(workers, head_ip)},
             capture_output=True, text=True, timeout=TIMEOUT, check=False,
         )  # fmt: skip
         if "Success!" not in smoke.stdout:

@@ -140,24 +140,33 @@ def shell(script: str) -> list[str]:
     return ["/bin/bash", "-c", f'ulimit -n {NOFILE_LIMIT} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; {script}']
 
 
-def wait_for_gcs_script(settings: ClusterSettings) -> str:
-    """Loop until the head's GCS answers, so workers wait instead of crash-looping while the head starts, and say
-    each time why it does not yet: the name does not resolve, the port refuses, or what `ray health-check` said
-    (a token the head does not accept, say).
+# How often a waiting worker tries the head's GCS port (a TCP connect costs next to nothing), and how often it
+# repeats an unchanged reason for waiting in its log.
+GCS_POLL_SECONDS = "0.2"
+WAIT_REPORT_SECONDS = 5
 
-    A plain TCP connect (bash's /dev/tcp) gates the `ray health-check`, so the waiting workers do not spend
-    the CPU the starting head needs on a Python import every second.
+
+def wait_for_gcs_script(settings: ClusterSettings) -> str:
+    """Loop until the head's GCS answers and accepts this cluster's token, so workers wait instead of crash-looping
+    while the head starts (or while a rotated token reaches it), and say why they wait: the name does not resolve,
+    the port refuses, or what `ray health-check` said (a token the head does not accept, say), at once when the
+    reason changes and every few seconds while it does not.
+
+    A plain TCP connect (bash's /dev/tcp) gates the `ray health-check`, so the waiting workers do not spend the
+    CPU the starting head needs on a Python start; it is tried five times a second, so a worker learns of the
+    open port within a fifth of a second. Only the first line of bash's own message is kept, without its
+    `bash: line 1: ` prefix.
     """
     host, address = settings.head_host, f"{settings.head_host}:{GCS_PORT}"
     return (
-        "while true; do "
+        "said=; said_at=0; while true; do "
         f"if why=$( (exec 3<>/dev/tcp/{host}/{GCS_PORT}) 2>&1 ); then "
         f"why=$(ray health-check --address={address} 2>&1) && break; "
-        'why=$(printf "%s" "$why" | tail -n 1); why=${why:-"ray health-check failed without a word"}; '
-        # bash's own first line says what failed (`<host>: Name or service not known`, `connect: Connection
-        # refused`) after its `bash: line 1: ` prefix.
-        'else why=$(printf "%s" "$why" | head -n 1 | sed \'s/^bash: \\(line [0-9]*: \\)\\{0,1\\}//\'); fi; '
-        f'echo "waiting for the Ray head (GCS) at {address}: $why"; sleep 1; done; '
+        "why=${why##*$'\\n'}; why=${why:-\"ray health-check failed without a word\"}; pause=1; "
+        f"else why=${{why%%$'\\n'*}}; why=${{why#*bash: }}; why=${{why#line *: }}; pause={GCS_POLL_SECONDS}; fi; "
+        f'if [ "$why" != "$said" ] || [ $((SECONDS - said_at)) -ge {WAIT_REPORT_SECONDS} ]; then '
+        f'echo "waiting for the Ray head (GCS) at {address}: $why"; said=$why; said_at=$SECONDS; fi; '
+        'sleep "$pause"; done; '
         f'echo "GCS at {address} is ready"'
     )
 
