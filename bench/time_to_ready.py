@@ -1,12 +1,13 @@
 """Time to ready: the rendered cluster (rehearsal harness) against Ray started by hand, side by side.
 
 For 1, 2 and 3 workers it measures, from the moment all pods are started at once, the seconds until every worker
-has joined and until the smoke test has passed, and the peak memory of all the cluster's processes; then the
+has joined (the GCS logged its registration) and until the smoke test has passed (for ours: `pulumi up` is done),
+and the peak memory of all the cluster's processes; then the
 same for the floor: the same Ray, in the same kind of network namespaces, started by hand (`ray start --head`,
 then the workers, no init containers, no probes, no token) and the same smoke-test script run directly.
 Each is measured `--repeat` times, interleaved, and the median is reported. Prints Markdown: the table with the
 ratios and how far the worst run lies from its median, where the memory goes (by kind of process), and the raw
-runs with each worker's timeline (init container, Ray container, node ALIVE). Needs root, like the rehearsal.
+runs with each worker's timeline (init container, Ray container, registration). Needs root, like the rehearsal.
 
     sudo .venv/bin/python bench/time_to_ready.py [--workers 1 2 3] [--repeat 5] [--keep-logs DIR]
 """
@@ -14,9 +15,10 @@ runs with each worker's timeline (init container, Ray container, node ALIVE). Ne
 from __future__ import annotations
 
 import argparse
-import json
+import datetime
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -24,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import pods
 from tests.program import render
-from tests.rehearsal.cluster import Cluster, wait_for
+from tests.rehearsal.cluster import Cluster
 from tests.rehearsal.kubelet import IMAGE_ROOT, Pod
 from tests.rehearsal.network import PodNetwork
 
@@ -108,16 +109,30 @@ def process_kind(command: list[str]) -> str:
     return next((kind for word, kind in PROCESS_KINDS if word in line), Path(command[0]).name if command else "?")
 
 
-def alive_node_ips(head_ip: str, token: str) -> set[str]:
-    request = urllib.request.Request(
-        f"http://{head_ip}:{pods.DASHBOARD_PORT}/nodes?view=summary", headers={"Authorization": f"Bearer {token}"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=2) as response:
-            summary = json.load(response)["data"]["summary"]
-    except (OSError, ValueError, KeyError):
-        return set()
-    return {node["ip"] for node in summary if node["raylet"]["state"] == "ALIVE"}
+# The GCS logs each node it registers, with the node's address: the same moment on both sides, without the
+# dashboard's own delay in listing nodes (seconds, and not the same with and without `--block`).
+REGISTERED = re.compile(r"^\[(\S+ \S+) .*Registering new node\..* node_address=(\S+)", re.MULTILINE)
+
+
+def gcs_log(ray_temp_dir: Path) -> Path:
+    """The GCS's log in the one session under Ray's temp dir (not through its session_latest link)."""
+    [log] = [path for path in ray_temp_dir.glob("session_*/logs/gcs_server.out") if not path.parents[1].is_symlink()]
+    return log
+
+
+def registrations(gcs_log: Path, started_wall: float) -> dict[str, float]:
+    """When (seconds after `started_wall`, a time.time()) the GCS registered each node address, first time only."""
+    registered: dict[str, float] = {}
+    for stamp, address in REGISTERED.findall(gcs_log.read_text(errors="replace")):
+        moment = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        registered.setdefault(address, moment - started_wall)
+    return registered
+
+
+def joined_at(registered: dict[str, float], nodes: int) -> float:
+    if len(registered) < nodes:
+        raise RuntimeError(f"the GCS registered {len(registered)} nodes, not {nodes}")
+    return max(registered.values())
 
 
 def rendered_cluster(workers: int, keep_logs: Path | None) -> Run:
@@ -127,32 +142,28 @@ def rendered_cluster(workers: int, keep_logs: Path | None) -> Run:
         sampler = MemorySampler(
             lambda: [p.network_namespace for p in list(cluster.pods.values()) if p.network_namespace]
         )
-        started = time.monotonic()
-        done: dict[str, float] = {}
-        thread = threading.Thread(target=lambda: done.setdefault("up", cluster.up(rendered, timeout=TIMEOUT)))
-        thread.start()
-
-        token = rendered.one("Secret")["stringData"][pods.AUTH_TOKEN_KEY]
-        head_service = rendered.one("Service")["metadata"]
-        head_name = f"{head_service['name']}.{head_service['namespace']}.svc.cluster.local"
-        alive_since: dict[str, float] = {}
-
-        def all_joined() -> bool:
-            for ip in (ip for head_ip in cluster.resolve(head_name) for ip in alive_node_ips(head_ip, token)):
-                alive_since.setdefault(ip, time.monotonic() - started)
-            return len(alive_since) == workers + 1
-
-        wait_for(all_joined, TIMEOUT, "every worker joined", interval=0.1)
-        joined = time.monotonic() - started
-        thread.join(TIMEOUT)
-        if "up" not in done:
-            raise RuntimeError("pulumi up (rehearsed) did not finish")
-        timeline = [worker_timeline(pod, started, alive_since) for pod in cluster.pods.values() if "worker" in pod.name]
-        return Run(joined, done["up"], sampler.stop(), sampler.peak_by_kind, timeline)
+        started, started_wall = time.monotonic(), time.time()
+        up = cluster.up(rendered, timeout=TIMEOUT)  # the smoke test passed, so every worker joined
+        [head] = [pod for pod in cluster.pods.values() if pod.name.startswith("ray-head-")]
+        registered = registrations(gcs_log(head.directory / "volumes" / "tmp" / "ray"), started_wall)
+        timeline = [worker_timeline(pod, started, registered) for pod in cluster.pods.values() if "worker" in pod.name]
+        return Run(joined_at(registered, workers + 1), up, sampler.stop(), sampler.peak_by_kind, timeline)
     finally:
         if keep_logs:
             save_logs(cluster, keep_logs / time.strftime("%H%M%S"))
         cluster.close()
+
+
+def worker_timeline(pod: Pod, started: float, registered: dict[str, float]) -> str:
+    """When (seconds after the start) each of the worker pod's containers started and exited, with their exit
+    codes, and when the GCS registered its node: a late worker shows which of them it waited for."""
+    parts = []
+    for name, status in pod.statuses.items():
+        starts = "/".join(f"{moment - started:.1f}" for moment in status.starts)
+        ends = zip(status.exits, status.exit_codes, strict=True)
+        exits = "/".join(f"{moment - started:.1f}({code})" for moment, code in ends)
+        parts.append(f"{name} {starts}-{exits or '...'}")
+    return f"{' '.join(parts)} registered {registered.get(pod.ip, math.nan):.1f}"
 
 
 def save_logs(cluster: Cluster, directory: Path) -> None:
@@ -165,18 +176,6 @@ def save_logs(cluster: Cluster, directory: Path) -> None:
         for log in (pod.directory / "volumes" / "tmp").glob("ray/session_*/logs/*"):
             if log.is_file() and log.suffix in (".out", ".err", ".log"):
                 shutil.copy(log, directory / pod.name / log.name)
-
-
-def worker_timeline(pod: Pod, started: float, alive_since: dict[str, float]) -> str:
-    """When (seconds after the start) each of the worker pod's containers started and exited, with their exit
-    codes, and when its node turned ALIVE: a late worker shows which of them it waited for."""
-    parts = []
-    for name, status in pod.statuses.items():
-        starts = "/".join(f"{moment - started:.1f}" for moment in status.starts)
-        ends = zip(status.exits, status.exit_codes, strict=True)
-        exits = "/".join(f"{moment - started:.1f}({code})" for moment, code in ends)
-        parts.append(f"{name} {starts}-{exits or '...'}")
-    return f"{' '.join(parts)} alive {alive_since.get(pod.ip, math.nan):.1f}"
 
 
 def floor_smoke_env(workers: int, head_ip: str) -> dict[str, str]:
@@ -201,7 +200,7 @@ def floor(workers: int) -> Run:
                        f"--temp-dir=/tmp/ray-floor-{name}", "--num-cpus=1", *args]  # fmt: skip
             return ip, subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         # The floor gets the Ray Client fork workaround too: a known bug's workaround is part of Ray done by hand.
         head_env = {**image, pods.GRPC_FORK_SUPPORT_ENV: "0"}
         head_ip, head = node(
@@ -212,7 +211,6 @@ def floor(workers: int) -> Run:
         joiners = [node(f"worker{i}", f"--address={head_ip}:6379")[1] for i in range(workers)]
         if any(process.wait(TIMEOUT) != 0 for process in joiners):
             raise RuntimeError("ray start (worker) failed")
-        joined = time.monotonic() - started
         driver_namespace, _ = network.add_pod("driver")
         namespaces.append(driver_namespace)
         smoke = subprocess.run(
@@ -222,7 +220,9 @@ def floor(workers: int) -> Run:
         )  # fmt: skip
         if "Success!" not in smoke.stdout:
             raise RuntimeError(f"floor smoke test failed:\n{smoke.stdout}\n{smoke.stderr}")
-        return Run(joined, time.monotonic() - started, sampler.stop(), sampler.peak_by_kind)
+        smoke_passed = time.monotonic() - started
+        joined = joined_at(registrations(gcs_log(Path("/tmp/ray-floor-head")), started_wall), workers + 1)
+        return Run(joined, smoke_passed, sampler.stop(), sampler.peak_by_kind)
     finally:
         network.close()  # kills what is left in each namespace
         subprocess.run(["sh", "-c", "rm -rf /tmp/ray-floor-*"], check=False)
@@ -292,7 +292,7 @@ def main() -> None:
     print("\nMemory at the peak, mean MiB by kind of process:\n")
     print("| workers | process | ours | floor | difference |\n|---|---|---|---|---|")
     print("\n".join(memory))
-    print("\nRaw runs (seconds; each worker: its containers' start-exit(code) and when its node turned ALIVE):\n")
+    print("\nRaw runs (seconds; each worker: its containers' start-exit(code) and when the GCS registered its node):\n")
     print("```\n" + "\n".join(raws) + "\n```")
 
 
