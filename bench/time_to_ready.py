@@ -85,16 +85,20 @@ class MemorySampler:
         return self.peak_kib / 1024
 
 
-# The kinds of process a Ray cluster runs, by a word of their command line (first match wins).
+# The kinds of process a Ray cluster runs, by a word of what they run (see `process_kind`; first match wins).
 PROCESS_KINDS = (
     ("gcs_server", "gcs_server"),
     ("raylet", "raylet"),
+    ("ray-dashboard-", "dashboard modules (a process each)"),
+    ("multiprocessing.", "dashboard modules' forkserver"),
     ("dashboard/dashboard.py", "dashboard"),
     ("dashboard/agent.py", "dashboard agent"),
+    ("ray::DashboardAgent", "dashboard agent"),
     ("runtime_env/agent", "runtime env agent"),
+    ("ray::RuntimeEnvAgent", "runtime env agent"),
     ("log_monitor.py", "log monitor"),
     ("autoscaler/_private/monitor.py", "autoscaler monitor"),
-    ("specific-server", "client server (per client)"),
+    ("--mode=specific-server", "client server (per client)"),
     ("ray.util.client.server", "client proxier"),
     ("ray::", "worker process"),
     ("default_worker.py", "worker process"),
@@ -105,8 +109,16 @@ PROCESS_KINDS = (
 
 
 def process_kind(command: list[str]) -> str:
-    line = " ".join(command)
-    return next((kind for word, kind in PROCESS_KINDS if word in line), Path(command[0]).name if command else "?")
+    """What a process runs: a binary or a retitled process (`ray::IDLE`, `ray-dashboard-NodeHead-0 (...)`) by its
+    first word, a Python process by its script, module or code (its other arguments name sockets and logs of
+    other processes, `--raylet-name=...` say), a client server also by its mode."""
+    if not command:
+        return "?"
+    if not Path(command[0]).name.startswith("python"):
+        what = command[0]
+    else:
+        what = " ".join(command[1:3]) + "".join(f" {word}" for word in command if word.startswith("--mode="))
+    return next((kind for word, kind in PROCESS_KINDS if word in what), Path(command[0]).name)
 
 
 # The GCS logs each node it registers, with the node's address: the same moment on both sides, without the
