@@ -60,6 +60,25 @@ def test_worker_command_survives_the_shell() -> None:
     assert "--address=demo-head.ml.svc:6379" in args
 
 
+# The whole wait, as a worker's init container runs it (written out by hand, so any change to it shows here).
+WAIT_FOR_GCS = (
+    "said=; said_at=0; while true; do "
+    "if why=$( (exec 3<>/dev/tcp/demo-head.ml.svc/6379) 2>&1 ); then "
+    "why=$(ray health-check --address=demo-head.ml.svc:6379 2>&1) && break; "
+    "why=${why##*$'\\n'}; why=${why:-\"ray health-check failed without a word\"}; pause=1; "
+    "else why=${why%%$'\\n'*}; why=${why#*bash: }; why=${why#line *: }; pause=0.2; fi; "
+    'if [ "$why" != "$said" ] || [ $((SECONDS - said_at)) -ge 5 ]; then '
+    'echo "waiting for the Ray head (GCS) at demo-head.ml.svc:6379: $why"; said=$why; said_at=$SECONDS; fi; '
+    'sleep "$pause"; done; echo "GCS at demo-head.ml.svc:6379 is ready"'
+)
+
+
+def test_wait_for_gcs_is_exactly_the_promised_script() -> None:
+    """A TCP connect five times a second, then `ray health-check` a second apart; an unchanged reason said every
+    5 s; bash's first line without its prefix, the health check's last line."""
+    assert pods.wait_for_gcs_script(SETTINGS) == WAIT_FOR_GCS
+
+
 def test_wait_for_gcs_loops_until_health_check_passes_and_says_why_not(tmp_path: Path) -> None:
     """Run for real under /bin/bash (as the container does), against a local port and a `ray` that refuses
     twice (as with a wrong token): the reason is said once while it stays the same, and the wait ends as soon as
