@@ -132,10 +132,10 @@ def gcs_log(ray_temp_dir: Path) -> Path:
     return log
 
 
-def registrations(gcs_log: Path, started_wall: float) -> dict[str, float]:
+def registrations(log: Path, started_wall: float) -> dict[str, float]:
     """When (seconds after `started_wall`, a time.time()) the GCS registered each node address, first time only."""
     registered: dict[str, float] = {}
-    for stamp, address in REGISTERED.findall(gcs_log.read_text(errors="replace")):
+    for stamp, address in REGISTERED.findall(log.read_text(errors="replace")):
         moment = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
         registered.setdefault(address, moment - started_wall)
     return registered

@@ -71,6 +71,12 @@ class Deployment:
         self.configure(**changes)
         return self.up()
 
+    def token_env(self, directory: Path) -> dict[str, str]:
+        """What a Ray process outside the cluster needs to present the token: a file, as the pods read theirs."""
+        token_file = directory / "token"
+        token_file.write_text(self.token)
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+
     def pods(self, prefix: str) -> list[Pod]:
         """The pods a Deployment keeps (neither Terminating nor finished) whose names start with `prefix`."""
         return [pod for name, pod in sorted(self.cluster.pods.items()) if name.startswith(prefix) and pod.active]
@@ -204,9 +210,7 @@ for _ in range(int(sys.argv[2])):
 
 
 def test_fresh_ray_client_connections_to_a_fresh_head_never_stall(deployment: Deployment, tmp_path: Path) -> None:
-    token_file = tmp_path / "token"
-    token_file.write_text(deployment.token)
-    env = {"PATH": f"{IMAGE_ROOT}/bin", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+    env = {"PATH": f"{IMAGE_ROOT}/bin", **deployment.token_env(tmp_path)}
     address = f"ray://{deployment.head().ip}:{pods.CLIENT_PORT}"
     connect = [str(IMAGE_ROOT / "bin" / "python"), "-c", CONNECT_AGAIN_AND_AGAIN, address, str(CLIENT_CONNECTIONS)]
     result = subprocess.run(
@@ -236,12 +240,10 @@ def test_ray_refuses_clients_without_the_token(deployment: Deployment, tmp_path:
     assert status == 403
     assert deployment.dashboard("/nodes?view=summary", deployment.token)[0] == 200
 
-    token_file = tmp_path / "token"
-    token_file.write_text(deployment.token)
     check = [str(IMAGE_ROOT / "bin" / "ray"), "health-check", f"--address={deployment.head().ip}:{pods.GCS_PORT}"]
     environments = {
         "none": {"PATH": f"{IMAGE_ROOT}/bin"},
-        "token": {"PATH": f"{IMAGE_ROOT}/bin", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)},
+        "token": {"PATH": f"{IMAGE_ROOT}/bin", **deployment.token_env(tmp_path)},
     }
     results = {
         name: subprocess.run(check, env=env, capture_output=True, text=True, timeout=120, check=False)

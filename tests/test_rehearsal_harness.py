@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -449,6 +450,25 @@ def test_containers_that_ignore_sigterm_are_killed_at_the_pods_one_deadline(clus
     assert 2.9 < deleted(cluster, pod) < 5.5  # one deadline for the pod, not one per container
     codes = [pod.statuses[name].exit_codes for name in ("main", "sidecar")]
     assert codes == [[-9], [-9]], f"{pod.logs('main')}\n{pod.logs('sidecar')}\n{pod.events()}"
+
+
+@pytest.mark.rehearsal
+def test_a_container_killed_from_outside_ended_by_sigkill_as_after_an_oom_kill(cluster: Cluster) -> None:
+    """The OOM killer SIGKILLs a container's process: the kubelet reports a SIGKILL (137 in kubectl), whatever
+    the harness's own wrapper makes of it, and restarts the container."""
+    script = ": killed-from-outside; while :; do sleep 0.1; done"
+    _, pod = one_pod(cluster, script, 30)
+    [main] = [pid for pid in os.listdir("/proc") if pid.isdigit() and command_line(pid) == ["/bin/sh", "-c", script]]
+    os.kill(int(main), signal.SIGKILL)
+    wait_for(lambda: pod.statuses["main"].exit_codes, 5, "the kill seen", interval=0.05)
+    assert pod.statuses["main"].exit_codes == [-signal.SIGKILL]
+
+
+def command_line(pid: str) -> list[str]:
+    try:
+        return [part.decode() for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if part]
+    except OSError:
+        return []
 
 
 @pytest.mark.rehearsal

@@ -17,7 +17,6 @@ filesystem is this machine's, with the image's /home and conda over it (see imag
 from __future__ import annotations
 
 import base64
-import contextlib
 import math
 import os
 import re
@@ -106,6 +105,9 @@ def check_supported(spec: Manifest) -> None:
         raise UnsupportedError(f"not emulated: {', '.join(used)}")
 
 
+UNSHARE_LOST_SIGKILL = b"unshare: sigprocmask unblock failed: Invalid argument"
+
+
 @dataclass
 class ContainerStatus:
     name: str
@@ -119,7 +121,13 @@ class ContainerStatus:
     collected_log: str = ""  # the log's last text, once the pod's files are gone
 
     def exited(self, code: int) -> None:
-        """The kubelet saw the container's process end: it is neither running nor ready, with this exit code."""
+        """The kubelet saw the container's process end: it is neither running nor ready, with this exit code.
+
+        A container whose PID 1 was killed (by the kubelet at its deadline, or from outside, as the OOM killer
+        does) ended by SIGKILL, whatever `unshare --fork` made of it: util-linux 2.38's unshare, reporting its
+        child's SIGKILL, fails to re-raise it and exits 1 with this message as its last word."""
+        if code == 1 and self.log.read_bytes()[-200:].rstrip().endswith(UNSHARE_LOST_SIGKILL):
+            code = -signal.SIGKILL
         self.running, self.ready = False, False
         self.exit_codes.append(code)
         self.exits.append(time.monotonic())
@@ -448,18 +456,14 @@ class Pod:
         signalled: set[str] = set()
         while alive := {name: p for name, p in processes.items() if p.poll() is None}:
             for name in alive.keys() - signalled:
-                if main := _main_processes(alive[name]):
-                    _signal(main, signal.SIGTERM)
+                if _signal_main(alive[name], signal.SIGTERM):
                     signalled.add(name)
             if time.monotonic() >= deadline():
                 for process in alive.values():
-                    # unshare first, so the exit code is the kill's: left to report its child's SIGKILL itself,
-                    # util-linux 2.38's unshare exits 1 instead ("sigprocmask unblock failed"). Then its PID 1,
-                    # which takes the container's whole PID namespace down: unshare's --kill-child covers only a
-                    # container not yet forked (a change of user clears it from the forked one).
-                    main = _main_processes(process)
+                    # Killing its PID 1 takes the container's whole PID namespace down; unshare's --kill-child
+                    # covers only a container not yet forked (a change of user clears it from the forked one).
+                    _signal_main(process, signal.SIGKILL)
                     process.kill()
-                    _signal(main, signal.SIGKILL)
                 for process in alive.values():
                     process.wait(timeout=30)
                 break
@@ -590,19 +594,20 @@ def _host_path(target: PurePosixPath, mounts: list[tuple[PurePosixPath, Path]]) 
     return Path(target)
 
 
-def _main_processes(process: subprocess.Popen[bytes]) -> list[int]:
-    """A container's main process, its PID 1, as the runtime would signal it: `unshare --fork` is its parent.
-    Empty if it has not been forked yet."""
+def _signal_main(process: subprocess.Popen[bytes], signum: int) -> bool:
+    """Signal a container's main process, its PID 1, as the runtime would: `unshare --fork` is its parent.
+    False if it has not been forked yet."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
     try:
-        return [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+        main = children.read_text().split()
     except OSError:
-        return []
-
-
-def _signal(pids: list[int], signum: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
+        return False
+    for pid in main:
+        try:
+            os.kill(int(pid), signum)
+        except ProcessLookupError:
+            continue
+    return bool(main)
 
 
 class _Probes:
