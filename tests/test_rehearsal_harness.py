@@ -28,6 +28,8 @@ from tests.rehearsal.kubelet import Manifest, Pod, expand, quantity
 from tests.rehearsal.scheduler import Node, pod_requests, tolerates
 
 NAMESPACE = "harness"
+# The harness's pods run in the Ray image's stand-in unless a test names another image.
+RAY_IMAGE = "rayproject/ray:2.60.0"
 # A main process that ends as soon as it is asked to (PID 1 gets SIGTERM only if it handles it).
 SERVE = 'trap "exit 0" TERM; while :; do sleep 0.1; done'
 
@@ -128,7 +130,7 @@ def cluster() -> Iterator[Cluster]:
 
 
 def container(script: str, name: str = "main", **fields: Any) -> Manifest:
-    return {"name": name, "image": "stand-in", "command": ["/bin/sh", "-c", script], **fields}
+    return {"name": name, "image": RAY_IMAGE, "command": ["/bin/sh", "-c", script], **fields}
 
 
 def cpu(amount: str) -> Manifest:

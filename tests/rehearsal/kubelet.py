@@ -1,17 +1,27 @@
 """A small kubelet: runs one pod's containers from its manifest, as real processes, in the stand-in image.
 
-Everything comes from the pod spec, nothing from knowledge of this project: each container's command and args
-with Kubernetes' `$(VAR)` expansion, its env (the image's, overridden by the container's own: values, fieldRef,
-resourceFieldRef, secretKeyRef, configMapKeyRef), its working directory, its volume mounts (emptyDir,
-memory-backed emptyDir with its size limit, Secret and ConfigMap files), its securityContext (user and group,
-the image's unless set; fsGroup, no-new-privileges, dropped capabilities, read-only root filesystem), init
-containers before the main ones, httpGet readiness and liveness probes, the restart policy with Kubernetes'
+Everything comes from the pod spec, nothing from knowledge of this project: each container's image (one the
+registry in image.py knows; any other is refused), command and args with Kubernetes' `$(VAR)` expansion, its env
+(the image's, overridden by the container's own: values, fieldRef, resourceFieldRef, secretKeyRef,
+configMapKeyRef), its working directory, its volume mounts (emptyDir, memory-backed emptyDir with its size limit,
+Secret and ConfigMap files, and PersistentVolumeClaims: the claim's volume, with fsGroup ownership applied as the
+kubelet applies it to volumes that support ownership management), its securityContext (user and group, the image's
+unless set; fsGroup, no-new-privileges, dropped capabilities, read-only root filesystem), init containers before
+the main ones, readiness and liveness probes (httpGet, tcpSocket, exec), the restart policy with Kubernetes'
 crash-loop back-off, and deletion: the pod is Terminating at once, every container's main process gets SIGTERM
 together, and whatever is left gets SIGKILL when the pod's grace period (one deadline for the pod) runs out.
 
 Each container runs in the pod's network namespace and in its own mount, UTS and PID namespaces, so it has
 the pod's hostname and files, and when its main process exits every process it started dies with it. Its root
-filesystem is this machine's, with the image's /home and conda over it (see image.py).
+filesystem is this machine's, with its image's trees over it (see image.py). An exec probe runs in the running
+container as `kubectl exec` would (the runtime's ExecSync): in its mount, PID, UTS and network namespaces, with its
+env, working directory, user, groups, capabilities and no-new-privileges; it passes on exit 0, and at its
+timeoutSeconds it is killed and fails. A tcpSocket probe passes when a TCP connection to the pod's IP (or the
+probe's host) and port opens.
+
+Not emulated: probes run one after another in the pod's supervising thread (a kubelet runs each in its own
+worker), so a probe that hangs until its timeout delays the pod's others by as much; an exec probe does not get
+the container's open-files limit.
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import threading
 import time
@@ -52,6 +64,11 @@ _UNSUPPORTED_POD_FIELDS = ("affinity", "topologySpreadConstraints", "hostNetwork
                            "shareProcessNamespace", "readinessGates")  # fmt: skip
 _UNSUPPORTED_CONTAINER_FIELDS = ("lifecycle", "startupProbe", "envFrom")
 _UNSUPPORTED_MOUNT_FIELDS = ("subPath", "subPathExpr", "mountPropagation")
+_VOLUME_KINDS = ("emptyDir", "secret", "configMap", "persistentVolumeClaim")
+_PROBE_HANDLERS = ("httpGet", "tcpSocket", "exec")
+# SetVolumeOwnership's masks (pkg/volume/volume_linux.go): group read-write (read-only for a read-only volume),
+# and for directories group search and setgid, so what is made in them belongs to fsGroup too.
+_OWNERSHIP_RW, _OWNERSHIP_RO, _OWNERSHIP_DIR = 0o660, 0o440, stat.S_ISGID | 0o110
 
 
 class UnsupportedError(RuntimeError):
@@ -84,12 +101,27 @@ def quantity(value: str | int | float) -> Decimal:
     return number.scaleb(_DECIMAL_SUFFIXES.get(suffix, 0))
 
 
+def container_image(container: Manifest) -> image.Image:
+    """The stand-in for the container's image; UnsupportedError for an image the registry does not know, or a
+    Redis of another version than the one installed here."""
+    try:
+        return image.lookup(container["image"])
+    except LookupError as error:
+        raise UnsupportedError(f"container {container['name']}: {error}") from error
+
+
 def check_supported(spec: Manifest) -> None:
-    """Refuse, when a pod template is applied, what this kubelet and the scheduler would otherwise leave out."""
+    """Refuse, when a pod template is applied, what this kubelet and the scheduler would otherwise leave out or run
+    wrongly: unemulated fields, images, volume kinds and probe handlers."""
     used = [name for name in _UNSUPPORTED_POD_FIELDS if name in spec]
     used += [f"{c['name']}.restartPolicy (a sidecar)" for c in spec.get("initContainers", []) if "restartPolicy" in c]
     for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        container_image(container)
         used += [f"{container['name']}.{name}" for name in _UNSUPPORTED_CONTAINER_FIELDS if name in container]
+        for kind in ("readinessProbe", "livenessProbe"):
+            handlers = [name for name in container.get(kind, {}) if name in (*_PROBE_HANDLERS, "grpc")]
+            if kind in container and (len(handlers) != 1 or handlers[0] not in _PROBE_HANDLERS):
+                used.append(f"{container['name']}.{kind} {handlers} (one of {', '.join(_PROBE_HANDLERS)} is emulated)")
         mounts = container.get("volumeMounts", [])
         used += [
             f"{container['name']}.volumeMounts.{name}"
@@ -101,6 +133,8 @@ def check_supported(spec: Manifest) -> None:
         used += (
             [f"volumes.{volume['name']}.items"] if "items" in volume.get("secret", volume.get("configMap", {})) else []
         )
+        if not any(kind in volume for kind in _VOLUME_KINDS):
+            used.append(f"volumes.{volume['name']} (only {', '.join(_VOLUME_KINDS)} are emulated)")
     if used:
         raise UnsupportedError(f"not emulated: {', '.join(used)}")
 
@@ -151,17 +185,22 @@ class Pod:
         objects: Callable[[str, str], Manifest],
         dns: tuple[str, str],
         sandbox: Callable[[str], tuple[str, str]],
+        claims: Callable[[str], Path] | None = None,
     ) -> None:
         """`owner` is the uid of the object that created the pod (its ownerReference); `objects(kind, name)` returns
         a Secret or ConfigMap (KeyError while there is none); `dns` is (nameserver, cluster domain);
         `sandbox(name)` wires the pod's network namespace and returns its name and the pod's IP, as CNI does when
-        the kubelet creates the pod's sandbox."""
+        the kubelet creates the pod's sandbox; `claims(name)` is the directory of a PersistentVolumeClaim's bound
+        volume (KeyError, saying why, while the claim is missing, unbound or being deleted)."""
         self.name, self.namespace, self.spec, self.owner = name, namespace, spec, owner
         self.labels: dict[str, str] = dict(metadata.get("labels", {}))
         self.annotations: dict[str, str] = dict(metadata.get("annotations", {}))
         self.uid = secrets.token_hex(8)
         self.directory = directory
         self._objects, self._dns, self._sandbox = objects, dns, sandbox
+        self._claims = claims or _no_claims
+        self._volume_sources: dict[str, Path] = {}  # per volume, the directory its mounts bind
+        self._execs: dict[str, _Exec] = {}  # per running container, what an exec in it runs as
         self.node: str | None = None  # spec.nodeName: set when the scheduler binds it
         self.unschedulable: str | None = None  # the PodScheduled condition's message while it cannot be bound
         self.network_namespace, self.ip = "", ""
@@ -257,14 +296,15 @@ class Pod:
 
     def _prepare_files(self) -> bool:
         """The pod's /etc files and volumes. Like a kubelet whose mount fails, it retries until every Secret and
-        ConfigMap the pod mounts exists; False if the pod is deleted first."""
+        ConfigMap the pod mounts exists and every claim it mounts is bound; False if the pod is deleted first."""
         volumes = self.spec.get("volumes", [])
         while True:
             try:
                 contents = {volume["name"]: self._volume_files(volume) for volume in volumes}
                 break
             except KeyError as missing:
-                self._event(f"FailedMount: {missing} not found")
+                why = missing.args[0] if isinstance(missing.args[0], str) else f"{missing} not found"
+                self._event(f"FailedMount: {why}")
                 if self._stop.wait(1):
                     return False
         nameserver, domain = self._dns
@@ -273,19 +313,25 @@ class Pod:
         (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n{self.ip}\t{self.name}\n")
         search = f"{self.namespace}.svc.{domain} svc.{domain} {domain}"
         (etc / "resolv.conf").write_text(f"search {search}\nnameserver {nameserver}\noptions ndots:5\n")
-        (etc / "passwd").write_text(image.passwd(Path("/etc/passwd").read_text()))
+        for stand_in in {container_image(c).name: container_image(c) for c in self._all_containers()}.values():
+            (etc / f"passwd.{stand_in.name}").write_text(stand_in.passwd(Path("/etc/passwd").read_text()))
+            groups = stand_in.groups(Path("/etc/group").read_text())
+            if groups is not None:
+                (etc / f"group.{stand_in.name}").write_text(groups)
         for path in etc.iterdir():
             path.chmod(0o644)
-        fs_group = self.spec.get("securityContext", {}).get("fsGroup")
+        pod_context = self.spec.get("securityContext", {})
         for volume in volumes:
-            self._prepare_volume(volume, contents[volume["name"]], fs_group)
+            self._prepare_volume(volume, contents[volume["name"]], pod_context)
         return True
 
-    def _volume_files(self, volume: Manifest) -> dict[str, bytes] | None:
-        """The files of a Secret or ConfigMap volume (KeyError if the object does not exist yet), None for an
-        emptyDir."""
+    def _volume_files(self, volume: Manifest) -> dict[str, bytes] | Path | None:
+        """The files of a Secret or ConfigMap volume (KeyError if the object does not exist yet), the directory of a
+        claim's volume (KeyError unless it is bound and not being deleted), None for an emptyDir."""
         if "emptyDir" in volume:
             return None
+        if "persistentVolumeClaim" in volume:
+            return self._claims(volume["persistentVolumeClaim"]["claimName"])
         if "secret" in volume:
             secret = self._objects("Secret", volume["secret"]["secretName"])
             files = {k: v.encode() for k, v in secret.get("stringData", {}).items()}
@@ -293,10 +339,18 @@ class Pod:
         if "configMap" in volume:
             config_map = self._objects("ConfigMap", volume["configMap"]["name"])
             return {k: v.encode() for k, v in config_map.get("data", {}).items()}
-        raise UnsupportedError(f"volume {volume['name']}: only emptyDir, secret and configMap are emulated")
+        raise UnsupportedError(f"volume {volume['name']}: only {', '.join(_VOLUME_KINDS)} are emulated")
 
-    def _prepare_volume(self, volume: Manifest, files: dict[str, bytes] | None, fs_group: int | None) -> None:
+    def _prepare_volume(self, volume: Manifest, files: dict[str, bytes] | Path | None, pod_context: Manifest) -> None:
+        fs_group: int | None = pod_context.get("fsGroup")
+        if isinstance(files, Path):  # a claim's volume: mounted where it lies, its ownership managed
+            self._volume_sources[volume["name"]] = files
+            if fs_group is not None:
+                read_only = bool(volume["persistentVolumeClaim"].get("readOnly"))
+                set_volume_ownership(files, fs_group, read_only, pod_context.get("fsGroupChangePolicy", "Always"))
+            return
         path = self.directory / "volumes" / volume["name"]
+        self._volume_sources[volume["name"]] = path
         path.mkdir(parents=True)
         if files is None:
             empty_dir = volume["emptyDir"]
@@ -362,65 +416,93 @@ class Pod:
             return str(self._objects("ConfigMap", ref["name"])["data"][ref["key"]])
         raise UnsupportedError(f"valueFrom {sorted(source)}")
 
-    def argv(self, container: Manifest, layer: Path) -> list[str]:
-        """The command that starts the container on the image layer `layer` (from image.fresh_layer): namespaces,
-        mounts, working directory and identity as the runtime sets them up."""
+    def argv(self, container: Manifest, trees: list[image.Mount]) -> list[str]:
+        """The command that starts the container over its image's `trees` for this start (Image.start):
+        namespaces, mounts, working directory and identity as the runtime sets them up. Records what an exec in
+        the container runs as."""
         if not container.get("command"):
             raise UnsupportedError(f"container {container['name']}: no command (the image's entrypoint is not known)")
+        stand_in = container_image(container)
         declared = self._declared_env(container)
         command = [expand(word, declared) for word in container["command"] + container.get("args", [])]
-        env = {**image.ENV, "HOSTNAME": self.name, **declared}
+        env = {**stand_in.env, "HOSTNAME": self.name, **declared}
         pod_context = self.spec.get("securityContext", {})
         context = {**pod_context, **container.get("securityContext", {})}
         etc = self.directory / "etc"
+        files = {"hosts": "hosts", "resolv.conf": "resolv.conf", "passwd": f"passwd.{stand_in.name}"}
+        if (etc / f"group.{stand_in.name}").exists():
+            files["group"] = f"group.{stand_in.name}"
         setup = [
             "set -e",
             f"hostname {shlex.quote(self.name)}",
-            *(
-                f"mount --bind {shlex.quote(str(etc / name))} /etc/{name}"
-                for name in ("hosts", "resolv.conf", "passwd")
-            ),
+            *(f"mount --bind {shlex.quote(str(etc / source))} /etc/{name}" for name, source in files.items()),
             "mount -t proc proc /proc",
-            f"mount --bind {shlex.quote(str(layer))} {image.LAYER_TOP}",
-            f"mount --bind {shlex.quote(str(image.ROOT))} {image.CONDA}",
-            f"mount -o remount,bind,ro {image.CONDA}",
         ]
         # Parents before children, as containerd orders a container's mounts; each target is made where it lies.
-        mounts: list[tuple[PurePosixPath, Path]] = [(image.LAYER_TOP, layer), (image.CONDA, image.ROOT)]
-        volumes = {v["name"]: self.directory / "volumes" / v["name"] for v in self.spec.get("volumes", [])}
+        mounts: list[tuple[PurePosixPath, Path]] = []
+        shared = {tree.source for tree in trees if tree.kind == "shared"}
+        for tree in trees:
+            _host_path(tree.target, mounts, shared - {tree.source}).mkdir(parents=True, exist_ok=True)
+            mounts.append((tree.target, tree.source))
+            setup.append(f"mount --bind {shlex.quote(str(tree.source))} {shlex.quote(str(tree.target))}")
+            if tree.kind == "shared":
+                setup.append(f"mount -o remount,bind,ro {shlex.quote(str(tree.target))}")
         for mount in sorted(container.get("volumeMounts", []), key=lambda m: len(PurePosixPath(m["mountPath"]).parts)):
-            target = PurePosixPath(mount["mountPath"])
-            _host_path(target, mounts).mkdir(parents=True, exist_ok=True)
-            mounts.append((target, volumes[mount["name"]]))
-            setup.append(f"mount --bind {shlex.quote(str(volumes[mount['name']]))} {shlex.quote(str(target))}")
-            if mount.get("readOnly"):
+            target, source = PurePosixPath(mount["mountPath"]), self._volume_sources[mount["name"]]
+            _host_path(target, mounts, shared).mkdir(parents=True, exist_ok=True)
+            mounts.append((target, source))
+            setup.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(target))}")
+            if mount.get("readOnly") or self._read_only_volume(mount["name"]):
                 setup.append(f"mount -o remount,bind,ro {shlex.quote(str(target))}")
-        # The image's files, its /home included, are read-only last: a bind mount made afterwards would inherit
+        # The image's files, its layer included, are read-only last: a bind mount made afterwards would inherit
         # that from the tree its source lies in.
         if context.get("readOnlyRootFilesystem"):
-            setup += ["mount -o remount,bind,ro /", f"mount -o remount,bind,ro {image.LAYER_TOP}"]
-        workdir = PurePosixPath(container.get("workingDir", str(image.WORKDIR)))
-        _host_path(workdir, mounts).mkdir(parents=True, exist_ok=True)
+            setup.append("mount -o remount,bind,ro /")
+            setup += [f"mount -o remount,bind,ro {shlex.quote(str(t.target))}" for t in trees if t.kind == "layer"]
+        workdir = PurePosixPath(container.get("workingDir", str(stand_in.workdir)))
+        _host_path(workdir, mounts, shared).mkdir(parents=True, exist_ok=True)
         setup.append(f"ulimit -Hn {RUNTIME_NOFILE[1]} 2>/dev/null || true")
         setup.append(f"ulimit -Sn {RUNTIME_NOFILE[0]}")
         setup.append(f"cd {shlex.quote(str(workdir))}")
+        identity = self._identity(context, pod_context, stand_in)
         process = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *command]
-        setup.append("exec " + shlex.join(self._identity(context, pod_context) + process))
+        setup.append("exec " + shlex.join(identity + process))
+        with self._lock:
+            self._execs[container["name"]] = _Exec(identity, env, workdir)
         return [
             "ip", "netns", "exec", self.network_namespace,
             "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child", "--propagation", "private",
             "/bin/sh", "-c", "; ".join(setup),
         ]  # fmt: skip
 
+    def exec_argv(self, container: str, command: list[str]) -> list[str] | None:
+        """`command` run in the running container as the runtime's ExecSync runs it (see the module's docstring);
+        None while the container has no main process."""
+        with self._lock:
+            process, spec = self._processes.get(container), self._execs.get(container)
+        main = _main_pids(process) if process is not None and process.poll() is None else []
+        if spec is None or not main:
+            return None
+        env = [f"{name}={value}" for name, value in spec.env.items()]
+        return [
+            "nsenter", f"--target={main[0]}", "--mount", "--uts", "--pid", "--net", "--",
+            *spec.identity, "env", "-i", f"--chdir={spec.workdir}", *env, *command,
+        ]  # fmt: skip
+
+    def _read_only_volume(self, name: str) -> bool:
+        """A claim mounted `readOnly` in the pod's volume is read-only in every container."""
+        volume = next(v for v in self.spec.get("volumes", []) if v["name"] == name)
+        return bool(volume.get("persistentVolumeClaim", {}).get("readOnly"))
+
     @staticmethod
-    def _identity(context: Manifest, pod_context: Manifest) -> list[str]:
-        """setpriv's arguments: the securityContext's user and group, else the image's (`ray`, whose primary group
-        the runtime takes from the image's /etc/passwd), with fsGroup and supplementalGroups, no-new-privileges and
-        the capability bounding set."""
+    def _identity(context: Manifest, pod_context: Manifest, stand_in: image.Image) -> list[str]:
+        """setpriv's arguments: the securityContext's user and group, else the image's (whose primary group the
+        runtime takes from the image's /etc/passwd), with fsGroup and supplementalGroups, no-new-privileges and the
+        capability bounding set."""
         if context.get("privileged") or context.get("capabilities", {}).get("add"):
             raise UnsupportedError("privileged containers and added capabilities")
-        user = context.get("runAsUser", image.USER)
-        group = context.get("runAsGroup", image.GROUP if user == image.USER else 0)
+        user = context.get("runAsUser", stand_in.user)
+        group = context.get("runAsGroup", stand_in.group if user == stand_in.user else 0)
         if context.get("runAsNonRoot") and user == 0:
             raise RuntimeError("CreateContainerConfigError: container has runAsNonRoot and image will run as root")
         groups = pod_context.get("supplementalGroups", [])
@@ -436,7 +518,8 @@ class Pod:
 
     def _start(self, container: Manifest) -> subprocess.Popen[bytes]:
         status = self.statuses[container["name"]]
-        argv = self.argv(container, image.fresh_layer(self.directory / "rootfs" / container["name"]))
+        trees = container_image(container).start(self.directory / "rootfs" / container["name"])
+        argv = self.argv(container, trees)
         status.log = self.directory / f"{container['name']}.log"
         with status.log.open("ab") as log:
             log.write(f"--- start {time.strftime('%H:%M:%S')} ---\n".encode())
@@ -581,37 +664,82 @@ class Pod:
             self.ready_since = None
 
 
-def _host_path(target: PurePosixPath, mounts: list[tuple[PurePosixPath, Path]]) -> Path:
+def _host_path(target: PurePosixPath, mounts: list[tuple[PurePosixPath, Path]], shared: set[Path]) -> Path:
     """Where a mount target or working directory lies on this machine, given the mounts made before it (the last
-    one that covers it wins): inside the image layer, a volume, or else this machine's own tree, where a missing
+    one that covers it wins): inside an image's tree, a volume, or else this machine's own tree, where a missing
     one is created and left in place (removing it would detach it from the pods of any other rehearsal running
-    at the same time)."""
+    at the same time). Inside a `shared` tree (the stand-in's one copy, e.g. the Ray image's conda) it is
+    refused."""
     for point, source in reversed(mounts):
         if target == point or point in target.parents:
-            if source == image.ROOT:
-                raise UnsupportedError(f"{target}: a mount target or working directory inside the image's conda")
+            if source in shared:
+                raise UnsupportedError(f"{target}: a mount target or working directory inside the image's {point}")
             return source / target.relative_to(point)
     return Path(target)
 
 
-def _signal_main(process: subprocess.Popen[bytes], signum: int) -> bool:
-    """Signal a container's main process, its PID 1, as the runtime would: `unshare --fork` is its parent.
-    False if it has not been forked yet."""
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+def _main_pids(process: subprocess.Popen[bytes]) -> list[int]:
+    """A container's main process, its PID 1 (`unshare --fork` is its parent); none before it is forked."""
     try:
-        main = children.read_text().split()
+        return [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
     except OSError:
-        return False
+        return []
+
+
+def _signal_main(process: subprocess.Popen[bytes], signum: int) -> bool:
+    """Signal a container's main process, as the runtime would. False if it has not been forked yet."""
+    main = _main_pids(process)
     for pid in main:
         try:
-            os.kill(int(pid), signum)
+            os.kill(pid, signum)
         except ProcessLookupError:
             continue
     return bool(main)
 
 
+def _no_claims(name: str) -> Path:
+    raise KeyError(f'persistentvolumeclaim "{name}" not found')
+
+
+def set_volume_ownership(root: Path, fs_group: int, read_only: bool, policy: str) -> None:
+    """The kubelet's SetVolumeOwnership for a volume that supports ownership management: every file and directory
+    in it gets fsGroup as its group, group read-write (read-only on a read-only volume) and, for directories,
+    group search and setgid; symlinks get the group only. With fsGroupChangePolicy OnRootMismatch nothing is
+    walked when the volume's root already has fsGroup and those permissions."""
+    mask = _OWNERSHIP_RO if read_only else _OWNERSHIP_RW
+    if policy not in {"Always", "OnRootMismatch"}:
+        raise UnsupportedError(f"fsGroupChangePolicy {policy}")
+    top, wanted = root.lstat(), mask | _OWNERSHIP_DIR
+    if policy == "OnRootMismatch" and top.st_gid == fs_group and top.st_mode & wanted == wanted:
+        return
+
+    def change(path: Path) -> None:
+        info = path.lstat()
+        os.lchown(path, -1, fs_group)
+        if stat.S_ISLNK(info.st_mode):
+            return
+        bits = mask | (_OWNERSHIP_DIR if stat.S_ISDIR(info.st_mode) else 0)
+        path.chmod(stat.S_IMODE(info.st_mode) | bits)
+
+    change(root)
+    for directory, subdirectories, files in os.walk(root):
+        for name in [*subdirectories, *files]:
+            change(Path(directory) / name)
+
+
+@dataclass(frozen=True)
+class _Exec:
+    """What a process exec'd in a running container runs as: the container's identity (setpriv's arguments), env
+    and working directory, as the runtime copies them from the container's own process."""
+
+    identity: list[str]
+    env: dict[str, str]
+    workdir: PurePosixPath
+
+
 class _Probes:
-    """httpGet readiness and liveness probes of one running container, on Kubernetes' schedule."""
+    """Readiness and liveness probes (httpGet, tcpSocket, exec) of one running container, on Kubernetes'
+    schedule."""
 
     def __init__(self, pod: Pod, container: Manifest) -> None:
         self.pod, self.container = pod, container
@@ -631,10 +759,12 @@ class _Probes:
                 continue
             probe = self.container[kind]
             self.next_due[kind] = now + probe.get("periodSeconds", 10)
-            passed = self._http_get(probe)
-            self.failures[kind] = 0 if passed else self.failures[kind] + 1
+            failure = self._run(probe)
+            if failure is not None:
+                self.pod._event(f"Unhealthy: {self.container['name']}: {kind} failed: {failure}")
+            self.failures[kind] = 0 if failure is None else self.failures[kind] + 1
             if kind == "readinessProbe":
-                if passed:
+                if failure is None:
                     self.status.ready = True
                 elif self.failures[kind] >= probe.get("failureThreshold", 3):
                     self.status.ready = False
@@ -642,16 +772,54 @@ class _Probes:
                 return False
         return True
 
-    def _http_get(self, probe: Manifest) -> bool:
-        if "httpGet" not in probe:
-            raise UnsupportedError(f"probe {sorted(probe)}: only httpGet is emulated")
-        get = probe["httpGet"]
-        port = get["port"]
+    def _run(self, probe: Manifest) -> str | None:
+        """One probe: None if it passed, else why it failed."""
+        timeout = probe.get("timeoutSeconds", 1)
+        if "httpGet" in probe:
+            return self._http_get(probe["httpGet"], timeout)
+        if "tcpSocket" in probe:
+            return self._tcp_socket(probe["tcpSocket"], timeout)
+        if "exec" in probe:
+            return self._exec(probe["exec"], timeout)
+        raise UnsupportedError(f"probe {sorted(probe)}: only {', '.join(_PROBE_HANDLERS)} are emulated")
+
+    def _port(self, port: int | str) -> int:
+        """A probe's port: a number, or the name of one of the container's ports."""
         if isinstance(port, str):
-            port = next(p["containerPort"] for p in self.container.get("ports", []) if p["name"] == port)
-        url = f"http://{self.pod.ip}:{port}{get.get('path', '/')}"
+            return int(next(p["containerPort"] for p in self.container.get("ports", []) if p.get("name") == port))
+        return port
+
+    def _http_get(self, get: Manifest, timeout: float) -> str | None:
+        url = f"http://{self.pod.ip}:{self._port(get['port'])}{get.get('path', '/')}"
         try:
-            with urllib.request.urlopen(url, timeout=probe.get("timeoutSeconds", 1)) as response:
-                return 200 <= int(response.status) < 400
-        except OSError:
-            return False
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return None if 200 <= int(response.status) < 400 else f"HTTP {response.status}"
+        except OSError as error:
+            return f"{url}: {error}"
+
+    def _tcp_socket(self, tcp: Manifest, timeout: float) -> str | None:
+        address = (tcp.get("host", self.pod.ip), self._port(tcp["port"]))
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                return None
+        except OSError as error:
+            return f"dial tcp {address[0]}:{address[1]}: {error}"
+
+    def _exec(self, handler: Manifest, timeout: float) -> str | None:
+        """The command in the container, as ExecSync runs it; `$(VAR)` expands to the value written in the
+        container's env (empty for one from valueFrom), as the kubelet's ExpandContainerCommandOnlyStatic does."""
+        static = {item["name"]: item.get("value", "") for item in self.container.get("env", [])}
+        command = [expand(word, static) for word in handler["command"]]
+        argv = self.pod.exec_argv(self.container["name"], command)
+        if argv is None:
+            return "the container is not running"
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the command and everything it started, in the container too
+            process.communicate()
+            return f"command timed out after {timeout}s"
+        if process.returncode != 0:
+            return f"exit code {process.returncode}: {output.decode(errors='replace').strip()[-500:]}"
+        return None
