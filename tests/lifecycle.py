@@ -90,6 +90,13 @@ FORCE_NEW: Mapping[tuple[str, str, str], tuple[str, ...]] = {
     ),
     ("core", "v1", "Service"): (".spec.clusterIP",),
     ("core", "v1", "Secret"): (".type",),
+    ("core", "v1", "PersistentVolumeClaim"): (
+        ".spec.accessModes",
+        ".spec.selector",
+        ".spec.storageClassName",
+        ".spec.volumeName",
+        *(".spec.selector" + p for p in _LABEL_SELECTOR),
+    ),
 }
 # A forced server-side apply takes conflicting fields over instead of failing (provider/pkg/await/await.go
 # patchForce; the PULUMI_K8S_ENABLE_PATCH_FORCE environment variable, which does the same, is not modelled).

@@ -23,6 +23,7 @@ SECRET = "kubernetes:core/v1:Secret"
 CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
 SERVICE = "kubernetes:core/v1:Service"
 SERVICE_ACCOUNT = "kubernetes:core/v1:ServiceAccount"
+CLAIM = "kubernetes:core/v1:PersistentVolumeClaim"
 PASSWORD = "random:index/randomPassword:RandomPassword"
 
 
@@ -188,6 +189,28 @@ def test_service_cluster_ip_is_immutable_but_its_ports_are_not() -> None:
 
     assert plan(stack(service()), stack(service(clusterIP="None"))).kind_of("svc") == "replace"
     assert plan(stack(service()), stack(service(ports=[{"port": 81}]))).kind_of("svc") == "update"
+
+
+def test_a_claims_access_modes_and_class_replace_it_and_its_storage_request_is_an_update() -> None:
+    """diff.go: a PersistentVolumeClaim's accessModes, selector, storageClassName and volumeName force a replacement
+    (delete first, under its fixed name); a new storage request is an update (the API server allows growth)."""
+
+    def claim(storage: str = "1Gi", **spec: Any) -> Registration:
+        fields = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}}, **spec}
+        return res(CLAIM, "data", manifest(CLAIM, "redis-data", spec=fields))
+
+    for changed in (
+        claim(accessModes=["ReadWriteOncePod"]),
+        claim(storageClassName="premium"),
+        claim(volumeName="pv-1"),
+        claim(selector={"matchLabels": {"disk": "ssd"}}),
+    ):
+        step = plan(stack(claim()), stack(changed)).step("data")
+        assert (step.kind, step.delete_before_replace) == ("replace", True), step
+    assert plan(stack(claim()), stack(claim("2Gi"))).kind_of("data") == "update"
+    assert plan(stack(claim(storageClassName="a")), stack(claim("2Gi", storageClassName="a"))).kind_of("data") == (
+        "update"
+    )
 
 
 def test_secret_and_config_map_data_replace_unless_the_provider_makes_them_mutable() -> None:

@@ -9,8 +9,16 @@ the controllers and the scheduler:
   and, when it has too many, deletes the ones Kubernetes would pick;
 - a Job runs its pod until it succeeds, retrying with Kubernetes' back-off up to `backoffLimit` within
   `activeDeadlineSeconds`; a pod deleted before it succeeded counts as a failed attempt;
-- the scheduler binds Pending pods, oldest first, to the node once they fit (scheduler.py); the kubelet then
-  starts them (kubelet.py).
+- the scheduler binds Pending pods, oldest first, to the node once they fit (scheduler.py) and every claim they
+  mount exists and is not being deleted; the kubelet then starts them (kubelet.py);
+- a PersistentVolumeClaim is provisioned dynamically by its StorageClass (the default class when it names none, as
+  the DefaultStorageClass admission plugin sets it): at once under `Immediate`, under `WaitForFirstConsumer` when
+  the scheduler binds the first pod that mounts it. Its volume is a directory under the cluster's directory, as a
+  new ext4 filesystem is (root's, 755, with lost+found), whose data outlives every pod that mounts it; the
+  reclaim policy is Delete, so deleting the claim deletes the volume, but only once no pod bound to the node
+  mounts it (the kubernetes.io/pvc-protection finalizer): until then the claim is Terminating, still in the API.
+  The API server refuses changes to a claim's spec except a larger resources.requests.storage on a bound claim
+  whose class allows expansion.
 Deleting a pod is graceful and never blocks: the pod is Terminating at once (not ready, not counted by its
 controller), holds its resources on the node until its last process has exited, and only then leaves the API,
 its network namespace and its files with it.
@@ -20,10 +28,16 @@ their await): each resource is created, updated, replaced (deleted and gone, the
 pulumi-kubernetes' replacement fields, or for a Job marked `pulumi.com/replaceUnready` that failed its await)
 or left alone, once everything it depends on is ready, then awaited with pulumi-kubernetes' rules: a Deployment
 when every replica is of the current template and available and no pod of an old template is active, a Service
-when it has an endpoint, a Job when it has succeeded (its failure fails `up`).
+when it has an endpoint, a Job when it has succeeded (its failure fails `up`), a PersistentVolumeClaim (see
+`claim_ready`) when it is Bound, or on its creation Pending if its class binds on first consumer; nothing is
+awaited for a resource annotated `pulumi.com/skipAwait: "true"`. Deleting waits until the object has left the API
+(a claim's finalizer included).
 
 Not emulated: NetworkPolicy enforcement, cgroup limits, image pulls, ClusterIPs (names resolve to pod IPs),
-proportional scaling of a Deployment in mid-rollout, revision history limits.
+proportional scaling of a Deployment in mid-rollout, revision history limits; a volume's capacity (its directory
+is as large as the disk it lies on), and claims other than dynamically provisioned ReadWriteOnce filesystems
+(refused: static binding to PersistentVolumes, `volumeName`, selectors, data sources, block volumes, other access
+modes); pulumi-kubernetes' 5-minute limit on a claim's await (`up` has its own timeout).
 """
 
 from __future__ import annotations
@@ -41,19 +55,30 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tests.lifecycle import kubernetes_diff, type_token
 from tests.program import Rendered
-from tests.rehearsal.kubelet import DEFAULT_GRACE_SECONDS, Manifest, Pod, UnsupportedError, check_supported
+from tests.rehearsal.kubelet import (
+    DEFAULT_GRACE_SECONDS,
+    Manifest,
+    Pod,
+    UnsupportedError,
+    check_supported,
+    quantity,
+)
 from tests.rehearsal.network import ClusterDNS, PodNetwork
 from tests.rehearsal.scheduler import Node, add, pod_requests, unschedulable
 
 CLUSTER_DOMAIN = "cluster.local"
 REPLACE_UNREADY = "pulumi.com/replaceUnready"
+SKIP_AWAIT = "pulumi.com/skipAwait"
 POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 JOB_BACKOFF_START, JOB_BACKOFF_MAX = 10.0, 360.0
-_KINDS = {"Namespace", "ServiceAccount", "Secret", "ConfigMap", "Service", "NetworkPolicy", "Deployment", "Job"}
+_KINDS = {"Namespace", "ServiceAccount", "Secret", "ConfigMap", "Service", "NetworkPolicy", "Deployment", "Job",
+          "PersistentVolumeClaim"}  # fmt: skip
+# Claims the provisioner here cannot satisfy as asked: refused rather than provisioned as something else.
+_UNSUPPORTED_CLAIM_FIELDS = ("volumeName", "selector", "dataSource", "dataSourceRef", "volumeAttributesClassName")
 # What the API server refuses to change in place.
 _IMMUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
     "Deployment": (("spec", "selector"),),
@@ -69,7 +94,37 @@ class JobFailedError(RuntimeError):
 
 
 class InvalidError(RuntimeError):
-    """The API server would refuse the request (422: a field is immutable)."""
+    """The API server would refuse the request (422: a field is immutable or missing; 403 from an admission
+    plugin, such as a resize the claim's class does not allow)."""
+
+
+@dataclass(frozen=True)
+class StorageClass:
+    """A StorageClass as the provisioner and pulumi-kubernetes read it. The rehearsal's default one is of the kind
+    managed clusters default to (GKE's standard-rwo, EKS's gp2, AKS's managed-csi): a block volume with an ext4
+    filesystem, so the kubelet manages its ownership for fsGroup; bound when its first consumer is scheduled;
+    reclaim policy Delete; expandable."""
+
+    name: str = "standard"
+    binding_mode: Literal["Immediate", "WaitForFirstConsumer"] = "WaitForFirstConsumer"
+    allow_expansion: bool = True
+
+
+@dataclass
+class Claim:
+    """The API server's and the provisioner's record of one PersistentVolumeClaim: its class (the default one
+    when it names none), its volume once provisioned (Bound), and whether it is being deleted (Terminating)."""
+
+    uid: str
+    namespace: str
+    name: str
+    storage_class: str | None
+    volume: Path | None = None
+    deleting: bool = False
+
+    @property
+    def phase(self) -> str:
+        return "Bound" if self.volume is not None else "Pending"
 
 
 def wait_for(
@@ -111,6 +166,22 @@ def _pluck(manifest: Manifest, path: tuple[str, ...]) -> Any:
     for part in path:
         value = value.get(part) if isinstance(value, dict) else None
     return value
+
+
+def _check_claim(claim: Manifest) -> None:
+    """What the API server requires of a claim (InvalidError), and what the provisioner here cannot provide
+    (UnsupportedError): only a dynamically provisioned ReadWriteOnce filesystem."""
+    spec, name = claim.get("spec", {}), claim["metadata"]["name"]
+    if not spec.get("accessModes"):
+        raise InvalidError(f"PersistentVolumeClaim {name}: spec.accessModes: Required value")
+    if "storage" not in spec.get("resources", {}).get("requests", {}):
+        raise InvalidError(f"PersistentVolumeClaim {name}: spec.resources[storage]: Required value")
+    used = [field for field in _UNSUPPORTED_CLAIM_FIELDS if field in spec]
+    used += [f"accessModes {spec['accessModes']}"] if spec["accessModes"] != ["ReadWriteOnce"] else []
+    used += ["volumeMode Block"] if spec.get("volumeMode", "Filesystem") != "Filesystem" else []
+    used += ['storageClassName "" (static binding)'] if spec.get("storageClassName") == "" else []
+    if used:
+        raise UnsupportedError(f"PersistentVolumeClaim {name}: not emulated: {', '.join(used)}")
 
 
 def _template_hash(template: Manifest) -> str:
@@ -200,13 +271,25 @@ def _deletion_order(a: Pod, b: Pod, now: float) -> int:
 class Cluster:
     """One node's worth of Kubernetes: objects, controllers, scheduler, kubelets, pod network and cluster DNS."""
 
-    def __init__(self, directory: Path, prefix: str = f"rh{os.getpid() % 100000}", node: Node | None = None) -> None:
-        """`directory` holds the pods' files (outside /tmp, which pods mount over); `prefix` names this cluster's
-        network namespaces; `node` is its one node (by default roomy enough for any rehearsal, without GPUs)."""
+    def __init__(
+        self,
+        directory: Path,
+        prefix: str = f"rh{os.getpid() % 100000}",
+        node: Node | None = None,
+        storage_classes: Iterable[StorageClass] = (StorageClass(),),
+        default_storage_class: str | None = "standard",
+    ) -> None:
+        """`directory` holds the pods' files and the claims' volumes (outside /tmp, which pods mount over); `prefix`
+        names this cluster's network namespaces; `node` is its one node (by default roomy enough for any
+        rehearsal, without GPUs); `storage_classes` are its StorageClasses, of which `default_storage_class` (if
+        any) is the default."""
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o755)
         self._node = node or Node()
+        self.storage_classes = {storage_class.name: storage_class for storage_class in storage_classes}
+        self.default_storage_class = default_storage_class
+        self.claims: dict[tuple[str, str], Claim] = {}  # by (namespace, name), Terminating ones included
         self.objects: dict[Key, Manifest] = {}
         self.pods: dict[str, Pod] = {}  # every pod the API server knows, Terminating ones included
         self.replica_sets: dict[str, ReplicaSet] = {}  # by uid
@@ -255,6 +338,8 @@ class Cluster:
                     raise UnsupportedError("a Service port that differs from its targetPort (no ClusterIP emulation)")
         if kind in {"Deployment", "Job"}:
             check_supported(manifest["spec"]["template"]["spec"])
+        if kind == "PersistentVolumeClaim":
+            _check_claim(manifest)
         key = _key(manifest)
         with self._lock:
             previous = self.objects.get(key)
@@ -262,17 +347,59 @@ class Cluster:
                 self._uids[key] = uid = secrets.token_hex(8)
                 if kind == "Job":
                     self._jobs[uid] = _JobRun()
+                if kind == "PersistentVolumeClaim":
+                    storage_class = manifest["spec"].get("storageClassName", self.default_storage_class)
+                    self.claims[key[1:]] = Claim(uid, key[1], key[2], storage_class)
             else:
                 changed = [".".join(p) for p in _IMMUTABLE.get(kind, ()) if _pluck(previous, p) != _pluck(manifest, p)]
                 if changed:
                     raise InvalidError(f"{kind} {key[2]}: {', '.join(changed)}: field is immutable")
+                if kind == "PersistentVolumeClaim":
+                    self._check_claim_update(self.claims[key[1:]], previous, manifest)
             self.objects[key] = manifest
+
+    def _check_claim_update(self, claim: Claim, previous: Manifest, manifest: Manifest) -> None:
+        """ValidatePersistentVolumeClaimUpdate and the PersistentVolumeClaimResize admission plugin: the spec is
+        immutable (its class as the server defaulted it) except resources.requests.storage of a bound claim, which
+        may only grow, and only where the claim's class allows expansion."""
+
+        def spec(claim_manifest: Manifest) -> Manifest:
+            """The spec as the server compares it: its class as defaulted; a bound claim's storage request as before."""
+            resources = claim_manifest["spec"]["resources"]
+            requests = dict(resources["requests"])
+            if claim.phase == "Bound":
+                requests["storage"] = previous["spec"]["resources"]["requests"]["storage"]
+            return {**claim_manifest["spec"], "storageClassName": claim.storage_class,
+                    "resources": {**resources, "requests": requests}}  # fmt: skip
+
+        old, new = (quantity(m["spec"]["resources"]["requests"]["storage"]) for m in (previous, manifest))
+        given_class = manifest["spec"].get("storageClassName", claim.storage_class)
+        if given_class != claim.storage_class or spec(previous) != spec(manifest):
+            raise InvalidError(
+                f"PersistentVolumeClaim {claim.name}: spec: Forbidden: spec is immutable after creation except "
+                "resources.requests and volumeAttributesClassName for bound claims"
+            )
+        if new < old:
+            raise InvalidError(
+                f"PersistentVolumeClaim {claim.name}: spec.resources.requests.storage: Forbidden: field can not be "
+                "less than previous value"
+            )
+        storage_class = self.storage_classes.get(claim.storage_class or "")
+        if new > old and not (storage_class and storage_class.allow_expansion):
+            raise InvalidError(
+                f"PersistentVolumeClaim {claim.name}: only dynamically provisioned pvc can be resized and the "
+                "storageclass that provisions the pvc must support resize"
+            )
 
     def delete(self, manifest: Manifest) -> list[Pod]:
         """Delete an object with foreground cascading, as pulumi-kubernetes does: its controller stops at once and
         its pods are deleted gracefully; returns them, for the caller to wait until they are gone."""
         key = _key(manifest)
         with self._lock:
+            if key[0] == "PersistentVolumeClaim":  # Terminating until the pvc-protection finalizer lets it go
+                if key[1:] in self.claims:
+                    self.claims[key[1:]].deleting = True
+                return []
             self.objects.pop(key, None)
             uid = self._uids.pop(key, None)
             if uid is None:
@@ -286,9 +413,90 @@ class Cluster:
                 self.delete_pod(pod.name)
         return pods
 
-    def _gone(self, pods: Iterable[Pod]) -> bool:
+    def _gone(self, pods: Iterable[Pod], objects: Iterable[Manifest] = ()) -> bool:
+        """The pods have left the API, and so have the deleted `objects` (a claim leaves when its finalizer is
+        removed; other objects at once)."""
         with self._lock:
-            return not any(self.pods.get(pod.name) is pod for pod in pods)
+            return not any(self.pods.get(pod.name) is pod for pod in pods) and not any(
+                _key(manifest) in self.objects for manifest in objects
+            )
+
+    # ----- claims and their volumes -----
+    def _claim_volume(self, namespace: str, name: str) -> Path:
+        """What the kubelet mounts for a claim: its volume's directory; KeyError, saying why, until it can."""
+        with self._lock:
+            claim = self.claims.get((namespace, name))
+            if claim is None:
+                raise KeyError(f'persistentvolumeclaim "{name}" not found')
+            if claim.deleting:
+                raise KeyError(f"error processing PVC {namespace}/{name}: PVC is being deleted")
+            if claim.volume is None:
+                raise KeyError(f'persistentvolumeclaim "{name}" is not bound')
+            return claim.volume
+
+    def _claims_of(self, pod: Pod) -> list[tuple[str, Claim | None]]:
+        """The claims a pod mounts, by name; None for one that does not exist."""
+        names = [v["persistentVolumeClaim"]["claimName"] for v in pod.spec.get("volumes", [])
+                 if "persistentVolumeClaim" in v]  # fmt: skip
+        return [(name, self.claims.get((pod.namespace, name))) for name in names]
+
+    def _volume_binding(self, pod: Pod) -> str | None:
+        """The scheduler's VolumeBinding plugin: why the pod cannot be bound yet for its claims, or None."""
+        for name, claim in self._claims_of(pod):
+            if claim is None:
+                return f'persistentvolumeclaim "{name}" not found'
+            if claim.deleting:
+                return f'persistentvolumeclaim "{name}" is being deleted'
+            storage_class = self.storage_classes.get(claim.storage_class or "")
+            if claim.volume is None and storage_class is None:
+                return f'storageclass.storage.k8s.io "{claim.storage_class}" not found'
+            if claim.volume is None and storage_class is not None and storage_class.binding_mode == "Immediate":
+                return "pod has unbound immediate PersistentVolumeClaims"
+        return None
+
+    def _provision(self, claim: Claim) -> None:
+        """The provisioner: a new, empty volume (an ext4 filesystem's root: root's, 755, with lost+found), and the
+        claim bound to it."""
+        volume = self.directory / "volumes" / f"pvc-{claim.uid}"
+        (volume / "lost+found").mkdir(parents=True)
+        (volume / "lost+found").chmod(0o700)
+        volume.chmod(0o755)
+        claim.volume = volume
+
+    def _in_use(self, claim: Claim) -> bool:
+        """The pvc-protection controller's test: a pod still in the API and bound to the node mounts the claim
+        (Terminating and finished ones included; a pod force-deleted has left the API)."""
+        return any(
+            pod.node is not None and any(mounted is claim for _, mounted in self._claims_of(pod))
+            for pod in self.pods.values()
+        )
+
+    def _sync_claims(self) -> None:
+        """Provision claims of `Immediate` classes; let deleted claims that no pod uses go, and their volumes with
+        them (reclaim policy Delete)."""
+        for key, claim in list(self.claims.items()):
+            storage_class = self.storage_classes.get(claim.storage_class or "")
+            if claim.deleting and not self._in_use(claim):
+                del self.claims[key]
+                self.objects.pop(("PersistentVolumeClaim", *key), None)
+                self._uids.pop(("PersistentVolumeClaim", *key), None)
+                if claim.volume is not None:
+                    shutil.rmtree(claim.volume)
+            elif claim.volume is None and storage_class is not None and storage_class.binding_mode == "Immediate":
+                self._provision(claim)
+
+    def claim_ready(self, claim_manifest: Manifest, *, created: bool) -> bool:
+        """pulumi-kubernetes' await for a PersistentVolumeClaim (provider/pkg/await/awaiters.go,
+        untilCoreV1PersistentVolumeClaimReady): on its creation, Pending is ready if the claim's StorageClass binds
+        on first consumer (a pod that mounts it may come later in the same `up`), otherwise Bound is; on an update,
+        Bound is (PR #4181). A class it cannot find (none named, or none such) counts as binding at once."""
+        with self._lock:
+            claim = self.claims.get(_key(claim_manifest)[1:])
+            if claim is None:
+                return False
+            storage_class = self.storage_classes.get(claim.storage_class or "")
+            first_consumer = storage_class is not None and storage_class.binding_mode == "WaitForFirstConsumer"
+            return claim.phase == ("Pending" if created and first_consumer else "Bound")
 
     # ----- pods -----
     def pods_of(self, owner: Key) -> list[Pod]:
@@ -342,6 +550,7 @@ class Cluster:
             objects=lambda kind, object_name: self.get(kind, namespace, object_name),
             dns=(self.network.gateway, CLUSTER_DOMAIN),
             sandbox=self.network.add_pod,
+            claims=lambda claim_name: self._claim_volume(namespace, claim_name),
         )
         with self._lock:
             self.pods[name] = pod
@@ -391,6 +600,7 @@ class Cluster:
                 for replica_set in list(self.replica_sets.values()):
                     self._guarded(self._sync_replica_set, replica_set)
                 self._guarded(self._schedule)
+                self._guarded(self._sync_claims)
 
     def _guarded(self, sync: Callable[..., None], *args: Any) -> None:
         """Run one controller's pass; a failure is kept for `up` to report instead of stopping every controller."""
@@ -401,7 +611,9 @@ class Cluster:
                 self._errors.append(repr(error))
 
     def _schedule(self) -> None:
-        """Bind Pending pods, oldest first, to the node where they fit; the kubelet then starts them."""
+        """Bind Pending pods, oldest first, to the node where they fit and their claims allow it, provisioning the
+        claims that wait for their first consumer (before the binding, as the scheduler's PreBind waits for
+        them); the kubelet then starts them."""
         used: dict[str, Decimal] = {}
         for pod in self.pods.values():
             if pod.node is not None and not pod.finished:  # Terminating pods hold theirs until their processes exit
@@ -409,8 +621,11 @@ class Cluster:
         for pod in list(self.pods.values()):
             if pod.node is not None or pod.terminating:
                 continue
-            pod.unschedulable = unschedulable(pod.spec, self._node, used)
+            pod.unschedulable = self._volume_binding(pod) or unschedulable(pod.spec, self._node, used)
             if pod.unschedulable is None:
+                for _, claim in self._claims_of(pod):
+                    if claim is not None and claim.volume is None:
+                        self._provision(claim)
                 pod.node = self._node.name
                 add(used, pod_requests(pod.spec))
                 pod.start()
@@ -552,9 +767,12 @@ class Cluster:
         return run.status
 
     # ----- pulumi up -----
-    def is_ready(self, manifest: Manifest) -> bool:
-        """pulumi-kubernetes' await rules for the kinds the harness runs."""
+    def is_ready(self, manifest: Manifest, *, created: bool = True) -> bool:
+        """pulumi-kubernetes' await rules for the kinds the harness runs, after the object was `created` (or
+        updated)."""
         kind = manifest["kind"]
+        if kind == "PersistentVolumeClaim":
+            return self.claim_ready(manifest, created=created)
         if kind == "Deployment":
             return self._rolled_out(manifest)
         if kind == "Service":
@@ -619,10 +837,13 @@ class Cluster:
             raise
         elapsed = time.monotonic() - started
         leaving: list[Pod] = []
+        deleted: list[Manifest] = []
         for urn in reversed([urn for urn in self._state if urn not in declared]):
-            leaving += self.delete(self._state.pop(urn))
+            deleted.append(self._state.pop(urn))
+            leaving += self.delete(deleted[-1])
             self._init_errors.discard(urn)
-        wait_for(lambda: self._gone(leaving), timeout, "pulumi up: deleting what is no longer declared", interval=0.2)
+        what = "pulumi up: deleting what is no longer declared"
+        wait_for(lambda: self._gone(leaving, deleted), timeout, what, interval=0.2)
         return elapsed
 
     def _plan(self, urn: str, inputs: Manifest) -> _Step:
@@ -650,15 +871,18 @@ class Cluster:
         if step.operation == "same":
             return True
         if step.operation == "replace" and not step.applied:
+            assert step.previous is not None
             if step.leaving is None:
-                assert step.previous is not None
                 step.leaving = self.delete(step.previous)
-            if not self._gone(step.leaving):
+            if not self._gone(step.leaving, [step.previous]):
                 return False
         if not step.applied:
             self.apply(step.inputs)
             step.applied, self._state[step.urn] = True, step.inputs
-        ready = self.is_ready(step.inputs)  # a failure propagates, and `up` remembers the resource as unready
+        if step.inputs["metadata"].get("annotations", {}).get(SKIP_AWAIT) == "true":
+            ready = True  # metadata.ReadyCondition: an immediate condition
+        else:  # a failure propagates, and `up` remembers the resource as unready
+            ready = self.is_ready(step.inputs, created=step.operation != "update")
         if ready:
             self._init_errors.discard(step.urn)
         return ready
@@ -670,6 +894,11 @@ class Cluster:
             words = [pod.phase, "Terminating" if pod.terminating else "", "ready" if pod.ready else ""]
             return " ".join([pod.name, *filter(None, words)]) + (f" ({pod.unschedulable})" if pod.unschedulable else "")
 
+        if manifest["kind"] == "PersistentVolumeClaim":
+            claim = self.claims.get(_key(manifest)[1:])
+            if claim is None:
+                return ""
+            return f"{claim.phase}{' Terminating' if claim.deleting else ''}, class {claim.storage_class}"
         return "; ".join(state(pod) for pod in self.pods_of(_key(manifest)))
 
     def job_logs(self, job: Manifest) -> str:

@@ -18,7 +18,7 @@ a fresh writable directory per container start that a read-only root filesystem 
 gives every VOLUME of an image, unless a pod volume is mounted over it. redis-server and redis-cli are on PATH in
 /usr/local/bin. The stand-in is Debian's Redis (the `redis-tools` package: /usr/bin/redis-check-rdb is the whole
 server and acts as redis-server when called by that name) presented as the official image presents it: a
-directory of symlinks (redis-server, redis-cli, redis-check-rdb, redis-check-aof, redis-benchmark) that
+directory of symlinks (redis-server, redis-sentinel, redis-cli, redis-check-rdb, redis-check-aof, redis-benchmark) that
 scripts/test builds, mounted read-only over /usr/local/bin. Its tag must be the installed Redis's version (or that
 version's `-bookworm` variant, the same image): any other tag is refused, so the pinned image and the Redis the
 rehearsal runs cannot drift apart silently. The mount point /data is made on this machine, empty, and left in
