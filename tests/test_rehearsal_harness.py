@@ -1,9 +1,11 @@
 """The rehearsal harness on its own, with small hand-made manifests and no Ray where it can be helped.
 
 Without root: Kubernetes' `$(VAR)` expansion, quantities, effective requests, tolerations, rolling-update bounds,
-and that the harness knows nothing of this project's commands, names or ports, which it must read from the
-manifests. With root (marked `rehearsal`; they fail, never skip, without it): the image's filesystem and
-config, the scheduler, Deployment rollouts, graceful termination and `pulumi up`'s replacement rules.
+that the harness knows nothing of this project's commands, names or ports, which it must read from the
+manifests, and what it refuses (images it has no stand-in for, a Redis of another version than the one installed,
+probes it does not emulate). With root (marked `rehearsal`; they fail, never skip, without it): the images'
+filesystems and config, the scheduler, Deployment rollouts, graceful termination, `pulumi up`'s replacement and
+await rules, probes, and PersistentVolumeClaims with a Redis that keeps its data on one.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,13 +26,15 @@ import pytest
 
 from tests.program import ROOT, Registration, Rendered
 from tests.rehearsal import image
-from tests.rehearsal.cluster import Cluster, JobFailedError, rolling_bounds, wait_for
-from tests.rehearsal.kubelet import Manifest, Pod, expand, quantity
+from tests.rehearsal.cluster import Cluster, InvalidError, JobFailedError, StorageClass, rolling_bounds, wait_for
+from tests.rehearsal.kubelet import Manifest, Pod, UnsupportedError, check_supported, expand, quantity
 from tests.rehearsal.scheduler import Node, pod_requests, tolerates
 
 NAMESPACE = "harness"
 # The harness's pods run in the Ray image's stand-in unless a test names another image.
 RAY_IMAGE = "rayproject/ray:2.60.0"
+# The Redis image as the program pins it; the stand-in refuses it unless it is the Redis installed here.
+REDIS_IMAGE = "redis:7.0.15"
 # A main process that ends as soon as it is asked to (PID 1 gets SIGTERM only if it handles it).
 SERVE = 'trap "exit 0" TERM; while :; do sleep 0.1; done'
 
@@ -554,3 +559,357 @@ def test_a_changed_job_template_replaces_the_job_and_unchanged_inputs_leave_it_a
     [second] = pods(cluster, program("2").one("Job"))
     assert second is not first and first.name not in cluster.pods
     assert "version 2" in second.logs("main")
+
+
+# ----- images and probes the harness refuses -----
+
+
+def probe_spec(probe: Manifest, image_name: str = RAY_IMAGE) -> Manifest:
+    return {"containers": [{"name": "main", "image": image_name, "command": ["true"], "readinessProbe": probe}]}
+
+
+def test_the_installed_redis_is_the_version_the_redis_image_is_pinned_to() -> None:
+    assert image.redis_version() == REDIS_IMAGE.rsplit(":", 1)[1]
+    assert image.lookup(REDIS_IMAGE).user == 999
+    assert image.lookup(f"docker.io/library/{REDIS_IMAGE}-bookworm@sha256:{'0' * 64}").workdir == image.REDIS_DATA
+
+
+@pytest.mark.parametrize(
+    ("reference", "why"),
+    [
+        ("redis:7.2.4", "must be tagged 7.0.15"),
+        ("redis:7.0", "must be tagged 7.0.15"),
+        ("redis:7.0.15-alpine", "must be tagged 7.0.15"),
+        (f"redis@sha256:{'0' * 64}", "must be tagged 7.0.15"),
+        ("registry.example/ray:2.60.0-py311", "no stand-in for registry.example/ray"),
+        ("localhost:5000/redis:7.0.15", "no stand-in for localhost:5000/redis"),
+        ("stand-in", "no stand-in for stand-in"),
+    ],
+)
+def test_images_without_a_stand_in_and_redis_of_another_version_are_refused(reference: str, why: str) -> None:
+    with pytest.raises(UnsupportedError, match=re.escape(why)):
+        check_supported(probe_spec({"tcpSocket": {"port": 1}}, reference))
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        {"grpc": {"port": 50051}},
+        {"periodSeconds": 1},
+        {"exec": {"command": ["true"]}, "tcpSocket": {"port": 1}},
+    ],
+)
+def test_a_probe_without_exactly_one_emulated_handler_is_refused(probe: Manifest) -> None:
+    with pytest.raises(UnsupportedError, match="readinessProbe"):
+        check_supported(probe_spec(probe))
+    for handler in ({"exec": {"command": ["true"]}}, {"tcpSocket": {"port": "x"}}, {"httpGet": {"port": 1}}):
+        check_supported(probe_spec(handler))  # each emulated one alone is accepted
+
+
+def test_a_volume_kind_the_kubelet_does_not_emulate_is_refused() -> None:
+    spec = {**probe_spec({"exec": {"command": ["true"]}}), "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    with pytest.raises(UnsupportedError, match=r"volumes\.h"):
+        check_supported(spec)
+
+
+# ----- probes -----
+
+
+def kubectl_exec(pod: Pod, container_name: str, script: str) -> str:
+    """`kubectl exec POD -c CONTAINER -- sh -c SCRIPT`: its output; fails the test unless it exits 0."""
+    argv = pod.exec_argv(container_name, ["sh", "-c", script])
+    assert argv is not None, f"{container_name} of {pod.name} is not running"
+    completed = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed.stdout
+
+
+@pytest.mark.rehearsal
+def test_an_exec_probe_runs_in_the_container_as_the_container(cluster: Cluster) -> None:
+    checks = (
+        'test "$(id -u):$(id -g):$(id -G)" = "4242:4343:4343 5000" && test "$GREETING" = hello && test "$(pwd)" = /work'
+        ' && test "$(hostname)" = "$HOSTNAME" && grep -q "^CapEff:\t0*$" /proc/self/status'
+        ' && grep -q "^NoNewPrivs:\t1$" /proc/self/status && test -e /work/marker && test "$(cat /proc/1/comm)" = sh'
+    )
+    main = container(
+        f"touch /work/marker; {SERVE}",
+        env=[{"name": "GREETING", "value": "hello"}],
+        workingDir="/work",
+        volumeMounts=[{"name": "work", "mountPath": "/work"}],
+        securityContext={"runAsUser": 4242, "runAsGroup": 4343, "allowPrivilegeEscalation": False,
+                         "capabilities": {"drop": ["ALL"]}},
+        readinessProbe={"exec": {"command": ["sh", "-c", checks]}, "periodSeconds": 1},
+    )  # fmt: skip
+    spec: Manifest = {"securityContext": {"fsGroup": 5000}, "volumes": [{"name": "work", "emptyDir": {}}]}
+    web = deployment("web", 1, template(main, **spec))
+    cluster.apply(web)
+    [pod] = wait_for(lambda: pods(cluster, web), 5, "a pod", interval=0.1)
+    wait_for(lambda: pod.ready, 20, lambda: f"the exec probe passing: {kubectl_exec(pod, 'main', checks)}", 0.2)
+    assert kubectl_exec(pod, "main", "pwd") == "/work\n"
+
+
+@pytest.mark.rehearsal
+def test_an_exec_probe_is_killed_at_its_timeout_and_fails(cluster: Cluster) -> None:
+    probe = {"exec": {"command": ["sleep", "37"]}, "timeoutSeconds": 1, "periodSeconds": 60}
+    web = deployment("web", 1, template(container(SERVE, readinessProbe=probe)))
+    cluster.apply(web)
+    [pod] = wait_for(lambda: pods(cluster, web), 5, "a pod", interval=0.1)
+    wait_for(lambda: "timed out" in pod.events(), 10, "the probe's timeout", interval=0.1)
+    time.sleep(0.5)
+    assert not pod.ready and pod.phase == "Running"
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and command_line(pid) == ["sleep", "37"]]
+
+
+@pytest.mark.rehearsal
+def test_tcp_socket_probes_follow_the_port_by_number_or_name(cluster: Cluster) -> None:
+    listen = "exec python3 -c \"import socket, time; s = socket.create_server(('', 7001)); time.sleep(600)\""
+    ports = [{"name": "open", "containerPort": 7001}, {"name": "closed", "containerPort": 7002}]
+    cases: dict[str, int | str] = {"by-number": 7001, "by-name": "open", "closed": "closed"}
+
+    def listener(name: str, port: int | str) -> Manifest:
+        probe = {"tcpSocket": {"port": port}, "periodSeconds": 1, "failureThreshold": 1}
+        pod = template(container(listen, ports=ports, readinessProbe=probe), app=name, terminationGracePeriodSeconds=1)
+        return deployment(name, 1, pod)
+
+    manifests = {name: listener(name, port) for name, port in cases.items()}
+    for manifest in manifests.values():
+        cluster.apply(manifest)
+    running(cluster, manifests["by-number"], 1)
+    running(cluster, manifests["by-name"], 1)
+    [closed] = pods(cluster, manifests["closed"])
+    wait_for(lambda: "7002" in closed.events(), 10, "the closed port's probe failing", interval=0.1)
+    assert closed.phase == "Running" and not closed.ready
+
+
+@pytest.mark.rehearsal
+def test_a_failing_tcp_socket_liveness_probe_restarts_the_container(cluster: Cluster) -> None:
+    liveness = {"tcpSocket": {"port": 7003}, "periodSeconds": 1, "failureThreshold": 2}
+    web = deployment("web", 1, template(container(SERVE, livenessProbe=liveness), terminationGracePeriodSeconds=1))
+    cluster.apply(web)
+    [pod] = wait_for(lambda: pods(cluster, web), 5, "a pod", interval=0.1)
+    wait_for(lambda: pod.statuses["main"].exit_codes, 15, "the liveness kill", interval=0.1)
+
+
+# ----- PersistentVolumeClaims -----
+
+
+def claim(name: str = "data", storage: str = "1Gi", **spec: Any) -> Manifest:
+    spec = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}}, **spec}
+    metadata = {"name": name, "namespace": NAMESPACE}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec}
+
+
+def with_claim(*containers: Manifest, claim_name: str = "data", app: str = "app") -> Manifest:
+    return template(*containers, app=app, securityContext={"fsGroup": 999},
+                    volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": claim_name}}])  # fmt: skip
+
+
+@pytest.mark.rehearsal
+def test_a_pod_whose_claim_does_not_exist_stays_pending_until_it_does(cluster: Cluster) -> None:
+    mounted = container(SERVE, volumeMounts=[{"name": "data", "mountPath": "/data"}])
+    web = deployment("web", 1, with_claim(mounted))
+    cluster.apply(web)
+    [pod] = wait_for(lambda: pods(cluster, web), 5, "a pod", interval=0.1)
+    wait_for(lambda: pod.unschedulable, 5, "the scheduler's verdict", interval=0.1)
+    time.sleep(1)
+    assert (pod.phase, pod.node, pod.unschedulable) == ("Pending", None, 'persistentvolumeclaim "data" not found')
+    assert pod.statuses["main"].starts == []
+    cluster.apply(claim())
+    assert running(cluster, web, 1) == [pod]
+    assert cluster.claims[(NAMESPACE, "data")].phase == "Bound"  # bound for its first consumer
+
+
+@pytest.mark.rehearsal
+def test_a_claim_outlives_its_pods_and_is_deleted_once_no_pod_uses_it(cluster: Cluster) -> None:
+    writer = container('id -u > /data/by; touch /data/written && echo "$(stat -c %g:%a /data)"; ' + SERVE,
+                       securityContext={"runAsUser": 999, "runAsGroup": 999},
+                       volumeMounts=[{"name": "data", "mountPath": "/data"}])  # fmt: skip
+    cluster.apply(claim())
+    web = deployment("web", 1, with_claim(writer))
+    cluster.apply(web)
+    [first] = running(cluster, web, 1)
+    assert "999:2775" in first.logs("main")  # fsGroup ownership: the group's, group-writable, setgid
+    volume = cluster.claims[(NAMESPACE, "data")].volume
+    assert volume is not None and (volume / "written").exists()
+    kubectl_exec(first, "main", "touch /data/before")
+    cluster.delete(claim())  # in use: Terminating, the object and its volume kept
+    time.sleep(1)
+    assert cluster.claims[(NAMESPACE, "data")].deleting and (volume / "written").exists()
+    assert cluster.get("PersistentVolumeClaim", NAMESPACE, "data")
+    cluster.delete_pod(first.name)  # its replacement cannot mount a claim being deleted
+    [second] = wait_for(lambda: [p for p in pods(cluster, web) if p is not first], 5, "a replacement", 0.1)
+    wait_for(lambda: second.unschedulable, 5, "the scheduler's verdict", interval=0.1)
+    assert second.unschedulable == 'persistentvolumeclaim "data" is being deleted'
+    wait_for(lambda: first.name not in cluster.pods, 10, "the first pod gone", interval=0.1)
+    wait_for(lambda: (NAMESPACE, "data") not in cluster.claims, 5, "the claim gone", interval=0.1)
+    assert not volume.exists()  # reclaim policy Delete
+    cluster.apply(claim())  # a new claim: a new, empty volume
+    [pod] = running(cluster, web, 1)
+    new_volume = cluster.claims[(NAMESPACE, "data")].volume
+    assert pod is second and new_volume is not None and new_volume != volume
+    assert sorted(os.listdir(new_volume)) == ["by", "lost+found", "written"]  # the second pod's own; no "before"
+
+
+@pytest.mark.rehearsal
+def test_the_api_server_refuses_changes_to_a_claims_spec_but_a_bound_claims_growth(cluster: Cluster) -> None:
+    cluster.storage_classes["fixed"] = StorageClass("fixed", "Immediate", allow_expansion=False)
+    cluster.apply(claim())
+    limited = claim(resources={"requests": {"storage": "1Gi"}, "limits": {"storage": "1Gi"}})
+    for changed in (limited, claim(storageClassName="fixed"), claim(storage="2Gi")):
+        with pytest.raises(InvalidError, match="spec is immutable"):  # growth too: the claim is not bound yet
+            cluster.apply(changed)
+    cluster.apply(claim(storageClassName="standard"))  # the class the server defaulted, now named: no change
+    web = deployment("web", 1, with_claim(container(SERVE)))
+    cluster.apply(web)
+    running(cluster, web, 1)
+    cluster.apply(claim(storage="2Gi"))
+    with pytest.raises(InvalidError, match="can not be less than previous value"):
+        cluster.apply(claim(storage="1Gi"))
+    cluster.apply(claim("fixed", storageClassName="fixed"))
+    wait_for(lambda: cluster.claims[(NAMESPACE, "fixed")].phase == "Bound", 5, "an Immediate claim bound", 0.1)
+    with pytest.raises(InvalidError, match="must support resize"):
+        cluster.apply(claim("fixed", storage="2Gi", storageClassName="fixed"))
+    for unsupported in (claim(volumeName="pv-1"), claim(accessModes=["ReadWriteMany"]), claim(storageClassName="")):
+        with pytest.raises(UnsupportedError):
+            cluster.apply({**unsupported, "metadata": {"name": "other", "namespace": NAMESPACE}})
+
+
+@pytest.mark.rehearsal
+def test_up_awaits_a_claim_as_pulumi_kubernetes_does(cluster: Cluster) -> None:
+    cluster.storage_classes["fast"] = StorageClass("fast", "Immediate")
+    consumer = deployment("web", 1, with_claim(container(SERVE)))
+    # WaitForFirstConsumer: Pending is ready on creation, so the pod that binds it can follow.
+    cluster.up(stack(("data", claim(), ()), ("web", consumer, ("data",))), timeout=20)
+    assert cluster.claims[(NAMESPACE, "data")].phase == "Bound"
+    # Immediate: ready once Bound. A class that does not exist never binds, and its await times out.
+    cluster.up(stack(("fast", claim("fast", storageClassName="fast"), ())), timeout=10)
+    assert cluster.claims[(NAMESPACE, "fast")].phase == "Bound"
+    with pytest.raises(TimeoutError, match=r"nowhere \[Pending, class missing\]"):
+        cluster.up(stack(("nowhere", claim("nowhere", storageClassName="missing"), ())), timeout=2)
+    # An update awaits Bound: a claim still waiting for its consumer never gets there, unless await is skipped.
+    lonely = claim("lonely")
+    cluster.up(stack(("lonely", lonely, ())), timeout=5)
+    relabelled = {**lonely, "metadata": {**lonely["metadata"], "labels": {"a": "b"}}}
+    with pytest.raises(TimeoutError, match=r"lonely \[Pending, class standard\]"):
+        cluster.up(stack(("lonely", relabelled, ())), timeout=2)
+    skipped = {**relabelled, "metadata": {**relabelled["metadata"], "annotations": {"pulumi.com/skipAwait": "true"}}}
+    cluster.up(stack(("lonely", skipped, ())), timeout=5)
+
+
+@pytest.mark.rehearsal
+def test_up_deletes_a_claim_only_after_the_pods_that_use_it(cluster: Cluster) -> None:
+    consumer = deployment("web", 1, with_claim(container(SERVE)))
+    cluster.up(stack(("data", claim(), ()), ("web", consumer, ("data",))), timeout=20)
+    volume = cluster.claims[(NAMESPACE, "data")].volume
+    cluster.up(stack(), timeout=20)
+    assert not cluster.claims and not cluster.pods and volume is not None and not volume.exists()
+
+
+# ----- a Redis that keeps its data on a claim -----
+
+REDIS_PORT = 6379
+PING = f'REDISCLI_AUTH="$(cat /etc/redis/password)" redis-cli -h 127.0.0.1 -p {REDIS_PORT} ping | grep -qx PONG'
+
+
+def redis_secret(password: str, *, config_password: str | None = None) -> Manifest:
+    config = "\n".join([f"port {REDIS_PORT}", "bind * -::*", "dir /data", "appendonly yes", "appendfsync everysec",
+                        'save ""', f'requirepass "{config_password or password}"', ""])  # fmt: skip
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis", "namespace": NAMESPACE},
+            "type": "Opaque", "stringData": {"redis.conf": config, "password": password}}  # fmt: skip
+
+
+def redis_deployment(name: str = "redis", claim_name: str = "redis-data") -> Manifest:
+    """The Redis the program renders, in the shape of its manifests."""
+    main = {
+        "name": "redis",
+        "image": REDIS_IMAGE,
+        "command": ["redis-server", "/etc/redis/redis.conf"],
+        "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/data"},
+            {"name": "config", "mountPath": "/etc/redis", "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "readinessProbe": {"exec": {"command": ["sh", "-c", PING]}, "periodSeconds": 1, "timeoutSeconds": 2},
+        "livenessProbe": {"tcpSocket": {"port": "redis"}, "initialDelaySeconds": 1, "periodSeconds": 2},
+    }
+    pod_security = {"runAsNonRoot": True, "runAsUser": 999, "runAsGroup": 999, "fsGroup": 999,
+                    "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
+    volumes = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": claim_name}},
+        {"name": "config", "secret": {"secretName": "redis", "defaultMode": 0o440}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    pod = template(main, app=name, securityContext=pod_security, volumes=volumes)
+    return deployment(name, 1, pod, strategy={"type": "Recreate"})
+
+
+def redis_cli(pod: Pod, *command: str) -> str:
+    """redis-cli in the Redis container, authenticated with the Secret's password."""
+    auth = 'REDISCLI_AUTH="$(cat /etc/redis/password)"'
+    return kubectl_exec(pod, "redis", f"{auth} redis-cli -h 127.0.0.1 -p {REDIS_PORT} {' '.join(command)}").strip()
+
+
+@pytest.mark.rehearsal
+def test_the_redis_image_runs_as_redis_with_its_tools_on_path_in_data(cluster: Cluster) -> None:
+    script = (
+        'echo "id=$(id -u):$(id -g) user=$(whoami) group=$(id -gn) pwd=$(pwd) path=$PATH"; '
+        "command -v redis-server; command -v redis-cli; redis-server --version; stat -c 'data=%U:%G %a' /data; "
+        'touch /data/file && echo "data writable"; touch /usr/local/bin/x 2>/dev/null || echo "bin read-only"'
+    )
+    main = {"name": "main", "image": REDIS_IMAGE, "command": ["sh", "-c", script],
+            "securityContext": {"readOnlyRootFilesystem": True}}  # fmt: skip
+    pod = finished_pod(cluster, template(main))
+    logs = pod.logs("main")
+    assert pod.phase == "Succeeded", logs
+    path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert f"id=999:999 user=redis group=redis pwd=/data path={path}\n" in logs
+    assert "/usr/local/bin/redis-server\n/usr/local/bin/redis-cli\n" in logs
+    assert f"Redis server v={REDIS_IMAGE.rsplit(':', 1)[1]} " in logs
+    assert "data=redis:redis 755\ndata writable\nbin read-only\n" in logs  # an image volume, under a read-only root
+
+
+@pytest.mark.rehearsal
+def test_redis_keeps_a_key_on_its_claim_across_pods_and_loses_it_with_the_claim(cluster: Cluster) -> None:
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "redis", "namespace": NAMESPACE},
+               "spec": {"selector": {"app": "redis"}, "ports": [{"port": REDIS_PORT}]}}  # fmt: skip
+    program = stack(
+        ("secret", redis_secret("pass word#1"), ()),
+        ("data", claim("redis-data"), ()),
+        ("redis", redis_deployment(), ("secret", "data")),
+        ("service", service, ("redis",)),
+    )
+    cluster.up(program, timeout=30)
+    [first] = running(cluster, program.one("Deployment"), 1)
+    assert redis_cli(first, "SET", "gcs", "kept") == "OK"
+    assert "appendonlydir" in kubectl_exec(first, "redis", "ls /data")
+    cluster.delete_pod(first.name)
+    wait_for(lambda: first.name not in cluster.pods, 15, "the first Redis pod gone", interval=0.1)
+    [second] = running(cluster, program.one("Deployment"), 1, timeout=30)
+    assert second is not first and redis_cli(second, "GET", "gcs") == "kept"
+    assert cluster.resolve(f"redis.{NAMESPACE}.svc.cluster.local") == [second.ip]
+    # The claim deleted (it goes once its pod has) and created again: a new, empty volume.
+    cluster.up(Rendered(registrations=[r for r in program.registrations if r.name == "secret"], outputs={}), 30)
+    assert not cluster.claims
+    cluster.up(program, timeout=30)
+    [third] = running(cluster, program.one("Deployment"), 1)
+    assert redis_cli(third, "GET", "gcs") == ""
+
+
+@pytest.mark.rehearsal
+def test_a_redis_with_a_wrong_password_in_its_probe_never_becomes_ready(cluster: Cluster) -> None:
+    cluster.apply(redis_secret("the probe's", config_password="the server's"))
+    cluster.apply(claim("redis-data"))
+    redis = redis_deployment()
+    cluster.apply(redis)
+    [pod] = wait_for(lambda: [p for p in pods(cluster, redis) if p.phase == "Running"], 20, "Redis running", 0.1)
+    wait_for(lambda: "readinessProbe failed" in pod.events(), 15, "a failed readiness probe", interval=0.1)
+    assert "WRONGPASS" in pod.events() or "exit code 1" in pod.events(), pod.events()
+    time.sleep(2)
+    assert not pod.ready and pod.restarts() == 0  # the tcpSocket liveness probe still passes
