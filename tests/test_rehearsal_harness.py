@@ -2,10 +2,11 @@
 
 Without root: Kubernetes' `$(VAR)` expansion, quantities, effective requests, tolerations, rolling-update bounds,
 that the harness knows nothing of this project's commands, names or ports, which it must read from the
-manifests, and what it refuses (images it has no stand-in for, a Redis of another version than the one installed,
-probes it does not emulate). With root (marked `rehearsal`; they fail, never skip, without it): the images'
-filesystems and config, the scheduler, Deployment rollouts, graceful termination, `pulumi up`'s replacement and
-await rules, probes, and PersistentVolumeClaims with a Redis that keeps its data on one.
+manifests, and what it refuses (images it has no stand-in for, probes and volumes it does not emulate). Marked
+`rehearsal` (they fail, never skip, without root and the stand-ins scripts/test installs as root): a Redis of
+another version than the one installed refused, the images' filesystems and config, the scheduler, Deployment
+rollouts, graceful termination, `pulumi up`'s replacement and await rules, probes, and PersistentVolumeClaims with
+a Redis that keeps its data on one.
 """
 
 from __future__ import annotations
@@ -568,12 +569,14 @@ def probe_spec(probe: Manifest, image_name: str = RAY_IMAGE) -> Manifest:
     return {"containers": [{"name": "main", "image": image_name, "command": ["true"], "readinessProbe": probe}]}
 
 
+@pytest.mark.rehearsal
 def test_the_installed_redis_is_the_version_the_redis_image_is_pinned_to() -> None:
     assert image.redis_version() == REDIS_IMAGE.rsplit(":", 1)[1]
     assert image.lookup(REDIS_IMAGE).user == 999
     assert image.lookup(f"docker.io/library/{REDIS_IMAGE}-bookworm@sha256:{'0' * 64}").workdir == image.REDIS_DATA
 
 
+@pytest.mark.rehearsal
 @pytest.mark.parametrize(
     ("reference", "why"),
     [

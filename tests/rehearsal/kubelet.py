@@ -1,4 +1,4 @@
-"""A small kubelet: runs one pod's containers from its manifest, as real processes, in the stand-in image.
+"""A small kubelet: runs one pod's containers from its manifest, as real processes, in their images' stand-ins.
 
 Everything comes from the pod spec, nothing from knowledge of this project: each container's image (one the
 registry in image.py knows; any other is refused), command and args with Kubernetes' `$(VAR)` expansion, its env
