@@ -16,6 +16,7 @@ cluster = RayCluster(
     COMPONENT_NAME,
     settings,
     auth_token=config.get_secret("authToken"),
+    redis_password=config.get_secret("redisPassword"),
     opts=pulumi.ResourceOptions(aliases=aliases),
 )
 
@@ -28,3 +29,4 @@ pulumi.export("portForwardCommand", cluster.port_forward_command)
 pulumi.export("image", cluster.image)
 pulumi.export("workerReplicas", cluster.worker_replicas)
 pulumi.export("authTokenSecret", cluster.auth_secret_name)
+pulumi.export("gcsStorageNamespace", cluster.gcs_storage_namespace)

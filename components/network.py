@@ -6,7 +6,7 @@ own pods may; clients are let in by namespace or CIDR, and only on the ports cli
 
 from __future__ import annotations
 
-from . import pods
+from . import pods, redis
 from .pods import Manifest
 from .settings import ClusterSettings
 
@@ -61,3 +61,21 @@ def metrics_policy_spec(settings: ClusterSettings) -> Manifest | None:
     come with the right to submit jobs. None if none are listed."""
     sources = [_namespaces(settings.metrics_namespaces)] if settings.metrics_namespaces else []
     return _ingress_policy(settings, sources, (pods.METRICS_PORT,))
+
+
+def redis_policy_spec(settings: ClusterSettings) -> Manifest | None:
+    """The stack's own Redis admits this cluster's head only, on the Redis port: it holds the cluster's state and
+    its password, and no worker, client or other pod needs it. None without a Redis of the stack's own."""
+    fault_tolerance = settings.fault_tolerance
+    if fault_tolerance is None or fault_tolerance.external_address:
+        return None
+    return {
+        "podSelector": {"matchLabels": redis.selector_labels(settings)},
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {
+                "from": [{"podSelector": {"matchLabels": pods.selector_labels(settings, "head")}}],
+                "ports": [{"port": redis.REDIS_PORT, "protocol": "TCP"}],
+            }
+        ],
+    }

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING
 from typing import Any
 
-from . import sizing
+from . import redis, sizing
+from .security import container_security, pod_security
 from .settings import ClusterSettings, PodResources, WorkerGroup
 
 GCS_PORT = 6379
@@ -22,11 +23,9 @@ CLIENT_PORT = 10001
 METRICS_PORT = 8080
 AGENT_PORT = 52365
 
-# The official Ray image runs as user `ray` (uid 1000, group `users`, gid 100), with HOME and WORKDIR /home/ray and
-# conda in /home/ray/anaconda3. The root filesystem is read-only, so HOME and the working directory move to an
-# emptyDir below the image's home, which leaves conda where the image put it.
-RAY_UID = 1000
-RAY_GID = 100
+# The official Ray image runs as user `ray` (security.RAY_UID, RAY_GID), with HOME and WORKDIR /home/ray and conda in
+# /home/ray/anaconda3. The root filesystem is read-only, so HOME and the working directory move to an emptyDir below
+# the image's home, which leaves conda where the image put it.
 HOME_DIR = "/home/ray/workspace"
 NOFILE_LIMIT = 65536
 MIB = sizing.MIB
@@ -45,9 +44,16 @@ TOKEN_VERSION_LABEL = "ray-cluster.pulumi.com/auth-token-version"
 # then stops Ray's processes, allowing each about a second: the pod's grace period covers both.
 DRAIN_TIMEOUT_ENV = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"
 SHUTDOWN_MARGIN_SECONDS = 15
-# The head does not drain: without GCS fault tolerance its loss ends every job anyway, and a head that drains
-# only delays its replacement.
+# The head does not drain: without GCS fault tolerance its loss ends every job anyway, with it the head runs no
+# tasks; either way a head that drains only delays its replacement.
 HEAD_DRAIN_SECONDS = 0
+# With GCS fault tolerance the head reads the Redis password (and a TLS Redis's CA) from files: the password goes to
+# `ray start` on its command line (Ray has no other way to take it), never into the manifest or the env.
+REDIS_SECRET_DIR = "/etc/ray/redis"
+REDIS_CA_DIR = "/etc/ray/redis-ca"
+REDIS_CA_FILE = "ca.crt"
+# Names this cluster's keys in Redis; set per cluster (by default every cluster on one Redis would share "default").
+STORAGE_NAMESPACE_ENV = "RAY_external_storage_namespace"
 # Ray Client's proxier on the head starts a server for each client with `Popen(preexec_fn=...)`, a fork() of a
 # multithreaded gRPC process; with gRPC's fork support on, the child now and then dies before its exec and the
 # client waits about 40 s (the proxier's 30 s channel timeout, then a retry) or fails: ray-project/ray#63202, fix
@@ -105,8 +111,12 @@ def selector_labels(settings: ClusterSettings, group: str) -> dict[str, str]:
 
 
 def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: bool) -> list[str]:
-    """`ray start` for one node, in the foreground (`--block`) so the container lives exactly as long as Ray."""
+    """`ray start` for one node, in the foreground (`--block`) so the container lives exactly as long as Ray.
+
+    With GCS fault tolerance the head offers no CPUs (KubeRay's advice): tasks and actors then run on workers
+    only, which keep running through the loss of the head, so losing the head loses no work."""
     node = node_sizing(resources)
+    num_cpus = 0 if head and settings.fault_tolerance else node.num_cpus
     role = (
         [
             "--head",
@@ -123,7 +133,7 @@ def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: 
         "start",
         *role,
         f"--node-ip-address=$({POD_IP_ENV})",
-        f"--num-cpus={node.num_cpus}",
+        f"--num-cpus={num_cpus}",
         f"--num-gpus={node.num_gpus}",
         f"--memory={node.memory_bytes}",
         f"--object-store-memory={node.object_store_bytes}",
@@ -176,28 +186,6 @@ def container_resources(resources: PodResources) -> Manifest:
     if resources.gpus:
         amounts["nvidia.com/gpu"] = str(resources.gpus)
     return {"requests": dict(amounts), "limits": dict(amounts)}
-
-
-def container_security() -> Manifest:
-    """Pod Security Standard "restricted": nothing in Ray needs root, extra capabilities or a writable image."""
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "runAsUser": RAY_UID,
-        "runAsGroup": RAY_GID,
-    }
-
-
-def pod_security() -> Manifest:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RAY_UID,
-        "runAsGroup": RAY_GID,
-        "fsGroup": RAY_GID,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
 
 
 def ray_env(settings: ClusterSettings) -> list[Manifest]:
@@ -268,7 +256,45 @@ def node_env(settings: ClusterSettings, *, head: bool) -> list[Manifest]:
     return env
 
 
-def ray_container(settings: ClusterSettings, resources: PodResources, image: str, *, head: bool) -> Manifest:
+def gcs_storage_env(settings: ClusterSettings, storage_namespace: Any) -> list[Manifest]:
+    """The head's Redis, if GCS fault tolerance is on: where it is, this cluster's namespace in it (an Output: a
+    random id drawn once per cluster, so a cluster made anew never resumes an old one's state) and the CA of a TLS
+    Redis."""
+    fault_tolerance = settings.fault_tolerance
+    if fault_tolerance is None:
+        return []
+    env = [
+        {"name": "RAY_REDIS_ADDRESS", "value": redis.address(settings, fault_tolerance)},
+        {"name": STORAGE_NAMESPACE_ENV, "value": storage_namespace},
+    ]
+    if fault_tolerance.ca_secret:
+        env.append({"name": "RAY_REDIS_CA_CERT", "value": f"{REDIS_CA_DIR}/{REDIS_CA_FILE}"})
+    return env
+
+
+def gcs_storage_volumes(settings: ClusterSettings) -> tuple[list[Manifest], list[Manifest]]:
+    """The head's volumes and mounts for the Redis password and a TLS Redis's CA."""
+    fault_tolerance = settings.fault_tolerance
+    volumes: list[Manifest] = []
+    mounts: list[Manifest] = []
+    if fault_tolerance and fault_tolerance.authenticates:
+        secret = {"secretName": settings.redis_name, "defaultMode": 0o440}
+        volumes.append({"name": "redis-password", "secret": secret})
+        mounts.append({"name": "redis-password", "mountPath": REDIS_SECRET_DIR, "readOnly": True})
+    if fault_tolerance and fault_tolerance.ca_secret:
+        volumes.append({"name": "redis-ca", "secret": {"secretName": fault_tolerance.ca_secret, "defaultMode": 0o444}})
+        mounts.append({"name": "redis-ca", "mountPath": REDIS_CA_DIR, "readOnly": True})
+    return volumes, mounts
+
+
+def ray_container(
+    settings: ClusterSettings, resources: PodResources, image: str, *, head: bool, storage_namespace: Any = None
+) -> Manifest:
+    """A Ray node's container; the head's with its GCS storage, if fault tolerance is on."""
+    start = "exec " + shlex.join(ray_start_args(settings, resources, head=head))
+    fault_tolerance = settings.fault_tolerance if head else None
+    if fault_tolerance and fault_tolerance.authenticates:
+        start += f' --redis-password="$(cat {REDIS_SECRET_DIR}/{redis.PASSWORD_KEY})"'
     ports = ([("gcs", GCS_PORT), ("dashboard", DASHBOARD_PORT), ("client", CLIENT_PORT)] if head else []) + [
         ("metrics", METRICS_PORT),
         ("agent", AGENT_PORT),
@@ -281,13 +307,15 @@ def ray_container(settings: ClusterSettings, resources: PodResources, image: str
     return {
         "name": "ray-head" if head else "ray-worker",
         "image": image,
-        "command": shell("exec " + shlex.join(ray_start_args(settings, resources, head=head))),
+        "command": shell(start),
         "workingDir": HOME_DIR,
-        "env": ray_env(settings) + node_env(settings, head=head),
+        "env": ray_env(settings)
+        + node_env(settings, head=head)
+        + (gcs_storage_env(settings, storage_namespace) if head else []),
         "ports": [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports],
         "resources": container_resources(resources),
         "securityContext": container_security(),
-        "volumeMounts": ray_volume_mounts(settings, shm=True),
+        "volumeMounts": ray_volume_mounts(settings, shm=True) + (gcs_storage_volumes(settings)[1] if head else []),
         "readinessProbe": readiness,
         "livenessProbe": http_probe(AGENT_PORT, "/api/healthz", liveness=True),
     }
@@ -331,14 +359,18 @@ def pod_template(
     }
 
 
-def head_pod_template(settings: ClusterSettings, version_labels: Mapping[str, Any]) -> Manifest:
-    """`version_labels` (the token's version) change with what the pod reads at start, so a change rolls it."""
+def head_pod_template(
+    settings: ClusterSettings, version_labels: Mapping[str, Any], storage_namespace: Any = None
+) -> Manifest:
+    """`version_labels` (the token's and the Redis password's versions) change with what the pod reads at start,
+    so a change rolls it; `storage_namespace` names the cluster's state in Redis, with GCS fault tolerance."""
+    head = ray_container(settings, settings.head, settings.image, head=True, storage_namespace=storage_namespace)
     return pod_template(
         settings,
         component="head",
         group="head",
-        containers=[ray_container(settings, settings.head, settings.image, head=True)],
-        volumes=ray_volumes(settings, node_sizing(settings.head)),
+        containers=[head],
+        volumes=ray_volumes(settings, node_sizing(settings.head)) + gcs_storage_volumes(settings)[0],
         grace_seconds=HEAD_DRAIN_SECONDS + SHUTDOWN_MARGIN_SECONDS,
         version_labels=version_labels,
     )

@@ -11,14 +11,14 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from . import network, pods
-from .settings import ClusterSettings
+from . import network, pods, redis
+from .settings import ClusterSettings, GcsFaultTolerance
 
 # Ray images are several GB: the first pull alone can outlast pulumi-kubernetes' 10-minute default.
 _PULL_SECONDS = 20 * 60
@@ -34,6 +34,12 @@ _PULUMI_OWNS_ITS_FIELDS = {"pulumi.com/patchForce": "true"}
 # path cannot be ignored: the provider splits ignore paths at every dot, and its key has dots.) What must roll pods
 # when it changes goes into labels instead.
 _POD_TEMPLATE_ANNOTATIONS = "spec.template.metadata.annotations"
+Child = TypeVar("Child", bound=pulumi.CustomResource)
+# A claim of a WaitForFirstConsumer StorageClass (most clouds' default) binds only once its pod is scheduled, and
+# the provider, which cannot read the binding mode of a claim that names no class, would wait for Bound before it
+# creates that pod: a deadlock until its 5-minute await fails `pulumi up`. The Redis Deployment's own await
+# requires its claims to be Bound, so nothing goes unchecked.
+_CLAIM_BINDS_WITH_ITS_POD = {"pulumi.com/skipAwait": "true"}
 # A failed smoke-test Job is replaced by the next `pulumi up` (so it runs again) instead of awaited again.
 _RETRY_FAILED_JOB = {"pulumi.com/replaceUnready": "true"}
 
@@ -51,6 +57,7 @@ class RayCluster(pulumi.ComponentResource):
     image: pulumi.Output[str]
     worker_replicas: pulumi.Output[dict[str, int]]
     auth_secret_name: pulumi.Output[str | None]
+    gcs_storage_namespace: pulumi.Output[str | None]
 
     def __init__(
         self,
@@ -58,8 +65,11 @@ class RayCluster(pulumi.ComponentResource):
         settings: ClusterSettings,
         auth_token: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
+        redis_password: pulumi.Input[str] | None = None,
     ) -> None:
-        """`auth_token` is the user's own token (a secret); without one, a token is generated once per stack."""
+        """`auth_token` is the user's own token (a secret); without one, a token is generated once per stack.
+        `redis_password` (a secret) is the password of the Redis that keeps the GCS's state with fault tolerance;
+        for the stack's own Redis, without one, a password is generated once per stack."""
         # Inputs stay None: whatever is passed here is recorded in the state as the component's inputs.
         super().__init__("ray-cluster:index:RayCluster", name, None, opts)
         self._name, self._settings = name, settings
@@ -83,6 +93,14 @@ class RayCluster(pulumi.ComponentResource):
             access.append(secret)
             version_labels[pods.TOKEN_VERSION_LABEL] = token_version
         self._access = access
+        storage_namespace: pulumi.Output[str] | None = None
+        gcs_storage: list[pulumi.CustomResource] = []
+        redis_spec: pods.Manifest | None = None
+        # Only the head reads the Redis password.
+        head_version_labels = dict(version_labels)
+        if settings.fault_tolerance:
+            storage_namespace = self._storage_namespace()
+            gcs_storage, redis_spec = self._gcs_storage(settings.fault_tolerance, redis_password, head_version_labels)
 
         head_service_spec = {
             "type": "ClusterIP",
@@ -97,10 +115,13 @@ class RayCluster(pulumi.ComponentResource):
         )
         # Never two heads: a second GCS would split the cluster in two.
         head_spec = {
-            **self._deployment_spec("head", 1, pods.head_pod_template(settings, version_labels)),
+            **self._deployment_spec(
+                "head", 1, pods.head_pod_template(settings, head_version_labels, storage_namespace)
+            ),
             "strategy": {"type": "Recreate"},
         }
-        head = self._deployment("head", "head", head_spec, _PULL_SECONDS)
+        # With fault tolerance, the GCS starts against a Redis that is ready.
+        head = self._deployment("head", "head", head_spec, _PULL_SECONDS, after=gcs_storage)
         # Workers do not wait for the head: they start with it, and their init container waits for its GCS.
         worker_specs = {
             group.name: {
@@ -117,7 +138,9 @@ class RayCluster(pulumi.ComponentResource):
         workers = [self._deployment(group, "worker", spec, rollout_seconds) for group, spec in worker_specs.items()]
         if settings.test_job:
             running = {"head-service": head_service_spec, "head": head_spec, "workers": worker_specs}
-            self._smoke_test([*access, head_service, head, *workers], _digest(running))
+            if redis_spec:
+                running["redis"] = redis_spec
+            self._smoke_test([*access, *gcs_storage, head_service, head, *workers], _digest(running))
 
         host = settings.head_host
         self.namespace = self._namespace
@@ -132,6 +155,7 @@ class RayCluster(pulumi.ComponentResource):
         self.image = pulumi.Output.from_input(settings.image)
         self.worker_replicas = pulumi.Output.from_input({g.name: g.replicas for g in settings.worker_groups})
         self.auth_secret_name = pulumi.Output.from_input(settings.auth_secret_name if settings.token_auth else None)
+        self.gcs_storage_namespace = pulumi.Output.from_input(storage_namespace)
         self.register_outputs(
             {
                 "namespace": self.namespace,
@@ -143,27 +167,29 @@ class RayCluster(pulumi.ComponentResource):
                 "image": self.image,
                 "worker_replicas": self.worker_replicas,
                 "auth_secret_name": self.auth_secret_name,
+                "gcs_storage_namespace": self.gcs_storage_namespace,
             }
         )
 
     def _child(
         self,
-        kind: Callable[..., pulumi.CustomResource],
+        kind: Callable[..., Child],
         suffix: str,
         resource_name: str | None,
         component: str,
         group: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
         annotations: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
         **fields: object,
-    ) -> pulumi.CustomResource:
-        """A namespaced child labelled like the pods it belongs with; reading the namespace from the Namespace
-        resource makes it wait for that namespace."""
+    ) -> Child:
+        """A namespaced child labelled like the pods it belongs with (the Ray pods', unless `labels` are given);
+        reading the namespace from the Namespace resource makes it wait for that namespace."""
         named = {"name": resource_name} if resource_name else {}
         metadata = {
             **named,
             "namespace": self._namespace,
-            "labels": pods.labels(self._settings, component, group or component),
+            "labels": labels or pods.labels(self._settings, component, group or component),
             "annotations": {**_PULUMI_OWNS_ITS_FIELDS, **(annotations or {})},
         }
         options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
@@ -177,18 +203,27 @@ class RayCluster(pulumi.ComponentResource):
         }
 
     def _deployment(
-        self, group: str, component: str, spec: pods.Manifest, timeout_seconds: int
+        self,
+        group: str,
+        component: str,
+        spec: pods.Manifest,
+        timeout_seconds: int,
+        after: list[pulumi.CustomResource] | None = None,
     ) -> pulumi.CustomResource:
         """`<cluster>-<group>`, a Deployment of Ray pods, created once the access objects (ServiceAccount,
-        policies, token) exist; `pulumi up` waits `timeout_seconds` for it to roll out."""
+        policies, token) and whatever else it needs (`after`) exist; `pulumi up` waits `timeout_seconds` for it to
+        roll out."""
         timeout = f"{timeout_seconds}s"
         options = pulumi.ResourceOptions(
-            depends_on=self._access,
+            depends_on=[*self._access, *(after or [])],
             custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout),
             ignore_changes=[_POD_TEMPLATE_ANNOTATIONS],
         )
         name = f"{self._settings.cluster_name}-{group}"
-        return self._child(k8s.apps.v1.Deployment, group, name, component, group, spec=spec, opts=options)
+        deployment: pulumi.CustomResource = self._child(
+            k8s.apps.v1.Deployment, group, name, component, group, spec=spec, opts=options
+        )
+        return deployment
 
     def _declare_namespace(self) -> pulumi.Output[str]:
         """The stack's own namespace, or an existing one, read rather than managed, under the same logical name:
@@ -233,22 +268,28 @@ class RayCluster(pulumi.ComponentResource):
             if spec
         ]
 
+    def _secret(self, suffix: str, given: pulumi.Input[str] | None, length: int) -> pulumi.Output[str]:
+        """The given secret, or one of `length` letters and digits generated once per stack, as a secret Output."""
+        generated = random.RandomPassword(
+            f"{self._name}-{suffix}", length=length, special=False, opts=pulumi.ResourceOptions(parent=self)
+        )
+        return pulumi.Output.secret(
+            pulumi.Output.all(given, generated.result).apply(lambda values: str(values[0] or values[1]))
+        )
+
+    def _secret_version(self, suffix: str, **secret: pulumi.Input[str]) -> pulumi.Output[str]:
+        """A random id drawn anew whenever the secret (its one keyword argument) changes: in a pod template's
+        labels, it rolls the pods that read the secret at start, while the template reveals nothing of it."""
+        version = random.RandomId(
+            f"{self._name}-{suffix}-version", byte_length=8, keepers=secret, opts=pulumi.ResourceOptions(parent=self)
+        )
+        version_hex: pulumi.Output[str] = version.hex
+        return version_hex
+
     def _auth_secret(self, given: pulumi.Input[str] | None) -> tuple[pulumi.CustomResource, pulumi.Output[str]]:
         """The token every Ray process reads from a mounted file (generated unless the stack config gives one),
-        and its version: a random id drawn anew whenever the token changes, so pods roll with the token while
-        their templates reveal nothing of it."""
-        generated = random.RandomPassword(
-            f"{self._name}-auth-token", length=48, special=False, opts=pulumi.ResourceOptions(parent=self)
-        )
-        token: pulumi.Output[str] = pulumi.Output.secret(
-            pulumi.Output.all(given, generated.result).apply(lambda tokens: str(tokens[0] or tokens[1]))
-        )
-        version = random.RandomId(
-            f"{self._name}-auth-token-version",
-            byte_length=8,
-            keepers={"token": token},
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        and its version."""
+        token = self._secret("auth-token", given, 48)
         secret = self._child(
             k8s.core.v1.Secret,
             "auth-token-secret",
@@ -257,8 +298,107 @@ class RayCluster(pulumi.ComponentResource):
             type="Opaque",
             string_data={pods.AUTH_TOKEN_KEY: token},
         )
-        version_hex: pulumi.Output[str] = version.hex
-        return secret, version_hex
+        return secret, self._secret_version("auth-token", token=token)
+
+    def _storage_namespace(self) -> pulumi.Output[str]:
+        """This cluster's name in Redis: stable through every head restart, drawn anew for a cluster of another
+        name or namespace (a rename runs the new cluster beside the old one for a while: they must not share
+        state), and for a cluster made again after `pulumi destroy`, so that no cluster resumes another's state."""
+        settings = self._settings
+        cluster_id = random.RandomId(
+            f"{self._name}-gcs-storage-namespace",
+            byte_length=8,
+            keepers={"clusterName": settings.cluster_name, "namespace": settings.namespace},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        namespace: pulumi.Output[str] = cluster_id.hex.apply(lambda hex_id: f"{settings.cluster_name}-{hex_id}")
+        return namespace
+
+    def _gcs_storage(
+        self,
+        fault_tolerance: GcsFaultTolerance,
+        given_password: pulumi.Input[str] | None,
+        version_labels: dict[str, Any],
+    ) -> tuple[list[pulumi.CustomResource], pods.Manifest | None]:
+        """The Redis password's Secret (if Ray is given one) and, without an existing Redis, the stack's own:
+        its volume, Deployment, Service and NetworkPolicy. Adds the password's version to `version_labels`;
+        returns what the head must wait for and the Redis Deployment's spec (None for an existing Redis)."""
+        settings = self._settings
+        if not fault_tolerance.authenticates:
+            return [], None
+        labels = redis.labels(settings)
+        if fault_tolerance.external_address:
+            password: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.from_input(given_password).apply(str))
+            data: dict[str, pulumi.Input[str]] = {redis.PASSWORD_KEY: password}
+        else:
+            password = self._secret("redis-password", given_password, 32)
+            data = {redis.PASSWORD_KEY: password, redis.CONFIG_KEY: password.apply(redis.config_file)}
+        version_labels[redis.PASSWORD_VERSION_LABEL] = self._secret_version("redis-password", password=password)
+        secret = self._child(
+            k8s.core.v1.Secret,
+            "redis-secret",
+            settings.redis_name,
+            "gcs-storage",
+            labels=labels,
+            type="Opaque",
+            string_data=data,
+        )
+        if fault_tolerance.external_address:
+            return [secret], None
+        claim = self._child(
+            k8s.core.v1.PersistentVolumeClaim,
+            "redis-data",
+            # No fixed name: a change the API server refuses in place (the storage class) replaces the claim
+            # create-before-delete, the Redis pod moves to the new one, and the old one is deleted once free.
+            None,
+            "gcs-storage",
+            labels=labels,
+            annotations=_CLAIM_BINDS_WITH_ITS_POD,
+            spec=redis.claim_spec(fault_tolerance),
+        )
+        spec = {
+            "replicas": 1,
+            "selector": {"matchLabels": redis.selector_labels(settings)},
+            "template": redis.pod_template(
+                settings,
+                fault_tolerance,
+                {redis.PASSWORD_VERSION_LABEL: version_labels[redis.PASSWORD_VERSION_LABEL]},
+                claim.metadata.name,
+            ),
+            # One pod at a time: its ReadWriteOnce volume attaches to one node only.
+            "strategy": {"type": "Recreate"},
+        }
+        deployment = self._child(
+            k8s.apps.v1.Deployment,
+            "redis",
+            settings.redis_name,
+            "gcs-storage",
+            labels=labels,
+            spec=spec,
+            opts=pulumi.ResourceOptions(
+                depends_on=[*self._access, secret, claim],
+                custom_timeouts=pulumi.CustomTimeouts(create=f"{_PULL_SECONDS}s", update=f"{_PULL_SECONDS}s"),
+                ignore_changes=[_POD_TEMPLATE_ANNOTATIONS],
+            ),
+        )
+        service = self._child(
+            k8s.core.v1.Service,
+            "redis-service",
+            settings.redis_name,
+            "gcs-storage",
+            labels=labels,
+            spec=redis.service_spec(settings),
+        )
+        policy_spec = network.redis_policy_spec(settings)
+        policy = self._child(
+            k8s.networking.v1.NetworkPolicy,
+            "redis-traffic",
+            f"{settings.cluster_name}-redis-traffic",
+            "gcs-storage",
+            labels=labels,
+            spec=policy_spec,
+        )
+        return [secret, claim, deployment, service, policy], spec
 
     def _smoke_test(self, cluster: list[pulumi.CustomResource], cluster_digest: pulumi.Output[str]) -> None:
         settings = self._settings

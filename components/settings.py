@@ -31,6 +31,9 @@ DEFAULT_GROUP = "worker"
 # RFC 1123 labels name namespaces and most objects; a Service name must also start with a letter (RFC 1035), and
 # every other name derives from the cluster's name, so the cluster's name follows the stricter rule.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Most other object names (Secrets, StorageClasses) are DNS subdomains: labels joined by dots, 253 characters.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_MAX_SUBDOMAIN = 253
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _NOT_IN_LABEL = re.compile(r"[^a-z0-9-]+")
@@ -54,6 +57,15 @@ _MAX_CLUSTER_NAME = 53
 _OFFICIAL_RAY_REPOSITORIES = frozenset({"rayproject/ray", "docker.io/rayproject/ray", "index.docker.io/rayproject/ray"})
 _GPU_TAG = re.compile(r"-(gpu|cu[0-9]+)(-|$)")
 _PLATFORM_SUFFIX = "-aarch64"
+# A Redis address as Ray's GCS takes it (RAY_REDIS_ADDRESS): host:port, `redis://` optional, `rediss://` for TLS.
+_REDIS_ADDRESS = re.compile(
+    r"^(?:(?P<scheme>rediss?)://)?(?P<host>[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})$"
+)
+# Workers' wait for a lost head (RAY_gcs_rpc_server_reconnect_timeout_s) when the key is left at 0: Ray's own
+# default without fault tolerance (a head that comes back empty is a new cluster: rejoin it soon), KubeRay's with
+# it (the head comes back with the cluster's state: wait for it, whatever its restart takes).
+RAY_RECONNECT_SECONDS = 60
+FAULT_TOLERANT_RECONNECT_SECONDS = 600
 
 
 def config_error(key: str, value: object, allowed: str) -> pulumi.RunError:
@@ -146,6 +158,24 @@ class WorkerGroup:
 
 
 @dataclass(frozen=True)
+class GcsFaultTolerance:
+    """Where the GCS keeps its state, so that a new head resumes the cluster instead of starting an empty one.
+
+    `external_address` is an existing Redis as Ray is given it (RAY_REDIS_ADDRESS); empty, the stack runs its own
+    Redis (described by `redis_image`, `storage` and `storage_class`); `ca_secret` names a Secret whose `ca.crt`
+    signs a TLS Redis's certificate; `authenticates` is whether Ray is given a password (always for the stack's
+    own Redis; for an existing one, when `redisPassword` is set)."""
+
+    external_address: str
+    tls: bool
+    authenticates: bool
+    ca_secret: str
+    redis_image: str
+    storage: str
+    storage_class: str
+
+
+@dataclass(frozen=True)
 class ClusterSettings:
     cluster_name: str
     namespace: str
@@ -160,6 +190,7 @@ class ClusterSettings:
     metrics_namespaces: tuple[str, ...]
     gcs_reconnect_timeout_seconds: int
     worker_drain_seconds: int
+    fault_tolerance: GcsFaultTolerance | None = None
 
     @property
     def head_service_name(self) -> str:
@@ -173,6 +204,11 @@ class ClusterSettings:
     @property
     def auth_secret_name(self) -> str:
         return f"{self.cluster_name}-auth-token"
+
+    @property
+    def redis_name(self) -> str:
+        """Names the stack's own Redis (Deployment, Service) and the Secret with the password of either Redis."""
+        return f"{self.cluster_name}-redis"
 
     @property
     def total_workers(self) -> int:
@@ -190,6 +226,66 @@ class ClusterSettings:
         ]
 
 
+def _require_redis_address(value: str) -> tuple[str, bool]:
+    """An existing Redis as Ray takes it (`host:port`, or `rediss://host:port` for TLS), and whether it is TLS."""
+    match = _REDIS_ADDRESS.match(value)
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        raise config_error(
+            "redisAddress",
+            value,
+            "it must be an existing Redis as host:port (e.g. redis.example.internal:6379), or rediss://host:port "
+            "for TLS; empty with gcsFaultTolerance deploys a Redis in the namespace",
+        )
+    tls = match["scheme"] == "rediss"
+    address = f"{match['host']}:{match['port']}"
+    return (f"rediss://{address}" if tls else address), tls
+
+
+def _fault_tolerance(config: pulumi.Config, worker_groups: tuple[WorkerGroup, ...]) -> GcsFaultTolerance | None:
+    """The GCS's external storage, or None; every Redis key is checked either way, so a typo waits for nobody."""
+    given_address = config.require("redisAddress")
+    address, tls = _require_redis_address(given_address) if given_address else ("", False)
+    ca_secret = config.require("redisCaSecret")
+    if ca_secret:
+        _require_object_name("redisCaSecret", ca_secret)
+        if not tls:
+            raise config_error(
+                "redisCaSecret", ca_secret, "a CA certificate is only used with a TLS Redis: redisAddress rediss://..."
+            )
+    redis_image = _require_image("redisImage", config.require("redisImage"))
+    storage = _require_quantity("redisStorage", config.require("redisStorage"))
+    storage_class = config.require("redisStorageClass")
+    if storage_class:
+        _require_object_name("redisStorageClass", storage_class)
+    if not config.require_bool("gcsFaultTolerance"):
+        return None
+    if not sum(group.replicas for group in worker_groups):
+        raise config_error(
+            "workers",
+            0,
+            "with gcsFaultTolerance the head runs no tasks (so that losing it loses no work), so at least one "
+            "worker is needed",
+        )
+    return GcsFaultTolerance(
+        external_address=address,
+        tls=tls,
+        # Only whether it is empty: the password itself reaches the component as a secret Output.
+        authenticates=not address or bool(config.get("redisPassword")),
+        ca_secret=ca_secret,
+        redis_image=redis_image,
+        storage=storage,
+        storage_class=storage_class,
+    )
+
+
+def _reconnect_seconds(config: pulumi.Config, fault_tolerant: bool) -> int:
+    """The configured wait for a lost head, or (0) the right one for the cluster's kind."""
+    seconds = config.require_int("gcsReconnectTimeoutSeconds")
+    if seconds == 0:
+        return FAULT_TOLERANT_RECONNECT_SECONDS if fault_tolerant else RAY_RECONNECT_SECONDS
+    return _require_seconds("gcsReconnectTimeoutSeconds", seconds, 5, 3600, "0 (Ray's choice for the cluster) or ")
+
+
 def _require_count(key: str, value: object) -> int:
     """A whole number, 0 or more: an integer, or the digits of one (`--path ... 02` is kept as the text "02")."""
     if isinstance(value, str) and _WHOLE_NUMBER.match(value):
@@ -203,6 +299,14 @@ def _require_dns_label(key: str, value: object, max_length: int = _MAX_NAME) -> 
     if not isinstance(value, str) or len(value) > max_length or not _DNS_LABEL.match(value):
         raise config_error(
             key, value, f"it must be a DNS label: lower-case letters, digits and '-', at most {max_length} characters"
+        )
+    return value
+
+
+def _require_object_name(key: str, value: str) -> str:
+    if len(value) > _MAX_SUBDOMAIN or not _DNS_SUBDOMAIN.match(value):
+        raise config_error(
+            key, value, f"it must be an object name: lower-case letters, digits, '-' and '.', at most {_MAX_SUBDOMAIN}"
         )
     return value
 
@@ -352,9 +456,9 @@ def _require_cidr(key: str, value: object) -> str:
         raise config_error(key, value, "it must be a CIDR block such as 10.8.0.0/16") from None
 
 
-def _require_seconds(key: str, value: int, low: int, high: int) -> int:
+def _require_seconds(key: str, value: int, low: int, high: int, or_else: str = "") -> int:
     if not low <= value <= high:
-        raise config_error(key, value, f"it must be between {low} and {high} seconds")
+        raise config_error(key, value, f"it must be {or_else}between {low} and {high} seconds")
     return value
 
 
@@ -404,9 +508,11 @@ def load_settings(config: pulumi.Config, project: str, stack: str) -> ClusterSet
                 "workerGroups", name, f"group names must be unique and not 'head' ('{DEFAULT_GROUP}' is the default)"
             )
         _require_dns_label("workerGroups", f"{cluster_name}-{name}")
+    namespace = _require_dns_label("namespace", namespace)
+    fault_tolerance = _fault_tolerance(config, groups)
     return ClusterSettings(
         cluster_name=cluster_name,
-        namespace=_require_dns_label("namespace", namespace),
+        namespace=namespace,
         create_namespace=config.require_bool("createNamespace"),
         image=image,
         head=PodResources.parse(
@@ -421,8 +527,7 @@ def load_settings(config: pulumi.Config, project: str, stack: str) -> ClusterSet
             for i, value in enumerate(_require_list("allowedClientCidrs", config.require_object("allowedClientCidrs")))
         ),
         metrics_namespaces=_require_label_list(config, "allowedMetricsNamespaces"),
-        gcs_reconnect_timeout_seconds=_require_seconds(
-            "gcsReconnectTimeoutSeconds", config.require_int("gcsReconnectTimeoutSeconds"), 5, 3600
-        ),
+        gcs_reconnect_timeout_seconds=_reconnect_seconds(config, fault_tolerance is not None),
         worker_drain_seconds=_require_seconds("workerDrainSeconds", config.require_int("workerDrainSeconds"), 0, 3600),
+        fault_tolerance=fault_tolerance,
     )

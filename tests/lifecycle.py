@@ -504,6 +504,10 @@ def type_token(manifest: Mapping[str, Any]) -> str:
     return f"kubernetes:{group or 'core'}/{version}:{manifest['kind']}"
 
 
+# The engine's (and the provider protocol's) stand-in for a value not known before the update runs.
+UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+
+
 @dataclass
 class _Engine:
     olds: list[_State]
@@ -519,6 +523,8 @@ class _Engine:
     steps: dict[str, Step] = field(default_factory=dict)
     operations: list[Operation] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # URN -> (old name, new name) of an auto-named object replaced under a fresh name: an output that changed.
+    renamed: dict[str, tuple[str, str]] = field(default_factory=dict)
     by_urn: dict[str, _State] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -692,7 +698,7 @@ class _Engine:
         old = self._match(registration)
         self.urns.add(urn)
         recreating = urn in self.deleted_early
-        inputs = registration.inputs
+        inputs = self._with_new_names(registration)
         if old is not None:
             self.handled.add(old.urn)
             inputs = self._ignore_changes(registration, old, inputs)
@@ -718,6 +724,39 @@ class _Engine:
         else:
             new = self._diffed(registration, old, new, base)
         self.news.append(new)
+
+    def _with_new_names(self, registration: Registration) -> Manifest:
+        """The inputs as the engine sees them in its preview: where one comes from an auto-named object that is
+        replaced under a fresh name (`metadata.name` of a claim, say), it is that new name (the mocks' names are
+        deterministic, so a render alone would carry the old one); an input computed from such a name (a digest)
+        is unknown, as it is until the replacement exists."""
+        renamed_urns = [urn for urn in registration.dependencies if urn in self.renamed]
+        if not renamed_urns:
+            return registration.inputs
+        renames = dict(self.renamed[urn] for urn in renamed_urns)
+
+        def renamed(value: Any) -> Any:
+            if isinstance(value, str):
+                return renames.get(value, value)
+            if isinstance(value, dict):
+                return {key: renamed(item) for key, item in value.items()}
+            if isinstance(value, list):
+                return [renamed(item) for item in value]
+            return value
+
+        def unknown(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {key: unknown(item) for key, item in value.items()}
+            if isinstance(value, list):
+                return [unknown(item) for item in value]
+            return UNKNOWN
+
+        inputs: Manifest = renamed(registration.inputs)
+        for key, sources in registration.property_dependencies.items():
+            # Which of its values came from the name cannot be told: every one of them may change.
+            if set(sources) & set(renamed_urns) and inputs.get(key) == registration.inputs.get(key):
+                inputs[key] = unknown(inputs[key])
+        return inputs
 
     def _ignore_changes(self, registration: Registration, old: _State, inputs: Manifest) -> Manifest:
         """processIgnoreChanges: the ignored inputs take their old values; a path that cannot be reset fails
@@ -762,6 +801,8 @@ class _Engine:
         if registration.options.delete_before_replace is not None:
             dbr = registration.options.delete_before_replace
         new = self._renamed(registration, new, old)
+        if old.obj and new.obj and old.obj.name != new.obj.name and _autonamed(new.inputs):
+            self.renamed[registration.urn] = (old.obj.name, new.obj.name)
         step = replace(
             base,
             kind="replace",

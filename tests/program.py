@@ -180,9 +180,11 @@ class _Mocks(pulumi.runtime.Mocks):
                 metadata["name"] = auto_name(args.name)
                 metadata["annotations"] = {**(metadata.get("annotations") or {}), AUTONAMED_ANNOTATION: "true"}
         # Random bytes are drawn once, when the resource is created, and stay with it, under an alias too: seeded
-        # here by the type (not the logical name, which an alias changes), they stay across renders the same way.
+        # here by the type and the inputs (not the logical name, which an alias changes), they stay across renders
+        # the same way, and two passwords of different lengths share no characters.
         if args.typ == "random:index/randomPassword:RandomPassword":
-            state["result"] = hashlib.sha256(args.typ.encode()).hexdigest()[: int(state["length"])]
+            seed = f"{args.typ} {state['length']}".encode()
+            state["result"] = hashlib.sha256(seed).hexdigest()[: int(state["length"])]
         if args.typ == "random:index/randomId:RandomId":
             state.update(random_id(args.typ, int(state["byteLength"]), state.get("keepers"), state.get("prefix", "")))
         if args.resource_id:

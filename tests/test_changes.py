@@ -40,13 +40,34 @@ CHANGES: dict[str, dict[str, object]] = {
     "allowedClientCidrs": {"allowedClientCidrs": ["10.8.0.0/16"]},
     "allowedMetricsNamespaces": {"allowedMetricsNamespaces": ["monitoring"]},
     "testJob": {"testJob": "false"},
+    "gcsFaultTolerance": {"gcsFaultTolerance": "true"},
+    "redisAddress": {"redisAddress": "redis.example.internal:6379"},
+    "redisPassword": {"redisPassword": "a-redis-password-of-the-users-own"},
+    "redisCaSecret": {"redisCaSecret": "redis-ca"},
+    "redisImage": {"redisImage": "redis:7.0.15-alpine"},
+    "redisStorage": {"redisStorage": "5Gi"},
+    "redisStorageClass": {"redisStorageClass": "fast-ssd"},
 }
+FAULT_TOLERANT: dict[str, object] = {"gcsFaultTolerance": "true"}
+# The Redis keys change a stack that uses them: fault tolerance on (with a TLS Redis of its own, for its CA).
+BEFORE: dict[str, dict[str, object]] = {
+    **dict.fromkeys(
+        ["redisAddress", "redisPassword", "redisImage", "redisStorage", "redisStorageClass"], FAULT_TOLERANT
+    ),
+    "redisCaSecret": {**FAULT_TOLERANT, "redisAddress": "rediss://redis.example.internal:6380"},
+}
+SECRETS = ("authToken", "redisPassword")
+
+
+def before(key: str | None) -> Rendered:
+    """The stack a key's change is made to: the default one, or one that uses the key."""
+    return render(BEFORE.get(key or "", {}))
 
 
 def rendered(key: str | None) -> Rendered:
     """The default stack (None), or the stack after one key's change."""
-    change = CHANGES[key] if key else {}
-    return render(change, secrets=("authToken",) if "authToken" in change else ())
+    change = {**BEFORE.get(key or "", {}), **(CHANGES[key] if key else {})}
+    return render(change, secrets=tuple(name for name in SECRETS if name in change))
 
 
 def readme_table() -> dict[str, tuple[str, str]]:
@@ -71,7 +92,8 @@ def pods_effect(changes: Plan) -> str:
     if any(step.kind == "replace" for step in deployments):
         return "new cluster"
     head = [step for step in deployments if step.name.endswith("-head")]
-    workers = [step for step in deployments if step not in head]
+    redis = [step for step in deployments if step.name.endswith("-redis")]
+    workers = [step for step in deployments if step not in head + redis]
     effects = []
     if any(step.kind == "update" and _template_changed(step) for step in head):
         effects.append("head restarts")
@@ -79,6 +101,10 @@ def pods_effect(changes: Plan) -> str:
         effects.append("workers roll")
     elif any(step.kind in ("create", "delete") or "spec.replicas" in step.changed_paths for step in workers):
         effects.append("workers added or removed")
+    if any(step.kind == "update" and _template_changed(step) for step in redis):
+        effects.append("Redis restarts")
+    elif any(step.kind in ("create", "delete") for step in redis):
+        effects.append("Redis added or removed")
     return ", ".join(effects) or "none"
 
 
@@ -97,14 +123,14 @@ def test_the_table_covers_every_config_key() -> None:
 
 @pytest.mark.parametrize("key", sorted(CHANGES))
 def test_each_change_does_what_the_readme_says(key: str) -> None:
-    changes = plan(rendered(None), rendered(key))
+    changes = plan(before(key), rendered(key))
     assert_safe(changes)
     assert (pods_effect(changes), smoke_effect(changes)) == readme_table()[key]
 
 
 @pytest.mark.parametrize("key", sorted(CHANGES))
 def test_each_change_is_safe_undone(key: str) -> None:
-    assert_safe(plan(rendered(key), rendered(None)))
+    assert_safe(plan(rendered(key), before(key)))
 
 
 @pytest.mark.parametrize("key", ["clusterName", "namespace", "createNamespace", "image", "authToken"])
@@ -154,11 +180,13 @@ def test_the_smoke_test_runs_again_only_when_the_running_cluster_changes() -> No
     """The Job's digest covers the head and worker Deployments and the head Service: any change of those
     replaces it, and no other change does."""
     for key in CHANGES:
-        changes = plan(rendered(None), rendered(key))
+        changes = plan(before(key), rendered(key))
         cluster = [
             step
             for step in changes.steps
-            if step.type in ("kubernetes:apps/v1:Deployment", "kubernetes:core/v1:Service") and step.kind != "same"
+            if step.type in ("kubernetes:apps/v1:Deployment", "kubernetes:core/v1:Service")
+            and step.kind != "same"
+            and not step.name.endswith("redis-service")
         ]
         if key != "testJob":
             assert (smoke_effect(changes) == "runs again") == bool(cluster), key

@@ -113,6 +113,17 @@ BAD_VALUES = [
     ({"allowedClientNamespaces": ["Team A"]}, ["ray-cluster:allowedClientNamespaces[0]", "'Team A'", "DNS label"]),
     ({"gcsReconnectTimeoutSeconds": 1}, ["ray-cluster:gcsReconnectTimeoutSeconds", "1", "between 5 and 3600"]),
     ({"tokenAuth": "maybe"}, ["ray-cluster:tokenAuth", "maybe"]),
+    ({"gcsFaultTolerance": "yes"}, ["ray-cluster:gcsFaultTolerance", "yes"]),
+    # Every Redis key is checked with fault tolerance off too: a typo does not wait until it is turned on.
+    ({"redisAddress": "redis.example"}, ["ray-cluster:redisAddress", "'redis.example'", "host:port"]),
+    ({"redisAddress": "redis.example:99999"}, ["ray-cluster:redisAddress", "'redis.example:99999'"]),
+    ({"redisAddress": "http://redis.example:6379"}, ["ray-cluster:redisAddress", "rediss://host:port"]),
+    ({"redisAddress": "redis.example:6379", "redisCaSecret": "ca"}, ["ray-cluster:redisCaSecret", "rediss://"]),
+    ({"redisAddress": "rediss://r.example:6380", "redisCaSecret": "My_CA"}, ["ray-cluster:redisCaSecret", "'My_CA'"]),
+    ({"redisImage": "redis"}, ["ray-cluster:redisImage", "'redis'", "tag or a digest"]),
+    ({"redisImage": "redis:latest"}, ["ray-cluster:redisImage", "latest"]),
+    ({"redisStorage": "1GB"}, ["ray-cluster:redisStorage", "'1GB'", "Kubernetes quantity"]),
+    ({"redisStorageClass": "Fast SSD"}, ["ray-cluster:redisStorageClass", "'Fast SSD'", "object name"]),
 ]
 
 
@@ -293,6 +304,27 @@ WHOLE_MESSAGES: list[tuple[dict[str, object], str]] = [
         {"allowedClientCidrs": ["10.8.0.1/16"]},
         "ray-cluster:allowedClientCidrs[0] is '10.8.0.1/16', but it must be a CIDR block such as 10.8.0.0/16",
     ),
+    (
+        {"gcsFaultTolerance": "true", "workers": "0"},
+        "ray-cluster:workers is 0, but with gcsFaultTolerance the head runs no tasks (so that losing it loses no "
+        "work), so at least one worker is needed",
+    ),
+    (
+        {"redisAddress": "redis.example"},
+        "ray-cluster:redisAddress is 'redis.example', but it must be an existing Redis as host:port (e.g. "
+        "redis.example.internal:6379), or rediss://host:port for TLS; empty with gcsFaultTolerance deploys a Redis "
+        "in the namespace",
+    ),
+    (
+        {"redisAddress": "redis.example:6379", "redisCaSecret": "redis-ca"},
+        "ray-cluster:redisCaSecret is 'redis-ca', but a CA certificate is only used with a TLS Redis: redisAddress "
+        "rediss://...",
+    ),
+    (
+        {"gcsReconnectTimeoutSeconds": 4},
+        "ray-cluster:gcsReconnectTimeoutSeconds is 4, but it must be 0 (Ray's choice for the cluster) or between 5 "
+        "and 3600 seconds",
+    ),
     # A number is not a CIDR block, although Python's ipaddress would read 167772160 as 10.0.0.0/32.
     (
         {"allowedClientCidrs": [167772160]},
@@ -318,6 +350,23 @@ def test_the_whole_message_names_key_value_and_what_is_allowed(config: dict[str,
 def test_the_limits_of_a_number_of_seconds_are_allowed(config: dict[str, object]) -> None:
     """ "between 5 and 3600 seconds" includes 5 and 3600 (and 0 for the drain: a worker may stop at once)."""
     render(config)
+
+
+@pytest.mark.parametrize(
+    ("address", "ray_address"),
+    [
+        ("redis.example.internal:6379", "redis.example.internal:6379"),
+        ("redis://10.0.0.7:6379", "10.0.0.7:6379"),
+        ("rediss://redis.example.internal:6380", "rediss://redis.example.internal:6380"),
+        ("r:1", "r:1"),
+        ("r:65535", "r:65535"),
+    ],
+)
+def test_an_existing_redis_is_given_to_ray_as_it_takes_it(address: str, ray_address: str) -> None:
+    """host:port as it is, `redis://` dropped (Ray's default), `rediss://` kept (it turns TLS on)."""
+    rendered = render({"gcsFaultTolerance": "true", "redisAddress": address})
+    [head] = rendered.one("Deployment", "ray-head")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "RAY_REDIS_ADDRESS", "value": ray_address} in head["env"]
 
 
 @pytest.mark.parametrize("image", ["myray:1.0", f"myray@{DIGEST}", "registry.example:5000/team/ray:2.60.0"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components import pods
+from components import pods, security
 from components.settings import DEFAULT_GROUP, ClusterSettings, PodResources, WorkerGroup
 
 SETTINGS = ClusterSettings(
@@ -326,8 +326,8 @@ def test_ray_env_without_token_auth_has_no_auth_settings() -> None:
 def test_security_contexts_meet_the_restricted_pod_security_standard() -> None:
     """Each field is one the "restricted" standard checks: non-root, no privilege escalation, every capability
     dropped ("ALL", case-sensitive), the RuntimeDefault seccomp profile; plus a read-only image and Ray's uid/gid."""
-    assert pods.container_security() == RESTRICTED_CONTAINER
-    assert pods.pod_security() == {
+    assert security.container_security() == RESTRICTED_CONTAINER
+    assert security.pod_security() == {
         "runAsNonRoot": True,
         "runAsUser": 1000,
         "runAsGroup": 100,

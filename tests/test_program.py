@@ -220,6 +220,7 @@ def test_outputs_say_how_to_reach_the_cluster(default: Rendered) -> None:
         "image": "rayproject/ray:2.60.0",
         "workerReplicas": {"worker": 3},
         "authTokenSecret": "ray-auth-token",
+        "gcsStorageNamespace": None,
     }
 
 

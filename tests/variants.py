@@ -40,6 +40,13 @@ VARIANTS: dict[str, dict[str, object]] = {
     },
     "existing-namespace": {"namespace": "shared", "createNamespace": "false"},
     "no-test-job": {"testJob": "false"},
+    "fault-tolerant": {"gcsFaultTolerance": "true", "redisStorageClass": "fast-ssd"},
+    "fault-tolerant-external-tls-redis": {
+        "gcsFaultTolerance": "true",
+        "redisAddress": "rediss://redis.example.internal:6380",
+        "redisPassword": "a-password",
+        "redisCaSecret": "redis-ca",
+    },
 }
 
 
