@@ -327,6 +327,11 @@ class RayCluster(pulumi.ComponentResource):
         if not fault_tolerance.authenticates:
             return [], None
         labels = redis.labels(settings)
+
+        def child(kind: Callable[..., Child], suffix: str, name: str | None, **fields: Any) -> Child:
+            """A child of the Redis's own, labelled as Redis, not as a Ray pod."""
+            return self._child(kind, suffix, name, "gcs-storage", labels=labels, **fields)
+
         if fault_tolerance.external_address:
             password: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.from_input(given_password).apply(str))
             data: dict[str, pulumi.Input[str]] = {redis.PASSWORD_KEY: password}
@@ -334,25 +339,21 @@ class RayCluster(pulumi.ComponentResource):
             password = self._secret("redis-password", given_password, 32)
             data = {redis.PASSWORD_KEY: password, redis.CONFIG_KEY: password.apply(redis.config_file)}
         version_labels[redis.PASSWORD_VERSION_LABEL] = self._secret_version("redis-password", password=password)
-        secret = self._child(
+        secret = child(
             k8s.core.v1.Secret,
             "redis-secret",
             settings.redis_name,
-            "gcs-storage",
-            labels=labels,
             type="Opaque",
             string_data=data,
         )
         if fault_tolerance.external_address:
             return [secret], None
-        claim = self._child(
+        claim = child(
             k8s.core.v1.PersistentVolumeClaim,
             "redis-data",
             # No fixed name: a change the API server refuses in place (the storage class) replaces the claim
             # create-before-delete, the Redis pod moves to the new one, and the old one is deleted once free.
             None,
-            "gcs-storage",
-            labels=labels,
             annotations=_CLAIM_BINDS_WITH_ITS_POD,
             spec=redis.claim_spec(fault_tolerance),
         )
@@ -368,12 +369,10 @@ class RayCluster(pulumi.ComponentResource):
             # One pod at a time: its ReadWriteOnce volume attaches to one node only.
             "strategy": {"type": "Recreate"},
         }
-        deployment = self._child(
+        deployment = child(
             k8s.apps.v1.Deployment,
             "redis",
             settings.redis_name,
-            "gcs-storage",
-            labels=labels,
             spec=spec,
             opts=pulumi.ResourceOptions(
                 depends_on=[*self._access, secret, claim],
@@ -381,22 +380,17 @@ class RayCluster(pulumi.ComponentResource):
                 ignore_changes=[_POD_TEMPLATE_ANNOTATIONS],
             ),
         )
-        service = self._child(
+        service = child(
             k8s.core.v1.Service,
             "redis-service",
             settings.redis_name,
-            "gcs-storage",
-            labels=labels,
             spec=redis.service_spec(settings),
         )
-        policy_spec = network.redis_policy_spec(settings)
-        policy = self._child(
+        policy = child(
             k8s.networking.v1.NetworkPolicy,
             "redis-traffic",
             f"{settings.cluster_name}-redis-traffic",
-            "gcs-storage",
-            labels=labels,
-            spec=policy_spec,
+            spec=network.redis_policy_spec(settings),
         )
         return [secret, claim, deployment, service, policy], spec
 

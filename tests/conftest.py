@@ -1,4 +1,4 @@
-"""Test ordering under mutation testing (scripts/mutation, docs/mutation.md).
+"""The rehearsal's cluster fixture, and test ordering under mutation testing (scripts/mutation, docs/mutation.md).
 
 mutmut sets MUTANT_UNDER_TEST for every mutant it runs and stops at the first failing test. The tests of single
 builders catch most mutants in milliseconds; the tests that render whole stacks many times catch the rest. So,
@@ -6,8 +6,12 @@ under mutmut only, the former run first: the same tests, the same verdicts, in a
 """
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from tests.rehearsal.cluster import Cluster
 
 BUILDER_TESTS_FIRST = (
     "test_smoke_test.py",
@@ -26,3 +30,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return
     rank = {name: position for position, name in enumerate(BUILDER_TESTS_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """A one-node Kubernetes for one rehearsal module (tests/rehearsal/), torn down with every pod at its end."""
+    if os.geteuid() != 0:
+        pytest.fail("the rehearsal needs root to create network namespaces; run it as root (CI does)")
+    cluster = Cluster(Path(f"/run/ray-rehearsal-{os.getpid()}"))
+    try:
+        yield cluster
+    finally:
+        cluster.close()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from components import redis
+from tests.lifecycle import plan
 from tests.program import Rendered, render
 from tests.rehearsal.image import REDIS_SERVER
 from tests.test_program import container, env, flag, pod_spec, ray_argv
@@ -327,3 +328,22 @@ def test_the_shell_passes_the_password_file_to_ray_start_word_for_word(tmp_path:
         check=True,
     )
     assert result.stdout.splitlines()[-1] == f"--redis-password={password}"
+
+
+@pytest.mark.parametrize("create_namespace", ["true", "false"])
+def test_destroy_leaves_no_state_in_the_stacks_redis(create_namespace: str) -> None:
+    """`pulumi destroy` deletes the Redis with its claim (so its volume, reclaim policy Delete), the pod before the
+    claim it holds, also in a namespace the stack does not own and leaves in place."""
+    destroy = plan(render({**FAULT_TOLERANT, "createNamespace": create_namespace}), None)
+    assert destroy.hazards == () and destroy.errors == ()
+    deleted = [op.obj.kind for op in destroy.operations if op.obj and op.action == "delete"]
+    assert "PersistentVolumeClaim" in deleted
+    redis_deployment = [op for op in destroy.operations if op.obj and op.obj.name == "ray-redis"]
+    claim = [op for op in destroy.operations if op.obj and op.obj.kind == "PersistentVolumeClaim"]
+    assert destroy.operations.index(redis_deployment[0]) < destroy.operations.index(claim[0])
+
+
+def test_turning_fault_tolerance_off_deletes_the_stacks_redis_and_its_claim() -> None:
+    changes = plan(render(FAULT_TOLERANT), render())
+    assert changes.hazards == () and changes.errors == ()
+    assert {"ray-redis", "ray-redis-data", "ray-redis-secret", "ray-gcs-storage-namespace"} <= set(changes.deleted())

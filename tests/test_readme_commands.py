@@ -61,7 +61,15 @@ def test_the_readme_has_the_commands_this_test_runs() -> None:
 
 
 def test_every_readme_deployment_renders(deployed: list[tuple[str, Rendered]]) -> None:
-    assert [stack for stack, _ in deployed] == ["dev", "dev", "staging", "prod", "prod"]
+    assert [stack for stack, _ in deployed] == ["dev", "dev", "staging", "prod", "prod", "prod"]
+
+
+def test_the_readme_turns_fault_tolerance_on_with_a_redis_of_the_stacks_own(
+    deployed: list[tuple[str, Rendered]],
+) -> None:
+    _, tolerant = deployed[-1]
+    assert tolerant.one("Deployment", "ray-redis")["spec"]["replicas"] == 1
+    assert tolerant.outputs["gcsStorageNamespace"].startswith("ray-")
 
 
 def test_the_readme_gpu_group_is_what_it_says(deployed: list[tuple[str, Rendered]]) -> None:

@@ -14,14 +14,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import os
 import re
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -46,6 +44,7 @@ UP_TIMEOUT = 420
 # shorter than the program's workerDrainSeconds: only the program's settings let such a task finish.
 BUSY_SECONDS = 45
 NEW_TOKEN = "a-rotated-token-0123456789abcdef0123456789"
+SECRET_KEYS = ("authToken", "redisPassword")  # set with `pulumi config set --secret`
 WORKER_NODES = "[n['NodeID'] for n in ray.nodes() if n['Alive'] and 'node:__internal_head__' not in n['Resources']]"
 
 
@@ -60,8 +59,9 @@ class Deployment:
         """`pulumi config set ...` for each change: the program renders (in the main thread: Pulumi's runtime
         needs its event loop)."""
         self.config.update(changes)
-        self.rendered = render(self.config, secrets=("authToken",) if "authToken" in self.config else ())
-        self.token = self.rendered.one("Secret")["stringData"][pods.AUTH_TOKEN_KEY]
+        secrets = tuple(key for key in SECRET_KEYS if key in self.config)
+        self.rendered = render(self.config, secrets=secrets)
+        self.token = self.rendered.one("Secret", "ray-auth-token")["stringData"][pods.AUTH_TOKEN_KEY]
 
     def up(self) -> float:
         """`pulumi up`; returns the seconds until it was done."""
@@ -106,7 +106,9 @@ class Deployment:
         status, body = self.dashboard("/nodes?view=summary", self.token)
         assert status == 200
         summary = json.loads(body)["data"]["summary"]
-        return {node["ip"] for node in summary if node["raylet"]["state"] == "ALIVE"}
+        # The raylet's own address: a node the dashboard learnt of from the GCS's tables alone (a head restarted
+        # with GCS fault tolerance recovers them from Redis) has no agent-reported "ip" yet.
+        return {node["raylet"]["nodeManagerAddress"] for node in summary if node["raylet"]["state"] == "ALIVE"}
 
     def joined(self) -> bool:
         """Every current pod is a live Ray node, and no other node is."""
@@ -151,21 +153,10 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    if os.geteuid() != 0:
-        pytest.fail("the rehearsal needs root to create network namespaces; run it as root (CI does)")
-    cluster = Cluster(Path(f"/run/ray-rehearsal-{os.getpid()}"))
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
-@pytest.fixture(scope="module")
 def deployment(cluster: Cluster) -> Deployment:
     rendered = render(CONFIG)
     cluster.up(rendered, timeout=UP_TIMEOUT, delays={"ray-head": HEAD_DELAY_SECONDS})
-    token = rendered.one("Secret")["stringData"][pods.AUTH_TOKEN_KEY]
+    token = rendered.one("Secret", "ray-auth-token")["stringData"][pods.AUTH_TOKEN_KEY]
     return Deployment(cluster, rendered, token)
 
 
