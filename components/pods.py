@@ -51,7 +51,8 @@ HEAD_DRAIN_SECONDS = 0
 # `ray start` on its command line (Ray has no other way to take it), never into the manifest or the env.
 REDIS_SECRET_DIR = "/etc/ray/redis"
 REDIS_CA_DIR = "/etc/ray/redis-ca"
-REDIS_CA_FILE = "ca.crt"
+# Where the Ray image (Ubuntu's ca-certificates) keeps the system CAs, for a TLS Redis without a CA of its own.
+SYSTEM_CA_DIR = "/etc/ssl/certs"
 # Names this cluster's keys in Redis; set per cluster (by default every cluster on one Redis would share "default").
 STORAGE_NAMESPACE_ENV = "RAY_external_storage_namespace"
 # Ray Client's proxier on the head starts a server for each client with `Popen(preexec_fn=...)`, a fork() of a
@@ -258,33 +259,54 @@ def node_env(settings: ClusterSettings, *, head: bool) -> list[Manifest]:
 
 def gcs_storage_env(settings: ClusterSettings, storage_namespace: Any) -> list[Manifest]:
     """The head's Redis, if GCS fault tolerance is on: where it is, this cluster's namespace in it (an Output: a
-    random id drawn once per cluster, so a cluster made anew never resumes an old one's state) and the CA of a TLS
-    Redis."""
+    random id drawn once per cluster, so a cluster made anew never resumes an old one's state) and, for a TLS
+    Redis, the CA its certificate is checked against: the given one, else the image's system CAs."""
     fault_tolerance = settings.fault_tolerance
     if fault_tolerance is None:
         return []
+    if storage_namespace is None:
+        raise ValueError("a fault-tolerant head needs its cluster's storage namespace")
     env = [
         {"name": "RAY_REDIS_ADDRESS", "value": redis.address(settings, fault_tolerance)},
         {"name": STORAGE_NAMESPACE_ENV, "value": storage_namespace},
     ]
-    if fault_tolerance.ca_secret:
-        env.append({"name": "RAY_REDIS_CA_CERT", "value": f"{REDIS_CA_DIR}/{REDIS_CA_FILE}"})
+    if fault_tolerance.ca_cert:
+        env.append({"name": "RAY_REDIS_CA_CERT", "value": f"{REDIS_CA_DIR}/{redis.CA_KEY}"})
+    elif fault_tolerance.tls:
+        env.append({"name": "RAY_REDIS_CA_PATH", "value": SYSTEM_CA_DIR})
     return env
 
 
-def gcs_storage_volumes(settings: ClusterSettings) -> tuple[list[Manifest], list[Manifest]]:
-    """The head's volumes and mounts for the Redis password and a TLS Redis's CA."""
+def _gcs_storage_files(settings: ClusterSettings) -> list[tuple[Manifest, Manifest]]:
+    """The head's (volume, mount) pairs for the Redis password (that key only: the stack's Redis's whole
+    config sits in the same Secret) and a TLS Redis's CA."""
     fault_tolerance = settings.fault_tolerance
-    volumes: list[Manifest] = []
-    mounts: list[Manifest] = []
+    files: list[tuple[Manifest, Manifest]] = []
     if fault_tolerance and fault_tolerance.authenticates:
-        secret = {"secretName": settings.redis_name, "defaultMode": 0o440}
-        volumes.append({"name": "redis-password", "secret": secret})
-        mounts.append({"name": "redis-password", "mountPath": REDIS_SECRET_DIR, "readOnly": True})
-    if fault_tolerance and fault_tolerance.ca_secret:
-        volumes.append({"name": "redis-ca", "secret": {"secretName": fault_tolerance.ca_secret, "defaultMode": 0o444}})
-        mounts.append({"name": "redis-ca", "mountPath": REDIS_CA_DIR, "readOnly": True})
-    return volumes, mounts
+        only_the_password = [{"key": redis.PASSWORD_KEY, "path": redis.PASSWORD_KEY}]
+        secret = {"secretName": settings.redis_name, "defaultMode": 0o440, "items": only_the_password}
+        files.append(
+            (
+                {"name": "redis-password", "secret": secret},
+                {"name": "redis-password", "mountPath": REDIS_SECRET_DIR, "readOnly": True},
+            )
+        )
+    if fault_tolerance and fault_tolerance.ca_cert:
+        files.append(
+            (
+                {"name": "redis-ca", "configMap": {"name": redis.ca_name(settings), "defaultMode": 0o444}},
+                {"name": "redis-ca", "mountPath": REDIS_CA_DIR, "readOnly": True},
+            )
+        )
+    return files
+
+
+def gcs_storage_volumes(settings: ClusterSettings) -> list[Manifest]:
+    return [volume for volume, _ in _gcs_storage_files(settings)]
+
+
+def gcs_storage_mounts(settings: ClusterSettings) -> list[Manifest]:
+    return [mount for _, mount in _gcs_storage_files(settings)]
 
 
 def ray_container(
@@ -315,7 +337,7 @@ def ray_container(
         "ports": [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports],
         "resources": container_resources(resources),
         "securityContext": container_security(),
-        "volumeMounts": ray_volume_mounts(settings, shm=True) + (gcs_storage_volumes(settings)[1] if head else []),
+        "volumeMounts": ray_volume_mounts(settings, shm=True) + (gcs_storage_mounts(settings) if head else []),
         "readinessProbe": readiness,
         "livenessProbe": http_probe(AGENT_PORT, "/api/healthz", liveness=True),
     }
@@ -370,7 +392,7 @@ def head_pod_template(
         component="head",
         group="head",
         containers=[head],
-        volumes=ray_volumes(settings, node_sizing(settings.head)) + gcs_storage_volumes(settings)[0],
+        volumes=ray_volumes(settings, node_sizing(settings.head)) + gcs_storage_volumes(settings),
         grace_seconds=HEAD_DRAIN_SECONDS + SHUTDOWN_MARGIN_SECONDS,
         version_labels=version_labels,
     )

@@ -100,7 +100,8 @@ class RayCluster(pulumi.ComponentResource):
         head_version_labels = dict(version_labels)
         if settings.fault_tolerance:
             storage_namespace = self._storage_namespace()
-            gcs_storage, redis_spec = self._gcs_storage(settings.fault_tolerance, redis_password, head_version_labels)
+            gcs_storage, password_labels, redis_spec = self._gcs_storage(settings.fault_tolerance, redis_password)
+            head_version_labels.update(password_labels)
 
         head_service_spec = {
             "type": "ClusterIP",
@@ -315,39 +316,42 @@ class RayCluster(pulumi.ComponentResource):
         return namespace
 
     def _gcs_storage(
-        self,
-        fault_tolerance: GcsFaultTolerance,
-        given_password: pulumi.Input[str] | None,
-        version_labels: dict[str, Any],
-    ) -> tuple[list[pulumi.CustomResource], pods.Manifest | None]:
-        """The Redis password's Secret (if Ray is given one) and, without an existing Redis, the stack's own:
-        its volume, Deployment, Service and NetworkPolicy. Adds the password's version to `version_labels`;
-        returns what the head must wait for and the Redis Deployment's spec (None for an existing Redis)."""
+        self, fault_tolerance: GcsFaultTolerance, given_password: pulumi.Input[str] | None
+    ) -> tuple[list[pulumi.CustomResource], dict[str, Any], pods.Manifest | None]:
+        """What the head reads to reach its Redis: the password's Secret (if Ray is given one) and a TLS Redis's
+        CA; and, without an existing Redis, the stack's own: its claim, Deployment, Service and NetworkPolicy.
+        Returns what the head must wait for, the head's version labels (the password's), and the Redis
+        Deployment's spec (None for an existing Redis)."""
         settings = self._settings
-        if not fault_tolerance.authenticates:
-            return [], None
         labels = redis.labels(settings)
 
         def child(kind: Callable[..., Child], suffix: str, name: str | None, **fields: Any) -> Child:
             """A child of the Redis's own, labelled as Redis, not as a Ray pod."""
             return self._child(kind, suffix, name, "gcs-storage", labels=labels, **fields)
 
+        needed: list[pulumi.CustomResource] = []
+        if fault_tolerance.ca_cert:
+            ca = child(
+                k8s.core.v1.ConfigMap, "redis-ca", redis.ca_name(settings), data={redis.CA_KEY: fault_tolerance.ca_cert}
+            )
+            needed.append(ca)
+        if fault_tolerance.external_address and not fault_tolerance.authenticates:
+            return needed, {}, None
         if fault_tolerance.external_address:
             password: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.from_input(given_password).apply(str))
             data: dict[str, pulumi.Input[str]] = {redis.PASSWORD_KEY: password}
         else:
             password = self._secret("redis-password", given_password, 32)
-            data = {redis.PASSWORD_KEY: password, redis.CONFIG_KEY: password.apply(redis.config_file)}
-        version_labels[redis.PASSWORD_VERSION_LABEL] = self._secret_version("redis-password", password=password)
-        secret = child(
-            k8s.core.v1.Secret,
-            "redis-secret",
-            settings.redis_name,
-            type="Opaque",
-            string_data=data,
-        )
+            data = {
+                redis.PASSWORD_KEY: password,
+                redis.CONFIG_KEY: password.apply(lambda text: redis.config_file(text, fault_tolerance)),
+            }
+        password_version = self._secret_version("redis-password", password=password)
+        secret = child(k8s.core.v1.Secret, "redis-secret", settings.redis_name, type="Opaque", string_data=data)
+        needed.append(secret)
+        head_labels = {redis.PASSWORD_VERSION_LABEL: password_version}
         if fault_tolerance.external_address:
-            return [secret], None
+            return needed, head_labels, None
         claim = child(
             k8s.core.v1.PersistentVolumeClaim,
             "redis-data",
@@ -357,18 +361,7 @@ class RayCluster(pulumi.ComponentResource):
             annotations=_CLAIM_BINDS_WITH_ITS_POD,
             spec=redis.claim_spec(fault_tolerance),
         )
-        spec = {
-            "replicas": 1,
-            "selector": {"matchLabels": redis.selector_labels(settings)},
-            "template": redis.pod_template(
-                settings,
-                fault_tolerance,
-                {redis.PASSWORD_VERSION_LABEL: version_labels[redis.PASSWORD_VERSION_LABEL]},
-                claim.metadata.name,
-            ),
-            # One pod at a time: its ReadWriteOnce volume attaches to one node only.
-            "strategy": {"type": "Recreate"},
-        }
+        spec = redis.deployment_spec(settings, fault_tolerance, password_version, claim.metadata.name)
         deployment = child(
             k8s.apps.v1.Deployment,
             "redis",
@@ -380,19 +373,14 @@ class RayCluster(pulumi.ComponentResource):
                 ignore_changes=[_POD_TEMPLATE_ANNOTATIONS],
             ),
         )
-        service = child(
-            k8s.core.v1.Service,
-            "redis-service",
-            settings.redis_name,
-            spec=redis.service_spec(settings),
-        )
+        service = child(k8s.core.v1.Service, "redis-service", settings.redis_name, spec=redis.service_spec(settings))
         policy = child(
             k8s.networking.v1.NetworkPolicy,
             "redis-traffic",
-            f"{settings.cluster_name}-redis-traffic",
+            settings.redis_name,
             spec=network.redis_policy_spec(settings),
         )
-        return [secret, claim, deployment, service, policy], spec
+        return [*needed, claim, deployment, service, policy], head_labels, spec
 
     def _smoke_test(self, cluster: list[pulumi.CustomResource], cluster_digest: pulumi.Output[str]) -> None:
         settings = self._settings

@@ -61,6 +61,14 @@ _PLATFORM_SUFFIX = "-aarch64"
 _REDIS_ADDRESS = re.compile(
     r"^(?:(?P<scheme>rediss?)://)?(?P<host>[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})$"
 )
+_PEM_CERTIFICATE = re.compile(
+    r"^(-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+-----END CERTIFICATE-----\s*)+$", re.MULTILINE
+)
+# The stack's own Redis: the GCS's tables of a small cluster fit in a few MiB, but every job's working_dir and
+# py_modules package lands in Ray's key-value store too.
+_MIN_REDIS_MEMORY = 256 * 2**20
+# Group names that would collide with the names of the head's and the Redis's objects.
+_RESERVED_GROUPS = ("head", "redis")
 # Workers' wait for a lost head (RAY_gcs_rpc_server_reconnect_timeout_s) when the key is left at 0: Ray's own
 # default without fault tolerance (a head that comes back empty is a new cluster: rejoin it soon), KubeRay's with
 # it (the head comes back with the cluster's state: wait for it, whatever its restart takes).
@@ -162,17 +170,22 @@ class GcsFaultTolerance:
     """Where the GCS keeps its state, so that a new head resumes the cluster instead of starting an empty one.
 
     `external_address` is an existing Redis as Ray is given it (RAY_REDIS_ADDRESS); empty, the stack runs its own
-    Redis (described by `redis_image`, `storage` and `storage_class`); `ca_secret` names a Secret whose `ca.crt`
-    signs a TLS Redis's certificate; `authenticates` is whether Ray is given a password (always for the stack's
-    own Redis; for an existing one, when `redisPassword` is set)."""
+    Redis (described by `redis_image`, `memory`, `storage` and `storage_class`); `ca_cert` is the PEM of the CA
+    that signed a TLS Redis's certificate (empty: the image's system CAs); `authenticates` is whether Ray is given
+    a password (always for the stack's own Redis; for an existing one, when `redisPassword` is set)."""
 
     external_address: str
     tls: bool
     authenticates: bool
-    ca_secret: str
+    ca_cert: str
     redis_image: str
+    memory: str
     storage: str
     storage_class: str
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(parse_quantity("redisMemory", self.memory))
 
 
 @dataclass(frozen=True)
@@ -216,14 +229,22 @@ class ClusterSettings:
 
     def warnings(self) -> list[str]:
         """What works but is likely to hurt: reported by the component on every `pulumi up`."""
-        if self.head.memory_bytes >= sizing.RECOMMENDED_HEAD_MEMORY_BYTES:
-            return []
-        recommended = sizing.RECOMMENDED_HEAD_MEMORY_BYTES // 2**30
-        return [
-            f"{PROJECT}:headMemory is {self.head.memory!r}: the head's own Ray processes (GCS, dashboard, Ray Client "
-            f"server, raylet, agents) use about 1 GiB before any work, so a head below {recommended}Gi is likely "
-            "to be OOM-killed, and every worker with it"
-        ]
+        found = []
+        if self.head.memory_bytes < sizing.RECOMMENDED_HEAD_MEMORY_BYTES:
+            recommended = sizing.RECOMMENDED_HEAD_MEMORY_BYTES // 2**30
+            found.append(
+                f"{PROJECT}:headMemory is {self.head.memory!r}: the head's own Ray processes (GCS, dashboard, Ray "
+                f"Client server, raylet, agents) use about 1 GiB before any work, so a head below {recommended}Gi is "
+                "likely to be OOM-killed, and every worker with it"
+            )
+        if self.fault_tolerance and self.gcs_reconnect_timeout_seconds < FAULT_TOLERANT_RECONNECT_SECONDS:
+            found.append(
+                f"{PROJECT}:gcsReconnectTimeoutSeconds is {self.gcs_reconnect_timeout_seconds}: with "
+                "gcsFaultTolerance, workers that give up on a lost head sooner than it comes back (a lost node's "
+                "pods are rescheduled after about 5 minutes, then the image is pulled) exit and lose their tasks "
+                f"and actors; 0 waits {FAULT_TOLERANT_RECONNECT_SECONDS} s"
+            )
+        return found
 
 
 def _require_redis_address(value: str) -> tuple[str, bool]:
@@ -245,15 +266,32 @@ def _fault_tolerance(config: pulumi.Config, worker_groups: tuple[WorkerGroup, ..
     """The GCS's external storage, or None; every Redis key is checked either way, so a typo waits for nobody."""
     given_address = config.require("redisAddress")
     address, tls = _require_redis_address(given_address) if given_address else ("", False)
-    ca_secret = config.require("redisCaSecret")
-    if ca_secret:
-        _require_object_name("redisCaSecret", ca_secret)
+    ca_cert = config.require("redisCaCert").strip()
+    if ca_cert:
+        if not _PEM_CERTIFICATE.match(ca_cert):
+            raise config_error(
+                "redisCaCert",
+                ca_cert[:40] + "...",
+                'it must be PEM certificates ("-----BEGIN CERTIFICATE-----" ... "-----END CERTIFICATE-----"): '
+                '`pulumi config set redisCaCert -- "$(cat ca.pem)"`',
+            )
         if not tls:
             raise config_error(
-                "redisCaSecret", ca_secret, "a CA certificate is only used with a TLS Redis: redisAddress rediss://..."
+                "redisCaCert",
+                ca_cert[:40] + "...",
+                "a CA certificate is only used with a TLS Redis: redisAddress rediss://...",
             )
-    redis_image = _require_image("redisImage", config.require("redisImage"))
+    redis_image = _require_image("redisImage", config.require("redisImage"), "redis:7.0.15")
+    memory = _require_quantity("redisMemory", config.require("redisMemory"))
+    if parse_quantity("redisMemory", memory) < _MIN_REDIS_MEMORY:
+        raise config_error("redisMemory", memory, f"it must be at least {_MIN_REDIS_MEMORY // sizing.MIB}Mi")
     storage = _require_quantity("redisStorage", config.require("redisStorage"))
+    if parse_quantity("redisStorage", storage) < parse_quantity("redisMemory", memory):
+        raise config_error(
+            "redisStorage",
+            storage,
+            f"it must be at least redisMemory ({memory}): the append-only file holds everything Redis holds",
+        )
     storage_class = config.require("redisStorageClass")
     if storage_class:
         _require_object_name("redisStorageClass", storage_class)
@@ -271,8 +309,9 @@ def _fault_tolerance(config: pulumi.Config, worker_groups: tuple[WorkerGroup, ..
         tls=tls,
         # Only whether it is empty: the password itself reaches the component as a secret Output.
         authenticates=not address or bool(config.get("redisPassword")),
-        ca_secret=ca_secret,
+        ca_cert=ca_cert,
         redis_image=redis_image,
+        memory=memory,
         storage=storage,
         storage_class=storage_class,
     )
@@ -323,9 +362,9 @@ def _require_cluster_name(value: object) -> str:
     return value
 
 
-def _require_image(key: str, value: object) -> str:
+def _require_image(key: str, value: object, example: str = "rayproject/ray:2.60.0") -> str:
     if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
-        raise config_error(key, value, "it must be a non-empty image reference such as rayproject/ray:2.60.0")
+        raise config_error(key, value, f"it must be a non-empty image reference such as {example}")
     if value.count("@") > 1:
         raise config_error(key, value, "it must name at most one digest (name[:tag][@sha256:<digest>])")
     if "@" not in value and not _image_tag(value):
@@ -503,9 +542,12 @@ def load_settings(config: pulumi.Config, project: str, stack: str) -> ClusterSet
     groups = (default_group, *(_parse_group(i, raw, worker_resources, image) for i, raw in enumerate(raw_groups)))
     names = [group.name for group in groups]
     for name in names:
-        if names.count(name) > 1 or name == "head":
+        if names.count(name) > 1 or name in _RESERVED_GROUPS:
             raise config_error(
-                "workerGroups", name, f"group names must be unique and not 'head' ('{DEFAULT_GROUP}' is the default)"
+                "workerGroups",
+                name,
+                f"group names must be unique and not {' or '.join(map(repr, _RESERVED_GROUPS))} "
+                f"('{DEFAULT_GROUP}' is the default)",
             )
         _require_dns_label("workerGroups", f"{cluster_name}-{name}")
     namespace = _require_dns_label("namespace", namespace)

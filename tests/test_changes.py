@@ -15,6 +15,7 @@ import yaml
 from components import RayCluster, load_settings
 from tests.lifecycle import Plan, Step, plan
 from tests.program import ROOT, Rendered, capture, render, stack_config
+from tests.variants import REDIS_CA
 
 README = (ROOT / "README.md").read_text()
 CONFIG_KEYS = set(yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]) | {"workerGroups"}
@@ -43,7 +44,8 @@ CHANGES: dict[str, dict[str, object]] = {
     "gcsFaultTolerance": {"gcsFaultTolerance": "true"},
     "redisAddress": {"redisAddress": "redis.example.internal:6379"},
     "redisPassword": {"redisPassword": "a-redis-password-of-the-users-own"},
-    "redisCaSecret": {"redisCaSecret": "redis-ca"},
+    "redisCaCert": {"redisCaCert": REDIS_CA},
+    "redisMemory": {"redisMemory": "2Gi", "redisStorage": "4Gi"},
     "redisImage": {"redisImage": "redis:7.0.15-alpine"},
     "redisStorage": {"redisStorage": "5Gi"},
     "redisStorageClass": {"redisStorageClass": "fast-ssd"},
@@ -52,9 +54,10 @@ FAULT_TOLERANT: dict[str, object] = {"gcsFaultTolerance": "true"}
 # The Redis keys change a stack that uses them: fault tolerance on (with a TLS Redis of its own, for its CA).
 BEFORE: dict[str, dict[str, object]] = {
     **dict.fromkeys(
-        ["redisAddress", "redisPassword", "redisImage", "redisStorage", "redisStorageClass"], FAULT_TOLERANT
+        ["redisAddress", "redisPassword", "redisImage", "redisMemory", "redisStorage", "redisStorageClass"],
+        FAULT_TOLERANT,
     ),
-    "redisCaSecret": {**FAULT_TOLERANT, "redisAddress": "rediss://redis.example.internal:6380"},
+    "redisCaCert": {**FAULT_TOLERANT, "redisAddress": "rediss://redis.example.internal:6380"},
 }
 SECRETS = ("authToken", "redisPassword")
 

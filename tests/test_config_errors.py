@@ -9,6 +9,7 @@ import pytest
 
 from tests.program import _Mocks, render
 from tests.pulumi_cli import StackConfig
+from tests.variants import REDIS_CA
 
 
 def spy_on_declarations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -118,8 +119,11 @@ BAD_VALUES = [
     ({"redisAddress": "redis.example"}, ["ray-cluster:redisAddress", "'redis.example'", "host:port"]),
     ({"redisAddress": "redis.example:99999"}, ["ray-cluster:redisAddress", "'redis.example:99999'"]),
     ({"redisAddress": "http://redis.example:6379"}, ["ray-cluster:redisAddress", "rediss://host:port"]),
-    ({"redisAddress": "redis.example:6379", "redisCaSecret": "ca"}, ["ray-cluster:redisCaSecret", "rediss://"]),
-    ({"redisAddress": "rediss://r.example:6380", "redisCaSecret": "My_CA"}, ["ray-cluster:redisCaSecret", "'My_CA'"]),
+    ({"redisAddress": "redis.example:6379", "redisCaCert": REDIS_CA}, ["ray-cluster:redisCaCert", "rediss://"]),
+    ({"redisAddress": "rediss://r.example:6380", "redisCaCert": "ca.pem"}, ["ray-cluster:redisCaCert", "PEM"]),
+    ({"redisMemory": "100Mi"}, ["ray-cluster:redisMemory", "'100Mi'", "at least 256Mi"]),
+    ({"redisMemory": "4Gi"}, ["ray-cluster:redisStorage", "'2Gi'", "at least redisMemory (4Gi)"]),
+    ({"workerGroups": [{"name": "redis"}]}, ["ray-cluster:workerGroups", "'redis'", "not 'head' or 'redis'"]),
     ({"redisImage": "redis"}, ["ray-cluster:redisImage", "'redis'", "tag or a digest"]),
     ({"redisImage": "redis:latest"}, ["ray-cluster:redisImage", "latest"]),
     ({"redisStorage": "1GB"}, ["ray-cluster:redisStorage", "'1GB'", "Kubernetes quantity"]),
@@ -316,9 +320,14 @@ WHOLE_MESSAGES: list[tuple[dict[str, object], str]] = [
         "in the namespace",
     ),
     (
-        {"redisAddress": "redis.example:6379", "redisCaSecret": "redis-ca"},
-        "ray-cluster:redisCaSecret is 'redis-ca', but a CA certificate is only used with a TLS Redis: redisAddress "
-        "rediss://...",
+        {"redisAddress": "redis.example:6379", "redisCaCert": REDIS_CA},
+        f"ray-cluster:redisCaCert is {REDIS_CA[:40] + '...'!r}, but a CA certificate is only used with a TLS "
+        "Redis: redisAddress rediss://...",
+    ),
+    (
+        {"redisAddress": "rediss://redis.example:6380", "redisCaCert": "/home/me/ca.pem"},
+        "ray-cluster:redisCaCert is '/home/me/ca.pem...', but it must be PEM certificates (\"-----BEGIN "
+        'CERTIFICATE-----" ... "-----END CERTIFICATE-----"): `pulumi config set redisCaCert -- "$(cat ca.pem)"`',
     ),
     (
         {"gcsReconnectTimeoutSeconds": 4},

@@ -8,15 +8,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import pytest
 
 from components import redis
+from components.settings import GcsFaultTolerance
 from tests.lifecycle import plan
 from tests.program import Rendered, render
 from tests.rehearsal.image import REDIS_SERVER
 from tests.test_program import container, env, flag, pod_spec, ray_argv
+from tests.variants import REDIS_CA
 
 FAULT_TOLERANT = {"gcsFaultTolerance": "true"}
+FAULT_TOLERANCE = GcsFaultTolerance(
+    external_address="",
+    tls=False,
+    authenticates=True,
+    ca_cert="",
+    redis_image="redis:7.0.15",
+    memory="1Gi",
+    storage="2Gi",
+    storage_class="",
+)
 EXTERNAL = {**FAULT_TOLERANT, "redisAddress": "redis.example.internal:6379"}
 PASSWORD_FILE = "/etc/ray/redis/password"
 REDIS_LABELS = {
@@ -60,7 +73,13 @@ def test_the_head_keeps_the_gcs_in_the_stacks_redis_and_runs_no_tasks(tolerant: 
     mounts = container(head)["volumeMounts"]
     assert {"name": "redis-password", "mountPath": "/etc/ray/redis", "readOnly": True} in mounts
     volumes = pod_spec(head)["volumes"]
-    assert {"name": "redis-password", "secret": {"secretName": "ray-redis", "defaultMode": 0o440}} in volumes
+    # The password only: the same Secret holds the stack's Redis's whole config.
+    password_only = {
+        "secretName": "ray-redis",
+        "defaultMode": 0o440,
+        "items": [{"key": "password", "path": "password"}],
+    }
+    assert {"name": "redis-password", "secret": password_only} in volumes
 
 
 def test_without_fault_tolerance_the_head_has_no_redis_and_runs_tasks() -> None:
@@ -112,8 +131,8 @@ def test_the_stacks_redis_is_one_restricted_pod_with_its_data_on_a_claim(toleran
                         "command": ["redis-server", "/etc/redis/redis.conf"],
                         "ports": [{"name": "redis", "containerPort": 6379, "protocol": "TCP"}],
                         "resources": {
-                            "requests": {"cpu": "250m", "memory": "512Mi"},
-                            "limits": {"cpu": "250m", "memory": "512Mi"},
+                            "requests": {"cpu": "250m", "memory": "1Gi"},
+                            "limits": {"cpu": "250m", "memory": "1Gi"},
                         },
                         "securityContext": {
                             "allowPrivilegeEscalation": False,
@@ -148,7 +167,7 @@ def test_the_stacks_redis_is_one_restricted_pod_with_its_data_on_a_claim(toleran
             },
         },
     }
-    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "2Gi"}}}
     assert claim["metadata"]["labels"] == REDIS_LABELS
     assert claim["metadata"]["name"].startswith("ray-redis-data")  # named by Pulumi, so it can be replaced
     assert tolerant.one("Service", "ray-redis")["spec"] == {
@@ -172,7 +191,7 @@ def test_the_redis_volume_takes_its_size_and_storage_class_from_config() -> None
 def test_only_the_head_may_reach_the_stacks_redis(tolerant: Rendered) -> None:
     """Its own policy admits the head's pods on the Redis port; no Ray policy selects it (its labels carry no
     `ray.io/cluster`), so workers, clients and scrapers cannot reach it."""
-    policy = tolerant.one("NetworkPolicy", "ray-redis-traffic")
+    policy = tolerant.one("NetworkPolicy", "ray-redis")
     assert policy["spec"] == {
         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis", "app.kubernetes.io/instance": "ray"}},
         "policyTypes": ["Ingress"],
@@ -193,8 +212,10 @@ def test_the_redis_password_is_generated_once_kept_secret_and_read_from_files(to
     secret = tolerant.one("Secret", "ray-redis")
     password = secret["stringData"]["password"]
     assert len(password) == 32 and password.isalnum()
+    # Memory for data up to three quarters of the pod's 1Gi, and no eviction: the GCS's state is never dropped.
     assert secret["stringData"]["redis.conf"] == (
-        f'port 6379\nbind * -::*\ndir /data\nappendonly yes\nappendfsync everysec\nsave ""\nrequirepass "{password}"\n'
+        'port 6379\nbind * -::*\ndir /data\nappendonly yes\nappendfsync everysec\nsave ""\n'
+        f'maxmemory 805306368\nmaxmemory-policy noeviction\nrequirepass "{password}"\n'
     )
     assert tolerant.registration_of(secret).secret_paths == {"stringData"}
     holders = {r.name for r in tolerant.registrations if password in json.dumps(r.inputs)}
@@ -218,7 +239,9 @@ def test_redis_reads_the_password_back_exactly(password: str, tmp_path: Path) ->
     config = tmp_path / "redis.conf"
     socket_path = tmp_path / "redis.sock"
     config.write_text(
-        redis.config_file(password).replace("port 6379", "port 0").replace("dir /data", f"dir {tmp_path}")
+        redis.config_file(password, FAULT_TOLERANCE)
+        .replace("port 6379", "port 0")
+        .replace("dir /data", f"dir {tmp_path}")
         + f"unixsocket {socket_path}\n"
     )
     server = subprocess.Popen(
@@ -295,18 +318,41 @@ def test_an_existing_redis_with_a_password_and_tls() -> None:
         **FAULT_TOLERANT,
         "redisAddress": "rediss://redis.example.internal:6380",
         "redisPassword": "the-existing-password",
-        "redisCaSecret": "redis-ca",
+        "redisCaCert": REDIS_CA,
     }
     rendered = render(config, secrets=("redisPassword",))
     assert rendered.one("Secret", "ray-redis")["stringData"] == {"password": "the-existing-password"}
+    assert rendered.one("ConfigMap", "ray-redis-ca")["data"] == {"ca.crt": REDIS_CA.strip()}
     head = rendered.one("Deployment", "ray-head")
     head_env = env(container(head))
     assert head_env["RAY_REDIS_ADDRESS"] == "rediss://redis.example.internal:6380"
     assert head_env["RAY_REDIS_CA_CERT"] == "/etc/ray/redis-ca/ca.crt"
+    assert "RAY_REDIS_CA_PATH" not in head_env
     assert {"name": "redis-ca", "mountPath": "/etc/ray/redis-ca", "readOnly": True} in container(head)["volumeMounts"]
-    assert {"name": "redis-ca", "secret": {"secretName": "redis-ca", "defaultMode": 0o444}} in pod_spec(head)["volumes"]
+    ca_volume = {"name": "redis-ca", "configMap": {"name": "ray-redis-ca", "defaultMode": 0o444}}
+    assert ca_volume in pod_spec(head)["volumes"]
     assert head_start(rendered).endswith(f' --redis-password="$(cat {PASSWORD_FILE})"')
     assert "the-existing-password" not in json.dumps(head)
+    assert {"ray-redis-ca", "ray-redis-secret"} <= dependencies(rendered, "ray-head")
+
+
+def test_a_tls_redis_without_a_ca_of_its_own_is_checked_against_the_images_system_cas() -> None:
+    rendered = render({**FAULT_TOLERANT, "redisAddress": "rediss://redis.example.internal:6380"})
+    head_env = env(container(rendered.one("Deployment", "ray-head")))
+    assert head_env["RAY_REDIS_CA_PATH"] == "/etc/ssl/certs"
+    assert "RAY_REDIS_CA_CERT" not in head_env
+    assert rendered.of_kind("ConfigMap") == [rendered.one("ConfigMap", "ray-smoke-test")]
+
+
+def test_a_short_wait_for_a_lost_head_is_warned_about_with_fault_tolerance(monkeypatch: pytest.MonkeyPatch) -> None:
+    warned: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: warned.append(message))
+    render({**FAULT_TOLERANT, "gcsReconnectTimeoutSeconds": "60"})
+    assert [w for w in warned if "gcsReconnectTimeoutSeconds is 60" in w] != []
+    warned.clear()
+    render(FAULT_TOLERANT)
+    render({"gcsReconnectTimeoutSeconds": "60"})
+    assert [w for w in warned if "gcsReconnectTimeoutSeconds" in w] == []
 
 
 def test_the_shell_passes_the_password_file_to_ray_start_word_for_word(tmp_path: Path) -> None:

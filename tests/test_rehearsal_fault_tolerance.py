@@ -15,8 +15,10 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import trustme
 
 from components import security
 from tests.program import ROOT, Rendered, render
@@ -140,9 +142,14 @@ def test_the_fault_tolerant_cluster_forms_with_its_own_redis(deployment: Deploym
     [redis] = deployment.pods("ray-redis-")
     assert redis.ready and redis.restarts() == 0
     assert [pod.phase for pod in deployment.smoke_test_runs()] == ["Succeeded"]
-    # The head read the password from its file: the GCS is up on the Redis, whose password is in no manifest.
-    assert deployment.head().ready
+    # The head read the password from its file: the GCS is up on the Redis, whose password is in no manifest and
+    # in none of Ray's session logs.
+    head = deployment.head()
+    assert head.ready
     assert not [m for m in deployment.rendered.manifests if m["kind"] != "Secret" and "pass with" in json.dumps(m)]
+    logs = [path for path in (head.directory / "volumes" / "tmp" / "ray").glob("session_*/logs/**/*") if path.is_file()]
+    assert len(logs) > 10
+    assert [path.name for path in logs if b"pass with spaces" in path.read_bytes()] == []
 
 
 def test_a_lost_head_loses_nothing_with_the_stacks_redis(deployment: Deployment) -> None:
@@ -167,11 +174,28 @@ def test_a_lost_redis_pod_comes_back_with_the_clusters_state(deployment: Deploym
     deployment.smoke_test()
 
 
+# The existing Redis speaks TLS only, with a certificate of a private CA for its Service's name.
+EXTERNAL_HOST = f"redis.{EXTERNAL_NAMESPACE}.svc"
+EXTERNAL_CA = trustme.CA()
+EXTERNAL_CERTIFICATE = EXTERNAL_CA.issue_cert(EXTERNAL_HOST, f"{EXTERNAL_HOST}.cluster.local")
+
+
 def external_redis() -> list[Manifest]:
-    """A Redis someone else runs, in a namespace of its own: the platform team's, not this stack's."""
+    """A Redis someone else runs, in a namespace of its own (the platform team's, not this stack's): TLS only,
+    with a password."""
     labels = {"app": "shared-redis"}
     metadata = {"name": "redis", "namespace": EXTERNAL_NAMESPACE}
+    tls = {
+        "tls.crt": EXTERNAL_CERTIFICATE.cert_chain_pems[0].bytes().decode(),
+        "tls.key": EXTERNAL_CERTIFICATE.private_key_pem.bytes().decode(),
+    }
+    command = [
+        "redis-server", "--requirepass", EXTERNAL_PASSWORD, "--appendonly", "yes", "--port", "0",
+        "--tls-port", "6379", "--tls-cert-file", "/tls/tls.crt", "--tls-key-file", "/tls/tls.key",
+        "--tls-auth-clients", "no",
+    ]  # fmt: skip
     return [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {**metadata, "name": "redis-tls"}, "stringData": tls},
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -187,13 +211,19 @@ def external_redis() -> list[Manifest]:
                             {
                                 "name": "redis",
                                 "image": "redis:7.0.15",
-                                "command": ["redis-server", "--requirepass", EXTERNAL_PASSWORD, "--appendonly", "yes"],
+                                "command": command,
                                 "securityContext": security.container_security(999, 999),
-                                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                                "volumeMounts": [
+                                    {"name": "data", "mountPath": "/data"},
+                                    {"name": "tls", "mountPath": "/tls", "readOnly": True},
+                                ],
                                 "readinessProbe": {"tcpSocket": {"port": 6379}, "periodSeconds": 1},
                             }
                         ],
-                        "volumes": [{"name": "data", "emptyDir": {}}],
+                        "volumes": [
+                            {"name": "data", "emptyDir": {}},
+                            {"name": "tls", "secret": {"secretName": "redis-tls", "defaultMode": 0o440}},
+                        ],
                     },
                 },
             },
@@ -209,13 +239,17 @@ def external_redis() -> list[Manifest]:
 
 @pytest.fixture(scope="module")
 def on_an_existing_redis(deployment: Deployment) -> Iterator[Deployment]:
-    """The cluster moved to an existing Redis: its own Redis goes, the head restarts on the new (empty)
-    storage and the workers rejoin it."""
+    """The cluster moved to an existing TLS Redis with a private CA: its own Redis goes, the head restarts on
+    the new (empty) storage and the workers rejoin it."""
     manifests = external_redis()
     for manifest in manifests:
         deployment.cluster.apply(manifest)
-    wait_for(lambda: deployment.cluster.is_ready(manifests[0]), 120, "the existing Redis")
-    deployment.update(redisAddress=f"redis.{EXTERNAL_NAMESPACE}.svc:6379", redisPassword=EXTERNAL_PASSWORD)
+    wait_for(lambda: deployment.cluster.is_ready(manifests[1]), 120, "the existing Redis")
+    deployment.update(
+        redisAddress=f"rediss://{EXTERNAL_HOST}:6379",
+        redisPassword=EXTERNAL_PASSWORD,
+        redisCaCert=EXTERNAL_CA.cert_pem.bytes().decode(),
+    )
     yield deployment
 
 
@@ -225,7 +259,7 @@ def test_moving_to_an_existing_redis_removes_the_stacks_own(on_an_existing_redis
     assert not [key for key in deployment.cluster.objects if key[0] == "PersistentVolumeClaim"]
     [head] = deployment.head().spec["containers"]
     env = {item["name"]: item.get("value") for item in head["env"]}
-    assert env["RAY_REDIS_ADDRESS"] == f"redis.{EXTERNAL_NAMESPACE}.svc:6379"
+    assert env["RAY_REDIS_ADDRESS"] == f"rediss://{EXTERNAL_HOST}:6379"
     assert [pod.phase for pod in deployment.smoke_test_runs()] == ["Succeeded"]
 
 
@@ -233,34 +267,41 @@ def test_a_lost_head_loses_nothing_with_an_existing_redis(on_an_existing_redis: 
     drill_head_loss(on_an_existing_redis)
 
 
-def redis_cli(redis: Pod, *command: str) -> str:
-    """redis-cli in the Redis pod's network, with the existing Redis's password (from the environment)."""
+def redis_cli(redis: Pod, ca: Path, *command: str) -> str:
+    """redis-cli in the Redis pod's network, over TLS, with the existing Redis's password (from the environment)."""
+    tls = ["--tls", "--cacert", str(ca), "--sni", EXTERNAL_HOST]
     result = subprocess.run(
-        ["ip", "netns", "exec", redis.network_namespace, "redis-cli", "-h", redis.ip, *command],
+        ["ip", "netns", "exec", redis.network_namespace, "redis-cli", *tls, "-h", redis.ip, *command],
         env={"REDISCLI_AUTH": EXTERNAL_PASSWORD, "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
     return result.stdout
 
 
-def test_the_readmes_cleanup_deletes_this_clusters_keys_and_no_others(on_an_existing_redis: Deployment) -> None:
-    """The README's line for an existing Redis, run as written (the values filled in) once the cluster is gone:
-    every key of this cluster's storage namespace is deleted, another cluster's keys stay."""
+def test_the_readmes_cleanup_deletes_this_clusters_keys_and_no_others(
+    on_an_existing_redis: Deployment, tmp_path: Path
+) -> None:
+    """The README's line for an existing Redis, run as written (the values filled in; for TLS with a private CA,
+    as the README says: `use_ssl=True` and RAY_REDIS_CA_CERT) once the cluster is gone: every key of this
+    cluster's storage namespace is deleted, another cluster's keys stay."""
     deployment = on_an_existing_redis
+    ca = tmp_path / "ca.pem"
+    EXTERNAL_CA.cert_pem.write_to_path(str(ca))
     [redis] = [pod for name, pod in deployment.cluster.pods.items() if name.startswith("redis-") and pod.active]
     namespace = str(deployment.rendered.outputs["gcsStorageNamespace"])
-    redis_cli(redis, "HSET", "RAYanother-cluster@KV", "key", "value")
-    ours = redis_cli(redis, "--scan", "--pattern", f"RAY{namespace}@*").split()
+    redis_cli(redis, ca, "HSET", "RAYanother-cluster@KV", "key", "value")
+    ours = redis_cli(redis, ca, "--scan", "--pattern", f"RAY{namespace}@*").split()
     assert len(ours) >= 3, ours  # nodes, jobs, KV, ...
     deployment.cluster.up(Rendered(registrations=[], outputs={}), timeout=UP_TIMEOUT)  # `pulumi destroy`
     assert deployment.pods("ray-") == []
     [line] = re.findall(r"^REDIS_PASSWORD=\S+ python -c .*$", README, re.MULTILINE)
     command = line.replace("REDIS_HOST", redis.ip).replace("STORAGE_NAMESPACE", namespace)
     command = command.replace("REDIS_PASSWORD=... ", "").replace("python", str(IMAGE_ROOT / "bin" / "python"), 1)
+    command = command.replace("use_ssl=False", "use_ssl=True")
     subprocess.run(
         ["ip", "netns", "exec", redis.network_namespace, "/bin/sh", "-c", command],
-        env={"REDIS_PASSWORD": EXTERNAL_PASSWORD, "PATH": "/usr/bin:/bin"},
+        env={"REDIS_PASSWORD": EXTERNAL_PASSWORD, "RAY_REDIS_CA_CERT": str(ca), "PATH": "/usr/bin:/bin"},
         check=True, timeout=120,
     )  # fmt: skip
-    assert redis_cli(redis, "--scan", "--pattern", f"RAY{namespace}@*").split() == []
-    assert redis_cli(redis, "--scan", "--pattern", "RAY*").split() == ["RAYanother-cluster@KV"]
+    assert redis_cli(redis, ca, "--scan", "--pattern", f"RAY{namespace}@*").split() == []
+    assert redis_cli(redis, ca, "--scan", "--pattern", "RAY*").split() == ["RAYanother-cluster@KV"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.program import ROOT, Registration, Rendered
 from tests.rehearsal import image
@@ -35,7 +36,8 @@ NAMESPACE = "harness"
 # The harness's pods run in the Ray image's stand-in unless a test names another image.
 RAY_IMAGE = "rayproject/ray:2.60.0"
 # The Redis image as the program pins it; the stand-in refuses it unless it is the Redis installed here.
-REDIS_IMAGE = "redis:7.0.15"
+# The program's pinned Redis (one source of truth: Pulumi.yaml's default), which the stand-in must be.
+REDIS_IMAGE: str = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]["redisImage"]["default"]
 # A main process that ends as soon as it is asked to (PID 1 gets SIGTERM only if it handles it).
 SERVE = 'trap "exit 0" TERM; while :; do sleep 0.1; done'
 
@@ -607,6 +609,38 @@ def test_a_probe_without_exactly_one_emulated_handler_is_refused(probe: Manifest
         check_supported(probe_spec(probe))
     for handler in ({"exec": {"command": ["true"]}}, {"tcpSocket": {"port": "x"}}, {"httpGet": {"port": 1}}):
         check_supported(probe_spec(handler))  # each emulated one alone is accepted
+
+
+@pytest.mark.rehearsal
+def test_a_volume_with_items_shows_only_those_keys_and_waits_for_a_missing_one(cluster: Cluster) -> None:
+    """`items` project the listed keys only, each at its path; a listed key the object lacks fails the mount,
+    which the kubelet retries until the key is there."""
+    cluster.apply(config_map("files", {"shown": "yes", "hidden": "no"}))
+    listing = container("ls /files; cat /files/renamed; echo")
+    volume = {"name": "files", "configMap": {"name": "files", "items": [{"key": "shown", "path": "renamed"}]}}
+    pod = finished_pod(cluster, template({**listing, "volumeMounts": [{"name": "files", "mountPath": "/files"}]},
+                                         volumes=[volume]))  # fmt: skip
+    assert pod.logs("main").splitlines()[1:] == ["renamed", "yes"]
+    waiting = {"name": "files", "configMap": {"name": "files", "items": [{"key": "later", "path": "later"}]}}
+    web = deployment("web", 1, template({**container(SERVE), "volumeMounts": [{"name": "files", "mountPath": "/f"}]},
+                                        volumes=[waiting]))  # fmt: skip
+    cluster.apply(web)
+    [pending] = wait_for(lambda: pods(cluster, web), 5, "a pod", interval=0.1)
+    wait_for(lambda: "FailedMount" in pending.events(), 10, "the failed mount", interval=0.1)
+    assert pending.statuses["main"].starts == []
+    cluster.apply(config_map("files", {"later": "now"}))
+    assert running(cluster, web, 1) == [pending]
+
+
+@pytest.mark.rehearsal
+def test_an_item_with_a_mode_or_a_nested_path_is_refused() -> None:
+    for item in ({"key": "a", "path": "a", "mode": 0o400}, {"key": "a", "path": "dir/a"}):
+        spec = {
+            "containers": [container("true")],
+            "volumes": [{"name": "v", "secret": {"secretName": "s", "items": [item]}}],
+        }
+        with pytest.raises(UnsupportedError, match="items"):
+            check_supported(spec)
 
 
 def test_a_volume_kind_the_kubelet_does_not_emulate_is_refused() -> None:

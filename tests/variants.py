@@ -3,8 +3,13 @@ with config stored as the Pulumi CLI stores it."""
 
 from __future__ import annotations
 
+import trustme
+
 from tests.program import Rendered, render
 from tests.pulumi_cli import StackConfig
+
+# The PEM of a throwaway CA, as `pulumi config set redisCaCert -- "$(cat ca.pem)"` stores it.
+REDIS_CA = trustme.CA().cert_pem.bytes().decode()
 
 # The README's GPU group, typed as `pulumi config set --path` types it (cpu 8 and `true` arrive as 8 and True).
 GPU_GROUP = StackConfig()
@@ -45,7 +50,7 @@ VARIANTS: dict[str, dict[str, object]] = {
         "gcsFaultTolerance": "true",
         "redisAddress": "rediss://redis.example.internal:6380",
         "redisPassword": "a-password",
-        "redisCaSecret": "redis-ca",
+        "redisCaCert": REDIS_CA,
     },
 }
 

@@ -130,9 +130,12 @@ def check_supported(spec: Manifest) -> None:
             if name in m
         ]
     for volume in spec.get("volumes", []):
-        used += (
-            [f"volumes.{volume['name']}.items"] if "items" in volume.get("secret", volume.get("configMap", {})) else []
-        )
+        items = volume.get("secret", volume.get("configMap", {})).get("items", [])
+        used += [
+            f"volumes.{volume['name']}.items[{item['key']}] (a mode of its own, or a path below a directory)"
+            for item in items
+            if "mode" in item or "/" in item["path"]
+        ]
         if not any(kind in volume for kind in _VOLUME_KINDS):
             used.append(f"volumes.{volume['name']} (only {', '.join(_VOLUME_KINDS)} are emulated)")
     if used:
@@ -335,10 +338,12 @@ class Pod:
         if "secret" in volume:
             secret = self._objects("Secret", volume["secret"]["secretName"])
             files = {k: v.encode() for k, v in secret.get("stringData", {}).items()}
-            return files | {k: base64.b64decode(v) for k, v in secret.get("data", {}).items()}
+            return _projected(
+                volume["secret"], files | {k: base64.b64decode(v) for k, v in secret.get("data", {}).items()}
+            )
         if "configMap" in volume:
             config_map = self._objects("ConfigMap", volume["configMap"]["name"])
-            return {k: v.encode() for k, v in config_map.get("data", {}).items()}
+            return _projected(volume["configMap"], {k: v.encode() for k, v in config_map.get("data", {}).items()})
         raise UnsupportedError(f"volume {volume['name']}: only {', '.join(_VOLUME_KINDS)} are emulated")
 
     def _prepare_volume(self, volume: Manifest, files: dict[str, bytes] | Path | None, pod_context: Manifest) -> None:
@@ -662,6 +667,17 @@ class Pod:
             self.ready_since = time.monotonic()
         elif not ready:
             self.ready_since = None
+
+
+def _projected(source: Manifest, files: dict[str, bytes]) -> dict[str, bytes]:
+    """The files a Secret or ConfigMap volume shows: every key, or only the listed `items`, each at its `path`. A
+    listed key the object lacks fails the mount (KeyError: retried, as the kubelet retries a failed mount)."""
+    if "items" not in source:
+        return files
+    missing = [item["key"] for item in source["items"] if item["key"] not in files]
+    if missing:
+        raise KeyError(f"keys {missing} of the volume's items")
+    return {item["path"]: files[item["key"]] for item in source["items"]}
 
 
 def _host_path(target: PurePosixPath, mounts: list[tuple[PurePosixPath, Path]], shared: set[Path]) -> Path:
