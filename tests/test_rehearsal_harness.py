@@ -35,7 +35,6 @@ from tests.rehearsal.scheduler import Node, pod_requests, tolerates
 NAMESPACE = "harness"
 # The harness's pods run in the Ray image's stand-in unless a test names another image.
 RAY_IMAGE = "rayproject/ray:2.60.0"
-# The Redis image as the program pins it; the stand-in refuses it unless it is the Redis installed here.
 # The program's pinned Redis (one source of truth: Pulumi.yaml's default), which the stand-in must be.
 REDIS_IMAGE: str = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]["redisImage"]["default"]
 # A main process that ends as soon as it is asked to (PID 1 gets SIGTERM only if it handles it).
@@ -490,19 +489,67 @@ def test_a_deployment_replaces_a_terminating_pod_at_once_which_holds_its_resourc
     web = deployment("web", 1, template(container('trap "" TERM; while :; do sleep 0.1; done', **cpu("1"))))
     cluster.apply(web)
     [old] = running(cluster, web, 1)
-    address = f"web.{NAMESPACE}.svc.cluster.local"
-    assert cluster.resolve(address) == [old.ip]
+    assert cluster.service_endpoints(NAMESPACE, "web") == [old.ip]
     cluster.delete_pod(old.name)  # its grace period: the default 30 s
     [new] = wait_for(lambda: [p for p in pods(cluster, web) if p is not old], 2, "a replacement", interval=0.05)
-    assert old.terminating and old.name in cluster.pods and cluster.resolve(address) == []
+    assert old.terminating and old.name in cluster.pods and cluster.service_endpoints(NAMESPACE, "web") == []
     wait_for(lambda: new.unschedulable, 2, "the scheduler's verdict", interval=0.05)
     assert (new.phase, new.unschedulable) == ("Pending", "Insufficient cpu")  # the old pod still holds the CPU
     cluster.delete_pod(old.name, grace_seconds=0)  # --force --grace-period=0
     assert old.name not in cluster.pods
     assert running(cluster, web, 1) == [new]
-    assert cluster.resolve(address) == [new.ip]
+    assert cluster.service_endpoints(NAMESPACE, "web") == [new.ip]
     cluster.delete(web)
     cluster.delete_pod(new.name, grace_seconds=0)  # rather than wait 30 s for it when the test ends
+
+
+# Answers each connection on port 8000 with its pod's name, until SIGTERM.
+ANSWER_WITH_HOSTNAME = (
+    'exec python -c "import socket, signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); '
+    "s = socket.create_server(('', 8000)); "
+    '[c.sendall(socket.gethostname().encode()) or c.close() for c, _ in iter(s.accept, None)]"'
+)
+ASK_THE_SERVICE = (
+    'exec python -c "import socket, sys; c = socket.create_connection((sys.argv[1], 8000), timeout=5); '
+    'print(c.recv(100).decode(), c.getpeername()[0])" '
+)
+
+
+@pytest.mark.rehearsal
+def test_a_service_name_is_a_cluster_ip_that_follows_its_pods_and_refuses_without_any(cluster: Cluster) -> None:
+    """The name resolves to the Service's ClusterIP (from the service range, not a pod's IP) for as long as the
+    Service exists; a connection to it reaches whichever pod backs it at the time, the reply coming from the
+    ClusterIP; with no pod behind it, a connection is refused at once."""
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NAMESPACE},
+               "spec": {"selector": {"app": "web"}, "ports": [{"port": 8000}]}}  # fmt: skip
+    cluster.apply(service)
+    address = f"web.{NAMESPACE}.svc.cluster.local"
+    [cluster_ip] = cluster.resolve(address)
+    assert cluster_ip.startswith("10.96.0.")
+    web = deployment("web", 1, template(container(ANSWER_WITH_HOSTNAME), app="web"))
+    cluster.apply(web)
+    check = job("check", template(container(ASK_THE_SERVICE + f"web.{NAMESPACE}.svc")))
+
+    def answered_by(server: Pod) -> None:
+        answer = finished_pod(cluster, check["spec"]["template"])
+        assert answer.phase == "Succeeded", answer.logs("main")
+        assert answer.logs("main").splitlines()[-1] == f"{server.name} {cluster_ip}"
+        assert cluster.resolve(address) == [cluster_ip]
+        cluster.delete(check)
+        wait_for(lambda: not pods(cluster, check), 10, "the check gone", interval=0.1)
+
+    [first] = running(cluster, web, 1)
+    answered_by(first)
+    cluster.delete_pod(first.name)
+    wait_for(lambda: first.name not in cluster.pods, 15, "the first server gone", interval=0.1)
+    [second] = running(cluster, web, 1)
+    answered_by(second)
+    cluster.delete(web)
+    wait_for(lambda: not cluster.service_endpoints(NAMESPACE, "web"), 15, "no endpoint left", interval=0.1)
+    started = time.monotonic()
+    refused = finished_pod(cluster, template(container(ASK_THE_SERVICE + f"web.{NAMESPACE}.svc")))
+    assert refused.phase == "Failed" and "ConnectionRefusedError" in refused.logs("main")
+    assert time.monotonic() - started < 10
 
 
 @pytest.mark.rehearsal
@@ -930,7 +977,7 @@ def test_redis_keeps_a_key_on_its_claim_across_pods_and_loses_it_with_the_claim(
     wait_for(lambda: first.name not in cluster.pods, 15, "the first Redis pod gone", interval=0.1)
     [second] = running(cluster, program.one("Deployment"), 1, timeout=30)
     assert second is not first and redis_cli(second, "GET", "gcs") == "kept"
-    assert cluster.resolve(f"redis.{NAMESPACE}.svc.cluster.local") == [second.ip]
+    assert cluster.service_endpoints(NAMESPACE, "redis") == [second.ip]
     # The claim deleted (it goes once its pod has) and created again: a new, empty volume.
     cluster.up(Rendered(registrations=[r for r in program.registrations if r.name == "secret"], outputs={}), 30)
     assert not cluster.claims

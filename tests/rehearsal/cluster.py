@@ -1,6 +1,6 @@
 """A one-node Kubernetes for the rehearsal, and `pulumi up` on top of it.
 
-It keeps the objects the program renders, resolves Service names to their endpoints, and runs, in one thread,
+It keeps the objects the program renders, resolves Service names to their ClusterIPs, and runs, in one thread,
 the controllers and the scheduler:
 - a Deployment rolls its template out through ReplicaSets named after the template's hash, with its strategy:
   Recreate (the old pods gone before new ones are created) or RollingUpdate (within maxSurge and maxUnavailable,
@@ -33,7 +33,8 @@ when it has an endpoint, a Job when it has succeeded (its failure fails `up`), a
 awaited for a resource annotated `pulumi.com/skipAwait: "true"`. Deleting waits until the object has left the API
 (a claim's finalizer included).
 
-Not emulated: NetworkPolicy enforcement, cgroup limits, image pulls, ClusterIPs (names resolve to pod IPs),
+Services get ClusterIPs, to which their names resolve, and kube-proxy's forwarding to their endpoints (network.py).
+Not emulated: NetworkPolicy enforcement, cgroup limits, image pulls,
 proportional scaling of a Deployment in mid-rollout, revision history limits; a volume's capacity (its directory
 is as large as the disk it lies on), and claims other than dynamically provisioned ReadWriteOnce filesystems
 (refused: static binding to PersistentVolumes, `volumeName`, selectors, data sources, block volumes, other access
@@ -42,6 +43,7 @@ modes); pulumi-kubernetes' 5-minute limit on a claim's await (`up` has its own t
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import json
@@ -299,6 +301,12 @@ class Cluster:
         self._init_errors: set[str] = set()  # URNs whose await failed or did not finish
         self._reapers: list[threading.Thread] = []
         self._errors: list[str] = []  # controller failures, which `up` reports
+        # ClusterIPs by Service, handed out from the service range as the API server's allocator does, and the
+        # kube-proxy rules wanted (by the controllers' pass) and applied (after it).
+        self._cluster_ips: dict[Key, str] = {}
+        self._free_cluster_ips = collections.deque(str(a) for a in PodNetwork.SERVICE_SUBNET.hosts())
+        self._proxy_wanted: dict[str, dict[int, list[str]]] = {}
+        self._proxy_applied: dict[str, dict[int, list[str]]] | None = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self.network = PodNetwork(prefix)
@@ -333,9 +341,12 @@ class Cluster:
         if kind not in _KINDS:
             raise UnsupportedError(f"kind {kind}")
         if kind == "Service":
-            for port in manifest["spec"]["ports"]:
-                if port.get("targetPort", port["port"]) != port["port"]:
-                    raise UnsupportedError("a Service port that differs from its targetPort (no ClusterIP emulation)")
+            spec = manifest["spec"]
+            if spec.get("type", "ClusterIP") != "ClusterIP" or "clusterIP" in spec:
+                raise UnsupportedError("only Services of type ClusterIP with an allocated ClusterIP")
+            for port in spec["ports"]:
+                if port.get("targetPort", port["port"]) != port["port"] or port.get("protocol", "TCP") != "TCP":
+                    raise UnsupportedError("a Service port other than TCP to the same port (kube-proxy's rules here)")
         if kind in {"Deployment", "Job"}:
             check_supported(manifest["spec"]["template"]["spec"])
         if kind == "PersistentVolumeClaim":
@@ -347,6 +358,8 @@ class Cluster:
                 self._uids[key] = uid = secrets.token_hex(8)
                 if kind == "Job":
                     self._jobs[uid] = _JobRun()
+                if kind == "Service":
+                    self._cluster_ips[key] = self._free_cluster_ips.popleft()
                 if kind == "PersistentVolumeClaim":
                     storage_class = manifest["spec"].get("storageClassName", self.default_storage_class)
                     self.claims[key[1:]] = Claim(uid, key[1], key[2], storage_class)
@@ -401,6 +414,8 @@ class Cluster:
                     self.claims[key[1:]].deleting = True
                 return []
             self.objects.pop(key, None)
+            if key in self._cluster_ips:
+                self._free_cluster_ips.append(self._cluster_ips.pop(key))
             uid = self._uids.pop(key, None)
             if uid is None:
                 return []
@@ -530,13 +545,35 @@ class Cluster:
         ]
 
     def resolve(self, name: str) -> list[str]:
-        """Cluster DNS: `<service>.<namespace>.svc.<domain>` is the IPs of the Service's endpoints."""
+        """Cluster DNS: `<service>.<namespace>.svc.<domain>` is the Service's ClusterIP, whatever its endpoints."""
         parts = name.split(".")
         if len(parts) < 4 or ".".join(parts[2:]) != f"svc.{CLUSTER_DOMAIN}":
             return []
         with self._lock:
-            service = self.objects.get(("Service", parts[1], parts[0]))
+            address = self._cluster_ips.get(("Service", parts[1], parts[0]))
+        return [address] if address else []
+
+    def service_endpoints(self, namespace: str, name: str) -> list[str]:
+        """Where kube-proxy sends a new connection to the Service: its EndpointSlices' addresses (see _endpoints)."""
+        with self._lock:
+            service = self.objects.get(("Service", namespace, name))
         return [pod.ip for pod in self._endpoints(service, keep_terminating=True)] if service else []
+
+    def _sync_proxy(self) -> None:
+        """kube-proxy: when a Service's endpoints or ports change, the node's rules follow (applied outside the lock:
+        nft is a process)."""
+        services: dict[str, dict[int, list[str]]] = {}
+        for key, address in self._cluster_ips.items():
+            service = self.objects[key]
+            endpoints = sorted(pod.ip for pod in self._endpoints(service, keep_terminating=True))
+            services[address] = {int(port["port"]): endpoints for port in service["spec"]["ports"]}
+        self._proxy_wanted = services
+
+    def _apply_proxy(self) -> None:
+        wanted = self._proxy_wanted
+        if wanted != self._proxy_applied:
+            self.network.proxy(wanted)
+            self._proxy_applied = wanted
 
     def _create_pod(self, owner: str, namespace: str, template: Manifest, name: str) -> Pod:
         """A new pod of `template`, Pending until the scheduler binds it."""
@@ -601,6 +638,8 @@ class Cluster:
                     self._guarded(self._sync_replica_set, replica_set)
                 self._guarded(self._schedule)
                 self._guarded(self._sync_claims)
+                self._guarded(self._sync_proxy)
+            self._guarded(self._apply_proxy)
 
     def _guarded(self, sync: Callable[..., None], *args: Any) -> None:
         """Run one controller's pass; a failure is kept for `up` to report instead of stopping every controller."""

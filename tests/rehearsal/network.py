@@ -1,8 +1,14 @@
-"""The rehearsal's network: an isolated node namespace with a bridge, one network namespace per pod, and a
-cluster DNS that answers Service names.
+"""The rehearsal's network: an isolated node namespace with a bridge, one network namespace per pod, a cluster
+DNS that answers Service names, and kube-proxy: Services' ClusterIPs, forwarded to their endpoints.
 
 The node namespace has no link to the outside world, so nothing a pod sends can leave it; the harness thread
 that creates it moves into it, so probes and checks reach pods the way a kubelet on the node would.
+
+A Service's name resolves to its ClusterIP, which stays while the pods behind it come and go: a client's
+connection is forwarded (nftables DNAT in the node namespace, which routes every pod's traffic but the
+bridge's own) to one of its endpoints at the time, or refused at once while it has none, as kube-proxy's rules
+do. Replies return through the node (the forwarded traffic is masqueraded, as kube-proxy's `--masquerade-all`
+does), so the client sees them come from the ClusterIP.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSServer
@@ -33,6 +39,48 @@ def ip(*args: str) -> None:
     completed = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         raise NetworkError(f"ip {' '.join(args)}: {completed.stderr.strip()}")
+
+
+def _run(argv: list[str], stdin: str | None = None) -> None:
+    completed = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise NetworkError(f"{' '.join(argv)}: {completed.stderr.strip()}")
+
+
+def proxy_rules(services: Mapping[str, Mapping[int, list[str]]], service_subnet: str) -> str:
+    """kube-proxy's rules as one nftables script (applied atomically): per ClusterIP and TCP port, a new
+    connection goes to one of its endpoints at random; without endpoints, and to any port a Service does not
+    have, it is refused at once (a TCP reset), as kube-proxy's REJECT does."""
+    forwards = []
+    for cluster_ip, ports in sorted(services.items()):
+        for port, endpoints in sorted(ports.items()):
+            if endpoints:
+                choices = ", ".join(f"{index} : {address}" for index, address in enumerate(endpoints))
+                target = f"numgen random mod {len(endpoints)} map {{ {choices} }}"
+                forwards.append(f"    ip daddr {cluster_ip} tcp dport {port} dnat to {target}")
+    return "\n".join(
+        [
+            "table ip kube-proxy",
+            "delete table ip kube-proxy",
+            "table ip kube-proxy {",
+            "  chain services {",
+            *forwards,
+            "  }",
+            "  chain prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }",
+            "  chain output { type nat hook output priority -100; policy accept; jump services; }",
+            "  chain postrouting {",
+            "    type nat hook postrouting priority srcnat; policy accept;",
+            "    ct status dnat masquerade",
+            "  }",
+            "  chain refuse {",
+            "    type filter hook input priority filter; policy accept;",
+            f"    ip daddr {service_subnet} meta l4proto tcp reject with tcp reset",
+            f"    ip daddr {service_subnet} reject",
+            "  }",
+            "}",
+            "",
+        ]
+    )
 
 
 def _pids(namespace: str) -> list[str]:
@@ -53,6 +101,8 @@ def enter_namespace(path: str) -> None:
 class PodNetwork:
     """Allocates pod namespaces on one bridge, like a CNI plugin on a single node."""
 
+    SERVICE_SUBNET = ipaddress.ip_network("10.96.0.0/24")
+
     def __init__(self, prefix: str, subnet: str = "10.244.0.0/24") -> None:
         self.prefix = prefix
         self.subnet = ipaddress.ip_network(subnet)
@@ -72,10 +122,20 @@ class PodNetwork:
             ip("-n", self.node, "link", "add", "br0", "type", "bridge")
             ip("-n", self.node, "addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", "br0")
             ip("-n", self.node, "link", "set", "br0", "up")
+            # The node routes what pods send to ClusterIPs (back out through the bridge), and takes in what no
+            # Service rule forwarded, to refuse it.
+            for setting, value in (("ipv4/ip_forward", 1), ("ipv4/conf/all/send_redirects", 0),
+                                   ("ipv4/conf/br0/send_redirects", 0)):  # fmt: skip
+                _run(["ip", "netns", "exec", self.node, "sh", "-c", f"echo {value} > /proc/sys/net/{setting}"])
+            ip("-n", self.node, "route", "add", "local", str(self.SERVICE_SUBNET), "dev", "lo")
             enter_namespace(f"/run/netns/{self.node}")
         except BaseException:
             ip("netns", "del", self.node)
             raise
+
+    def proxy(self, services: Mapping[str, Mapping[int, list[str]]]) -> None:
+        """Make the node forward each ClusterIP's ports to these endpoints (see proxy_rules)."""
+        _run(["ip", "netns", "exec", self.node, "nft", "-f", "-"], proxy_rules(services, str(self.SERVICE_SUBNET)))
 
     def add_pod(self, pod: str) -> tuple[str, str]:
         """A namespace for the pod, wired to the bridge; returns its name and the pod's IP."""
@@ -140,7 +200,7 @@ class _ServiceResolver(BaseResolver):  # type: ignore[misc]
 
 
 class ClusterDNS:
-    """Cluster DNS on the bridge: Service names resolve to their ready pods, anything else is NXDOMAIN at once."""
+    """Cluster DNS on the bridge: Service names resolve to their ClusterIPs, anything else is NXDOMAIN at once."""
 
     def __init__(self, address: str, lookup: Callable[[str], list[str]]) -> None:
         self._server = DNSServer(_ServiceResolver(lookup), address=address, port=53, logger=_QuietLogger())
