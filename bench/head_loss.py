@@ -2,7 +2,7 @@
 tolerance (`gcsFaultTolerance: true`, the stack's own Redis) against without it, side by side.
 
 Each run deploys the rendered cluster (rehearsal harness, `--workers` workers, every other key at its default),
-deletes the head pod as a lost node or an eviction would, and measures until
+deletes the head pod as an eviction or `kubectl delete pod` does (graceful), and measures until
 - the new head pod is ready (its GCS answers),
 - "new work": a Ray job submitted through the new head's Jobs API, as soon as it answers, has run one task on
   every worker (it waits inside for every worker to be a live node: without fault tolerance they must first

@@ -266,7 +266,7 @@ def _fault_tolerance(config: pulumi.Config, worker_groups: tuple[WorkerGroup, ..
     """The GCS's external storage, or None; every Redis key is checked either way, so a typo waits for nobody."""
     given_address = config.require("redisAddress")
     address, tls = _require_redis_address(given_address) if given_address else ("", False)
-    ca_cert = config.require("redisCaCert").strip()
+    ca_cert = config.require("redisCaCert").replace("\r\n", "\n").strip()  # a PEM saved on Windows too
     if ca_cert:
         if not _PEM_CERTIFICATE.match(ca_cert):
             raise config_error(

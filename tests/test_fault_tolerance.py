@@ -393,3 +393,9 @@ def test_turning_fault_tolerance_off_deletes_the_stacks_redis_and_its_claim() ->
     changes = plan(render(FAULT_TOLERANT), render())
     assert changes.hazards == () and changes.errors == ()
     assert {"ray-redis", "ray-redis-data", "ray-redis-secret", "ray-gcs-storage-namespace"} <= set(changes.deleted())
+
+
+def test_a_ca_saved_with_windows_line_endings_is_taken_as_pem() -> None:
+    config = {**FAULT_TOLERANT, "redisAddress": "rediss://redis.example.internal:6380"}
+    rendered = render({**config, "redisCaCert": REDIS_CA.replace("\n", "\r\n")})
+    assert rendered.one("ConfigMap", "ray-redis-ca")["data"] == {"ca.crt": REDIS_CA.strip()}

@@ -69,7 +69,7 @@ from tests.rehearsal.kubelet import (
     check_supported,
     quantity,
 )
-from tests.rehearsal.network import ClusterDNS, PodNetwork
+from tests.rehearsal.network import ClusterDNS, NetworkError, PodNetwork
 from tests.rehearsal.scheduler import Node, add, pod_requests, unschedulable
 
 CLUSTER_DOMAIN = "cluster.local"
@@ -307,6 +307,7 @@ class Cluster:
         self._free_cluster_ips = collections.deque(str(a) for a in PodNetwork.SERVICE_SUBNET.hosts())
         self._proxy_wanted: dict[str, dict[int, list[str]]] = {}
         self._proxy_applied: dict[str, dict[int, list[str]]] | None = None
+        self._proxy_error = ""
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self.network = PodNetwork(prefix)
@@ -344,6 +345,8 @@ class Cluster:
             spec = manifest["spec"]
             if spec.get("type", "ClusterIP") != "ClusterIP" or "clusterIP" in spec:
                 raise UnsupportedError("only Services of type ClusterIP with an allocated ClusterIP")
+            if spec.get("sessionAffinity", "None") != "None":
+                raise UnsupportedError("session affinity (kube-proxy's rules here pick an endpoint per connection)")
             for port in spec["ports"]:
                 if port.get("targetPort", port["port"]) != port["port"] or port.get("protocol", "TCP") != "TCP":
                     raise UnsupportedError("a Service port other than TCP to the same port (kube-proxy's rules here)")
@@ -554,10 +557,30 @@ class Cluster:
         return [address] if address else []
 
     def service_endpoints(self, namespace: str, name: str) -> list[str]:
-        """Where kube-proxy sends a new connection to the Service: its EndpointSlices' addresses (see _endpoints)."""
+        """Where kube-proxy sends a new connection to the Service (see _proxied)."""
         with self._lock:
             service = self.objects.get(("Service", namespace, name))
-        return [pod.ip for pod in self._endpoints(service, keep_terminating=True)] if service else []
+            return [pod.ip for pod in self._proxied(service)] if service else []
+
+    def _proxied(self, service: Manifest) -> list[Pod]:
+        """kube-proxy's choice: the Service's ready endpoints (every one it publishes, where it publishes not-ready
+        addresses; see _endpoints), else, since Kubernetes 1.28, those that are terminating but still serving
+        (Running, every container ready), so that a Service whose last pod is being replaced still answers."""
+        ready = self._endpoints(service, keep_terminating=True)
+        if ready:
+            return ready
+        namespace, selector = service["metadata"].get("namespace", ""), service["spec"].get("selector") or {}
+        return [
+            pod
+            for pod in self.pods.values()
+            if pod.namespace == namespace
+            and selector
+            and selector.items() <= pod.labels.items()
+            and pod.ip
+            and pod.terminating
+            and pod.phase == "Running"
+            and all(pod.statuses[c["name"]].running and pod.statuses[c["name"]].ready for c in pod.spec["containers"])
+        ]
 
     def _sync_proxy(self) -> None:
         """kube-proxy: when a Service's endpoints or ports change, the node's rules follow (applied outside the lock:
@@ -565,15 +588,25 @@ class Cluster:
         services: dict[str, dict[int, list[str]]] = {}
         for key, address in self._cluster_ips.items():
             service = self.objects[key]
-            endpoints = sorted(pod.ip for pod in self._endpoints(service, keep_terminating=True))
+            endpoints = sorted(pod.ip for pod in self._proxied(service))
             services[address] = {int(port["port"]): endpoints for port in service["spec"]["ports"]}
         self._proxy_wanted = services
 
     def _apply_proxy(self) -> None:
+        """Apply the wanted rules if they changed; a failure is reported (by `up`) until a later pass succeeds."""
         wanted = self._proxy_wanted
-        if wanted != self._proxy_applied:
+        if wanted == self._proxy_applied:
+            return
+        try:
             self.network.proxy(wanted)
-            self._proxy_applied = wanted
+        except NetworkError as error:
+            self._proxy_error = f"kube-proxy: {error}"
+            if self._proxy_error not in self._errors:
+                self._errors.append(self._proxy_error)
+            return
+        if self._proxy_error in self._errors:
+            self._errors.remove(self._proxy_error)
+        self._proxy_applied = wanted
 
     def _create_pod(self, owner: str, namespace: str, template: Manifest, name: str) -> Pod:
         """A new pod of `template`, Pending until the scheduler binds it."""
@@ -639,7 +672,7 @@ class Cluster:
                 self._guarded(self._schedule)
                 self._guarded(self._sync_claims)
                 self._guarded(self._sync_proxy)
-            self._guarded(self._apply_proxy)
+            self._apply_proxy()
 
     def _guarded(self, sync: Callable[..., None], *args: Any) -> None:
         """Run one controller's pass; a failure is kept for `up` to report instead of stopping every controller."""

@@ -74,6 +74,10 @@ def proxy_rules(services: Mapping[str, Mapping[int, list[str]]], service_subnet:
             "  }",
             "  chain refuse {",
             "    type filter hook input priority filter; policy accept;",
+            # Replies to the node's own connections (their source is a ClusterIP, by the local route), and what
+            # the node itself sends there, are not refused.
+            "    ct status dnat accept",
+            "    fib saddr type local accept",
             f"    ip daddr {service_subnet} meta l4proto tcp reject with tcp reset",
             f"    ip daddr {service_subnet} reject",
             "  }",
