@@ -210,10 +210,11 @@ class RayCluster(pulumi.ComponentResource):
         spec: pods.Manifest,
         timeout_seconds: int,
         after: list[pulumi.CustomResource] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> pulumi.CustomResource:
-        """`<cluster>-<group>`, a Deployment of Ray pods, created once the access objects (ServiceAccount,
-        policies, token) and whatever else it needs (`after`) exist; `pulumi up` waits `timeout_seconds` for it to
-        roll out."""
+        """`<cluster>-<group>`, a Deployment of Ray pods (or, with its own `labels`, the Redis), created once the
+        access objects (ServiceAccount, policies, token) and whatever else it needs (`after`) exist; `pulumi up`
+        waits `timeout_seconds` for it to roll out."""
         timeout = f"{timeout_seconds}s"
         options = pulumi.ResourceOptions(
             depends_on=[*self._access, *(after or [])],
@@ -222,7 +223,7 @@ class RayCluster(pulumi.ComponentResource):
         )
         name = f"{self._settings.cluster_name}-{group}"
         deployment: pulumi.CustomResource = self._child(
-            k8s.apps.v1.Deployment, group, name, component, group, spec=spec, opts=options
+            k8s.apps.v1.Deployment, group, name, component, group, spec=spec, opts=options, labels=labels
         )
         return deployment
 
@@ -362,17 +363,7 @@ class RayCluster(pulumi.ComponentResource):
             spec=redis.claim_spec(fault_tolerance),
         )
         spec = redis.deployment_spec(settings, fault_tolerance, password_version, claim.metadata.name)
-        deployment = child(
-            k8s.apps.v1.Deployment,
-            "redis",
-            settings.redis_name,
-            spec=spec,
-            opts=pulumi.ResourceOptions(
-                depends_on=[*self._access, secret, claim],
-                custom_timeouts=pulumi.CustomTimeouts(create=f"{_PULL_SECONDS}s", update=f"{_PULL_SECONDS}s"),
-                ignore_changes=[_POD_TEMPLATE_ANNOTATIONS],
-            ),
-        )
+        deployment = self._deployment("redis", "gcs-storage", spec, _PULL_SECONDS, after=[secret, claim], labels=labels)
         service = child(k8s.core.v1.Service, "redis-service", settings.redis_name, spec=redis.service_spec(settings))
         policy = child(
             k8s.networking.v1.NetworkPolicy,
