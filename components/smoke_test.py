@@ -50,18 +50,21 @@ def alive_nodes() -> list[dict[str, Any]]:
     return [node for node in ray.nodes() if node["Alive"]]  # type: ignore[no-untyped-call]
 
 
-def wait_for_nodes(expected_workers: int, deadline: float) -> list[dict[str, Any]]:
-    """Until exactly 1 head + expected workers are alive (a replaced pod's old node lingers as alive for a while)."""
+def wait_for_nodes(expected_workers: int, most_workers: int, deadline: float) -> list[dict[str, Any]]:
+    """Until 1 head and the expected workers are alive: exactly that many (a replaced pod's old node lingers as alive
+    for a while), or, where Ray's autoscaler may have added workers, up to `most_workers`."""
+    fixed = most_workers == expected_workers
+    expected = f"{expected_workers}" if fixed else f"{expected_workers}-{most_workers}"
+    wanted = f"{expected_workers + 1} ({expected} workers)" if fixed else f"1 head and {expected} workers"
     while True:
         nodes = alive_nodes()
         workers = [node for node in nodes if HEAD_RESOURCE not in node["Resources"]]
-        print(f"{len(nodes)} nodes alive, {len(workers)} workers of {expected_workers} expected", flush=True)
-        if len(workers) == expected_workers and len(nodes) == expected_workers + 1:
+        print(f"{len(nodes)} nodes alive, {len(workers)} workers of {expected} expected", flush=True)
+        if expected_workers <= len(workers) <= most_workers and len(nodes) == len(workers) + 1:
             return workers
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"{len(nodes)} nodes alive ({len(workers)} workers), not {expected_workers + 1} "
-                f"({expected_workers} workers), after {NODE_WAIT_SECONDS:.0f}s"
+                f"{len(nodes)} nodes alive ({len(workers)} workers), not {wanted}, after {NODE_WAIT_SECONDS:.0f}s"
             )
         time.sleep(2)
 
@@ -87,12 +90,13 @@ def run_rounds(worker_ids: set[str], multi_node: bool) -> set[str]:
 
 def main() -> int:
     expected_workers = int(os.environ["SMOKE_EXPECTED_WORKERS"])
+    most_workers = int(os.environ.get("SMOKE_MOST_WORKERS", expected_workers))
     print(f"smoke test from {socket.gethostname()}: groups {os.environ['SMOKE_WORKER_GROUPS']}", flush=True)
     try:
         deadline = time.monotonic() + NODE_WAIT_SECONDS
         connect(deadline)
-        workers = wait_for_nodes(expected_workers, deadline)
-        ran_on = run_rounds({node["NodeID"] for node in workers}, multi_node=expected_workers > 0)
+        workers = wait_for_nodes(expected_workers, most_workers, deadline)
+        ran_on = run_rounds({node["NodeID"] for node in workers}, multi_node=len(workers) > 0)
         addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}  # type: ignore[no-untyped-call]
         print(f"nodes that ran calls: {' '.join(sorted(addresses.get(n, n) for n in ran_on))}", flush=True)
     except Exception as error:  # noqa: BLE001 - any failure must end as a clear message and exit code 1

@@ -260,16 +260,19 @@ class Run:
 
 
 @pytest.fixture
-def smoke(monkeypatch: pytest.MonkeyPatch) -> Callable[[Cluster, int], Run]:
-    """Runs the script's main() against a fake cluster, expecting that many workers; a fresh script each time.
+def smoke(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Run]:
+    """Runs the script's main() against a fake cluster, expecting that many workers (or, as a third argument, up to
+    how many the autoscaler may have added); a fresh script each time.
 
     Whatever the outcome, every line must have reached the log before each call to Ray or sleep and when main()
     returns (the interpreter's exit runs Ray's shutdown before it flushes stdout)."""
 
-    def run(setup: Cluster, expected_workers: int) -> Run:
+    def run(setup: Cluster, expected_workers: int, most_workers: int | None = None) -> Run:
         fake = FakeRay(setup)
         monkeypatch.setitem(sys.modules, "ray", fake)
         monkeypatch.setenv("SMOKE_EXPECTED_WORKERS", str(expected_workers))
+        if most_workers is not None:  # the Job sets it only where Ray's autoscaler may add workers
+            monkeypatch.setenv("SMOKE_MOST_WORKERS", str(most_workers))
         monkeypatch.setenv("SMOKE_WORKER_GROUPS", GROUPS)
         monkeypatch.setenv("SMOKE_NODE_WAIT_SECONDS", f"{WAIT_SECONDS:.0f}")
         spec = importlib.util.spec_from_file_location(MODULE, SCRIPT)
@@ -289,7 +292,7 @@ def smoke(monkeypatch: pytest.MonkeyPatch) -> Callable[[Cluster, int], Run]:
     return run
 
 
-Smoke = Callable[[Cluster, int], Run]
+Smoke = Callable[..., Run]
 
 
 def assert_succeeded(run: Run) -> None:
@@ -515,6 +518,39 @@ def test_more_nodes_than_expected_fail_at_the_deadline(smoke: Smoke, nodes: list
     assert_failed(run, joined, f"not 4 (3 workers), after {WAIT_SECONDS:.0f}s")
     assert WAIT_SECONDS < run.waited <= WAIT_SECONDS + 5
     assert run.ray.get_calls == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_with_autoscaling_any_count_of_workers_within_the_bounds_succeeds(smoke: Smoke, workers: int) -> None:
+    run = smoke(Cluster(snapshots=[cluster(workers)]), 1, 3)
+    assert_succeeded(run)
+    assert f"{workers + 1} nodes alive, {workers} workers of 1-3 expected" in run.out
+    assert set(run.ray.placed) == {node.id for node in cluster(workers)}
+
+
+@pytest.mark.parametrize(
+    ("nodes", "joined"),
+    [
+        pytest.param([HEAD], "1 nodes alive (0 workers)", id="below the fewest"),
+        pytest.param(cluster(4), "5 nodes alive (4 workers)", id="above the most"),
+        pytest.param(
+            [*cluster(2), Node("old-head-id", "10.0.0.2", head=True)], "4 nodes alive (2 workers)", id="2 heads"
+        ),
+    ],
+)
+def test_with_autoscaling_a_count_outside_the_bounds_fails_at_the_deadline(
+    smoke: Smoke, nodes: list[Node], joined: str
+) -> None:
+    run = smoke(Cluster(snapshots=[nodes]), 1, 3)
+    assert_failed(run, joined, f"not 1 head and 1-3 workers, after {WAIT_SECONDS:.0f}s")
+    assert run.ray.get_calls == 0
+
+
+def test_with_autoscaling_from_zero_a_head_only_cluster_succeeds(smoke: Smoke) -> None:
+    """A group that scales from 0 has no worker at first: the calls run where Ray places them (the head here)."""
+    run = smoke(Cluster(snapshots=[[HEAD]]), 0, 2)
+    assert_succeeded(run)
+    assert "1 nodes alive, 0 workers of 0-2 expected" in run.out
 
 
 def test_an_extra_node_that_goes_away_in_time_is_waited_out(smoke: Smoke) -> None:
