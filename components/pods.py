@@ -111,13 +111,16 @@ def selector_labels(settings: ClusterSettings, group: str) -> dict[str, str]:
     return {"ray.io/cluster": settings.cluster_name, "ray.io/group": group}
 
 
-def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: bool) -> list[str]:
-    """`ray start` for one node, in the foreground (`--block`) so the container lives exactly as long as Ray.
+def ray_num_cpus(settings: ClusterSettings, resources: PodResources, *, head: bool) -> int:
+    """The CPUs a node offers Ray. With GCS fault tolerance the head offers none (KubeRay's advice): tasks and
+    actors then run on workers only, which keep running through the loss of the head, so losing the head loses no
+    work."""
+    return 0 if head and settings.fault_tolerance else node_sizing(resources).num_cpus
 
-    With GCS fault tolerance the head offers no CPUs (KubeRay's advice): tasks and actors then run on workers
-    only, which keep running through the loss of the head, so losing the head loses no work."""
+
+def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: bool) -> list[str]:
+    """`ray start` for one node, in the foreground (`--block`) so the container lives exactly as long as Ray."""
     node = node_sizing(resources)
-    num_cpus = 0 if head and settings.fault_tolerance else node.num_cpus
     role = (
         [
             "--head",
@@ -125,6 +128,8 @@ def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: 
             "--dashboard-host=0.0.0.0",
             f"--dashboard-port={DASHBOARD_PORT}",
             f"--ray-client-server-port={CLIENT_PORT}",
+            # With autoscaling, Ray's monitor runs in a container of its own (components/autoscaling.py).
+            *(["--no-monitor"] if settings.autoscaling else []),
         ]
         if head
         else [f"--address={settings.head_host}:{GCS_PORT}"]
@@ -134,7 +139,7 @@ def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: 
         "start",
         *role,
         f"--node-ip-address=$({POD_IP_ENV})",
-        f"--num-cpus={num_cpus}",
+        f"--num-cpus={ray_num_cpus(settings, resources, head=head)}",
         f"--num-gpus={node.num_gpus}",
         f"--memory={node.memory_bytes}",
         f"--object-store-memory={node.object_store_bytes}",
@@ -357,9 +362,12 @@ def pod_template(
     grace_seconds: int | None = None,
     version_labels: Mapping[str, Any] | None = None,
     annotations: Mapping[str, Any] | None = None,
+    service_account: str | None = None,
 ) -> Manifest:
+    """A pod template of the cluster; its pods run as the cluster's ServiceAccount, which has no permissions and
+    no token, unless they need another (`service_account`)."""
     spec: Manifest = {
-        "serviceAccountName": settings.cluster_name,
+        "serviceAccountName": service_account or settings.cluster_name,
         "automountServiceAccountToken": False,
         "securityContext": pod_security(),
         "restartPolicy": restart_policy,
@@ -381,8 +389,21 @@ def pod_template(
     }
 
 
+@dataclass(frozen=True)
+class Sidecar:
+    """A container the head pod runs beside Ray (the autoscaler), its own volumes, and the ServiceAccount the
+    pod runs as for it."""
+
+    container: Manifest
+    volumes: list[Manifest]
+    service_account: str
+
+
 def head_pod_template(
-    settings: ClusterSettings, version_labels: Mapping[str, Any], storage_namespace: Any = None
+    settings: ClusterSettings,
+    version_labels: Mapping[str, Any],
+    storage_namespace: Any = None,
+    sidecar: Sidecar | None = None,
 ) -> Manifest:
     """`version_labels` (the token's and the Redis password's versions) change with what the pod reads at start,
     so a change rolls it; `storage_namespace` names the cluster's state in Redis, with GCS fault tolerance."""
@@ -391,10 +412,13 @@ def head_pod_template(
         settings,
         component="head",
         group="head",
-        containers=[head],
-        volumes=ray_volumes(settings, node_sizing(settings.head)) + gcs_storage_volumes(settings),
+        containers=[head, *([sidecar.container] if sidecar else [])],
+        volumes=ray_volumes(settings, node_sizing(settings.head))
+        + gcs_storage_volumes(settings)
+        + (sidecar.volumes if sidecar else []),
         grace_seconds=HEAD_DRAIN_SECONDS + SHUTDOWN_MARGIN_SECONDS,
         version_labels=version_labels,
+        service_account=sidecar.service_account if sidecar else None,
     )
 
 
@@ -462,6 +486,7 @@ def smoke_test_pod_template(
             *ray_env(settings),
             {"name": "RAY_ADDRESS", "value": f"ray://{settings.head_host}:{CLIENT_PORT}"},
             {"name": "SMOKE_EXPECTED_WORKERS", "value": str(settings.total_workers)},
+            *([{"name": "SMOKE_MOST_WORKERS", "value": str(settings.most_workers)}] if settings.autoscaling else []),
             {"name": "SMOKE_NODE_WAIT_SECONDS", "value": str(SMOKE_NODE_WAIT_SECONDS)},
             {"name": "SMOKE_WORKER_GROUPS", "value": ",".join(f"{k}={v}" for k, v in expected.items())},
         ],

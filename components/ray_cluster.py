@@ -17,7 +17,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from . import network, pods, redis
+from . import autoscaling, network, pods, redis
 from .settings import ClusterSettings, GcsFaultTolerance
 
 # Ray images are several GB: the first pull alone can outlast pulumi-kubernetes' 10-minute default.
@@ -42,6 +42,12 @@ Child = TypeVar("Child", bound=pulumi.CustomResource)
 _CLAIM_BINDS_WITH_ITS_POD = {"pulumi.com/skipAwait": "true"}
 # A failed smoke-test Job is replaced by the next `pulumi up` (so it runs again) instead of awaited again.
 _RETRY_FAILED_JOB = {"pulumi.com/replaceUnready": "true"}
+# Ray's autoscaler owns an autoscaled Deployment's replicas (through its scale subresource): Pulumi sets them once,
+# at creation, and then leaves them alone, or every `pulumi up` would undo the autoscaler's work. The annotation
+# marks the Deployments so: when a group stops autoscaling it changes, so that `pulumi up` applies the Deployment
+# and takes its replicas back (the engine would see no change in replicas it was last given).
+_AUTOSCALER_OWNS_REPLICAS = "spec.replicas"
+_AUTOSCALED = {"ray-cluster.pulumi.com/autoscaled": "true"}
 
 
 class RayCluster(pulumi.ComponentResource):
@@ -114,15 +120,18 @@ class RayCluster(pulumi.ComponentResource):
         head_service = self._child(
             k8s.core.v1.Service, "head-service", settings.head_service_name, "head", spec=head_service_spec
         )
+        autoscaler = self._autoscaler() if settings.autoscaling else []
         # Never two heads: a second GCS would split the cluster in two.
-        head_spec = {
-            **self._deployment_spec(
-                "head", 1, pods.head_pod_template(settings, head_version_labels, storage_namespace)
-            ),
-            "strategy": {"type": "Recreate"},
-        }
-        # With fault tolerance, the GCS starts against a Redis that is ready.
-        head = self._deployment("head", "head", head_spec, _PULL_SECONDS, after=gcs_storage)
+        head_template = pods.head_pod_template(
+            settings,
+            head_version_labels,
+            storage_namespace,
+            autoscaling.sidecar(settings) if settings.autoscaling else None,
+        )
+        head_spec = {**self._deployment_spec("head", 1, head_template), "strategy": {"type": "Recreate"}}
+        # With fault tolerance, the GCS starts against a Redis that is ready; with autoscaling, the autoscaler
+        # starts with its config, its ServiceAccount and its permissions.
+        head = self._deployment("head", "head", head_spec, _PULL_SECONDS, after=[*gcs_storage, *autoscaler])
         # Workers do not wait for the head: they start with it, and their init container waits for its GCS.
         worker_specs = {
             group.name: {
@@ -136,12 +145,16 @@ class RayCluster(pulumi.ComponentResource):
         }
         # Every round of a rollout may wait for its workers' drain.
         rollout_seconds = _PULL_SECONDS + pods.WORKER_ROLLOUT_ROUNDS * pods.worker_grace_seconds(settings)
-        workers = [self._deployment(group, "worker", spec, rollout_seconds) for group, spec in worker_specs.items()]
+        autoscaled = {group.name for group in settings.worker_groups if group.autoscaled}
+        workers = [
+            self._deployment(group, "worker", spec, rollout_seconds, autoscaled=group in autoscaled)
+            for group, spec in worker_specs.items()
+        ]
         if settings.test_job:
             running = {"head-service": head_service_spec, "head": head_spec, "workers": worker_specs}
             if redis_spec:
                 running["redis"] = redis_spec
-            self._smoke_test([*access, *gcs_storage, head_service, head, *workers], _digest(running))
+            self._smoke_test([*access, *gcs_storage, *autoscaler, head_service, head, *workers], _digest(running))
 
         host = settings.head_host
         self.namespace = self._namespace
@@ -211,21 +224,65 @@ class RayCluster(pulumi.ComponentResource):
         timeout_seconds: int,
         after: list[pulumi.CustomResource] | None = None,
         labels: Mapping[str, str] | None = None,
+        autoscaled: bool = False,
     ) -> pulumi.CustomResource:
         """`<cluster>-<group>`, a Deployment of Ray pods (or, with its own `labels`, the Redis), created once the
         access objects (ServiceAccount, policies, token) and whatever else it needs (`after`) exist; `pulumi up`
-        waits `timeout_seconds` for it to roll out."""
+        waits `timeout_seconds` for it to roll out. An `autoscaled` one's replicas are the autoscaler's."""
         timeout = f"{timeout_seconds}s"
         options = pulumi.ResourceOptions(
             depends_on=[*self._access, *(after or [])],
             custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout),
-            ignore_changes=[_POD_TEMPLATE_ANNOTATIONS],
+            ignore_changes=[_POD_TEMPLATE_ANNOTATIONS, *([_AUTOSCALER_OWNS_REPLICAS] if autoscaled else [])],
         )
         name = f"{self._settings.cluster_name}-{group}"
         deployment: pulumi.CustomResource = self._child(
-            k8s.apps.v1.Deployment, group, name, component, group, spec=spec, opts=options, labels=labels
+            k8s.apps.v1.Deployment,
+            group,
+            name,
+            component,
+            group,
+            spec=spec,
+            opts=options,
+            labels=labels,
+            annotations=_AUTOSCALED if autoscaled else None,
         )
         return deployment
+
+    def _autoscaler(self) -> list[pulumi.CustomResource]:
+        """What the head's autoscaler container needs: its config and node provider, and a ServiceAccount bound
+        to a Role that lets it scale the autoscaled worker Deployments and remove their idle pods."""
+        settings = self._settings
+        name = autoscaling.name(settings)
+        provider_source = (Path(__file__).parent / autoscaling.PROVIDER_SOURCE).read_text()
+        files = self._child(
+            k8s.core.v1.ConfigMap,
+            "autoscaler-config",
+            name,
+            "autoscaler",
+            "head",
+            data=autoscaling.config_files(settings, provider_source),
+        )
+        account = self._child(
+            k8s.core.v1.ServiceAccount,
+            "autoscaler-service-account",
+            name,
+            "autoscaler",
+            "head",
+            automount_service_account_token=False,
+        )
+        role = self._child(
+            k8s.rbac.v1.Role, "autoscaler-role", name, "autoscaler", "head", rules=autoscaling.role_rules(settings)
+        )
+        binding = self._child(
+            k8s.rbac.v1.RoleBinding,
+            "autoscaler-role-binding",
+            name,
+            "autoscaler",
+            "head",
+            **autoscaling.role_binding_fields(settings),
+        )
+        return [files, account, role, binding]
 
     def _declare_namespace(self) -> pulumi.Output[str]:
         """The stack's own namespace, or an existing one, read rather than managed, under the same logical name:

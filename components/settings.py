@@ -45,7 +45,9 @@ _QUANTITY = re.compile(
 )
 _BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
 _DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
-_GROUP_KEYS = frozenset({"name", "replicas", "cpu", "memory", "gpus", "image", "nodeSelector", "tolerations"})
+_GROUP_KEYS = frozenset(
+    {"name", "replicas", "maxReplicas", "cpu", "memory", "gpus", "image", "nodeSelector", "tolerations"}
+)
 _TOLERATION_KEYS = frozenset({"key", "operator", "value", "effect", "tolerationSeconds"})
 _TOLERATION_OPERATORS = ("Equal", "Exists")
 _TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -74,6 +76,9 @@ _RESERVED_GROUPS = ("head", "redis")
 # it (the head comes back with the cluster's state: wait for it, whatever its restart takes).
 RAY_RECONNECT_SECONDS = 60
 FAULT_TOLERANT_RECONNECT_SECONDS = 600
+# Ray's upscaling_speed: KubeRay's "Default" and "Aggressive" modes use 1000, no limit in practice.
+_MAX_UPSCALING_SPEED = 1000
+_DECIMAL_NUMBER = re.compile(r"^[0-9]+(\.[0-9]+)?$|^\.[0-9]+$")
 
 
 def config_error(key: str, value: object, allowed: str) -> pulumi.RunError:
@@ -157,12 +162,33 @@ class PodResources:
 
 @dataclass(frozen=True)
 class WorkerGroup:
+    """One worker Deployment. `replicas` is its size, or its least size when `max_replicas` is larger: then Ray's
+    autoscaler sizes it between the two."""
+
     name: str
     replicas: int
     resources: PodResources
     image: str
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
+    max_replicas: int | None = None
+
+    @property
+    def most_replicas(self) -> int:
+        return max(self.replicas, self.max_replicas or 0)
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.most_replicas > self.replicas
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """Ray's autoscaler, on when a worker group may grow: how long a worker stays idle before it is removed, and
+    how many nodes may be pending at once, as a multiple of the nodes there are (Ray's `upscaling_speed`)."""
+
+    idle_timeout_seconds: int
+    upscaling_speed: Decimal
 
 
 @dataclass(frozen=True)
@@ -204,6 +230,7 @@ class ClusterSettings:
     gcs_reconnect_timeout_seconds: int
     worker_drain_seconds: int
     fault_tolerance: GcsFaultTolerance | None = None
+    autoscaling: Autoscaling | None = None
 
     @property
     def head_service_name(self) -> str:
@@ -225,7 +252,12 @@ class ClusterSettings:
 
     @property
     def total_workers(self) -> int:
+        """The workers there are without autoscaling, and the fewest there are with it."""
         return sum(group.replicas for group in self.worker_groups)
+
+    @property
+    def most_workers(self) -> int:
+        return sum(group.most_replicas for group in self.worker_groups)
 
     def warnings(self) -> list[str]:
         """What works but is likely to hurt: reported by the component on every `pulumi up`."""
@@ -297,12 +329,12 @@ def _fault_tolerance(config: pulumi.Config, worker_groups: tuple[WorkerGroup, ..
         _require_object_name("redisStorageClass", storage_class)
     if not config.require_bool("gcsFaultTolerance"):
         return None
-    if not sum(group.replicas for group in worker_groups):
+    if not sum(group.most_replicas for group in worker_groups):
         raise config_error(
             "workers",
             0,
             "with gcsFaultTolerance the head runs no tasks (so that losing it loses no work), so at least one "
-            "worker is needed",
+            "worker is needed, or a group that Ray's autoscaler may grow (maxWorkers, maxReplicas)",
         )
     return GcsFaultTolerance(
         external_address=address,
@@ -467,14 +499,41 @@ def _parse_group(index: int, raw: object, defaults: PodResources, cluster_image:
         raw.get("memory", defaults.memory),
         raw.get("gpus", 0),
     )
+    replicas = _require_count(f"{key}.replicas", raw.get("replicas", 1))
     return WorkerGroup(
         name=_require_dns_label(f"{key}.name", cli_text(raw["name"])),
-        replicas=_require_count(f"{key}.replicas", raw.get("replicas", 1)),
+        replicas=replicas,
+        max_replicas=_require_most(f"{key}.maxReplicas", raw.get("maxReplicas", 0), replicas, f"{key}.replicas"),
         resources=resources,
         image=_group_image(f"{key}.image", raw.get("image", ""), cluster_image, resources.gpus),
         node_selector=_require_node_selector(f"{key}.nodeSelector", raw.get("nodeSelector", {})),
         tolerations=_require_tolerations(f"{key}.tolerations", raw.get("tolerations", [])),
     )
+
+
+def _require_most(key: str, value: object, least: int, least_key: str) -> int | None:
+    """A group's largest size for the autoscaler: 0 (the key's default) keeps the group at its size."""
+    most = _require_count(key, value)
+    if most and most < least:
+        raise config_error(key, value, f"it must be 0 (no autoscaling) or at least {least_key} ({least})")
+    return most or None
+
+
+def _autoscaling(config: pulumi.Config, worker_groups: tuple[WorkerGroup, ...]) -> Autoscaling | None:
+    """The autoscaler's settings, checked whether or not a group autoscales; None if none does."""
+    idle_seconds = _require_seconds("idleTimeoutSeconds", config.require_int("idleTimeoutSeconds"), 1, 86400)
+    speed_text = config.require("upscalingSpeed")
+    speed = Decimal(speed_text) if _DECIMAL_NUMBER.match(speed_text) else Decimal(0)
+    if not 0 < speed <= _MAX_UPSCALING_SPEED:
+        raise config_error(
+            "upscalingSpeed",
+            speed_text,
+            f"it must be a number above 0 and at most {_MAX_UPSCALING_SPEED}: how many nodes may be pending at "
+            "once, as a multiple of the nodes there are (1: at most doubling per step; 1000: no limit)",
+        )
+    if not any(group.autoscaled for group in worker_groups):
+        return None
+    return Autoscaling(idle_timeout_seconds=idle_seconds, upscaling_speed=speed)
 
 
 def _require_list(key: str, value: object) -> list[object]:
@@ -530,9 +589,11 @@ def load_settings(config: pulumi.Config, project: str, stack: str) -> ClusterSet
         config.require("workerMemory"),
         config.require_int("workerGpus"),
     )
+    workers = _require_count("workers", config.require_int("workers"))
     default_group = WorkerGroup(
         name=DEFAULT_GROUP,
-        replicas=_require_count("workers", config.require_int("workers")),
+        replicas=workers,
+        max_replicas=_require_most("maxWorkers", config.require_int("maxWorkers"), workers, "workers"),
         resources=worker_resources,
         image=_group_image("workerImage", config.require("workerImage"), image, worker_resources.gpus),
     )
@@ -572,4 +633,5 @@ def load_settings(config: pulumi.Config, project: str, stack: str) -> ClusterSet
         gcs_reconnect_timeout_seconds=_reconnect_seconds(config, fault_tolerance is not None),
         worker_drain_seconds=_require_seconds("workerDrainSeconds", config.require_int("workerDrainSeconds"), 0, 3600),
         fault_tolerance=fault_tolerance,
+        autoscaling=_autoscaling(config, groups),
     )

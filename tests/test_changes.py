@@ -49,8 +49,12 @@ CHANGES: dict[str, dict[str, object]] = {
     "redisImage": {"redisImage": "redis:7.0.15-alpine"},
     "redisStorage": {"redisStorage": "5Gi"},
     "redisStorageClass": {"redisStorageClass": "fast-ssd"},
+    "maxWorkers": {"maxWorkers": "6"},
+    "idleTimeoutSeconds": {"idleTimeoutSeconds": "300"},
+    "upscalingSpeed": {"upscalingSpeed": "1"},
 }
 FAULT_TOLERANT: dict[str, object] = {"gcsFaultTolerance": "true"}
+AUTOSCALED: dict[str, object] = {"maxWorkers": "6"}
 # The Redis keys change a stack that uses them: fault tolerance on (with a TLS Redis of its own, for its CA).
 BEFORE: dict[str, dict[str, object]] = {
     **dict.fromkeys(
@@ -58,6 +62,8 @@ BEFORE: dict[str, dict[str, object]] = {
         FAULT_TOLERANT,
     ),
     "redisCaCert": {**FAULT_TOLERANT, "redisAddress": "rediss://redis.example.internal:6380"},
+    # The autoscaler's keys change a stack that autoscales.
+    **dict.fromkeys(["idleTimeoutSeconds", "upscalingSpeed"], AUTOSCALED),
 }
 SECRETS = ("authToken", "redisPassword")
 

@@ -115,6 +115,15 @@ BAD_VALUES = [
     ({"gcsReconnectTimeoutSeconds": 1}, ["ray-cluster:gcsReconnectTimeoutSeconds", "1", "between 5 and 3600"]),
     ({"tokenAuth": "maybe"}, ["ray-cluster:tokenAuth", "maybe"]),
     ({"gcsFaultTolerance": "yes"}, ["ray-cluster:gcsFaultTolerance", "yes"]),
+    # The autoscaler's keys are checked with autoscaling off too.
+    ({"maxWorkers": "-1"}, ["ray-cluster:maxWorkers", "-1", "0 or more"]),
+    ({"maxWorkers": "many"}, ["ray-cluster:maxWorkers", "many"]),
+    ({"workerGroups": [{"name": "gpu", "maxReplicas": "two"}]}, ["ray-cluster:workerGroups[0].maxReplicas", "'two'"]),
+    ({"idleTimeoutSeconds": "86401"}, ["ray-cluster:idleTimeoutSeconds", "86401", "between 1 and 86400"]),
+    ({"upscalingSpeed": "0"}, ["ray-cluster:upscalingSpeed", "'0'", "above 0"]),
+    ({"upscalingSpeed": "1001"}, ["ray-cluster:upscalingSpeed", "'1001'", "at most 1000"]),
+    ({"upscalingSpeed": "-1"}, ["ray-cluster:upscalingSpeed", "'-1'"]),
+    ({"upscalingSpeed": "1e3"}, ["ray-cluster:upscalingSpeed", "'1e3'"]),
     # Every Redis key is checked with fault tolerance off too: a typo does not wait until it is turned on.
     ({"redisAddress": "redis.example"}, ["ray-cluster:redisAddress", "'redis.example'", "host:port"]),
     ({"redisAddress": "redis.example:99999"}, ["ray-cluster:redisAddress", "'redis.example:99999'"]),
@@ -289,7 +298,7 @@ WHOLE_MESSAGES: list[tuple[dict[str, object], str]] = [
     (
         {"workerGroups": [{"name": "gpu", "replica": 2}]},
         "ray-cluster:workerGroups[0] is {'name': 'gpu', 'replica': 2}, but it has unknown keys ['replica']; allowed "
-        "are ['cpu', 'gpus', 'image', 'memory', 'name', 'nodeSelector', 'replicas', 'tolerations']",
+        "are ['cpu', 'gpus', 'image', 'maxReplicas', 'memory', 'name', 'nodeSelector', 'replicas', 'tolerations']",
     ),
     ({"workerGroups": [{"replicas": 2}]}, "ray-cluster:workerGroups[0] is {'replicas': 2}, but it must have a name"),
     (
@@ -311,7 +320,26 @@ WHOLE_MESSAGES: list[tuple[dict[str, object], str]] = [
     (
         {"gcsFaultTolerance": "true", "workers": "0"},
         "ray-cluster:workers is 0, but with gcsFaultTolerance the head runs no tasks (so that losing it loses no "
-        "work), so at least one worker is needed",
+        "work), so at least one worker is needed, or a group that Ray's autoscaler may grow (maxWorkers, "
+        "maxReplicas)",
+    ),
+    (
+        {"workers": "3", "maxWorkers": "2"},
+        "ray-cluster:maxWorkers is 2, but it must be 0 (no autoscaling) or at least workers (3)",
+    ),
+    (
+        {"workerGroups": [{"name": "gpu", "replicas": 2, "maxReplicas": 1}]},
+        "ray-cluster:workerGroups[0].maxReplicas is 1, but it must be 0 (no autoscaling) or at least "
+        "workerGroups[0].replicas (2)",
+    ),
+    (
+        {"upscalingSpeed": "fast"},
+        "ray-cluster:upscalingSpeed is 'fast', but it must be a number above 0 and at most 1000: how many nodes may "
+        "be pending at once, as a multiple of the nodes there are (1: at most doubling per step; 1000: no limit)",
+    ),
+    (
+        {"idleTimeoutSeconds": "0"},
+        "ray-cluster:idleTimeoutSeconds is 0, but it must be between 1 and 86400 seconds",
     ),
     (
         {"redisAddress": "redis.example"},

@@ -49,9 +49,16 @@ def container(workload: Manifest) -> Manifest:
     return found
 
 
+def ray_container(workload: Manifest) -> Manifest:
+    """The Ray node's container of a Ray pod, beside which the head may run the autoscaler's."""
+    found: list[Manifest] = [c for c in pod_spec(workload)["containers"] if c["name"] in ("ray-head", "ray-worker")]
+    assert len(found) == 1
+    return found[0]
+
+
 def ray_argv(workload: Manifest) -> list[str]:
     """The `ray start ...` words of a Ray container (`bash -c "ulimit ...; exec ray start ..."`)."""
-    command = container(workload)["command"]
+    command = ray_container(workload)["command"]
     assert command[:2] == ["/bin/bash", "-c"]
     words = shlex.split(command[2].split("; exec ", 1)[1])
     assert words[:2] == ["ray", "start"]

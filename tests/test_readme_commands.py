@@ -2,6 +2,7 @@
 program: each `pulumi up` (and each block that sets config) must render without an error, with the values stored
 as the real CLI stores them (`--path` numbers and booleans included)."""
 
+import json
 import re
 import shlex
 
@@ -61,7 +62,20 @@ def test_the_readme_has_the_commands_this_test_runs() -> None:
 
 
 def test_every_readme_deployment_renders(deployed: list[tuple[str, Rendered]]) -> None:
-    assert [stack for stack, _ in deployed] == ["dev", "dev", "staging", "prod", "prod", "prod"]
+    assert [stack for stack, _ in deployed] == ["dev", "dev", "staging", "prod", "prod", "prod", "prod", "prod"]
+
+
+def test_the_readme_turns_autoscaling_on_for_the_default_group_then_a_gpu_group_from_zero(
+    deployed: list[tuple[str, Rendered]],
+) -> None:
+    _, default_group = deployed[5]
+    assert default_group.one("Role", "ray-autoscaler")["rules"][2]["resourceNames"] == ["ray-worker"]
+    _, gpu_group = deployed[6]
+    assert gpu_group.one("Role", "ray-autoscaler")["rules"][2]["resourceNames"] == ["ray-worker", "ray-gpu"]
+    assert gpu_group.one("Deployment", "ray-gpu")["spec"]["replicas"] == 0
+    config = json.loads(gpu_group.one("ConfigMap", "ray-autoscaler")["data"]["autoscaling.json"])
+    bounds = {name: (t["min_workers"], t["max_workers"]) for name, t in config["available_node_types"].items()}
+    assert bounds == {"head": (0, 0), "worker": (4, 10), "gpu": (0, 2)}  # prod runs 4 workers
 
 
 def test_the_readme_turns_fault_tolerance_on_with_a_redis_of_the_stacks_own(
@@ -73,7 +87,8 @@ def test_the_readme_turns_fault_tolerance_on_with_a_redis_of_the_stacks_own(
 
 
 def test_the_readme_gpu_group_is_what_it_says(deployed: list[tuple[str, Rendered]]) -> None:
-    [gpu] = [
+    # The Configuration section's group (the Autoscaling section's comes later, on another stack).
+    [gpu, *_] = [
         r.one("Deployment", "ray-gpu") for _, r in deployed if "ray-gpu" in {m["metadata"]["name"] for m in r.manifests}
     ]
     spec = gpu["spec"]["template"]["spec"]

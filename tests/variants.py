@@ -26,6 +26,18 @@ for command in (
 ):
     GPU_GROUP.run(command)
 
+# The README's autoscaling example: the default group between 1 and 6 workers, a GPU group only while GPU work waits.
+AUTOSCALING = StackConfig()
+for command in (
+    "pulumi config set workers 1",
+    "pulumi config set maxWorkers 6",
+    "pulumi config set --path 'workerGroups[0].name' gpu",
+    "pulumi config set --path 'workerGroups[0].replicas' 0",
+    "pulumi config set --path 'workerGroups[0].maxReplicas' 2",
+    "pulumi config set --path 'workerGroups[0].gpus' 1",
+):
+    AUTOSCALING.run(command)
+
 VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
     "no-workers": {"workers": "0"},
@@ -52,6 +64,8 @@ VARIANTS: dict[str, dict[str, object]] = {
         "redisPassword": "a-password",
         "redisCaCert": REDIS_CA,
     },
+    "autoscaling": AUTOSCALING.program_config(),
+    "autoscaling-fault-tolerant": {**AUTOSCALING.program_config(), "gcsFaultTolerance": "true"},
 }
 
 

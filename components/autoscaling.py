@@ -1,0 +1,227 @@
+"""Ray's own autoscaler for worker Deployments, with nothing beyond the namespace: no operator, no CRD, no
+ClusterRole.
+
+Ray's monitor (the v1 `StandardAutoscaler`, which `ray start --head` would start itself) runs as a container of its
+own in the head pod, as KubeRay's autoscaler sidecar does, with `ray start --head --no-monitor` in the Ray container.
+It loads this project's node provider (`node_provider.py`, shipped in a ConfigMap with the autoscaling config) and
+changes the worker Deployments' replicas through their `scale` subresource.
+
+Only that container can reach the Kubernetes API: the head pod's ServiceAccount is bound to a Role in the namespace,
+and its token is a projected volume mounted into the autoscaler container alone (no automount), so job drivers and
+any other code on the head, which runs in the Ray container, cannot read it. Workers keep a ServiceAccount without
+any binding or token. KubeRay, by contrast, mounts the token into every container of the head pod.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import pods
+from .security import container_security
+from .settings import ClusterSettings, PodResources
+
+CONTAINER_NAME = "autoscaler"
+CONFIG_DIR = "/etc/ray/autoscaler"
+CONFIG_FILE = "autoscaling.json"
+# The node provider's source becomes this module in the autoscaler container (CONFIG_DIR is on its PYTHONPATH).
+PROVIDER_MODULE = "ray_cluster_node_provider"
+PROVIDER_FILE = f"{PROVIDER_MODULE}.py"
+PROVIDER_SOURCE = "node_provider.py"
+PROVIDER_CLASS = "DeploymentNodeProvider"
+# Where a pod's service-account files are by Kubernetes' convention, which in-cluster clients (Ray's KubeRay
+# provider among them) read: `token`, `ca.crt` and `namespace`.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# What automount would give (kube-api-access-*): a bound token the kubelet renews, which dies with the pod.
+TOKEN_SECONDS = 3607
+# The head's node type in the autoscaling config; worker node types are the group names, which may not be `head`.
+HEAD_NODE_TYPE = "head"
+# KubeRay's default for its autoscaler container: the monitor is one Python process that wakes every 5 seconds.
+RESOURCES = PodResources(cpu="500m", memory="512Mi")
+# Ray's monitor logs to its container's stderr (`kubectl logs <head pod> -c autoscaler`) with an empty file name;
+# its events still go to a directory.
+_EVENTS_DIR = "/tmp/ray/autoscaler"
+# The node provider touches this file whenever it has read the cluster's pods from the Kubernetes API, once per
+# autoscaler update (every 5 s): the container's probes read its age. The monitor itself leaves no such trace.
+HEARTBEAT_FILE = f"{_EVENTS_DIR}/heartbeat"
+# Ready once an update has gone through within this many seconds; restarted once none has for LIVENESS_SECONDS
+# (an API server that is away for that long, a hung monitor), but not while it waits for the head's GCS.
+READINESS_SECONDS = 30
+LIVENESS_SECONDS = 120
+_API_ACCESS_VOLUME = "kube-api-access"
+
+
+def name(settings: ClusterSettings) -> str:
+    """Names the ServiceAccount, Role, RoleBinding and ConfigMap of the autoscaler."""
+    return f"{settings.cluster_name}-autoscaler"
+
+
+def autoscaled_deployments(settings: ClusterSettings) -> list[str]:
+    """The worker Deployments whose replicas the autoscaler owns: only these may be scaled through the Role."""
+    return [f"{settings.cluster_name}-{group.name}" for group in settings.worker_groups if group.autoscaled]
+
+
+def node_resources(settings: ClusterSettings, resources: PodResources, *, head: bool) -> dict[str, int]:
+    """What the autoscaler expects a node of a type to offer: what `ray start` is told for its pods."""
+    node = pods.node_sizing(resources)
+    offered = {"CPU": pods.ray_num_cpus(settings, resources, head=head), "memory": node.memory_bytes}
+    if node.num_gpus:
+        offered["GPU"] = node.num_gpus
+    return offered
+
+
+def config(settings: ClusterSettings) -> dict[str, Any]:
+    """Ray's autoscaling config, as KubeRay's autoscaling_config.py builds it from a RayCluster: one node type per
+    worker group, sized between its replicas and its largest size (a group that does not autoscale has both
+    equal, so the autoscaler counts its nodes but never changes it), the head's type that never scales, and
+    the legacy fields Ray's config schema still requires, empty."""
+    autoscaling = settings.autoscaling
+    if autoscaling is None:
+        raise ValueError("no worker group autoscales")
+    node_types: dict[str, Any] = {
+        HEAD_NODE_TYPE: {
+            "min_workers": 0,
+            "max_workers": 0,
+            "node_config": {},
+            "resources": node_resources(settings, settings.head, head=True),
+        }
+    }
+    for group in settings.worker_groups:
+        node_types[group.name] = {
+            "min_workers": group.replicas,
+            "max_workers": group.most_replicas,
+            "node_config": {},
+            "resources": node_resources(settings, group.resources, head=False),
+        }
+    return {
+        "cluster_name": settings.cluster_name,
+        "provider": {
+            "type": "external",
+            "module": f"{PROVIDER_MODULE}.{PROVIDER_CLASS}",
+            "namespace": settings.namespace,
+            "cluster": settings.cluster_name,
+            "deployments": {group.name: f"{settings.cluster_name}-{group.name}" for group in settings.worker_groups},
+            # Required by Ray's BatchingNodeProvider: Kubernetes starts the nodes, not Ray's SSH updaters.
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "foreground_node_launch": True,
+            "worker_liveness_check": False,
+            "heartbeat_file": HEARTBEAT_FILE,
+        },
+        "head_node_type": HEAD_NODE_TYPE,
+        "available_node_types": node_types,
+        "max_workers": sum(group.most_replicas for group in settings.worker_groups),
+        "idle_timeout_minutes": autoscaling.idle_timeout_seconds / 60,
+        "upscaling_speed": float(autoscaling.upscaling_speed),
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+        "auth": {},
+    }
+
+
+def config_files(settings: ClusterSettings, provider_source: str) -> dict[str, str]:
+    """The ConfigMap's data: the autoscaling config and the node provider's source."""
+    return {CONFIG_FILE: json.dumps(config(settings), indent=2, sort_keys=True), PROVIDER_FILE: provider_source}
+
+
+def role_rules(settings: ClusterSettings) -> list[pods.Manifest]:
+    """What the provider does, and nothing more: read the cluster's pods, mark and delete the idle ones the
+    autoscaler removes, read Deployments, and scale only the autoscaled ones (by name: a Role cannot name the pods,
+    whose names are random)."""
+    return [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch", "delete"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]},
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments/scale"],
+            "verbs": ["get", "patch", "update"],
+            "resourceNames": autoscaled_deployments(settings),
+        },
+    ]
+
+
+def role_binding_fields(settings: ClusterSettings) -> dict[str, Any]:
+    return {
+        "role_ref": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name(settings)},
+        "subjects": [{"kind": "ServiceAccount", "name": name(settings), "namespace": settings.namespace}],
+    }
+
+
+def volumes(settings: ClusterSettings) -> list[pods.Manifest]:
+    """The ConfigMap with the config and provider, and the service-account files that automount would give every
+    container, as a volume the autoscaler container alone mounts."""
+    service_account_files = [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_SECONDS}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {
+            "downwardAPI": {
+                "items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]
+            }
+        },
+    ]
+    return [
+        {"name": CONTAINER_NAME, "configMap": {"name": name(settings), "defaultMode": 0o444}},
+        {"name": _API_ACCESS_VOLUME, "projected": {"defaultMode": 0o444, "sources": service_account_files}},
+    ]
+
+
+def monitor_command(settings: ClusterSettings) -> list[str]:
+    """Wait for the head's GCS (as workers do), then run Ray's monitor against it, as KubeRay's autoscaler
+    container does. Its events go below /tmp, its log to stderr."""
+    monitor = [
+        "python",
+        "-m",
+        "ray.autoscaler._private.monitor",
+        f"--gcs-address=${pods.POD_IP_ENV}:{pods.GCS_PORT}",
+        f"--autoscaling-config={CONFIG_DIR}/{CONFIG_FILE}",
+        f"--logs-dir={_EVENTS_DIR}",
+        "--logging-filename=",
+    ]
+    # A heartbeat left by the container's last run (its /tmp outlives it) would soon read as a hung monitor.
+    return pods.shell(f"rm -f {HEARTBEAT_FILE}; {pods.wait_for_gcs_script(settings)}; exec {' '.join(monitor)}")
+
+
+def sidecar(settings: ClusterSettings) -> pods.Sidecar:
+    return pods.Sidecar(container=container(settings), volumes=volumes(settings), service_account=name(settings))
+
+
+def heartbeat_probe(*, liveness: bool) -> pods.Manifest:
+    """Readiness: the provider read the pods within READINESS_SECONDS. Liveness: it did so within
+    LIVENESS_SECONDS, or has not started yet (the container waits for the head's GCS first, which may take minutes
+    with a Redis that starts too); bash, date and stat only, no Python start every few seconds."""
+    age = f"$(( $(date +%s) - $(stat -c %Y {HEARTBEAT_FILE}) ))"
+    check = (
+        f"[ ! -e {HEARTBEAT_FILE} ] || [ {age} -lt {LIVENESS_SECONDS} ]"
+        if liveness
+        else f"[ -e {HEARTBEAT_FILE} ] && [ {age} -lt {READINESS_SECONDS} ]"
+    )
+    timings = {"periodSeconds": 10, "failureThreshold": 3} if liveness else {"periodSeconds": 2, "failureThreshold": 1}
+    return {"exec": {"command": ["/bin/bash", "-c", check]}, "timeoutSeconds": 2, **timings}
+
+
+def container(settings: ClusterSettings) -> pods.Manifest:
+    """The autoscaler container of the head pod: the head's image (Ray's monitor must match the GCS's version),
+    the Ray token to reach the GCS, and the only mount of the Kubernetes token."""
+    return {
+        "name": CONTAINER_NAME,
+        "image": settings.image,
+        "command": monitor_command(settings),
+        "workingDir": pods.HOME_DIR,
+        "env": [*pods.ray_env(settings), {"name": "PYTHONPATH", "value": CONFIG_DIR}],
+        "resources": pods.container_resources(RESOURCES),
+        "securityContext": container_security(),
+        "volumeMounts": [
+            *pods.ray_volume_mounts(settings, shm=False),
+            {"name": CONTAINER_NAME, "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": _API_ACCESS_VOLUME, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
+        ],
+        "readinessProbe": heartbeat_probe(liveness=False),
+        "livenessProbe": heartbeat_probe(liveness=True),
+    }
