@@ -372,7 +372,6 @@ def plan(
         counted = sum(1 for pod in pods.values() if pod.group == group and pod.active and not pod.marked)
         counted_removed = sum(1 for name in removed if name in pods and pods[name].active)
         replicas = counted - counted_removed + launched if removed else max(deployment.replicas, counted + launched)
-        replicas = max(replicas, 0)
         if replicas != deployment.replicas:
             result.replicas[deployment.name] = replicas
     return result
@@ -431,7 +430,7 @@ class DeploymentNodeProvider(BatchingNodeProvider):
         return {
             pod.name: NodeData(
                 kind=NODE_KIND_HEAD if pod.head else NODE_KIND_WORKER,
-                type=HEAD_GROUP if pod.head else pod.group,
+                type=pod.group,  # the head's group is its node type, `head`
                 ip=pod.ip,
                 status=pod.status,
             )
@@ -558,7 +557,7 @@ class DeploymentNodeProvider(BatchingNodeProvider):
         path = f"/api/v1/namespaces/{self.namespace}/pods/{name}"
         try:
             if not marked:
-                # Not datetime.UTC (Python 3.11): the Ray image's Python may be older than the program's.
+                # Not datetime.UTC (Python 3.11): Ray 2.60 images may run Python 3.10, older than the program's.
                 when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: UP017
                 annotations = {DELETION_COST_ANNOTATION: LOWEST_DELETION_COST, REMOVAL_ANNOTATION: when}
                 self.api.merge_patch(path, {"metadata": {"annotations": annotations}})
