@@ -2,14 +2,32 @@
 
 Everything comes from the pod spec, nothing from knowledge of this project: each container's image (one the
 registry in image.py knows; any other is refused), command and args with Kubernetes' `$(VAR)` expansion, its env
-(the image's, overridden by the container's own: values, fieldRef, resourceFieldRef, secretKeyRef,
-configMapKeyRef), its working directory, its volume mounts (emptyDir, memory-backed emptyDir with its size limit,
-Secret and ConfigMap files, and PersistentVolumeClaims: the claim's volume, with fsGroup ownership applied as the
-kubelet applies it to volumes that support ownership management), its securityContext (user and group, the image's
-unless set; fsGroup, no-new-privileges, dropped capabilities, read-only root filesystem), init containers before
-the main ones, readiness and liveness probes (httpGet, tcpSocket, exec), the restart policy with Kubernetes'
-crash-loop back-off, and deletion: the pod is Terminating at once, every container's main process gets SIGTERM
-together, and whatever is left gets SIGKILL when the pod's grace period (one deadline for the pod) runs out.
+(the image's, then the `kubernetes` Service's variables, KUBERNETES_SERVICE_HOST and the rest, which every
+container gets, then the container's own: values, which may refer to those, fieldRef, resourceFieldRef,
+secretKeyRef, configMapKeyRef), its working directory, its volume mounts (emptyDir, memory-backed emptyDir with its
+size limit, PersistentVolumeClaims: the claim's volume, with fsGroup ownership applied as the kubelet applies it to
+volumes that support ownership management; and the volumes the kubelet fills, see below), its securityContext (user
+and group, the image's unless set; fsGroup, no-new-privileges, the runtime's default capabilities less those
+dropped, read-only root filesystem), init containers before the main ones, readiness and liveness probes (httpGet,
+tcpSocket, exec), the restart policy with Kubernetes' crash-loop back-off, and deletion: the pod is Terminating at
+once, every container's main process gets SIGTERM together, and whatever is left gets SIGKILL when the pod's grace
+period (one deadline for the pod) runs out.
+
+The volumes the kubelet fills (Secret, ConfigMap, downward API and projected ones: serviceAccountToken, configMap,
+secret and downwardAPI sources, `optional` ones included) are written as its AtomicWriter writes them: the files in
+a timestamped directory, `..data` pointing to it, each name a symlink through `..data`, a new payload swapped in by
+one rename. Every file has the volume's defaultMode (0644 unless set), except a token: 0600, owned by the pod's
+user, when every container sets the same runAsUser (FsUser) or the pod has an fsGroup; with an fsGroup the files
+then get its group and group read, never group write (these volumes are read-only to the kubelet's ownership
+change). They are always mounted read-only. A token is asked for through `tokens` (the API server's TokenRequest,
+bound to the pod; 3600 seconds unless the source says, never under 600) and cached by the token manager, which
+asks again once 80% of its lifetime (or 24 hours) has passed, less up to 10 seconds of jitter. While a pod's
+containers run, its filled volumes are synced every VOLUME_SYNC_SECONDS: a changed Secret, ConfigMap, label or
+annotation and a refreshed token reach the files; a deleted object leaves them as they were.
+
+The pod's files lie on this machine, under the cluster's directory (root's alone), as a kubelet's lie under
+/var/lib/kubelet; no container sees them: an empty, read-only tmpfs covers that directory in every container, once
+its own mounts are made, and a container running as root has no capability to unmount it.
 
 Each container runs in the pod's network namespace and in its own mount, UTS and PID namespaces, so it has
 the pod's hostname and files, and when its main process exits every process it started dies with it. Its root
@@ -21,14 +39,18 @@ probe's host) and port opens.
 
 Not emulated: probes run one after another in the pod's supervising thread (a kubelet runs each in its own
 worker), so a probe that hangs until its timeout delays the pod's others by as much; an exec probe does not get
-the container's open-files limit.
+the container's open-files limit; filled volumes lie on disk, not on a tmpfs, and are not synced while only init
+containers run; a file's own mode and a path below a directory in a volume's items, a downward API file of a
+container's resources or of a status field, and ClusterTrustBundle sources (all refused).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
+import random
 import re
 import secrets
 import shlex
@@ -37,6 +59,7 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -52,6 +75,10 @@ Manifest = dict[str, Any]
 
 IMAGE_ROOT = image.ROOT  # where the tests find the image's Ray outside any pod
 # containerd 2's default open-files limit for containers: soft 1024, hard 524288 (or what this machine allows).
+# containerd's default capabilities (CapBnd 0xa80425fb): a container running as root has these and no others, so it
+# can neither mount nor unmount, nor enter another namespace.
+RUNTIME_CAPABILITIES = ("chown", "dac_override", "fsetid", "fowner", "mknod", "net_raw", "setgid", "setuid",
+                        "setfcap", "setpcap", "net_bind_service", "sys_chroot", "kill", "audit_write")  # fmt: skip
 RUNTIME_NOFILE = (1024, 524288)
 BACKOFF_START, BACKOFF_MAX = 10.0, 300.0
 DEFAULT_GRACE_SECONDS = 30
@@ -64,7 +91,23 @@ _UNSUPPORTED_POD_FIELDS = ("affinity", "topologySpreadConstraints", "hostNetwork
                            "shareProcessNamespace", "readinessGates")  # fmt: skip
 _UNSUPPORTED_CONTAINER_FIELDS = ("lifecycle", "startupProbe", "envFrom")
 _UNSUPPORTED_MOUNT_FIELDS = ("subPath", "subPathExpr", "mountPropagation")
-_VOLUME_KINDS = ("emptyDir", "secret", "configMap", "persistentVolumeClaim")
+_VOLUME_KINDS = ("emptyDir", "secret", "configMap", "persistentVolumeClaim", "projected", "downwardAPI")
+# The kinds of volume the kubelet fills with files of its own (through its AtomicWriter), always mounted read-only,
+# and keeps up to date while the pod runs.
+_FILLED_KINDS = ("secret", "configMap", "projected", "downwardAPI")
+_PROJECTED_SOURCES = ("serviceAccountToken", "configMap", "secret", "downwardAPI")
+# What the downward API can write to a file (an env var can also take status.podIP and others).
+_DOWNWARD_FILE_FIELDS = ("metadata.name", "metadata.namespace", "metadata.uid", "metadata.labels",
+                         "metadata.annotations")  # fmt: skip
+# The kubelet syncs a running pod's volumes every sync period (1 minute, plus the ConfigMap and Secret cache's
+# delay), so a changed object reaches its files within about a minute. The rehearsal's period is shorter, to keep
+# tests fast, but never zero: a container that reads a file right after its object changed still sees the old one,
+# as it would on a cluster, and must wait for the update.
+VOLUME_SYNC_SECONDS = 2.0
+# The kubelet's token manager: a projected token is refreshed once 80% of its requested lifetime has passed, or
+# once it is 24 hours old, each less a random jitter of up to 10 seconds (pkg/kubelet/token/token_manager.go).
+TOKEN_REFRESH_SHARE, TOKEN_MAX_AGE, TOKEN_JITTER = 0.8, 24 * 3600, 10.0
+DEFAULT_TOKEN_SECONDS, MIN_TOKEN_SECONDS = 3600, 600
 _PROBE_HANDLERS = ("httpGet", "tcpSocket", "exec")
 # SetVolumeOwnership's masks (pkg/volume/volume_linux.go): group read-write (read-only for a read-only volume),
 # and for directories group search and setgid, so what is made in them belongs to fsGroup too.
@@ -73,6 +116,66 @@ _OWNERSHIP_RW, _OWNERSHIP_RO, _OWNERSHIP_DIR = 0o660, 0o440, stat.S_ISGID | 0o11
 
 class UnsupportedError(RuntimeError):
     """The manifest uses something this kubelet does not emulate: fail loudly rather than run it wrongly."""
+
+
+class InvalidError(RuntimeError):
+    """The API server would refuse the request (422: a field is immutable, missing or out of range; 403 from an
+    admission plugin, such as a resize the claim's class does not allow)."""
+
+
+class Clock:
+    """The cluster's wall clock: this machine's, plus however far a test has moved it on (`advance`), as if the
+    API server's and the node's clocks jumped together at that moment. Token lifetimes, the kubelet's token refresh
+    and the API's timestamps follow it, so a test can let an hour pass at once; the rehearsal's waits and the
+    controllers' own timing (monotonic) do not jump."""
+
+    def __init__(self) -> None:
+        self._epoch = time.time() - time.monotonic()
+        self._jumps: list[tuple[float, float]] = []  # (monotonic time, seconds)
+
+    def now(self) -> float:
+        return self.wall(time.monotonic())
+
+    def advance(self, seconds: float) -> None:
+        self._jumps.append((time.monotonic(), seconds))
+
+    def wall(self, monotonic: float) -> float:
+        """A time.monotonic() reading as the cluster's wall-clock time then (later jumps leave it alone)."""
+        return monotonic + self._epoch + sum(seconds for at, seconds in self._jumps if at <= monotonic)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A TokenRequest's answer as the kubelet keeps it: the token, when the API server says it expires
+    (status.expirationTimestamp, wall-clock seconds) and the lifetime the kubelet asked for."""
+
+    token: str
+    expires_at: float
+    expiration_seconds: int
+
+    def needs_refresh(self, now: float, jitter: float) -> bool:
+        """The token manager's requiresRefresh: 80% of the requested lifetime has passed, or 24 hours."""
+        issued_at = self.expires_at - self.expiration_seconds
+        refresh_at = issued_at + min(TOKEN_MAX_AGE, TOKEN_REFRESH_SHARE * self.expiration_seconds)
+        return now > refresh_at - jitter
+
+
+def service_env(name: str, cluster_ip: str, ports: list[Manifest]) -> dict[str, str]:
+    """The variables the kubelet sets for a Service (pkg/kubelet/envvars FromServices): `<NAME>_SERVICE_HOST`,
+    `<NAME>_SERVICE_PORT` (its first port) and one per named port, and the Docker-link style `<NAME>_PORT...`."""
+    prefix = name.upper().replace("-", "_")
+    first = ports[0]
+    env = {f"{prefix}_SERVICE_HOST": cluster_ip, f"{prefix}_SERVICE_PORT": str(first["port"])}
+    for port in ports:
+        if port.get("name"):
+            env[f"{prefix}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(port["port"])
+    env[f"{prefix}_PORT"] = f"{first.get('protocol', 'TCP').lower()}://{cluster_ip}:{first['port']}"
+    for port in ports:
+        protocol = port.get("protocol", "TCP")
+        link = f"{prefix}_PORT_{port['port']}_{protocol.upper()}"
+        env[link] = f"{protocol.lower()}://{cluster_ip}:{port['port']}"
+        env.update({f"{link}_PROTO": protocol.lower(), f"{link}_PORT": str(port["port"]), f"{link}_ADDR": cluster_ip})
+    return env
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -130,16 +233,56 @@ def check_supported(spec: Manifest) -> None:
             if name in m
         ]
     for volume in spec.get("volumes", []):
-        items = volume.get("secret", volume.get("configMap", {})).get("items", [])
-        used += [
-            f"volumes.{volume['name']}.items[{item['key']}] (a mode of its own, or a path below a directory)"
-            for item in items
-            if "mode" in item or "/" in item["path"]
-        ]
         if not any(kind in volume for kind in _VOLUME_KINDS):
             used.append(f"volumes.{volume['name']} (only {', '.join(_VOLUME_KINDS)} are emulated)")
+        for source in volume.get("projected", {}).get("sources", []):
+            kinds = [kind for kind in source if kind in _PROJECTED_SOURCES]
+            if len(kinds) != 1 or len(source) != 1:
+                used.append(f"volumes.{volume['name']}.sources {sorted(source)} (one of {_PROJECTED_SOURCES})")
+        for kind, source in _sources(volume):
+            used += _unsupported_items(volume["name"], kind, source)
     if used:
         raise UnsupportedError(f"not emulated: {', '.join(used)}")
+
+
+def _sources(volume: Manifest) -> list[tuple[str, Manifest]]:
+    """What a volume the kubelet fills is made of, as (kind, source): a projected volume's sources, or the volume's
+    own source."""
+    if "projected" in volume:
+        return [(kind, body) for source in volume["projected"].get("sources", []) for kind, body in source.items()
+                if kind in _PROJECTED_SOURCES]  # fmt: skip
+    return [(kind, volume[kind]) for kind in _FILLED_KINDS if kind in volume]
+
+
+def _unsupported_items(volume: str, kind: str, source: Manifest) -> list[str]:
+    """The files of a source this kubelet would write wrongly (a mode of their own, a path below a directory, a
+    field it does not project); a token's lifetime the API server refuses (InvalidError)."""
+    if kind == "serviceAccountToken":
+        seconds = source.get("expirationSeconds", DEFAULT_TOKEN_SECONDS)
+        if seconds < MIN_TOKEN_SECONDS:
+            raise InvalidError(
+                f"volumes.{volume}.projected.sources.serviceAccountToken.expirationSeconds: Invalid value: {seconds}: "
+                "may not specify a duration less than 10 minutes"
+            )
+        return [f"volumes.{volume}.serviceAccountToken.path {source['path']}"] if "/" in source["path"] else []
+    used = [
+        f"volumes.{volume}.items[{item.get('key', item['path'])}] (a mode of its own, or a path below a directory)"
+        for item in source.get("items", [])
+        if "mode" in item or "/" in item["path"]
+    ]
+    if kind == "downwardAPI":
+        fields = [item.get("fieldRef", {}).get("fieldPath", "resourceFieldRef") for item in source.get("items", [])]
+        used += [f"volumes.{volume}.downwardAPI {path}" for path in fields if _downward_field(path) is None]
+    return used
+
+
+def _downward_field(path: str) -> tuple[str, str | None] | None:
+    """A downward API file's field as (metadata.labels or .annotations or another field, one key or None); None
+    for a field this kubelet does not write to files."""
+    match = re.fullmatch(r"(metadata\.(?:labels|annotations))\['([^']+)'\]", path)
+    if match:
+        return match[1], match[2]
+    return (path, None) if path in _DOWNWARD_FILE_FIELDS else None
 
 
 UNSHARE_LOST_SIGKILL = b"unshare: sigprocmask unblock failed: Invalid argument"
@@ -189,12 +332,20 @@ class Pod:
         dns: tuple[str, str],
         sandbox: Callable[[str], tuple[str, str]],
         claims: Callable[[str], Path] | None = None,
+        tokens: Callable[[Pod, str | None, int], IssuedToken] | None = None,
+        clock: Clock | None = None,
+        service_env: Mapping[str, str] | None = None,
+        private: Path | None = None,
     ) -> None:
         """`owner` is the uid of the object that created the pod (its ownerReference); `objects(kind, name)` returns
         a Secret or ConfigMap (KeyError while there is none); `dns` is (nameserver, cluster domain);
         `sandbox(name)` wires the pod's network namespace and returns its name and the pod's IP, as CNI does when
         the kubelet creates the pod's sandbox; `claims(name)` is the directory of a PersistentVolumeClaim's bound
-        volume (KeyError, saying why, while the claim is missing, unbound or being deleted)."""
+        volume (KeyError, saying why, while the claim is missing, unbound or being deleted); `tokens(pod, audience,
+        seconds)` is the API server's TokenRequest for the pod's ServiceAccount, bound to the pod (KeyError while
+        it cannot issue one); `clock` is the cluster's wall clock; `service_env` the variables of the Services
+        every container is told of; `private` the node's own files (the pods' and volumes' directories), which no
+        container sees, as none sees the kubelet's directory on a real node."""
         self.name, self.namespace, self.spec, self.owner = name, namespace, spec, owner
         self.labels: dict[str, str] = dict(metadata.get("labels", {}))
         self.annotations: dict[str, str] = dict(metadata.get("annotations", {}))
@@ -202,6 +353,12 @@ class Pod:
         self.directory = directory
         self._objects, self._dns, self._sandbox = objects, dns, sandbox
         self._claims = claims or _no_claims
+        self._tokens = tokens or _no_tokens
+        self.clock = clock or Clock()
+        self._service_env = dict(service_env or {})
+        self._private = private
+        self._issued: dict[tuple[str | None, int], IssuedToken] = {}  # the token manager's cache
+        self._sync_error = ""  # the last failure of a volume sync, reported once
         self._volume_sources: dict[str, Path] = {}  # per volume, the directory its mounts bind
         self._execs: dict[str, _Exec] = {}  # per running container, what an exec in it runs as
         self.node: str | None = None  # spec.nodeName: set when the scheduler binds it
@@ -267,6 +424,11 @@ class Pod:
         self._thread = threading.Thread(target=self._run, name=f"kubelet-{self.name}", daemon=True)
         self._thread.start()
 
+    @property
+    def deletion_deadline(self) -> float | None:
+        """metadata.deletionTimestamp (monotonic): when the pod's processes get SIGKILL if still there."""
+        return self._kill_at
+
     def terminate(self, grace_seconds: float) -> None:
         """Deletion: Terminating from now on; SIGTERM goes to every container's main process at once and SIGKILL to
         whatever is left `grace_seconds` from now. A second deletion with a shorter grace brings the deadline
@@ -328,25 +490,97 @@ class Pod:
             self._prepare_volume(volume, contents[volume["name"]], pod_context)
         return True
 
-    def _volume_files(self, volume: Manifest) -> dict[str, bytes] | Path | None:
-        """The files of a Secret or ConfigMap volume (KeyError if the object does not exist yet), the directory of a
-        claim's volume (KeyError unless it is bound and not being deleted), None for an emptyDir."""
+    def _volume_files(self, volume: Manifest) -> dict[str, _File] | Path | None:
+        """The files of a volume the kubelet fills (KeyError while an object or key it needs is missing), the
+        directory of a claim's volume (KeyError unless it is bound and not being deleted), None for an emptyDir."""
         if "emptyDir" in volume:
             return None
         if "persistentVolumeClaim" in volume:
             return self._claims(volume["persistentVolumeClaim"]["claimName"])
-        if "secret" in volume:
-            secret = self._objects("Secret", volume["secret"]["secretName"])
-            files = {k: v.encode() for k, v in secret.get("stringData", {}).items()}
-            return _projected(
-                volume["secret"], files | {k: base64.b64decode(v) for k, v in secret.get("data", {}).items()}
-            )
-        if "configMap" in volume:
-            config_map = self._objects("ConfigMap", volume["configMap"]["name"])
-            return _projected(volume["configMap"], {k: v.encode() for k, v in config_map.get("data", {}).items()})
-        raise UnsupportedError(f"volume {volume['name']}: only {', '.join(_VOLUME_KINDS)} are emulated")
+        return self._filled_files(volume)
 
-    def _prepare_volume(self, volume: Manifest, files: dict[str, bytes] | Path | None, pod_context: Manifest) -> None:
+    def _filled_files(self, volume: Manifest) -> dict[str, _File]:
+        """The files of a Secret, ConfigMap, downward API or projected volume, each with its mode, as the volume
+        plugins collect them (a projected volume's sources in order, a later file replacing an earlier one)."""
+        kind = next(kind for kind in ("projected", *_FILLED_KINDS) if kind in volume)
+        default_mode: int = volume[kind].get("defaultMode", 0o644)
+        files: dict[str, _File] = {}
+        for source_kind, source in _sources(volume):
+            files.update(self._source_files(source_kind, source, default_mode))
+        return files
+
+    def _source_files(self, kind: str, source: Manifest, default_mode: int) -> dict[str, _File]:
+        if kind == "serviceAccountToken":
+            # projected.go collectData: 0600 when the kubelet sets an owner (FsUser) or a group (fsGroup, whose
+            # ownership change then makes it 0640), so only the pod's user can read it; else the volume's mode.
+            fs_user = _fs_user(self.spec)
+            private = fs_user is not None or "fsGroup" in self.spec.get("securityContext", {})
+            token = self._token(source.get("audience") or None, source.get("expirationSeconds", DEFAULT_TOKEN_SECONDS))
+            return {source["path"]: _File(token.encode(), 0o600 if private else default_mode, fs_user)}
+        if kind == "downwardAPI":
+            items = source.get("items", [])
+            return {item["path"]: _File(self._downward(item["fieldRef"]["fieldPath"]), default_mode) for item in items}
+        name: str = source["secretName"] if "secretName" in source else source["name"]
+        try:
+            found = self._objects("Secret" if kind == "secret" else "ConfigMap", name)
+        except KeyError:
+            if source.get("optional"):
+                return {}
+            raise
+        return {path: _File(data, default_mode) for path, data in _projected(source, object_files(found)).items()}
+
+    def _downward(self, path: str) -> bytes:
+        """A downward API file: a field's value, or a map as `key="value"` lines, sorted (as fmt's %q quotes)."""
+        field_path, key = _downward_field(path) or (path, None)
+        if field_path in {"metadata.labels", "metadata.annotations"}:
+            values = self.labels if field_path == "metadata.labels" else self.annotations
+            if key is not None:
+                return values.get(key, "").encode()
+            lines = sorted(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in values.items())
+            return "\n".join(lines).encode()
+        return {"metadata.name": self.name, "metadata.namespace": self.namespace, "metadata.uid": self.uid}[
+            field_path
+        ].encode()
+
+    def _token(self, audience: str | None, seconds: int) -> str:
+        """The token manager: the cached token while it needs no refresh, else a new one; if the API server cannot
+        issue one, the cached one while it has not expired (KeyError once it has, or without one)."""
+        cached = self._issued.get((audience, seconds))
+        if cached is not None and not cached.needs_refresh(self.clock.now(), random.uniform(0, TOKEN_JITTER)):
+            return cached.token
+        try:
+            fresh = self._tokens(self, audience, seconds)
+        except KeyError:
+            if cached is None or self.clock.now() > cached.expires_at:
+                raise
+            return cached.token
+        self._issued[(audience, seconds)] = fresh
+        return fresh.token
+
+    def _fill(self, volume: Manifest, files: dict[str, _File]) -> None:
+        """Write a filled volume's files (only if they changed), then the fsGroup ownership the kubelet applies to
+        these volumes, which it treats as read-only (group read, never group write)."""
+        fs_group = self.spec.get("securityContext", {}).get("fsGroup")
+        if write_atomically(self._volume_sources[volume["name"]], files) and fs_group is not None:
+            set_volume_ownership(self._volume_sources[volume["name"]], fs_group, True, "Always")
+
+    def _sync_volumes(self) -> None:
+        """The kubelet's periodic sync of a running pod's filled volumes: changed objects, labels and annotations and
+        refreshed tokens reach the files, swapped in at once; while an object is missing the files stay as they
+        were (the kubelet reports the error and tries again)."""
+        for volume in self.spec.get("volumes", []):
+            if not any(kind in volume for kind in _FILLED_KINDS):
+                continue
+            try:
+                files = self._filled_files(volume)
+            except KeyError as missing:
+                if str(missing) != self._sync_error:
+                    self._sync_error = str(missing)
+                    self._event(f"FailedMount: volume {volume['name']} not updated: {missing}")
+                continue
+            self._fill(volume, files)
+
+    def _prepare_volume(self, volume: Manifest, files: dict[str, _File] | Path | None, pod_context: Manifest) -> None:
         fs_group: int | None = pod_context.get("fsGroup")
         if isinstance(files, Path):  # a claim's volume: mounted where it lies, its ownership managed
             self._volume_sources[volume["name"]] = files
@@ -365,15 +599,10 @@ class Pod:
                 subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
             path.chmod(0o1777)
             return
-        source: Manifest = volume["secret"] if "secret" in volume else volume["configMap"]
-        mode = source.get("defaultMode", 0o644)
-        for key, content in files.items():
-            file = path / key
-            file.write_bytes(content)
-            file.chmod(mode)
-            if fs_group is not None:
-                os.chown(file, 0, fs_group)
-        path.chmod(0o755)
+        # Each of these volumes wraps an emptyDir: on the node's disk for a ConfigMap (0777), in memory (a tmpfs'
+        # root, 1777) for the others.
+        path.chmod(0o777 if "configMap" in volume else 0o1777)
+        self._fill(volume, files)
 
     def _event(self, message: str) -> None:
         """What `kubectl describe pod` would list under Events, kept in the pod's directory."""
@@ -383,12 +612,13 @@ class Pod:
 
     # ----- one container -----
     def _declared_env(self, container: Manifest) -> dict[str, str]:
-        """The container's own env, in order; `$(VAR)` in a value refers to the entries before it, never to the
-        image's env (Kubernetes' rule)."""
+        """The container's own env, in order; `$(VAR)` in a value refers to the entries before it or to a Service's
+        variables, never to the image's env (Kubernetes' rule)."""
         env: dict[str, str] = {}
         for item in container.get("env", []):
             source = item.get("valueFrom")
-            env[item["name"]] = self._value_from(container, source) if source else expand(item.get("value", ""), env)
+            value = expand(item.get("value", ""), {**self._service_env, **env})
+            env[item["name"]] = self._value_from(container, source) if source else value
         return env
 
     def _value_from(self, container: Manifest, source: Manifest) -> str:
@@ -412,13 +642,10 @@ class Pod:
             return str(math.ceil(amount / quantity(ref.get("divisor", "1"))))
         if "secretKeyRef" in source:
             ref = source["secretKeyRef"]
-            secret = self._objects("Secret", ref["name"])
-            if ref["key"] in secret.get("stringData", {}):
-                return str(secret["stringData"][ref["key"]])
-            return base64.b64decode(secret["data"][ref["key"]]).decode()
+            return object_files(self._objects("Secret", ref["name"]))[ref["key"]].decode()
         if "configMapKeyRef" in source:
             ref = source["configMapKeyRef"]
-            return str(self._objects("ConfigMap", ref["name"])["data"][ref["key"]])
+            return object_files(self._objects("ConfigMap", ref["name"]))[ref["key"]].decode()
         raise UnsupportedError(f"valueFrom {sorted(source)}")
 
     def argv(self, container: Manifest, trees: list[image.Mount]) -> list[str]:
@@ -430,7 +657,7 @@ class Pod:
         stand_in = container_image(container)
         declared = self._declared_env(container)
         command = [expand(word, declared) for word in container["command"] + container.get("args", [])]
-        env = {**stand_in.env, "HOSTNAME": self.name, **declared}
+        env = {**stand_in.env, "HOSTNAME": self.name, **self._service_env, **declared}
         pod_context = self.spec.get("securityContext", {})
         context = {**pod_context, **container.get("securityContext", {})}
         etc = self.directory / "etc"
@@ -459,6 +686,9 @@ class Pod:
             setup.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(target))}")
             if mount.get("readOnly") or self._read_only_volume(mount["name"]):
                 setup.append(f"mount -o remount,bind,ro {shlex.quote(str(target))}")
+        if self._private is not None:  # once every mount from it is made
+            private = shlex.quote(str(self._private))
+            setup.append(f"if [ -d {private} ]; then mount -t tmpfs -o ro,size=4k,mode=0755 private {private}; fi")
         # The image's files, its layer included, are read-only last: a bind mount made afterwards would inherit
         # that from the tree its source lies in.
         if context.get("readOnlyRootFilesystem"):
@@ -495,15 +725,16 @@ class Pod:
         ]  # fmt: skip
 
     def _read_only_volume(self, name: str) -> bool:
-        """A claim mounted `readOnly` in the pod's volume is read-only in every container."""
+        """A claim mounted `readOnly` in the pod's volume is read-only in every container; so is every volume the
+        kubelet fills, always."""
         volume = next(v for v in self.spec.get("volumes", []) if v["name"] == name)
-        return bool(volume.get("persistentVolumeClaim", {}).get("readOnly"))
+        return bool(volume.get("persistentVolumeClaim", {}).get("readOnly")) or any(k in volume for k in _FILLED_KINDS)
 
     @staticmethod
     def _identity(context: Manifest, pod_context: Manifest, stand_in: image.Image) -> list[str]:
         """setpriv's arguments: the securityContext's user and group, else the image's (whose primary group the
         runtime takes from the image's /etc/passwd), with fsGroup and supplementalGroups, no-new-privileges and the
-        capability bounding set."""
+        capability bounding set: the runtime's default set, less what the container drops."""
         if context.get("privileged") or context.get("capabilities", {}).get("add"):
             raise UnsupportedError("privileged containers and added capabilities")
         user = context.get("runAsUser", stand_in.user)
@@ -517,8 +748,9 @@ class Pod:
         identity += [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
         if context.get("allowPrivilegeEscalation") is False:
             identity.append("--no-new-privs")
-        if "ALL" in context.get("capabilities", {}).get("drop", []):
-            identity += ["--inh-caps=-all", "--bounding-set=-all"]
+        dropped = {name.lower().removeprefix("cap_") for name in context.get("capabilities", {}).get("drop", [])}
+        kept = [] if "all" in dropped else [name for name in RUNTIME_CAPABILITIES if name not in dropped]
+        identity += ["--inh-caps=-all", "--bounding-set=-all" + "".join(f",+{name}" for name in kept)]
         return identity
 
     def _start(self, container: Manifest) -> subprocess.Popen[bytes]:
@@ -622,7 +854,11 @@ class Pod:
         probes = {c["name"]: _Probes(self, c) for c in containers}
         backoff = dict.fromkeys(processes, BACKOFF_START)
         next_start: dict[str, float] = {}
+        next_sync = time.monotonic() + VOLUME_SYNC_SECONDS
         while not self._stop.wait(0.2):
+            if time.monotonic() >= next_sync:
+                self._sync_volumes()
+                next_sync = time.monotonic() + VOLUME_SYNC_SECONDS
             for container in containers:
                 name, status = container["name"], self.statuses[container["name"]]
                 process = processes[name]
@@ -669,15 +905,73 @@ class Pod:
             self.ready_since = None
 
 
+def object_files(found: Manifest) -> dict[str, bytes]:
+    """A Secret's or ConfigMap's keys as file contents: its `data` (base64 in a Secret) and `binaryData` (a
+    ConfigMap's, base64), and a Secret's `stringData`, which the API server merges into `data` on writing (it wins
+    over a key of `data`)."""
+    encoded, plain = ("data", "stringData") if found["kind"] == "Secret" else ("binaryData", "data")
+    files = {key: value.encode() for key, value in found.get(plain, {}).items()}
+    return {key: base64.b64decode(value) for key, value in found.get(encoded, {}).items()} | files
+
+
 def _projected(source: Manifest, files: dict[str, bytes]) -> dict[str, bytes]:
-    """The files a Secret or ConfigMap volume shows: every key, or only the listed `items`, each at its `path`. A
-    listed key the object lacks fails the mount (KeyError: retried, as the kubelet retries a failed mount)."""
+    """The files a Secret or ConfigMap source shows: every key, or only the listed `items`, each at its `path`. A
+    listed key the object lacks fails the mount (KeyError: retried, as the kubelet retries a failed mount), unless
+    the source is optional."""
     if "items" not in source:
         return files
     missing = [item["key"] for item in source["items"] if item["key"] not in files]
-    if missing:
+    if missing and not source.get("optional"):
         raise KeyError(f"keys {missing} of the volume's items")
-    return {item["path"]: files[item["key"]] for item in source["items"]}
+    return {item["path"]: files[item["key"]] for item in source["items"] if item["key"] in files}
+
+
+@dataclass(frozen=True)
+class _File:
+    """One file of a volume the kubelet fills: its content, mode and, for a token, its owner (FsUser)."""
+
+    data: bytes
+    mode: int
+    owner: int | None = None
+
+
+def write_atomically(directory: Path, files: Mapping[str, _File]) -> bool:
+    """The kubelet's AtomicWriter: the files lie in a timestamped directory (0755) that the `..data` symlink points
+    to, and each visible name is a symlink through `..data`; a new payload goes into a new directory and `..data`
+    is swapped over to it in one rename, so a reader sees either every old file or every new one. Nothing is
+    written while the same files hold the same contents (as the AtomicWriter compares them). True if it wrote."""
+    data = directory / "..data"
+    current = directory / os.readlink(data) if data.is_symlink() else None
+    same_names = current is not None and sorted(os.listdir(current)) == sorted(files)
+    if same_names and all((directory / "..data" / name).read_bytes() == file.data for name, file in files.items()):
+        return False
+    fresh = Path(tempfile.mkdtemp(prefix=time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime()), dir=directory))
+    fresh.chmod(0o755)
+    for name, file in files.items():
+        (fresh / name).write_bytes(file.data)
+        (fresh / name).chmod(file.mode)
+        if file.owner is not None:
+            os.chown(fresh / name, file.owner, -1)
+    (directory / "..data_tmp").symlink_to(fresh.name)
+    os.rename(directory / "..data_tmp", data)
+    for name in files:
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(f"..data/{name}")
+    for entry in list(directory.iterdir()):
+        if not entry.name.startswith("..") and entry.name not in files:
+            entry.unlink()
+    if current is not None:
+        shutil.rmtree(current)
+    return True
+
+
+def _fs_user(spec: Manifest) -> int | None:
+    """The kubelet's FsUserFrom: the user every container (init containers included) runs as, where each sets one
+    (its own runAsUser or the pod's) and they agree; None otherwise (an image's own user does not count)."""
+    pod_user = spec.get("securityContext", {}).get("runAsUser")
+    containers = [*spec.get("initContainers", []), *spec["containers"]]
+    users = {container.get("securityContext", {}).get("runAsUser", pod_user) for container in containers}
+    return None if len(users) != 1 or None in users else users.pop()
 
 
 def _host_path(target: PurePosixPath, mounts: list[tuple[PurePosixPath, Path]], shared: set[Path]) -> Path:
@@ -715,6 +1009,10 @@ def _signal_main(process: subprocess.Popen[bytes], signum: int) -> bool:
 
 def _no_claims(name: str) -> Path:
     raise KeyError(f'persistentvolumeclaim "{name}" not found')
+
+
+def _no_tokens(pod: Pod, audience: str | None, seconds: int) -> IssuedToken:
+    raise KeyError(f"pod {pod.name}: no API server issues tokens here")
 
 
 def set_volume_ownership(root: Path, fs_group: int, read_only: bool, policy: str) -> None:
