@@ -1,7 +1,10 @@
 """A one-node Kubernetes for the rehearsal, and `pulumi up` on top of it.
 
-It keeps the objects the program renders, resolves Service names to their ClusterIPs, and runs, in one thread,
-the controllers and the scheduler:
+It keeps the objects the program renders (each with a uid, a creation time and a generation, which a change to
+its spec bumps, or to a Deployment's annotations; and its fields' managers, as server-side apply keeps them,
+tests/ssa.py), resolves Service names to their ClusterIPs, serves part of the Kubernetes API from this state
+(apiserver.py: HTTPS at the `kubernetes` Service, 10.96.0.1:443, whose one endpoint is the node; tokens, RBAC from
+the Roles and RoleBindings applied here), and runs, in one thread, the controllers and the scheduler:
 - a Deployment rolls its template out through ReplicaSets named after the template's hash, with its strategy:
   Recreate (the old pods gone before new ones are created) or RollingUpdate (within maxSurge and maxUnavailable,
   old pods scaled down as new ones become available), as the Deployment controller does;
@@ -9,6 +12,15 @@ the controllers and the scheduler:
   and, when it has too many, deletes the ones Kubernetes would pick;
 - a Job runs its pod until it succeeds, retrying with Kubernetes' back-off up to `backoffLimit` within
   `activeDeadlineSeconds`; a pod deleted before it succeeded counts as a failed attempt;
+- a pod is admitted as the ServiceAccount admission plugin admits it: it runs as its ServiceAccount (`default`
+  unless it names one), and is not created while that does not exist (the controller tries again; `up` tells
+  why); unless the pod, or else its ServiceAccount, sets automountServiceAccountToken: false, every container gets
+  the projected kube-api-access volume (a token bound to the pod, the cluster CA, the namespace);
+- every namespace has the ServiceAccount `default` and the ConfigMap kube-root-ca.crt (the cluster CA), put back
+  when deleted or changed, as the ServiceAccount controller and the root-CA publisher do;
+- a Deployment's status (replicas, updated, ready, available, unavailable, the generation it observed) follows its
+  pods; its spec.replicas can be written through its scale subresource (`scale`, as `kubectl scale` and the API
+  server's scale endpoint write it), by a field manager of its own;
 - the scheduler binds Pending pods, oldest first, to the node once they fit (scheduler.py) and every claim they
   mount exists and is not being deleted; the kubelet then starts them (kubelet.py);
 - a PersistentVolumeClaim is provisioned dynamically by its StorageClass (the default class when it names none, as
@@ -21,29 +33,38 @@ the controllers and the scheduler:
   whose class allows expansion.
 Deleting a pod is graceful and never blocks: the pod is Terminating at once (not ready, not counted by its
 controller), holds its resources on the node until its last process has exited, and only then leaves the API,
-its network namespace and its files with it.
+its network namespace and its files with it; a pod not yet bound to the node, or already finished, leaves at once.
 
-`up` is `pulumi up` against the state it keeps (the inputs it last applied per URN, and which resources failed
-their await): each resource is created, updated, replaced (deleted and gone, then created: on a change to one of
-pulumi-kubernetes' replacement fields, or for a Job marked `pulumi.com/replaceUnready` that failed its await)
-or left alone, once everything it depends on is ready, then awaited with pulumi-kubernetes' rules: a Deployment
-when every replica is of the current template and available and no pod of an old template is active, a Service
-when it has an endpoint, a Job when it has succeeded (its failure fails `up`), a PersistentVolumeClaim (see
-`claim_ready`) when it is Bound, or on its creation Pending if its class binds on first consumer; nothing is
-awaited for a resource annotated `pulumi.com/skipAwait: "true"`. Deleting waits until the object has left the API
-(a claim's finalizer included).
+`up` is `pulumi up` against the state it keeps (the inputs it last applied per URN, and which resources failed their
+await): each resource is created, updated, replaced (deleted and gone, then created: on a change to one of
+pulumi-kubernetes' replacement fields, or for a Job marked `pulumi.com/replaceUnready` that failed its await) or
+left alone (unchanged inputs: nothing is applied), once everything it depends on is ready. Its `ignore_changes`
+paths take their last inputs' values before the diff, as the engine does, and the provider's server-side apply
+leaves them at their live values (so a Deployment's replicas written through its scale subresource stay); an apply
+is forced only with the `pulumi.com/patchForce` annotation, and otherwise fails (ConflictError) on a field another
+manager owns with another value, as the API server refuses it. Each is then awaited with pulumi-kubernetes' rules: a
+Deployment when every replica of the live object is of the current template and available and no pod of an old
+template is active, a Service when it has an endpoint, a Job when it has succeeded (its failure fails `up`), a
+PersistentVolumeClaim (see `claim_ready`) when it is Bound, or on its creation Pending if its class binds on first
+consumer; nothing is awaited for a resource annotated `pulumi.com/skipAwait: "true"`. Deleting waits until the
+object has left the API (a claim's finalizer included).
 
 Services get ClusterIPs, to which their names resolve, and kube-proxy's forwarding to their endpoints (network.py).
-Not emulated: NetworkPolicy enforcement, cgroup limits, image pulls,
-proportional scaling of a Deployment in mid-rollout, revision history limits; a volume's capacity (its directory
-is as large as the disk it lies on), and claims other than dynamically provisioned ReadWriteOnce filesystems
-(refused: static binding to PersistentVolumes, `volumeName`, selectors, data sources, block volumes, other access
-modes); pulumi-kubernetes' 5-minute limit on a claim's await (`up` has its own timeout).
+`clock` is the cluster's wall clock (tokens' lifetimes and the API's timestamps), which a test can move on. `apply`
+is a kubectl client-side apply that replaces the object and owns every field it sets. Not emulated: NetworkPolicy
+enforcement, cgroup limits, image pulls, ClusterRoles and their bindings (a RoleBinding to a ClusterRole is
+refused), the variables of a namespace's Services in its pods' env (service links; only the `kubernetes` Service's
+are set), the labels a Job's pods get from the Job, proportional scaling of a Deployment in mid-rollout, revision
+history limits; a volume's capacity (its directory is as large as the disk it lies on), and claims other than
+dynamically provisioned ReadWriteOnce filesystems (refused: static binding to PersistentVolumes, `volumeName`,
+selectors, data sources, block volumes, other access modes); pulumi-kubernetes' 5-minute limit on a claim's await
+(`up` has its own timeout).
 """
 
 from __future__ import annotations
 
 import collections
+import copy
 import functools
 import hashlib
 import json
@@ -54,23 +75,31 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from tests.lifecycle import kubernetes_diff, type_token
+from tests.lifecycle import _reset, kubernetes_diff, parse_path, type_token
 from tests.program import Rendered
+from tests.rehearsal.apiserver import PORT, RBAC_GROUP, APIServer
 from tests.rehearsal.kubelet import (
     DEFAULT_GRACE_SECONDS,
+    Clock,
+    IssuedToken,
     Manifest,
     Pod,
     UnsupportedError,
     check_supported,
     quantity,
+    service_env,
+)
+from tests.rehearsal.kubelet import (
+    InvalidError as InvalidError,  # raised here too, and known to callers by this module
 )
 from tests.rehearsal.network import ClusterDNS, NetworkError, PodNetwork
 from tests.rehearsal.scheduler import Node, add, pod_requests, unschedulable
+from tests.ssa import LiveObject, Owned, leaves
 
 CLUSTER_DOMAIN = "cluster.local"
 REPLACE_UNREADY = "pulumi.com/replaceUnready"
@@ -78,14 +107,21 @@ SKIP_AWAIT = "pulumi.com/skipAwait"
 POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 JOB_BACKOFF_START, JOB_BACKOFF_MAX = 10.0, 360.0
 _KINDS = {"Namespace", "ServiceAccount", "Secret", "ConfigMap", "Service", "NetworkPolicy", "Deployment", "Job",
-          "PersistentVolumeClaim"}  # fmt: skip
+          "PersistentVolumeClaim", "Role", "RoleBinding"}  # fmt: skip
 # Claims the provisioner here cannot satisfy as asked: refused rather than provisioned as something else.
 _UNSUPPORTED_CLAIM_FIELDS = ("volumeName", "selector", "dataSource", "dataSourceRef", "volumeAttributesClassName")
 # What the API server refuses to change in place.
 _IMMUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
     "Deployment": (("spec", "selector"),),
     "Job": (("spec", "selector"), ("spec", "template")),
+    "RoleBinding": (("roleRef",),),
 }
+# The `kubernetes` Service, the API server's, in `default`: the first address of the service range.
+KUBERNETES_SERVICE: Key = ("Service", "default", "kubernetes")
+ROOT_CA = "kube-root-ca.crt"
+SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+# How a kubectl client-side apply (`apply`) writes: as one field manager, owning every field it sets.
+KUBECTL_APPLY = "kubectl-client-side-apply"
 _PHASE_ORDER = {"Pending": 0, "Unknown": 1, "Running": 2}
 T = TypeVar("T")
 Key = tuple[str, str, str]
@@ -95,9 +131,18 @@ class JobFailedError(RuntimeError):
     """The Job gave up: `pulumi up` would fail here."""
 
 
-class InvalidError(RuntimeError):
-    """The API server would refuse the request (422: a field is immutable or missing; 403 from an admission
-    plugin, such as a resize the claim's class does not allow)."""
+class AdmissionError(RuntimeError):
+    """The API server refused to create a pod (403 from an admission plugin): its controller tries again."""
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    """What the API server keeps of an object besides its manifest: its uid, when it was created (monotonic) and
+    its generation (bumped by each change to its spec, and a Deployment's by a change to its annotations too)."""
+
+    uid: str
+    created_at: float
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -170,6 +215,42 @@ def _pluck(manifest: Manifest, path: tuple[str, ...]) -> Any:
     return value
 
 
+def _owned_by(manager: str, manifest: Manifest) -> LiveObject:
+    """An object's fields as one manager wrote them all."""
+    return LiveObject({path: Owned(value, manager) for path, value in leaves(manifest).items()})
+
+
+def _check_role(role: Manifest) -> None:
+    """ValidatePolicyRule for a namespaced Role: verbs, API groups and resources in every rule; non-resource URLs
+    only in ClusterRoles."""
+    for index, rule in enumerate(role.get("rules") or []):
+        where = f'Role.{RBAC_GROUP} "{role["metadata"]["name"]}" is invalid: rules[{index}]'
+        if not rule.get("verbs"):
+            raise InvalidError(f"{where}.verbs: Required value: verbs must contain at least one value")
+        if rule.get("nonResourceURLs"):
+            raise InvalidError(f"{where}.nonResourceURLs: Invalid value: {rule['nonResourceURLs']}: namespaced rules "
+                               "cannot apply to non-resource URLs")  # fmt: skip
+        for field_name, what in (("apiGroups", "api group"), ("resources", "resource")):
+            if not rule.get(field_name):
+                raise InvalidError(f"{where}.{field_name}: Required value: resource rules must supply at least one "
+                                   f"{what}")  # fmt: skip
+
+
+def _check_role_binding(binding: Manifest) -> None:
+    """ValidateRoleBinding (its roleRef is immutable, see _IMMUTABLE), and what is not modelled: a binding to a
+    ClusterRole."""
+    ref, name = binding.get("roleRef") or {}, binding["metadata"]["name"]
+    where = f'RoleBinding.{RBAC_GROUP} "{name}" is invalid'
+    if ref.get("apiGroup") != RBAC_GROUP or ref.get("kind") not in {"Role", "ClusterRole"} or not ref.get("name"):
+        raise InvalidError(f"{where}: roleRef: Invalid value: {ref}: a Role or ClusterRole of {RBAC_GROUP} by name")
+    if ref["kind"] == "ClusterRole":
+        raise UnsupportedError(f"RoleBinding {name}: a binding to a ClusterRole (ClusterRoles are not modelled)")
+    for index, subject in enumerate(binding.get("subjects") or []):
+        if subject.get("kind") not in {"ServiceAccount", "User", "Group"} or not subject.get("name"):
+            raise InvalidError(f"{where}: subjects[{index}]: Invalid value: {subject}: a ServiceAccount, User or "
+                               "Group by name")  # fmt: skip
+
+
 def _check_claim(claim: Manifest) -> None:
     """What the API server requires of a claim (InvalidError), and what the provisioner here cannot provide
     (UnsupportedError): only a dynamically provisioned ReadWriteOnce filesystem."""
@@ -229,6 +310,7 @@ class _Step:
     inputs: Manifest
     operation: str
     previous: Manifest | None = None
+    ignore_changes: tuple[str, ...] = ()
     leaving: list[Pod] | None = None
     applied: bool = False
 
@@ -287,15 +369,23 @@ class Cluster:
         any) is the default."""
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.directory.chmod(0o755)
+        # The node's own files (pods' files and volumes, tokens among them): root's alone, as the kubelet's
+        # directory is, and hidden from every container (kubelet.py).
+        self.directory.chmod(0o700)
         self._node = node or Node()
+        self.clock = Clock()
         self.storage_classes = {storage_class.name: storage_class for storage_class in storage_classes}
         self.default_storage_class = default_storage_class
         self.claims: dict[tuple[str, str], Claim] = {}  # by (namespace, name), Terminating ones included
         self.objects: dict[Key, Manifest] = {}
+        self._meta: dict[Key, ObjectMeta] = {}
+        # Per object, its fields and their managers, as server-side apply keeps them (tests/ssa.py).
+        self._live: dict[Key, LiveObject] = {}
+        self._observed: dict[Key, int] = {}  # per Deployment, the generation its controller last acted on
+        self._namespaces: set[str] = set()
+        self._failed_creates: dict[str, str] = {}  # per controller uid, why the API server refused its last pod
         self.pods: dict[str, Pod] = {}  # every pod the API server knows, Terminating ones included
         self.replica_sets: dict[str, ReplicaSet] = {}  # by uid
-        self._uids: dict[Key, str] = {}
         self._jobs: dict[str, _JobRun] = {}  # by the Job's uid
         self._state: dict[str, Manifest] = {}  # per URN, the inputs `up` last applied
         self._init_errors: set[str] = set()  # URNs whose await failed or did not finish
@@ -313,9 +403,21 @@ class Cluster:
         self.network = PodNetwork(prefix)
         try:
             self.dns = ClusterDNS(self.network.gateway, self.resolve)
+            self._cluster_ips[KUBERNETES_SERVICE] = self._free_cluster_ips.popleft()
+            self.api = APIServer(self, self.network.gateway, self._cluster_ips[KUBERNETES_SERVICE])
         except BaseException:
             self.network.close()
             raise
+        ports = [{"name": "https", "port": PORT, "protocol": "TCP", "targetPort": PORT}]
+        self._create(
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "namespace": "default",
+             "labels": {"component": "apiserver", "provider": "kubernetes"}},
+             "spec": {"type": "ClusterIP", "clusterIP": self._cluster_ips[KUBERNETES_SERVICE], "ports": ports}}
+        )  # fmt: skip
+        # What every container is told of the API server (the kubelet always includes the `kubernetes` Service).
+        self._service_env = service_env("kubernetes", self._cluster_ips[KUBERNETES_SERVICE], ports)
+        self._sync_proxy()  # the API server is reachable at its ClusterIP from the start
+        self._apply_proxy()
         self._controller = threading.Thread(target=self._reconcile_forever, name="controllers", daemon=True)
         self._controller.start()
 
@@ -337,10 +439,31 @@ class Cluster:
             return self.objects[(kind, namespace, name)]
 
     def apply(self, manifest: Manifest) -> None:
-        """`kubectl apply`: create the object or change it in place; the controllers take it from there."""
+        """`kubectl apply` (client-side): create the object or change it in place, as one field manager that then
+        owns every field it set; the controllers take it from there."""
+        self._write(manifest, _owned_by(KUBECTL_APPLY, manifest))
+
+    def server_side_apply(self, manifest: Manifest, ignore_changes: tuple[str, ...] = ()) -> None:
+        """pulumi-kubernetes' apply of its inputs (tests/ssa.py, LiveObject.pulumi_apply): server-side apply, forced
+        when the manifest carries pulumi.com/patchForce, of every field but the `ignore_changes` paths the object
+        already has, which keep their live values (say a Deployment's replicas, written through its scale
+        subresource); a field another manager owns and the apply sets to another value, unforced, is a conflict
+        (ConflictError), as the API server refuses it."""
+        with self._lock:
+            live = copy.deepcopy(self._live.get(_key(manifest), LiveObject()))
+            live.pulumi_apply(manifest, ignore_changes)
+            self._write(live.manifest(), live)
+
+    def _write(self, manifest: Manifest, live: LiveObject) -> None:
+        """Store an object once the API server's checks (and this rehearsal's limits) allow it; `live` is its fields
+        and their managers after the write."""
         kind = manifest["kind"]
         if kind not in _KINDS:
             raise UnsupportedError(f"kind {kind}")
+        if kind == "Role":
+            _check_role(manifest)
+        if kind == "RoleBinding":
+            _check_role_binding(manifest)
         if kind == "Service":
             spec = manifest["spec"]
             if spec.get("type", "ClusterIP") != "ClusterIP" or "clusterIP" in spec:
@@ -357,22 +480,61 @@ class Cluster:
         key = _key(manifest)
         with self._lock:
             previous = self.objects.get(key)
-            if previous is None:
-                self._uids[key] = uid = secrets.token_hex(8)
-                if kind == "Job":
-                    self._jobs[uid] = _JobRun()
-                if kind == "Service":
-                    self._cluster_ips[key] = self._free_cluster_ips.popleft()
-                if kind == "PersistentVolumeClaim":
-                    storage_class = manifest["spec"].get("storageClassName", self.default_storage_class)
-                    self.claims[key[1:]] = Claim(uid, key[1], key[2], storage_class)
-            else:
+            if previous is not None:
                 changed = [".".join(p) for p in _IMMUTABLE.get(kind, ()) if _pluck(previous, p) != _pluck(manifest, p)]
                 if changed:
                     raise InvalidError(f"{kind} {key[2]}: {', '.join(changed)}: field is immutable")
                 if kind == "PersistentVolumeClaim":
                     self._check_claim_update(self.claims[key[1:]], previous, manifest)
-            self.objects[key] = manifest
+            self._store(manifest, live)
+
+    def _store(self, manifest: Manifest, live: LiveObject) -> None:
+        """Keep an object (the API server's side of a write): a new one gets its uid, creation time and generation 1
+        (and, by kind, its Job run, ClusterIP or claim, and its namespace's defaults); a change to an existing one's
+        spec (or a Deployment's annotations, which its ReplicaSets copy) bumps its generation."""
+        key, kind = _key(manifest), manifest["kind"]
+        previous = self.objects.get(key)
+        if previous is None:
+            self._meta[key] = meta = ObjectMeta(secrets.token_hex(8), time.monotonic(), 1)
+            if kind == "Job":
+                self._jobs[meta.uid] = _JobRun()
+            if kind == "Service" and key not in self._cluster_ips:
+                self._cluster_ips[key] = self._free_cluster_ips.popleft()
+            if kind == "PersistentVolumeClaim":
+                storage_class = manifest["spec"].get("storageClassName", self.default_storage_class)
+                self.claims[key[1:]] = Claim(meta.uid, key[1], key[2], storage_class)
+        elif previous.get("spec") != manifest.get("spec") or (
+            kind == "Deployment" and previous["metadata"].get("annotations") != manifest["metadata"].get("annotations")
+        ):
+            self._meta[key] = replace(self._meta[key], generation=self._meta[key].generation + 1)
+        self.objects[key], self._live[key] = manifest, live
+        new_namespaces = {key[1], key[2] if kind == "Namespace" else ""} - {""} - self._namespaces
+        if new_namespaces:
+            self._namespaces |= new_namespaces
+            self._sync_namespaces()
+
+    def _create(self, manifest: Manifest) -> None:
+        """An object the cluster makes itself (the `kubernetes` Service, a namespace's defaults), stored without the
+        checks `apply` makes of what it is given."""
+        with self._lock:
+            self._store(manifest, _owned_by(KUBECTL_APPLY, manifest))
+
+    def _sync_namespaces(self) -> None:
+        """What controllers keep in every namespace: the ServiceAccount `default` (the ServiceAccount controller)
+        and the ConfigMap kube-root-ca.crt with the cluster CA's certificate (the root-CA publisher), each put back
+        if deleted or changed."""
+        for namespace in sorted(self._namespaces):
+            if ("ServiceAccount", namespace, "default") not in self.objects:
+                self._create({"apiVersion": "v1", "kind": "ServiceAccount",
+                              "metadata": {"name": "default", "namespace": namespace}})  # fmt: skip
+            data = {"ca.crt": self.api.ca_pem}
+            if self.objects.get(("ConfigMap", namespace, ROOT_CA), {}).get("data") != data:
+                self._create({"apiVersion": "v1", "kind": "ConfigMap", "data": data, "metadata": {
+                    "name": ROOT_CA, "namespace": namespace,
+                    "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the "
+                                    "kube-apiserver when using internal endpoints such as the internal service IP or "
+                                    "kubernetes.default.svc. No other usage is guaranteed across distributions of "
+                                    "Kubernetes clusters."}}})  # fmt: skip
 
     def _check_claim_update(self, claim: Claim, previous: Manifest, manifest: Manifest) -> None:
         """ValidatePersistentVolumeClaimUpdate and the PersistentVolumeClaimResize admission plugin: the spec is
@@ -417,11 +579,14 @@ class Cluster:
                     self.claims[key[1:]].deleting = True
                 return []
             self.objects.pop(key, None)
+            self._live.pop(key, None)
+            self._observed.pop(key, None)
             if key in self._cluster_ips:
                 self._free_cluster_ips.append(self._cluster_ips.pop(key))
-            uid = self._uids.pop(key, None)
-            if uid is None:
+            meta = self._meta.pop(key, None)
+            if meta is None:
                 return []
+            uid = meta.uid
             self._jobs.pop(uid, None)
             owners = {uid} | {rs.uid for rs in self.replica_sets.values() if rs.deployment == uid}
             for owner in owners - {uid}:
@@ -497,7 +662,8 @@ class Cluster:
             if claim.deleting and not self._in_use(claim):
                 del self.claims[key]
                 self.objects.pop(("PersistentVolumeClaim", *key), None)
-                self._uids.pop(("PersistentVolumeClaim", *key), None)
+                self._live.pop(("PersistentVolumeClaim", *key), None)
+                self._meta.pop(("PersistentVolumeClaim", *key), None)
                 if claim.volume is not None:
                     shutil.rmtree(claim.volume)
             elif claim.volume is None and storage_class is not None and storage_class.binding_mode == "Immediate":
@@ -520,9 +686,92 @@ class Cluster:
     def pods_of(self, owner: Key) -> list[Pod]:
         """The pods of a Job, or of a Deployment's ReplicaSets, oldest first, Terminating ones included."""
         with self._lock:
-            uid = self._uids.get(owner)
-            owners = {uid} | {rs.uid for rs in self.replica_sets.values() if rs.deployment == uid}
-            return [pod for pod in self.pods.values() if uid is not None and pod.owner in owners]
+            owners = self._owners(owner)
+            return [pod for pod in self.pods.values() if pod.owner in owners]
+
+    def _owners(self, key: Key) -> set[str]:
+        """The uids of a Job or a Deployment and of its ReplicaSets: what its pods name as their owner."""
+        meta = self._meta.get(key)
+        if meta is None:
+            return set()
+        return {meta.uid} | {rs.uid for rs in self.replica_sets.values() if rs.deployment == meta.uid}
+
+    def pods_in(self, namespace: str) -> list[Pod]:
+        """Every pod the API server knows in a namespace, Terminating and finished ones included."""
+        with self._lock:
+            return [pod for pod in self.pods.values() if pod.namespace == namespace]
+
+    def pod(self, namespace: str, name: str) -> Pod:
+        """A pod the API server knows (KeyError once it has left)."""
+        with self._lock:
+            pod = self.pods[name]
+            if pod.namespace != namespace:
+                raise KeyError(name)
+            return pod
+
+    def annotate_pod(self, pod: Pod, annotations: Mapping[str, str]) -> None:
+        """A pod's annotations as they are now (the ReplicaSet controller reads its deletion cost from them)."""
+        with self._lock:
+            pod.annotations = dict(annotations)
+
+    def owner_reference(self, pod: Pod) -> Manifest | None:
+        """The pod's ownerReference: its ReplicaSet or Job (None once that is gone)."""
+        with self._lock:
+            replica_set = self.replica_sets.get(pod.owner)
+            if replica_set is not None:
+                kind, api_version, name = "ReplicaSet", "apps/v1", replica_set.name
+            else:
+                job = next((key for key, meta in self._meta.items() if key[0] == "Job" and meta.uid == pod.owner), None)
+                if job is None:
+                    return None
+                kind, api_version, name = "Job", "batch/v1", job[2]
+        return {"apiVersion": api_version, "kind": kind, "name": name, "uid": pod.owner, "controller": True,
+                "blockOwnerDeletion": True}  # fmt: skip
+
+    def meta(self, kind: str, namespace: str, name: str) -> ObjectMeta:
+        """What the API server keeps of an object besides its manifest (KeyError if there is none)."""
+        with self._lock:
+            return self._meta[(kind, namespace, name)]
+
+    def objects_of(self, kind: str, namespace: str) -> list[Manifest]:
+        with self._lock:
+            return [manifest for key, manifest in self.objects.items() if key[:2] == (kind, namespace)]
+
+    def deployment_status(self, namespace: str, name: str) -> Manifest:
+        """A Deployment's status as its controller writes it: its active pods (replicas), those of the current
+        template (updatedReplicas), the ready and the available ones, how many it lacks (unavailableReplicas)
+        and the generation it last acted on; a count of 0 is left out, as the API's omitempty leaves it out."""
+        key = ("Deployment", namespace, name)
+        with self._lock:
+            spec, owners = self.objects[key]["spec"], self._owners(key)
+            pod_hash = _template_hash(spec["template"])
+            current = {rs.uid for rs in self.replica_sets.values() if rs.uid in owners and rs.pod_hash == pod_hash}
+            active = [pod for pod in self.pods.values() if pod.owner in owners and pod.active]
+            available = sum(self._available(owner, spec.get("minReadySeconds", 0)) for owner in owners)
+            status = {
+                "observedGeneration": self._observed.get(key, 0),
+                "replicas": len(active),
+                "updatedReplicas": sum(pod.owner in current for pod in active),
+                "readyReplicas": sum(pod.ready for pod in active),
+                "availableReplicas": available,
+                "unavailableReplicas": max(spec.get("replicas", 1) - available, 0),
+            }
+        return {field: count for field, count in status.items() if count}
+
+    def live_replicas(self, namespace: str, name: str) -> int:
+        """A Deployment's spec.replicas as it is now (whoever wrote it last: `up`, `apply` or its scale)."""
+        with self._lock:
+            replicas: int = self.objects[("Deployment", namespace, name)]["spec"].get("replicas", 1)
+            return replicas
+
+    def scale(self, namespace: str, name: str, replicas: int, manager: str = "kubectl") -> None:
+        """`kubectl scale` (and a write to the scale subresource): spec.replicas written through the subresource by
+        `manager`, which owns it from then on; the controllers act on it. KeyError if there is no such Deployment."""
+        key = ("Deployment", namespace, name)
+        with self._lock:
+            live = copy.deepcopy(self._live[key])
+            live.write(manager, {"spec.replicas": replicas}, subresource="scale")
+            self._store(live.manifest(), live)
 
     def _owned(self, owner: str) -> list[Pod]:
         return [pod for pod in self.pods.values() if pod.owner == owner]
@@ -588,7 +837,9 @@ class Cluster:
         services: dict[str, dict[int, list[str]]] = {}
         for key, address in self._cluster_ips.items():
             service = self.objects[key]
-            endpoints = sorted(pod.ip for pod in self._proxied(service))
+            # The `kubernetes` Service selects nothing: its endpoint is the API server, on the node.
+            api = key == KUBERNETES_SERVICE
+            endpoints = [self.network.gateway] if api else sorted(pod.ip for pod in self._proxied(service))
             services[address] = {int(port["port"]): endpoints for port in service["spec"]["ports"]}
         self._proxy_wanted = services
 
@@ -608,35 +859,88 @@ class Cluster:
             self._errors.remove(self._proxy_error)
         self._proxy_applied = wanted
 
-    def _create_pod(self, owner: str, namespace: str, template: Manifest, name: str) -> Pod:
-        """A new pod of `template`, Pending until the scheduler binds it."""
+    def _create_pod(self, owner: str, namespace: str, template: Manifest, name: str) -> Pod | None:
+        """A new pod of `template` as the API server admits it, Pending until the scheduler binds it; None if the
+        API server refused it, the reason kept for `up` to tell (the controller tries again in its next pass)."""
+        try:
+            spec = self._admitted(namespace, template["spec"])
+        except AdmissionError as refused:
+            self._failed_creates[owner] = f'FailedCreate: pods "{name}" is forbidden: {refused}'
+            return None
+        self._failed_creates.pop(owner, None)
         pod = Pod(
             name,
             namespace,
             template.get("metadata", {}),
-            template["spec"],
+            spec,
             owner=owner,
             directory=self.directory / "pods" / name,
             objects=lambda kind, object_name: self.get(kind, namespace, object_name),
             dns=(self.network.gateway, CLUSTER_DOMAIN),
             sandbox=self.network.add_pod,
             claims=lambda claim_name: self._claim_volume(namespace, claim_name),
+            tokens=self._pod_token,
+            clock=self.clock,
+            service_env=self._service_env,
+            private=self.directory,
         )
         with self._lock:
             self.pods[name] = pod
         return pod
 
+    def _admitted(self, namespace: str, template_spec: Manifest) -> Manifest:
+        """The ServiceAccount admission plugin: the pod runs as its ServiceAccount (`default` unless it names one),
+        which must exist (AdmissionError otherwise); unless the pod, or else its ServiceAccount, says
+        automountServiceAccountToken: false, a projected volume kube-api-access-<random> (a token of the
+        ServiceAccount for 3607 seconds, the cluster CA from kube-root-ca.crt, the namespace) is mounted read-only
+        at /var/run/secrets/kubernetes.io/serviceaccount in every container, init containers too, that mounts
+        nothing there itself."""
+        spec = copy.deepcopy(template_spec)
+        account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+        spec["serviceAccountName"] = spec["serviceAccount"] = account
+        found = self.objects.get(("ServiceAccount", namespace, account))
+        if found is None:
+            raise AdmissionError(
+                f'error looking up service account {namespace}/{account}: serviceaccount "{account}" not found'
+            )
+        if not spec.get("automountServiceAccountToken", found.get("automountServiceAccountToken", True)):
+            return spec
+        volume = f"kube-api-access-{_random_suffix()}"
+        namespace_field = {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
+        sources = [{"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                   {"configMap": {"name": ROOT_CA, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                   {"downwardAPI": {"items": [namespace_field]}}]  # fmt: skip
+        spec["volumes"] = [*spec.get("volumes", []), {"name": volume, "projected": {"defaultMode": 0o644,
+                                                                                     "sources": sources}}]  # fmt: skip
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            if all(mount["mountPath"] != SERVICE_ACCOUNT_MOUNT for mount in container.get("volumeMounts", [])):
+                mount = {"name": volume, "mountPath": SERVICE_ACCOUNT_MOUNT, "readOnly": True}
+                container["volumeMounts"] = [*container.get("volumeMounts", []), mount]
+        return spec
+
+    def _pod_token(self, pod: Pod, audience: str | None, seconds: int) -> IssuedToken:
+        """The TokenRequest the kubelet makes for a pod's projected token: bound to the pod, which must still be in
+        the API, for its ServiceAccount (KeyError, failing the mount, while either is missing)."""
+        with self._lock:
+            if self.pods.get(pod.name) is not pod:
+                raise KeyError(f'pods "{pod.name}" not found')
+        return self.api.request_token(pod.namespace, pod.spec["serviceAccountName"], pod=pod, audience=audience,
+                                      seconds=seconds)  # fmt: skip
+
     def delete_pod(self, name: str, grace_seconds: float | None = None) -> None:
         """`kubectl delete pod` (and what controllers do to scale down): returns at once. The pod is Terminating
         from now on; its processes get SIGTERM, and SIGKILL at the end of `grace_seconds` (by default the pod's
         terminationGracePeriodSeconds); it leaves the API once they have exited. 0 is `--force --grace-period=0`:
-        it leaves the API (and frees its share of the node) at once, its processes killed behind it."""
+        it leaves the API (and frees its share of the node) at once, its processes killed behind it, as a pod not
+        yet bound to the node or already finished does whatever its grace period."""
         with self._lock:
             pod = self.pods.get(name)
             if pod is None:
                 return
             default = pod.spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
             grace = float(default if grace_seconds is None else grace_seconds)
+            if pod.node is None or pod.finished:  # the pod strategy's CheckGracefulDelete: nothing to wait for
+                grace = 0.0
             first = not pod.terminating
             pod.terminate(grace)
             if grace == 0:
@@ -671,6 +975,7 @@ class Cluster:
                     self._guarded(self._sync_replica_set, replica_set)
                 self._guarded(self._schedule)
                 self._guarded(self._sync_claims)
+                self._guarded(self._sync_namespaces)
                 self._guarded(self._sync_proxy)
             self._apply_proxy()
 
@@ -705,7 +1010,8 @@ class Cluster:
     def _sync_deployment(self, key: Key, deployment: Manifest) -> None:
         """The Deployment controller's pass: find (or make) the ReplicaSet of the current template and move the
         replicas over to it with the Deployment's strategy."""
-        uid, spec = self._uids[key], deployment["spec"]
+        uid, spec = self._meta[key].uid, deployment["spec"]
+        self._observed[key] = self._meta[key].generation
         replicas, template = spec.get("replicas", 1), spec["template"]
         pod_hash = _template_hash(template)
         sets = sorted((rs for rs in self.replica_sets.values() if rs.deployment == uid), key=lambda rs: rs.created_at)
@@ -788,7 +1094,8 @@ class Cluster:
         active = [pod for pod in self._owned(replica_set.uid) if pod.active]
         for _ in range(replica_set.replicas - len(active)):
             name = f"{replica_set.name}-{_random_suffix()}"
-            self._create_pod(replica_set.uid, replica_set.namespace, replica_set.template, name)
+            if self._create_pod(replica_set.uid, replica_set.namespace, replica_set.template, name) is None:
+                break
         now = time.monotonic()
 
         def order(a: Pod, b: Pod) -> int:
@@ -801,7 +1108,7 @@ class Cluster:
     def _sync_job(self, key: Key, job: Manifest) -> None:
         """Create the next attempt when none is active (after the back-off that follows a failure); once the Job has
         succeeded or failed, delete what still runs."""
-        uid = self._uids[key]
+        uid = self._meta[key].uid
         run = self._jobs[uid]
         active = [pod for pod in run.attempts if pod.active]
         if self._job_status(job, run) != "Running":
@@ -815,13 +1122,15 @@ class Cluster:
             last = max(min(t for t in (pod.deleted_at, pod.finished_at) if t is not None) for pod in failed)
             if time.monotonic() < last + min(JOB_BACKOFF_START * 2 ** (len(failed) - 1), JOB_BACKOFF_MAX):
                 return
-        run.attempts.append(self._create_pod(uid, key[1], job["spec"]["template"], f"{key[2]}-{_random_suffix()}"))
+        attempt = self._create_pod(uid, key[1], job["spec"]["template"], f"{key[2]}-{_random_suffix()}")
+        if attempt is not None:
+            run.attempts.append(attempt)
 
     def job_status(self, job: Manifest) -> str:
         """Running, Succeeded, or Failed (back-off limit or deadline reached), as the Job's conditions say."""
         with self._lock:
-            uid = self._uids.get(_key(job))
-            run = self._jobs.get(uid) if uid else None
+            meta = self._meta.get(_key(job))
+            run = self._jobs.get(meta.uid) if meta else None
             if run is None:
                 raise KeyError(f"no Job {_key(job)}")
             return self._job_status(job, run)
@@ -857,12 +1166,16 @@ class Cluster:
         return True
 
     def _rolled_out(self, deployment: Manifest) -> bool:
-        """Every replica is an available pod of the current template's ReplicaSet, and no old pod is active (the
-        Available condition, and Progressing with NewReplicaSetAvailable)."""
-        spec = deployment["spec"]
-        pod_hash = _template_hash(spec["template"])
+        """Every replica of the live object (whose replicas may have been written by another manager) is an
+        available pod of the current template's ReplicaSet, and no old pod is active (the Available condition, and
+        Progressing with NewReplicaSetAvailable)."""
         with self._lock:
-            uid = self._uids.get(_key(deployment))
+            key = _key(deployment)
+            if key not in self.objects:
+                return False
+            spec = self.objects[key]["spec"]
+            pod_hash = _template_hash(spec["template"])
+            uid = self._meta[key].uid
             sets = [rs for rs in self.replica_sets.values() if rs.deployment == uid]
             new = next((rs for rs in sets if rs.pod_hash == pod_hash), None)
             replicas: int = spec.get("replicas", 1)
@@ -891,7 +1204,9 @@ class Cluster:
                     continue
                 if time.monotonic() - started < (delays or {}).get(registration.name, 0):
                     continue
-                step = steps.setdefault(urn, self._plan(urn, registration.inputs))
+                if urn not in steps:
+                    steps[urn] = self._plan(urn, registration.inputs, registration.options.ignore_changes)
+                step = steps[urn]
                 if self._advance(step):
                     ready.add(urn)
             return ready >= declared.keys()
@@ -918,19 +1233,26 @@ class Cluster:
         wait_for(lambda: self._gone(leaving, deleted), timeout, what, interval=0.2)
         return elapsed
 
-    def _plan(self, urn: str, inputs: Manifest) -> _Step:
-        """What the engine does with one resource, from its last inputs and whether its last await failed."""
+    def _plan(self, urn: str, inputs: Manifest, ignore_changes: tuple[str, ...]) -> _Step:
+        """What the engine does with one resource, from its last inputs (the ignored paths of the new ones reset to
+        those, as processIgnoreChanges does before the diff) and whether its last await failed."""
         previous = self._state.get(urn)
         if previous is None:
-            return _Step(urn, inputs, "create")
+            return _Step(urn, inputs, "create", ignore_changes=ignore_changes)
+        inputs = copy.deepcopy(inputs)
+        missing = [path for path in ignore_changes if not _reset(parse_path(path), previous, inputs)]
+        if missing:
+            raise RuntimeError(f"pulumi up: {urn}: cannot ignore changes to {', '.join(missing)}: one or more "
+                               "elements of the path are missing")  # fmt: skip
         if kubernetes_diff(type_token(inputs), previous, inputs).replace:
-            return _Step(urn, inputs, "replace", previous)
+            return _Step(urn, inputs, "replace", previous, ignore_changes)
         if urn not in self._init_errors:
-            return _Step(urn, inputs, "same" if previous == inputs else "update")
+            return _Step(urn, inputs, "same" if previous == inputs else "update", ignore_changes=ignore_changes)
         replace_unready = inputs["metadata"].get("annotations", {}).get(REPLACE_UNREADY) == "true"
         if inputs["kind"] == "Job" and replace_unready and not self._succeeded(previous):
-            return _Step(urn, inputs, "replace", previous)
-        return _Step(urn, inputs, "update")  # with unchanged inputs: the engine goes on awaiting it
+            return _Step(urn, inputs, "replace", previous, ignore_changes)
+        # With unchanged inputs the engine goes on awaiting it.
+        return _Step(urn, inputs, "update", ignore_changes=ignore_changes)
 
     def _succeeded(self, job: Manifest) -> bool:
         try:
@@ -949,7 +1271,7 @@ class Cluster:
             if not self._gone(step.leaving, [step.previous]):
                 return False
         if not step.applied:
-            self.apply(step.inputs)
+            self.server_side_apply(step.inputs, step.ignore_changes)
             step.applied, self._state[step.urn] = True, step.inputs
         if step.inputs["metadata"].get("annotations", {}).get(SKIP_AWAIT) == "true":
             ready = True  # metadata.ReadyCondition: an immediate condition
@@ -971,7 +1293,9 @@ class Cluster:
             if claim is None:
                 return ""
             return f"{claim.phase}{' Terminating' if claim.deleting else ''}, class {claim.storage_class}"
-        return "; ".join(state(pod) for pod in self.pods_of(_key(manifest)))
+        with self._lock:
+            refused = [self._failed_creates[o] for o in self._owners(_key(manifest)) if o in self._failed_creates]
+        return "; ".join([*(state(pod) for pod in self.pods_of(_key(manifest))), *refused])
 
     def job_logs(self, job: Manifest) -> str:
         return "\n".join(
@@ -1005,6 +1329,7 @@ class Cluster:
         deadline = time.monotonic() + max(graces, default=0) + 60
         for reaper in reapers:
             reaper.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.api.close()
         self.dns.close()
         self.network.close()
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -8,7 +8,8 @@ A Service's name resolves to its ClusterIP, which stays while the pods behind it
 connection is forwarded (nftables DNAT in the node namespace, which routes every pod's traffic but the
 bridge's own) to one of its endpoints at the time, or refused at once while it has none, as kube-proxy's rules
 do. Replies return through the node (the forwarded traffic is masqueraded, as kube-proxy's `--masquerade-all`
-does), so the client sees them come from the ClusterIP.
+does), so the client sees them come from the ClusterIP. The `kubernetes` Service's endpoint is the node itself,
+where the API server listens: what the rules forward there is taken in, not refused.
 """
 
 from __future__ import annotations
