@@ -10,7 +10,7 @@ nothing from Pulumi.
 What Ray calls a node is a pod here: the head pod (label `ray.io/group=head`) and the pods of the worker Deployments
 named in the provider config, typed by their `ray.io/group` label, named by the pod's name, addressed by the pod's
 IP (which `ray start --node-ip-address` makes the Ray node's IP, so Ray's load metrics and these nodes match).
-Other pods of the cluster (the smoke test's Job) are no nodes.
+Other pods of the cluster (the smoke test's Job) are not nodes, whatever their group label says.
 
 Ray's `BatchingNodeProvider` does the bookkeeping: each autoscaler update starts with `get_node_data()` (one list of
 pods, one read of each Deployment), asks `safe_to_scale()`, and ends with one `submit_scale_request()` carrying the
@@ -70,6 +70,8 @@ Manifest = dict[str, Any]
 
 CLUSTER_LABEL = "ray.io/cluster"
 GROUP_LABEL = "ray.io/group"
+# `head` or `worker` on Ray's pods; other pods of the cluster (the smoke test's) carry their own.
+NODE_TYPE_LABEL = "ray.io/node-type"
 # The head's group label and its node type in the autoscaling config (`head_node_type`).
 HEAD_GROUP = "head"
 # Set by the component on the Deployments whose replicas it leaves to the autoscaler (ray_cluster.py, `_AUTOSCALED`).
@@ -227,6 +229,8 @@ class Pod:
 
     name: str
     group: str
+    # The `ray.io/node-type` label: `head`, `worker`, or another kind of pod.
+    kind: str
     ip: str | None
     status: str
     # Has a deletionTimestamp: on its way out, no longer counted by its ReplicaSet, no longer a node.
@@ -250,6 +254,7 @@ class Pod:
         return cls(
             name=str(metadata.get("name", "")),
             group=str(labels.get(GROUP_LABEL, "")),
+            kind=str(labels.get(NODE_TYPE_LABEL, "")),
             ip=status.get("podIP") or None,
             status=node_status(manifest),
             terminating=terminating,
@@ -420,7 +425,9 @@ class DeploymentNodeProvider(BatchingNodeProvider):
         selector = quote(f"{CLUSTER_LABEL}={self.cluster}", safe="/")
         listed = self.api.get(f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={selector}")
         pods = (Pod.parse(item) for item in listed.get("items") or [])
-        self.pods = {pod.name: pod for pod in pods if pod.head or pod.group in self.deployments}
+        self.pods = {
+            pod.name: pod for pod in pods if pod.head or (pod.kind == "worker" and pod.group in self.deployments)
+        }
         self.deployment_states = {}
         for group, name in sorted(self.deployments.items()):
             manifest = self._get_deployment(name)

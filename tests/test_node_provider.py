@@ -453,6 +453,9 @@ def test_nodes_are_the_head_and_the_worker_groups_pods_by_name_and_pod_ip(kube: 
     standard_cluster(kube, worker=2)
     pending = kube.add_pod("gpu", running=False)
     kube.add_pod("smoke-test", name="ray-smoke-test-abcde")
+    job = kube.add_pod("worker", name="ray-smoke-test-fghij")  # a group named like the Job's would hold its pod
+    kube.pods[job]["metadata"]["labels"]["ray.io/node-type"] = "smoke-test"
+    kube.pods[job]["metadata"]["labels"]["ray.io/group"] = "worker"
     kube.add_pod("retired", name="ray-retired-001")
     gone = kube.add_pod("worker")
     kube.pods[gone]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
