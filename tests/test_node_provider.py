@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import jsonschema
 import pytest
 import trustme
 from ray.autoscaler._private.autoscaler import StandardAutoscaler
@@ -1039,6 +1040,10 @@ def test_the_api_server_is_found_as_kubernetes_tells_a_pod() -> None:
 
 def test_rays_validation_accepts_a_config_like_the_components() -> None:
     validate_config(autoscaling_config())
+    wrong = autoscaling_config()
+    wrong["provider"]["namespace"] = ["ns"]  # what the check would catch: the schema types `namespace`
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(wrong)
 
 
 def test_ray_loads_the_provider_from_the_configmaps_module_on_pythonpath(
@@ -1074,15 +1079,18 @@ def test_the_shared_names_match_the_components() -> None:
 
 # -- Restart on a new version --------------------------------------------------------------------------------------
 
-# Run in a process of its own, as Ray's monitor: imports the mounted module, builds the provider on an API that
-# has no pods, runs one update, changes the ConfigMap's files as `mode` says, and runs another.
+# Run in a process of its own, as Ray's monitor runs it: Ray's StandardAutoscaler on the mounted config file, which
+# loads the mounted module as the provider (on an API without pods), one update, then a new version of the ConfigMap
+# as `mode` says, and another update.
 RESTART_SCRIPT = textwrap.dedent(
     """
-    import json, logging, pathlib, sys
+    import json, logging, os, pathlib, sys
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     directory, mode = pathlib.Path(sys.argv[1]), sys.argv[2]
     sys.path.insert(0, str(directory))
     import ray_cluster_node_provider as module
+    from ray.autoscaler._private.autoscaler import StandardAutoscaler
+    from ray.autoscaler._private.load_metrics import LoadMetrics
 
     assert not any(name == "pulumi" or name.startswith(("pulumi.", "components")) for name in sys.modules)
 
@@ -1092,37 +1100,59 @@ RESTART_SCRIPT = textwrap.dedent(
                 return {"items": []}
             raise module.KubernetesApiError("GET", path, 404, "NotFound", "not found")
 
-    config = json.loads((directory / "autoscaling.json").read_text())
-    provider = module.DeploymentNodeProvider(config["provider"], config["cluster_name"], api=NoPods())
-    assert provider.get_node_data() == {}
-    source = directory / "ray_cluster_node_provider.py"
+    module.in_cluster_api = NoPods
+    autoscaler = StandardAutoscaler(str(directory / "autoscaling.json"), LoadMetrics(), None, update_interval_s=0)
+    autoscaler.update()
+    assert type(autoscaler.provider) is module.DeploymentNodeProvider and autoscaler.num_failures == 0
+    files = {path.name: path.read_text() for path in (directory / "..data").iterdir()}
+    config = json.loads(files["autoscaling.json"])
     if mode == "source":
-        source.write_text(source.read_text() + "\\n# the next version\\n")
+        files["ray_cluster_node_provider.py"] += "\\n# the next version\\n"
     elif mode == "config":
         config["provider"]["deployments"]["big"] = "ray-big"  # a group added
-        (directory / "autoscaling.json").write_text(json.dumps(config))
     elif mode == "other-config":
         config["idle_timeout_minutes"] = 5  # Ray's monitor re-reads this part itself
-        (directory / "autoscaling.json").write_text(json.dumps(config))
-    provider.get_node_data()
+    files["autoscaling.json"] = json.dumps(config)
+    # The kubelet's update of a ConfigMap volume: a new directory, then `..data` swapped to it at once.
+    (directory / "..v2").mkdir()
+    for name, text in files.items():
+        (directory / "..v2" / name).write_text(text)
+    os.symlink("..v2", directory / "..data_tmp")
+    os.replace(directory / "..data_tmp", directory / "..data")
+    autoscaler.update()
+    assert autoscaler.num_failures == 0
     print("still running")
     """
 )
+
+
+def mount_configmap(directory: Path, files: dict[str, str]) -> None:
+    """Files as the kubelet mounts a ConfigMap: in a versioned directory that `..data` points to, each shown by a
+    symlink through `..data`, so that an update swaps them all at once."""
+    (directory / "..v1").mkdir()
+    for name, text in files.items():
+        (directory / "..v1" / name).write_text(text)
+        (directory / name).symlink_to(Path("..data") / name)
+    (directory / "..data").symlink_to("..v1")
 
 
 @pytest.mark.parametrize(
     ("mode", "restarts"), [("source", True), ("config", True), ("other-config", False), ("unchanged", False)]
 )
 def test_the_monitor_exits_when_the_configmap_brings_a_new_provider(tmp_path: Path, mode: str, restarts: bool) -> None:
-    shutil.copy(PROVIDER_FILE, tmp_path / "ray_cluster_node_provider.py")
     config = autoscaling_config()
     config["provider"]["module"] = "ray_cluster_node_provider.DeploymentNodeProvider"
-    (tmp_path / "autoscaling.json").write_text(json.dumps(config, indent=2))
+    mounted = tmp_path / "etc-ray-autoscaler"
+    mounted.mkdir()
+    mount_configmap(
+        mounted,
+        {"ray_cluster_node_provider.py": PROVIDER_FILE.read_text(), "autoscaling.json": json.dumps(config, indent=2)},
+    )
     script = tmp_path / "monitor.py"
     script.write_text(RESTART_SCRIPT)
 
     done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), mode],
+        [sys.executable, str(script), str(mounted), mode],
         capture_output=True,
         text=True,
         timeout=120,
