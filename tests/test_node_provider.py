@@ -618,17 +618,20 @@ def test_scale_down_removes_exactly_the_idle_pod_ray_chose(kube: FakeKubernetes,
     assert len(kube.writes()) == 3
 
 
-def test_scale_down_never_goes_below_min_workers_and_keeps_busy_pods(kube: FakeKubernetes) -> None:
+def test_scale_down_of_every_idle_pod_stops_at_min_workers(kube: FakeKubernetes) -> None:
     standard_cluster(kube, worker=3)
-    first, second, third = kube.live("worker")
+    workers = kube.live("worker")
     monitor = Monitor(kube)
 
-    monitor.update(idle={first: 3600.0, second: 3600.0, third: 3600.0})
+    monitor.update(idle=dict.fromkeys(workers, 3600.0))
     kube.tick(2)
 
-    assert kube.replicas("worker") == 1 and len(kube.live("worker")) == 1
-    assert sorted(monitor.gcs.drained) == sorted(name.encode() for name in (first, second, third) if name in
-                                                 set((first, second, third)) - set(kube.live("worker")))  # fmt: skip
+    [kept] = kube.live("worker")
+    assert kube.replicas("worker") == 1
+    assert sorted(monitor.gcs.drained) == sorted(name.encode() for name in workers if name != kept)
+    assert [call for call in kube.writes() if call[0] == "DELETE"] == [
+        ("DELETE", pod_path(name), None) for name in workers if name != kept
+    ]
 
 
 def test_a_chosen_pod_whose_deletion_failed_is_not_reported_and_holds_scaling_until_it_is_gone(
