@@ -556,6 +556,41 @@ def test_a_service_name_is_a_cluster_ip_that_follows_its_pods_and_refuses_withou
     assert time.monotonic() - started < 10
 
 
+# Serves its pod's name on port 8000 and asks the Service named in argv[1] until it is answered.
+ASK_MYSELF_THROUGH_THE_SERVICE = (
+    'exec python -c "import socket, sys, threading, time\n'
+    "s = socket.create_server(('', 8000))\n"
+    "serve = lambda: [c.sendall(socket.gethostname().encode()) or c.close() for c, _ in iter(s.accept, None)]\n"
+    "threading.Thread(target=serve, daemon=True).start()\n"
+    "while True:\n"
+    "    try:\n"
+    "        print('answered by', socket.create_connection((sys.argv[1], 8000), timeout=2).recv(100).decode(),"
+    " flush=True)\n"
+    "        break\n"
+    "    except OSError as error:\n"
+    "        print(error, flush=True); time.sleep(0.5)\n"
+    'time.sleep(3600)" '
+)
+
+
+@pytest.mark.rehearsal
+def test_a_pod_reaches_itself_through_its_own_services_cluster_ip(cluster: Cluster) -> None:
+    """Hairpin traffic, as the kubelet's hairpin mode allows it: the head's autoscaler container waits for the
+    GCS of its own pod through the head Service."""
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "self", "namespace": NAMESPACE},
+               "spec": {"selector": {"app": "self"}, "ports": [{"port": 8000}]}}  # fmt: skip
+    cluster.apply(service)
+    itself = deployment(
+        "self", 1, template(container(ASK_MYSELF_THROUGH_THE_SERVICE + f"self.{NAMESPACE}.svc"), app="self")
+    )
+    cluster.apply(itself)
+    [pod] = running(cluster, itself, 1)
+    wait_for(lambda: f"answered by {pod.name}" in pod.logs("main"), 20, lambda: pod.logs("main"), interval=0.2)
+    cluster.delete(itself)
+    cluster.delete(service)
+    cluster.delete_pod(pod.name, grace_seconds=0)
+
+
 @pytest.mark.rehearsal
 def test_a_job_pod_deleted_before_it_finished_is_a_failed_attempt(cluster: Cluster) -> None:
     work = job("work", template(container(SERVE)), backoffLimit=0)

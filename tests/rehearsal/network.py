@@ -153,6 +153,9 @@ class PodNetwork:
         ip("netns", "add", namespace)
         ip("-n", self.node, "link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", namespace)
         ip("-n", self.node, "link", "set", host_side, "master", "br0", "up")
+        # Hairpin, as the kubelet sets it (--hairpin-mode): a pod's connection to its own Service's ClusterIP,
+        # forwarded back to itself, leaves the bridge through the port it came in by.
+        ip("-n", self.node, "link", "set", host_side, "type", "bridge_slave", "hairpin", "on")
         ip("-n", namespace, "link", "set", "lo", "up")
         ip("-n", namespace, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", "eth0")
         ip("-n", namespace, "link", "set", "eth0", "up")
