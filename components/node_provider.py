@@ -386,7 +386,8 @@ class DeploymentNodeProvider(BatchingNodeProvider):
     """Ray's nodes as the pods of one cluster's head and worker Deployments (see the module's docstring).
 
     Provider config keys: `namespace`, `cluster` (the `ray.io/cluster` label's value; Ray's cluster name if
-    absent), `deployments` (worker group -> Deployment name, every worker group), and the flags
+    absent), `deployments` (worker group -> Deployment name, every worker group), `heartbeat_file` (optional: a
+    file touched after each read of the cluster, for the container's probes), and the flags
     BatchingNodeProvider and this provider require: `disable_node_updaters`, `disable_launch_config_check`,
     `foreground_node_launch` true and `worker_liveness_check` false (Kubernetes restarts and probes the pods).
     """
@@ -406,6 +407,9 @@ class DeploymentNodeProvider(BatchingNodeProvider):
         # Pods Ray chose to remove, until they are terminating or gone. The removal mark on the pod says the same
         # for a monitor that restarted; this set also covers a pod whose marking failed.
         self.chosen: set[str] = set()
+        # Touched after each successful read of the cluster: the container's probes read its age (the monitor
+        # itself leaves no trace of a live update loop).
+        self.heartbeat = Path(provider_config["heartbeat_file"]) if provider_config.get("heartbeat_file") else None
         self._config_file = _MODULE_FILE.with_name(CONFIG_FILE)
         self._loaded_provider_config = self._mounted_provider_config()
         logger.info(
@@ -434,6 +438,9 @@ class DeploymentNodeProvider(BatchingNodeProvider):
             if manifest is not None:
                 self.deployment_states[group] = Deployment.parse(group, manifest)
         self.chosen = {name for name in self.chosen if name in self.pods and not self.pods[name].terminating}
+        if self.heartbeat is not None:
+            self.heartbeat.parent.mkdir(parents=True, exist_ok=True)
+            self.heartbeat.touch()
         return {
             pod.name: NodeData(
                 kind=NODE_KIND_HEAD if pod.head else NODE_KIND_WORKER,

@@ -878,6 +878,28 @@ def test_the_cluster_label_defaults_to_rays_cluster_name() -> None:
     assert kube.calls[0][1].endswith("labelSelector=ray.io/cluster%3Dother")
 
 
+def test_the_heartbeat_is_touched_after_each_read_of_the_cluster_and_not_when_it_fails(
+    kube: FakeKubernetes, tmp_path: Path
+) -> None:
+    """The autoscaler container's probes read its age (components/autoscaling.py): fresh only while reads work."""
+    standard_cluster(kube)
+    heartbeat = tmp_path / "autoscaler" / "heartbeat"
+    watched = DeploymentNodeProvider(
+        {**copy.deepcopy(PROVIDER_CONFIG), "heartbeat_file": str(heartbeat)}, CLUSTER, api=kube
+    )
+    watched.get_node_data()
+    assert heartbeat.exists()
+    os.utime(heartbeat, (0, 0))
+    pods = f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=ray.io/cluster%3D{CLUSTER}"
+    kube.refusals[("GET", pods)] = forbidden("list", "pods", "")
+    with pytest.raises(node_provider.KubernetesApiError):
+        watched.get_node_data()
+    assert heartbeat.stat().st_mtime == 0
+    del kube.refusals[("GET", pods)]
+    watched.get_node_data()
+    assert heartbeat.stat().st_mtime > 0
+
+
 # -- The HTTP client -----------------------------------------------------------------------------------------------
 
 
