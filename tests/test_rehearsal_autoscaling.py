@@ -1,0 +1,222 @@
+"""The rehearsal of autoscaling: the rendered pods run as real Ray processes, Ray's monitor among them in the head
+pod's autoscaler container, which loads the project's node provider from its ConfigMap and scales the worker
+Deployments through the rehearsal's Kubernetes API (tests/rehearsal/apiserver.py) with the projected token, as
+the Role allows.
+
+One cluster lives through the module (1 worker that may grow to 2, and a GPU group from 0 to 1), in order:
+(a) more CPU demand than the cluster has scales the default group up to maxWorkers and every task completes, while
+`pulumi up` with the same config changes nothing; (b) once idle for idleTimeoutSeconds, the group goes back to
+`workers`, removing the idle worker and not the one still running a task, which completes; (c) a task asking for a
+GPU scales the GPU group from 0 to 1 and it goes back to 0 once idle; (d) the autoscaler's token does nothing
+outside the Role, and the Ray container of the head cannot find it. Needs root; without it these tests fail.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from tests.program import render
+from tests.rehearsal.cluster import Cluster, wait_for
+from tests.rehearsal.kubelet import Pod
+from tests.test_rehearsal import Deployment
+
+pytestmark = pytest.mark.rehearsal
+
+IDLE_SECONDS = 10
+CONFIG: dict[str, object] = {
+    "workers": "1",
+    "maxWorkers": "2",
+    "idleTimeoutSeconds": str(IDLE_SECONDS),
+    "gcsReconnectTimeoutSeconds": "15",
+    "workerGroups": [{"name": "gpu", "replicas": 0, "maxReplicas": 1, "gpus": 1}],
+}
+NAMESPACE = "ray-test"
+# Ray's monitor decides every 5 s (AUTOSCALER_UPDATE_INTERVAL_S); a new worker pod then starts Ray and joins.
+SCALE_UP_BOUND_SECONDS = 90
+# Idle for IDLE_SECONDS, noticed at the next update, drained, its pod deleted and gone.
+SCALE_DOWN_BOUND_SECONDS = IDLE_SECONDS + 60
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+NODE_OF_EACH_TASK = """
+import ray, time
+ray.init()
+
+@ray.remote(num_cpus=1)
+def work(seconds):
+    time.sleep(seconds)
+    return ray.util.get_node_ip_address()
+
+print("ran on", repr(sorted(set(ray.get([work.remote(15) for _ in range(6)])))))
+"""
+
+
+def busy_on(ip: str, seconds: int) -> str:
+    """A job whose one task runs `seconds` on the node of that IP (Ray's `node:<ip>` resource pins it there)."""
+    return f"""
+import ray, time
+ray.init()
+
+@ray.remote(num_cpus=1, resources={{"node:{ip}": 0.01}})
+def work():
+    time.sleep({seconds})
+    return ray.util.get_node_ip_address()
+
+print("ran on", repr(ray.get(work.remote())))
+"""
+
+
+GPU_TASK = """
+import ray
+ray.init()
+
+@ray.remote(num_gpus=1)
+def on_a_gpu():
+    return ray.util.get_node_ip_address(), ray.get_gpu_ids()
+
+print("gpu task", repr(ray.get(on_a_gpu.remote())))
+"""
+
+
+@pytest.fixture(scope="module")
+def deployment(cluster: Cluster) -> Deployment:
+    # One GPU on the node, for the GPU group's one pod.
+    cluster.node = dataclasses.replace(cluster.node, allocatable={**cluster.node.allocatable, "nvidia.com/gpu": 1})
+    deployment = Deployment(cluster, render(), token="", config=dict(CONFIG))
+    deployment.configure()
+    deployment.up()
+    return deployment
+
+
+def replicas(deployment: Deployment, name: str) -> int:
+    live: int = deployment.cluster.get("Deployment", NAMESPACE, name)["spec"]["replicas"]
+    return live
+
+
+def ran_on(logs: str, prefix: str) -> Any:
+    [line] = [line for line in logs.splitlines() if line.startswith(prefix)]
+    return ast.literal_eval(line.removeprefix(prefix))
+
+
+def container_exec(pod: Pod, container: str, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """`kubectl exec POD -c CONTAINER -- COMMAND`."""
+    argv = pod.exec_argv(container, command)
+    assert argv is not None, f"{container} of {pod.name} is not running"
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_it_forms_passes_its_smoke_test_and_settles_at_its_least_size(deployment: Deployment) -> None:
+    """The smoke test's calls are work too: the autoscaler may add the second worker for them, which then goes
+    once idle. The GPU group, whose nodes the CPU-only calls do not need, stays at 0."""
+    head = deployment.head()
+    assert head.ready and set(head.statuses) >= {"ray-head", "autoscaler"}
+    assert "Success!" in deployment.smoke_test()
+    wait_for(lambda: replicas(deployment, "ray-worker") == 1, SCALE_DOWN_BOUND_SECONDS, "the default group at 1")
+    wait_for(lambda: len(deployment.workers()) == 1, SCALE_DOWN_BOUND_SECONDS, "1 worker pod")
+    assert replicas(deployment, "ray-gpu") == 0 and not deployment.pods("ray-gpu-")
+    assert head.statuses["autoscaler"].exits == [] and head.restarts() == 0
+
+
+def test_a_demand_beyond_the_cluster_scales_the_group_up_to_its_most(deployment: Deployment) -> None:
+    """(a), and `pulumi up` with the same config while the autoscaler has the group at its most changes nothing."""
+    before = {pod.name for pod in deployment.workers()}
+    submitted = time.monotonic()
+    submission = deployment.submit(NODE_OF_EACH_TASK)
+    wait_for(lambda: replicas(deployment, "ray-worker") == 2, SCALE_UP_BOUND_SECONDS, "the default group at 2")
+    [new] = wait_for(
+        lambda: [p for p in deployment.workers() if p.name not in before and p.ready] or None,
+        SCALE_UP_BOUND_SECONDS,
+        "a new worker pod, ready",
+    )
+    joined_after = time.monotonic() - submitted
+    deployment.up()
+    assert replicas(deployment, "ray-worker") == 2
+    status, logs = deployment.finished_job(submission, timeout=180)
+    assert status == "SUCCEEDED", logs
+    assert new.ip in ran_on(logs, "ran on "), logs
+    assert replicas(deployment, "ray-worker") == 2  # its most: never above
+    print(f"scale-up: a new worker ready {joined_after:.1f} s after the demand")
+
+
+def test_idle_workers_go_back_to_the_least_size_and_busy_ones_stay(deployment: Deployment) -> None:
+    """(b)"""
+    workers = deployment.workers()
+    assert len(workers) == 2
+    busy, idle = workers
+    submission = deployment.submit(busy_on(busy.ip, SCALE_DOWN_BOUND_SECONDS))
+    wait_for(lambda: replicas(deployment, "ray-worker") == 1, SCALE_DOWN_BOUND_SECONDS, "the default group at 1")
+    wait_for(lambda: idle.name not in deployment.cluster.pods, SCALE_DOWN_BOUND_SECONDS, "the idle worker gone")
+    assert [pod.name for pod in deployment.workers()] == [busy.name]
+    status, logs = deployment.finished_job(submission, timeout=SCALE_DOWN_BOUND_SECONDS + 60)
+    assert status == "SUCCEEDED", logs
+    assert ran_on(logs, "ran on ") == busy.ip
+    assert busy.restarts() == 0 and busy.statuses["ray-worker"].exits == []
+    time.sleep(IDLE_SECONDS + 10)  # idle again, at its least size: nothing more goes
+    assert replicas(deployment, "ray-worker") == 1 and [p.name for p in deployment.workers()] == [busy.name]
+
+
+def test_a_gpu_task_brings_a_gpu_worker_from_zero_and_it_goes_again(deployment: Deployment) -> None:
+    """(c)"""
+    submission = deployment.submit(GPU_TASK)
+    status, logs = deployment.finished_job(submission, timeout=SCALE_UP_BOUND_SECONDS + 60)
+    assert status == "SUCCEEDED", logs
+    [gpu_pod] = deployment.pods("ray-gpu-")
+    ip, gpu_ids = ran_on(logs, "gpu task ")
+    assert ip == gpu_pod.ip
+    assert gpu_ids == [0]
+    wait_for(lambda: replicas(deployment, "ray-gpu") == 0, SCALE_DOWN_BOUND_SECONDS, "the GPU group back at 0")
+    wait_for(lambda: not deployment.pods("ray-gpu-"), SCALE_DOWN_BOUND_SECONDS, "the GPU worker gone")
+
+
+KUBERNETES_REQUEST = """
+import json, os, sys, requests
+method, path = sys.argv[1], sys.argv[2]
+directory = "/var/run/secrets/kubernetes.io/serviceaccount"
+url = f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}{path}"
+token = open(f"{directory}/token").read()
+headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json"}
+body = sys.argv[3] if len(sys.argv) > 3 else None
+answer = requests.request(method, url, headers=headers, data=body, verify=f"{directory}/ca.crt", timeout=10)
+print(answer.status_code, answer.json().get("message", ""))
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected"),
+    [
+        ("GET", f"/api/v1/namespaces/{NAMESPACE}/pods", None, "200"),
+        ("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets", None, "403"),
+        ("PATCH", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/ray-head/scale", '{"spec":{"replicas":2}}', "403"),
+        ("DELETE", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/ray-worker", None, "403"),
+        ("GET", "/api/v1/namespaces/default/pods", None, "403"),
+    ],
+    ids=["its pods", "secrets", "the head's scale", "a deployment", "another namespace"],
+)
+def test_the_autoscalers_token_does_nothing_outside_the_role(
+    deployment: Deployment, method: str, path: str, body: str | None, expected: str
+) -> None:
+    """(d)"""
+    command = ["python", "-c", KUBERNETES_REQUEST, method, path, *([body] if body else [])]
+    answered = container_exec(deployment.head(), "autoscaler", command)
+    assert answered.returncode == 0, answered.stderr
+    code, _, message = answered.stdout.strip().partition(" ")
+    assert code == expected, answered.stdout
+    if expected == "403":
+        assert 'User "system:serviceaccount:ray-test:ray-autoscaler" cannot' in message, message
+    assert replicas(deployment, "ray-head") == 1
+
+
+def test_the_ray_container_of_the_head_cannot_find_the_token(deployment: Deployment) -> None:
+    """Job drivers run in the Ray container: no token at the well-known path, nor mounted anywhere else."""
+    head = deployment.head()
+    looked = container_exec(head, "ray-head", ["sh", "-c", f"ls -A {TOKEN_DIR} 2>/dev/null; cat /proc/self/mountinfo"])
+    assert looked.returncode == 0, looked.stderr
+    assert "serviceaccount" not in looked.stdout and "kube-api-access" not in looked.stdout, looked.stdout
+    found = container_exec(head, "autoscaler", ["sh", "-c", f"test -s {TOKEN_DIR}/token && cat /proc/self/mountinfo"])
+    # (/var/run is a link to /run, where the mount table shows it.)
+    assert found.returncode == 0 and "/secrets/kubernetes.io/serviceaccount" in found.stdout, found.stderr
