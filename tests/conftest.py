@@ -15,6 +15,8 @@ from tests.rehearsal.cluster import Cluster
 
 BUILDER_TESTS_FIRST = (
     "test_smoke_test.py",
+    "test_node_provider.py",
+    "test_autoscaling.py",
     "test_pods.py",
     "test_pod_templates.py",
     "test_settings.py",
