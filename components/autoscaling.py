@@ -32,18 +32,24 @@ PROVIDER_CLASS = "DeploymentNodeProvider"
 # Where a pod's service-account files are by Kubernetes' convention, which in-cluster clients (Ray's KubeRay
 # provider among them) read: `token`, `ca.crt` and `namespace`.
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-# What automount would give (kube-api-access-*): a bound token the kubelet renews, which dies with the pod.
-TOKEN_SECONDS = 3607
+# A bound token the kubelet renews, which dies with the pod, as automount would give it (kube-api-access-*).
+# An hour: the provider reads the file before every request, and the kubelet renews it at 80% of that. (Not
+# automount's 3607 s, which the API server by default extends to a year, for clients that never re-read it.)
+TOKEN_SECONDS = 3600
 # The head's node type in the autoscaling config; worker node types are the group names, which may not be `head`.
 HEAD_NODE_TYPE = "head"
 # KubeRay's default for its autoscaler container: the monitor is one Python process that wakes every 5 seconds.
 RESOURCES = PodResources(cpu="500m", memory="512Mi")
 # Ray's monitor logs to its container's stderr (`kubectl logs <head pod> -c autoscaler`) with an empty file name;
-# its events still go to a directory.
+# its events still go to a directory, in the container's own /tmp.
 _EVENTS_DIR = "/tmp/ray/autoscaler"
 # The node provider touches this file whenever it has read the cluster's pods from the Kubernetes API, once per
 # autoscaler update (every 5 s): the container's probes read its age. The monitor itself leaves no such trace.
 HEARTBEAT_FILE = f"{_EVENTS_DIR}/heartbeat"
+# The container's own scratch space: nothing it reads or runs may be writable from the Ray container, where job
+# drivers run (a planted module or `usercustomize`, a stale heartbeat that restarts it into them, would run next
+# to the token).
+_SCRATCH_VOLUMES = (("autoscaler-tmp", "/tmp"), ("autoscaler-home", pods.HOME_DIR))
 # Ready once an update has gone through within this many seconds; restarted once none has for LIVENESS_SECONDS
 # (an API server that is away for that long, a hung monitor), but not while it waits for the head's GCS.
 READINESS_SECONDS = 30
@@ -132,16 +138,18 @@ def config_files(settings: ClusterSettings, provider_source: str) -> dict[str, s
 
 
 def role_rules(settings: ClusterSettings) -> list[pods.Manifest]:
-    """What the provider does, and nothing more: read the cluster's pods, mark and delete the idle ones the
-    autoscaler removes, read Deployments, and scale only the autoscaled ones (by name: a Role cannot name the pods,
-    whose names are random)."""
+    """Exactly the calls the node provider makes, and nothing more: list the pods and delete the idle ones the
+    autoscaler removes (a Role cannot name pods, whose names are random), read the worker Deployments and scale
+    the autoscaled ones, by name. No pod `patch`: it would let the token change a pod's image, i.e. run code in
+    any pod of the namespace."""
+    deployments = [f"{settings.cluster_name}-{group.name}" for group in settings.worker_groups]
     return [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch", "delete"]},
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"], "resourceNames": deployments},
         {
             "apiGroups": ["apps"],
             "resources": ["deployments/scale"],
-            "verbs": ["get", "patch", "update"],
+            "verbs": ["patch"],
             "resourceNames": autoscaled_deployments(settings),
         },
     ]
@@ -169,14 +177,17 @@ def volumes(settings: ClusterSettings) -> list[pods.Manifest]:
     return [
         {"name": CONTAINER_NAME, "configMap": {"name": name(settings), "defaultMode": 0o444}},
         {"name": _API_ACCESS_VOLUME, "projected": {"defaultMode": 0o444, "sources": service_account_files}},
+        *({"name": volume, "emptyDir": {}} for volume, _ in _SCRATCH_VOLUMES),
     ]
 
 
 def monitor_command(settings: ClusterSettings) -> list[str]:
-    """Wait for the head's GCS (as workers do), then run Ray's monitor against it, as KubeRay's autoscaler
-    container does. Its events go below /tmp, its log to stderr."""
+    """Wait for the GCS of its own pod (as workers wait for the head's), then run Ray's monitor against it, as
+    KubeRay's autoscaler container does. Its events go below its /tmp, its log to stderr. `-s`: no user site
+    directory, whatever lies in HOME."""
     monitor = [
         "python",
+        "-s",
         "-m",
         "ray.autoscaler._private.monitor",
         f"--gcs-address=${pods.POD_IP_ENV}:{pods.GCS_PORT}",
@@ -185,7 +196,8 @@ def monitor_command(settings: ClusterSettings) -> list[str]:
         "--logging-filename=",
     ]
     # A heartbeat left by the container's last run (its /tmp outlives it) would soon read as a hung monitor.
-    return pods.shell(f"rm -f {HEARTBEAT_FILE}; {pods.wait_for_gcs_script(settings)}; exec {' '.join(monitor)}")
+    wait = pods.wait_for_gcs_script(settings, host=f"${pods.POD_IP_ENV}")
+    return pods.shell(f"rm -f {HEARTBEAT_FILE}; {wait}; exec {' '.join(monitor)}")
 
 
 def sidecar(settings: ClusterSettings) -> pods.Sidecar:
@@ -208,17 +220,24 @@ def heartbeat_probe(*, liveness: bool) -> pods.Manifest:
 
 def container(settings: ClusterSettings) -> pods.Manifest:
     """The autoscaler container of the head pod: the head's image (Ray's monitor must match the GCS's version),
-    the Ray token to reach the GCS, and the only mount of the Kubernetes token."""
+    the Ray token to reach the GCS, the only mount of the Kubernetes token, and nothing the Ray container can
+    write: its own /tmp and HOME, and the read-only config as its working directory (which `python -m` puts
+    first on the module path)."""
     return {
         "name": CONTAINER_NAME,
         "image": settings.image,
         "command": monitor_command(settings),
-        "workingDir": pods.HOME_DIR,
-        "env": [*pods.ray_env(settings), {"name": "PYTHONPATH", "value": CONFIG_DIR}],
+        "workingDir": CONFIG_DIR,
+        "env": [
+            *pods.ray_env(settings),
+            {"name": "PYTHONPATH", "value": CONFIG_DIR},
+            {"name": "PYTHONNOUSERSITE", "value": "1"},
+        ],
         "resources": pods.container_resources(RESOURCES),
         "securityContext": container_security(),
         "volumeMounts": [
-            *pods.ray_volume_mounts(settings, shm=False),
+            *({"name": volume, "mountPath": path} for volume, path in _SCRATCH_VOLUMES),
+            *([pods.auth_token_mount()] if settings.token_auth else []),
             {"name": CONTAINER_NAME, "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": _API_ACCESS_VOLUME, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
         ],

@@ -18,21 +18,19 @@ desired count per node type and the exact nodes to remove. This provider turns t
 
 - scale-up: a Deployment's replicas are raised through its `scale` subresource (a merge patch), for the groups
   whose count the autoscaler changed, and no other;
-- scale-down: the idle pods Ray chose (Ray has already drained them through the GCS) are marked (a very low
-  `controller.kubernetes.io/pod-deletion-cost`, and an annotation of this provider's own that outlives a restart
-  of the monitor) and deleted, and only then is the Deployment's replicas lowered. Deleting first is what makes
-  the removal exact: a ReplicaSet asked for fewer pods removes unscheduled, pending and not-ready pods before it
-  even compares deletion costs, so lowering the replicas first could take a busy worker whose readiness probe
-  failed instead of the idle one. Once the chosen pods are terminating the ReplicaSet no longer counts them and
-  has nothing left to remove; replacements it may have created in between are unscheduled, pending and the
-  newest, the first it removes.
+- scale-down: the idle pods Ray chose (Ray has already drained them through the GCS) are deleted, and only then
+  is the Deployment's replicas lowered. Deleting first is what makes the removal exact: a ReplicaSet asked for
+  fewer pods removes unscheduled, pending and not-ready pods before it even compares deletion costs, so lowering
+  the replicas first could take a busy worker whose readiness probe failed instead of the idle one. Once the
+  chosen pods are terminating the ReplicaSet no longer counts them and has nothing left to remove; replacements
+  it may have created in between are unscheduled, pending and the newest, the first it removes.
 
 Two rules keep a request from being computed from a count that lags (what BatchingNodeProvider's consistency
 requirement is about): chosen pods are never reported again, and `safe_to_scale()` is False while a chosen pod is
 not yet terminating or while an autoscaled Deployment's live pods differ from its replicas (its ReplicaSet has not
 caught up with the last request, or a rollout is under way). A Deployment whose replicas Pulumi owns (no
-`ray-cluster.pulumi.com/autoscaled` annotation: a group with as many replicas as its maximum) is reported, never
-scaled; the Role would refuse it anyway.
+`ray-cluster.pulumi.com/autoscaled` annotation: a group with as many replicas as its maximum) is reported, but
+neither scaled nor are its pods removed (the Role would refuse the scale, not the deletion).
 
 Kubernetes API access is in-cluster: `KUBERNETES_SERVICE_HOST`/`_PORT`, the service-account token (re-read before
 every request, since the kubelet rotates it) and CA that only this container mounts. An API error is raised with
@@ -54,7 +52,6 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 from urllib.parse import quote
@@ -76,12 +73,6 @@ NODE_TYPE_LABEL = "ray.io/node-type"
 HEAD_GROUP = "head"
 # Set by the component on the Deployments whose replicas it leaves to the autoscaler (ray_cluster.py, `_AUTOSCALED`).
 AUTOSCALED_ANNOTATION = "ray-cluster.pulumi.com/autoscaled"
-# A ReplicaSet that must remove pods removes those with the lowest cost first, among equally ready ones.
-DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
-LOWEST_DELETION_COST = str(-(2**31))
-# This provider's own mark on a pod Ray chose to remove: a monitor that restarts before the pod is gone still
-# knows not to report it, and deletes it.
-REMOVAL_ANNOTATION = "ray-cluster.pulumi.com/removed-by-autoscaler"
 # The autoscaling config's file name in the ConfigMap, next to this module's (autoscaling.py, `CONFIG_FILE`).
 CONFIG_FILE = "autoscaling.json"
 # Kubernetes restarts the container whatever its exit code (restartPolicy Always); 0 says it was meant.
@@ -237,18 +228,15 @@ class Pod:
     terminating: bool
     # Counted by its ReplicaSet (controller.FilterActivePods): not terminating, not Failed or Succeeded.
     active: bool
-    # Carries this provider's removal mark.
-    marked: bool
 
     @property
     def head(self) -> bool:
-        return self.group == HEAD_GROUP
+        return self.group == HEAD_GROUP and self.kind == HEAD_GROUP
 
     @classmethod
     def parse(cls, manifest: Manifest) -> Pod:
         metadata = manifest.get("metadata") or {}
         labels = metadata.get("labels") or {}
-        annotations = metadata.get("annotations") or {}
         status = manifest.get("status") or {}
         terminating = metadata.get("deletionTimestamp") is not None
         return cls(
@@ -259,7 +247,6 @@ class Pod:
             status=node_status(manifest),
             terminating=terminating,
             active=not terminating and status.get("phase", "Pending") not in _ENDED_PHASES,
-            marked=REMOVAL_ANNOTATION in annotations,
         )
 
 
@@ -300,7 +287,6 @@ def _waiting_reason(containers: Iterable[Manifest]) -> str | None:
 class Deployment:
     """What the provider needs of a worker Deployment."""
 
-    group: str
     name: str
     replicas: int
     # Its replicas are the autoscaler's: the component set them once and leaves them alone.
@@ -310,7 +296,7 @@ class Deployment:
     refused: str | None
 
     @classmethod
-    def parse(cls, group: str, manifest: Manifest) -> Deployment:
+    def parse(cls, manifest: Manifest) -> Deployment:
         metadata = manifest.get("metadata") or {}
         spec = manifest.get("spec") or {}
         status = manifest.get("status") or {}
@@ -320,7 +306,6 @@ class Deployment:
                 if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
                     refused = str(condition.get("message") or condition.get("reason") or "ReplicaFailure")
         return cls(
-            group=group,
             name=str(metadata.get("name", "")),
             replicas=int(spec.get("replicas", 1)),
             autoscaled=(metadata.get("annotations") or {}).get(AUTOSCALED_ANNOTATION) == "true",
@@ -334,7 +319,9 @@ class Plan:
 
     remove: list[str] = field(default_factory=list)
     replicas: dict[str, int] = field(default_factory=dict)
-    # Groups whose count Ray changed but whose Deployment is not the autoscaler's, and why.
+    # Groups whose count Ray changed but whose Deployment is not the autoscaler's, and why: neither their replicas
+    # nor their pods are touched (Ray asks to remove pods of a group above its maximum, busy or not, e.g. while
+    # a new `replicas` has reached the Deployment and not yet the mounted config).
     ignored: dict[str, str] = field(default_factory=dict)
 
 
@@ -361,7 +348,6 @@ def plan(
         if node is None or node.kind != NODE_KIND_WORKER:
             continue
         chosen.setdefault(node.type, []).append(name)
-        result.remove.append(name)
     for group in sorted(set(request.desired_num_workers) | set(chosen)):
         removed = chosen.get(group, [])
         launched = request.desired_num_workers.get(group, reported[group]) - reported[group] + len(removed)
@@ -374,7 +360,8 @@ def plan(
         if not deployment.autoscaled:
             result.ignored[group] = f"Deployment {deployment.name} is not autoscaled (its replicas are Pulumi's)"
             continue
-        counted = sum(1 for pod in pods.values() if pod.group == group and pod.active and not pod.marked)
+        result.remove += removed
+        counted = sum(1 for pod in pods.values() if pod.group == group and pod.active)
         counted_removed = sum(1 for name in removed if name in pods and pods[name].active)
         replicas = counted - counted_removed + launched if removed else max(deployment.replicas, counted + launched)
         if replicas != deployment.replicas:
@@ -404,8 +391,8 @@ class DeploymentNodeProvider(BatchingNodeProvider):
         self.api = api if api is not None else in_cluster_api()
         self.pods: dict[str, Pod] = {}
         self.deployment_states: dict[str, Deployment] = {}
-        # Pods Ray chose to remove, until they are terminating or gone. The removal mark on the pod says the same
-        # for a monitor that restarted; this set also covers a pod whose marking failed.
+        # Pods Ray chose to remove, until they are terminating or gone (a monitor that restarts in between forgets
+        # them: still idle, they are chosen again).
         self.chosen: set[str] = set()
         # Touched after each successful read of the cluster: the container's probes read its age (the monitor
         # itself leaves no trace of a live update loop).
@@ -436,7 +423,7 @@ class DeploymentNodeProvider(BatchingNodeProvider):
         for group, name in sorted(self.deployments.items()):
             manifest = self._get_deployment(name)
             if manifest is not None:
-                self.deployment_states[group] = Deployment.parse(group, manifest)
+                self.deployment_states[group] = Deployment.parse(manifest)
         self.chosen = {name for name in self.chosen if name in self.pods and not self.pods[name].terminating}
         if self.heartbeat is not None:
             self.heartbeat.parent.mkdir(parents=True, exist_ok=True)
@@ -454,7 +441,7 @@ class DeploymentNodeProvider(BatchingNodeProvider):
 
     def safe_to_scale(self) -> bool:
         """False while the last request has not settled: a chosen pod is not yet terminating (it is deleted again
-        here: a deletion that failed, or a mark left by a monitor that restarted), or an autoscaled Deployment's
+        here, after a deletion that failed), or an autoscaled Deployment's
         live pods differ from its replicas (its ReplicaSet has yet to create or remove pods, or a rollout is under
         way). Ray would otherwise count nodes that are about to go, or miss nodes that are about to come, and ask
         for too many or too few."""
@@ -462,7 +449,7 @@ class DeploymentNodeProvider(BatchingNodeProvider):
         for pod in self.pods.values():
             if self._is_chosen(pod) and not pod.terminating:
                 logger.info("Removing pod %s, which the autoscaler chose earlier.", pod.name)
-                self._remove(pod.name, marked=pod.marked)
+                self._remove(pod.name)
                 settled = False
         for group, deployment in sorted(self.deployment_states.items()):
             if not deployment.autoscaled:
@@ -488,13 +475,13 @@ class DeploymentNodeProvider(BatchingNodeProvider):
         return settled
 
     def submit_scale_request(self, scale_request: ScaleRequest) -> None:
-        """Scale-ups first, then the chosen pods are marked and deleted, then the Deployments they leave are
-        lowered: replicas are lowered only once every chosen pod is terminating, so that the ReplicaSet never picks
-        a pod of its own choosing (see the module's docstring). A failure stops there and is raised: replicas
-        are never lowered past a pod that is still alive."""
-        # Registered before any call, so that they are never reported again even if a call below fails.
-        self.chosen |= set(scale_request.workers_to_delete)
+        """Scale-ups first, then the chosen pods are deleted, then the Deployments they leave are lowered: replicas
+        are lowered only once every chosen pod is terminating, so that the ReplicaSet never picks a pod of its own
+        choosing (see the module's docstring). A failure stops there and is raised: replicas are never lowered
+        past a pod that is still alive. Pods of a group that is not the autoscaler's are never removed."""
         wanted = plan(scale_request, self.node_data_dict, self.pods, self.deployment_states)
+        # Registered before any call, so that they are never reported again even if a call below fails.
+        self.chosen |= set(wanted.remove)
         for group, why in wanted.ignored.items():
             logger.warning("The autoscaler changed the count of group %s, which is left alone: %s.", group, why)
         current = {state.name: state.replicas for state in self.deployment_states.values()}
@@ -502,7 +489,7 @@ class DeploymentNodeProvider(BatchingNodeProvider):
             if replicas > current[name]:
                 self._scale(name, current[name], replicas)
         for pod in wanted.remove:
-            self._remove(pod, marked=False)
+            self._remove(pod)
         for name, replicas in wanted.replicas.items():
             if replicas < current[name]:
                 self._scale(name, current[name], replicas)
@@ -549,7 +536,7 @@ class DeploymentNodeProvider(BatchingNodeProvider):
     # -- Kubernetes calls -------------------------------------------------------------------------------------
 
     def _is_chosen(self, pod: Pod) -> bool:
-        return pod.marked or pod.name in self.chosen
+        return pod.name in self.chosen
 
     def _get_deployment(self, name: str) -> Manifest | None:
         try:
@@ -565,16 +552,13 @@ class DeploymentNodeProvider(BatchingNodeProvider):
         path = f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}/scale"
         self.api.merge_patch(path, {"spec": {"replicas": replicas}})
 
-    def _remove(self, name: str, *, marked: bool) -> None:
-        """Mark a chosen pod (a lowest deletion cost, so that a ReplicaSet that still counts it removes it first,
-        and the removal mark), then delete it. A pod already gone is fine."""
+    def _remove(self, name: str) -> None:
+        """Delete a chosen pod (gracefully: it drains for its grace period). A pod already gone is fine. It is
+        not marked first (a pod-deletion-cost): deleting it before the replicas are lowered leaves the ReplicaSet
+        nothing to pick, and patching pods is a right the Role does better without (a pod's image can be changed
+        in place)."""
         path = f"/api/v1/namespaces/{self.namespace}/pods/{name}"
         try:
-            if not marked:
-                # Not datetime.UTC (Python 3.11): Ray 2.60 images may run Python 3.10, older than the program's.
-                when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: UP017
-                annotations = {DELETION_COST_ANNOTATION: LOWEST_DELETION_COST, REMOVAL_ANNOTATION: when}
-                self.api.merge_patch(path, {"metadata": {"annotations": annotations}})
             logger.info("Deleting pod %s, which the autoscaler removes.", name)
             self.api.delete(path)
         except KubernetesApiError as error:

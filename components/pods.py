@@ -31,6 +31,7 @@ NOFILE_LIMIT = 65536
 MIB = sizing.MIB
 POD_IP_ENV = "RAY_POD_IP"
 AUTH_TOKEN_DIR = "/etc/ray/auth"
+AUTH_TOKEN_VOLUME = "auth-token"
 AUTH_TOKEN_KEY = "token"
 SMOKE_TEST_MOUNT = "/opt/ray-smoke-test"
 SMOKE_TEST_FILE = "smoke_test.py"
@@ -162,7 +163,7 @@ GCS_POLL_SECONDS = "0.2"
 WAIT_REPORT_SECONDS = 5
 
 
-def wait_for_gcs_script(settings: ClusterSettings) -> str:
+def wait_for_gcs_script(settings: ClusterSettings, host: str | None = None) -> str:
     """Loop until the head's GCS answers and accepts this cluster's token, so workers wait instead of crash-looping
     while the head starts (or while a rotated token reaches it), and say why they wait: the name does not resolve,
     the port refuses, or what `ray health-check` said (a token the head does not accept, say), at once when the
@@ -171,9 +172,11 @@ def wait_for_gcs_script(settings: ClusterSettings) -> str:
     A plain TCP connect (bash's /dev/tcp) gates the `ray health-check`, so the waiting workers do not spend the
     CPU the starting head needs on a Python start; it is tried five times a second, so a worker learns of the
     open port within a fifth of a second. Only the first line of bash's own message is kept, without its
-    `bash: line 1: ` prefix.
+    `bash: line 1: ` prefix. `host` is the head Service's name unless given (a container of the head pod itself
+    waits on its own pod's address).
     """
-    host, address = settings.head_host, f"{settings.head_host}:{GCS_PORT}"
+    host = host or settings.head_host
+    address = f"{host}:{GCS_PORT}"
     return (
         "said=; said_at=0; while true; do "
         f"if why=$( (exec 3<>/dev/tcp/{host}/{GCS_PORT}) 2>&1 ); then "
@@ -219,7 +222,7 @@ def ray_volumes(settings: ClusterSettings, node: RayNodeSizing | None) -> list[M
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{node.shm_bytes // MIB}Mi"}})
     if settings.token_auth:
         secret = {"secretName": settings.auth_secret_name, "defaultMode": 0o440}
-        volumes.append({"name": "auth-token", "secret": secret})
+        volumes.append({"name": AUTH_TOKEN_VOLUME, "secret": secret})
     return volumes
 
 
@@ -228,8 +231,12 @@ def ray_volume_mounts(settings: ClusterSettings, *, shm: bool) -> list[Manifest]
     if shm:
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     if settings.token_auth:
-        mounts.append({"name": "auth-token", "mountPath": AUTH_TOKEN_DIR, "readOnly": True})
+        mounts.append(auth_token_mount())
     return mounts
+
+
+def auth_token_mount() -> Manifest:
+    return {"name": AUTH_TOKEN_VOLUME, "mountPath": AUTH_TOKEN_DIR, "readOnly": True}
 
 
 def http_probe(port: int, path: str, *, liveness: bool) -> Manifest:

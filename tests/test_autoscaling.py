@@ -21,7 +21,7 @@ from components import autoscaling
 from tests.lifecycle import plan
 from tests.program import ROOT, Manifest, Rendered, render
 from tests.ssa import LiveObject, pulumi_up
-from tests.test_program import container, env, flag, pod_spec, ray_argv
+from tests.test_program import container, env, flag, pod_spec, ray_argv, ray_container
 
 AUTOSCALING: dict[str, object] = {"maxWorkers": "4", "workers": "1"}
 GPU_FROM_ZERO: dict[str, object] = {
@@ -67,15 +67,24 @@ def test_a_maximum_equal_to_the_size_is_not_autoscaling(config: dict[str, object
     assert not render(config).of_kind("Role")
 
 
-def test_the_role_allows_reading_pods_and_deployments_and_scaling_only_the_autoscaled_ones(scaled: Rendered) -> None:
+def test_the_role_allows_listing_and_deleting_pods_and_scaling_only_the_autoscaled_deployments(
+    scaled: Rendered,
+) -> None:
+    """No pod patch (a pod's image can be changed in place); test_node_provider.py checks that these are exactly
+    the calls the provider makes."""
     role = scaled.one("Role", "ray-autoscaler")
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch", "delete"]},
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]},
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments"],
+            "verbs": ["get"],
+            "resourceNames": ["ray-worker", "ray-gpu"],
+        },
         {
             "apiGroups": ["apps"],
             "resources": ["deployments/scale"],
-            "verbs": ["get", "patch", "update"],
+            "verbs": ["patch"],
             "resourceNames": ["ray-worker", "ray-gpu"],
         },
     ]
@@ -103,7 +112,7 @@ def test_only_the_autoscaler_container_mounts_the_kubernetes_token(scaled: Rende
         "projected": {
             "defaultMode": 0o444,
             "sources": [
-                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
                 {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
                 {
                     "downwardAPI": {
@@ -136,9 +145,11 @@ def test_the_autoscaler_container_runs_rays_monitor_against_the_local_gcs(scaled
     # it gets the kubelet's SIGTERM).
     waited, monitor = script.rsplit("; exec ", 1)
     assert waited.split("; ")[1] == "rm -f /tmp/ray/autoscaler/heartbeat"
-    assert "ray health-check --address=ray-head.ray-test.svc:6379" in waited
+    # Its own pod's GCS, not through the head Service (that would need the network's hairpin support).
+    assert "ray health-check --address=$RAY_POD_IP:6379" in waited and "svc" not in waited
     assert monitor.split() == [
         "python",
+        "-s",
         "-m",
         "ray.autoscaler._private.monitor",
         "--gcs-address=$RAY_POD_IP:6379",
@@ -154,12 +165,16 @@ def test_the_autoscaler_container_runs_rays_monitor_against_the_local_gcs(scaled
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": "/etc/ray/auth/token",
         "PYTHONPATH": "/etc/ray/autoscaler",
+        "PYTHONNOUSERSITE": "1",
     }
     amounts = {"cpu": "500m", "memory": "512Mi"}
     assert sidecar["resources"] == {"requests": amounts, "limits": amounts}
+    # Nothing the Ray container (where job drivers run) can write: its own /tmp and HOME, a read-only working
+    # directory, which `python -m` puts first on the module path.
+    assert sidecar["workingDir"] == "/etc/ray/autoscaler"
     assert sidecar["volumeMounts"] == [
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "home", "mountPath": "/home/ray/workspace"},
+        {"name": "autoscaler-tmp", "mountPath": "/tmp"},
+        {"name": "autoscaler-home", "mountPath": "/home/ray/workspace"},
         {"name": "auth-token", "mountPath": "/etc/ray/auth", "readOnly": True},
         {"name": "autoscaler", "mountPath": "/etc/ray/autoscaler", "readOnly": True},
         {"name": "kube-api-access", "mountPath": TOKEN_DIR, "readOnly": True},
@@ -189,6 +204,12 @@ def test_the_configmap_ships_the_node_provider_as_it_is_in_the_repository(scaled
     assert data["ray_cluster_node_provider.py"] == (ROOT / "components" / "node_provider.py").read_text()
     volumes = pod_spec(scaled.one("Deployment", "ray-head"))["volumes"]
     assert {"name": "autoscaler", "configMap": {"name": "ray-autoscaler", "defaultMode": 0o444}} in volumes
+    assert {"name": "autoscaler-tmp", "emptyDir": {}} in volumes and {
+        "name": "autoscaler-home",
+        "emptyDir": {},
+    } in volumes
+    ray_container_mounts = {m["name"] for m in ray_container(scaled.one("Deployment", "ray-head"))["volumeMounts"]}
+    assert not {"autoscaler-tmp", "autoscaler-home", "autoscaler", "kube-api-access"} & ray_container_mounts
 
 
 def test_the_autoscaling_config_sizes_each_group_between_its_bounds(scaled: Rendered) -> None:
@@ -300,9 +321,21 @@ def test_an_unchanged_stack_plans_no_change_while_the_autoscaler_works() -> None
     assert [step for step in changes.steps if step.kind != "same"] == []
 
 
-def test_a_new_idle_timeout_changes_only_the_configmap() -> None:
+def test_a_new_idle_timeout_replaces_only_the_configmap() -> None:
+    """Under the same name, which the head pod mounts: the kubelet brings the new files to the running container."""
     changes = plan(render(AUTOSCALING), render({**AUTOSCALING, "idleTimeoutSeconds": "600"}))
-    assert {step.name for step in changes.steps if step.kind != "same"} == {"ray-autoscaler-config"}
+    assert {step.name: step.kind for step in changes.steps if step.kind != "same"} == {
+        "ray-autoscaler-config": "replace"
+    }
+
+
+def test_with_autoscaling_a_new_least_size_goes_to_the_autoscaler_not_to_the_deployment() -> None:
+    """`workers` of an autoscaled group: the Deployment's replicas are ignored, the config is replaced (and
+    the smoke test, which expects at least that many workers, runs again)."""
+    changes = plan(render(AUTOSCALING), render({**AUTOSCALING, "workers": "2"}))
+    changed = {step.name: step.kind for step in changes.steps if step.kind != "same"}
+    assert changed == {"ray-autoscaler-config": "replace", "ray-smoke-test": "replace"}
+    assert ray_config(render({**AUTOSCALING, "workers": "2"}))["available_node_types"]["worker"]["min_workers"] == 2
 
 
 def test_the_smoke_test_accepts_as_many_workers_as_the_autoscaler_may_add(scaled: Rendered) -> None:
