@@ -191,16 +191,18 @@ print(answer.status_code, answer.json().get("message", ""))
     [
         ("GET", f"/api/v1/namespaces/{NAMESPACE}/pods", None, "200"),
         ("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets", None, "403"),
+        ("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{{head}}", '{"metadata":{"labels":{"a":"b"}}}', "403"),
         ("PATCH", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/ray-head/scale", '{"spec":{"replicas":2}}', "403"),
         ("DELETE", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/ray-worker", None, "403"),
         ("GET", "/api/v1/namespaces/default/pods", None, "403"),
     ],
-    ids=["its pods", "secrets", "the head's scale", "a deployment", "another namespace"],
+    ids=["its pods", "secrets", "a pod", "the head's scale", "a deployment", "another namespace"],
 )
 def test_the_autoscalers_token_does_nothing_outside_the_role(
     deployment: Deployment, method: str, path: str, body: str | None, expected: str
 ) -> None:
     """(d)"""
+    path = path.format(head=deployment.head().name)
     command = ["python", "-c", KUBERNETES_REQUEST, method, path, *([body] if body else [])]
     answered = container_exec(deployment.head(), "autoscaler", command)
     assert answered.returncode == 0, answered.stderr
@@ -220,3 +222,24 @@ def test_the_ray_container_of_the_head_cannot_find_the_token(deployment: Deploym
     found = container_exec(head, "autoscaler", ["sh", "-c", f"test -s {TOKEN_DIR}/token && cat /proc/self/mountinfo"])
     # (/var/run is a link to /run, where the mount table shows it.)
     assert found.returncode == 0 and "/secrets/kubernetes.io/serviceaccount" in found.stdout, found.stderr
+
+
+def test_nothing_the_ray_container_writes_reaches_the_autoscaler_container(deployment: Deployment) -> None:
+    """A job driver on the head may write its /tmp and HOME: neither a planted module, a `usercustomize`, nor a
+    stale heartbeat (which would get the autoscaler restarted into them) reaches the container with the token."""
+    head = deployment.head()
+    site = "~/.local/lib/python3.11/site-packages"
+    plant = (
+        f"mkdir -p {site} /tmp/ray/autoscaler && echo 'import os; os._exit(3)' > {site}/usercustomize.py"
+        " && echo 'import os; os._exit(3)' > ~/ray_cluster_node_provider.py"
+        " && touch -d 2000-01-01 /tmp/ray/autoscaler/heartbeat"
+    )
+    planted = container_exec(head, "ray-head", ["sh", "-c", plant])
+    assert planted.returncode == 0, planted.stderr
+    seen = container_exec(head, "autoscaler", ["sh", "-c", "ls -A ~ /tmp/ray/autoscaler; pwd; cat /proc/1/cmdline"])
+    assert "usercustomize" not in seen.stdout and "ray_cluster_node_provider.py" not in seen.stdout, seen.stdout
+    assert "/etc/ray/autoscaler" in seen.stdout.splitlines()  # its working directory, read-only
+    age = container_exec(
+        head, "autoscaler", ["sh", "-c", "echo $(( $(date +%s) - $(stat -c %Y /tmp/ray/autoscaler/heartbeat) ))"]
+    )
+    assert int(age.stdout) < 30, age.stdout
