@@ -150,7 +150,16 @@ def test_idle_workers_go_back_to_the_least_size_and_busy_ones_stay(deployment: D
     busy, idle = workers
     submission = deployment.submit(busy_on(busy.ip, SCALE_DOWN_BOUND_SECONDS))
     wait_for(lambda: replicas(deployment, "ray-worker") == 1, SCALE_DOWN_BOUND_SECONDS, "the default group at 1")
-    wait_for(lambda: idle.name not in deployment.cluster.pods, SCALE_DOWN_BOUND_SECONDS, "the idle worker gone")
+    # The autoscaler deleted the idle pod (it deletes before it lowers the replicas), not the busy one.
+    assert idle.terminating or idle.name not in deployment.cluster.pods
+    assert not busy.terminating
+    # It stops as any worker does: drained, within its pod's grace period (workerDrainSeconds and a margin).
+    grace = deployment.rendered.one("Deployment", "ray-worker")["spec"]["template"]["spec"]
+    wait_for(
+        lambda: idle.name not in deployment.cluster.pods,
+        grace["terminationGracePeriodSeconds"],
+        lambda: f"the idle worker gone: {idle.events()}\n{idle.logs('ray-worker')[-3000:]}",
+    )
     assert [pod.name for pod in deployment.workers()] == [busy.name]
     status, logs = deployment.finished_job(submission, timeout=SCALE_DOWN_BOUND_SECONDS + 60)
     assert status == "SUCCEEDED", logs
