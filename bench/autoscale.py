@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import sys
 import time
@@ -35,7 +34,12 @@ from tests.program import render
 from tests.rehearsal.cluster import Cluster, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from head_loss import Dashboard, active  # a sibling script, found once its folder is on the path
+from head_loss import (  # a sibling script, found once its folder is on the path
+    Dashboard,
+    active,
+    alternate,
+    medians_table,
+)
 
 TIMEOUT = 600
 NAMESPACE = "ray-bench"
@@ -124,32 +128,22 @@ def scale_up(autoscaler: bool) -> Run:
 
 
 def main() -> None:
-    # On SIGTERM unwind normally, so every namespace and process is cleaned up.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     arguments = parser.parse_args()
-    runs: dict[bool, list[Run]] = {True: [], False: []}
-    raws = []
-    for attempt in range(1, arguments.repeat + 1):
-        for autoscaler in (True, False):
-            run = scale_up(autoscaler)
-            runs[autoscaler].append(run)
-            mode = "autoscaler" if autoscaler else "by hand   "
-            gone = f"  idle worker gone {run.scale_down:5.1f}" if run.scale_down is not None else ""
-            raws.append(
-                f"run {attempt} {mode}  pod ready {run.pod_ready:5.1f}  task started {run.task_started:5.1f}{gone}"
-            )
-            print(raws[-1], file=sys.stderr, flush=True)
 
-    def median(autoscaler: bool, field: str) -> float:
-        return float(statistics.median(getattr(run, field) for run in runs[autoscaler]))
+    def describe(autoscaler: bool, run: Run) -> str:
+        mode = "autoscaler" if autoscaler else "by hand   "
+        gone = f"  idle worker gone {run.scale_down:5.1f}" if run.scale_down is not None else ""
+        return f"{mode}  pod ready {run.pod_ready:5.1f}  task started {run.task_started:5.1f}{gone}"
 
+    runs, raws = alternate(arguments.repeat, scale_up, describe)
     print(f"Medians of {arguments.repeat} runs each, alternating:\n")
-    print("| seconds after the demand | Ray's autoscaler | by hand | ratio |\n|---|---|---|---|")
-    for field, label in (("pod_ready", "the new worker's pod ready"), ("task_started", "the task runs on it")):
-        auto, manual = median(True, field), median(False, field)
-        print(f"| {label} | {auto:.1f} | {manual:.1f} | {auto / manual:.2f}x |")
+    medians_table(
+        runs,
+        "| seconds after the demand | Ray's autoscaler | by hand | ratio |",
+        {"pod_ready": "the new worker's pod ready", "task_started": "the task runs on it"},
+    )
     gone_after = statistics.median(run.scale_down for run in runs[True] if run.scale_down is not None)
     print(
         f"\nScale-down with Ray's autoscaler (idleTimeoutSeconds {IDLE_SECONDS}): an idle worker's pod gone "

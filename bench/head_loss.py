@@ -26,9 +26,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -133,34 +134,59 @@ def lose_the_head(fault_tolerant: bool, workers: int) -> Run:
         cluster.close()
 
 
-def main() -> None:
+Measured = TypeVar("Measured")
+
+
+def alternate(
+    repeat: int, measure: Callable[[bool], Measured], describe: Callable[[bool, Measured], str]
+) -> tuple[dict[bool, list[Measured]], list[str]]:
+    """`repeat` runs of each mode, alternating (True, False, True, ...), so that whatever drifts on the machine
+    meanwhile falls on both alike; each run described as a line (also to stderr, as it comes), and the runs by mode."""
     # On SIGTERM unwind normally, so every namespace and process is cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    runs: dict[bool, list[Measured]] = {True: [], False: []}
+    raws = []
+    for attempt in range(1, repeat + 1):
+        for mode in (True, False):
+            run = measure(mode)
+            runs[mode].append(run)
+            raws.append(f"run {attempt} {describe(mode, run)}")
+            print(raws[-1], file=sys.stderr, flush=True)
+    return runs, raws
+
+
+def medians_table(runs: Mapping[bool, list[Any]], header: str, labels: Mapping[str, str]) -> None:
+    """A Markdown table: per field of the runs (labelled), the median of each mode and their ratio."""
+
+    def median(mode: bool, field: str) -> float:
+        return float(statistics.median(getattr(run, field) for run in runs[mode]))
+
+    print(f"{header}\n|---|---|---|---|")
+    for field, label in labels.items():
+        first, second = median(True, field), median(False, field)
+        print(f"| {label} | {first:.1f} | {second:.1f} | {first / second:.2f}x |")
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
     arguments = parser.parse_args()
-    runs: dict[bool, list[Run]] = {True: [], False: []}
-    raws = []
-    for attempt in range(1, arguments.repeat + 1):
-        for fault_tolerant in (True, False):
-            run = lose_the_head(fault_tolerant, arguments.workers)
-            runs[fault_tolerant].append(run)
-            mode = "fault tolerant" if fault_tolerant else "without      "
-            raws.append(
-                f"run {attempt} {mode}  head ready {run.head_ready:5.1f}  new work {run.new_work:5.1f}  "
-                f"worker restarts {run.worker_restarts}"
-            )
-            print(raws[-1], file=sys.stderr, flush=True)
 
-    def median(fault_tolerant: bool, field: str) -> float:
-        return float(statistics.median(getattr(run, field) for run in runs[fault_tolerant]))
+    def describe(fault_tolerant: bool, run: Run) -> str:
+        mode = "fault tolerant" if fault_tolerant else "without      "
+        return (
+            f"{mode}  head ready {run.head_ready:5.1f}  new work {run.new_work:5.1f}  "
+            f"worker restarts {run.worker_restarts}"
+        )
 
+    runs, raws = alternate(arguments.repeat, lambda mode: lose_the_head(mode, arguments.workers), describe)
     print(f"{arguments.workers} workers, medians of {arguments.repeat} runs each, alternating:\n")
-    print("| | with fault tolerance | without | ratio |\n|---|---|---|---|")
-    for field, label in (("head_ready", "new head ready (s)"), ("new_work", "new work done on every worker (s)")):
-        with_it, without = median(True, field), median(False, field)
-        print(f"| {label} | {with_it:.1f} | {without:.1f} | {with_it / without:.2f}x |")
+    medians_table(
+        runs,
+        "| | with fault tolerance | without | ratio |",
+        {"head_ready": "new head ready (s)", "new_work": "new work done on every worker (s)"},
+    )
     restarts = (sum(r.worker_restarts for r in runs[True]), sum(r.worker_restarts for r in runs[False]))
     print(f"| worker restarts, all runs | {restarts[0]} | {restarts[1]} | |")
     print("\nRaw runs (seconds after the head pod's deletion):\n")

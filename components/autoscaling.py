@@ -57,6 +57,21 @@ LIVENESS_SECONDS = 120
 _API_ACCESS_VOLUME = "kube-api-access"
 
 
+# What Ray's config schema still requires of a cluster that Ray's own launcher would set up over SSH: nothing here.
+LEGACY_FIELDS: dict[str, Any] = {
+    "file_mounts": {},
+    "cluster_synced_files": [],
+    "file_mounts_sync_continuously": False,
+    "initialization_commands": [],
+    "setup_commands": [],
+    "head_setup_commands": [],
+    "worker_setup_commands": [],
+    "head_start_ray_commands": [],
+    "worker_start_ray_commands": [],
+    "auth": {},
+}
+
+
 def name(settings: ClusterSettings) -> str:
     """Names the ServiceAccount, Role, RoleBinding and ConfigMap of the autoscaler."""
     return f"{settings.cluster_name}-autoscaler"
@@ -119,16 +134,7 @@ def config(settings: ClusterSettings) -> dict[str, Any]:
         "max_workers": sum(group.most_replicas for group in settings.worker_groups),
         "idle_timeout_minutes": autoscaling.idle_timeout_seconds / 60,
         "upscaling_speed": float(autoscaling.upscaling_speed),
-        "file_mounts": {},
-        "cluster_synced_files": [],
-        "file_mounts_sync_continuously": False,
-        "initialization_commands": [],
-        "setup_commands": [],
-        "head_setup_commands": [],
-        "worker_setup_commands": [],
-        "head_start_ray_commands": [],
-        "worker_start_ray_commands": [],
-        "auth": {},
+        **LEGACY_FIELDS,
     }
 
 

@@ -35,7 +35,7 @@ from ray.autoscaler._private.util import validate_config
 from ray.autoscaler.batching_node_provider import BatchingNodeProvider, NodeData
 from ray.autoscaler.tags import TAG_RAY_USER_NODE_TYPE
 
-from components import node_provider
+from components import autoscaling, node_provider
 from components.node_provider import (
     DeploymentNodeProvider,
     InClusterApi,
@@ -361,16 +361,7 @@ def autoscaling_config(**bounds: tuple[int, int]) -> Manifest:
         "max_workers": sum(most for _, most in limits.values()),
         "idle_timeout_minutes": 1.0,
         "upscaling_speed": 1.0,
-        "file_mounts": {},
-        "cluster_synced_files": [],
-        "file_mounts_sync_continuously": False,
-        "initialization_commands": [],
-        "setup_commands": [],
-        "head_setup_commands": [],
-        "worker_setup_commands": [],
-        "head_start_ray_commands": [],
-        "worker_start_ray_commands": [],
-        "auth": {},
+        **copy.deepcopy(autoscaling.LEGACY_FIELDS),
     }
 
 
