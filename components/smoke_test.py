@@ -52,7 +52,8 @@ def alive_nodes() -> list[dict[str, Any]]:
 
 def wait_for_nodes(expected_workers: int, most_workers: int, deadline: float) -> list[dict[str, Any]]:
     """Until 1 head and the expected workers are alive: exactly that many (a replaced pod's old node lingers as alive
-    for a while), or, where Ray's autoscaler may have added workers, up to `most_workers`."""
+    for a while), or, where Ray's autoscaler may have added workers, up to `most_workers`. Returns every live node,
+    the head first."""
     fixed = most_workers == expected_workers
     expected = f"{expected_workers}" if fixed else f"{expected_workers}-{most_workers}"
     wanted = f"{expected_workers + 1} ({expected} workers)" if fixed else f"1 head and {expected} workers"
@@ -61,7 +62,7 @@ def wait_for_nodes(expected_workers: int, most_workers: int, deadline: float) ->
         workers = [node for node in nodes if HEAD_RESOURCE not in node["Resources"]]
         print(f"{len(nodes)} nodes alive, {len(workers)} workers of {expected} expected", flush=True)
         if expected_workers <= len(workers) <= most_workers and len(nodes) == len(workers) + 1:
-            return workers
+            return [node for node in nodes if node not in workers] + workers
         if time.monotonic() > deadline:
             raise RuntimeError(
                 f"{len(nodes)} nodes alive ({len(workers)} workers), not {wanted}, after {NODE_WAIT_SECONDS:.0f}s"
@@ -69,16 +70,26 @@ def wait_for_nodes(expected_workers: int, most_workers: int, deadline: float) ->
         time.sleep(2)
 
 
-def run_rounds(worker_ids: set[str], multi_node: bool) -> set[str]:
-    """Rounds of nested calls until every worker ran a call and, with 2+ nodes, an object changed node."""
+def calls_per_round(nodes: list[dict[str, Any]], autoscaled: bool) -> int:
+    """CALLS_PER_ROUND, or, where Ray's autoscaler may add workers, no more calls at once than the nodes have CPUs
+    (at least one): calls that wait for a CPU would make it add workers for the smoke test, of any group whose nodes
+    have CPUs, GPU groups included once the others are at their most."""
+    if not autoscaled:
+        return CALLS_PER_ROUND
+    cpus = int(sum(node["Resources"].get("CPU", 0) for node in nodes))
+    return max(1, min(CALLS_PER_ROUND, cpus))
+
+
+def run_rounds(worker_ids: set[str], multi_node: bool, calls: int = CALLS_PER_ROUND) -> set[str]:
+    """Rounds of `calls` nested calls until every worker ran a call and, with 2+ nodes, an object changed node."""
     pairs: Counter[tuple[str, ...]] = Counter()
     for round_number in range(1, MAX_ROUNDS + 1):
         started = time.monotonic()
-        pairs.update(ray.get([where.remote(where.remote(())) for _ in range(CALLS_PER_ROUND)]))
+        pairs.update(ray.get([where.remote(where.remote(())) for _ in range(calls)]))
         ran_on = {node for pair in pairs for node in pair}
         moved = sum(count for pair, count in pairs.items() if pair[0] != pair[1])
         print(
-            f"round {round_number}: {CALLS_PER_ROUND} nested calls in {time.monotonic() - started:.2f}s, "
+            f"round {round_number}: {calls} nested calls in {time.monotonic() - started:.2f}s, "
             f"{len(ran_on)} nodes ran calls, {moved} objects moved between nodes",
             flush=True,
         )
@@ -95,8 +106,10 @@ def main() -> int:
     try:
         deadline = time.monotonic() + NODE_WAIT_SECONDS
         connect(deadline)
-        workers = wait_for_nodes(expected_workers, most_workers, deadline)
-        ran_on = run_rounds({node["NodeID"] for node in workers}, multi_node=len(workers) > 0)
+        nodes = wait_for_nodes(expected_workers, most_workers, deadline)
+        workers = nodes[1:]
+        calls = calls_per_round(nodes, autoscaled=most_workers > expected_workers)
+        ran_on = run_rounds({node["NodeID"] for node in workers}, multi_node=len(workers) > 0, calls=calls)
         addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}  # type: ignore[no-untyped-call]
         print(f"nodes that ran calls: {' '.join(sorted(addresses.get(n, n) for n in ran_on))}", flush=True)
     except Exception as error:  # noqa: BLE001 - any failure must end as a clear message and exit code 1

@@ -97,7 +97,8 @@ class Deployment:
         url = f"http://{self.head().ip}:{pods.DASHBOARD_PORT}{path}"
         request = urllib.request.Request(url, data=data, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            # A job submission starts the job's supervisor actor before it answers: seconds on a loaded machine.
+            with urllib.request.urlopen(request, timeout=30) as response:
                 return int(response.status), bytes(response.read())
         except urllib.error.HTTPError as error:
             return error.code, b""

@@ -111,8 +111,9 @@ def container_exec(pod: Pod, container: str, command: list[str]) -> subprocess.C
 
 
 def test_it_forms_passes_its_smoke_test_and_settles_at_its_least_size(deployment: Deployment) -> None:
-    """The smoke test's calls are work too: the autoscaler may add the second worker for them, which then goes
-    once idle. The GPU group, whose nodes the CPU-only calls do not need, stays at 0."""
+    """The smoke test asks for no more CPUs at once than the nodes have, so the autoscaler adds no worker for it,
+    of the GPU group least (Ray puts CPU work on GPU nodes once the CPU groups are at their most: before the smoke
+    test was bounded, it brought the GPU worker here)."""
     head = deployment.head()
     assert head.ready and set(head.statuses) >= {"ray-head", "autoscaler"}
     assert "Success!" in deployment.smoke_test()

@@ -97,10 +97,11 @@ class Node:
     address: str
     head: bool = False
     alive: bool = True
+    cpus: float = 1.0
 
     def as_ray(self) -> dict[str, Any]:
         """The node as `ray.nodes()` describes it."""
-        resources = {"CPU": 1.0, "memory": 2.0 * 2**30, f"node:{self.address}": 1.0}
+        resources = {"CPU": self.cpus, "memory": 2.0 * 2**30, f"node:{self.address}": 1.0}
         if self.head:
             resources[HEAD_RESOURCE] = 1.0
         return {"NodeID": self.id, "Alive": self.alive, "NodeManagerAddress": self.address, "Resources": resources}
@@ -544,6 +545,24 @@ def test_with_autoscaling_a_count_outside_the_bounds_fails_at_the_deadline(
     run = smoke(Cluster(snapshots=[nodes]), 1, 3)
     assert_failed(run, joined, f"not 1 head and 1-3 workers, after {WAIT_SECONDS:.0f}s")
     assert run.ray.get_calls == 0
+
+
+def test_with_autoscaling_a_round_asks_for_no_more_cpus_than_the_nodes_have(smoke: Smoke) -> None:
+    """Calls that waited for a CPU would make Ray's autoscaler add workers (GPU ones too) for the smoke test."""
+    run = smoke(Cluster(snapshots=[cluster(2)]), 1, 3)
+    assert_succeeded(run)
+    rounds = [line for line in run.lines if line.startswith("round ")]
+    assert rounds and all(line.split(": ")[1].startswith("3 nested calls in ") for line in rounds), rounds
+    assert set(run.ray.placed) == {node.id for node in cluster(2)}
+    assert len(run.ray.placed) == 6 * len(rounds)
+
+
+def test_with_autoscaling_a_cluster_without_cpus_still_gets_one_call_at_a_time(smoke: Smoke) -> None:
+    """A fault-tolerant head offers no CPU: with no worker yet, one call makes the autoscaler add one."""
+    head_without_cpus = Node(HEAD.id, HEAD.address, head=True, cpus=0.0)
+    run = smoke(Cluster(snapshots=[[head_without_cpus]]), 0, 2)
+    assert_succeeded(run)
+    assert "round 1: 1 nested calls in " in run.out
 
 
 def test_with_autoscaling_from_zero_a_head_only_cluster_succeeds(smoke: Smoke) -> None:
