@@ -79,7 +79,7 @@ def name(settings: ClusterSettings) -> str:
 
 def autoscaled_deployments(settings: ClusterSettings) -> list[str]:
     """The worker Deployments whose replicas the autoscaler owns: only these may be scaled through the Role."""
-    return [f"{settings.cluster_name}-{group.name}" for group in settings.worker_groups if group.autoscaled]
+    return [settings.deployment_name(group.name) for group in settings.worker_groups if group.autoscaled]
 
 
 def node_resources(settings: ClusterSettings, resources: PodResources, *, head: bool) -> dict[str, int]:
@@ -121,7 +121,7 @@ def config(settings: ClusterSettings) -> dict[str, Any]:
             "module": f"{PROVIDER_MODULE}.{PROVIDER_CLASS}",
             "namespace": settings.namespace,
             "cluster": settings.cluster_name,
-            "deployments": {group.name: f"{settings.cluster_name}-{group.name}" for group in settings.worker_groups},
+            "deployments": {group.name: settings.deployment_name(group.name) for group in settings.worker_groups},
             # Required by Ray's BatchingNodeProvider: Kubernetes starts the nodes, not Ray's SSH updaters.
             "disable_node_updaters": True,
             "disable_launch_config_check": True,
@@ -148,7 +148,7 @@ def role_rules(settings: ClusterSettings) -> list[pods.Manifest]:
     autoscaler removes (a Role cannot name pods, whose names are random), read the worker Deployments and scale
     the autoscaled ones, by name. No pod `patch`: it would let the token change a pod's image, i.e. run code in
     any pod of the namespace."""
-    deployments = [f"{settings.cluster_name}-{group.name}" for group in settings.worker_groups]
+    deployments = [settings.deployment_name(group.name) for group in settings.worker_groups]
     return [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]},
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"], "resourceNames": deployments},

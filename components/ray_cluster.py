@@ -235,7 +235,7 @@ class RayCluster(pulumi.ComponentResource):
             custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout),
             ignore_changes=[_POD_TEMPLATE_ANNOTATIONS, *([_AUTOSCALER_OWNS_REPLICAS] if autoscaled else [])],
         )
-        name = f"{self._settings.cluster_name}-{group}"
+        name = self._settings.deployment_name(group)
         deployment: pulumi.CustomResource = self._child(
             k8s.apps.v1.Deployment,
             group,

@@ -241,6 +241,10 @@ class ClusterSettings:
         """The head Service's DNS name; `.svc` resolves through every pod's search path, whatever the cluster domain."""
         return f"{self.head_service_name}.{self.namespace}.svc"
 
+    def deployment_name(self, group: str) -> str:
+        """`<cluster>-<group>`: the Deployment of a worker group, the head (`head`) or the stack's Redis (`redis`)."""
+        return f"{self.cluster_name}-{group}"
+
     @property
     def auth_secret_name(self) -> str:
         return f"{self.cluster_name}-auth-token"
