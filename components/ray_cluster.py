@@ -3,9 +3,11 @@
 Logical names derive from the component's own name only, never from config a user may change (`clusterName`,
 `namespace`), so a change of config updates or replaces resources under the same URNs instead of creating new
 ones that collide with, or are deleted along with, the live objects of the old ones.
-"""
 
-from __future__ import annotations
+The class is also the component package's (`provider/`): Pulumi's analyzer reads its constructor's `args`
+annotation and its `pulumi.Output` attributes (their docstrings included) into the package's schema, which is
+why this module has no `from __future__ import annotations` (the analyzer cannot resolve string annotations).
+"""
 
 import hashlib
 import json
@@ -18,7 +20,8 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from . import autoscaling, network, pods, redis
-from .settings import ClusterSettings, GcsFaultTolerance
+from .inputs import RayClusterArgs
+from .settings import GcsFaultTolerance, load_settings
 
 # Ray images are several GB: the first pull alone can outlast pulumi-kubernetes' 10-minute default.
 _PULL_SECONDS = 20 * 60
@@ -55,27 +58,31 @@ class RayCluster(pulumi.ComponentResource):
     a dedicated ServiceAccount, NetworkPolicies and (by default) Ray token authentication."""
 
     namespace: pulumi.Output[str]
+    """The namespace of every object of the cluster."""
     head_service_dns: pulumi.Output[str]
+    """The head Service's DNS name, as pods of the Kubernetes cluster reach it."""
     gcs_address: pulumi.Output[str]
-    client_address: pulumi.Output[str]
+    """Where `ray start --address` finds the head's GCS."""
+    ray_client_address: pulumi.Output[str]
+    """The Ray Client address, for `ray.init("ray://...")`."""
     dashboard_url: pulumi.Output[str]
+    """The dashboard and the Jobs API (`ray job submit --address ...`)."""
     port_forward_command: pulumi.Output[str]
+    """The kubectl command that brings the dashboard and the Ray Client port to localhost."""
     image: pulumi.Output[str]
+    """The Ray image of the head."""
     worker_replicas: pulumi.Output[dict[str, int]]
-    auth_secret_name: pulumi.Output[str | None]
+    """Replicas of each worker group, by group name (an autoscaled group's least size)."""
+    auth_token_secret: pulumi.Output[str | None]
+    """The Secret holding the Ray auth token (key `token`), when tokenAuth is on."""
     gcs_storage_namespace: pulumi.Output[str | None]
+    """This cluster's key prefix in Redis, when gcsFaultTolerance is on."""
 
-    def __init__(
-        self,
-        name: str,
-        settings: ClusterSettings,
-        auth_token: pulumi.Input[str] | None = None,
-        opts: pulumi.ResourceOptions | None = None,
-        redis_password: pulumi.Input[str] | None = None,
-    ) -> None:
-        """`auth_token` is the user's own token (a secret); without one, a token is generated once per stack.
-        `redis_password` (a secret) is the password of the Redis that keeps the GCS's state with fault tolerance;
-        for the stack's own Redis, without one, a password is generated once per stack."""
+    def __init__(self, name: str, args: RayClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        """`args` are the stack config's keys (`inputs.from_stack_config`), or a package consumer's inputs: every
+        value is checked before anything is declared. Without `authToken`, a token is generated once per stack;
+        without `redisPassword`, a password for the stack's own Redis."""
+        settings = load_settings(args, pulumi.get_project(), pulumi.get_stack())
         # Inputs stay None: whatever is passed here is recorded in the state as the component's inputs.
         super().__init__("ray-cluster:index:RayCluster", name, None, opts)
         self._name, self._settings = name, settings
@@ -95,7 +102,7 @@ class RayCluster(pulumi.ComponentResource):
         ]
         version_labels: dict[str, Any] = {}
         if settings.token_auth:
-            secret, token_version = self._auth_secret(auth_token)
+            secret, token_version = self._auth_secret(args.get("authToken"))
             access.append(secret)
             version_labels[pods.TOKEN_VERSION_LABEL] = token_version
         self._access = access
@@ -106,7 +113,9 @@ class RayCluster(pulumi.ComponentResource):
         head_version_labels = dict(version_labels)
         if settings.fault_tolerance:
             storage_namespace = self._storage_namespace()
-            gcs_storage, password_labels, redis_spec = self._gcs_storage(settings.fault_tolerance, redis_password)
+            gcs_storage, password_labels, redis_spec = self._gcs_storage(
+                settings.fault_tolerance, args.get("redisPassword")
+            )
             head_version_labels.update(password_labels)
 
         head_service_spec = {
@@ -160,7 +169,7 @@ class RayCluster(pulumi.ComponentResource):
         self.namespace = self._namespace
         self.head_service_dns = pulumi.Output.from_input(host)
         self.gcs_address = pulumi.Output.from_input(f"{host}:{pods.GCS_PORT}")
-        self.client_address = pulumi.Output.from_input(f"ray://{host}:{pods.CLIENT_PORT}")
+        self.ray_client_address = pulumi.Output.from_input(f"ray://{host}:{pods.CLIENT_PORT}")
         self.dashboard_url = pulumi.Output.from_input(f"http://{host}:{pods.DASHBOARD_PORT}")
         self.port_forward_command = pulumi.Output.from_input(
             f"kubectl -n {settings.namespace} port-forward service/{settings.head_service_name} "
@@ -168,20 +177,21 @@ class RayCluster(pulumi.ComponentResource):
         )
         self.image = pulumi.Output.from_input(settings.image)
         self.worker_replicas = pulumi.Output.from_input({g.name: g.replicas for g in settings.worker_groups})
-        self.auth_secret_name = pulumi.Output.from_input(settings.auth_secret_name if settings.token_auth else None)
+        self.auth_token_secret = pulumi.Output.from_input(settings.auth_secret_name if settings.token_auth else None)
         self.gcs_storage_namespace = pulumi.Output.from_input(storage_namespace)
+        # Under the names of the package's schema (the attributes' in camelCase), which are the stack's outputs'.
         self.register_outputs(
             {
                 "namespace": self.namespace,
-                "head_service_dns": self.head_service_dns,
-                "gcs_address": self.gcs_address,
-                "client_address": self.client_address,
-                "dashboard_url": self.dashboard_url,
-                "port_forward_command": self.port_forward_command,
+                "headServiceDns": self.head_service_dns,
+                "gcsAddress": self.gcs_address,
+                "rayClientAddress": self.ray_client_address,
+                "dashboardUrl": self.dashboard_url,
+                "portForwardCommand": self.port_forward_command,
                 "image": self.image,
-                "worker_replicas": self.worker_replicas,
-                "auth_secret_name": self.auth_secret_name,
-                "gcs_storage_namespace": self.gcs_storage_namespace,
+                "workerReplicas": self.worker_replicas,
+                "authTokenSecret": self.auth_token_secret,
+                "gcsStorageNamespace": self.gcs_storage_namespace,
             }
         )
 

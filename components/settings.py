@@ -1,13 +1,15 @@
-"""Stack config -> one validated, immutable description of the cluster.
+"""The component's inputs -> one validated, immutable description of the cluster.
 
 Every value is checked here, before any resource is declared, so that a typo fails `pulumi up` with a message
-naming the key, the value and what is allowed, instead of a half-created cluster. Defaults live in
-`Pulumi.yaml` (the engine fills them in); only values that depend on the stack are derived here.
+naming the key, the value and what is allowed, instead of a half-created cluster. Inputs come as the stack's
+config (`inputs.from_stack_config`) or from a program in another language through the component package; a key
+not given takes its default from `Pulumi.yaml`; only values that depend on the stack are derived here.
 
-Values arrive as the Pulumi CLI stores them: top-level keys as the text typed, and inside objects set with
-`pulumi config set --path`, `true`/`false` as booleans and whole numbers as integers
-(pulumi/pulumi sdk/go/common/resource/config/map.go, adjustObjectValue). Both are turned back into the text the
-user typed wherever the key holds text (a quantity, a label value), so `--path 'workerGroups[0].cpu' 8` works.
+Inside objects set with `pulumi config set --path`, the CLI stores `true`/`false` as booleans and whole numbers
+as integers (pulumi/pulumi sdk/go/common/resource/config/map.go, adjustObjectValue); through the package every
+number arrives as a float. Both are turned back into what the user wrote: whole floats into integers, and
+scalars into the text typed wherever the key holds text (a quantity, a label value), so
+`--path 'workerGroups[0].cpu' 8` works.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import pulumi
 
 from . import sizing
+from .inputs import SECRET_KEYS, WORKER_GROUPS, defaults
 
 PROJECT = "ray-cluster"
 DEFAULT_GROUP = "worker"
@@ -111,6 +114,66 @@ def parse_quantity(key: str, value: object) -> Decimal:
     if amount <= 0:
         raise config_error(key, value, "it must be greater than zero")
     return amount
+
+
+class Inputs:
+    """The inputs by their config key, each not given taking its default; every read checks the value's type.
+
+    The stack's CLI and a generated SDK check types against Pulumi.yaml and the schema, but a YAML program or a
+    Python caller can give anything, and a value computed by another resource arrives as an Output, which cannot
+    be checked (or name anything) before resources are declared."""
+
+    def __init__(self, args: Mapping[str, object]) -> None:
+        known = defaults()
+        for key, value in args.items():
+            if key not in known:
+                raise config_error(key, value, f"it is not an input of the cluster; the inputs are {sorted(known)}")
+            if isinstance(value, pulumi.Output) and key not in SECRET_KEYS:
+                raise config_error(
+                    key,
+                    "an Output",
+                    "it must be a plain value, known when the program runs: the cluster's names and shape are "
+                    "checked from it before any resource is declared",
+                )
+        self._values = {**known, **{key: _whole_numbers(value) for key, value in args.items() if value is not None}}
+
+    def text(self, key: str) -> str:
+        value = self._values[key]
+        if not isinstance(value, str):
+            raise config_error(key, value, "it must be text")
+        return value
+
+    def integer(self, key: str) -> int:
+        value = self._values[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise config_error(key, value, "it must be a whole number")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self._values[key]
+        if not isinstance(value, bool):
+            raise config_error(key, value, "it must be true or false")
+        return value
+
+    def value(self, key: str) -> object:
+        """An object or a list, checked by its reader."""
+        return self._values[key]
+
+    def given(self, key: str) -> bool:
+        """Whether a secret was given: a secret Output is, as its value cannot be read before it is used."""
+        value = self._values[key]
+        return isinstance(value, pulumi.Output) or bool(value)
+
+
+def _whole_numbers(value: object) -> object:
+    """Whole floats (every number through the package's gRPC inputs) as integers, in lists and objects too."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _whole_numbers(item) for key, item in value.items()}
+    return value
 
 
 def _require_quantity(key: str, value: object) -> str:
@@ -298,11 +361,11 @@ def _require_redis_address(value: str) -> tuple[str, bool]:
     return (f"rediss://{address}" if tls else address), tls
 
 
-def _fault_tolerance(config: pulumi.Config, worker_groups: tuple[WorkerGroup, ...]) -> GcsFaultTolerance | None:
+def _fault_tolerance(inputs: Inputs, worker_groups: tuple[WorkerGroup, ...]) -> GcsFaultTolerance | None:
     """The GCS's external storage, or None; every Redis key is checked either way, so a typo waits for nobody."""
-    given_address = config.require("redisAddress")
+    given_address = inputs.text("redisAddress")
     address, tls = _require_redis_address(given_address) if given_address else ("", False)
-    ca_cert = config.require("redisCaCert").replace("\r\n", "\n").strip()  # a PEM saved on Windows too
+    ca_cert = inputs.text("redisCaCert").replace("\r\n", "\n").strip()  # a PEM saved on Windows too
     if ca_cert:
         if not _PEM_CERTIFICATE.match(ca_cert):
             raise config_error(
@@ -317,21 +380,21 @@ def _fault_tolerance(config: pulumi.Config, worker_groups: tuple[WorkerGroup, ..
                 ca_cert[:40] + "...",
                 "a CA certificate is only used with a TLS Redis: redisAddress rediss://...",
             )
-    redis_image = _require_image("redisImage", config.require("redisImage"), "redis:7.0.15")
-    memory = _require_quantity("redisMemory", config.require("redisMemory"))
+    redis_image = _require_image("redisImage", inputs.text("redisImage"), "redis:7.0.15")
+    memory = _require_quantity("redisMemory", inputs.text("redisMemory"))
     if parse_quantity("redisMemory", memory) < _MIN_REDIS_MEMORY:
         raise config_error("redisMemory", memory, f"it must be at least {_MIN_REDIS_MEMORY // sizing.MIB}Mi")
-    storage = _require_quantity("redisStorage", config.require("redisStorage"))
+    storage = _require_quantity("redisStorage", inputs.text("redisStorage"))
     if parse_quantity("redisStorage", storage) < parse_quantity("redisMemory", memory):
         raise config_error(
             "redisStorage",
             storage,
             f"it must be at least redisMemory ({memory}): the append-only file holds everything Redis holds",
         )
-    storage_class = config.require("redisStorageClass")
+    storage_class = inputs.text("redisStorageClass")
     if storage_class:
         _require_object_name("redisStorageClass", storage_class)
-    if not config.require_bool("gcsFaultTolerance"):
+    if not inputs.boolean("gcsFaultTolerance"):
         return None
     if not sum(group.most_replicas for group in worker_groups):
         raise config_error(
@@ -344,7 +407,7 @@ def _fault_tolerance(config: pulumi.Config, worker_groups: tuple[WorkerGroup, ..
         external_address=address,
         tls=tls,
         # Only whether it is empty: the password itself reaches the component as a secret Output.
-        authenticates=not address or bool(config.get("redisPassword")),
+        authenticates=not address or inputs.given("redisPassword"),
         ca_cert=ca_cert,
         redis_image=redis_image,
         memory=memory,
@@ -353,9 +416,9 @@ def _fault_tolerance(config: pulumi.Config, worker_groups: tuple[WorkerGroup, ..
     )
 
 
-def _reconnect_seconds(config: pulumi.Config, fault_tolerant: bool) -> int:
+def _reconnect_seconds(inputs: Inputs, fault_tolerant: bool) -> int:
     """The configured wait for a lost head, or (0) the right one for the cluster's kind."""
-    seconds = config.require_int("gcsReconnectTimeoutSeconds")
+    seconds = inputs.integer("gcsReconnectTimeoutSeconds")
     if seconds == 0:
         return FAULT_TOLERANT_RECONNECT_SECONDS if fault_tolerant else RAY_RECONNECT_SECONDS
     return _require_seconds("gcsReconnectTimeoutSeconds", seconds, 5, 3600, "0 (Ray's choice for the cluster) or ")
@@ -523,10 +586,10 @@ def _require_most(key: str, value: object, least: int, least_key: str) -> int | 
     return most or None
 
 
-def _autoscaling(config: pulumi.Config, worker_groups: tuple[WorkerGroup, ...]) -> Autoscaling | None:
+def _autoscaling(inputs: Inputs, worker_groups: tuple[WorkerGroup, ...]) -> Autoscaling | None:
     """The autoscaler's settings, checked whether or not a group autoscales; None if none does."""
-    idle_seconds = _require_seconds("idleTimeoutSeconds", config.require_int("idleTimeoutSeconds"), 1, 86400)
-    speed_text = config.require("upscalingSpeed")
+    idle_seconds = _require_seconds("idleTimeoutSeconds", inputs.integer("idleTimeoutSeconds"), 1, 86400)
+    speed_text = inputs.text("upscalingSpeed")
     speed = Decimal(speed_text) if _DECIMAL_NUMBER.match(speed_text) else Decimal(0)
     if not 0 < speed <= _MAX_UPSCALING_SPEED:
         raise config_error(
@@ -546,8 +609,8 @@ def _require_list(key: str, value: object) -> list[object]:
     return value
 
 
-def _require_label_list(config: pulumi.Config, key: str) -> tuple[str, ...]:
-    values = _require_list(key, config.require_object(key))
+def _require_label_list(inputs: Inputs, key: str) -> tuple[str, ...]:
+    values = _require_list(key, inputs.value(key))
     return tuple(_require_dns_label(f"{key}[{i}]", cli_text(value)) for i, value in enumerate(values))
 
 
@@ -582,26 +645,27 @@ def default_namespace(project: str, stack: str) -> str:
     return f"ray-{stack}{suffix}"
 
 
-def load_settings(config: pulumi.Config, project: str, stack: str) -> ClusterSettings:
-    """Read and check every key; raises pulumi.RunError on the first bad value."""
-    cluster_name = _require_cluster_name(config.require("clusterName"))
-    namespace = config.require("namespace") or default_namespace(project, stack)
-    image = _require_image("image", config.require("image"))
+def load_settings(args: Mapping[str, object], project: str, stack: str) -> ClusterSettings:
+    """Read and check every input (`RayClusterArgs`); raises pulumi.RunError on the first bad value."""
+    inputs = Inputs(args)
+    cluster_name = _require_cluster_name(inputs.text("clusterName"))
+    namespace = inputs.text("namespace") or default_namespace(project, stack)
+    image = _require_image("image", inputs.text("image"))
     worker_resources = PodResources.parse(
         lambda name: f"worker{name.capitalize()}",
-        config.require("workerCpu"),
-        config.require("workerMemory"),
-        config.require_int("workerGpus"),
+        inputs.text("workerCpu"),
+        inputs.text("workerMemory"),
+        inputs.integer("workerGpus"),
     )
-    workers = _require_count("workers", config.require_int("workers"))
+    workers = _require_count("workers", inputs.integer("workers"))
     default_group = WorkerGroup(
         name=DEFAULT_GROUP,
         replicas=workers,
-        max_replicas=_require_most("maxWorkers", config.require_int("maxWorkers"), workers, "workers"),
+        max_replicas=_require_most("maxWorkers", inputs.integer("maxWorkers"), workers, "workers"),
         resources=worker_resources,
-        image=_group_image("workerImage", config.require("workerImage"), image, worker_resources.gpus),
+        image=_group_image("workerImage", inputs.text("workerImage"), image, worker_resources.gpus),
     )
-    raw_groups = config.get_object("workerGroups") or []
+    raw_groups = inputs.value(WORKER_GROUPS)
     if not isinstance(raw_groups, list):
         raise config_error("workerGroups", raw_groups, "it must be a list of worker group objects")
     groups = (default_group, *(_parse_group(i, raw, worker_resources, image) for i, raw in enumerate(raw_groups)))
@@ -616,26 +680,26 @@ def load_settings(config: pulumi.Config, project: str, stack: str) -> ClusterSet
             )
         _require_dns_label("workerGroups", f"{cluster_name}-{name}")
     namespace = _require_dns_label("namespace", namespace)
-    fault_tolerance = _fault_tolerance(config, groups)
+    fault_tolerance = _fault_tolerance(inputs, groups)
     return ClusterSettings(
         cluster_name=cluster_name,
         namespace=namespace,
-        create_namespace=config.require_bool("createNamespace"),
+        create_namespace=inputs.boolean("createNamespace"),
         image=image,
         head=PodResources.parse(
-            lambda name: f"head{name.capitalize()}", config.require("headCpu"), config.require("headMemory")
+            lambda name: f"head{name.capitalize()}", inputs.text("headCpu"), inputs.text("headMemory")
         ),
         worker_groups=groups,
-        test_job=config.require_bool("testJob"),
-        token_auth=config.require_bool("tokenAuth"),
-        client_namespaces=_require_label_list(config, "allowedClientNamespaces"),
+        test_job=inputs.boolean("testJob"),
+        token_auth=inputs.boolean("tokenAuth"),
+        client_namespaces=_require_label_list(inputs, "allowedClientNamespaces"),
         client_cidrs=tuple(
             _require_cidr(f"allowedClientCidrs[{i}]", value)
-            for i, value in enumerate(_require_list("allowedClientCidrs", config.require_object("allowedClientCidrs")))
+            for i, value in enumerate(_require_list("allowedClientCidrs", inputs.value("allowedClientCidrs")))
         ),
-        metrics_namespaces=_require_label_list(config, "allowedMetricsNamespaces"),
-        gcs_reconnect_timeout_seconds=_reconnect_seconds(config, fault_tolerance is not None),
-        worker_drain_seconds=_require_seconds("workerDrainSeconds", config.require_int("workerDrainSeconds"), 0, 3600),
+        metrics_namespaces=_require_label_list(inputs, "allowedMetricsNamespaces"),
+        gcs_reconnect_timeout_seconds=_reconnect_seconds(inputs, fault_tolerance is not None),
+        worker_drain_seconds=_require_seconds("workerDrainSeconds", inputs.integer("workerDrainSeconds"), 0, 3600),
         fault_tolerance=fault_tolerance,
-        autoscaling=_autoscaling(config, groups),
+        autoscaling=_autoscaling(inputs, groups),
     )

@@ -12,7 +12,7 @@ import pulumi
 import pytest
 import yaml
 
-from components import RayCluster, load_settings
+from components import RayCluster, from_stack_config
 from tests.lifecycle import Plan, Step, plan
 from tests.program import ROOT, Rendered, capture, render, stack_config
 from tests.variants import REDIS_CA
@@ -208,9 +208,7 @@ def test_a_stack_whose_component_was_named_after_the_cluster_moves_to_the_fixed_
     config = {"clusterName": "analytics"}
 
     def earlier_program() -> None:
-        project_config = pulumi.Config()
-        settings = load_settings(project_config, pulumi.get_project(), pulumi.get_stack())
-        RayCluster(settings.cluster_name, settings, auth_token=project_config.get_secret("authToken"))
+        RayCluster("analytics", from_stack_config(pulumi.Config()))
 
     earlier = capture(earlier_program, "test", stack_config("test", config))
     assert {r.name for r in earlier.registrations} >= {"analytics", "analytics-head", "analytics-namespace"}

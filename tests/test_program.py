@@ -580,18 +580,18 @@ def component_outputs(monkeypatch: pytest.MonkeyPatch, config: dict[str, object]
 
 
 def test_the_component_records_how_to_reach_the_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The component's own outputs say what the stack's do, under the component's attribute names."""
+    """The component's own outputs say what the stack's do, under the same names (the package schema's)."""
     reach = {
         "namespace": "ray-test",
-        "head_service_dns": HEAD_HOST,
-        "gcs_address": f"{HEAD_HOST}:6379",
-        "client_address": f"ray://{HEAD_HOST}:10001",
-        "dashboard_url": f"http://{HEAD_HOST}:8265",
-        "port_forward_command": "kubectl -n ray-test port-forward service/ray-head 8265:8265 10001:10001",
+        "headServiceDns": HEAD_HOST,
+        "gcsAddress": f"{HEAD_HOST}:6379",
+        "rayClientAddress": f"ray://{HEAD_HOST}:10001",
+        "dashboardUrl": f"http://{HEAD_HOST}:8265",
+        "portForwardCommand": "kubectl -n ray-test port-forward service/ray-head 8265:8265 10001:10001",
         "image": "rayproject/ray:2.60.0",
-        "worker_replicas": {"worker": 3},
+        "workerReplicas": {"worker": 3},
     }
-    assert component_outputs(monkeypatch, {}) == {**reach, "auth_secret_name": "ray-auth-token"}
+    assert component_outputs(monkeypatch, {}) == {**reach, "authTokenSecret": "ray-auth-token"}
     # Without token auth there is no Secret to name: the output is null (and so left out of the state).
     assert component_outputs(monkeypatch, {"tokenAuth": "false"}) == reach
     assert render({"tokenAuth": "false"}).outputs["authTokenSecret"] is None

@@ -1,0 +1,168 @@
+"""What a RayCluster takes: one set of inputs, named as the stack config's keys, whichever way it is given.
+
+A stack of this project gives them as stack config (`from_stack_config`); a program in another language gives
+them through the component package (`provider/`), whose schema Pulumi's analyzer infers from `RayClusterArgs`.
+Both land in `settings.load_settings`, so one value means one cluster either way.
+
+`Pulumi.yaml` is the source of truth for every key's name, type, meaning and default: the stack's CLI reads it,
+the component fills in its defaults from it (`declared_config`), and a test checks that each key here has the
+same name, type and description. Two consequences of how the SDK's analyzer reads this module:
+- no `from __future__ import annotations`: it reads the annotations as they are, and cannot resolve strings;
+- the keys are camelCase, as the config's (the schema would camelCase snake_case names anyway), and each
+  docstring is one line, as the analyzer copies it verbatim (line breaks and indentation included) into the
+  schema and every generated SDK.
+"""
+
+import functools
+from pathlib import Path
+from typing import Any, Required, TypedDict, cast
+
+import pulumi
+
+PROJECT_FILE = Path(__file__).resolve().parents[1] / "Pulumi.yaml"
+WORKER_GROUPS = "workerGroups"
+# Inputs that reach the component as secrets (a package consumer's `pulumi.secret(...)` arrives as a secret Output;
+# a stack's config value is read with `get_secret`) and stay secret in every resource made from them.
+SECRET_KEYS = frozenset({"authToken", "redisPassword"})
+
+
+class TolerationArgs(TypedDict, total=False):
+    """A Kubernetes toleration of the group's pods, as in a pod spec."""
+
+    key: str
+    """The taint key it tolerates; empty with the operator Exists tolerates every taint."""
+    operator: str
+    """Equal (the default) or Exists."""
+    value: str
+    """The taint value it tolerates, with the operator Equal."""
+    effect: str
+    """NoSchedule, PreferNoSchedule or NoExecute; empty tolerates every effect."""
+    tolerationSeconds: int
+    """With the effect NoExecute: how long the pod stays bound to a node that gains the taint."""
+
+
+class WorkerGroupArgs(TypedDict, total=False):
+    """One more worker Deployment, `<clusterName>-<name>`, such as a GPU group."""
+
+    name: Required[str]
+    """The group's name (a DNS label, not `head` or `redis`): its Deployment is `<clusterName>-<name>` and its Ray nodes carry the resource `group-<name>`."""
+    replicas: int
+    """Replicas of the group (default 1), or its least size when maxReplicas is larger."""
+    maxReplicas: int
+    """Most replicas of the group: above replicas, Ray's autoscaler sizes it between the two. 0 (the default) means no autoscaling."""
+    cpu: str
+    """CPU request and limit of each pod (default: workerCpu)."""
+    memory: str
+    """Memory request and limit of each pod (default: workerMemory)."""
+    gpus: int
+    """nvidia.com/gpu per pod (default 0)."""
+    image: str
+    """Image of the group (default: image, or its `-gpu` variant when gpus > 0)."""
+    nodeSelector: dict[str, str]
+    """Node labels the group's pods must run on, such as {"nvidia.com/gpu.present": "true"}."""
+    tolerations: list[TolerationArgs]
+    """Taints the group's pods tolerate, such as those of GPU nodes."""
+
+
+class RayClusterArgs(TypedDict, total=False):
+    """The cluster's inputs: the stack config's keys, each with its default from the project's Pulumi.yaml."""
+
+    image: str
+    """Ray image for the head, the workers and the smoke-test Job. Pin a tag (or a digest); never `latest`."""
+    clusterName: str
+    """Name of the Ray cluster; the head Service is `<clusterName>-head` and worker Deployments are `<clusterName>-<group>`."""
+    namespace: str
+    """Kubernetes namespace. Empty means `ray-<stack>`, so two stacks on one cluster never collide."""
+    createNamespace: bool
+    """Create (and on destroy, delete) the namespace. false uses an existing namespace and leaves it alone."""
+    headCpu: str
+    """CPU request and limit of the head pod (a Kubernetes quantity such as "1" or "500m")."""
+    headMemory: str
+    """Memory request and limit of the head pod. The head runs the GCS and the dashboard; small heads get OOM-killed."""
+    workers: int
+    """Replicas of the default worker group (0 or more)."""
+    workerCpu: str
+    """CPU request and limit of each pod of the default worker group."""
+    workerMemory: str
+    """Memory request and limit of each pod of the default worker group (30% becomes object store)."""
+    workerGpus: int
+    """nvidia.com/gpu per pod of the default worker group."""
+    workerImage: str
+    """Image of the default worker group. Empty means `image`, or its `-gpu` variant when workerGpus > 0."""
+    maxWorkers: int
+    """Most replicas of the default worker group. Above `workers`, Ray's autoscaler (in the head pod) adds workers while work waits for resources and removes idle ones, between `workers` and `maxWorkers`. 0 means no autoscaling."""
+    idleTimeoutSeconds: int
+    """How long a worker of an autoscaled group stays idle (no task or actor holds its resources) before the autoscaler removes it."""
+    upscalingSpeed: str
+    """How many workers the autoscaler may have pending at once, as a multiple of the nodes there are (Ray's upscaling_speed). "1" at most doubles the cluster per step; "1000" (KubeRay's default) sets no limit."""
+    workerDrainSeconds: int
+    """How long a worker that is being removed (scale-down, rollout, deleted pod) lets its running tasks finish before Ray stops."""
+    workerGroups: list[WorkerGroupArgs]
+    """More worker groups (Deployments) beside the default one, such as a GPU group; each may autoscale."""
+    testJob: bool
+    """Run the smoke-test Job, which proves that objects travel between nodes; a failure fails `pulumi up`."""
+    tokenAuth: bool
+    """Ray token authentication (RAY_AUTH_MODE=token) for every Ray process. false lets anyone who reaches the Ray ports run code."""
+    authToken: pulumi.Input[str]
+    """The Ray auth token; set it with `pulumi config set --secret authToken ...`. Empty means one generated once per stack."""
+    allowedClientNamespaces: list[str]
+    """Namespaces whose pods may reach the head's client ports (dashboard/jobs 8265, Ray Client 10001, metrics 8080)."""
+    allowedClientCidrs: list[str]
+    """CIDR blocks (e.g. a VPN range) that may reach the head's client ports."""
+    allowedMetricsNamespaces: list[str]
+    """Namespaces (e.g. Prometheus's) whose pods may scrape every Ray pod's metrics port 8080, and nothing else."""
+    gcsReconnectTimeoutSeconds: int
+    """How long a worker waits for a lost head before it exits and Kubernetes restarts it to rejoin the new head. 0 means 60 s, or 600 s with gcsFaultTolerance."""
+    gcsFaultTolerance: bool
+    """Keep the GCS's state in Redis, so that a lost head pod loses nothing; workers, their tasks and actors keep running while the new head resumes the cluster."""
+    redisAddress: str
+    """An existing Redis for gcsFaultTolerance, `host:port`, or `rediss://host:port` for TLS. Empty deploys a Redis in the namespace."""
+    redisPassword: pulumi.Input[str]
+    """The Redis password; set it with `pulumi config set --secret redisPassword ...`. Empty means one generated once per stack for the stack's own Redis, and none for an existing Redis."""
+    redisCaCert: str
+    """The PEM certificate(s) of the CA that signed a `rediss://` Redis's certificate (`pulumi config set redisCaCert -- "$(cat ca.pem)"`). Empty trusts the image's system CAs."""
+    redisImage: str
+    """Image of the Redis the stack deploys for gcsFaultTolerance. Pin a tag (or a digest); never `latest`."""
+    redisMemory: str
+    """Memory request and limit of the stack's Redis; it holds at most 75% of it (maxmemory), the rest is room for its append-only file's rewrites."""
+    redisStorage: str
+    """Size of the volume that keeps the stack's Redis data (its append-only file), at least redisMemory; `pulumi destroy` deletes its claim (and the volume, where the StorageClass reclaims with Delete)."""
+    redisStorageClass: str
+    """StorageClass of the stack's Redis volume. Empty means the Kubernetes cluster's default."""
+
+
+@functools.cache
+def declared_config() -> dict[str, dict[str, Any]]:
+    """The config keys `Pulumi.yaml` declares, each with its `type`, `default` and `description`.
+
+    Read at run time, from the file the CLI reads: a package consumer's plugin holds the whole repository (the CLI
+    clones it and runs `provider/`), so the component's defaults are the stack's without a copy."""
+    import yaml  # the Pulumi SDK's own dependency
+
+    project = yaml.safe_load(PROJECT_FILE.read_text())
+    declared: dict[str, dict[str, Any]] = project["config"]
+    return declared
+
+
+def defaults() -> dict[str, object]:
+    """Every input's value when it is not given: Pulumi.yaml's, and no extra worker groups (Pulumi's typed config
+    has no object type, so `workerGroups` is not declared there)."""
+    return {**{key: spec["default"] for key, spec in declared_config().items()}, WORKER_GROUPS: []}
+
+
+def from_stack_config(config: pulumi.Config) -> RayClusterArgs:
+    """The stack's config as the component's inputs, each key read as its declared type (the CLI has already
+    checked the types against Pulumi.yaml), secrets as secret Outputs, and an empty secret as none given."""
+    readers = {
+        "string": config.require,
+        "integer": config.require_int,
+        "boolean": config.require_bool,
+        "array": config.require_object,
+    }
+    args: dict[str, object] = {WORKER_GROUPS: config.get_object(WORKER_GROUPS) or []}
+    for key, spec in declared_config().items():
+        if key not in SECRET_KEYS:
+            args[key] = readers[spec["type"]](key)
+        elif config.get(key):
+            args[key] = config.require_secret(key)
+    return cast(RayClusterArgs, args)
