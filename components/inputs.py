@@ -45,7 +45,7 @@ class WorkerGroupArgs(TypedDict, total=False):
     """One more worker Deployment, `<clusterName>-<name>`, such as a GPU group."""
 
     name: Required[str]
-    """The group's name (a DNS label, not `head` or `redis`): its Deployment is `<clusterName>-<name>` and its Ray nodes carry the resource `group-<name>`."""
+    """The group's name (a DNS label, not `head` or `redis`): its Deployment is `<clusterName>-<name>`."""
     replicas: int
     """Replicas of the group (default 1), or its least size when maxReplicas is larger."""
     maxReplicas: int

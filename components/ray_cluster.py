@@ -54,8 +54,7 @@ _AUTOSCALED = {"ray-cluster.pulumi.com/autoscaled": "true"}
 
 
 class RayCluster(pulumi.ComponentResource):
-    """A Ray head, its Service, one Deployment per worker group and an optional smoke-test Job, locked down:
-    a dedicated ServiceAccount, NetworkPolicies and (by default) Ray token authentication."""
+    """A Ray cluster: head, Service, worker groups, smoke-test Job; locked down by NetworkPolicies and token auth."""
 
     namespace: pulumi.Output[str]
     """The namespace of every object of the cluster."""

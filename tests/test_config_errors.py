@@ -25,7 +25,7 @@ def spy_on_declarations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return declared
 
 
-BAD_VALUES = [
+BAD_VALUES: list[tuple[dict[str, object], list[str]]] = [
     # (config, text the message must contain)
     ({"workers": -1}, ["ray-cluster:workers", "-1", "0 or more"]),
     ({"workers": "four"}, ["ray-cluster:workers", "four"]),

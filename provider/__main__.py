@@ -1,0 +1,27 @@
+"""The component package's provider: serves RayCluster to Pulumi programs in any language.
+
+The Pulumi CLI runs it as `python provider/` from a clone of the whole repository, so the component is imported
+from the repository's `components/`, the same code a stack of this project runs (and the same `Pulumi.yaml`
+defaults). Its schema is inferred from `RayCluster` and `RayClusterArgs` by Pulumi's analyzer.
+"""
+
+import sys
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+# The release: consumers pin it as the git tag `v<VERSION>` (`pulumi package add <url>/provider@v<VERSION>`).
+VERSION = "0.1.0"
+
+
+def main() -> None:
+    sys.path.insert(0, str(REPOSITORY))
+    from pulumi.provider.experimental import component_provider_host
+
+    from components import RayCluster
+    from components.settings import PROJECT
+
+    component_provider_host(components=[RayCluster], name=PROJECT, version=VERSION)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,494 @@
+"""The component package (`provider/`), proven without the Pulumi CLI: its entry point started as the CLI starts it,
+the schema Pulumi's analyzer infers (checked against the stack config in `Pulumi.yaml`, the source of truth), and
+the `construct` path a program in another language takes (inputs through Pulumi's wire format: every number a
+float, secrets as secret Outputs), whose resources must be the stack program's, and whose errors its."""
+
+import dataclasses
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import grpc
+import pulumi
+import pytest
+import yaml
+from google.protobuf import empty_pb2
+from pulumi.provider.experimental import host
+from pulumi.provider.experimental.component import ComponentProvider
+from pulumi.provider.provider import ConstructResult
+from pulumi.provider.server import ComponentInitError, ProviderServicer
+from pulumi.runtime import rpc
+from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
+from pulumi.runtime.sync_await import _sync_await
+
+from components import RayCluster
+from components.settings import _GROUP_KEYS, _TOLERATION_KEYS
+from tests.program import ROOT, Registration, Rendered, capture, render, stack_config
+from tests.test_config_errors import BAD_VALUES, WHOLE_MESSAGES, spy_on_declarations
+from tests.variants import REDIS_CA
+
+PROVIDER_DIR = ROOT / "provider"
+TOKEN = "ray-cluster:index:RayCluster"
+DECLARED: dict[str, dict[str, Any]] = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+# What may be an Output (all else must be known when the program runs), and arrives as a secret.
+SECRET_INPUTS = {"authToken", "redisPassword"}
+WORKER_GROUP_TYPE = "ray-cluster:index:WorkerGroupArgs"
+TOLERATION_TYPE = "ray-cluster:index:TolerationArgs"
+WORKER_GROUP_PROPERTIES = {
+    "name": "string",
+    "replicas": "integer",
+    "maxReplicas": "integer",
+    "cpu": "string",
+    "memory": "string",
+    "gpus": "integer",
+    "image": "string",
+    "nodeSelector": "object",
+    "tolerations": "array",
+}
+TOLERATION_PROPERTIES = {
+    "key": "string",
+    "operator": "string",
+    "value": "string",
+    "effect": "string",
+    "tolerationSeconds": "integer",
+}
+# The outputs a consumer always gets, and those only some clusters have (token auth, fault tolerance).
+ALWAYS_OUTPUTS = {
+    "namespace",
+    "headServiceDns",
+    "gcsAddress",
+    "rayClientAddress",
+    "dashboardUrl",
+    "portForwardCommand",
+    "image",
+    "workerReplicas",
+}
+SOMETIMES_OUTPUTS = {"authTokenSecret", "gcsStorageNamespace"}
+# The schema as the analyzer infers it, to tell which error cases a typed program could send at all.
+SCHEMA: dict[str, Any] = json.loads(ComponentProvider([RayCluster], "ray-cluster").schema or "{}")
+
+
+def load_entry_point() -> ModuleType:
+    """`provider/__main__.py` as a module (not run as `__main__`, so it hosts nothing on import)."""
+    spec = importlib.util.spec_from_file_location("ray_cluster_provider", PROVIDER_DIR / "__main__.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def provider() -> ComponentProvider:
+    """The provider the entry point hosts, caught where `component_provider_host` would start serving it."""
+    hosted: list[ComponentProvider] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(host, "is_hosting", False)
+        patch.setattr(host, "main", lambda served, args: hosted.append(served))
+        load_entry_point().main()
+    assert len(hosted) == 1
+    return hosted[0]
+
+
+@pytest.fixture(scope="module")
+def schema(provider: ComponentProvider) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(provider.schema or "{}")
+    return loaded
+
+
+def test_the_plugin_serves_its_schema_as_the_cli_starts_it(tmp_path: Path, schema: dict[str, Any]) -> None:
+    """`pulumi package add` / `get-schema` run `python provider/` from the consumer's directory, with the engine's
+    address, and read the port it prints: the plugin must find the repository's component from anywhere."""
+    plugin = subprocess.Popen(
+        [sys.executable, str(PROVIDER_DIR), "127.0.0.1:1"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert plugin.stdout is not None
+        port = plugin.stdout.readline().strip()
+        assert port.isdigit(), plugin.stderr.read() if plugin.stderr else port
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = provider_pb2_grpc.ResourceProviderStub(channel)
+            served = stub.GetSchema(provider_pb2.GetSchemaRequest(version=0), timeout=60)
+            info = stub.GetPluginInfo(empty_pb2.Empty(), timeout=60)
+    finally:
+        plugin.kill()
+        plugin.wait()
+    assert json.loads(served.schema) == schema
+    assert info.version == load_entry_point().VERSION == schema["version"]
+    assert schema["name"] == "ray-cluster"
+
+
+def test_the_plugins_requirements_are_the_programs() -> None:
+    """The CLI installs `provider/requirements.txt` into the plugin's own virtualenv: pip must resolve it (its `-r`
+    relative to the file) to what the program needs, all of which this environment has."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--no-index",
+            "-r",
+            str(PROVIDER_DIR / "requirements.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    program_requirements = [
+        line.split(">=")[0].split("==")[0]
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    for name in program_requirements:
+        assert f"Requirement already satisfied: {name}" in result.stdout
+
+
+def test_the_plugin_runs_python_from_its_own_virtualenv() -> None:
+    plugin = yaml.safe_load((PROVIDER_DIR / "PulumiPlugin.yaml").read_text())
+    assert plugin["runtime"]["name"] == "python"
+    assert plugin["runtime"]["options"]["toolchain"] == "pip"
+
+
+def test_the_component_is_the_schemas_one_resource(schema: dict[str, Any]) -> None:
+    assert list(schema["resources"]) == [TOKEN]
+    resource = schema["resources"][TOKEN]
+    assert resource["isComponent"] is True
+    assert resource["requiredInputs"] == []
+    assert set(schema["types"]) == {WORKER_GROUP_TYPE, TOLERATION_TYPE}
+
+
+def test_every_config_key_is_an_input_of_the_same_name_type_and_meaning(schema: dict[str, Any]) -> None:
+    """Pulumi.yaml is the source of truth: each key an input, with its type and its description word for word. All
+    but the secrets are plain (a generated SDK takes no Output for them: the cluster's names and shape are checked
+    from them before anything is declared)."""
+    inputs = schema["resources"][TOKEN]["inputProperties"]
+    assert set(inputs) == {*DECLARED, "workerGroups"}
+    for key, spec in DECLARED.items():
+        prop = inputs[key]
+        assert prop["type"] == spec["type"], key
+        assert prop["description"] == spec["description"], key
+        if spec["type"] == "array":
+            assert prop["items"]["type"] == spec["items"]["type"], key
+        assert prop.get("plain") is (None if key in SECRET_INPUTS else True), key
+
+
+def test_worker_groups_are_typed_as_the_program_reads_them(schema: dict[str, Any]) -> None:
+    inputs = schema["resources"][TOKEN]["inputProperties"]
+    assert inputs["workerGroups"]["type"] == "array"
+    assert inputs["workerGroups"]["items"]["$ref"] == f"#/types/{WORKER_GROUP_TYPE}"
+    group = schema["types"][WORKER_GROUP_TYPE]
+    assert {name: prop.get("type") for name, prop in group["properties"].items()} == WORKER_GROUP_PROPERTIES
+    assert set(WORKER_GROUP_PROPERTIES) == _GROUP_KEYS
+    assert group["required"] == ["name"]
+    assert group["properties"]["nodeSelector"]["additionalProperties"]["type"] == "string"
+    assert group["properties"]["tolerations"]["items"]["$ref"] == f"#/types/{TOLERATION_TYPE}"
+    toleration = schema["types"][TOLERATION_TYPE]
+    assert {name: prop["type"] for name, prop in toleration["properties"].items()} == TOLERATION_PROPERTIES
+    assert set(TOLERATION_PROPERTIES) == _TOLERATION_KEYS
+    assert "required" not in toleration
+
+
+def test_the_outputs_are_the_stacks(schema: dict[str, Any]) -> None:
+    """A consumer gets what a stack exports, under the same names; null ones are optional."""
+    resource = schema["resources"][TOKEN]
+    assert set(resource["properties"]) == set(render().outputs) == ALWAYS_OUTPUTS | SOMETIMES_OUTPUTS
+    assert set(resource["required"]) == ALWAYS_OUTPUTS
+    types = {name: prop["type"] for name, prop in resource["properties"].items()}
+    assert types == {name: "object" if name == "workerReplicas" else "string" for name in types}
+    assert resource["properties"]["workerReplicas"]["additionalProperties"]["type"] == "integer"
+
+
+def descriptions(value: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "description":
+                yield key, item
+            yield from descriptions(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from descriptions(item)
+
+
+def test_everything_in_the_schema_is_described_in_one_line(schema: dict[str, Any]) -> None:
+    """Descriptions become every SDK's doc comments: none missing, none with a docstring's line breaks."""
+    resource = schema["resources"][TOKEN]
+    properties = [*resource["inputProperties"].values(), *resource["properties"].values()]
+    properties += [prop for kind in schema["types"].values() for prop in kind["properties"].values()]
+    assert all(prop.get("description") for prop in properties)
+    assert all(kind.get("description") for kind in schema["types"].values())
+    found = list(descriptions(schema))
+    assert len(found) > len(properties)
+    assert all(isinstance(text, str) and text.strip() and "\n" not in text for _, text in found)
+
+
+def check_value(schema: dict[str, Any], spec: dict[str, Any], value: object, where: str) -> None:
+    """`value` as a YAML program would give it against the schema's property `spec` (types, nested types, unknown
+    and required properties)."""
+    if "$ref" in spec:
+        kind = schema["types"][spec["$ref"].removeprefix("#/types/")]
+        assert isinstance(value, dict), where
+        assert set(value) <= set(kind["properties"]), f"{where}: unknown {set(value) - set(kind['properties'])}"
+        assert set(kind.get("required", [])) <= set(value), where
+        for name, item in value.items():
+            check_value(schema, kind["properties"][name], item, f"{where}.{name}")
+        return
+    checks: dict[str, Callable[[object], bool]] = {
+        "string": lambda v: isinstance(v, str),
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "boolean": lambda v: isinstance(v, bool),
+        "array": lambda v: isinstance(v, list),
+        "object": lambda v: isinstance(v, dict),
+    }
+    assert checks[spec["type"]](value), f"{where}: {value!r} is not {spec['type']}"
+    if spec["type"] == "array":
+        for index, item in enumerate(value):  # type: ignore[arg-type]
+            check_value(schema, spec["items"], item, f"{where}[{index}]")
+    if spec["type"] == "object":
+        for name, item in value.items():  # type: ignore[attr-defined]
+            check_value(schema, spec["additionalProperties"], item, f"{where}.{name}")
+
+
+def as_sent(key: str, value: object) -> object:
+    """A config value as a program in another language gives it: typed as the schema says (what the CLI keeps as
+    the text `"3"` for an integer key is the number 3 there)."""
+    kind = DECLARED[key]["type"] if key in DECLARED else "array"
+    if kind == "integer" and isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
+        return int(value)
+    if kind == "boolean" and value in ("true", "false"):
+        return value == "true"
+    return value
+
+
+def sendable(config: Mapping[str, object]) -> bool:
+    """Whether a typed program could give these values: each fits the schema (not `workers: "four"`, nor a group
+    with a key the schema lacks, which the SDK would drop before the component sees it)."""
+    inputs = SCHEMA["resources"][TOKEN]["inputProperties"]
+    try:
+        for key, value in config.items():
+            check_value(SCHEMA, inputs[key], as_sent(key, value), key)
+    except AssertionError:
+        return False
+    return True
+
+
+def construct(
+    config: Mapping[str, object], secret: frozenset[str] = frozenset(SECRET_INPUTS), plain_inputs: bool = True
+) -> tuple[Rendered, dict[str, Any]]:
+    """The package's `construct`, under the same mocks as the program: `config` as the consumer's inputs, through
+    Pulumi's wire format (as the engine hands them to the plugin), `secret` keys as secret Outputs. Returns what
+    was declared and the component's state (its outputs), resolved."""
+    ready: list[ConstructResult] = []
+    provider = ComponentProvider([RayCluster], "ray-cluster")
+
+    def program() -> None:
+        inputs: dict[str, object] = {}
+        for key, value in config.items():
+            sent = as_sent(key, value) if plain_inputs else value
+            inputs[key] = pulumi.Output.secret(sent) if key in secret else sent
+
+        async def through_the_wire() -> dict[str, Any]:
+            struct = await rpc.serialize_properties(inputs, {})
+            return await ProviderServicer._construct_inputs(struct, {})
+
+        received = _sync_await(through_the_wire())
+        ready.append(provider.construct("ray", TOKEN, received, pulumi.ResourceOptions()))
+
+    rendered = capture(program, "test", stack_config("test", {}))
+    state = _sync_await(pulumi.Output.from_input(ready[0].state).future(with_unknowns=False))
+    return rendered, dict(state or {})
+
+
+def by_urn(rendered: Rendered) -> dict[str, Registration]:
+    """Each registration by URN, its dependencies as the sets they are to the engine (their order is the order in
+    which the SDK resolved them)."""
+    return {
+        registration.urn: dataclasses.replace(
+            registration,
+            dependencies=tuple(sorted(registration.dependencies)),
+            property_dependencies={
+                key: tuple(sorted(urns)) for key, urns in registration.property_dependencies.items()
+            },
+        )
+        for registration in rendered.registrations
+    }
+
+
+SAME_CLUSTERS: list[dict[str, object]] = [
+    {},
+    {
+        "namespace": "ml",
+        "createNamespace": False,
+        "workers": 2,
+        "workerCpu": "2",
+        "workerMemory": "4Gi",
+        "maxWorkers": 4,
+        "idleTimeoutSeconds": 30,
+        "upscalingSpeed": "1",
+        "workerDrainSeconds": 300,
+        "workerGroups": [
+            {
+                "name": "gpu",
+                "replicas": 0,
+                "maxReplicas": 2,
+                "gpus": 1,
+                "cpu": "4",
+                "memory": "16Gi",
+                "nodeSelector": {"nvidia.com/gpu.present": "true"},
+                "tolerations": [
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                    {"key": "spot", "value": "yes", "effect": "NoExecute", "tolerationSeconds": 60},
+                ],
+            },
+            {"name": "highmem", "replicas": 1, "memory": "8Gi", "image": "rayproject/ray:2.60.0-py311"},
+        ],
+        "allowedClientNamespaces": ["jupyter"],
+        "allowedClientCidrs": ["10.8.0.0/16"],
+        "allowedMetricsNamespaces": ["monitoring"],
+        "authToken": "a-token-of-the-users-own",
+    },
+    {"gcsFaultTolerance": True, "redisPassword": "p@ss w0rd", "redisStorageClass": "fast", "testJob": False},
+    {
+        "gcsFaultTolerance": True,
+        "redisAddress": "rediss://redis.example.internal:6380",
+        "redisCaCert": REDIS_CA,
+        "redisPassword": "secret",
+        "gcsReconnectTimeoutSeconds": 900,
+        "tokenAuth": False,
+        "headCpu": "2",
+        "headMemory": "8Gi",
+        "image": "rayproject/ray:2.60.0-py312",
+    },
+]
+
+
+@pytest.mark.parametrize("config", SAME_CLUSTERS, ids=["defaults", "groups-and-access", "own-redis", "tls-redis"])
+def test_the_same_values_given_either_way_make_the_same_resources(config: dict[str, object]) -> None:
+    """Every registration (type, name, parent, inputs, secrets, dependencies, options) the package's construct
+    makes equals the stack program's for the same values, and the component's outputs are the stack's."""
+    program = render(config, secrets=tuple(sorted(SECRET_INPUTS & set(config))))
+    package, state = construct(config)
+    assert by_urn(package) == by_urn(program)
+    assert state == program.outputs
+
+
+def test_a_token_given_as_plain_text_is_kept_as_a_secret() -> None:
+    """A YAML program may give the token without `fn::secret`: it is still only ever stored as a secret."""
+    config = {"authToken": "not-marked-secret", "gcsFaultTolerance": True, "redisPassword": "nor-this"}
+    package, _ = construct(config, secret=frozenset())
+    program = render(config, secrets=("authToken", "redisPassword"))
+    assert by_urn(package) == by_urn(program)
+    assert any(r.secret_paths for r in package.registrations if r.type == "kubernetes:core/v1:Secret")
+
+
+ERROR_CASES = [config for config, _ in [*BAD_VALUES, *WHOLE_MESSAGES] if sendable(config)]
+
+
+def stack_error(config: Mapping[str, object]) -> str:
+    with pytest.raises(pulumi.RunError) as error:
+        render(config)
+    return str(error.value)
+
+
+def package_error(config: Mapping[str, object], **how: Any) -> str:
+    with pytest.raises(ComponentInitError) as error:
+        construct(config, **how)
+    assert isinstance(error.value.inner, pulumi.RunError)
+    return str(error.value.inner)
+
+
+@pytest.mark.parametrize("config", ERROR_CASES, ids=[json.dumps(c)[:80] for c in ERROR_CASES])
+def test_a_bad_input_fails_with_the_stack_configs_message_before_any_resource(
+    config: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = stack_error(config)
+    declared = spy_on_declarations(monkeypatch)
+    assert package_error(config) == expected
+    assert declared == []
+
+
+def test_the_error_cases_cover_the_config_errors() -> None:
+    """Only values no typed program can send are left out (text for a number, a key the schema lacks): 29 of the
+    114 when this was written, so a `sendable` that excluded more would show here."""
+    assert len(ERROR_CASES) >= 85
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"workers": 2.5}, "ray-cluster:workers is 2.5, but it must be a whole number"),
+        ({"idleTimeoutSeconds": 0.5}, "ray-cluster:idleTimeoutSeconds is 0.5, but it must be a whole number"),
+        ({"testJob": "yes"}, "ray-cluster:testJob is 'yes', but it must be true or false"),
+        ({"headCpu": 2}, "ray-cluster:headCpu is 2, but it must be text"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_the_input(config: dict[str, object], message: str) -> None:
+    """What a YAML program (which a schema's types do not stop) may send; the stack's CLI refuses these itself."""
+    assert package_error(config, plain_inputs=False) == message
+
+
+def test_an_input_another_resource_computes_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the secrets may be Outputs: the namespace of another resource, say, would reach the component as one."""
+    declared = spy_on_declarations(monkeypatch)
+    message = package_error({"namespace": "ml"}, secret=frozenset({"namespace"}))
+    assert message == (
+        "ray-cluster:namespace is 'an Output', but it must be a plain value, known when the program runs: the "
+        "cluster's names and shape are checked from it before any resource is declared"
+    )
+    assert declared == []
+
+
+def test_an_unknown_input_is_refused_by_name() -> None:
+    """A Python program that uses the component directly (a typo the TypedDict's type checker would also catch)."""
+
+    def program() -> None:
+        RayCluster("ray", {"wrokers": 3})  # type: ignore[typeddict-unknown-key]
+
+    with pytest.raises(pulumi.RunError) as error:
+        capture(program, "test", stack_config("test", {}))
+    assert str(error.value).startswith("ray-cluster:wrokers is 3, but it is not an input of the cluster; the inputs")
+    assert "'workers'" in str(error.value)
+
+
+# The YAML example: a program a user copies, parsed and checked against the schema, then constructed.
+EXAMPLE = ROOT / "examples" / "yaml" / "Pulumi.yaml"
+
+
+def example_cluster() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The example program, and its one RayCluster resource."""
+    program = yaml.safe_load(EXAMPLE.read_text())
+    clusters = [r for r in program["resources"].values() if r["type"] in (TOKEN, "ray-cluster:RayCluster")]
+    assert len(clusters) == 1
+    return program, clusters[0]
+
+
+def test_the_yaml_example_uses_this_package_and_only_what_its_schema_has(schema: dict[str, Any]) -> None:
+    program, cluster = example_cluster()
+    assert program["runtime"] == "yaml"
+    assert (EXAMPLE.parent / program["packages"]["ray-cluster"] / "PulumiPlugin.yaml").is_file()
+    inputs = schema["resources"][TOKEN]["inputProperties"]
+    for name, value in cluster["properties"].items():
+        assert name in inputs, name
+        check_value(schema, inputs[name], value, name)
+    name = next(name for name, r in program["resources"].items() if r is cluster)
+    referenced = re.findall(rf"\$\{{{name}\.([A-Za-z]+)\}}", json.dumps(program["outputs"]))
+    assert referenced
+    assert set(referenced) <= set(schema["resources"][TOKEN]["properties"])
+
+
+def test_the_yaml_example_makes_the_cluster_the_stack_config_would() -> None:
+    _, cluster = example_cluster()
+    package, _ = construct(cluster["properties"])
+    assert by_urn(package) == by_urn(render(cluster["properties"]))
