@@ -492,3 +492,12 @@ def test_the_yaml_example_makes_the_cluster_the_stack_config_would() -> None:
     _, cluster = example_cluster()
     package, _ = construct(cluster["properties"])
     assert by_urn(package) == by_urn(render(cluster["properties"]))
+
+
+def test_the_readme_and_the_example_pin_this_release() -> None:
+    """Consumers copy the `pulumi package add ...@v<version>` lines: they must name the version the plugin reports
+    (the git tag a release gets)."""
+    release = f"/provider@v{load_entry_point().VERSION}"
+    for text in ((ROOT / "README.md").read_text(), EXAMPLE.read_text()):
+        pinned = re.findall(r"/provider@v[0-9][^\s`]*", text)
+        assert pinned and set(pinned) == {release}
