@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import pulumi
 
@@ -81,6 +81,7 @@ RAY_RECONNECT_SECONDS = 60
 FAULT_TOLERANT_RECONNECT_SECONDS = 600
 # Ray's upscaling_speed: KubeRay's "Default" and "Aggressive" modes use 1000, no limit in practice.
 _MAX_UPSCALING_SPEED = 1000
+_Value = TypeVar("_Value", str, int, bool)
 _DECIMAL_NUMBER = re.compile(r"^[0-9]+(\.[0-9]+)?$|^\.[0-9]+$")
 
 
@@ -138,21 +139,19 @@ class Inputs:
         self._values = {**known, **{key: _whole_numbers(value) for key, value in args.items() if value is not None}}
 
     def text(self, key: str) -> str:
-        value = self._values[key]
-        if not isinstance(value, str):
-            raise config_error(key, value, "it must be text")
-        return value
+        return self._typed(key, str, "it must be text")
 
     def integer(self, key: str) -> int:
-        value = self._values[key]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise config_error(key, value, "it must be a whole number")
-        return value
+        return self._typed(key, int, "it must be a whole number")
 
     def boolean(self, key: str) -> bool:
+        return self._typed(key, bool, "it must be true or false")
+
+    def _typed(self, key: str, kind: type[_Value], allowed: str) -> _Value:
         value = self._values[key]
-        if not isinstance(value, bool):
-            raise config_error(key, value, "it must be true or false")
+        # A bool is an int to Python, not a whole number to the user.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise config_error(key, value, allowed)
         return value
 
     def value(self, key: str) -> object:

@@ -430,6 +430,7 @@ def test_the_error_cases_cover_the_config_errors() -> None:
     [
         ({"workers": 2.5}, "ray-cluster:workers is 2.5, but it must be a whole number"),
         ({"idleTimeoutSeconds": 0.5}, "ray-cluster:idleTimeoutSeconds is 0.5, but it must be a whole number"),
+        ({"workerDrainSeconds": True}, "ray-cluster:workerDrainSeconds is True, but it must be a whole number"),
         ({"testJob": "yes"}, "ray-cluster:testJob is 'yes', but it must be true or false"),
         ({"headCpu": 2}, "ray-cluster:headCpu is 2, but it must be text"),
     ],
