@@ -3,6 +3,8 @@ the schema Pulumi's analyzer infers (checked against the stack config in `Pulumi
 the `construct` path a program in another language takes (inputs through Pulumi's wire format: every number a
 float, secrets as secret Outputs), whose resources must be the stack program's, and whose errors its."""
 
+import contextlib
+import contextvars
 import dataclasses
 import importlib.util
 import json
@@ -10,6 +12,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,18 +21,28 @@ import grpc
 import pulumi
 import pytest
 import yaml
-from google.protobuf import empty_pb2
+from google.protobuf import empty_pb2, json_format
 from pulumi.provider.experimental import host
 from pulumi.provider.experimental.component import ComponentProvider
 from pulumi.provider.provider import ConstructResult
 from pulumi.provider.server import ComponentInitError, ProviderServicer
 from pulumi.runtime import rpc
-from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
+from pulumi.runtime.proto import engine_pb2_grpc, provider_pb2, provider_pb2_grpc, resource_pb2, resource_pb2_grpc
 from pulumi.runtime.sync_await import _sync_await
 
 from components import RayCluster
 from components.settings import _GROUP_KEYS, _TOLERATION_KEYS
-from tests.program import ROOT, Registration, Rendered, capture, render, stack_config
+from tests.program import (
+    ROOT,
+    Registration,
+    Rendered,
+    _Mocks,
+    _RecordingMonitor,
+    _registration,
+    capture,
+    render,
+    stack_config,
+)
 from tests.test_config_errors import BAD_VALUES, WHOLE_MESSAGES, spy_on_declarations
 from tests.variants import REDIS_CA
 
@@ -101,27 +114,34 @@ def schema(provider: ComponentProvider) -> dict[str, Any]:
     return loaded
 
 
-def test_the_plugin_serves_its_schema_as_the_cli_starts_it(tmp_path: Path, schema: dict[str, Any]) -> None:
-    """`pulumi package add` / `get-schema` run `python provider/` from the consumer's directory, with the engine's
-    address, and read the port it prints: the plugin must find the repository's component from anywhere."""
-    plugin = subprocess.Popen(
-        [sys.executable, str(PROVIDER_DIR), "127.0.0.1:1"],
-        cwd=tmp_path,
+@contextlib.contextmanager
+def plugin(directory: Path, engine: str = "127.0.0.1:1") -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
+    """The plugin as the CLI runs it: `python provider/ <engine address>` from the consumer's directory; it prints
+    the port it serves on."""
+    process = subprocess.Popen(
+        [sys.executable, str(PROVIDER_DIR), engine],
+        cwd=directory,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        assert plugin.stdout is not None
-        port = plugin.stdout.readline().strip()
-        assert port.isdigit(), plugin.stderr.read() if plugin.stderr else port
+        assert process.stdout is not None and process.stderr is not None
+        port = process.stdout.readline().strip()
+        assert port.isdigit(), process.stderr.read()
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = provider_pb2_grpc.ResourceProviderStub(channel)
-            served = stub.GetSchema(provider_pb2.GetSchemaRequest(version=0), timeout=60)
-            info = stub.GetPluginInfo(empty_pb2.Empty(), timeout=60)
+            yield provider_pb2_grpc.ResourceProviderStub(channel)
     finally:
-        plugin.kill()
-        plugin.wait()
+        process.kill()
+        process.wait()
+
+
+def test_the_plugin_serves_its_schema_as_the_cli_starts_it(tmp_path: Path, schema: dict[str, Any]) -> None:
+    """`pulumi package add` / `get-schema` start the plugin and ask for its schema and version: it must find the
+    repository's component from anywhere."""
+    with plugin(tmp_path) as stub:
+        served = stub.GetSchema(provider_pb2.GetSchemaRequest(version=0), timeout=60)
+        info = stub.GetPluginInfo(empty_pb2.Empty(), timeout=60)
     assert json.loads(served.schema) == schema
     assert info.version == load_entry_point().VERSION == schema["version"]
     assert schema["name"] == "ray-cluster"
@@ -502,3 +522,105 @@ def test_the_readme_and_the_example_pin_this_release() -> None:
     for text in ((ROOT / "README.md").read_text(), EXAMPLE.read_text()):
         pinned = re.findall(r"/provider@v[0-9][^\s`]*", text)
         assert pinned and set(pinned) == {release}
+
+
+class _Engine(engine_pb2_grpc.EngineServicer):
+    """The engine's own service, as far as a plugin uses it: the log (the component's warnings go there)."""
+
+    def __init__(self) -> None:
+        self.logged: list[str] = []
+
+    def Log(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
+        self.logged.append(request.message)
+        return empty_pb2.Empty()
+
+
+class _Monitor(resource_pb2_grpc.ResourceMonitorServicer):
+    """The engine's resource monitor, over gRPC, in front of the program tests' recording mock monitor (what it
+    does not implement stays refused, as the generated servicer refuses it). Each call runs in the test's
+    context, where the mocks' stack and project are set (gRPC's threads start without them)."""
+
+    def __init__(self, recording: _RecordingMonitor) -> None:
+        self.recording = recording
+        self.context = contextvars.copy_context()
+
+    def _call(self, method: str, request: Any) -> Any:
+        return self.context.copy().run(getattr(self.recording, method), request)
+
+    def SupportsFeature(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
+        supported = self._call("SupportsFeature", request)
+        return resource_pb2.SupportsFeatureResponse(hasSupport=supported.hasSupport)
+
+    def GetDeploymentInfo(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
+        return self._call("GetDeploymentInfo", request)
+
+    def RegisterResource(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
+        return self._call("RegisterResource", request)
+
+    def ReadResource(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
+        return self._call("ReadResource", request)
+
+    def RegisterResourceOutputs(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
+        return empty_pb2.Empty()
+
+
+def construct_in_the_plugin(
+    directory: Path, config: Mapping[str, object]
+) -> tuple[Rendered, provider_pb2.ConstructResponse | grpc.RpcError, list[str]]:
+    """The engine's side of `pulumi up` in a consumer's program: it asks the plugin process (started as the CLI
+    starts it) to construct a RayCluster, with the inputs on the wire as the consumer's SDK sent them, and the
+    plugin registers every resource with this monitor over gRPC. Returns what was registered, the response (or
+    the gRPC error) and the engine's log."""
+    mock = _Mocks()
+    recording = _RecordingMonitor(mock)
+    pulumi.runtime.set_mocks(mock, project="ray-cluster", stack="test", preview=False, monitor=recording)
+    engine = _Engine()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    engine_pb2_grpc.add_EngineServicer_to_server(engine, server)
+    resource_pb2_grpc.add_ResourceMonitorServicer_to_server(_Monitor(recording), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    inputs = {key: pulumi.Output.secret(value) if key in SECRET_INPUTS else value for key, value in config.items()}
+    request = provider_pb2.ConstructRequest(
+        project="ray-cluster",
+        stack="test",
+        monitorEndpoint=f"127.0.0.1:{port}",
+        type=TOKEN,
+        name="ray",
+        parent="urn:pulumi:test::ray-cluster::pulumi:pulumi:Stack::ray-cluster-test",
+        inputs=_sync_await(rpc.serialize_properties(inputs, {})),
+    )
+    try:
+        with plugin(directory, engine=f"127.0.0.1:{port}") as stub:
+            response: provider_pb2.ConstructResponse | grpc.RpcError = stub.Construct(request, timeout=120)
+    except grpc.RpcError as error:
+        response = error
+    finally:
+        server.stop(grace=None)
+    registrations = [_registration(recording, sent, urn, read) for sent, urn, read in recording.requests]
+    return Rendered(registrations=registrations, outputs={}), response, engine.logged
+
+
+def test_the_plugin_constructs_the_programs_cluster_over_grpc(tmp_path: Path) -> None:
+    """The whole path but the CLI: every resource the plugin process registers, as the engine would receive it,
+    equals the stack program's for the same values; its state holds the stack's outputs, the token stays a
+    secret, and the component's warnings reach the engine's log."""
+    config = {**SAME_CLUSTERS[1], "headMemory": "1Gi"}
+    package, response, logged = construct_in_the_plugin(tmp_path, config)
+    assert isinstance(response, provider_pb2.ConstructResponse), response
+    program = render(config, secrets=("authToken",))
+    assert by_urn(package) == by_urn(program)
+    assert response.urn == "urn:pulumi:test::ray-cluster::ray-cluster:index:RayCluster::ray"
+    state = json_format.MessageToDict(response.state)
+    assert state["dashboardUrl"] == program.outputs["dashboardUrl"] == "http://ray-head.ml.svc:8265"
+    assert state["workerReplicas"] == {"worker": 2, "gpu": 0, "highmem": 1}
+    assert any(message.startswith("ray-cluster:headMemory is '1Gi'") for message in logged)
+
+
+def test_a_bad_input_fails_the_plugins_construct_with_the_stack_configs_message(tmp_path: Path) -> None:
+    """Nothing registered, and the engine gets the stack config's message word for word."""
+    package, response, _ = construct_in_the_plugin(tmp_path, {"workers": -1})
+    assert isinstance(response, grpc.RpcError)
+    # As Pulumi's SDK (3.272) reports any error of a component's constructor: the message, then its stack trace.
+    assert response.details().startswith(f"Unexpected <class 'Exception'>: {stack_error({'workers': -1})}:\n")
+    assert package.registrations == []
