@@ -14,13 +14,5 @@ cluster_name = args["clusterName"]
 aliases = [pulumi.Alias(name=cluster_name)] if cluster_name != COMPONENT_NAME else []
 cluster = RayCluster(COMPONENT_NAME, args, opts=pulumi.ResourceOptions(aliases=aliases))
 
-pulumi.export("namespace", cluster.namespace)
-pulumi.export("headServiceDns", cluster.head_service_dns)
-pulumi.export("gcsAddress", cluster.gcs_address)
-pulumi.export("rayClientAddress", cluster.ray_client_address)
-pulumi.export("dashboardUrl", cluster.dashboard_url)
-pulumi.export("portForwardCommand", cluster.port_forward_command)
-pulumi.export("image", cluster.image)
-pulumi.export("workerReplicas", cluster.worker_replicas)
-pulumi.export("authTokenSecret", cluster.auth_token_secret)
-pulumi.export("gcsStorageNamespace", cluster.gcs_storage_namespace)
+for output_name, value in cluster.outputs_by_name().items():
+    pulumi.export(output_name, value)

@@ -14,7 +14,9 @@ same name, type and description. Two consequences of how the SDK's analyzer read
 """
 
 import functools
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Required, TypedDict, cast
 
 import pulumi
@@ -49,7 +51,7 @@ class WorkerGroupArgs(TypedDict, total=False):
     replicas: int
     """Replicas of the group (default 1), or its least size when maxReplicas is larger."""
     maxReplicas: int
-    """Most replicas of the group: above replicas, Ray's autoscaler sizes it between the two. 0 (the default) means no autoscaling."""
+    """Most replicas of the group: above replicas, Ray's autoscaler sizes it between the two (default 0: no autoscaling)."""
     cpu: str
     """CPU request and limit of each pod (default: workerCpu)."""
     memory: str
@@ -131,8 +133,16 @@ class RayClusterArgs(TypedDict, total=False):
     """StorageClass of the stack's Redis volume. Empty means the Kubernetes cluster's default."""
 
 
+# A worker group's values when not given, where they are its own (its cpu, memory and image follow the cluster's).
+GROUP_DEFAULTS: Mapping[str, object] = MappingProxyType(
+    {"replicas": 1, "maxReplicas": 0, "gpus": 0, "image": "", "nodeSelector": {}, "tolerations": []}
+)
+GROUP_KEYS = WorkerGroupArgs.__required_keys__ | WorkerGroupArgs.__optional_keys__
+TOLERATION_KEYS = TolerationArgs.__required_keys__ | TolerationArgs.__optional_keys__
+
+
 @functools.cache
-def declared_config() -> dict[str, dict[str, Any]]:
+def declared_config() -> Mapping[str, Mapping[str, Any]]:
     """The config keys `Pulumi.yaml` declares, each with its `type`, `default` and `description`.
 
     Read at run time, from the file the CLI reads: a package consumer's plugin holds the whole repository (the CLI
@@ -140,8 +150,7 @@ def declared_config() -> dict[str, dict[str, Any]]:
     import yaml  # the Pulumi SDK's own dependency
 
     project = yaml.safe_load(PROJECT_FILE.read_text())
-    declared: dict[str, dict[str, Any]] = project["config"]
-    return declared
+    return MappingProxyType({key: MappingProxyType(spec) for key, spec in project["config"].items()})
 
 
 def defaults() -> dict[str, object]:
@@ -166,3 +175,26 @@ def from_stack_config(config: pulumi.Config) -> RayClusterArgs:
         elif config.get(key):
             args[key] = config.require_secret(key)
     return cast(RayClusterArgs, args)
+
+
+def whole_numbers(value: object) -> object:
+    """Whole floats as integers, in lists and objects too: every number a package consumer gives arrives as a
+    float (Pulumi's wire format has no integers), and Pulumi's SDK 3.272 hands integer inputs on as it got them."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [whole_numbers(item) for item in value]
+    if isinstance(value, dict):
+        return {key: whole_numbers(item) for key, item in value.items()}
+    return value
+
+
+def contains_output(value: object) -> bool:
+    """Whether a value is, or holds, an Output: a value another resource computes, unknown until it is created."""
+    if isinstance(value, pulumi.Output):
+        return True
+    if isinstance(value, list):
+        return any(contains_output(item) for item in value)
+    if isinstance(value, dict):
+        return any(contains_output(item) for item in value.values())
+    return False

@@ -10,7 +10,9 @@ why this module has no `from __future__ import annotations` (the analyzer cannot
 """
 
 import hashlib
+import inspect
 import json
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,10 +20,11 @@ from typing import Any, TypeVar
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
+from pulumi.provider.experimental.util import camel_case
 
 from . import autoscaling, network, pods, redis
 from .inputs import RayClusterArgs
-from .settings import GcsFaultTolerance, load_settings
+from .settings import GcsFaultTolerance, config_error, load_settings
 
 # Ray images are several GB: the first pull alone can outlast pulumi-kubernetes' 10-minute default.
 _PULL_SECONDS = 20 * 60
@@ -178,21 +181,12 @@ class RayCluster(pulumi.ComponentResource):
         self.worker_replicas = pulumi.Output.from_input({g.name: g.replicas for g in settings.worker_groups})
         self.auth_token_secret = pulumi.Output.from_input(settings.auth_secret_name if settings.token_auth else None)
         self.gcs_storage_namespace = pulumi.Output.from_input(storage_namespace)
-        # Under the names of the package's schema (the attributes' in camelCase), which are the stack's outputs'.
-        self.register_outputs(
-            {
-                "namespace": self.namespace,
-                "headServiceDns": self.head_service_dns,
-                "gcsAddress": self.gcs_address,
-                "rayClientAddress": self.ray_client_address,
-                "dashboardUrl": self.dashboard_url,
-                "portForwardCommand": self.port_forward_command,
-                "image": self.image,
-                "workerReplicas": self.worker_replicas,
-                "authTokenSecret": self.auth_token_secret,
-                "gcsStorageNamespace": self.gcs_storage_namespace,
-            }
-        )
+        self.register_outputs(self.outputs_by_name())
+
+    def outputs_by_name(self) -> dict[str, pulumi.Output[Any]]:
+        """The outputs under their names in the package's schema (the attributes' names in camelCase, by the
+        analyzer's own rule), which are also the stack's outputs."""
+        return {camel_case(name): getattr(self, name) for name in OUTPUT_ATTRIBUTES}
 
     def _child(
         self,
@@ -405,7 +399,9 @@ class RayCluster(pulumi.ComponentResource):
         if fault_tolerance.external_address and not fault_tolerance.authenticates:
             return needed, {}, None
         if fault_tolerance.external_address:
-            password: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.from_input(given_password).apply(str))
+            password: pulumi.Output[str] = pulumi.Output.secret(
+                pulumi.Output.from_input(given_password).apply(_existing_redis_password)
+            )
             data: dict[str, pulumi.Input[str]] = {redis.PASSWORD_KEY: password}
         else:
             password = self._secret("redis-password", given_password, 32)
@@ -475,3 +471,23 @@ def _digest(specs: Mapping[str, Any]) -> pulumi.Output[str]:
     return pulumi.Output.from_input(specs).apply(
         lambda resolved: hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
     )
+
+
+def _existing_redis_password(given: object) -> str:
+    """An existing Redis's password as given. A secret Output cannot be read before it is used, so an empty one
+    (which the stack config leaves out, but a package consumer may send) is refused only when it resolves."""
+    password = str(given)
+    if not password:
+        raise config_error(
+            "redisPassword", "", "given as a secret, it must not be empty: leave it out for a Redis without a password"
+        )
+    return password
+
+
+# The component's outputs: its `pulumi.Output` attributes, as Pulumi's analyzer finds them for the package's schema.
+def _is_output(annotation: object) -> bool:
+    origin: object = typing.get_origin(annotation)
+    return origin is pulumi.Output
+
+
+OUTPUT_ATTRIBUTES = tuple(name for name, kind in inspect.get_annotations(RayCluster).items() if _is_output(kind))

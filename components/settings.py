@@ -26,7 +26,16 @@ from typing import Any, TypeVar
 import pulumi
 
 from . import sizing
-from .inputs import SECRET_KEYS, WORKER_GROUPS, defaults
+from .inputs import (
+    GROUP_DEFAULTS,
+    GROUP_KEYS,
+    SECRET_KEYS,
+    TOLERATION_KEYS,
+    WORKER_GROUPS,
+    contains_output,
+    defaults,
+    whole_numbers,
+)
 
 PROJECT = "ray-cluster"
 DEFAULT_GROUP = "worker"
@@ -48,10 +57,6 @@ _QUANTITY = re.compile(
 )
 _BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
 _DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
-_GROUP_KEYS = frozenset(
-    {"name", "replicas", "maxReplicas", "cpu", "memory", "gpus", "image", "nodeSelector", "tolerations"}
-)
-_TOLERATION_KEYS = frozenset({"key", "operator", "value", "effect", "tolerationSeconds"})
 _TOLERATION_OPERATORS = ("Equal", "Exists")
 _TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # The Deployment name `<cluster>-<group>` is also a label value: at most 63 characters.
@@ -129,17 +134,22 @@ class Inputs:
         for key, value in args.items():
             if key not in known:
                 raise config_error(key, value, f"it is not an input of the cluster; the inputs are {sorted(known)}")
-            if isinstance(value, pulumi.Output) and key not in SECRET_KEYS:
+            if key in SECRET_KEYS:
+                if value is not None and not isinstance(value, str | pulumi.Output):
+                    # Only its type is shown: it is a secret.
+                    raise config_error(key, f"<{type(value).__name__}>", "it must be text (a secret)")
+            elif contains_output(value):
                 raise config_error(
                     key,
                     "an Output",
                     "it must be a plain value, known when the program runs: the cluster's names and shape are "
                     "checked from it before any resource is declared",
                 )
-        self._values = {**known, **{key: _whole_numbers(value) for key, value in args.items() if value is not None}}
+        self._values = {**known, **{key: whole_numbers(value) for key, value in args.items() if value is not None}}
 
     def text(self, key: str) -> str:
-        return self._typed(key, str, "it must be text")
+        """Text, or a number or boolean as the text it was written as (as inside `--path` objects)."""
+        return self._typed(key, str, "it must be text", cli_text)
 
     def integer(self, key: str) -> int:
         return self._typed(key, int, "it must be a whole number")
@@ -147,11 +157,14 @@ class Inputs:
     def boolean(self, key: str) -> bool:
         return self._typed(key, bool, "it must be true or false")
 
-    def _typed(self, key: str, kind: type[_Value], allowed: str) -> _Value:
-        value = self._values[key]
+    def _typed(
+        self, key: str, kind: type[_Value], allowed: str, convert: Callable[[object], object] = lambda value: value
+    ) -> _Value:
+        given = self._values[key]
+        value = convert(given)
         # A bool is an int to Python, not a whole number to the user.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise config_error(key, value, allowed)
+            raise config_error(key, given, allowed)
         return value
 
     def value(self, key: str) -> object:
@@ -162,17 +175,6 @@ class Inputs:
         """Whether a secret was given: a secret Output is, as its value cannot be read before it is used."""
         value = self._values[key]
         return isinstance(value, pulumi.Output) or bool(value)
-
-
-def _whole_numbers(value: object) -> object:
-    """Whole floats (every number through the package's gRPC inputs) as integers, in lists and objects too."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_whole_numbers(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _whole_numbers(item) for key, item in value.items()}
-    return value
 
 
 def _require_quantity(key: str, value: object) -> str:
@@ -518,8 +520,8 @@ def _require_node_selector(key: str, value: object) -> dict[str, str]:
 
 
 def _require_toleration(key: str, value: object) -> dict[str, Any]:
-    if not isinstance(value, Mapping) or not set(value) <= _TOLERATION_KEYS:
-        raise config_error(key, value, f"a toleration may only have the keys {sorted(_TOLERATION_KEYS)}")
+    if not isinstance(value, Mapping) or not set(value) <= TOLERATION_KEYS:
+        raise config_error(key, value, f"a toleration may only have the keys {sorted(TOLERATION_KEYS)}")
     toleration: dict[str, Any] = {name: cli_text(value[name]) for name in ("key", "value") if name in value}
     if "operator" in value:
         if value["operator"] not in _TOLERATION_OPERATORS:
@@ -554,26 +556,22 @@ def _parse_group(index: int, raw: object, defaults: PodResources, cluster_image:
     key = f"workerGroups[{index}]"
     if not isinstance(raw, Mapping):
         raise config_error(key, raw, "it must be an object with a name and replicas")
-    unknown = set(raw) - _GROUP_KEYS
+    unknown = set(raw) - GROUP_KEYS
     if unknown:
-        raise config_error(key, raw, f"it has unknown keys {sorted(unknown)}; allowed are {sorted(_GROUP_KEYS)}")
+        raise config_error(key, raw, f"it has unknown keys {sorted(unknown)}; allowed are {sorted(GROUP_KEYS)}")
     if "name" not in raw:
         raise config_error(key, raw, "it must have a name")
-    resources = PodResources.parse(
-        lambda name: f"{key}.{name}",
-        raw.get("cpu", defaults.cpu),
-        raw.get("memory", defaults.memory),
-        raw.get("gpus", 0),
-    )
-    replicas = _require_count(f"{key}.replicas", raw.get("replicas", 1))
+    group = {**GROUP_DEFAULTS, "cpu": defaults.cpu, "memory": defaults.memory, **raw}
+    resources = PodResources.parse(lambda name: f"{key}.{name}", group["cpu"], group["memory"], group["gpus"])
+    replicas = _require_count(f"{key}.replicas", group["replicas"])
     return WorkerGroup(
-        name=_require_dns_label(f"{key}.name", cli_text(raw["name"])),
+        name=_require_dns_label(f"{key}.name", cli_text(group["name"])),
         replicas=replicas,
-        max_replicas=_require_most(f"{key}.maxReplicas", raw.get("maxReplicas", 0), replicas, f"{key}.replicas"),
+        max_replicas=_require_most(f"{key}.maxReplicas", group["maxReplicas"], replicas, f"{key}.replicas"),
         resources=resources,
-        image=_group_image(f"{key}.image", raw.get("image", ""), cluster_image, resources.gpus),
-        node_selector=_require_node_selector(f"{key}.nodeSelector", raw.get("nodeSelector", {})),
-        tolerations=_require_tolerations(f"{key}.tolerations", raw.get("tolerations", [])),
+        image=_group_image(f"{key}.image", group["image"], cluster_image, resources.gpus),
+        node_selector=_require_node_selector(f"{key}.nodeSelector", group["nodeSelector"]),
+        tolerations=_require_tolerations(f"{key}.tolerations", group["tolerations"]),
     )
 
 

@@ -13,7 +13,16 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 VERSION = "0.1.0"
 
 
+OLDEST_PYTHON = (3, 11)
+
+
 def main() -> None:
+    if sys.version_info < OLDEST_PYTHON:
+        # What the CLI shows the consumer, instead of an ImportError from deep inside the component.
+        sys.exit(
+            f"ray-cluster's component package needs Python {'.'.join(map(str, OLDEST_PYTHON))} or newer; "
+            f"the Pulumi CLI started it with Python {sys.version.split()[0]} ({sys.executable})"
+        )
     sys.path.insert(0, str(REPOSITORY))
     from pulumi.provider.experimental import component_provider_host
 

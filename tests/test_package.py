@@ -30,8 +30,8 @@ from pulumi.runtime import rpc
 from pulumi.runtime.proto import engine_pb2_grpc, provider_pb2, provider_pb2_grpc, resource_pb2, resource_pb2_grpc
 from pulumi.runtime.sync_await import _sync_await
 
-from components import RayCluster
-from components.settings import _GROUP_KEYS, _TOLERATION_KEYS
+from components import RayCluster, load_settings
+from components.inputs import GROUP_KEYS, TOLERATION_KEYS
 from tests.program import (
     ROOT,
     Registration,
@@ -83,6 +83,7 @@ ALWAYS_OUTPUTS = {
     "workerReplicas",
 }
 SOMETIMES_OUTPUTS = {"authTokenSecret", "gcsStorageNamespace"}
+IMAGE = DECLARED["image"]["default"]
 # The schema as the analyzer infers it, to tell which error cases a typed program could send at all.
 SCHEMA: dict[str, Any] = json.loads(ComponentProvider([RayCluster], "ray-cluster").schema or "{}")
 
@@ -211,13 +212,13 @@ def test_worker_groups_are_typed_as_the_program_reads_them(schema: dict[str, Any
     assert inputs["workerGroups"]["items"]["$ref"] == f"#/types/{WORKER_GROUP_TYPE}"
     group = schema["types"][WORKER_GROUP_TYPE]
     assert {name: prop.get("type") for name, prop in group["properties"].items()} == WORKER_GROUP_PROPERTIES
-    assert set(WORKER_GROUP_PROPERTIES) == _GROUP_KEYS
+    assert set(WORKER_GROUP_PROPERTIES) == GROUP_KEYS | {"name"}
     assert group["required"] == ["name"]
     assert group["properties"]["nodeSelector"]["additionalProperties"]["type"] == "string"
     assert group["properties"]["tolerations"]["items"]["$ref"] == f"#/types/{TOLERATION_TYPE}"
     toleration = schema["types"][TOLERATION_TYPE]
     assert {name: prop["type"] for name, prop in toleration["properties"].items()} == TOLERATION_PROPERTIES
-    assert set(TOLERATION_PROPERTIES) == _TOLERATION_KEYS
+    assert set(TOLERATION_PROPERTIES) == TOLERATION_KEYS
     assert "required" not in toleration
 
 
@@ -452,23 +453,73 @@ def test_the_error_cases_cover_the_config_errors() -> None:
         ({"idleTimeoutSeconds": 0.5}, "ray-cluster:idleTimeoutSeconds is 0.5, but it must be a whole number"),
         ({"workerDrainSeconds": True}, "ray-cluster:workerDrainSeconds is True, but it must be a whole number"),
         ({"testJob": "yes"}, "ray-cluster:testJob is 'yes', but it must be true or false"),
-        ({"headCpu": 2}, "ray-cluster:headCpu is 2, but it must be text"),
+        ({"headCpu": ["2"]}, "ray-cluster:headCpu is ['2'], but it must be text"),
+        # A secret's value is never shown, not even in an error.
+        ({"authToken": 12345}, "ray-cluster:authToken is '<float>', but it must be text (a secret)"),
     ],
 )
 def test_a_value_of_the_wrong_type_names_the_input(config: dict[str, object], message: str) -> None:
     """What a YAML program (which a schema's types do not stop) may send; the stack's CLI refuses these itself."""
-    assert package_error(config, plain_inputs=False) == message
+    assert package_error(config, secret=frozenset(), plain_inputs=False) == message
+
+
+def test_a_number_for_text_is_the_text_it_was_written_as() -> None:
+    """As inside a stack's `--path` objects (where the CLI types `8` as a number), at every level."""
+    config = {"workerCpu": 2, "workerGroups": [{"name": "big", "cpu": 8, "memory": "16Gi"}]}
+    package, _ = construct(config, plain_inputs=False)
+    assert by_urn(package) == by_urn(
+        render({"workerCpu": "2", "workerGroups": [{"name": "big", "cpu": "8", "memory": "16Gi"}]})
+    )
+
+
+OUTPUT_REFUSED = (
+    "is 'an Output', but it must be a plain value, known when the program runs: the cluster's names and shape are "
+    "checked from it before any resource is declared"
+)
 
 
 def test_an_input_another_resource_computes_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only the secrets may be Outputs: the namespace of another resource, say, would reach the component as one."""
+    """Only the secrets may be Outputs: the namespace of another resource, say, would reach the component as one.
+    (An Output for a number never gets this far: Pulumi's SDK fails on it while it maps the inputs.)"""
     declared = spy_on_declarations(monkeypatch)
-    message = package_error({"namespace": "ml"}, secret=frozenset({"namespace"}))
-    assert message == (
-        "ray-cluster:namespace is 'an Output', but it must be a plain value, known when the program runs: the "
-        "cluster's names and shape are checked from it before any resource is declared"
+    assert (
+        package_error({"namespace": "ml"}, secret=frozenset({"namespace"})) == f"ray-cluster:namespace {OUTPUT_REFUSED}"
+    )
+    assert package_error({"createNamespace": False}, secret=frozenset({"createNamespace"})) == (
+        f"ray-cluster:createNamespace {OUTPUT_REFUSED}"
     )
     assert declared == []
+
+
+def test_an_output_inside_a_worker_group_is_refused_by_the_groups_key() -> None:
+    def program() -> None:
+        RayCluster("ray", {"workerGroups": [{"name": "gpu", "cpu": pulumi.Output.from_input("8")}]})  # type: ignore[typeddict-item]
+
+    with pytest.raises(pulumi.RunError) as error:
+        capture(program, "test", stack_config("test", {}))
+    assert str(error.value) == f"ray-cluster:workerGroups {OUTPUT_REFUSED}"
+
+
+def test_an_empty_secret_password_for_an_existing_redis_fails_the_update() -> None:
+    """A secret's emptiness shows only when it resolves: then it fails, instead of giving Ray an empty password
+    (the stack config leaves an empty password out, and so gives Ray none)."""
+    config = {"gcsFaultTolerance": True, "redisAddress": "redis.example.internal:6379", "redisPassword": ""}
+    with pytest.raises(pulumi.RunError) as error:
+        construct(config)
+    assert str(error.value) == (
+        "ray-cluster:redisPassword is '', but given as a secret, it must not be empty: leave it out for a Redis "
+        "without a password"
+    )
+
+
+def test_a_worker_groups_defaults_are_the_ones_its_schema_describes(schema: dict[str, Any]) -> None:
+    group = load_settings({"workerGroups": [{"name": "small"}]}, "ray-cluster", "test").worker_groups[1]
+    assert (group.replicas, group.max_replicas, group.resources.gpus, group.image) == (1, None, 0, IMAGE)
+    described = schema["types"][WORKER_GROUP_TYPE]["properties"]
+    assert "(default 1)" in described["replicas"]["description"]
+    assert "(default 0: no autoscaling)" in described["maxReplicas"]["description"]
+    assert "(default 0)" in described["gpus"]["description"]
+    assert "(default: image," in described["image"]["description"]
 
 
 def test_an_unknown_input_is_refused_by_name() -> None:
