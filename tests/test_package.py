@@ -178,9 +178,19 @@ def test_the_plugins_requirements_are_the_programs() -> None:
 
 
 def test_the_plugin_runs_python_from_its_own_virtualenv() -> None:
+    """pip into `provider/venv` (git-ignored, for a package added from a local clone)."""
     plugin = yaml.safe_load((PROVIDER_DIR / "PulumiPlugin.yaml").read_text())
-    assert plugin["runtime"]["name"] == "python"
-    assert plugin["runtime"]["options"]["toolchain"] == "pip"
+    assert plugin["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": "venv"}}
+    assert "provider/venv/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_the_plugin_names_the_python_it_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older Python would fail with an ImportError from deep inside the component; the consumer sees why."""
+    entry_point = load_entry_point()
+    monkeypatch.setattr(sys, "version_info", (3, 10, 14, "final", 0))
+    with pytest.raises(SystemExit) as exit_:
+        entry_point.main()
+    assert str(exit_.value).startswith("ray-cluster's component package needs Python 3.11 or newer; the Pulumi CLI")
 
 
 def test_the_component_is_the_schemas_one_resource(schema: dict[str, Any]) -> None:
