@@ -626,12 +626,13 @@ class _Monitor(resource_pb2_grpc.ResourceMonitorServicer):
 
 
 def construct_in_the_plugin(
-    directory: Path, config: Mapping[str, object]
+    directory: Path, config: Mapping[str, object], from_resources: Mapping[str, str] | None = None
 ) -> tuple[Rendered, provider_pb2.ConstructResponse | grpc.RpcError, list[str]]:
     """The engine's side of `pulumi up` in a consumer's program: it asks the plugin process (started as the CLI
     starts it) to construct a RayCluster, with the inputs on the wire as the consumer's SDK sent them, and the
-    plugin registers every resource with this monitor over gRPC. Returns what was registered, the response (or
-    the gRPC error) and the engine's log."""
+    plugin registers every resource with this monitor over gRPC. `from_resources` names, for some inputs, the
+    consumer's resource (URN) each came from. Returns what was registered, the response (or the gRPC error) and
+    the engine's log."""
     mock = _Mocks()
     recording = _RecordingMonitor(mock)
     pulumi.runtime.set_mocks(mock, project="ray-cluster", stack="test", preview=False, monitor=recording)
@@ -650,6 +651,10 @@ def construct_in_the_plugin(
         name="ray",
         parent="urn:pulumi:test::ray-cluster::pulumi:pulumi:Stack::ray-cluster-test",
         inputs=_sync_await(rpc.serialize_properties(inputs, {})),
+        inputDependencies={
+            key: provider_pb2.ConstructRequest.PropertyDependencies(urns=[urn])
+            for key, urn in (from_resources or {}).items()
+        },
     )
     try:
         with plugin(directory, engine=f"127.0.0.1:{port}") as stub:
@@ -685,3 +690,13 @@ def test_a_bad_input_fails_the_plugins_construct_with_the_stack_configs_message(
     # As Pulumi's SDK (3.272) reports any error of a component's constructor: the message, then its stack trace.
     assert response.details().startswith(f"Unexpected <class 'Exception'>: {stack_error({'workers': -1})}:\n")
     assert package.registrations == []
+
+
+def test_a_token_from_another_resource_is_waited_for(tmp_path: Path) -> None:
+    """A consumer's token made by its own resource (a RandomPassword, say) arrives with that dependency: the Secret
+    that holds it, and the version that rolls the pods, are created after it."""
+    consumers = "urn:pulumi:test::ray-cluster::random:index/randomPassword:RandomPassword::ray-token"
+    package, response, _ = construct_in_the_plugin(tmp_path, {"authToken": "t0ken"}, {"authToken": consumers})
+    assert isinstance(response, provider_pb2.ConstructResponse), response
+    waiting = {r.name for r in package.registrations if consumers in r.dependencies}
+    assert waiting == {"ray-auth-token-secret", "ray-auth-token-version"}
