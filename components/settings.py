@@ -86,7 +86,6 @@ RAY_RECONNECT_SECONDS = 60
 FAULT_TOLERANT_RECONNECT_SECONDS = 600
 # Ray's upscaling_speed: KubeRay's "Default" and "Aggressive" modes use 1000, no limit in practice.
 _MAX_UPSCALING_SPEED = 1000
-_Value = TypeVar("_Value", str, int, bool)
 _DECIMAL_NUMBER = re.compile(r"^[0-9]+(\.[0-9]+)?$|^\.[0-9]+$")
 
 
@@ -120,6 +119,9 @@ def parse_quantity(key: str, value: object) -> Decimal:
     if amount <= 0:
         raise config_error(key, value, "it must be greater than zero")
     return amount
+
+
+_Value = TypeVar("_Value", str, int, bool)
 
 
 class Inputs:

@@ -28,7 +28,9 @@ from tests.test_rehearsal import Deployment
 
 pytestmark = pytest.mark.rehearsal
 
-IDLE_SECONDS = 10
+# Longer than a worker can sit idle while (a)'s job still runs (its 15 s tasks in two rounds: a new worker that
+# joins late can finish its task 15 s before the job ends); at 10 s, CI once saw it removed before (a)'s last check.
+IDLE_SECONDS = 30
 CONFIG: dict[str, object] = {
     "workers": "1",
     "maxWorkers": "2",
