@@ -8,6 +8,7 @@ import contextvars
 import dataclasses
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -119,9 +120,13 @@ def schema(provider: ComponentProvider) -> dict[str, Any]:
 def plugin(directory: Path, engine: str = "127.0.0.1:1") -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
     """The plugin as the CLI runs it: `python provider/ <engine address>` from the consumer's directory; it prints
     the port it serves on."""
+    # Under scripts/mutation, the plugin runs the original code: mutmut's trampoline, which the variable switches
+    # on, cannot find its project from the consumer's directory (the in-process tests meet the mutants).
+    environment = {name: value for name, value in os.environ.items() if name != "MUTANT_UNDER_TEST"}
     process = subprocess.Popen(
         [sys.executable, str(PROVIDER_DIR), engine],
         cwd=directory,
+        env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
