@@ -324,7 +324,8 @@ def construct(
     config: Mapping[str, object], secret: frozenset[str] = frozenset(SECRET_INPUTS), plain_inputs: bool = True
 ) -> tuple[Rendered, dict[str, Any]]:
     """The package's `construct`, under the same mocks as the program: `config` as the consumer's inputs, through
-    Pulumi's wire format (as the engine hands them to the plugin), `secret` keys as secret Outputs. Returns what
+    Pulumi's wire format (as the engine hands them to the plugin: Outputs as output values, which the plugin's
+    Configure says it accepts), `secret` keys as secret Outputs. Returns what
     was declared and the component's state (its outputs), resolved."""
     ready: list[ConstructResult] = []
     provider = ComponentProvider([RayCluster], "ray-cluster")
@@ -336,7 +337,7 @@ def construct(
             inputs[key] = pulumi.Output.secret(sent) if key in secret else sent
 
         async def through_the_wire() -> dict[str, Any]:
-            struct = await rpc.serialize_properties(inputs, {})
+            struct = await rpc.serialize_properties(inputs, {}, keep_output_values=True)
             return await ProviderServicer._construct_inputs(struct, {})
 
         received = _sync_await(through_the_wire())
@@ -655,7 +656,7 @@ def construct_in_the_plugin(
         type=TOKEN,
         name="ray",
         parent="urn:pulumi:test::ray-cluster::pulumi:pulumi:Stack::ray-cluster-test",
-        inputs=_sync_await(rpc.serialize_properties(inputs, {})),
+        inputs=_sync_await(rpc.serialize_properties(inputs, {}, keep_output_values=True)),
         inputDependencies={
             key: provider_pb2.ConstructRequest.PropertyDependencies(urns=[urn])
             for key, urn in (from_resources or {}).items()
