@@ -42,47 +42,71 @@ SMOKE_TEST = Path(pods.__file__).with_name(pods.SMOKE_TEST_FILE)
 TIMEOUT = 600
 
 
+# The two measures of a process's memory: its resident set (`VmRSS`: every page it maps, shared or not) and its
+# proportional share (`Pss`: a page shared by n processes counts 1/n in each), whose sum over the cluster is the
+# physical memory the cluster's processes hold. RSS counts the pages of a library, Ray's `_raylet.so` say, once in
+# every process that maps it.
+MEASURES = (("rss", Path("status"), "VmRSS:"), ("pss", Path("smaps_rollup"), "Pss:"))
+
+
+@dataclass
+class Peak:
+    """The peak of a measure summed over the cluster's processes (KiB), and how much each kind of process held at
+    that peak (see `process_kind`)."""
+
+    kib: int = 0
+    kib_by_kind: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def mib(self) -> float:
+        return self.kib / 1024
+
+
 @dataclass
 class Run:
     joined: float
     smoke_passed: float
-    peak_mib: float
-    peak_kib_by_kind: dict[str, int] = field(default_factory=dict)
-    worker_timelines: list[str] = field(default_factory=list)
+    rss: Peak
+    pss: Peak
+    timelines: list[str] = field(default_factory=list)
 
 
 class MemorySampler:
-    """Peak of the summed resident memory of every process in the given network namespaces, and at that peak how
-    much each kind of process held (see `process_kind`), to show where the memory goes."""
+    """Every half second, the memory of every process in the given network namespaces, by kind of process; keeps
+    the peak of each measure (MEASURES), to show how much the cluster needs and where it goes."""
 
     def __init__(self, namespaces: Callable[[], list[str]]) -> None:
-        self.namespaces, self.peak_kib = namespaces, 0
-        self.peak_by_kind: dict[str, int] = {}
+        self.namespaces = namespaces
+        self.peaks = {measure: Peak() for measure, _, _ in MEASURES}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
         while not self._stop.wait(0.5):
-            by_kind: dict[str, int] = {}
+            by_kind: dict[str, dict[str, int]] = {measure: {} for measure in self.peaks}
             for namespace in self.namespaces():
                 listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
                 for pid in listed.stdout.split():
                     try:
-                        status = Path(f"/proc/{pid}/status").read_text()
                         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                        files = {name: (Path("/proc", pid) / name).read_text() for _, name, _ in MEASURES}
                     except OSError:
                         continue
-                    rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")), 0)
                     kind = process_kind([part.decode(errors="replace") for part in command if part])
-                    by_kind[kind] = by_kind.get(kind, 0) + rss
-            if sum(by_kind.values()) > self.peak_kib:
-                self.peak_kib, self.peak_by_kind = sum(by_kind.values()), by_kind
+                    for measure, name, label in MEASURES:
+                        lines = files[name].splitlines()
+                        kib = next((int(line.split()[1]) for line in lines if line.startswith(label)), 0)
+                        by_kind[measure][kind] = by_kind[measure].get(kind, 0) + kib
+            for measure, kinds in by_kind.items():
+                if sum(kinds.values()) > self.peaks[measure].kib:
+                    self.peaks[measure] = Peak(sum(kinds.values()), kinds)
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[Peak, Peak]:
+        """The peaks of RSS and PSS."""
         self._stop.set()
         self._thread.join()
-        return self.peak_kib / 1024
+        return self.peaks["rss"], self.peaks["pss"]
 
 
 # The kinds of process a Ray cluster runs, by a word of what they run (see `process_kind`; first match wins).
@@ -103,6 +127,8 @@ PROCESS_KINDS = (
     ("ray::", "worker process"),
     ("default_worker.py", "worker process"),
     ("smoke_test.py", "smoke-test driver"),
+    # A worker's `ray start --block` runs as `python -c <components/worker_start.py> start ...`.
+    (pods.WORKER_START_SOURCE.splitlines()[0], "ray start --block"),
     ("health-check", "ray health-check"),
     ("ray start", "ray start --block"),
 )
@@ -158,8 +184,10 @@ def rendered_cluster(workers: int, keep_logs: Path | None) -> Run:
         up = cluster.up(rendered, timeout=TIMEOUT)  # the smoke test passed, so every worker joined
         [head] = [pod for pod in cluster.pods.values() if pod.name.startswith("ray-head-")]
         registered = registrations(gcs_log(head.directory / "volumes" / "tmp" / "ray"), started_wall)
-        timeline = [worker_timeline(pod, started, registered) for pod in cluster.pods.values() if "worker" in pod.name]
-        return Run(joined_at(registered, workers + 1), up, sampler.stop(), sampler.peak_by_kind, timeline)
+        # The head's own node first: a worker's `ray start` can do nothing before it has registered.
+        timeline = [f"head registered {registered.get(head.ip, math.nan):.1f}"]
+        timeline += [worker_timeline(pod, started, registered) for pod in cluster.pods.values() if "worker" in pod.name]
+        return Run(joined_at(registered, workers + 1), up, *sampler.stop(), timeline)
     finally:
         if keep_logs:
             save_logs(cluster, keep_logs / time.strftime("%H%M%S"))
@@ -175,7 +203,7 @@ def worker_timeline(pod: Pod, started: float, registered: dict[str, float]) -> s
         ends = zip(status.exits, status.exit_codes, strict=True)
         exits = "/".join(f"{moment - started:.1f}({code})" for moment, code in ends)
         parts.append(f"{name} {starts}-{exits or '...'}")
-    return f"{' '.join(parts)} registered {registered.get(pod.ip, math.nan):.1f}"
+    return f"worker {' '.join(parts)} registered {registered.get(pod.ip, math.nan):.1f}"
 
 
 def save_logs(cluster: Cluster, directory: Path) -> None:
@@ -234,7 +262,7 @@ def floor(workers: int) -> Run:
             raise RuntimeError(f"floor smoke test failed:\n{smoke.stdout}\n{smoke.stderr}")
         smoke_passed = time.monotonic() - started
         joined = joined_at(registrations(gcs_log(Path("/tmp/ray-floor-head")), started_wall), workers + 1)
-        return Run(joined, smoke_passed, sampler.stop(), sampler.peak_by_kind)
+        return Run(joined, smoke_passed, *sampler.stop())
     finally:
         network.close()  # kills what is left in each namespace
         subprocess.run(["sh", "-c", "rm -rf /tmp/ray-floor-*"], check=False)
@@ -242,10 +270,20 @@ def floor(workers: int) -> Run:
 
 def raw(workers: int, ours: Run, by_hand: Run) -> str:
     sides = [
-        f"{name}: joined {run.joined:5.1f}  smoke {run.smoke_passed:5.1f}  peak {run.peak_mib:5.0f} MiB"
+        f"{name}: joined {run.joined:5.1f}  smoke {run.smoke_passed:5.1f}  peak {run.rss.mib:5.0f} MiB"
+        f" (PSS {run.pss.mib:5.0f})"
         for name, run in (("ours", ours), ("floor", by_hand))
     ]
     return f"{workers} workers  " + "   ".join(sides)
+
+
+# The medians the table reports, of each side's runs.
+MEDIANS: dict[str, Callable[[Run], float]] = {
+    "joined": lambda run: run.joined,
+    "smoke": lambda run: run.smoke_passed,
+    "rss": lambda run: run.rss.mib,
+    "pss": lambda run: run.pss.mib,
+}
 
 
 def worst_over_median(values: list[float]) -> float:
@@ -253,14 +291,23 @@ def worst_over_median(values: list[float]) -> float:
 
 
 def memory_table(runs: list[tuple[Run, Run]]) -> list[str]:
-    """Where the memory goes: each kind of process's mean MiB at the peak, ours against the floor."""
-    kinds = sorted({kind for pair in runs for run in pair for kind in run.peak_kib_by_kind})
+    """Where the memory goes: each kind of process's mean MiB at the peak, ours against the floor, as RSS and as
+    PSS."""
+    kinds = sorted({kind for pair in runs for run in pair for kind in run.rss.kib_by_kind})
 
-    def mean_mib(side: int, kind: str) -> float:
-        return statistics.mean(pair[side].peak_kib_by_kind.get(kind, 0) for pair in runs) / 1024
+    def mean_mib(side: int, measure: str, kind: str) -> float:
+        peaks: list[Peak] = [getattr(pair[side], measure) for pair in runs]
+        return statistics.mean(peak.kib_by_kind.get(kind, 0) for peak in peaks) / 1024
 
-    rows = sorted(((mean_mib(0, k), mean_mib(1, k), k) for k in kinds), reverse=True)
-    return [f"| {kind} | {ours:.0f} | {floor_mib:.0f} | {ours - floor_mib:+.0f} |" for ours, floor_mib, kind in rows]
+    def row(kind: str) -> tuple[float, ...]:
+        return tuple(mean_mib(side, measure, kind) for measure in ("rss", "pss") for side in (0, 1))
+
+    rows = sorted(((row(kind), kind) for kind in kinds), reverse=True)
+    return [
+        f"| {kind} | {ours:.0f} | {floor_mib:.0f} | {ours - floor_mib:+.0f} "
+        f"| {ours_pss:.0f} | {floor_pss:.0f} | {ours_pss - floor_pss:+.0f} |"
+        for (ours, floor_mib, ours_pss, floor_pss), kind in rows
+    ]
 
 
 def main() -> None:
@@ -277,10 +324,10 @@ def main() -> None:
         for _ in range(arguments.repeat):
             runs.append((rendered_cluster(workers, arguments.keep_logs), floor(workers)))
             raws.append(raw(workers, *runs[-1]))
-            raws += [f"    worker {timeline}" for timeline in runs[-1][0].worker_timelines]
-            print("\n".join(raws[-1 - workers :]), file=sys.stderr, flush=True)
+            raws += [f"    {timeline}" for timeline in runs[-1][0].timelines]
+            print("\n".join(raws[-2 - workers :]), file=sys.stderr, flush=True)
         medians = [
-            Run(*(statistics.median(getattr(r, f) for r in column) for f in ("joined", "smoke_passed", "peak_mib")))
+            {name: statistics.median(what(run) for run in column) for name, what in MEDIANS.items()}
             for column in zip(*runs, strict=True)
         ]
         ours, by_hand = medians
@@ -289,20 +336,20 @@ def main() -> None:
             for side in (0, 1)
             for f in ("joined", "smoke_passed")
         )
-        rows.append(
-            f"| {workers} | {ours.joined:.1f} | {by_hand.joined:.1f} | {ours.joined / by_hand.joined:.2f}x "
-            f"| {ours.smoke_passed:.1f} | {by_hand.smoke_passed:.1f} | {ours.smoke_passed / by_hand.smoke_passed:.2f}x "
-            f"| {ours.peak_mib:.0f} | {by_hand.peak_mib:.0f} | {ours.peak_mib / by_hand.peak_mib:.2f}x "
-            f"| {spread:.2f}x |"
-        )
+        cells = [
+            f"{ours[name]:{form}} | {by_hand[name]:{form}} | {ours[name] / by_hand[name]:.2f}x"
+            for name, form in (("joined", ".1f"), ("smoke", ".1f"), ("rss", ".0f"), ("pss", ".0f"))
+        ]
+        rows.append(f"| {workers} | {' | '.join(cells)} | {spread:.2f}x |")
         memory += [f"| {workers} " + row for row in memory_table(runs)]
         print(rows[-1], file=sys.stderr, flush=True)
     print("| workers | joined (s) | floor joined (s) | ratio | smoke passed (s) | floor smoke (s) | ratio "
-          "| peak MiB | floor peak MiB | ratio | worst run / median |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| peak RSS MiB | floor | ratio | peak PSS MiB | floor | ratio | worst run / median |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\nMemory at the peak, mean MiB by kind of process:\n")
-    print("| workers | process | ours | floor | difference |\n|---|---|---|---|---|")
+    print("| workers | process | RSS ours | floor | difference | PSS ours | floor | difference |")
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(memory))
     print("\nRaw runs (seconds; each worker: its containers' start-exit(code) and when the GCS registered its node):\n")
     print("```\n" + "\n".join(raws) + "\n```")

@@ -202,7 +202,7 @@ def monitor_command(settings: ClusterSettings) -> list[str]:
         "--logging-filename=",
     ]
     # A heartbeat left by the container's last run (its /tmp outlives it) would soon read as a hung monitor.
-    wait = pods.wait_for_gcs_script(settings, host=f"${pods.POD_IP_ENV}")
+    wait = pods.wait_for_gcs_script(settings, host=f"${pods.POD_IP_ENV}", health_check=True)
     return pods.shell(f"rm -f {HEARTBEAT_FILE}; {wait}; exec {' '.join(monitor)}")
 
 

@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING
+from pathlib import Path
 from typing import Any
 
 from . import redis, sizing
@@ -66,6 +67,10 @@ GRPC_FORK_SUPPORT_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 # at its next self-check, every 60 s by Ray's default. A cheap RPC every few seconds makes that a few seconds.
 LIVENESS_SELF_CHECK_ENV = "RAY_raylet_liveness_self_check_interval_ms"
 LIVENESS_SELF_CHECK_SECONDS = 5
+# What a worker's Ray container runs instead of `ray start`, with the same arguments: components/worker_start.py,
+# shipped as its text in the container's command (so a change to it rolls the workers, as any change of the pod
+# template does).
+WORKER_START_SOURCE = Path(__file__).with_name("worker_start.py").read_text()
 
 Manifest = dict[str, Any]
 
@@ -120,7 +125,8 @@ def ray_num_cpus(settings: ClusterSettings, resources: PodResources, *, head: bo
 
 
 def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: bool) -> list[str]:
-    """`ray start` for one node, in the foreground (`--block`) so the container lives exactly as long as Ray."""
+    """`ray start` for one node, in the foreground (`--block`) so the container lives exactly as long as Ray:
+    the arguments of the `ray` command, from `start` on."""
     node = node_sizing(resources)
     role = (
         [
@@ -136,7 +142,6 @@ def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: 
         else [f"--address={settings.head_host}:{GCS_PORT}"]
     )
     return [
-        "ray",
         "start",
         *role,
         f"--node-ip-address=$({POD_IP_ENV})",
@@ -151,6 +156,13 @@ def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: 
     ]
 
 
+def node_command(settings: ClusterSettings, resources: PodResources, *, head: bool) -> list[str]:
+    """What a Ray container runs: `ray start` on the head; on a worker the same arguments to
+    components/worker_start.py, which first waits, in the same Python process, for a head that accepts it."""
+    start = ray_start_args(settings, resources, head=head)
+    return ["ray", *start] if head else ["python", "-c", WORKER_START_SOURCE, *start]
+
+
 def shell(script: str) -> list[str]:
     """Run `script` under bash, after raising the open-files limit that Ray's many connections need (runtimes
     such as containerd 2 start containers with a soft limit of 1024), or as far as the hard limit allows."""
@@ -163,30 +175,37 @@ GCS_POLL_SECONDS = "0.2"
 WAIT_REPORT_SECONDS = 5
 
 
-def wait_for_gcs_script(settings: ClusterSettings, host: str | None = None) -> str:
-    """Loop until the head's GCS answers and accepts this cluster's token, so workers wait instead of crash-looping
-    while the head starts (or while a rotated token reaches it), and say why they wait: the name does not resolve,
-    the port refuses, or what `ray health-check` said (a token the head does not accept, say), at once when the
-    reason changes and every few seconds while it does not.
+def wait_for_gcs_script(settings: ClusterSettings, host: str | None = None, *, health_check: bool) -> str:
+    """Loop until the head's GCS answers, so a container waits instead of crash-looping while the head starts, and
+    say why it waits: the name does not resolve, the port refuses, or what `ray health-check` said (a token the head
+    does not accept, say), at once when the reason changes and every few seconds while it does not.
 
-    A plain TCP connect (bash's /dev/tcp) gates the `ray health-check`, so the waiting workers do not spend the
-    CPU the starting head needs on a Python start; it is tried five times a second, so a worker learns of the
-    open port within a fifth of a second. Only the first line of bash's own message is kept, without its
-    `bash: line 1: ` prefix. `host` is the head Service's name unless given (a container of the head pod itself
-    waits on its own pod's address).
+    A plain TCP connect (bash's /dev/tcp), tried five times a second, so a waiting container learns of the open port
+    within a fifth of a second without spending the CPU the starting head needs on a Python start. With
+    `health_check`, `ray health-check` must then pass too, a second apart; a worker's init container goes without:
+    its Ray container runs that check itself (components/worker_start.py). Only the first line of bash's own
+    message is kept, without its `bash: line 1: ` prefix. `host` is the head Service's name unless given (a
+    container of the head pod itself waits on its own pod's address).
     """
     host = host or settings.head_host
     address = f"{host}:{GCS_PORT}"
+    answered = (
+        (
+            f"why=$(ray health-check --address={address} 2>&1) && break; "
+            "why=${why##*$'\\n'}; why=${why:-\"ray health-check failed without a word\"}; pause=1; "
+        )
+        if health_check
+        else "break; "
+    )
+    ready = "is ready" if health_check else "accepts connections"
     return (
         "said=; said_at=0; while true; do "
-        f"if why=$( (exec 3<>/dev/tcp/{host}/{GCS_PORT}) 2>&1 ); then "
-        f"why=$(ray health-check --address={address} 2>&1) && break; "
-        "why=${why##*$'\\n'}; why=${why:-\"ray health-check failed without a word\"}; pause=1; "
+        f"if why=$( (exec 3<>/dev/tcp/{host}/{GCS_PORT}) 2>&1 ); then {answered}"
         f"else why=${{why%%$'\\n'*}}; why=${{why#*bash: }}; why=${{why#line *: }}; pause={GCS_POLL_SECONDS}; fi; "
         f'if [ "$why" != "$said" ] || [ $((SECONDS - said_at)) -ge {WAIT_REPORT_SECONDS} ]; then '
         f'echo "waiting for the Ray head (GCS) at {address}: $why"; said=$why; said_at=$SECONDS; fi; '
         'sleep "$pause"; done; '
-        f'echo "GCS at {address} is ready"'
+        f'echo "GCS at {address} {ready}"'
     )
 
 
@@ -325,7 +344,7 @@ def ray_container(
     settings: ClusterSettings, resources: PodResources, image: str, *, head: bool, storage_namespace: Any = None
 ) -> Manifest:
     """A Ray node's container; the head's with its GCS storage, if fault tolerance is on."""
-    start = "exec " + shlex.join(ray_start_args(settings, resources, head=head))
+    start = "exec " + shlex.join(node_command(settings, resources, head=head))
     fault_tolerance = settings.fault_tolerance if head else None
     if fault_tolerance and fault_tolerance.authenticates:
         start += f' --redis-password="$(cat {REDIS_SECRET_DIR}/{redis.PASSWORD_KEY})"'
@@ -430,16 +449,14 @@ def head_pod_template(
 
 
 def worker_pod_template(settings: ClusterSettings, group: WorkerGroup, version_labels: Mapping[str, Any]) -> Manifest:
+    # Waits for the head's GCS port only (bash, no Python): it needs no token, no env and no writable directory.
     wait_for_gcs = {
         "name": "wait-gcs-ready",
         "image": group.image,
-        "command": shell(wait_for_gcs_script(settings)),
-        "workingDir": HOME_DIR,
-        "env": ray_env(settings),
+        "command": shell(wait_for_gcs_script(settings, health_check=False)),
         # Init containers run before the Ray container, so the same amounts add nothing to the pod's footprint.
         "resources": container_resources(group.resources),
         "securityContext": container_security(),
-        "volumeMounts": ray_volume_mounts(settings, shm=False),
     }
     return pod_template(
         settings,

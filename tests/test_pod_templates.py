@@ -149,24 +149,20 @@ def test_worker_pod_waits_for_the_gcs_in_an_init_container_and_is_placed_as_its_
     assert ray["volumeMounts"] == [*SCRATCH_MOUNTS, SHM_MOUNT, TOKEN_MOUNT]
 
     [wait] = spec["initContainers"]
+    # A TCP connect in bash: no token, no env, no writable directory (the Ray container checks the token).
     assert without(wait, "command") == {
         "name": "wait-gcs-ready",
         "image": "rayproject/ray:2.60.0-gpu",
-        "workingDir": "/home/ray/workspace",
-        # The token too: `ray health-check` against a head with auth on must present it.
-        "env": [*BASE_ENV, *TOKEN_ENV],
         "resources": {
             "requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"},
             "limits": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"},
         },
         "securityContext": CONTAINER_SECURITY,
-        # A TCP connect and `ray health-check` hold no objects: no /dev/shm.
-        "volumeMounts": [*SCRATCH_MOUNTS, TOKEN_MOUNT],
     }
     shell, flag, script = wait["command"]
     assert (shell, flag) == ("/bin/bash", "-c")
-    assert "ray health-check --address=demo-head.ml.svc:6379 " in script
-    assert script.endswith('echo "GCS at demo-head.ml.svc:6379 is ready"')
+    assert "exec 3<>/dev/tcp/demo-head.ml.svc/6379" in script and "health-check" not in script
+    assert script.endswith('echo "GCS at demo-head.ml.svc:6379 accepts connections"')
 
 
 def test_a_worker_group_without_placement_sets_no_node_selector_or_tolerations() -> None:
@@ -176,8 +172,8 @@ def test_a_worker_group_without_placement_sets_no_node_selector_or_tolerations()
         **WORKER_POD,
         "volumes": [*SCRATCH_VOLUMES, shm_volume(1075)],
     }
-    assert [c["volumeMounts"] for c in spec["initContainers"] + spec["containers"]] == [
-        SCRATCH_MOUNTS,
+    assert [c.get("volumeMounts") for c in spec["initContainers"] + spec["containers"]] == [
+        None,
         [*SCRATCH_MOUNTS, SHM_MOUNT],
     ]
     assert pods.worker_pod_template(NO_AUTH, CPU_GROUP, {})["metadata"]["labels"] == pod_labels("worker", "worker")
@@ -253,7 +249,9 @@ def test_every_mount_names_a_volume_of_its_pod_and_every_volume_is_mounted(setti
         spec = template["spec"]
         volumes = [volume["name"] for volume in spec["volumes"]]
         assert len(set(volumes)) == len(volumes) and all(dns_label.fullmatch(name) for name in volumes)
-        containers = spec.get("initContainers", []) + spec["containers"]
+        # A worker's init container only tries a TCP port (bash): it mounts nothing.
+        assert all("volumeMounts" not in container for container in spec.get("initContainers", []))
+        containers = spec["containers"]
         mounted = {mount["name"] for container in containers for mount in container["volumeMounts"]}
         assert mounted == set(volumes), template["metadata"]["labels"]["ray.io/group"]
         # Each container sees /tmp and HOME writable, in its own pod's emptyDirs, and nothing else over them.

@@ -52,11 +52,15 @@ def test_sizing_rounds_cpus_up_and_keeps_the_object_store_inside_shm() -> None:
 
 
 def test_worker_command_survives_the_shell() -> None:
-    args = pods.ray_start_args(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
+    """The worker runs components/worker_start.py's text, whole, with `ray start`'s arguments: nothing in it is
+    changed by bash's quoting or by Kubernetes, which expands `$(NAME)` and `$$` in a command."""
+    args = pods.node_command(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
     command = pods.shell("exec " + shlex.join(args))
     assert command[:2] == ["/bin/bash", "-c"]
     assert command[2].startswith(f"ulimit -n {pods.NOFILE_LIMIT} ")
     assert shlex.split(command[2].split("; ", 1)[1]) == ["exec", *args]
+    assert args[:3] == ["python", "-c", WORKER_START_SOURCE] and "$" not in WORKER_START_SOURCE
+    assert args[3:] == pods.ray_start_args(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
     assert "--address=demo-head.ml.svc:6379" in args
 
 
@@ -73,10 +77,22 @@ WAIT_FOR_GCS = (
 )
 
 
+# A worker's init container: the TCP connect only (its Ray container runs the health check).
+WAIT_FOR_GCS_PORT = (
+    "said=; said_at=0; while true; do "
+    "if why=$( (exec 3<>/dev/tcp/demo-head.ml.svc/6379) 2>&1 ); then break; "
+    "else why=${why%%$'\\n'*}; why=${why#*bash: }; why=${why#line *: }; pause=0.2; fi; "
+    'if [ "$why" != "$said" ] || [ $((SECONDS - said_at)) -ge 5 ]; then '
+    'echo "waiting for the Ray head (GCS) at demo-head.ml.svc:6379: $why"; said=$why; said_at=$SECONDS; fi; '
+    'sleep "$pause"; done; echo "GCS at demo-head.ml.svc:6379 accepts connections"'
+)
+
+
 def test_wait_for_gcs_is_exactly_the_promised_script() -> None:
-    """A TCP connect five times a second, then `ray health-check` a second apart; an unchanged reason said every
-    5 s; bash's first line without its prefix, the health check's last line."""
-    assert pods.wait_for_gcs_script(SETTINGS) == WAIT_FOR_GCS
+    """A TCP connect five times a second, then (for the autoscaler) `ray health-check` a second apart; an unchanged
+    reason said every 5 s; bash's first line without its prefix, the health check's last line."""
+    assert pods.wait_for_gcs_script(SETTINGS, health_check=True) == WAIT_FOR_GCS
+    assert pods.wait_for_gcs_script(SETTINGS, health_check=False) == WAIT_FOR_GCS_PORT
 
 
 def test_wait_for_gcs_loops_until_health_check_passes_and_says_why_not(tmp_path: Path) -> None:
@@ -92,7 +108,7 @@ def test_wait_for_gcs_loops_until_health_check_passes_and_says_why_not(tmp_path:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        script = pods.wait_for_gcs_script(SETTINGS)
+        script = pods.wait_for_gcs_script(SETTINGS, health_check=True)
         assert script.count("demo-head.ml.svc") == 4 and script.count("6379") == 4
         port = str(listener.getsockname()[1])
         local = script.replace("demo-head.ml.svc", "127.0.0.1").replace("6379", port)
@@ -114,18 +130,44 @@ def test_wait_for_gcs_loops_until_health_check_passes_and_says_why_not(tmp_path:
     started = time.monotonic()
     waits = [
         subprocess.Popen(
-            ["timeout", "7", "/bin/bash", "-c", script.replace("demo-head.ml.svc", host).replace("6379", port)],
+            ["timeout", "7", "/bin/bash", "-c", wait.replace("demo-head.ml.svc", host).replace("6379", port)],
             env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
             stdout=subprocess.PIPE,
             text=True,
         )
+        for wait in (script, pods.wait_for_gcs_script(SETTINGS, health_check=False))
         for host, port, _ in unanswered
     ]
     outputs = [wait.communicate()[0] for wait in waits]
     assert time.monotonic() - started > 6.5  # they kept waiting
-    for (host, port, why), output in zip(unanswered, outputs, strict=True):
+    for (host, port, why), output in zip(unanswered * 2, outputs, strict=True):
         # Tried five times a second, said at once and again after five seconds, not at every try.
         assert output == f"waiting for the Ray head (GCS) at {host}:{port}: {why}\n" * 2
+
+
+def test_the_workers_wait_ends_when_the_port_opens_without_running_ray(tmp_path: Path) -> None:
+    """The init container's wait: a port that opens a second late is found within a fifth of a second, and no
+    `ray` runs (the fake one would fail the wait: the Ray container does the health check)."""
+    fake_ray = tmp_path / "ray"
+    fake_ray.write_text("#!/bin/sh\nexit 1\n")
+    fake_ray.chmod(0o755)
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+        script = pods.wait_for_gcs_script(SETTINGS, health_check=False).replace("demo-head.ml.svc", "127.0.0.1")
+        wait = subprocess.Popen(
+            ["/bin/bash", "-c", script.replace("6379", str(port))],
+            env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(1)
+        placeholder.listen()
+        opened = time.monotonic()
+        output = wait.communicate(timeout=10)[0]
+    assert wait.returncode == 0 and time.monotonic() - opened < 0.6
+    assert output.splitlines() == [
+        f"waiting for the Ray head (GCS) at 127.0.0.1:{port}: connect: Connection refused",
+        f"GCS at 127.0.0.1:{port} accepts connections",
+    ]
 
 
 def test_labels_name_cluster_component_and_group() -> None:
@@ -191,7 +233,8 @@ def test_every_ray_container_has_a_writable_home_as_its_working_directory() -> N
     for template in (worker, pods.head_pod_template(SETTINGS, {}), smoke):
         spec = template["spec"]
         volumes = {volume["name"]: volume for volume in spec["volumes"]}
-        for container in spec.get("initContainers", []) + spec["containers"]:
+        # Not the worker's init container, which runs no Ray code (tests/test_security.py), only bash.
+        for container in spec["containers"]:
             env = {item["name"]: item.get("value") for item in container["env"]}
             assert env["HOME"] == container["workingDir"] == pods.HOME_DIR
             [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == pods.HOME_DIR]
@@ -210,12 +253,15 @@ HEAD_RAY_START = (
     " --object-store-memory=2576980377 --dashboard-agent-listen-port=52365"
     " --metrics-export-port=8080 --disable-usage-stats --block"
 )
-WORKER_RAY_START = (
-    "exec ray start --address=demo-head.ml.svc:6379"
+WORKER_START_ARGS = (
+    "start --address=demo-head.ml.svc:6379"
     " '--node-ip-address=$(RAY_POD_IP)' --num-cpus=2 --num-gpus=0 --memory=2254857831"
     " --object-store-memory=966367641 --dashboard-agent-listen-port=52365"
     " --metrics-export-port=8080 --disable-usage-stats --block"
 )
+# A worker runs `ray start`'s arguments through components/worker_start.py, whose text the command carries.
+WORKER_START_SOURCE = (Path(__file__).parents[1] / "components" / "worker_start.py").read_text()
+WORKER_RAY_START = f"exec python -c {shlex.quote(WORKER_START_SOURCE)} {WORKER_START_ARGS}"
 TOKEN_ENV = [
     {"name": "RAY_AUTH_MODE", "value": "token"},
     {"name": "RAY_AUTH_TOKEN_PATH", "value": "/etc/ray/auth/token"},
@@ -310,8 +356,8 @@ def test_ray_start_flags_ray_reads_for_head_and_worker() -> None:
     on workers, and on both `--block` (the container lives as long as Ray) and no usage stats."""
     head = pods.ray_start_args(SETTINGS, SETTINGS.head, head=True)
     worker = pods.ray_start_args(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
-    assert head == shlex.split(HEAD_RAY_START)[1:]
-    assert worker == shlex.split(WORKER_RAY_START)[1:]
+    assert head == shlex.split(HEAD_RAY_START)[2:]
+    assert worker == shlex.split(WORKER_START_ARGS)
     gpu = pods.ray_start_args(SETTINGS, PodResources(cpu="4", memory="10Gi", gpus=2), head=False)
     assert [arg for arg in gpu if arg.startswith(("--num-cpus=", "--num-gpus="))] == ["--num-cpus=4", "--num-gpus=2"]
 

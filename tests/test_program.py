@@ -3,6 +3,7 @@
 import hashlib
 import json
 import shlex
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -56,13 +57,19 @@ def ray_container(workload: Manifest) -> Manifest:
     return found[0]
 
 
+# A worker's Ray container runs `ray start`'s arguments through components/worker_start.py, shipped as its text.
+WORKER_START = ["python", "-c", (Path(__file__).parents[1] / "components" / "worker_start.py").read_text()]
+
+
 def ray_argv(workload: Manifest) -> list[str]:
-    """The `ray start ...` words of a Ray container (`bash -c "ulimit ...; exec ray start ..."`)."""
+    """The `ray start ...` words of a Ray container: `bash -c "ulimit ...; exec ray start ..."` on the head,
+    `bash -c "ulimit ...; exec python -c <worker_start.py> start ..."` on a worker."""
     command = ray_container(workload)["command"]
     assert command[:2] == ["/bin/bash", "-c"]
     words = shlex.split(command[2].split("; exec ", 1)[1])
-    assert words[:2] == ["ray", "start"]
-    return words
+    runs = ["ray"] if words[:2] == ["ray", "start"] else WORKER_START
+    assert words[: len(runs)] == runs and words[len(runs)] == "start", words[:2]
+    return ["ray", *words[len(runs) :]]
 
 
 def flag(argv: list[str], name: str) -> str:
@@ -166,9 +173,12 @@ def test_workers_join_the_head_by_its_service_name(default: Rendered) -> None:
     argv = ray_argv(worker)
     assert "--head" not in argv
     assert flag(argv, "--address") == f"{HEAD_HOST}:6379"
+    # The head's health check runs in the Ray container (components/worker_start.py); the init container waits,
+    # without Python, for the GCS port.
+    assert shlex.split(container(worker)["command"][2].split("; exec ", 1)[1])[:3] == WORKER_START
     [init] = pod_spec(worker)["initContainers"]
     assert init["image"] == container(worker)["image"]
-    assert f"ray health-check --address={HEAD_HOST}:6379" in init["command"][-1]
+    assert f"exec 3<>/dev/tcp/{HEAD_HOST}/6379" in init["command"][-1] and "ray " not in init["command"][-1]
     assert init["command"][-1].startswith("ulimit")
     assert init["resources"] == container(worker)["resources"]
 

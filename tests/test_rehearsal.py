@@ -220,7 +220,8 @@ def test_workers_started_first_wait_for_the_head_without_a_restart(deployment: D
     for worker in deployment.workers():
         init, ray = worker.statuses["wait-gcs-ready"], worker.statuses["ray-worker"]
         assert init.starts[0] < head.started_at < ray.starts[0]  # waited in the init container until the head ran
-        assert init.exit_codes == [0] and "is ready" in worker.logs("wait-gcs-ready")
+        assert init.exit_codes == [0] and "accepts connections" in worker.logs("wait-gcs-ready")
+        assert "is ready" in worker.logs("ray-worker")  # the health check passed, in the Ray container
         assert worker.restarts() == 0
     assert head.restarts() == 0
 
@@ -244,6 +245,27 @@ def test_ray_refuses_clients_without_the_token(deployment: Deployment, tmp_path:
     assert results["none"].returncode != 0
     assert "token" in results["none"].stderr.lower()
     assert results["token"].returncode == 0, results["token"].stderr
+
+
+def test_a_worker_whose_token_the_head_refuses_waits_and_says_why(deployment: Deployment, tmp_path: Path) -> None:
+    """A worker's Ray container command as rendered (components/worker_start.py, the real Ray, the real head),
+    with a token that is not the cluster's, as a worker meets a head during a token rotation: it keeps waiting and
+    says why, without `ray start` and without an exit (which would be a restart)."""
+    [container] = deployment.workers()[0].spec["containers"]
+    head = f"{deployment.head().ip}:{pods.GCS_PORT}"
+    command = re.sub(r"--address=\S+", f"--address={head}", container["command"][2])
+    wrong_token = tmp_path / "token"
+    wrong_token.write_text("not-the-token-0123456789abcdef0123456789")
+    env = {"PATH": f"{IMAGE_ROOT}/bin:/usr/bin:/bin", "HOME": str(tmp_path),
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(wrong_token)}  # fmt: skip
+    waiting = subprocess.run(
+        ["timeout", "8", "/bin/bash", "-c", command], env=env, capture_output=True, text=True, check=False
+    )
+    assert waiting.returncode == 124, waiting.stdout + waiting.stderr  # still waiting when stopped
+    refused = f"waiting for the Ray head (GCS) at {head}: ray.exceptions.AuthenticationError: RPC error: "
+    refused += "InvalidAuthToken: Authentication token is missing or incorrect."
+    said = waiting.stdout.splitlines()
+    assert said and all(line.startswith(refused) for line in said), waiting.stdout
 
 
 def test_user_code_writes_its_home_cache_working_directory_and_ray_results(deployment: Deployment) -> None:

@@ -4,6 +4,7 @@ no secret in outputs, and a clean checkov scan."""
 import copy
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,9 +65,13 @@ def restricted_violations(name: str, spec: Manifest) -> list[str]:
     return found
 
 
+# The worker's init container tries the head's GCS port in bash and runs no Ray code (checked below).
+WITHOUT_RAY = {"wait-gcs-ready"}
+
+
 def ray_containers(manifests: list[Manifest]) -> Iterator[tuple[str, Manifest, Manifest]]:
-    """Every container that runs Ray code (a node, a health check or a driver), with its pod spec: those of every
-    pod labelled as Ray's (the stack's Redis is not)."""
+    """Every container that runs Ray code (a node, a health check, the autoscaler or a driver), with its pod spec:
+    those of every pod labelled as Ray's (the stack's Redis is not)."""
     ray_pods = {
         m["metadata"]["name"]
         for m in manifests
@@ -77,7 +82,19 @@ def ray_containers(manifests: list[Manifest]) -> Iterator[tuple[str, Manifest, M
         if name not in ray_pods:
             continue
         for container in spec.get("initContainers", []) + spec["containers"]:
-            yield f"{name}/{container['name']}", container, spec
+            if container["name"] not in WITHOUT_RAY:
+                yield f"{name}/{container['name']}", container, spec
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_containers_said_to_run_no_ray_code_run_none(variant: str) -> None:
+    """So they need no token: bash's TCP connect, no `ray` command and no Python."""
+    for _, spec in pod_specs(rendered(variant).manifests):
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            if container["name"] in WITHOUT_RAY:
+                shell, flag, script = container["command"]
+                assert (shell, flag) == ("/bin/bash", "-c") and "/dev/tcp/" in script
+                assert not re.search(r"\bray |python", script) and "env" not in container, script
 
 
 def missing_token(manifests: list[Manifest], secret_name: str) -> list[str]:
@@ -133,9 +150,9 @@ def test_every_ray_container_has_the_token(variant: str) -> None:
 def test_a_container_without_the_token_is_caught() -> None:
     manifests = copy.deepcopy(rendered("default").manifests)
     worker = next(m for m in manifests if m["metadata"]["name"] == "ray-worker")
-    init = worker["spec"]["template"]["spec"]["initContainers"][0]
-    init["env"] = [item for item in init["env"] if item["name"] != "RAY_AUTH_TOKEN_PATH"]
-    assert missing_token(manifests, "ray-auth-token") == ["ray-worker/wait-gcs-ready"]
+    [ray] = worker["spec"]["template"]["spec"]["containers"]
+    ray["env"] = [item for item in ray["env"] if item["name"] != "RAY_AUTH_TOKEN_PATH"]
+    assert missing_token(manifests, "ray-auth-token") == ["ray-worker/ray-worker"]
 
 
 def test_the_token_is_a_secret_and_never_an_output() -> None:

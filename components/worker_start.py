@@ -1,0 +1,103 @@
+"""Runs in a worker pod's Ray container, never in `pulumi up`: waits until the head's GCS accepts this node, then
+starts the node, in one Python process.
+
+The worker's init container has already waited, in bash, for the GCS port to open. What is left to wait for needs
+Ray's own client: that the head accepts this cluster's token and runs this node's Ray version, which is what
+`ray health-check` checks, and that the head's own node has registered, which `ray start` needs first (it asks the
+GCS for the head's node and the session's name and, if either is not there yet, sleeps 2 s before it asks again).
+Running those checks here, through Ray's own code, and then `ray start` in the same process spares a Python start
+and `import ray` (about a second while the head boots on the same cores) and those 2 s naps before the node can join
+(docs/benchmarks.md, "Time to ready"). A worker that finds a head refusing its token (a rotation under way) keeps
+waiting without a restart and says why: at once when the reason changes, and every few seconds while it does not,
+as the init container does for the port.
+"""
+
+import os
+import sys
+import time
+import traceback
+
+from ray._raylet import GcsClient  # type: ignore[attr-defined]  # _raylet.pyi declares a part only
+from ray.core.generated.gcs_pb2 import GcsNodeInfo
+from ray.core.generated.gcs_service_pb2 import GetAllNodeInfoRequest
+from ray.scripts.scripts import cli
+
+# A head that refuses this node may do so for minutes (until a new token reaches it): a check a second. Its own
+# node registers within a second or two of its GCS: a check every fifth of a second.
+RETRY_SECONDS = 1.0
+HEAD_NODE_POLL_SECONDS = 0.2
+HEAD_NODE_MISSING = "the head's own node has not registered with its GCS yet"
+REPORT_SECONDS = 5.0
+
+
+def health_check(address: str) -> str | None:
+    """None if `ray health-check --address=<address>` passes (it exits 0), else its exit code."""
+    try:
+        cli.main(["health-check", f"--address={address}"], prog_name="ray", standalone_mode=False)
+    except SystemExit as exit_status:
+        if exit_status.code not in (0, None):
+            return f"ray health-check exited with {exit_status.code}"
+    return None
+
+
+def head_node_missing(address: str) -> str | None:
+    """None once the head's node is registered and alive in its GCS (which has the session's name by then)."""
+    head = GetAllNodeInfoRequest.NodeSelector(is_head_node=True)
+    alive = GcsNodeInfo.GcsNodeState.ALIVE
+    nodes = GcsClient(address=address).get_all_node_info(timeout=10, node_selectors=[head], state_filter=alive)
+    return None if nodes else HEAD_NODE_MISSING
+
+
+def readiness(address: str) -> str | None:
+    """None if the head is ready for this node; else why not: for an error, its last line, as a traceback ends (a
+    token the head refuses: `ray.exceptions.AuthenticationError: ...`)."""
+    try:
+        return health_check(address) or head_node_missing(address)
+    except Exception as error:  # noqa: BLE001 - any failure is a reason to wait, said in the log
+        return traceback.format_exception_only(error)[-1].strip()
+
+
+def why_not_ready(address: str) -> str | None:
+    """The health check, then the head's node, checked in a forked child that reports back through a pipe.
+
+    In this process the check's GCS client would leave Ray's client state behind, and the node's drain on SIGTERM
+    would then fail ("Cancelling all calls"): a scale-down would kill running tasks. The process has imported Ray
+    but runs no thread yet, so a fork is safe, and costs neither a Python start nor an import. The child's own
+    output (Ray's C++ warnings at every try) is dropped; its reason is what is said.
+    """
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_end)
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
+        why = readiness(address)
+        os.write(write_end, (why or "").encode())
+        os._exit(0 if why is None else 1)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reasons:
+        why = reasons.read().decode(errors="replace")
+    code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    return None if code == 0 else why or f"the check ended with {code}"
+
+
+def wait_until_ready(address: str) -> None:
+    said, said_at = "", 0.0
+    while (why := why_not_ready(address)) is not None:
+        if why != said or time.monotonic() - said_at >= REPORT_SECONDS:
+            print(f"waiting for the Ray head (GCS) at {address}: {why}", flush=True)
+            said, said_at = why, time.monotonic()
+        time.sleep(HEAD_NODE_POLL_SECONDS if why == HEAD_NODE_MISSING else RETRY_SECONDS)
+    print(f"GCS at {address} is ready", flush=True)
+
+
+def main(arguments: list[str]) -> None:
+    """`arguments`: `ray start`'s, from the word `start` on."""
+    [address] = [word.split("=", 1)[1] for word in arguments if word.startswith("--address=")]
+    wait_until_ready(address)
+    cli.main(arguments, prog_name="ray")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

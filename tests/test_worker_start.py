@@ -1,0 +1,157 @@
+"""components/worker_start.py as a worker's Ray container runs it (`python -c <its text> start ...`), against a
+stand-in for Ray whose head refuses, then accepts, then has no node of its own yet: the worker waits without exiting,
+says why, checks in a child process, and then runs `ray start` with its arguments untouched in its own process.
+
+The real Ray paths are the rehearsal's: every worker there starts this way, a wrong token keeps one waiting
+(tests/test_rehearsal.py), and a removed worker still drains its tasks, which a health check run in the starting
+process itself breaks (Ray's drain on SIGTERM then fails with "Cancelling all calls").
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from components import pods
+from tests.test_pods import SETTINGS
+
+RESOURCES = SETTINGS.worker_groups[0].resources
+ADDRESS = "demo-head.ml.svc:6379"
+
+# The stand-in `ray` package. Each call is recorded (what, its process, its arguments): `cli.main` as the `ray`
+# command line's click group is called, and the GCS client's node query. The health check fails in the ways
+# HEALTH_CHECKS lists, one per call, then passes; the query then finds no head node HEAD_MISSING times.
+FAKE_RECORD = """
+import json, os
+
+
+def record(what, **call):
+    path = os.environ["FAKE_RAY_RECORD"]
+    with open(path, "a") as calls:
+        calls.write(json.dumps({"what": what, "pid": os.getpid(), **call}) + "\\n")
+    return sum(1 for line in open(path) if json.loads(line)["what"] == what)
+"""
+FAKE_SCRIPTS = """
+import json, os, sys
+from ray.exceptions import AuthenticationError
+from ray.record import record
+
+
+class Cli:
+    def main(self, args, prog_name, standalone_mode=True):
+        calls = record(args[0], args=args, prog_name=prog_name, standalone=standalone_mode)
+        if args[0] == "start":
+            print("ray start ran", flush=True)
+            sys.exit(0)
+        print("Ray's own noise on stderr", file=sys.stderr, flush=True)
+        failures = json.loads(os.environ["HEALTH_CHECKS"])
+        if calls > len(failures):
+            sys.exit(0)
+        kind, detail = failures[calls - 1]
+        if kind == "raise":
+            raise AuthenticationError(detail)
+        if kind == "exit":
+            sys.exit(detail)
+        os.kill(os.getpid(), detail)
+
+
+cli = Cli()
+"""
+FAKE_RAYLET = """
+import os
+from ray.record import record
+
+
+class GcsClient:
+    def __init__(self, address):
+        self.address = address
+
+    def get_all_node_info(self, timeout, node_selectors, state_filter):
+        [selector] = node_selectors
+        calls = record("node query", address=self.address, head=selector.is_head_node, state=state_filter)
+        return {} if calls <= int(os.environ["HEAD_MISSING"]) else {"head": "its info"}
+"""
+FAKE_MODULES = {
+    "record.py": FAKE_RECORD,
+    "exceptions.py": "class AuthenticationError(Exception):\n    pass\n",
+    "scripts/scripts.py": FAKE_SCRIPTS,
+    "_raylet.py": FAKE_RAYLET,
+    "core/generated/gcs_pb2.py": "class GcsNodeInfo:\n    class GcsNodeState:\n        ALIVE = 'ALIVE'\n",
+    "core/generated/gcs_service_pb2.py": (
+        "class GetAllNodeInfoRequest:\n    class NodeSelector:\n"
+        "        def __init__(self, is_head_node):\n            self.is_head_node = is_head_node\n"
+    ),
+}
+
+
+def run_worker_start(
+    tmp_path: Path, health_checks: list[object], head_missing: int = 0
+) -> subprocess.CompletedProcess[str]:
+    for name, text in FAKE_MODULES.items():
+        for package in Path("ray", name).parents[:-1]:
+            (tmp_path / package).mkdir(parents=True, exist_ok=True)
+            (tmp_path / package / "__init__.py").touch()
+        (tmp_path / "ray" / name).write_text(text)
+    command = pods.node_command(SETTINGS, RESOURCES, head=False)
+    assert command[:2] == ["python", "-c"]
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(tmp_path),
+        "FAKE_RAY_RECORD": str(tmp_path / "record"),
+        "HEALTH_CHECKS": json.dumps(health_checks),
+        "HEAD_MISSING": str(head_missing),
+    }
+    return subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, text=True, timeout=30)
+
+
+def calls(tmp_path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (tmp_path / "record").read_text().splitlines()]
+
+
+def test_it_waits_for_the_head_to_accept_it_then_runs_ray_start_in_its_own_process(tmp_path: Path) -> None:
+    """Two refusals of different kinds, a head without its node twice, then ready: each reason said once (the
+    refusals a second apart, the node asked for five times a second), the checks' own output dropped, and `ray
+    start` run with the pod's arguments as the `ray` command would."""
+    started = time.monotonic()
+    result = run_worker_start(tmp_path, [["raise", "invalid token"], ["exit", 1]], head_missing=2)
+    waited = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"waiting for the Ray head (GCS) at {ADDRESS}: ray.exceptions.AuthenticationError: invalid token",
+        f"waiting for the Ray head (GCS) at {ADDRESS}: ray health-check exited with 1",
+        f"waiting for the Ray head (GCS) at {ADDRESS}: the head's own node has not registered with its GCS yet",
+        f"GCS at {ADDRESS} is ready",
+        "ray start ran",
+    ]
+    assert 2 + 2 * 0.2 <= waited < 4  # a second after each refusal, a fifth after each missing node
+    assert "noise" not in result.stderr
+    *checks, start = calls(tmp_path)
+    assert [(call["what"], call.get("args")) for call in checks] == [
+        ("health-check", ["health-check", f"--address={ADDRESS}"]),
+        ("health-check", ["health-check", f"--address={ADDRESS}"]),
+        *[("health-check", ["health-check", f"--address={ADDRESS}"]), ("node query", None)] * 3,
+    ]
+    assert {(call["address"], call["head"], call["state"]) for call in checks if call["what"] == "node query"} == {
+        (ADDRESS, True, "ALIVE")
+    }
+    assert all(call["standalone"] is False and call["prog_name"] == "ray" for call in checks[:2])
+    assert start["args"] == pods.ray_start_args(SETTINGS, RESOURCES, head=False)
+    assert start["standalone"] is True and start["prog_name"] == "ray"
+    # The checks ran in a child process per try; `ray start` in the process the container runs, none of them.
+    tries = {call["pid"] for call in checks}
+    assert len(tries) == 5 and start["pid"] not in tries
+
+
+def test_a_check_killed_by_a_signal_is_a_reason_to_wait_too(tmp_path: Path) -> None:
+    result = run_worker_start(tmp_path, [["kill", 9]])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"waiting for the Ray head (GCS) at {ADDRESS}: the check ended with -9"
+    assert result.stdout.splitlines()[-1] == "ray start ran"
+
+
+def test_an_unchanged_reason_is_said_again_every_five_seconds(tmp_path: Path) -> None:
+    result = run_worker_start(tmp_path, [["raise", "invalid token"]] * 7)
+    waiting = [line for line in result.stdout.splitlines() if line.startswith("waiting")]
+    assert len(waiting) == 2 and waiting[0] == waiting[1]
