@@ -253,7 +253,8 @@ def test_a_worker_whose_token_the_head_refuses_waits_and_says_why(deployment: De
     says why, without `ray start` and without an exit (which would be a restart)."""
     [container] = deployment.workers()[0].spec["containers"]
     head = f"{deployment.head().ip}:{pods.GCS_PORT}"
-    command = re.sub(r"--address=\S+", f"--address={head}", container["command"][2])
+    program, arguments = container["command"][2].rsplit(" start ", 1)  # `ray start`'s arguments follow the code
+    command = f"{program} start " + re.sub(r"--address=\S+", f"--address={head}", arguments)
     wrong_token = tmp_path / "token"
     wrong_token.write_text("not-the-token-0123456789abcdef0123456789")
     env = {"PATH": f"{IMAGE_ROOT}/bin:/usr/bin:/bin", "HOME": str(tmp_path),
