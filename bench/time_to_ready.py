@@ -111,6 +111,9 @@ class MemorySampler:
 
 # The kinds of process a Ray cluster runs, by a word of what they run (see `process_kind`; first match wins).
 PROCESS_KINDS = (
+    # A worker's `ray start --block` runs as `python -c <components/worker_start.py> start ...`: first, as the
+    # code names other kinds' words (`raylet`, `health-check`).
+    (pods.WORKER_START_SOURCE.splitlines()[0], "ray start --block"),
     ("gcs_server", "gcs_server"),
     ("raylet", "raylet"),
     ("ray-dashboard-", "dashboard modules (a process each)"),
@@ -127,8 +130,6 @@ PROCESS_KINDS = (
     ("ray::", "worker process"),
     ("default_worker.py", "worker process"),
     ("smoke_test.py", "smoke-test driver"),
-    # A worker's `ray start --block` runs as `python -c <components/worker_start.py> start ...`.
-    (pods.WORKER_START_SOURCE.splitlines()[0], "ray start --block"),
     ("health-check", "ray health-check"),
     ("ray start", "ray start --block"),
 )
