@@ -12,6 +12,9 @@ waiting without a restart and says why: at once when the reason changes, and eve
 as the init container does for the port.
 """
 
+# The image may run an older Python than this repository (`str | None` is evaluated at definition time).
+from __future__ import annotations
+
 import os
 import sys
 import time
