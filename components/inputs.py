@@ -13,6 +13,7 @@ same name, type and description. Two consequences of how the SDK's analyzer read
   schema and every generated SDK.
 """
 
+import difflib
 import functools
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from types import MappingProxyType
 from typing import Any, Required, TypedDict, cast
 
 import pulumi
+from pulumi.runtime import config as runtime_config
 
 PROJECT_FILE = Path(__file__).resolve().parents[1] / "Pulumi.yaml"
 WORKER_GROUPS = "workerGroups"
@@ -161,7 +163,9 @@ def defaults() -> dict[str, object]:
 
 def from_stack_config(config: pulumi.Config) -> RayClusterArgs:
     """The stack's config as the component's inputs, each key read as its declared type (the CLI has already
-    checked the types against Pulumi.yaml), secrets as secret Outputs, and an empty secret as none given."""
+    checked the types against Pulumi.yaml), secrets as secret Outputs, and an empty secret as none given. A key of
+    this project that the program does not know is refused first (`refuse_unknown_keys`)."""
+    refuse_unknown_keys(config.name)
     readers = {
         "string": config.require,
         "integer": config.require_int,
@@ -175,6 +179,35 @@ def from_stack_config(config: pulumi.Config) -> RayClusterArgs:
         elif config.get(key):
             args[key] = config.require_secret(key)
     return cast(RayClusterArgs, args)
+
+
+def stack_config_keys(namespace: str) -> set[str]:
+    """The keys of the stack's config under `<namespace>:`. The CLI's language host hands the program the whole
+    stack config, every namespace's, as JSON in PULUMI_CONFIG (pulumi/pulumi sdk/python/cmd/pulumi-language-python),
+    which its exec script loads with `set_all_config` before the program runs, as Pulumi's mocks do."""
+    prefix = f"{namespace}:"
+    keys = {*runtime_config.get_config_env(), *runtime_config.CONFIG.get()}
+    return {key.removeprefix(prefix) for key in keys if key.startswith(prefix)}
+
+
+def refuse_unknown_keys(namespace: str) -> None:
+    """A key of this project's config that the program does not read (`pulumi config set wrokers 4`) would change
+    nothing and say nothing: refuse it, naming the key and the nearest known one. Keys of other namespaces
+    (`kubernetes:context`) are the providers'."""
+    for key in sorted(stack_config_keys(namespace) - set(defaults())):
+        full_key = f"{namespace}:{key}"
+        value = "[secret]" if runtime_config.is_config_secret(full_key) else runtime_config.get_config(full_key)
+        raise pulumi.RunError(
+            f"{full_key} is {value!r}, but it is not a key of this program: {nearest_key_hint(key)}"
+            f"`pulumi config rm {key}` removes it (the keys are listed in Pulumi.yaml and the README)"
+        )
+
+
+def nearest_key_hint(key: str) -> str:
+    """ "did you mean `workers`? " for a misspelt input (`wrokers`, `headmemory`), or nothing when none is near."""
+    by_lower = {known.lower(): known for known in defaults()}
+    nearest = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"did you mean `{by_lower[nearest[0]]}`? " if nearest else ""
 
 
 def whole_numbers(value: object) -> object:

@@ -34,6 +34,7 @@ from .inputs import (
     WORKER_GROUPS,
     contains_output,
     defaults,
+    nearest_key_hint,
     whole_numbers,
 )
 
@@ -135,7 +136,8 @@ class Inputs:
         known = defaults()
         for key, value in args.items():
             if key not in known:
-                raise config_error(key, value, f"it is not an input of the cluster; the inputs are {sorted(known)}")
+                allowed = f"it is not an input of the cluster: {nearest_key_hint(key)}the inputs are {sorted(known)}"
+                raise config_error(key, value, allowed)
             if key in SECRET_KEYS:
                 if value is not None and not isinstance(value, str | pulumi.Output):
                     # Only its type is shown: it is a secret.

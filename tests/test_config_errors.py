@@ -2,12 +2,13 @@
 before a single resource is registered."""
 
 import json
+import runpy
 from typing import Any
 
 import pulumi
 import pytest
 
-from tests.program import _Mocks, render
+from tests.program import ROOT, _Mocks, capture, render, stack_config
 from tests.pulumi_cli import StackConfig
 from tests.variants import REDIS_CA
 
@@ -137,6 +138,10 @@ BAD_VALUES: list[tuple[dict[str, object], list[str]]] = [
     ({"redisImage": "redis:latest"}, ["ray-cluster:redisImage", "latest"]),
     ({"redisStorage": "1GB"}, ["ray-cluster:redisStorage", "'1GB'", "Kubernetes quantity"]),
     ({"redisStorageClass": "Fast SSD"}, ["ray-cluster:redisStorageClass", "'Fast SSD'", "object name"]),
+    # A key the program does not read would change nothing and say nothing.
+    ({"wrokers": "4"}, ["ray-cluster:wrokers is '4'", "not a key of this program", "did you mean `workers`?"]),
+    ({"headmemory": "8Gi"}, ["ray-cluster:headmemory", "did you mean `headMemory`?", "pulumi config rm headmemory"]),
+    ({"workerGroup": [{"name": "gpu"}]}, ["ray-cluster:workerGroup", "did you mean `workerGroups`?"]),
 ]
 
 
@@ -161,6 +166,30 @@ def test_a_namespace_is_derived_only_from_a_stack_name_that_is_one(stack: str, m
     assert f"ray-cluster:namespace is '', but the stack {stack!r}" in str(error.value)
     assert "pulumi config set namespace ray-" in str(error.value)
     assert declared == []
+
+
+def test_an_unknown_key_far_from_every_known_one_is_refused_without_a_guess_and_a_secret_one_unread() -> None:
+    with pytest.raises(pulumi.RunError) as error:
+        render({"colour": "blue"})
+    assert str(error.value) == (
+        "ray-cluster:colour is 'blue', but it is not a key of this program: `pulumi config rm colour` removes it (the "
+        "keys are listed in Pulumi.yaml and the README)"
+    )
+    with pytest.raises(pulumi.RunError) as error:
+        render({"authTokn": "s3cret-value"}, secrets=("authTokn",))
+    assert "ray-cluster:authTokn is '[secret]'" in str(error.value) and "s3cret-value" not in str(error.value)
+    assert "did you mean `authToken`?" in str(error.value)
+
+
+def test_keys_of_other_namespaces_are_the_providers() -> None:
+    """The CLI hands the program the whole stack config: `kubernetes:context` and the like are not this program's."""
+    config = {**stack_config("test", {}), "kubernetes:context": "kind-kind", "random:anything": "x"}
+
+    def program() -> None:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+
+    rendered = capture(program, "test", config)
+    assert rendered.of_kind("Deployment")
 
 
 def test_a_valid_config_does_declare_resources(monkeypatch: pytest.MonkeyPatch) -> None:
