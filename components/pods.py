@@ -16,7 +16,7 @@ from typing import Any
 
 from . import redis, sizing
 from .security import container_security, pod_security
-from .settings import ClusterSettings, PodResources, WorkerGroup
+from .settings import ARCHITECTURE_LABEL, ClusterSettings, PodResources, WorkerGroup, image_architecture
 
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
@@ -374,6 +374,14 @@ def ray_container(
     }
 
 
+def node_selector(image: str, given: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The node labels a pod of `image` must run on: those `given`, and the architecture an official Ray image is
+    built for, so that a pod never lands on a node that cannot run its image (a pull that fails, or a Ray that
+    crawls under emulation until its probes fail); without such a node it stays Pending and says why."""
+    built_for = image_architecture(image)
+    return {**(given or {}), **({ARCHITECTURE_LABEL: built_for} if built_for else {})}
+
+
 def pod_template(
     settings: ClusterSettings,
     *,
@@ -442,6 +450,7 @@ def head_pod_template(
         volumes=ray_volumes(settings, node_sizing(settings.head))
         + gcs_storage_volumes(settings)
         + (sidecar.volumes if sidecar else []),
+        node_selector=node_selector(settings.image),
         grace_seconds=HEAD_DRAIN_SECONDS + SHUTDOWN_MARGIN_SECONDS,
         version_labels=version_labels,
         service_account=sidecar.service_account if sidecar else None,
@@ -465,7 +474,7 @@ def worker_pod_template(settings: ClusterSettings, group: WorkerGroup, version_l
         containers=[ray_container(settings, group.resources, group.image, head=False)],
         init_containers=[wait_for_gcs],
         volumes=ray_volumes(settings, node_sizing(group.resources)),
-        node_selector=dict(group.node_selector),
+        node_selector=node_selector(group.image, group.node_selector),
         tolerations=[dict(t) for t in group.tolerations],
         grace_seconds=worker_grace_seconds(settings),
         version_labels=version_labels,
@@ -527,6 +536,7 @@ def smoke_test_pod_template(
         group="smoke-test",
         containers=[driver],
         volumes=[*ray_volumes(settings, None), {"name": "script", "configMap": {"name": script_config_map}}],
+        node_selector=node_selector(settings.image),
         restart_policy="Never",
         annotations={
             "ray-cluster.pulumi.com/smoke-test-sha256": hashlib.sha256(script.encode()).hexdigest(),

@@ -68,6 +68,8 @@ _MAX_CLUSTER_NAME = 53
 _OFFICIAL_RAY_REPOSITORIES = frozenset({"rayproject/ray", "docker.io/rayproject/ray", "index.docker.io/rayproject/ray"})
 _GPU_TAG = re.compile(r"-(gpu|cu[0-9]+)(-|$)")
 _PLATFORM_SUFFIX = "-aarch64"
+# The well-known node label of a node's CPU architecture (amd64, arm64), set by the kubelet.
+ARCHITECTURE_LABEL = "kubernetes.io/arch"
 # A Redis address as Ray's GCS takes it (RAY_REDIS_ADDRESS): host:port, `redis://` optional, `rediss://` for TLS.
 _REDIS_ADDRESS = re.compile(
     r"^(?:(?P<scheme>rediss?)://)?(?P<host>[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})$"
@@ -482,16 +484,35 @@ def _image_tag(image: str) -> str:
     return image.split("@", 1)[0].rsplit("/", 1)[-1].partition(":")[2]
 
 
+def _official_ray_tag(image: str) -> str | None:
+    """The tag of an official Ray image (`rayproject/ray:<tag>`, with a digest after it or not; empty for a digest
+    alone); None for any other image."""
+    tag = _image_tag(image)
+    repository = image.split("@", 1)[0].removesuffix(f":{tag}")
+    return tag if repository in _OFFICIAL_RAY_REPOSITORIES else None
+
+
+def image_architecture(image: str) -> str | None:
+    """The CPU architecture (as nodes label it, `kubernetes.io/arch`) an official Ray image is built for, read from
+    its tag: Ray's image CI builds each architecture apart and appends `-aarch64` to the tags of the arm64 builds,
+    nothing to the amd64 ones (ray-project/ray ci/ray_ci/ray_image.py, `arch_suffix`). Whether a tag without the
+    suffix is amd64 alone or an index of both, amd64 nodes run it; arm64 nodes run the `-aarch64` tag for sure.
+    None for any other image (its builder knows) and for an official image named by its digest alone."""
+    tag = _official_ray_tag(image)
+    if not tag:
+        return None
+    return "arm64" if tag.endswith(_PLATFORM_SUFFIX) else "amd64"
+
+
 def gpu_image(key: str, image: str) -> str:
     """The image a GPU group runs when it names none: the `-gpu` variant of an official Ray image's tag
     (`2.60.0` and `2.60.0-cpu` -> `2.60.0-gpu`; a `-gpu` or `-cu<NNN>` tag as it is). A custom image is used as it
     is (whether it carries CUDA is its builder's to know). A digest names one image only, and no GPU variant of
     an `-aarch64` tag is known, so for those the group needs its own `image`."""
-    name = image.split("@", 1)[0]
-    tag = _image_tag(image)
-    repository = name.removesuffix(f":{tag}")
-    if repository not in _OFFICIAL_RAY_REPOSITORIES or _GPU_TAG.search(tag):
+    tag = _official_ray_tag(image)
+    if tag is None or _GPU_TAG.search(tag):
         return image
+    repository = image.split("@", 1)[0].removesuffix(f":{tag}")
     if "@" in image or tag.endswith(_PLATFORM_SUFFIX):
         why = "is pinned by digest" if "@" in image else f"is an {_PLATFORM_SUFFIX} image"
         raise config_error(
@@ -568,13 +589,23 @@ def _parse_group(index: int, raw: object, defaults: PodResources, cluster_image:
     group = {**GROUP_DEFAULTS, "cpu": defaults.cpu, "memory": defaults.memory, **raw}
     resources = PodResources.parse(lambda name: f"{key}.{name}", group["cpu"], group["memory"], group["gpus"])
     replicas = _require_count(f"{key}.replicas", group["replicas"])
+    image = _group_image(f"{key}.image", group["image"], cluster_image, resources.gpus)
+    node_selector = _require_node_selector(f"{key}.nodeSelector", group["nodeSelector"])
+    built_for, chosen = image_architecture(image), node_selector.get(ARCHITECTURE_LABEL)
+    if built_for and chosen and chosen != built_for:
+        raise config_error(
+            f"{key}.nodeSelector[{ARCHITECTURE_LABEL!r}]",
+            chosen,
+            f"the group's image {image} is built for {built_for} (official Ray tags end in {_PLATFORM_SUFFIX} for "
+            "arm64 and have no suffix for amd64): choose an image of that architecture, or leave the label out",
+        )
     return WorkerGroup(
         name=_require_dns_label(f"{key}.name", cli_text(group["name"])),
         replicas=replicas,
         max_replicas=_require_most(f"{key}.maxReplicas", group["maxReplicas"], replicas, f"{key}.replicas"),
         resources=resources,
-        image=_group_image(f"{key}.image", group["image"], cluster_image, resources.gpus),
-        node_selector=_require_node_selector(f"{key}.nodeSelector", group["nodeSelector"]),
+        image=image,
+        node_selector=node_selector,
         tolerations=_require_tolerations(f"{key}.tolerations", group["tolerations"]),
     )
 

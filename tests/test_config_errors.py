@@ -138,6 +138,13 @@ BAD_VALUES: list[tuple[dict[str, object], list[str]]] = [
     ({"redisImage": "redis:latest"}, ["ray-cluster:redisImage", "latest"]),
     ({"redisStorage": "1GB"}, ["ray-cluster:redisStorage", "'1GB'", "Kubernetes quantity"]),
     ({"redisStorageClass": "Fast SSD"}, ["ray-cluster:redisStorageClass", "'Fast SSD'", "object name"]),
+    (
+        {"workerGroups": [{"name": "arm", "nodeSelector": {"kubernetes.io/arch": "arm64"}}]},
+        [
+            "ray-cluster:workerGroups[0].nodeSelector['kubernetes.io/arch'] is 'arm64'",
+            "image rayproject/ray:2.60.0 is built for amd64",
+        ],
+    ),
     # A key the program does not read would change nothing and say nothing.
     ({"wrokers": "4"}, ["ray-cluster:wrokers is '4'", "not a key of this program", "did you mean `workers`?"]),
     ({"headmemory": "8Gi"}, ["ray-cluster:headmemory", "did you mean `headMemory`?", "pulumi config rm headmemory"]),

@@ -41,6 +41,7 @@ SETTINGS = dataclasses.replace(
 NO_AUTH = dataclasses.replace(SETTINGS, token_auth=False)
 [CPU_GROUP, GPU_GROUP] = SETTINGS.worker_groups
 VERSION = {"ray-cluster.pulumi.com/auth-token-version": "v1"}
+AMD64 = {"kubernetes.io/arch": "amd64"}
 SCRIPT = "print('smoke')"
 SCRIPT_SHA256 = "c8f7efe666eb489fbdb278ee6dd4c87c5344a6f59360745494e1ecbcddc562d4"  # `printf %s "$SCRIPT" | sha256sum`
 
@@ -112,6 +113,8 @@ def test_head_pod_keeps_the_restart_policy_grace_period_and_volumes_a_ray_node_n
         # The head does not drain: 0 s plus the margin for Ray's processes to stop.
         "terminationGracePeriodSeconds": 15,
         "volumes": [*SCRATCH_VOLUMES, shm_volume(2867), TOKEN_VOLUME],
+        # An official Ray tag without -aarch64 is built for amd64: never on a node that cannot run it.
+        "nodeSelector": AMD64,
     }
     [ray] = template["spec"]["containers"]
     assert ray["name"] == "ray-head"
@@ -141,7 +144,7 @@ def test_worker_pod_waits_for_the_gcs_in_an_init_container_and_is_placed_as_its_
     assert without(spec, "containers", "initContainers") == {
         **WORKER_POD,
         "volumes": [*SCRATCH_VOLUMES, shm_volume(5734), TOKEN_VOLUME],
-        "nodeSelector": {"accelerator": "nvidia"},
+        "nodeSelector": {"accelerator": "nvidia", **AMD64},
         "tolerations": [GPU_TOLERATION],
     }
     [ray] = spec["containers"]
@@ -165,13 +168,18 @@ def test_worker_pod_waits_for_the_gcs_in_an_init_container_and_is_placed_as_its_
     assert script.endswith('echo "GCS at demo-head.ml.svc:6379 accepts connections"')
 
 
-def test_a_worker_group_without_placement_sets_no_node_selector_or_tolerations() -> None:
-    """Absent, not empty or null: the fields stay out of the manifest so nothing else's value is overwritten."""
+def test_a_worker_group_without_placement_sets_only_its_images_architecture_and_no_tolerations() -> None:
+    """Absent, not empty or null: the fields stay out of the manifest so nothing else's value is overwritten; an
+    image of the group's own that is not an official Ray image (whose architecture only its builder knows) sets no
+    node selector at all."""
     spec = pods.worker_pod_template(NO_AUTH, CPU_GROUP, {})["spec"]
     assert without(spec, "containers", "initContainers") == {
         **WORKER_POD,
         "volumes": [*SCRATCH_VOLUMES, shm_volume(1075)],
+        "nodeSelector": AMD64,
     }
+    custom = dataclasses.replace(CPU_GROUP, image="registry.example/team/ray:2.60.0")
+    assert "nodeSelector" not in pods.worker_pod_template(NO_AUTH, custom, {})["spec"]
     assert [c.get("volumeMounts") for c in spec["initContainers"] + spec["containers"]] == [
         None,
         [*SCRATCH_MOUNTS, SHM_MOUNT],
@@ -223,6 +231,7 @@ def test_smoke_test_pod_is_a_run_once_ray_client_driver_with_its_script_read_onl
                 }
             ],
             "volumes": [*SCRATCH_VOLUMES, TOKEN_VOLUME, {"name": "script", "configMap": {"name": "demo-smoke-test"}}],
+            "nodeSelector": AMD64,
         },
     }
 

@@ -298,7 +298,7 @@ def test_an_extra_gpu_group() -> None:
     assert gpu["spec"]["replicas"] == 2
     assert container(gpu)["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
     assert flag(ray_argv(gpu), "--num-gpus") == "1"
-    assert pod_spec(gpu)["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod_spec(gpu)["nodeSelector"] == {"nvidia.com/gpu.present": "true", "kubernetes.io/arch": "amd64"}
     assert pod_spec(gpu)["tolerations"] == [toleration]
     assert gpu["spec"]["template"]["metadata"]["labels"]["ray.io/group"] == "gpu"
     assert "nvidia.com/gpu" not in container(rendered.one("Deployment", "ray-worker"))["resources"]["limits"]
@@ -621,3 +621,30 @@ def test_the_smoke_test_reruns_when_what_runs_the_cluster_changes_and_only_then(
     assert job["spec"]["template"]["metadata"]["annotations"]["ray-cluster.pulumi.com/cluster-sha256"] == expected
     reordered = render({"workerGroups": [{"name": "gpu", "gpus": 1, "nodeSelector": {"b": "2", "a": "1"}}]})
     assert reordered.one("Job") == job
+
+
+def test_every_pod_of_an_official_ray_image_runs_only_on_nodes_of_its_architecture() -> None:
+    """A tag's architecture (`-aarch64`: arm64, none: amd64) is each Ray pod's node selector, merged with a group's
+    own; Redis (a multi-architecture image) and custom images are placed by nothing of the kind."""
+    config = StackConfig(values={"image": "rayproject/ray:2.60.0-aarch64", "gcsFaultTolerance": "true"})
+    config.run("pulumi config set --path 'workerGroups[0].name' gpu")
+    config.run("pulumi config set --path 'workerGroups[0].gpus' 1")
+    config.run("pulumi config set --path 'workerGroups[0].image' rayproject/ray:2.60.0-gpu")
+    config.run("pulumi config set --path 'workerGroups[0].nodeSelector[\"kubernetes.io/arch\"]' amd64")
+    config.run("pulumi config set --path 'workerGroups[1].name' custom")
+    config.run("pulumi config set --path 'workerGroups[1].image' registry.example/ray:2.60.0")
+    config.run("pulumi config set --path 'workerGroups[1].nodeSelector.pool' ray")
+    rendered = render(config.program_config())
+    selectors = {
+        m["metadata"]["name"]: m["spec"]["template"]["spec"].get("nodeSelector")
+        for m in rendered.manifests
+        if m["kind"] == "Deployment"
+    }
+    assert selectors == {
+        "ray-head": {"kubernetes.io/arch": "arm64"},
+        "ray-worker": {"kubernetes.io/arch": "arm64"},
+        "ray-gpu": {"kubernetes.io/arch": "amd64"},
+        "ray-custom": {"pool": "ray"},
+        "ray-redis": None,
+    }
+    assert pod_spec(rendered.one("Job"))["nodeSelector"] == {"kubernetes.io/arch": "arm64"}

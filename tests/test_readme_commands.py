@@ -62,15 +62,15 @@ def test_the_readme_has_the_commands_this_test_runs() -> None:
 
 
 def test_every_readme_deployment_renders(deployed: list[tuple[str, Rendered]]) -> None:
-    assert [stack for stack, _ in deployed] == ["dev", "dev", "staging", "prod", "prod", "prod", "prod", "prod"]
+    assert [stack for stack, _ in deployed] == ["dev", "dev", "arm", "staging", "prod", "prod", "prod", "prod", "prod"]
 
 
 def test_the_readme_turns_autoscaling_on_for_the_default_group_then_a_gpu_group_from_zero(
     deployed: list[tuple[str, Rendered]],
 ) -> None:
-    _, default_group = deployed[5]
+    _, default_group = deployed[6]
     assert default_group.one("Role", "ray-autoscaler")["rules"][2]["resourceNames"] == ["ray-worker"]
-    _, gpu_group = deployed[6]
+    _, gpu_group = deployed[7]
     assert gpu_group.one("Role", "ray-autoscaler")["rules"][2]["resourceNames"] == ["ray-worker", "ray-gpu"]
     assert gpu_group.one("Deployment", "ray-gpu")["spec"]["replicas"] == 0
     config = json.loads(gpu_group.one("ConfigMap", "ray-autoscaler")["data"]["autoscaling.json"])
@@ -94,11 +94,20 @@ def test_the_readme_gpu_group_is_what_it_says(deployed: list[tuple[str, Rendered
     spec = gpu["spec"]["template"]["spec"]
     assert gpu["spec"]["replicas"] == 2
     assert spec["containers"][0]["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
-    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true", "kubernetes.io/arch": "amd64"}
     assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert spec["containers"][0]["image"] == "rayproject/ray:2.60.0-gpu"
 
 
 def test_the_readme_environments_get_their_own_namespaces(deployed: list[tuple[str, Rendered]]) -> None:
     namespaces = {stack: rendered.one("Namespace")["metadata"]["name"] for stack, rendered in deployed}
-    assert namespaces == {"dev": "ray-dev", "staging": "ray-staging", "prod": "ray-prod"}
+    assert namespaces == {"dev": "ray-dev", "arm": "ray-arm", "staging": "ray-staging", "prod": "ray-prod"}
+
+
+def test_the_readme_puts_every_ray_pod_of_an_aarch64_image_on_arm64_nodes(deployed: list[tuple[str, Rendered]]) -> None:
+    [arm] = [rendered for stack, rendered in deployed if stack == "arm"]
+    templates = [m["spec"]["template"] for m in arm.manifests if m["kind"] in ("Deployment", "Job")]
+    assert len(templates) == 3  # the head, the workers, the smoke test
+    for template in templates:
+        assert {c["image"] for c in template["spec"]["containers"]} == {"rayproject/ray:2.60.0-aarch64"}
+        assert template["spec"]["nodeSelector"] == {"kubernetes.io/arch": "arm64"}

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.program import ROOT, Registration, Rendered
+from tests.program import ROOT, Registration, Rendered, render
 from tests.rehearsal import image
 from tests.rehearsal.cluster import Cluster, InvalidError, JobFailedError, StorageClass, rolling_bounds, wait_for
 from tests.rehearsal.kubelet import Manifest, Pod, UnsupportedError, check_supported, expand, quantity
@@ -314,6 +314,38 @@ def test_node_selectors_and_taints(cluster: Cluster) -> None:
     [elsewhere], [intolerant] = pods(cluster, manifests["elsewhere"]), pods(cluster, manifests["intolerant"])
     assert elsewhere.unschedulable == "node(s) didn't match Pod's node affinity/selector"
     assert intolerant.unschedulable == "node(s) had untolerated taint {dedicated: ray}"
+
+
+@pytest.mark.rehearsal
+def test_an_image_built_for_another_architecture_than_the_nodes_fails_to_pull_and_its_pod_stays_pending(
+    cluster: Cluster,
+) -> None:
+    """Official Ray tags are amd64 images, `-aarch64` ones arm64: an arm64 node runs only the latter."""
+    cluster.node = replace(cluster.node, labels={**cluster.node.labels, "kubernetes.io/arch": "arm64"})
+    amd64 = job("amd64", template(container("echo ran")), backoffLimit=0)
+    cluster.apply(amd64)
+    [pod] = wait_for(lambda: [p for p in pods(cluster, amd64) if p.node], 10, "the pod bound", interval=0.1)
+    wait_for(lambda: "no match for platform in manifest" in pod.events(), 10, "a failed pull", interval=0.1)
+    assert f'Failed to pull image "{RAY_IMAGE}"' in pod.events()
+    assert (pod.phase, pod.statuses["main"].starts) == ("Pending", [])
+    arm64 = finished_pod(cluster, template(container("echo ran", image="rayproject/ray:2.60.0-aarch64")))
+    assert (arm64.phase, arm64.logs("main").splitlines()[-1]) == ("Succeeded", "ran")
+
+
+@pytest.mark.rehearsal
+def test_on_arm64_nodes_the_programs_ray_pods_of_an_amd64_image_stay_pending_and_say_why(cluster: Cluster) -> None:
+    """Not pulled and crash-looping: never bound, with the scheduler's reason; the Redis image (multi-architecture)
+    and what is not a pod are not held back."""
+    cluster.node = replace(cluster.node, labels={**cluster.node.labels, "kubernetes.io/arch": "arm64"})
+    with pytest.raises(TimeoutError):
+        cluster.up(render({"workers": "1", "gcsFaultTolerance": "true"}), timeout=15)
+    ray_pods = [pod for pod in cluster.pods_in("ray-test") if pod.labels.get("app.kubernetes.io/name") == "ray"]
+    assert {pod.labels["ray.io/group"] for pod in ray_pods} == {"head", "worker"}
+    for pod in ray_pods:
+        assert (pod.node, pod.unschedulable) == (None, "node(s) didn't match Pod's node affinity/selector")
+    [redis] = [pod for pod in cluster.pods_in("ray-test") if pod.labels.get("app.kubernetes.io/name") == "redis"]
+    assert redis.node is not None
+    cluster.up(Rendered(registrations=[], outputs={}), timeout=60)
 
 
 @pytest.mark.rehearsal

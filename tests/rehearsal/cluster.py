@@ -52,13 +52,13 @@ object has left the API (a claim's finalizer included).
 Services get ClusterIPs, to which their names resolve, and kube-proxy's forwarding to their endpoints (network.py).
 `clock` is the cluster's wall clock (tokens' lifetimes and the API's timestamps), which a test can move on. `apply`
 is a kubectl client-side apply that replaces the object and owns every field it sets. Not emulated: NetworkPolicy
-enforcement, cgroup limits, image pulls, ClusterRoles and their bindings (a RoleBinding to a ClusterRole is
-refused), the variables of a namespace's Services in its pods' env (service links; only the `kubernetes` Service's
-are set), the labels a Job's pods get from the Job, proportional scaling of a Deployment in mid-rollout, revision
-history limits; a volume's capacity (its directory is as large as the disk it lies on), and claims other than
-dynamically provisioned ReadWriteOnce filesystems (refused: static binding to PersistentVolumes, `volumeName`,
-selectors, data sources, block volumes, other access modes); pulumi-kubernetes' 5-minute limit on a claim's await
-(`up` has its own timeout).
+enforcement, cgroup limits, image pulls (but a failed one for another architecture: kubelet.py), ClusterRoles and
+their bindings (a RoleBinding to a ClusterRole is refused), the variables of a namespace's Services in its pods' env
+(service links; only the `kubernetes` Service's are set), the labels a Job's pods get from the Job, proportional
+scaling of a Deployment in mid-rollout, revision history limits; a volume's capacity (its directory is as large as
+the disk it lies on), and claims other than dynamically provisioned ReadWriteOnce filesystems (refused: static
+binding to PersistentVolumes, `volumeName`, selectors, data sources, block volumes, other access modes);
+pulumi-kubernetes' 5-minute limit on a claim's await (`up` has its own timeout).
 """
 
 from __future__ import annotations
@@ -1003,7 +1003,7 @@ class Cluster:
                 for _, claim in self._claims_of(pod):
                     if claim is not None and claim.volume is None:
                         self._provision(claim)
-                pod.node = self._node.name
+                pod.node, pod.architecture = self._node.name, self._node.labels["kubernetes.io/arch"]
                 add(used, pod_requests(pod.spec))
                 pod.start()
 

@@ -12,6 +12,10 @@ pyvenv.cfg sits next to bin/). PATH names only that path, never the virtualenv's
 /home/ray hides `ray` and the virtualenv's `python`, exactly as it hides conda in the real image. The image's
 /etc/passwd names uid 1000 `ray`; its /etc/group is this machine's (gid 100 is `users` in both).
 
+The registry holds each official Ray tag for one architecture, as Ray's image CI pushes them: tags ending in
+`-aarch64` for arm64, every other tag for amd64; the Redis image for both. A node of another architecture fails to
+pull the image (kubelet.py), as containerd refuses a manifest of another platform.
+
 The Redis image (`redis`, `library/redis`, `docker.io/library/redis`; Debian-based tags only) runs as `redis`
 (uid 999, gid 999, named so in its /etc/passwd and /etc/group) in WORKDIR /data, an image volume owned by redis:
 a fresh writable directory per container start that a read-only root filesystem leaves writable, as containerd
@@ -38,6 +42,7 @@ differ, are refused.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shutil
@@ -100,6 +105,8 @@ class Image:
     passwd_entries: tuple[str, ...]
     group_entries: tuple[str, ...]  # none: the image's /etc/group is this machine's, and is left alone
     start: Callable[[Path], list[Mount]]
+    # The CPU architectures (as nodes label theirs, `kubernetes.io/arch`) the registry holds the image for.
+    architectures: frozenset[str] = frozenset({"amd64", "arm64"})
 
     def passwd(self, host: str) -> str:
         """The image's /etc/passwd: this machine's, with the image's users in place of whoever holds their names or
@@ -212,11 +219,18 @@ def split_reference(reference: str) -> tuple[str, str, str]:
     return repository, tag, digest
 
 
+def ray_architectures(tag: str) -> frozenset[str]:
+    """What the registry holds an official Ray tag for: Ray's image CI builds and pushes each architecture on its
+    own, the arm64 builds with the suffix `-aarch64` and the amd64 builds without one (ray-project/ray
+    ci/ray_ci/ray_image.py, push_ray_image.py)."""
+    return frozenset({"arm64"}) if tag.endswith("-aarch64") else frozenset({"amd64"})
+
+
 def lookup(reference: str) -> Image:
     """The stand-in for an image; LookupError (saying why) for an image the rehearsal cannot run as it is."""
     repository, tag, _ = split_reference(reference)
     if repository in RAY_REPOSITORIES:
-        return RAY
+        return dataclasses.replace(RAY, architectures=ray_architectures(tag))
     if repository in REDIS_REPOSITORIES:
         return _redis(tag)
     known = ", ".join(sorted(RAY_REPOSITORIES | REDIS_REPOSITORIES))

@@ -1,7 +1,8 @@
 """A small kubelet: runs one pod's containers from its manifest, as real processes, in their images' stand-ins.
 
 Everything comes from the pod spec, nothing from knowledge of this project: each container's image (one the
-registry in image.py knows; any other is refused), command and args with Kubernetes' `$(VAR)` expansion, its env
+registry in image.py knows; any other is refused; one the registry holds for another architecture than the node's
+fails to pull, and the pod stays Pending), command and args with Kubernetes' `$(VAR)` expansion, its env
 (the image's, then the `kubernetes` Service's variables, KUBERNETES_SERVICE_HOST and the rest, which every
 container gets, then the container's own: values, which may refer to those, fieldRef, resourceFieldRef,
 secretKeyRef, configMapKeyRef), its working directory, its volume mounts (emptyDir, memory-backed emptyDir with its
@@ -50,6 +51,7 @@ import base64
 import json
 import math
 import os
+import platform
 import random
 import re
 import secrets
@@ -81,6 +83,7 @@ RUNTIME_CAPABILITIES = ("chown", "dac_override", "fsetid", "fowner", "mknod", "n
                         "setfcap", "setpcap", "net_bind_service", "sys_chroot", "kill", "audit_write")  # fmt: skip
 RUNTIME_NOFILE = (1024, 524288)
 BACKOFF_START, BACKOFF_MAX = 10.0, 300.0
+_ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64"}
 DEFAULT_GRACE_SECONDS = 30
 _VAR_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _QUANTITY = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:([numkMGTPE]|[KMGTPE]i)|[eE]([+-]?\d+))?")
@@ -202,6 +205,12 @@ def quantity(value: str | int | float) -> Decimal:
     if suffix in _BINARY_SUFFIXES:
         return number * Decimal(1024) ** _BINARY_SUFFIXES[suffix]
     return number.scaleb(_DECIMAL_SUFFIXES.get(suffix, 0))
+
+
+def machine_architecture() -> str:
+    """This machine's CPU architecture as a node labels it (`kubernetes.io/arch`): the rehearsal's node's."""
+    machine = platform.machine()
+    return _ARCHITECTURES.get(machine, machine)
 
 
 def container_image(container: Manifest) -> image.Image:
@@ -362,6 +371,7 @@ class Pod:
         self._volume_sources: dict[str, Path] = {}  # per volume, the directory its mounts bind
         self._execs: dict[str, _Exec] = {}  # per running container, what an exec in it runs as
         self.node: str | None = None  # spec.nodeName: set when the scheduler binds it
+        self.architecture = machine_architecture()  # its node's `kubernetes.io/arch`, set with `node`
         self.unschedulable: str | None = None  # the PodScheduled condition's message while it cannot be bound
         self.network_namespace, self.ip = "", ""
         self.created_at = time.monotonic()
@@ -801,7 +811,7 @@ class Pod:
     def _run(self) -> None:
         try:
             self.network_namespace, self.ip = self._sandbox(self.name)
-            if not self._prepare_files():
+            if not self._prepare_files() or not self._pull_images():
                 return
             restart = self.spec.get("restartPolicy", "Always")
             for container in self.spec.get("initContainers", []):
@@ -828,6 +838,24 @@ class Pod:
             last = [self.statuses[c["name"]].exit_codes[-1:] for c in self.spec["containers"]]
             self.phase = "Succeeded" if all(exit_code == [0] for exit_code in last) else "Failed"
         self.ready_since, self.finished_at = None, time.monotonic()
+
+    def _pull_images(self) -> bool:
+        """Pull every container's image before the pod's containers start: one the registry does not hold for the
+        node's architecture fails, as containerd refuses a manifest of another platform, and the kubelet tries
+        again with back-off (ErrImagePull, then ImagePullBackOff) while the pod stays Pending; False if the pod is
+        deleted first."""
+        backoff = BACKOFF_START
+        while wrong := [c["image"] for c in self._all_containers() if self.architecture not in
+                        container_image(c).architectures]:  # fmt: skip
+            for reference in dict.fromkeys(wrong):
+                self._event(
+                    f'Failed: Failed to pull image "{reference}": no match for platform in manifest: not found '
+                    f"(the node is linux/{self.architecture}); ErrImagePull"
+                )
+            if self._stop.wait(backoff):
+                return False
+            backoff = min(backoff * 2, BACKOFF_MAX)
+        return True
 
     def _run_to_completion(self, container: Manifest, retry: bool) -> bool:
         status, backoff = self.statuses[container["name"]], BACKOFF_START

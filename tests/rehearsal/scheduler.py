@@ -9,15 +9,12 @@ evicting pods that already run (a taint added later only keeps new pods away).
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from tests.rehearsal.kubelet import Manifest, quantity
-
-_ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64"}
+from tests.rehearsal.kubelet import Manifest, machine_architecture, quantity
 
 
 def _default_allocatable() -> dict[str, str | int]:
@@ -27,9 +24,7 @@ def _default_allocatable() -> dict[str, str | int]:
 
 def _default_labels() -> dict[str, str]:
     """The well-known labels the kubelet puts on its node."""
-    machine = platform.machine()
-    return {"kubernetes.io/hostname": "node", "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": _ARCHITECTURES.get(machine, machine)}  # fmt: skip
+    return {"kubernetes.io/hostname": "node", "kubernetes.io/os": "linux", "kubernetes.io/arch": machine_architecture()}
 
 
 @dataclass(frozen=True)
