@@ -31,18 +31,34 @@ Where each rule comes from (pulumi/pulumi and pulumi/pulumi-kubernetes on GitHub
 - pulumi-kubernetes' Diff (provider/pkg/provider/provider.go Diff, convertPatchToDiff; diff.go forceNew table):
   the fields that force a replacement per kind, and delete-before-replace exactly when a replaced object keeps a
   user-set name and namespace.
-- With server-side apply (the provider's default since v4), Create is an apply patch (provider/pkg/await/await.go
-  Creation), which creates the object or updates the existing one ("upsert"); without force (the
-  `pulumi.com/patchForce` annotation) it fails only when another field manager owns a field with a different
-  value (Kubernetes' server-side apply conflicts). Every Pulumi resource has its own field manager
-  (provider.go fieldManagerName draws one per resource).
+- With `upsertExistingObjects`, Create is a server-side apply patch (provider/pkg/await/await.go Creation), which
+  creates the object or updates the existing one ("upsert"); without force (the `pulumi.com/patchForce`
+  annotation) it fails only when another field manager owns a field with a different value (Kubernetes'
+  server-side apply conflicts). Every Pulumi resource has its own field manager (provider.go fieldManagerName
+  draws one per resource).
 - pulumi-random's RandomPassword and RandomId replace on any input change (terraform-provider-random
   internal/provider/resource_password.go, resource_id.go: every input RequiresReplace), create-before-delete.
+- Reads match old entries through the aliases a renamed parent passes to its children too, never their own
+  (step_generator.go GenerateReadSteps, getOldResource, since pulumi 3.208).
+- The provider's Diff compares the new inputs with the live object its state last stored (its outputs), pruned to
+  the keys of the old inputs (provider.go Diff, pruneLiveState; util.go pruneMap, pruneSlice), and removes the
+  ignoreChanges paths from its detailed diff. `pulumi up --refresh` (or `pulumi refresh` first) reads every object
+  again: the state then stores the live object as its outputs and, as its inputs, the live object pruned to the old
+  inputs' keys (provider.go Read), so drift in a field the program sets shows as a change.
+- Since pulumi-kubernetes 4.29 Create is a client-side create (await.go Creation): the API server refuses an
+  object that exists (AlreadyExists), also when the engine takes over a read object by creating it ("adopt"), and
+  `pulumi preview` swallows the refusal. Only the provider's `upsertExistingObjects` (or
+  PULUMI_K8S_UPSERT_EXISTING_OBJECTS=true) makes Create a server-side apply again, which upserts.
+- Deletes are foreground (await.go Deletion, metadata.DeletionPropagation): deleting a Deployment or a Job waits
+  for its pods, and a Namespace for everything in it, each pod up to its grace period; the provider gives up after
+  customTimeouts.delete from the old state, else 10 minutes (metadata.TimeoutDuration), unless the object is one
+  of the kinds whose delete `pulumi.com/skipAwait` leaves unawaited (overrides.go allowsSkipAwaitWithDelete).
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -90,6 +106,8 @@ FORCE_NEW: Mapping[tuple[str, str, str], tuple[str, ...]] = {
     ),
     ("core", "v1", "Service"): (".spec.clusterIP",),
     ("core", "v1", "Secret"): (".type",),
+    ("rbac.authorization.k8s.io", "v1", "RoleBinding"): (".roleRef",),
+    ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding"): (".roleRef",),
     ("core", "v1", "PersistentVolumeClaim"): (
         ".spec.accessModes",
         ".spec.selector",
@@ -102,6 +120,18 @@ FORCE_NEW: Mapping[tuple[str, str, str], tuple[str, ...]] = {
 # patchForce; the PULUMI_K8S_ENABLE_PATCH_FORCE environment variable, which does the same, is not modelled).
 PATCH_FORCE_ANNOTATION = "pulumi.com/patchForce"
 RANDOM_TYPES = frozenset({"random:index/randomPassword:RandomPassword", "random:index/randomId:RandomId"})
+# What pulumi-kubernetes waits for any operation without customTimeouts (await.go).
+PROVIDER_TIMEOUT_SECONDS = 600.0
+# A pod's terminationGracePeriodSeconds when its spec sets none (the API server's default).
+DEFAULT_GRACE_SECONDS = 30
+# The kinds whose delete `pulumi.com/skipAwait` leaves unawaited (overrides.go allowsSkipAwaitWithDelete).
+SKIP_AWAIT_DELETE_KINDS = frozenset(
+    {"Namespace", "Pod", "ReplicationController", "DaemonSet", "Deployment", "StatefulSet", "Job"}
+)
+SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
+# Kinds whose pods a foreground delete waits for, and where their template is.
+_POD_TEMPLATE_KINDS = frozenset({"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job"})
+_SINGLE_NODE_ACCESS_MODES = frozenset({"ReadWriteOnce", "ReadWriteOncePod"})
 
 
 @dataclass(frozen=True)
@@ -203,6 +233,10 @@ class _State:
     protect: bool
     retain_on_delete: bool
     obj: Physical | None
+    # The live object as the state last stored it (the provider's outputs); its inputs unless refreshed.
+    outputs: Manifest = field(default_factory=dict)
+    # customTimeouts.delete, or the provider's own limit.
+    delete_timeout: float = PROVIDER_TIMEOUT_SECONDS
 
     def depends_on(self) -> set[str]:
         """Dependencies and property dependencies (GetAllDependencies without the parent)."""
@@ -447,7 +481,51 @@ def _state(registration: Registration) -> _State:
         protect=registration.options.protect,
         retain_on_delete=registration.options.retain_on_delete,
         obj=_physical(registration.type, registration.inputs, registration.id if registration.read else ""),
+        outputs=registration.inputs,
+        delete_timeout=duration_seconds(registration.options.custom_timeouts.get("delete", "")),
     )
+
+
+def duration_seconds(text: str) -> float:
+    """A custom timeout as the engine passes it on (Go's time.ParseDuration: `735s`, `20m`, `1h30m`), or the
+    provider's own limit when none is set."""
+    if not text:
+        return PROVIDER_TIMEOUT_SECONDS
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = re.findall(r"([0-9.]+)(h|ms|m|s)", text)
+    if "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def prune(live: Any, inputs: Any) -> Any:
+    """pulumi-kubernetes' pruneMap and pruneSlice (provider/pkg/provider/util.go): the live object cut down to the
+    keys (and list elements) of the inputs, whatever the cluster added besides them."""
+    if isinstance(live, dict) and isinstance(inputs, dict):
+        return {key: prune(value, inputs[key]) for key, value in live.items() if key in inputs}
+    if isinstance(live, list) and isinstance(inputs, list):
+        if not live or not inputs:
+            return []
+        if type(live[0]) is not type(inputs[0]):
+            return copy.deepcopy(live)
+        return [prune(value, target) for value, target in zip(live, inputs, strict=False)]
+    return live
+
+
+def pod_grace_seconds(manifest: Mapping[str, Any]) -> float:
+    """How long the pods of a workload may take to stop once deleted (their grace period); 0 for other kinds."""
+    if manifest.get("kind") not in _POD_TEMPLATE_KINDS:
+        return 0.0
+    spec = manifest.get("spec", {}).get("template", {}).get("spec", {})
+    return float(spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS))
+
+
+def claims_mounted(manifest: Mapping[str, Any]) -> set[str]:
+    """The PersistentVolumeClaims a workload's pods mount, by name."""
+    if manifest.get("kind") not in _POD_TEMPLATE_KINDS:
+        return set()
+    volumes = manifest.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", [])
+    return {v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v}
 
 
 # ----- the engine -----
@@ -475,9 +553,11 @@ def kubernetes_diff(
     *,
     enable_secret_mutable: bool = False,
     enable_config_map_mutable: bool = False,
+    ignore_changes: Sequence[str] = (),
 ) -> Diff:
-    """pulumi-kubernetes' Diff of one object's old and new inputs: what changed, what forces a replacement, and
-    whether that replacement must delete first (a user-set name that stays: the new object would collide)."""
+    """pulumi-kubernetes' Diff of one object's old state (its last live object pruned to its old inputs, or the old
+    inputs themselves) and new inputs: what changed (less what `ignore_changes` covers), what forces a replacement,
+    and whether that replacement must delete first (a user-set name that stays: the new object would collide)."""
     kind = _gvk(type_token)[2]
     old_manifest, new_manifest = _strip_nulls(old_inputs), _strip_nulls(new_inputs)
     for manifest in (old_manifest, new_manifest):
@@ -488,7 +568,10 @@ def kubernetes_diff(
     forcing = force_new(type_token, new_manifest, enable_secret_mutable, enable_config_map_mutable)
     changed: list[PropertyPath] = []
     replace_paths: list[PropertyPath] = []
+    ignored = [parse_path(text) for text in ignore_changes]
     for path, value in _diff_paths(old_manifest, new_manifest):
+        if any(contains(prefix, path) for prefix in ignored):
+            continue
         changed.append(path)
         if any(_found(_patch_slice(path, value), p) for p in forcing) or (path == ("metadata",) and value is None):
             replace_paths.append(path)
@@ -601,10 +684,11 @@ class _Engine:
             return Diff(changed=tuple(p for p, _ in _diff_paths(old.inputs, inputs)))
         return kubernetes_diff(
             registration.type,
-            old.inputs,
+            prune(old.outputs, old.inputs),
             inputs,
             enable_secret_mutable=self.enable_secret_mutable,
             enable_config_map_mutable=self.enable_config_map_mutable,
+            ignore_changes=registration.options.ignore_changes,
         )
 
     def _requires_replacement(self, dependent: _State, replace_set: set[str]) -> bool:
@@ -654,27 +738,28 @@ class _Engine:
             self._managed(registration)
 
     def _read(self, registration: Registration) -> None:
-        """GenerateReadSteps: no aliases; a managed old entry with another ID is replaced (deleted at the end)."""
+        """GenerateReadSteps: only the aliases a renamed parent passes on (a read sends none of its own); a managed
+        old entry with another ID is replaced (deleted at the end)."""
         urn = registration.urn
+        old = self._match(registration)
         self.urns.add(urn)
         new = _state(registration)
         self.news.append(new)
-        old = self.by_urn.get(urn)
         base = Step(urn, "read", registration.name, registration.type, obj=new.obj)
         if old and not old.external and old.id != registration.id:
-            self.handled.add(urn)
+            self.handled.add(old.urn)
             self.pending.append(old)
-            self._record(replace(base, kind="read-replace", old_urn=urn, old_obj=old.obj))
+            self._record(replace(base, kind="read-replace", old_urn=old.urn, old_obj=old.obj))
             self._operate("read", urn, new.obj)
             return
         if old:
-            self.handled.add(urn)
+            self.handled.add(old.urn)
         if old and not old.external:
-            self._record(replace(base, kind="relinquish", old_urn=urn, old_obj=old.obj))
-            self._operate("release", urn, old.obj, "relinquished: not deleted, no longer managed")
+            self._record(replace(base, kind="relinquish", old_urn=old.urn, old_obj=old.obj))
+            self._operate("release", old.urn, old.obj, "relinquished: not deleted, no longer managed")
             self._operate("read", urn, new.obj)
             return
-        self._record(replace(base, old_urn=urn if old else ""))
+        self._record(replace(base, old_urn=old.urn if old else ""))
         self._operate("read", urn, new.obj)
 
     def _match(self, registration: Registration) -> _State | None:
@@ -841,7 +926,28 @@ class _Engine:
             why = "read, never managed" if old.external else "retainOnDelete"
             self._operate("release", old.urn, old.obj, f"{note}; {why}: the object stays")
         elif old.custom:
+            self._check_delete_wait(old)
             self._operate("delete", old.urn, old.obj, note)
+
+    def _check_delete_wait(self, old: _State) -> None:
+        """A foreground delete waits for the object's pods (a Namespace's: every pod in it), each of which may take
+        its grace period to stop: the provider's limit (the old state's customTimeouts.delete) must be longer,
+        unless skipAwait leaves the delete unawaited."""
+        if old.obj is None or not _is_kubernetes(old.type):
+            return
+        if old.obj.kind in SKIP_AWAIT_DELETE_KINDS and _annotation(old.inputs, SKIP_AWAIT_ANNOTATION):
+            return
+        if old.obj.kind == "Namespace" and not old.obj.group:
+            inside = [s for s in self.olds if s.obj and s.obj.namespace == old.obj.name and not s.external]
+            grace = max((pod_grace_seconds(s.inputs) for s in inside), default=0.0)
+        else:
+            grace = pod_grace_seconds(old.inputs)
+        if grace and old.delete_timeout <= grace:
+            self.errors.append(
+                f"deleting {_label(old.urn)} fails after {old.delete_timeout:g} s: the provider deletes in the "
+                f"foreground and waits for pods that may take {grace:g} s to stop (their grace period); its "
+                "customTimeouts.delete must be longer"
+            )
 
     # -- deletes at the end (GenerateDeletes, ScheduleDeletes) --
 
@@ -918,26 +1024,39 @@ class _Loss:
     holder: tuple[str, str]
 
 
+Holder = tuple[str, str]
+
+
 @dataclass
 class _Cluster:
-    """The live objects and who holds each: a holder is (URN, "old" | "new"); reads hold objects too."""
+    """The live objects and who holds each: a holder is (URN, "old" | "new"); reads hold objects too. `current` is
+    each holder's manifest as it is live now (its old one until it is updated)."""
 
-    manifests: dict[tuple[str, str], Manifest]
-    external: set[tuple[str, str]]
-    live: dict[Physical, list[tuple[str, str]]] = field(default_factory=dict)
+    manifests: dict[Holder, Manifest]
+    external: set[Holder]
+    upsert: bool
+    live: dict[Physical, list[Holder]] = field(default_factory=dict)
+    current: dict[Holder, Manifest] = field(default_factory=dict)
     losses: list[_Loss] = field(default_factory=list)
     hazards: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def create(self, urn: str, obj: Physical) -> None:
         holders = self.live.setdefault(obj, [])
-        for holder in holders:
+        if holders and not self.upsert:
+            whose = ", ".join("its own old copy" if h[0] == urn else _label(h[0]) for h in holders)
+            self.errors.append(
+                f"creating {_label(urn)} fails: {obj} already exists (held by {whose}): pulumi-kubernetes creates "
+                "client-side, and the API server answers AlreadyExists (upsertExistingObjects, or "
+                "PULUMI_K8S_UPSERT_EXISTING_OBJECTS=true, makes it a server-side apply)"
+            )
+        for holder in holders if self.upsert else []:
             if holder[0] == urn and holder in self.external:
                 continue  # a read of this URN becoming managed: the intended takeover
             whose = "its own old copy" if holder[0] == urn else _label(holder[0])
             self.hazards.append(
-                f"creating {_label(urn)} finds {obj} already live, held by {whose}: server-side apply "
-                "upserts, so it adopts that object instead of failing"
+                f"creating {_label(urn)} finds {obj} already live, held by {whose}: with upsertExistingObjects "
+                "server-side apply upserts, so it adopts that object instead of failing"
             )
             if holder not in self.manifests:
                 continue
@@ -948,6 +1067,42 @@ class _Cluster:
             elif fields:
                 self.errors.append(f"creating {_label(urn)} fails: server-side apply conflict with {whose} on {fields}")
         holders.append((urn, "new"))
+        self.changed((urn, "new"))
+
+    def changed(self, holder: Holder) -> None:
+        """A workload was created or updated: its pods now mount what its new manifest says. Two workloads whose
+        pods mount one ReadWriteOnce claim at once fail on any cluster of more than one node (the second pod's
+        volume cannot attach: "Multi-Attach error") and, on one node, run two programs on one volume's files."""
+        if holder in self.manifests:
+            self.current[holder] = self.manifests[holder]
+        manifest = self.current.get(holder, {})
+        mounted = claims_mounted(manifest)
+        if not mounted:
+            return
+        namespace = _namespace(manifest.get("kind", ""), manifest)
+        for other, other_manifest in self.current.items():
+            if other == holder or not any(other in holders for holders in self.live.values()):
+                continue
+            if _namespace(other_manifest.get("kind", ""), other_manifest) != namespace:
+                continue
+            for claim in sorted(mounted & claims_mounted(other_manifest)):
+                if self._single_node_claim(namespace, claim):
+                    whose = "its own old copy" if other[0] == holder[0] else _label(other[0])
+                    self.hazards.append(
+                        f"{_label(holder[0])} and {whose} both mount the single-node claim "
+                        f"{namespace}/{claim} at once: the second pod's volume cannot attach on another node "
+                        "(Multi-Attach error), or two programs share its files on one"
+                    )
+
+    def _single_node_claim(self, namespace: str, name: str) -> bool:
+        """Whether a claim of this stack's is ReadWriteOnce (or ReadWriteOncePod): attached to one node at a time."""
+        return any(
+            manifest.get("kind") == "PersistentVolumeClaim"
+            and _namespace("PersistentVolumeClaim", manifest) == namespace
+            and (manifest.get("metadata") or {}).get("name") == name
+            and set(manifest.get("spec", {}).get("accessModes", [])) & _SINGLE_NODE_ACCESS_MODES
+            for manifest in self.manifests.values()
+        )
 
     def delete(self, urn: str, obj: Physical) -> None:
         """Kubernetes deletes the object whoever holds it; a Namespace takes everything in it along."""
@@ -975,23 +1130,27 @@ class _Cluster:
             )
 
 
-def _simulate(engine: _Engine) -> tuple[list[str], list[str]]:
+def _simulate(engine: _Engine, upsert: bool) -> tuple[list[str], list[str]]:
     """Play the operations against the live objects of the old state."""
     manifests = {(s.urn, "old"): s.inputs for s in engine.olds if s.obj and not s.external}
     manifests.update({(s.urn, "new"): s.inputs for s in engine.news if s.obj and not s.external})
     external = {(s.urn, "old") for s in engine.olds if s.external} | {(s.urn, "new") for s in engine.news if s.external}
-    cluster = _Cluster(manifests, external)
+    cluster = _Cluster(manifests, external, upsert)
     # An object that stays under its (possibly aliased) URN is the new entry's from the start.
     continuing = {s.old_urn: s.urn for s in engine.steps.values() if s.old_urn and s.kind in ("same", "update", "read")}
     for old in engine.olds:
         if old.obj:
             holder = (continuing[old.urn], "new") if old.urn in continuing else (old.urn, "old")
             cluster.live.setdefault(old.obj, []).append(holder)
+            if not old.external:
+                cluster.current[holder] = old.inputs
     for op in engine.operations:
         if op.obj is None:
             continue
         if op.action == "create":
             cluster.create(op.urn, op.obj)
+        elif op.action == "update":
+            cluster.changed((op.urn, "new"))
         elif op.action == "delete":
             cluster.delete(op.urn, op.obj)
         elif op.action == "release":
@@ -1008,16 +1167,22 @@ def plan(
     *,
     enable_config_map_mutable: bool = False,
     enable_secret_mutable: bool = False,
+    upsert_existing_objects: bool = False,
+    refreshed_from: Mapping[Physical, Manifest] | None = None,
 ) -> Plan:
     """What `pulumi up` (or, with `after=None`, `pulumi destroy`) does to a stack deployed as `before`. The flags
-    are the kubernetes provider's options of those names (both off by default)."""
-    engine = _Engine(
-        [_state(r) for r in before.registrations] if before else [], enable_config_map_mutable, enable_secret_mutable
-    )
+    are the kubernetes provider's options of those names (all off by default). `refreshed_from` makes it `pulumi up
+    --refresh` against a cluster whose objects are these (any other as the state last stored it)."""
+    olds = [_state(r) for r in before.registrations] if before else []
+    for old in olds:
+        if refreshed_from and old.obj is not None and old.obj in refreshed_from and not old.external:
+            old.outputs = copy.deepcopy(refreshed_from[old.obj])
+            old.inputs = prune(old.outputs, old.inputs)
+    engine = _Engine(olds, enable_config_map_mutable, enable_secret_mutable)
     for registration in after.registrations if after else []:
         engine.register(registration)
     engine.finish()
-    hazards, conflicts = _simulate(engine)
+    hazards, conflicts = _simulate(engine, upsert_existing_objects)
     return Plan(
         steps=tuple(engine.steps.values()),
         operations=tuple(engine.operations),

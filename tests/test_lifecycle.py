@@ -4,6 +4,7 @@ real SDK's requests, what the model reads."""
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -11,7 +12,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pytest
 
-from tests.lifecycle import Plan, contains, format_path, parse_path, plan
+from tests.lifecycle import Physical, Plan, contains, format_path, parse_path, plan
 from tests.program import AUTONAMED_ANNOTATION, Alias, Options, Registration, Rendered, auto_name, capture
 
 STACK_URN = "urn:pulumi:test::proj::pulumi:pulumi:Stack::proj-test"
@@ -285,7 +286,11 @@ def test_ignore_changes_fails_up_when_a_parent_of_the_path_is_missing() -> None:
 def test_delete_before_replace_option_overrides_the_provider() -> None:
     forced = plan(stack(job("ray:1")), stack(job("ray:2", delete_before_replace=True)))
     assert forced.step("smoke").delete_before_replace and forced.operations[0].action == "delete"
-    kept_name = plan(stack(deployment()), stack(deployment(app="web2", delete_before_replace=False)))
+    refused = plan(stack(deployment()), stack(deployment(app="web2", delete_before_replace=False)))
+    assert any("already exists (held by its own old copy)" in e and "AlreadyExists" in e for e in refused.errors)
+    kept_name = plan(
+        stack(deployment()), stack(deployment(app="web2", delete_before_replace=False)), upsert_existing_objects=True
+    )
     assert not kept_name.step("web").delete_before_replace
     assert any("its own old copy" in h for h in kept_name.hazards)  # the create upserts the old object...
     assert any("which its replacement still holds" in h for h in kept_name.hazards)  # ...which is then deleted
@@ -299,7 +304,7 @@ def test_a_forced_apply_takes_conflicting_fields_over_instead_of_failing() -> No
     forced = res(
         DEPLOYMENT, "web", {**deployment(app="web2").inputs, "metadata": metadata}, delete_before_replace=False
     )
-    forcing = plan(stack(deployment()), stack(forced))
+    forcing = plan(stack(deployment()), stack(forced), upsert_existing_objects=True)
     assert forcing.errors == () and any("forces its values" in h and "spec.selector" in h for h in forcing.hazards)
 
 
@@ -326,8 +331,10 @@ def test_protect_refuses_deletes_and_replacements() -> None:
 # ----- aliases -----
 
 
-def test_renaming_a_namespace_resource_adopts_then_deletes_its_object() -> None:
-    result = plan(stack(namespace("ns")), stack(namespace("ns2")))
+def test_renaming_a_namespace_resource_fails_or_with_upsert_adopts_then_deletes_its_object() -> None:
+    refused = plan(stack(namespace("ns")), stack(namespace("ns2")))
+    assert [e.split(":")[0] for e in refused.errors] == ["creating Namespace ns2 fails"]
+    result = plan(stack(namespace("ns")), stack(namespace("ns2")), upsert_existing_objects=True)
     assert (result.created(), result.deleted()) == (["ns2"], ["ns"])
     assert ops(result) == ["create Namespace apps", "delete Namespace apps"]
     assert any("adopts that object" in h for h in result.hazards)
@@ -360,7 +367,106 @@ def test_children_inherit_their_renamed_parents_alias() -> None:
     assert (unaliased.kind_of("rc-ns"), unaliased.kind_of("ray-ns")) == ("create", "delete")
 
 
+def test_a_read_matches_the_old_entry_through_its_renamed_parents_alias() -> None:
+    """A read sends no aliases of its own, but a renamed parent's reach it (pulumi 3.208, GenerateReadSteps): a
+    namespace that stack read under the old parent is the same read, and one it managed is released, not deleted."""
+
+    def cluster(name: str, read: bool, **options: Any) -> list[Registration]:
+        parent = res(COMPONENT, name, **options)
+        inputs = {} if read else manifest(NAMESPACE, "apps")
+        child = res(NAMESPACE, f"{name}-ns", inputs, parent=parent.urn, read_id="apps" if read else "")
+        return [parent, child]
+
+    renamed = plan(stack(*cluster("ray", read=True)), stack(*cluster("rc", read=True, aliases=(Alias(name="ray"),))))
+    assert renamed.kind_of("rc-ns") == "read" and renamed.step("rc-ns").old_urn.endswith("::ray-ns")
+    assert renamed.deleted() == [] and renamed.errors == ()
+    released = plan(stack(*cluster("ray", read=False)), stack(*cluster("rc", read=True, aliases=(Alias(name="ray"),))))
+    assert released.kind_of("rc-ns") == "relinquish"
+    assert [op.action for op in released.operations if op.obj] == ["release", "read"]
+
+
+def test_a_role_bindings_role_is_replaced_not_updated() -> None:
+    """Kubernetes keeps roleRef immutable; the provider's Diff replaces the binding (subjects update in place)."""
+    binding = "kubernetes:rbac.authorization.k8s.io/v1:RoleBinding"
+
+    def bound(role: str, account: str) -> Rendered:
+        subjects = [{"kind": "ServiceAccount", "name": account, "namespace": "apps"}]
+        role_ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role}
+        return stack(res(binding, "b", manifest(binding, "b", roleRef=role_ref, subjects=subjects)))
+
+    assert plan(bound("a", "x"), bound("b", "x")).step("b").replace_paths == ("roleRef.name",)
+    assert plan(bound("a", "x"), bound("a", "y")).kind_of("b") == "update"
+
+
+# ----- the live state: the provider's Diff, refresh -----
+
+
+def test_the_diff_sees_the_live_object_pruned_to_the_inputs_and_refresh_rewrites_the_inputs() -> None:
+    """Drift in a field the program sets shows only after a refresh, and then as an update; what the cluster adds
+    beside the inputs' keys (defaults, status) never does; an ignored path stays ignored either way."""
+    program = stack(deployment(replicas=2, ignore_changes=("spec.replicas",)))
+    live = dict(copy.deepcopy(program.registrations[0].inputs))
+    live["status"] = {"readyReplicas": 2}
+    live["spec"] = {**live["spec"], "replicas": 5, "revisionHistoryLimit": 10}  # scaled by someone, defaulted
+    web = Physical("apps", "Deployment", "apps", "web")
+    assert plan(program, program, refreshed_from={web: live}).kind_of("web") == "same"
+    live["spec"]["selector"] = {"matchLabels": {"app": "edited"}}  # a field the program sets, edited
+    assert plan(program, program).kind_of("web") == "same"
+    refreshed = plan(program, program, refreshed_from={web: live})
+    assert refreshed.kind_of("web") == "replace" and refreshed.step("web").replace_paths == (
+        "spec.selector.matchLabels.app",
+    )
+
+
 # ----- deletes: order, namespaces -----
+
+
+def workload(
+    logical: str = "web", name: str = "web", grace: int | None = None, claim: str = "", **options: Any
+) -> Registration:
+    """A Deployment whose pods have this grace period (the API server's 30 s by default) and mount `claim`."""
+    pod: dict[str, Any] = {"containers": [{"name": "main", "image": "ray:1"}]}
+    if grace is not None:
+        pod["terminationGracePeriodSeconds"] = grace
+    if claim:
+        pod["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]
+    template = {"metadata": {"labels": {"app": logical}}, "spec": pod}
+    spec = {"replicas": 1, "selector": {"matchLabels": {"app": logical}}, "template": template}
+    annotations = options.pop("annotations", {})
+    inputs = manifest(DEPLOYMENT, name, spec=spec)
+    inputs["metadata"]["annotations"] = annotations
+    return res(DEPLOYMENT, logical, inputs, **options)
+
+
+def test_a_delete_must_outwait_the_grace_of_the_pods_it_waits_for() -> None:
+    """Foreground deletion waits for the pods, which may take their grace period (a worker's drain); the provider
+    gives up after customTimeouts.delete (10 minutes unless set), and so does `pulumi destroy` or `up`."""
+    draining = workload(grace=735)
+    [error] = plan(stack(draining), None).errors
+    assert error.startswith("deleting Deployment web fails after 600 s") and "take 735 s" in error
+    assert plan(stack(workload(grace=735, custom_timeouts={"delete": "855s"})), None).errors == ()
+    assert plan(stack(workload(grace=735, custom_timeouts={"delete": "13m"})), None).errors == ()
+    unawaited = workload(grace=735, annotations={"pulumi.com/skipAwait": "true"})
+    assert plan(stack(unawaited), None).errors == ()
+    # The namespace's delete waits for every pod in it, the Deployment's own wait put aside.
+    errors = plan(stack(namespace(), workload(grace=735, custom_timeouts={"delete": "855s"})), None).errors
+    assert [e.split(" fails")[0] for e in errors] == ["deleting Namespace ns"]
+    assert plan(stack(namespace(custom_timeouts={"delete": "855s"}), workload(grace=735)), stack(namespace())).errors
+    assert plan(stack(workload()), None).errors == ()  # 30 s of grace, 10 minutes of patience
+
+
+def test_two_workloads_on_one_single_node_claim_at_once_are_a_hazard() -> None:
+    """A Deployment renamed (create-before-delete) with the same claim: both pods want the volume while the old one
+    lives; a claim that many nodes may mount (ReadWriteMany) is no hazard."""
+
+    def program(name: str, access: str) -> Rendered:
+        data = res(CLAIM, "data", manifest(CLAIM, "data", spec={"accessModes": [access]}))
+        return stack(data, workload(name=name, claim="data"))
+
+    [hazard] = plan(program("redis", "ReadWriteOnce"), program("renamed-redis", "ReadWriteOnce")).hazards
+    assert hazard.startswith("Deployment web and its own old copy both mount the single-node claim apps/data")
+    assert plan(program("redis", "ReadWriteMany"), program("renamed-redis", "ReadWriteMany")).hazards == ()
+    assert plan(program("redis", "ReadWriteOnce"), program("redis", "ReadWriteOnce")).hazards == ()
 
 
 def test_deletes_go_dependents_and_children_first() -> None:
@@ -434,16 +540,23 @@ def test_reading_what_the_stack_managed_relinquishes_it() -> None:
     assert ops(other) == ["read Namespace other", "delete Namespace apps"]
 
 
-def test_managing_what_the_stack_read_adopts_it() -> None:
-    result = plan(stack(res(NAMESPACE, "ns", {}, read_id="apps")), stack(namespace()))
+def test_managing_what_the_stack_read_adopts_it_once_the_provider_may_upsert() -> None:
+    """The engine takes a read object over by creating it: since pulumi-kubernetes 4.29 a create is refused for an
+    object that exists, unless the provider upserts (upsertExistingObjects)."""
+    refused = plan(stack(res(NAMESPACE, "ns", {}, read_id="apps")), stack(namespace()))
+    assert refused.kind_of("ns") == "adopt"
+    assert len(refused.errors) == 1 and "Namespace apps already exists" in refused.errors[0]
+    result = plan(stack(res(NAMESPACE, "ns", {}, read_id="apps")), stack(namespace()), upsert_existing_objects=True)
     assert result.kind_of("ns") == "adopt"
-    assert [op.action for op in result.operations] == ["create", "release"] and result.hazards == ()
+    assert [op.action for op in result.operations] == ["create", "release"]
+    assert result.hazards == result.errors == ()
     assert plan(stack(res(NAMESPACE, "ns", {}, read_id="apps")), stack()).step("ns").retained
 
 
 def test_creating_what_another_resource_reads_is_an_adoption() -> None:
     shared = res(NAMESPACE, "shared", {}, read_id="apps")
-    result = plan(stack(shared), stack(shared, namespace("mine")))
+    assert any("held by Namespace shared" in e for e in plan(stack(shared), stack(shared, namespace("mine"))).errors)
+    result = plan(stack(shared), stack(shared, namespace("mine")), upsert_existing_objects=True)
     assert result.kind_of("mine") == "create"
     assert any("held by Namespace shared" in h for h in result.hazards)
 
