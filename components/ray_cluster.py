@@ -26,8 +26,16 @@ from . import autoscaling, network, pods, redis
 from .inputs import RayClusterArgs
 from .settings import GcsFaultTolerance, config_error, load_settings
 
+# pulumi-kubernetes waits this long for any object to be ready or gone, unless told otherwise.
+_PROVIDER_WAIT_SECONDS = 10 * 60
 # Ray images are several GB: the first pull alone can outlast pulumi-kubernetes' 10-minute default.
 _PULL_SECONDS = 20 * 60
+# A Deployment is deleted in the foreground (pulumi-kubernetes' default), so the delete waits for its pods, and a
+# Namespace waits for everything in it: each pod may take its grace period to stop (a worker its drain, up to an
+# hour). The delete waits that long and a little more (the garbage collector, a finalizer), never less than the
+# provider's own default.
+_DELETE_MARGIN_SECONDS = 120
+_POD_DEFAULT_GRACE_SECONDS = 30
 # The smoke test's own wait for the nodes, then up to 30 rounds of 200 calls (seconds each on a loaded cluster).
 _SMOKE_TEST_DEADLINE_SECONDS = pods.SMOKE_NODE_WAIT_SECONDS + 300
 SMOKE_TEST_SCRIPT = (Path(__file__).parent / pods.SMOKE_TEST_FILE).read_text()
@@ -46,6 +54,12 @@ Child = TypeVar("Child", bound=pulumi.CustomResource)
 # creates that pod: a deadlock until its 5-minute await fails `pulumi up`. The Redis Deployment's own await
 # requires its claims to be Bound, so nothing goes unchecked.
 _CLAIM_BINDS_WITH_ITS_POD = {"pulumi.com/skipAwait": "true"}
+# A renamed cluster's Redis is a new Deployment, made before the old one is deleted: on the same claim (its name is
+# kept, its labels updated) the two pods would mount one ReadWriteOnce volume at once, which fails to attach on a
+# cluster of many nodes and runs two Redis servers on one append-only file on one. The claim is replaced instead: the
+# renamed cluster starts on a new, empty volume (its state in Redis is new anyway: a new storage namespace), and the
+# old claim goes after the old Redis.
+_CLAIM_OF_ONE_CLUSTER = f'metadata.labels["{redis.CLUSTER_LABEL}"]'
 # A failed smoke-test Job is replaced by the next `pulumi up` (so it runs again) instead of awaited again.
 _RETRY_FAILED_JOB = {"pulumi.com/replaceUnready": "true"}
 # Ray's autoscaler owns an autoscaled Deployment's replicas (through its scale subresource): Pulumi sets them once,
@@ -53,7 +67,12 @@ _RETRY_FAILED_JOB = {"pulumi.com/replaceUnready": "true"}
 # marks the Deployments so: when a group stops autoscaling it changes, so that `pulumi up` applies the Deployment
 # and takes its replicas back (the engine would see no change in replicas it was last given).
 _AUTOSCALER_OWNS_REPLICAS = "spec.replicas"
-_AUTOSCALED = {"ray-cluster.pulumi.com/autoscaled": "true"}
+# Nor does `pulumi up` wait for every replica of an autoscaled group: the autoscaler may have asked for workers the
+# Kubernetes cluster has no room for yet (Pending until a node is added), and beside such pods a rollout of the
+# group (no surge) stalls until room frees up, so the provider's await would run into its timeout and fail `pulumi
+# up`. The smoke test, which waits for the group's least size, proves the cluster instead. (For a Deployment the
+# annotation also skips the provider's wait after a delete; the deleted pods drain as they would anyway.)
+_AUTOSCALED = {"ray-cluster.pulumi.com/autoscaled": "true", "pulumi.com/skipAwait": "true"}
 
 
 class RayCluster(pulumi.ComponentResource):
@@ -233,9 +252,10 @@ class RayCluster(pulumi.ComponentResource):
         access objects (ServiceAccount, policies, token) and whatever else it needs (`after`) exist; `pulumi up`
         waits `timeout_seconds` for it to roll out. An `autoscaled` one's replicas are the autoscaler's."""
         timeout = f"{timeout_seconds}s"
+        grace = spec["template"]["spec"].get("terminationGracePeriodSeconds", _POD_DEFAULT_GRACE_SECONDS)
         options = pulumi.ResourceOptions(
             depends_on=[*self._access, *(after or [])],
-            custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout),
+            custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout, delete=_delete_timeout(grace)),
             ignore_changes=[_POD_TEMPLATE_ANNOTATIONS, *([_AUTOSCALER_OWNS_REPLICAS] if autoscaled else [])],
         )
         name = self._settings.deployment_name(group)
@@ -294,11 +314,14 @@ class RayCluster(pulumi.ComponentResource):
         cluster in it or failing on a name that exists."""
         settings = self._settings
         logical_name = f"{self._name}-namespace"
-        options = pulumi.ResourceOptions(parent=self)
         if not settings.create_namespace:
-            existing = k8s.core.v1.Namespace.get(logical_name, settings.namespace, opts=options)
+            existing = k8s.core.v1.Namespace.get(
+                logical_name, settings.namespace, opts=pulumi.ResourceOptions(parent=self)
+            )
             read: pulumi.Output[str] = existing.id.apply(lambda _: settings.namespace)
             return read
+        # Deleting the namespace deletes every pod in it, the workers' drains included.
+        delete = _delete_timeout(pods.worker_grace_seconds(settings))
         namespace = k8s.core.v1.Namespace(
             logical_name,
             metadata={
@@ -310,7 +333,7 @@ class RayCluster(pulumi.ComponentResource):
                 },
                 "annotations": _PULUMI_OWNS_ITS_FIELDS,
             },
-            opts=options,
+            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(delete=delete)),
         )
         name: pulumi.Output[str] = namespace.metadata.name
         return name
@@ -423,6 +446,7 @@ class RayCluster(pulumi.ComponentResource):
             None,
             annotations=_CLAIM_BINDS_WITH_ITS_POD,
             spec=redis.claim_spec(fault_tolerance),
+            opts=pulumi.ResourceOptions(replace_on_changes=[_CLAIM_OF_ONE_CLUSTER]),
         )
         spec = redis.deployment_spec(settings, fault_tolerance, password_version, claim.metadata.name)
         deployment = self._deployment("redis", "gcs-storage", spec, _PULL_SECONDS, after=[secret, claim], labels=labels)
@@ -464,6 +488,12 @@ class RayCluster(pulumi.ComponentResource):
                 custom_timeouts=pulumi.CustomTimeouts(create=f"{_SMOKE_TEST_DEADLINE_SECONDS + 60}s"),
             ),
         )
+
+
+def _delete_timeout(grace_seconds: int) -> str:
+    """How long `pulumi up` and `pulumi destroy` wait for a deleted object whose pods may each take `grace_seconds`
+    to stop."""
+    return f"{max(_PROVIDER_WAIT_SECONDS, grace_seconds + _DELETE_MARGIN_SECONDS)}s"
 
 
 def _digest(specs: Mapping[str, Any]) -> pulumi.Output[str]:

@@ -33,6 +33,8 @@ CPU = "250m"
 # fork that rewrites the append-only file. Beyond it, writes are refused (noeviction: nothing of the GCS's state
 # is ever dropped) instead of Redis being OOM-killed and unable to reload a file larger than its memory.
 MAXMEMORY_FRACTION = 0.75
+# The label that names the cluster a Redis object belongs to.
+CLUSTER_LABEL = "app.kubernetes.io/instance"
 # A label that changes with the password (revealing nothing of it), so the pods that read it roll with it.
 PASSWORD_VERSION_LABEL = "ray-cluster.pulumi.com/redis-password-version"
 
@@ -52,7 +54,7 @@ def labels(settings: ClusterSettings) -> dict[str, str]:
     """The recommended app.kubernetes.io labels; no `ray.io/cluster`, which every Ray NetworkPolicy selects by."""
     return {
         "app.kubernetes.io/name": "redis",
-        "app.kubernetes.io/instance": settings.cluster_name,
+        CLUSTER_LABEL: settings.cluster_name,
         "app.kubernetes.io/component": "gcs-storage",
         "app.kubernetes.io/part-of": "ray",
         "app.kubernetes.io/managed-by": "pulumi",
@@ -60,7 +62,7 @@ def labels(settings: ClusterSettings) -> dict[str, str]:
 
 
 def selector_labels(settings: ClusterSettings) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "redis", "app.kubernetes.io/instance": settings.cluster_name}
+    return {"app.kubernetes.io/name": "redis", CLUSTER_LABEL: settings.cluster_name}
 
 
 def _quoted(text: str) -> str:

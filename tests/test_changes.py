@@ -6,6 +6,8 @@ resource, no engine error), and what it does to pods and to the smoke test must 
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 
 import pulumi
@@ -68,15 +70,28 @@ BEFORE: dict[str, dict[str, object]] = {
 SECRETS = ("authToken", "redisPassword")
 
 
-def before(key: str | None) -> Rendered:
-    """The stack a key's change is made to: the default one, or one that uses the key."""
-    return render(BEFORE.get(key or "", {}))
+# Every change is also planned on a fault-tolerant stack (its own Redis, whose volume a change must never leave to
+# two pods) and on an autoscaling one (replicas the autoscaler owns, a Role, a sidecar).
+BASES: dict[str, dict[str, object]] = {"default": {}, "fault-tolerant": FAULT_TOLERANT, "autoscaling": AUTOSCALED}
+# The one change whose `pulumi up` needs the provider to upsert, as the README's table says: taking over an existing
+# namespace creates it, which the API server refuses for an object that exists.
+ADOPTS_THE_NAMESPACE = "PULUMI_K8S_UPSERT_EXISTING_OBJECTS=true pulumi up"
 
 
-def rendered(key: str | None) -> Rendered:
-    """The default stack (None), or the stack after one key's change."""
-    change = {**BEFORE.get(key or "", {}), **(CHANGES[key] if key else {})}
-    return render(change, secrets=tuple(name for name in SECRETS if name in change))
+@functools.cache
+def _render(config: str, secrets: tuple[str, ...]) -> Rendered:
+    return render(json.loads(config), secrets=secrets)
+
+
+def before(key: str | None, base: str = "default") -> Rendered:
+    """The stack a key's change is made to: the base one, with what the key needs to be used."""
+    return _render(json.dumps({**BASES[base], **BEFORE.get(key or "", {})}), ())
+
+
+def rendered(key: str | None, base: str = "default") -> Rendered:
+    """The base stack (None), or that stack after one key's change."""
+    change = {**BASES[base], **BEFORE.get(key or "", {}), **(CHANGES[key] if key else {})}
+    return _render(json.dumps(change), tuple(name for name in SECRETS if name in change))
 
 
 def readme_table() -> dict[str, tuple[str, str]]:
@@ -137,9 +152,59 @@ def test_each_change_does_what_the_readme_says(key: str) -> None:
     assert (pods_effect(changes), smoke_effect(changes)) == readme_table()[key]
 
 
+@pytest.mark.parametrize("base", sorted(BASES))
 @pytest.mark.parametrize("key", sorted(CHANGES))
-def test_each_change_is_safe_undone(key: str) -> None:
-    assert_safe(plan(rendered(key), before(key)))
+def test_each_change_is_safe_on_every_kind_of_stack_and_undone(key: str, base: str) -> None:
+    assert_safe(plan(before(key, base), rendered(key, base)))
+    undo = plan(rendered(key, base), before(key, base), upsert_existing_objects=key == "createNamespace")
+    assert_safe(undo)
+
+
+def test_taking_over_an_existing_namespace_needs_one_up_that_upserts_as_the_readme_says() -> None:
+    """createNamespace false -> true: the engine takes the read namespace over by creating it, which the API
+    server refuses (AlreadyExists) since pulumi-kubernetes 4.29, on this and every later `up`; `pulumi preview`
+    does not show it. The README's command for that one `up` lets the provider upsert it."""
+    refused = plan(rendered("createNamespace"), before("createNamespace"))
+    assert [error.split(":")[0] for error in refused.errors] == ["creating Namespace ray-namespace fails"]
+    assert "AlreadyExists" in refused.errors[0]
+    section = README.split("## Changing a running stack", 1)[1].split("\n## ", 1)[0]
+    [row] = [line for line in section.splitlines() if line.startswith("| `createNamespace`")]
+    assert f"`{ADOPTS_THE_NAMESPACE}`" in row
+    adopted = plan(rendered("createNamespace"), before("createNamespace"), upsert_existing_objects=True)
+    assert adopted.kind_of("ray-namespace") == "adopt"
+    assert_safe(adopted)
+    # The next `up`, without the setting, has nothing left to create.
+    assert_safe(plan(before("createNamespace"), before("createNamespace")))
+
+
+@pytest.mark.parametrize(
+    ("what", "change"),
+    [
+        ("destroy", {}),
+        ("a group removed", {"workerGroups": []}),
+        ("a rename", {"clusterName": "renamed"}),
+        ("a move", {"namespace": "elsewhere"}),
+    ],
+    ids=["destroy", "group-removed", "rename", "move"],
+)
+def test_deletes_outwait_the_longest_drain(what: str, change: dict[str, object]) -> None:
+    """Workers draining for an hour (workerDrainSeconds 3600) take up to 3615 s to stop: every delete that waits
+    for them (a Deployment's, the namespace's) must wait longer than the provider's 10 minutes."""
+    draining: dict[str, object] = {"workerDrainSeconds": "3600", "workerGroups": [{"name": "extra"}]}
+    deployed = _render(json.dumps(draining), ())
+    after = None if what == "destroy" else _render(json.dumps({**draining, **change}), ())
+    assert_safe(plan(deployed, after))
+
+
+def test_a_renamed_cluster_gets_a_new_redis_volume_after_its_old_redis_is_gone() -> None:
+    """Never two Redis pods on one ReadWriteOnce claim: the claim is replaced with the cluster, and the old one is
+    deleted after the old Redis Deployment."""
+    changes = plan(before("clusterName", "fault-tolerant"), rendered("clusterName", "fault-tolerant"))
+    claim = changes.step("ray-redis-data")
+    assert claim.kind == "replace" and not claim.delete_before_replace
+    assert claim.replace_paths == ('metadata.labels["app.kubernetes.io/instance"]',)
+    deletes = [str(op.obj) for op in changes.operations if op.action == "delete"]
+    assert deletes.index("Deployment ray-test/ray-redis") < deletes.index(f"{claim.old_obj}")
 
 
 @pytest.mark.parametrize("key", ["clusterName", "namespace", "createNamespace", "image", "authToken"])

@@ -1125,7 +1125,7 @@ def test_the_shared_names_match_the_components() -> None:
     assert f"{autoscaling.PROVIDER_MODULE}.{autoscaling.PROVIDER_CLASS}" == (
         "ray_cluster_node_provider.DeploymentNodeProvider"
     )
-    assert ray_cluster._AUTOSCALED == {node_provider.AUTOSCALED_ANNOTATION: "true"}
+    assert ray_cluster._AUTOSCALED[node_provider.AUTOSCALED_ANNOTATION] == "true"
     assert node_provider.HEAD_GROUP == autoscaling.HEAD_NODE_TYPE
 
 
