@@ -173,6 +173,11 @@ def shell(script: str) -> list[str]:
 # repeats an unchanged reason for waiting in its log.
 GCS_POLL_SECONDS = "0.2"
 WAIT_REPORT_SECONDS = 5
+# How long one try may wait for an answer. Unbounded, a connect whose SYN is dropped waits for the kernel's SYN
+# retries, about two minutes: a lost node's Terminating head stays a ready endpoint of the head Service (it publishes
+# not-ready addresses) until that pod is force-deleted, and some data planes drop what is sent to a Service without
+# endpoints. Bounded, the next try goes to another endpoint (kube-proxy chooses per connection).
+CONNECT_TIMEOUT_SECONDS = 2
 
 
 def wait_for_gcs_script(settings: ClusterSettings, host: str | None = None, *, health_check: bool) -> str:
@@ -180,8 +185,9 @@ def wait_for_gcs_script(settings: ClusterSettings, host: str | None = None, *, h
     say why it waits: the name does not resolve, the port refuses, or what `ray health-check` said (a token the head
     does not accept, say), at once when the reason changes and every few seconds while it does not.
 
-    A plain TCP connect (bash's /dev/tcp), tried five times a second, so a waiting container learns of the open port
-    within a fifth of a second without spending the CPU the starting head needs on a Python start. With
+    A plain TCP connect (bash's /dev/tcp, given CONNECT_TIMEOUT_SECONDS by coreutils' `timeout`), tried five times a
+    second, so a waiting container learns of the open port within a fifth of a second without spending the CPU the
+    starting head needs on a Python start. With
     `health_check`, `ray health-check` must then pass too, a second apart; a worker's init container goes without:
     its Ray container runs that check itself (components/worker_start.py). Only the first line of bash's own
     message is kept, without its `bash: line 1: ` prefix. `host` is the head Service's name unless given (a
@@ -198,10 +204,13 @@ def wait_for_gcs_script(settings: ClusterSettings, host: str | None = None, *, h
         else "break; "
     )
     ready = "is ready" if health_check else "accepts connections"
+    connect = f"timeout {CONNECT_TIMEOUT_SECONDS} bash -c 'exec 3<>/dev/tcp/{host}/{GCS_PORT}'"
+    unanswered = f"no answer within {CONNECT_TIMEOUT_SECONDS} s"
     return (
         "said=; said_at=0; while true; do "
-        f"if why=$( (exec 3<>/dev/tcp/{host}/{GCS_PORT}) 2>&1 ); then {answered}"
-        f"else why=${{why%%$'\\n'*}}; why=${{why#*bash: }}; why=${{why#line *: }}; pause={GCS_POLL_SECONDS}; fi; "
+        f"if why=$({connect} 2>&1); then {answered}"
+        f"else why=${{why%%$'\\n'*}}; why=${{why#*bash: }}; why=${{why#line *: }}; why=${{why:-{unanswered}}}; "
+        f"pause={GCS_POLL_SECONDS}; fi; "
         f'if [ "$why" != "$said" ] || [ $((SECONDS - said_at)) -ge {WAIT_REPORT_SECONDS} ]; then '
         f'echo "waiting for the Ray head (GCS) at {address}: $why"; said=$why; said_at=$SECONDS; fi; '
         'sleep "$pause"; done; '

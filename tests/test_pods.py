@@ -67,10 +67,11 @@ def test_worker_command_survives_the_shell() -> None:
 # The whole wait, as a worker's init container runs it (written out by hand, so any change to it shows here).
 WAIT_FOR_GCS = (
     "said=; said_at=0; while true; do "
-    "if why=$( (exec 3<>/dev/tcp/demo-head.ml.svc/6379) 2>&1 ); then "
+    "if why=$(timeout 2 bash -c 'exec 3<>/dev/tcp/demo-head.ml.svc/6379' 2>&1); then "
     "why=$(ray health-check --address=demo-head.ml.svc:6379 2>&1) && break; "
     "why=${why##*$'\\n'}; why=${why:-\"ray health-check failed without a word\"}; pause=1; "
-    "else why=${why%%$'\\n'*}; why=${why#*bash: }; why=${why#line *: }; pause=0.2; fi; "
+    "else why=${why%%$'\\n'*}; why=${why#*bash: }; why=${why#line *: }; why=${why:-no answer within 2 s}; "
+    "pause=0.2; fi; "
     'if [ "$why" != "$said" ] || [ $((SECONDS - said_at)) -ge 5 ]; then '
     'echo "waiting for the Ray head (GCS) at demo-head.ml.svc:6379: $why"; said=$why; said_at=$SECONDS; fi; '
     'sleep "$pause"; done; echo "GCS at demo-head.ml.svc:6379 is ready"'
@@ -80,8 +81,9 @@ WAIT_FOR_GCS = (
 # A worker's init container: the TCP connect only (its Ray container runs the health check).
 WAIT_FOR_GCS_PORT = (
     "said=; said_at=0; while true; do "
-    "if why=$( (exec 3<>/dev/tcp/demo-head.ml.svc/6379) 2>&1 ); then break; "
-    "else why=${why%%$'\\n'*}; why=${why#*bash: }; why=${why#line *: }; pause=0.2; fi; "
+    "if why=$(timeout 2 bash -c 'exec 3<>/dev/tcp/demo-head.ml.svc/6379' 2>&1); then break; "
+    "else why=${why%%$'\\n'*}; why=${why#*bash: }; why=${why#line *: }; why=${why:-no answer within 2 s}; "
+    "pause=0.2; fi; "
     'if [ "$why" != "$said" ] || [ $((SECONDS - said_at)) -ge 5 ]; then '
     'echo "waiting for the Ray head (GCS) at demo-head.ml.svc:6379: $why"; said=$why; said_at=$SECONDS; fi; '
     'sleep "$pause"; done; echo "GCS at demo-head.ml.svc:6379 accepts connections"'
@@ -143,6 +145,31 @@ def test_wait_for_gcs_loops_until_health_check_passes_and_says_why_not(tmp_path:
     for (host, port, why), output in zip(unanswered * 2, outputs, strict=True):
         # Tried five times a second, said at once and again after five seconds, not at every try.
         assert output == f"waiting for the Ray head (GCS) at {host}:{port}: {why}\n" * 2
+
+
+def test_a_try_whose_syn_goes_unanswered_ends_within_its_bound_and_the_next_one_goes_on(tmp_path: Path) -> None:
+    """A listener whose accept queue is full drops new SYNs, as a lost node's address does: without a bound, bash's
+    connect would wait for the kernel's SYN retries (about two minutes). Each try ends after 2 s and says so, and
+    once the queue has room the next try gets through."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = socket.create_connection(("127.0.0.1", port), timeout=5)  # a backlog of 0 holds one: it is full
+        script = pods.wait_for_gcs_script(SETTINGS, health_check=False).replace("demo-head.ml.svc", "127.0.0.1")
+        wait = subprocess.Popen(
+            ["/bin/bash", "-c", script.replace("6379", str(port))],
+            env={"PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(5)
+        listener.accept()[0].close()  # room again
+        freed = time.monotonic()
+        output = wait.communicate(timeout=10)[0]
+        queued.close()
+    assert wait.returncode == 0 and time.monotonic() - freed < pods.CONNECT_TIMEOUT_SECONDS + 1
+    *waiting, ready = output.splitlines()
+    assert waiting and set(waiting) == {f"waiting for the Ray head (GCS) at 127.0.0.1:{port}: no answer within 2 s"}
+    assert ready == f"GCS at 127.0.0.1:{port} accepts connections"
 
 
 def test_the_workers_wait_ends_when_the_port_opens_without_running_ray(tmp_path: Path) -> None:
