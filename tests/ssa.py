@@ -15,6 +15,8 @@ Rules modelled (Kubernetes server-side apply; pulumi-kubernetes provider/pkg/awa
   splitting the path's text at every dot, so a path through a key with a dot (an annotation's) finds nothing.
 - Pulumi applies only when its diff finds a change: against its last inputs after a plain `pulumi up`, against the
   live object after `pulumi refresh` (or `pulumi up --refresh`).
+- A create (since pulumi-kubernetes 4.29) is refused for an object that exists (AlreadyExists), unless the provider
+  upserts (`upsertExistingObjects`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ PATCH_FORCE = "pulumi.com/patchForce"
 
 class ConflictError(RuntimeError):
     """The API server refused the apply: another manager owns a field it sets to another value."""
+
+
+class AlreadyExistsError(RuntimeError):
+    """The API server refused a create: the object exists."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,20 @@ class LiveObject:
             and (path not in self.fields or self.fields[path].value != value)
             for path, value in leaves(manifest).items()
         )
+
+
+def pulumi_create(live: LiveObject | None, manifest: Any, *, upsert: bool = False) -> LiveObject:
+    """pulumi-kubernetes' Create since 4.29 (provider/pkg/await/await.go Creation): a client-side create, which the
+    API server refuses for an object that exists (`live`), unless the provider upserts (`upsertExistingObjects`, or
+    PULUMI_K8S_UPSERT_EXISTING_OBJECTS=true): then a server-side apply, which takes the object over. Either way
+    Pulumi then owns what it set (the provider hands a create's fields to its apply manager on the next update)."""
+    if live is not None and not upsert:
+        metadata = manifest.get("metadata", {})
+        resource = f"{manifest['kind'].lower()}s"
+        raise AlreadyExistsError(f'{resource} "{metadata.get("name")}" already exists')
+    created = copy.deepcopy(live) if live is not None else LiveObject()
+    created.pulumi_apply(manifest)
+    return created
 
 
 def pulumi_up(

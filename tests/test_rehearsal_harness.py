@@ -32,6 +32,7 @@ from tests.rehearsal import image
 from tests.rehearsal.cluster import Cluster, InvalidError, JobFailedError, StorageClass, rolling_bounds, wait_for
 from tests.rehearsal.kubelet import Manifest, Pod, UnsupportedError, check_supported, expand, quantity
 from tests.rehearsal.scheduler import Node, pod_requests, tolerates
+from tests.ssa import AlreadyExistsError
 
 NAMESPACE = "harness"
 # The harness's pods run in the Ray image's stand-in unless a test names another image.
@@ -872,6 +873,40 @@ def test_a_pod_whose_claim_does_not_exist_stays_pending_until_it_does(cluster: C
     cluster.apply(claim())
     assert running(cluster, web, 1) == [pod]
     assert cluster.claims[(NAMESPACE, "data")].phase == "Bound"  # bound for its first consumer
+
+
+@pytest.mark.rehearsal
+def test_a_second_pod_on_a_read_write_once_claim_waits_until_the_first_is_gone(cluster: Cluster) -> None:
+    """Two Deployments on one claim (a renamed Redis made before the old is deleted): the second pod's mount fails
+    as its volume's attach does on another node, until the first pod has left the API."""
+    cluster.apply(claim())
+    mounted = container(SERVE, volumeMounts=[{"name": "data", "mountPath": "/data"}])
+    first = deployment("first", 1, with_claim(mounted, app="first"), strategy={"type": "Recreate"})
+    cluster.apply(first)
+    [holder] = running(cluster, first, 1)
+    second = deployment("second", 1, with_claim(mounted, app="second"), strategy={"type": "Recreate"})
+    cluster.apply(second)
+    [waiting] = wait_for(lambda: [p for p in pods(cluster, second) if p.node], 10, "the second pod bound", 0.1)
+    wait_for(lambda: "Multi-Attach error" in waiting.events(), 10, "the refused mount", interval=0.1)
+    assert f"Volume is already used by pod(s) {holder.name}" in waiting.events()
+    assert waiting.statuses["main"].starts == [] and not waiting.ready
+    cluster.delete(first)
+    assert running(cluster, second, 1) == [waiting]
+
+
+@pytest.mark.rehearsal
+def test_up_creates_only_what_does_not_exist_unless_the_provider_may_upsert(cluster: Cluster) -> None:
+    """pulumi-kubernetes 4.29 and later create client-side: an object that exists (made with kubectl, or read by the
+    stack before) is refused with AlreadyExists, and stays as it was, unless the provider upserts it."""
+    existing = config_map("settings", {"mode": "kubectl"})
+    cluster.apply(existing)
+    declared = stack(("settings", config_map("settings", {"mode": "pulumi"}), ()))
+    with pytest.raises(AlreadyExistsError, match='configmaps "settings" already exists'):
+        cluster.up(declared, timeout=10)
+    assert cluster.get("ConfigMap", NAMESPACE, "settings")["data"] == {"mode": "kubectl"}
+    cluster.up(declared, timeout=10, upsert=True)
+    assert cluster.get("ConfigMap", NAMESPACE, "settings")["data"] == {"mode": "pulumi"}
+    cluster.up(declared, timeout=10)  # now the stack's: nothing to create
 
 
 @pytest.mark.rehearsal

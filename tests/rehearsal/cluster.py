@@ -30,7 +30,9 @@ the Roles and RoleBindings applied here), and runs, in one thread, the controlle
   reclaim policy is Delete, so deleting the claim deletes the volume, but only once no pod bound to the node
   mounts it (the kubernetes.io/pvc-protection finalizer): until then the claim is Terminating, still in the API.
   The API server refuses changes to a claim's spec except a larger resources.requests.storage on a bound claim
-  whose class allows expansion.
+  whose class allows expansion. A ReadWriteOnce volume is mounted by one pod at a time: while a pod that mounted it
+  is still in the API, another pod's mount fails ("Multi-Attach error", as when the second pod lands on another
+  node of a real cluster) and its kubelet tries again.
 Deleting a pod is graceful and never blocks: the pod is Terminating at once (not ready, not counted by its
 controller), holds its resources on the node until its last process has exited, and only then leaves the API,
 its network namespace and its files with it; a pod not yet bound to the node, or already finished, leaves at once.
@@ -38,7 +40,8 @@ its network namespace and its files with it; a pod not yet bound to the node, or
 `up` is `pulumi up` against the state it keeps (the inputs it last applied per URN, and which resources failed their
 await): each resource is created, updated, replaced (deleted and gone, then created: on a change to one of
 pulumi-kubernetes' replacement fields, or for a Job marked `pulumi.com/replaceUnready` that failed its await) or
-left alone (unchanged inputs: nothing is applied), once everything it depends on is ready. Its `ignore_changes`
+left alone (unchanged inputs: nothing is applied), once everything it depends on is ready; a create of an object
+that exists fails (AlreadyExists), as since pulumi-kubernetes 4.29, unless `up` may upsert. Its `ignore_changes`
 paths take their last inputs' values before the diff, as the engine does, and the provider's server-side apply
 leaves them at their live values (so a Deployment's replicas written through its scale subresource stay); an apply
 is forced only with the `pulumi.com/patchForce` annotation, and otherwise fails (ConflictError) on a field another
@@ -99,7 +102,7 @@ from tests.rehearsal.kubelet import (
 )
 from tests.rehearsal.network import ClusterDNS, NetworkError, PodNetwork
 from tests.rehearsal.scheduler import Node, add, pod_requests, unschedulable
-from tests.ssa import LiveObject, Owned, leaves
+from tests.ssa import LiveObject, Owned, leaves, pulumi_create
 
 CLUSTER_DOMAIN = "cluster.local"
 REPLACE_UNREADY = "pulumi.com/replaceUnready"
@@ -168,6 +171,8 @@ class Claim:
     storage_class: str | None
     volume: Path | None = None
     deleting: bool = False
+    # The pods whose kubelet mounted its volume: a ReadWriteOnce volume attaches to one node at a time.
+    users: set[str] = field(default_factory=set)
 
     @property
     def phase(self) -> str:
@@ -443,6 +448,14 @@ class Cluster:
         owns every field it set; the controllers take it from there."""
         self._write(manifest, _owned_by(KUBECTL_APPLY, manifest))
 
+    def pulumi_create(self, manifest: Manifest, *, upsert: bool = False) -> None:
+        """pulumi-kubernetes' create (tests/ssa.py, pulumi_create): AlreadyExistsError for an object that exists,
+        unless the provider upserts it."""
+        with self._lock:
+            key = _key(manifest)
+            live = pulumi_create(self._live.get(key) if key in self.objects else None, manifest, upsert=upsert)
+            self._write(live.manifest(), live)
+
     def server_side_apply(self, manifest: Manifest, ignore_changes: tuple[str, ...] = ()) -> None:
         """pulumi-kubernetes' apply of its inputs (tests/ssa.py, LiveObject.pulumi_apply): server-side apply, forced
         when the manifest carries pulumi.com/patchForce, of every field but the `ignore_changes` paths the object
@@ -605,8 +618,12 @@ class Cluster:
             )
 
     # ----- claims and their volumes -----
-    def _claim_volume(self, namespace: str, name: str) -> Path:
-        """What the kubelet mounts for a claim: its volume's directory; KeyError, saying why, until it can."""
+    def _claim_volume(self, namespace: str, name: str, pod: str) -> Path:
+        """What the kubelet mounts for `pod`'s claim: its volume's directory; KeyError, saying why, until it can.
+        A ReadWriteOnce volume (every claim here is one) that another pod still in the API mounts is refused as the
+        attach-detach controller refuses it when that pod runs on another node: the rehearsal's one node stands for
+        a cluster of many, where the scheduler may well put the second pod elsewhere, and on one node two programs
+        would share the volume's files."""
         with self._lock:
             claim = self.claims.get((namespace, name))
             if claim is None:
@@ -615,6 +632,14 @@ class Cluster:
                 raise KeyError(f"error processing PVC {namespace}/{name}: PVC is being deleted")
             if claim.volume is None:
                 raise KeyError(f'persistentvolumeclaim "{name}" is not bound')
+            claim.users = {u for u in claim.users if u in self.pods and not self.pods[u].finished}
+            holders = sorted(claim.users - {pod})
+            if holders:
+                raise KeyError(
+                    f'Multi-Attach error for volume "pvc-{claim.uid}" Volume is already used by pod(s) '
+                    f"{', '.join(holders)}"
+                )
+            claim.users.add(pod)
             return claim.volume
 
     def _claims_of(self, pod: Pod) -> list[tuple[str, Claim | None]]:
@@ -878,7 +903,7 @@ class Cluster:
             objects=lambda kind, object_name: self.get(kind, namespace, object_name),
             dns=(self.network.gateway, CLUSTER_DOMAIN),
             sandbox=self.network.add_pod,
-            claims=lambda claim_name: self._claim_volume(namespace, claim_name),
+            claims=lambda claim_name: self._claim_volume(namespace, claim_name, name),
             tokens=self._pod_token,
             clock=self.clock,
             service_env=self._service_env,
@@ -1184,13 +1209,16 @@ class Cluster:
             active = sum(pod.active for rs in sets for pod in self._owned(rs.uid))
             return active == replicas == self._available(new.uid, spec.get("minReadySeconds", 0))
 
-    def up(self, rendered: Rendered, timeout: float, delays: Mapping[str, float] | None = None) -> float:
+    def up(
+        self, rendered: Rendered, timeout: float, delays: Mapping[str, float] | None = None, *, upsert: bool = False
+    ) -> float:
         """`pulumi up`: plan each declared resource against the state (same, create, update or replace), carry the
         step out once all the resource depends on is ready, and await it; then delete what the program no longer
         declares. Returns the seconds until every resource was ready. A failed Job raises JobFailedError, a
         resource not ready in time TimeoutError; either way the resources left unready are remembered, and the
         next `up` awaits them again (or replaces them, where that is asked for). `delays` holds back resources by
-        logical name, as a slow image pull would."""
+        logical name, as a slow image pull would. `upsert` is the provider's upsertExistingObjects: without it, a
+        create of an object that exists fails (AlreadyExistsError)."""
         started = time.monotonic()
         declared = {r.urn: r for r in rendered.kubernetes()}
         ready: set[str] = {r.urn for r in rendered.registrations if r.urn not in declared}
@@ -1207,7 +1235,7 @@ class Cluster:
                 if urn not in steps:
                     steps[urn] = self._plan(urn, registration.inputs, registration.options.ignore_changes)
                 step = steps[urn]
-                if self._advance(step):
+                if self._advance(step, upsert):
                     ready.add(urn)
             return ready >= declared.keys()
 
@@ -1260,7 +1288,7 @@ class Cluster:
         except KeyError:  # deleted behind Pulumi's back
             return False
 
-    def _advance(self, step: _Step) -> bool:
+    def _advance(self, step: _Step, upsert: bool) -> bool:
         """Carry a step on as far as it goes now; True once the resource is ready."""
         if step.operation == "same":
             return True
@@ -1271,7 +1299,10 @@ class Cluster:
             if not self._gone(step.leaving, [step.previous]):
                 return False
         if not step.applied:
-            self.server_side_apply(step.inputs, step.ignore_changes)
+            if step.operation == "update":
+                self.server_side_apply(step.inputs, step.ignore_changes)
+            else:  # a create, or the new copy of a replacement
+                self.pulumi_create(step.inputs, upsert=upsert)
             step.applied, self._state[step.urn] = True, step.inputs
         if step.inputs["metadata"].get("annotations", {}).get(SKIP_AWAIT) == "true":
             ready = True  # metadata.ReadyCondition: an immediate condition
