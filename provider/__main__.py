@@ -9,8 +9,15 @@ import sys
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-# The release: consumers pin it as the git tag `v<VERSION>` (`pulumi package add <url>/provider@v<VERSION>`).
+# The release: consumers pin it as the git tag `v<VERSION>` (`pulumi package add <url>/provider@v<VERSION>`). For a
+# git source the CLI takes the version from the tag, whatever this says: a test checks that every tag agrees.
 VERSION = "0.1.0"
+# The schema's namespace, which names every generated SDK (`@pulumi/ray-cluster`, `pulumi_ray_cluster`,
+# `Pulumi.RayCluster`). Without one, the CLI names a package added from git after the repository's owner
+# (`@<owner>/ray-cluster`), and one added from a clone as here: set, both get the same names, the README's. It is
+# the namespace the CLI assumes for a package that sets none; the SDK is generated into the consumer's project, never
+# published under it.
+NAMESPACE = "pulumi"
 
 
 OLDEST_PYTHON = (3, 11)
@@ -29,7 +36,7 @@ def main() -> None:
     from components import RayCluster
     from components.settings import PROJECT
 
-    component_provider_host(components=[RayCluster], name=PROJECT, version=VERSION)
+    component_provider_host(components=[RayCluster], name=PROJECT, namespace=NAMESPACE, version=VERSION)
 
 
 if __name__ == "__main__":

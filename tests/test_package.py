@@ -586,6 +586,52 @@ def test_the_yaml_example_makes_the_cluster_the_stack_config_would() -> None:
     assert by_urn(package) == by_urn(render(cluster["properties"]))
 
 
+def test_the_readmes_sdk_names_are_those_the_cli_generates_from_the_schema(schema: dict[str, Any]) -> None:
+    """The schema names its namespace, so a package added from git (which the CLI would otherwise name after the
+    repository's owner) and one added from a clone generate the same SDKs, named as the CLI's code generators name
+    them (pulumi/pulumi pkg/codegen: nodejs `@<namespace>/<name>`, python PyPack, pulumi-dotnet's root namespace
+    and package name, each part of a `-` name capitalised)."""
+    namespace, name = schema["namespace"], schema["name"]
+    assert namespace == load_entry_point().NAMESPACE and re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", namespace)
+    readme = (ROOT / "README.md").read_text()
+    typescript = "".join(re.findall(r"```typescript\n(.*?)```", readme, re.DOTALL))
+    imported = set(re.findall(r'from "([^"]+)"', typescript)) - {"@pulumi/pulumi"}
+    assert imported == {f"@{namespace}/{name}"}
+
+    def dotnet(words: str) -> str:
+        return "".join(part[:1].upper() + part[1:] for part in words.split("-"))
+
+    python = f"{namespace.replace('-', '_')}_{name.replace('-', '_')}"
+    assert f"`{python}`" in readme and f"`{dotnet(namespace)}.{dotnet(name)}`" in readme
+
+
+def release_tag_mismatches(repository: Path) -> list[str]:
+    """The `v<version>` tags of a repository whose commit's `provider/__main__.py` says another VERSION: a package
+    added from git at that tag would report the tag's version, not the code's."""
+
+    def git(*words: str) -> str:
+        return subprocess.run(["git", "-C", str(repository), *words], capture_output=True, text=True, check=True).stdout
+
+    found = []
+    for tag in git("tag", "--list", "v*").split():
+        entry_point = git("show", f"{tag}:provider/__main__.py")
+        [version] = re.findall(r'^VERSION = "([^"]+)"$', entry_point, re.MULTILINE)
+        if f"v{version}" != tag:
+            found.append(f"{tag}: provider/__main__.py says {version}")
+    return found
+
+
+def test_every_release_tag_names_a_commit_of_its_version(tmp_path: Path) -> None:
+    assert release_tag_mismatches(ROOT) == []
+    # The check itself, on a repository with a tag that agrees and one that does not.
+    (tmp_path / "provider").mkdir()
+    (tmp_path / "provider" / "__main__.py").write_text('VERSION = "0.1.0"\n')
+    for command in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "r"],
+                    ["tag", "v0.1.0"], ["tag", "v0.2.0"]):  # fmt: skip
+        subprocess.run(["git", "-C", str(tmp_path), *command], check=True, capture_output=True)
+    assert release_tag_mismatches(tmp_path) == ["v0.2.0: provider/__main__.py says 0.1.0"]
+
+
 def test_the_readme_and_the_example_pin_this_release() -> None:
     """Consumers copy the `pulumi package add ...@v<version>` lines: they must name the version the plugin reports
     (the git tag a release gets)."""
