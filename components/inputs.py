@@ -15,7 +15,7 @@ same name, type and description. Two consequences of how the SDK's analyzer read
 
 import difflib
 import functools
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Required, TypedDict, cast
@@ -66,6 +66,8 @@ class WorkerGroupArgs(TypedDict, total=False):
     """Node labels the group's pods must run on, such as {"nvidia.com/gpu.present": "true"}."""
     tolerations: list[TolerationArgs]
     """Taints the group's pods tolerate, such as those of GPU nodes."""
+    readOnlyRootFilesystem: bool
+    """Whether the root filesystem of the group's containers is read-only (default: workerReadOnlyRootFilesystem); false only for GPU nodes whose NVIDIA runtime hooks must write into it."""
 
 
 class RayClusterArgs(TypedDict, total=False):
@@ -93,6 +95,8 @@ class RayClusterArgs(TypedDict, total=False):
     """nvidia.com/gpu per pod of the default worker group."""
     workerImage: str
     """Image of the default worker group. Empty means `image`, or its `-gpu` variant when workerGpus > 0."""
+    workerReadOnlyRootFilesystem: bool
+    """Whether the root filesystem of the default group's containers is read-only. false only for GPU nodes whose NVIDIA container runtime hooks (CDI, under crun before 1.26) must write into it."""
     maxWorkers: int
     """Most replicas of the default worker group. Above `workers`, Ray's autoscaler (in the head pod) adds workers while work waits for resources and removes idle ones, between `workers` and `maxWorkers`. 0 means no autoscaling."""
     idleTimeoutSeconds: int
@@ -203,9 +207,10 @@ def refuse_unknown_keys(namespace: str) -> None:
         )
 
 
-def nearest_key_hint(key: str) -> str:
-    """ "did you mean `workers`? " for a misspelt input (`wrokers`, `headmemory`), or nothing when none is near."""
-    by_lower = {known.lower(): known for known in defaults()}
+def nearest_key_hint(key: str, keys: Collection[str] = ()) -> str:
+    """The hint "did you mean `workers`? " for a misspelt input (`wrokers`, `headmemory`) among `keys` (the
+    cluster's inputs unless given), or nothing when none is near."""
+    by_lower = {known.lower(): known for known in keys or defaults()}
     nearest = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.6)
     return f"did you mean `{by_lower[nearest[0]]}`? " if nearest else ""
 

@@ -350,7 +350,13 @@ def gcs_storage_mounts(settings: ClusterSettings) -> list[Manifest]:
 
 
 def ray_container(
-    settings: ClusterSettings, resources: PodResources, image: str, *, head: bool, storage_namespace: Any = None
+    settings: ClusterSettings,
+    resources: PodResources,
+    image: str,
+    *,
+    head: bool,
+    storage_namespace: Any = None,
+    read_only_root_filesystem: bool = True,
 ) -> Manifest:
     """A Ray node's container; the head's with its GCS storage, if fault tolerance is on."""
     start = "exec " + shlex.join(node_command(settings, resources, head=head))
@@ -376,7 +382,7 @@ def ray_container(
         + (gcs_storage_env(settings, storage_namespace) if head else []),
         "ports": [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports],
         "resources": container_resources(resources),
-        "securityContext": container_security(),
+        "securityContext": container_security(read_only=read_only_root_filesystem),
         "volumeMounts": ray_volume_mounts(settings, shm=True) + (gcs_storage_mounts(settings) if head else []),
         "readinessProbe": readiness,
         "livenessProbe": http_probe(AGENT_PORT, "/api/healthz", liveness=True),
@@ -474,13 +480,21 @@ def worker_pod_template(settings: ClusterSettings, group: WorkerGroup, version_l
         "command": shell(wait_for_gcs_script(settings, health_check=False)),
         # Init containers run before the Ray container, so the same amounts add nothing to the pod's footprint.
         "resources": container_resources(group.resources),
-        "securityContext": container_security(),
+        "securityContext": container_security(read_only=group.read_only_root_filesystem),
     }
     return pod_template(
         settings,
         component="worker",
         group=group.name,
-        containers=[ray_container(settings, group.resources, group.image, head=False)],
+        containers=[
+            ray_container(
+                settings,
+                group.resources,
+                group.image,
+                head=False,
+                read_only_root_filesystem=group.read_only_root_filesystem,
+            )
+        ],
         init_containers=[wait_for_gcs],
         volumes=ray_volumes(settings, node_sizing(group.resources)),
         node_selector=node_selector(group.image, group.node_selector),

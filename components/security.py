@@ -13,12 +13,13 @@ RAY_UID = 1000
 RAY_GID = 100
 
 
-def container_security(uid: int = RAY_UID, gid: int = RAY_GID) -> dict[str, Any]:
-    """No privilege escalation, no capabilities, a read-only image, as the image's own (non-root) user."""
+def container_security(uid: int = RAY_UID, gid: int = RAY_GID, *, read_only: bool = True) -> dict[str, Any]:
+    """No privilege escalation, no capabilities, a read-only image (unless a worker group needs it writable for its
+    GPU runtime's hooks; "restricted" does not ask for it), as the image's own (non-root) user."""
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True,
+        "readOnlyRootFilesystem": read_only,
         "runAsNonRoot": True,
         "runAsUser": uid,
         "runAsGroup": gid,

@@ -242,6 +242,8 @@ class WorkerGroup:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
     max_replicas: int | None = None
+    # False where the nodes' NVIDIA runtime hooks (CDI under crun before 1.26) write into the container's root.
+    read_only_root_filesystem: bool = True
 
     @property
     def most_replicas(self) -> int:
@@ -577,16 +579,32 @@ def _require_tolerations(key: str, value: object) -> tuple[dict[str, Any], ...]:
     return tuple(_require_toleration(f"{key}[{index}]", toleration) for index, toleration in enumerate(value))
 
 
-def _parse_group(index: int, raw: object, defaults: PodResources, cluster_image: str) -> WorkerGroup:
+def _require_boolean(key: str, value: object) -> bool:
+    """true or false (`--path` stores them as booleans)."""
+    if not isinstance(value, bool):
+        raise config_error(key, value, "it must be true or false")
+    return value
+
+
+def _parse_group(
+    index: int, raw: object, defaults: PodResources, cluster_image: str, read_only_root_filesystem: bool
+) -> WorkerGroup:
     key = f"workerGroups[{index}]"
     if not isinstance(raw, Mapping):
         raise config_error(key, raw, "it must be an object with a name and replicas")
-    unknown = set(raw) - GROUP_KEYS
+    unknown = sorted(set(raw) - GROUP_KEYS)
     if unknown:
-        raise config_error(key, raw, f"it has unknown keys {sorted(unknown)}; allowed are {sorted(GROUP_KEYS)}")
+        hint = nearest_key_hint(unknown[0], GROUP_KEYS)
+        raise config_error(key, raw, f"it has unknown keys {unknown}; {hint}allowed are {sorted(GROUP_KEYS)}")
     if "name" not in raw:
         raise config_error(key, raw, "it must have a name")
-    group = {**GROUP_DEFAULTS, "cpu": defaults.cpu, "memory": defaults.memory, **raw}
+    group = {
+        **GROUP_DEFAULTS,
+        "cpu": defaults.cpu,
+        "memory": defaults.memory,
+        "readOnlyRootFilesystem": read_only_root_filesystem,
+        **raw,
+    }
     resources = PodResources.parse(lambda name: f"{key}.{name}", group["cpu"], group["memory"], group["gpus"])
     replicas = _require_count(f"{key}.replicas", group["replicas"])
     image = _group_image(f"{key}.image", group["image"], cluster_image, resources.gpus)
@@ -607,6 +625,7 @@ def _parse_group(index: int, raw: object, defaults: PodResources, cluster_image:
         image=image,
         node_selector=node_selector,
         tolerations=_require_tolerations(f"{key}.tolerations", group["tolerations"]),
+        read_only_root_filesystem=_require_boolean(f"{key}.readOnlyRootFilesystem", group["readOnlyRootFilesystem"]),
     )
 
 
@@ -696,11 +715,16 @@ def load_settings(args: Mapping[str, object], project: str, stack: str) -> Clust
         max_replicas=_require_most("maxWorkers", inputs.integer("maxWorkers"), workers, "workers"),
         resources=worker_resources,
         image=_group_image("workerImage", inputs.text("workerImage"), image, worker_resources.gpus),
+        read_only_root_filesystem=inputs.boolean("workerReadOnlyRootFilesystem"),
     )
     raw_groups = inputs.value(WORKER_GROUPS)
     if not isinstance(raw_groups, list):
         raise config_error("workerGroups", raw_groups, "it must be a list of worker group objects")
-    groups = (default_group, *(_parse_group(i, raw, worker_resources, image) for i, raw in enumerate(raw_groups)))
+    read_only = default_group.read_only_root_filesystem
+    groups = (
+        default_group,
+        *(_parse_group(i, raw, worker_resources, image, read_only) for i, raw in enumerate(raw_groups)),
+    )
     names = [group.name for group in groups]
     for name in names:
         if names.count(name) > 1 or name in _RESERVED_GROUPS:

@@ -29,6 +29,7 @@ CHANGES: dict[str, dict[str, object]] = {
     "workerGpus": {"workerGpus": "1"},
     "workerImage": {"workerImage": "registry.example/ray:2.60.0"},
     "workerDrainSeconds": {"workerDrainSeconds": "300"},
+    "workerReadOnlyRootFilesystem": {"workerReadOnlyRootFilesystem": "false"},
     "gcsReconnectTimeoutSeconds": {"gcsReconnectTimeoutSeconds": "120"},
     "workerGroups": {"workerGroups": [{"name": "extra"}]},
     "headCpu": {"headCpu": "2"},

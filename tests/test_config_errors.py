@@ -80,6 +80,10 @@ BAD_VALUES: list[tuple[dict[str, object], list[str]]] = [
     ({"workerGroups": [{"name": "gpu", "memory": "8GB"}]}, ["ray-cluster:workerGroups[0].memory", "'8GB'"]),
     ({"workerGroups": [{"name": "gpu", "gpus": "one"}]}, ["ray-cluster:workerGroups[0].gpus", "'one'"]),
     (
+        {"workerGroups": [{"name": "gpu", "readOnlyRootFilesystem": "no"}]},
+        ["ray-cluster:workerGroups[0].readOnlyRootFilesystem is 'no', but it must be true or false"],
+    ),
+    (
         {"workerGroups": [{"name": "gpu", "nodeSelector": {"pool": "a b"}}]},
         ["ray-cluster:workerGroups[0].nodeSelector['pool']", "'a b'", "label value"],
     ),
@@ -333,8 +337,9 @@ WHOLE_MESSAGES: list[tuple[dict[str, object], str]] = [
     ),
     (
         {"workerGroups": [{"name": "gpu", "replica": 2}]},
-        "ray-cluster:workerGroups[0] is {'name': 'gpu', 'replica': 2}, but it has unknown keys ['replica']; allowed "
-        "are ['cpu', 'gpus', 'image', 'maxReplicas', 'memory', 'name', 'nodeSelector', 'replicas', 'tolerations']",
+        "ray-cluster:workerGroups[0] is {'name': 'gpu', 'replica': 2}, but it has unknown keys ['replica']; did you "
+        "mean `replicas`? allowed are ['cpu', 'gpus', 'image', 'maxReplicas', 'memory', 'name', 'nodeSelector', "
+        "'readOnlyRootFilesystem', 'replicas', 'tolerations']",
     ),
     ({"workerGroups": [{"replicas": 2}]}, "ray-cluster:workerGroups[0] is {'replicas': 2}, but it must have a name"),
     (

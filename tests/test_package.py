@@ -64,6 +64,7 @@ WORKER_GROUP_PROPERTIES = {
     "image": "string",
     "nodeSelector": "object",
     "tolerations": "array",
+    "readOnlyRootFilesystem": "boolean",
 }
 TOLERATION_PROPERTIES = {
     "key": "string",
