@@ -11,10 +11,11 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from kubernetes_validate.utils import all_versions
 from packaging.version import Version
 
-from tests.program import Manifest
+from tests.program import ROOT, Manifest, render
 from tests.variants import VARIANTS, rendered
 
 VERSIONS = [v for v in all_versions() if Version(v) >= Version("1.30")]
@@ -249,3 +250,43 @@ def test_what_the_api_server_rejects_is_rejected(case: str) -> None:
     with pytest.raises(ApiServerRejectionError) as raised:
         validate_everywhere(manifest)
     assert str(raised.value) == expected
+
+
+# The README's NetworkPolicies for CNIs that drop the kubelet's probes under an ingress policy (Troubleshooting).
+README_POLICIES = [
+    document
+    for block in re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    for document in yaml.safe_load_all(block)
+    if document.get("kind") == "NetworkPolicy"
+]
+
+
+def test_the_readmes_probe_policies_are_valid_and_admit_every_probe_port_and_no_other() -> None:
+    """For the cluster the README names (`ray`, with its own Redis): each pod's httpGet and tcpSocket probe ports
+    are admitted from the nodes' block by a policy that selects the pod, and no other port the pod listens on (not
+    the head's GCS, which shares Redis's port number)."""
+    assert len(README_POLICIES) == 2
+    for policy in README_POLICIES:
+        validate_everywhere(policy)
+    cluster = render({"gcsFaultTolerance": "true", "namespace": "ray-prod"})
+    for workload in cluster.of_kind("Deployment"):
+        template = workload["spec"]["template"]
+        labels = template["metadata"]["labels"]
+        probed = {
+            probe[handler]["port"]
+            for container in template["spec"]["containers"]
+            for kind in ("readinessProbe", "livenessProbe")
+            if (probe := container.get(kind))
+            for handler in ("httpGet", "tcpSocket")
+            if handler in probe
+        }
+        admitted = {
+            port["port"]
+            for policy in README_POLICIES
+            if policy["metadata"]["namespace"] == workload["metadata"]["namespace"]
+            and policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+            for rule in policy["spec"]["ingress"]
+            for port in rule["ports"]
+        }
+        listening = {port["containerPort"] for c in template["spec"]["containers"] for port in c.get("ports", [])}
+        assert probed <= admitted and not (admitted - probed) & listening, workload["metadata"]["name"]

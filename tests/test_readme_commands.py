@@ -73,6 +73,9 @@ def test_the_readme_turns_autoscaling_on_for_the_default_group_then_a_gpu_group_
     _, gpu_group = deployed[7]
     assert gpu_group.one("Role", "ray-autoscaler")["rules"][2]["resourceNames"] == ["ray-worker", "ray-gpu"]
     assert gpu_group.one("Deployment", "ray-gpu")["spec"]["replicas"] == 0
+    # GPU nodes are tainted: without the toleration the autoscaler's pods would stay Pending.
+    gpu_spec = gpu_group.one("Deployment", "ray-gpu")["spec"]["template"]["spec"]
+    assert gpu_spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     config = json.loads(gpu_group.one("ConfigMap", "ray-autoscaler")["data"]["autoscaling.json"])
     bounds = {name: (t["min_workers"], t["max_workers"]) for name, t in config["available_node_types"].items()}
     assert bounds == {"head": (0, 0), "worker": (4, 10), "gpu": (0, 2)}  # prod runs 4 workers

@@ -35,6 +35,9 @@ for command in (
     "pulumi config set --path 'workerGroups[0].replicas' 0",
     "pulumi config set --path 'workerGroups[0].maxReplicas' 2",
     "pulumi config set --path 'workerGroups[0].gpus' 1",
+    "pulumi config set --path 'workerGroups[0].tolerations[0].key' nvidia.com/gpu",
+    "pulumi config set --path 'workerGroups[0].tolerations[0].operator' Exists",
+    "pulumi config set --path 'workerGroups[0].tolerations[0].effect' NoSchedule",
 ):
     AUTOSCALING.run(command)
 
