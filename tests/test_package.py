@@ -581,6 +581,16 @@ def test_the_yaml_example_uses_this_package_and_only_what_its_schema_has(schema:
     assert set(referenced) <= set(schema["resources"][TOKEN]["properties"])
 
 
+def test_a_yaml_program_is_told_to_run_pulumi_install_before_its_first_up() -> None:
+    """`pulumi up` starts a source plugin from its virtualenv but never makes it (pulumi/pulumi
+    pkg/resource/plugin/plugin.go, the Python host's RunPlugin): `pulumi install` does, for a `packages:` entry
+    written by hand, where the steps are."""
+    readme = (ROOT / "README.md").read_text()
+    yaml_section = readme.split("In YAML, no SDK is needed", 1)[1].split("```", 1)[0]
+    assert "run `pulumi install` once, before the first `pulumi" in " ".join(yaml_section.split())
+    assert "Run `pulumi install` once before the first `pulumi up`" in EXAMPLE.read_text()
+
+
 def test_the_yaml_example_makes_the_cluster_the_stack_config_would() -> None:
     _, cluster = example_cluster()
     package, _ = construct(cluster["properties"])
