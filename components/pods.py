@@ -397,6 +397,20 @@ def node_selector(image: str, given: Mapping[str, str] | None = None) -> dict[st
     return {**(given or {}), **({ARCHITECTURE_LABEL: built_for} if built_for else {})}
 
 
+# The node label every Linux node carries, with one value: a topology domain that spans the whole cluster.
+WHOLE_CLUSTER_TOPOLOGY = "kubernetes.io/os"
+
+
+def placed_after_the_head(settings: ClusterSettings) -> Manifest:
+    """A worker pod is placed only while a head pod of its cluster is (a required pod affinity to it, in a domain
+    every node shares). On a Kubernetes cluster without room to spare, a Pending worker (one the autoscaler asked
+    for beyond the nodes, or a rollout's) would otherwise take the room a restarting head leaves (Recreate: the old
+    head goes first) and keep the cluster headless, its autoscaler with it. Workers that run are not affected
+    (IgnoredDuringExecution), and a head on a lost node still counts while its pod is in the API."""
+    term = {"labelSelector": {"matchLabels": selector_labels(settings, "head")}, "topologyKey": WHOLE_CLUSTER_TOPOLOGY}
+    return {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+
+
 def pod_template(
     settings: ClusterSettings,
     *,
@@ -406,6 +420,7 @@ def pod_template(
     volumes: list[Manifest],
     init_containers: list[Manifest] | None = None,
     node_selector: dict[str, str] | None = None,
+    affinity: Manifest | None = None,
     tolerations: list[Manifest] | None = None,
     restart_policy: str = "Always",
     grace_seconds: int | None = None,
@@ -425,6 +440,7 @@ def pod_template(
         "volumes": volumes,
         **({"initContainers": init_containers} if init_containers else {}),
         **({"nodeSelector": node_selector} if node_selector else {}),
+        **({"affinity": affinity} if affinity else {}),
         **({"tolerations": tolerations} if tolerations else {}),
     }
     # `kubectl logs/exec` pick the first main container without `-c`.
@@ -498,6 +514,7 @@ def worker_pod_template(settings: ClusterSettings, group: WorkerGroup, version_l
         init_containers=[wait_for_gcs],
         volumes=ray_volumes(settings, node_sizing(group.resources)),
         node_selector=node_selector(group.image, group.node_selector),
+        affinity=placed_after_the_head(settings),
         tolerations=[dict(t) for t in group.tolerations],
         grace_seconds=worker_grace_seconds(settings),
         version_labels=version_labels,

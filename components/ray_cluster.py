@@ -162,7 +162,8 @@ class RayCluster(pulumi.ComponentResource):
         # With fault tolerance, the GCS starts against a Redis that is ready; with autoscaling, the autoscaler
         # starts with its config, its ServiceAccount and its permissions.
         head = self._deployment("head", "head", head_spec, _PULL_SECONDS, after=[*gcs_storage, *autoscaler])
-        # Workers do not wait for the head: they start with it, and their init container waits for its GCS.
+        # Workers do not wait for the head: their pods are placed once its pod is, and their init container waits
+        # for its GCS.
         worker_specs = {
             group.name: {
                 **self._deployment_spec(

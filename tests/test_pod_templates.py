@@ -129,6 +129,18 @@ WORKER_POD = {
     "restartPolicy": "Always",
     # 120 s of drain plus 15 s for Ray's processes to stop, before the kubelet's SIGKILL.
     "terminationGracePeriodSeconds": 135,
+    # Placed only while the cluster's head pod is (in the one domain every node is in): never into a restarting
+    # head's room.
+    "affinity": {
+        "podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": {"ray.io/cluster": "demo", "ray.io/group": "head"}},
+                    "topologyKey": "kubernetes.io/os",
+                }
+            ]
+        }
+    },
 }
 
 

@@ -350,6 +350,29 @@ def test_on_arm64_nodes_the_programs_ray_pods_of_an_amd64_image_stay_pending_and
 
 
 @pytest.mark.rehearsal
+def test_a_pod_with_required_pod_affinity_is_placed_only_while_a_pod_it_selects_is(cluster: Cluster) -> None:
+    """Only a placed pod of its own namespace counts (not one of another namespace, not one that finished), in a
+    topology domain the node has; once placed, it stays whatever happens to the other (IgnoredDuringExecution)."""
+    term = {"labelSelector": {"matchLabels": {"app": "leader"}}, "topologyKey": "kubernetes.io/os"}
+    affinity = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+    finished_pod(cluster, template(container("true"), app="leader"))  # a leader that ran and ended
+    elsewhere = deployment("leader", 1, template(container(SERVE), app="leader"))
+    cluster.apply({**elsewhere, "metadata": {"name": "leader", "namespace": "elsewhere"}})
+    follower = deployment("follower", 1, template(container(SERVE), app="follower", affinity=affinity))
+    cluster.apply(follower)
+    [pod] = wait_for(lambda: pods(cluster, follower), 5, "a pod", interval=0.1)
+    time.sleep(1)
+    assert (pod.node, pod.unschedulable) == (None, "node(s) didn't match pod affinity rules")
+    leader = deployment("leader", 1, template(container(SERVE), app="leader"))
+    cluster.apply(leader)
+    [placed] = running(cluster, follower, 1)
+    assert placed is pod
+    cluster.delete(leader)
+    time.sleep(1)
+    assert pod.node is not None and pod.active
+
+
+@pytest.mark.rehearsal
 def test_pending_pods_are_bound_oldest_first_when_room_frees_up(cluster: Cluster) -> None:
     cluster.node = Node(allocatable={"cpu": "1", "memory": "1Gi", "pods": 10})
     web = deployment("web", 3, template(container(SERVE, **cpu("1"))))
@@ -548,6 +571,36 @@ ASK_THE_SERVICE = (
     'exec python -c "import socket, sys; c = socket.create_connection((sys.argv[1], 8000), timeout=5); '
     'print(c.recv(100).decode(), c.getpeername()[0])" '
 )
+
+
+@pytest.mark.rehearsal
+def test_a_pod_on_a_lost_node_stays_a_ready_endpoint_that_answers_nothing_until_it_is_force_deleted(
+    cluster: Cluster,
+) -> None:
+    """Its processes are gone and its deletion never confirmed: its controller replaces it at once, and a Service
+    that publishes not-ready addresses keeps it beside the replacement, as EndpointSlices do. A connect to it gets no
+    answer at all (no reset), one to the replacement does; a forced deletion ends it."""
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NAMESPACE},
+               "spec": {"selector": {"app": "web"}, "ports": [{"port": 8000}],
+                        "publishNotReadyAddresses": True}}  # fmt: skip
+    cluster.apply(service)
+    web = deployment("web", 1, template(container(ANSWER_WITH_HOSTNAME), app="web"))
+    cluster.apply(web)
+    [lost] = running(cluster, web, 1)
+    cluster.lose_pod(lost.name)
+    [new] = running(cluster, web, 1)
+    assert lost.terminating and lost.name in cluster.pods and lost.phase == "Running"
+    assert sorted(cluster.service_endpoints(NAMESPACE, "web")) == sorted([lost.ip, new.ip])
+    probe = 'exec python -c "import socket, sys; socket.create_connection((sys.argv[1], 8000), timeout=3); print(1)" '
+    silent = finished_pod(cluster, template(container(probe + lost.ip)))
+    assert silent.phase == "Failed" and "TimeoutError" in silent.logs("main"), silent.logs("main")  # not refused
+    cluster.delete(job("check", template(container("true"))))
+    answered = finished_pod(cluster, template(container(probe + new.ip)))
+    assert answered.phase == "Succeeded", answered.logs("main")
+    cluster.delete_pod(lost.name)  # a graceful deletion: no kubelet confirms it
+    assert lost.name in cluster.pods
+    cluster.delete_pod(lost.name, grace_seconds=0)
+    assert lost.name not in cluster.pods and cluster.service_endpoints(NAMESPACE, "web") == [new.ip]
 
 
 @pytest.mark.rehearsal

@@ -390,6 +390,7 @@ class Cluster:
         self._namespaces: set[str] = set()
         self._failed_creates: dict[str, str] = {}  # per controller uid, why the API server refused its last pod
         self.pods: dict[str, Pod] = {}  # every pod the API server knows, Terminating ones included
+        self._lost: set[str] = set()  # the addresses of lost pods still in the API, whose traffic is dropped
         self.replica_sets: dict[str, ReplicaSet] = {}  # by uid
         self._jobs: dict[str, _JobRun] = {}  # by the Job's uid
         self._state: dict[str, Manifest] = {}  # per URN, the inputs `up` last applied
@@ -962,6 +963,12 @@ class Cluster:
             pod = self.pods.get(name)
             if pod is None:
                 return
+            if pod.lost:  # no kubelet confirms a deletion: only a forced one removes it
+                if grace_seconds == 0:
+                    del self.pods[name]
+                    self._lost.discard(pod.ip)
+                    threading.Thread(target=self._forget_lost, args=(pod,), name=f"forget-{name}", daemon=True).start()
+                return
             default = pod.spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
             grace = float(default if grace_seconds is None else grace_seconds)
             if pod.node is None or pod.finished:  # the pod strategy's CheckGracefulDelete: nothing to wait for
@@ -974,6 +981,29 @@ class Cluster:
                 reaper = threading.Thread(target=self._reap, args=(pod, grace), name=f"reap-{name}", daemon=True)
                 self._reapers = [r for r in self._reapers if r.is_alive()] + [reaper]
                 reaper.start()
+
+    def lose_pod(self, name: str) -> None:
+        """The pod's node is lost: its processes are gone (kubelet.py, Pod.lose), whatever is sent to its address is
+        dropped without an answer, and it stays in the API, Terminating, until it is force-deleted (`delete_pod(name,
+        0)`, as an operator or the pod garbage collector does once the node object is gone). Its controller replaces
+        it at once; a Service that publishes not-ready addresses keeps it as a ready endpoint meanwhile, as its
+        EndpointSlice does (ready = publishNotReadyAddresses or serving and not terminating). The rehearsal's one
+        node stands for the cluster's others: the lost pod's share of resources was the lost node's."""
+        with self._lock:
+            pod = self.pods[name]
+            pod.lose()
+            self._lost.add(pod.ip)
+            lost = set(self._lost)
+        self.network.drop(lost)
+
+    def _forget_lost(self, pod: Pod) -> None:
+        """A lost pod force-deleted: its address reaches nothing (it is free again), its files go."""
+        with self._lock:
+            lost = set(self._lost)
+        self.network.drop(lost)
+        pod.wait_exited(timeout=30)
+        self.network.remove_pod(pod.name)
+        pod.release_files()
 
     def _reap(self, pod: Pod, grace: float) -> None:
         """Once the pod's last process has exited (the kubelet kills what is left at its deadline), the pod leaves
@@ -1018,17 +1048,25 @@ class Cluster:
         them); the kubelet then starts them."""
         used: dict[str, Decimal] = {}
         for pod in self.pods.values():
-            if pod.node is not None and not pod.finished:  # Terminating pods hold theirs until their processes exit
+            # Terminating pods hold theirs until their processes exit; a lost pod's were its lost node's.
+            if pod.node is not None and not pod.finished and not pod.lost:
                 add(used, pod_requests(pod.spec))
+        # What the scheduler's cache holds for affinity: pods bound to a node and not finished.
+        placed = [
+            (pod.namespace, pod.labels) for pod in self.pods.values() if pod.node is not None and not pod.finished
+        ]
         for pod in list(self.pods.values()):
             if pod.node is not None or pod.terminating:
                 continue
-            pod.unschedulable = self._volume_binding(pod) or unschedulable(pod.spec, self._node, used)
+            pod.unschedulable = self._volume_binding(pod) or unschedulable(
+                pod.spec, self._node, used, pod.namespace, placed
+            )
             if pod.unschedulable is None:
                 for _, claim in self._claims_of(pod):
                     if claim is not None and claim.volume is None:
                         self._provision(claim)
                 pod.node, pod.architecture = self._node.name, self._node.labels["kubernetes.io/arch"]
+                placed.append((pod.namespace, pod.labels))
                 add(used, pod_requests(pod.spec))
                 pod.start()
 

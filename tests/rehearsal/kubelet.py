@@ -90,8 +90,10 @@ _QUANTITY = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:([numkMGTPE]|[KMGTPE]i
 _DECIMAL_SUFFIXES = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 _BINARY_SUFFIXES = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
 # Fields whose effect this kubelet (or the scheduler) would silently leave out: a manifest using one is refused.
-_UNSUPPORTED_POD_FIELDS = ("affinity", "topologySpreadConstraints", "hostNetwork", "hostPID", "hostIPC",
+_UNSUPPORTED_POD_FIELDS = ("topologySpreadConstraints", "hostNetwork", "hostPID", "hostIPC",
                            "shareProcessNamespace", "readinessGates")  # fmt: skip
+# The one kind of affinity the scheduler emulates (scheduler.py): required pod affinity by matchLabels.
+_AFFINITY_TERM_KEYS = {"labelSelector", "topologyKey"}
 _UNSUPPORTED_CONTAINER_FIELDS = ("lifecycle", "startupProbe", "envFrom")
 _UNSUPPORTED_MOUNT_FIELDS = ("subPath", "subPathExpr", "mountPropagation")
 _VOLUME_KINDS = ("emptyDir", "secret", "configMap", "persistentVolumeClaim", "projected", "downwardAPI")
@@ -226,6 +228,7 @@ def check_supported(spec: Manifest) -> None:
     """Refuse, when a pod template is applied, what this kubelet and the scheduler would otherwise leave out or run
     wrongly: unemulated fields, images, volume kinds and probe handlers."""
     used = [name for name in _UNSUPPORTED_POD_FIELDS if name in spec]
+    used += _unsupported_affinity(spec.get("affinity", {}))
     used += [f"{c['name']}.restartPolicy (a sidecar)" for c in spec.get("initContainers", []) if "restartPolicy" in c]
     for container in [*spec.get("initContainers", []), *spec["containers"]]:
         container_image(container)
@@ -252,6 +255,21 @@ def check_supported(spec: Manifest) -> None:
             used += _unsupported_items(volume["name"], kind, source)
     if used:
         raise UnsupportedError(f"not emulated: {', '.join(used)}")
+
+
+def _unsupported_affinity(affinity: Manifest) -> list[str]:
+    """What of a pod's affinity the scheduler does not emulate: all but required pod affinity terms that select by
+    matchLabels in the pod's own namespace, with a topology key."""
+    if not affinity:
+        return []
+    pod_affinity = affinity.get("podAffinity", {})
+    terms = pod_affinity.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    supported = (
+        set(affinity) == {"podAffinity"}
+        and set(pod_affinity) == {"requiredDuringSchedulingIgnoredDuringExecution"}
+        and all(set(t) == _AFFINITY_TERM_KEYS and set(t["labelSelector"]) == {"matchLabels"} for t in terms)
+    )
+    return [] if supported else [f"affinity {affinity} (only required pod affinity by matchLabels is emulated)"]
 
 
 def _sources(volume: Manifest) -> list[tuple[str, Manifest]]:
@@ -371,6 +389,7 @@ class Pod:
         self._volume_sources: dict[str, Path] = {}  # per volume, the directory its mounts bind
         self._execs: dict[str, _Exec] = {}  # per running container, what an exec in it runs as
         self.node: str | None = None  # spec.nodeName: set when the scheduler binds it
+        self.lost = False  # its node is gone: nothing runs, nothing reports, nothing confirms its deletion
         self.architecture = machine_architecture()  # its node's `kubernetes.io/arch`, set with `node`
         self.unschedulable: str | None = None  # the PodScheduled condition's message while it cannot be bound
         self.network_namespace, self.ip = "", ""
@@ -449,6 +468,15 @@ class Pod:
                 self.deleted_at, self.phase_at_deletion = now, self.phase
             self._kill_at = min(now + grace_seconds, math.inf if self._kill_at is None else self._kill_at)
         self._stop.set()
+
+    def lose(self) -> None:
+        """Its node is lost (powered off, cut off): every process of the pod dies with it, no drain, and nothing
+        reports on the pod any more: its phase stays as the kubelet last reported it, and its deletion, which the
+        control plane asks for (the taint manager's eviction of a pod on an unreachable node), is never confirmed
+        until the pod is force-deleted."""
+        with self._lock:
+            self.lost = True
+        self.terminate(0.0)
 
     def wait_exited(self, timeout: float) -> bool:
         """Wait, up to `timeout`, until no process of the pod is left; True if none is."""
@@ -834,7 +862,7 @@ class Pod:
         codes = self._stop_containers(running, lambda: grace_end if self._kill_at is None else self._kill_at)
         for name, code in codes.items():
             self.statuses[name].exited(code)
-        if not self.finished:
+        if not self.finished and not self.lost:
             last = [self.statuses[c["name"]].exit_codes[-1:] for c in self.spec["containers"]]
             self.phase = "Succeeded" if all(exit_code == [0] for exit_code in last) else "Failed"
         self.ready_since, self.finished_at = None, time.monotonic()

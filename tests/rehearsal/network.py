@@ -4,6 +4,8 @@ DNS that answers Service names, and kube-proxy: Services' ClusterIPs, forwarded 
 The node namespace has no link to the outside world, so nothing a pod sends can leave it; the harness thread
 that creates it moves into it, so probes and checks reach pods the way a kubelet on the node would.
 
+A lost node's pods are modelled by dropping their addresses' traffic, silently, on the bridge and in the node.
+
 A Service's name resolves to its ClusterIP, which stays while the pods behind it come and go: a client's
 connection is forwarded (nftables DNAT in the node namespace, which routes every pod's traffic but the
 bridge's own) to one of its endpoints at the time, or refused at once while it has none, as kube-proxy's rules
@@ -23,7 +25,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSServer
@@ -88,6 +90,37 @@ def proxy_rules(services: Mapping[str, Mapping[int, list[str]]], service_subnet:
     )
 
 
+def dropped_rules(addresses: Collection[str]) -> str:
+    """The rules that make pod addresses unreachable as a lost node's are: every packet to or from them is dropped
+    without an answer (no reset, no ICMP), whether it crosses the bridge between pods or the node routes it (a
+    Service's connection forwarded there, the node's own probes)."""
+    chosen = ", ".join(sorted(addresses))
+    both = [f"ip saddr {{ {chosen} }} drop;", f"ip daddr {{ {chosen} }} drop;"] if addresses else []
+    to = [f"ip daddr {{ {chosen} }} drop;"] if addresses else []
+    from_ = [f"ip saddr {{ {chosen} }} drop;"] if addresses else []
+
+    def chain(name: str, hook: str, rules: list[str]) -> str:
+        return f"  chain {name} {{ type filter hook {hook} priority filter; policy accept; {' '.join(rules)} }}"
+
+    return "\n".join(
+        [
+            "table bridge lost-nodes",
+            "delete table bridge lost-nodes",
+            "table bridge lost-nodes {",
+            chain("forward", "forward", both),
+            "}",
+            "table ip lost-nodes",
+            "delete table ip lost-nodes",
+            "table ip lost-nodes {",
+            chain("forward", "forward", both),
+            chain("output", "output", to),
+            chain("input", "input", from_),
+            "}",
+            "",
+        ]
+    )
+
+
 def _pids(namespace: str) -> list[str]:
     listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False)
     return listed.stdout.split()
@@ -141,6 +174,10 @@ class PodNetwork:
     def proxy(self, services: Mapping[str, Mapping[int, list[str]]]) -> None:
         """Make the node forward each ClusterIP's ports to these endpoints (see proxy_rules)."""
         _run(["ip", "netns", "exec", self.node, "nft", "-f", "-"], proxy_rules(services, str(self.SERVICE_SUBNET)))
+
+    def drop(self, addresses: Collection[str]) -> None:
+        """Make these pod addresses unreachable, and every other one reachable again (see dropped_rules)."""
+        _run(["ip", "netns", "exec", self.node, "nft", "-f", "-"], dropped_rules(addresses))
 
     def add_pod(self, pod: str) -> tuple[str, str]:
         """A namespace for the pod, wired to the bridge; returns its name and the pod's IP."""

@@ -1,15 +1,19 @@
 """The rehearsal's one node and whether a pod may be bound to it, as kube-scheduler's filters decide: the node's
 allocatable resources against the effective requests of the pods bound to it (NodeResourcesFit, which also
 counts pods), its labels against the pod's nodeSelector (NodeAffinity), its NoSchedule and NoExecute taints
-against the pod's tolerations (TaintToleration).
+against the pod's tolerations (TaintToleration), and the pods placed so far against its required pod affinity
+(InterPodAffinity: each term needs a pod of the pod's namespace that its labelSelector matches, placed on a node
+whose label `topologyKey` has the value the node has; the node stands for all nodes, and a pod placed on a lost
+one counts while it is in the API).
 
-Not emulated: affinity and topology spread (refused when applied), priorities and preemption, and NoExecute
-evicting pods that already run (a taint added later only keeps new pods away).
+Not emulated: node affinity, pod anti-affinity, preferred terms, selectors but matchLabels and other namespaces
+(refused when applied), topology spread, priorities and preemption, and NoExecute evicting pods that already run
+(a taint added later only keeps new pods away).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -80,11 +84,25 @@ def add(used: dict[str, Decimal], requests: Mapping[str, Decimal]) -> None:
         used[name] = used.get(name, Decimal(0)) + amount
 
 
-def unschedulable(spec: Manifest, node: Node, used: Mapping[str, Decimal]) -> str | None:
-    """Why a pod with `spec` cannot be bound to `node`, whose pods hold `used`, in the words of its PodScheduled
-    condition; None if it can."""
+def unschedulable(
+    spec: Manifest,
+    node: Node,
+    used: Mapping[str, Decimal],
+    namespace: str = "",
+    placed: Iterable[tuple[str, Mapping[str, str]]] = (),
+) -> str | None:
+    """Why a pod of `namespace` with `spec` cannot be bound to `node`, whose pods hold `used` and where the pods
+    `placed` (their namespaces and labels) are, in the words of its PodScheduled condition; None if it can."""
     if not spec.get("nodeSelector", {}).items() <= node.labels.items():
         return "node(s) didn't match Pod's node affinity/selector"
+    terms = spec.get("affinity", {}).get("podAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    placed = list(placed)
+    for term in terms:
+        selector = term["labelSelector"]["matchLabels"].items()
+        if term["topologyKey"] not in node.labels or not any(
+            where == namespace and selector <= labels.items() for where, labels in placed
+        ):
+            return "node(s) didn't match pod affinity rules"
     for taint in node.taints:
         tolerations = spec.get("tolerations", [])
         if taint["effect"] in {"NoSchedule", "NoExecute"} and not any(tolerates(t, taint) for t in tolerations):
