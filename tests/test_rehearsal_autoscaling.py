@@ -8,7 +8,8 @@ One cluster lives through the module (1 worker that may grow to 2, and a GPU gro
 `pulumi up` with the same config changes nothing; (b) once idle for idleTimeoutSeconds, the group goes back to
 `workers`, removing the idle worker and not the one still running a task, which completes; (c) a task asking for a
 GPU scales the GPU group from 0 to 1 and it goes back to 0 once idle; (d) the autoscaler's token does nothing
-outside the Role, and the Ray container of the head cannot find it. Needs root; without it these tests fail.
+outside the Role, and the Ray container of the head cannot find it; (e) on a node without room for a second worker,
+an image change completes while the autoscaler's second worker is Pending. Needs root; without it these tests fail.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ast
 import dataclasses
 import subprocess
 import time
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ import pytest
 from tests.program import render
 from tests.rehearsal.cluster import Cluster, wait_for
 from tests.rehearsal.kubelet import Pod
+from tests.rehearsal.scheduler import add, pod_requests
 from tests.test_rehearsal import Deployment
 
 pytestmark = pytest.mark.rehearsal
@@ -255,3 +258,60 @@ def test_nothing_the_ray_container_writes_reaches_the_autoscaler_container(deplo
         head, "autoscaler", ["sh", "-c", "echo $(( $(date +%s) - $(stat -c %Y /tmp/ray/autoscaler/heartbeat) ))"]
     )
     assert int(age.stdout) < 30, age.stdout
+
+
+NEW_IMAGE = "rayproject/ray:2.60.0-py311"
+# More CPU work than the head and the one worker have, for longer than the drill lasts: the autoscaler asks for a
+# second worker, and keeps asking.
+LASTING_DEMAND = """
+import ray, time
+ray.init()
+
+@ray.remote(num_cpus=1)
+def work():
+    time.sleep(600)
+
+ray.get([work.remote() for _ in range(4)])
+"""
+
+
+def test_an_image_change_completes_while_a_worker_the_autoscaler_asked_for_waits_for_room(
+    deployment: Deployment,
+) -> None:
+    """(e) The node has room for what runs and a smoke test, not for a second worker: the autoscaler's second worker
+    stays Pending, and the group's rollout (no surge) waits for room. `pulumi up` of a new image does not wait for
+    every replica of the autoscaled group (it would until its timeout): it completes once the smoke test passed. Once
+    room is added the rollout completes by itself."""
+    cluster = deployment.cluster
+    roomy = cluster.node
+    used: dict[str, Decimal] = {}
+    for pod in cluster.pods_in(NAMESPACE):
+        if pod.node is not None and not pod.finished:
+            add(used, pod_requests(pod.spec))
+    add(used, pod_requests(deployment.rendered.one("Job")["spec"]["template"]["spec"]))
+    # No GPU either: Ray would otherwise put the waiting CPU work on a GPU worker (its groups at their most).
+    room: dict[str, str | int] = {"cpu": str(used["cpu"]), "memory": str(used["memory"]), "nvidia.com/gpu": 0}
+    cluster.node = dataclasses.replace(roomy, allocatable={**roomy.allocatable, **room})
+    deployment.submit(LASTING_DEMAND)
+    [waiting] = wait_for(
+        lambda: [p for p in deployment.workers() if p.unschedulable and "cpu" in p.unschedulable] or None,
+        SCALE_UP_BOUND_SECONDS,
+        "the autoscaler's second worker, Pending",
+    )
+    assert waiting.unschedulable and "Insufficient cpu" in waiting.unschedulable
+    assert replicas(deployment, "ray-worker") == 2
+
+    took = deployment.update(image=NEW_IMAGE)
+    assert "Success!" in deployment.cluster.job_logs(deployment.rendered.one("Job"))
+    assert deployment.head().spec["containers"][0]["image"] == NEW_IMAGE
+    print(f"pulumi up of a new image with a worker Pending: {took:.1f} s")
+
+    cluster.node = roomy
+    wait_for(
+        lambda: (
+            all(p.ready and p.spec["containers"][0]["image"] == NEW_IMAGE for p in deployment.workers())
+            and len(deployment.workers()) == replicas(deployment, "ray-worker")
+        ),
+        SCALE_UP_BOUND_SECONDS + SCALE_DOWN_BOUND_SECONDS,
+        lambda: f"the workers rolled out: {[(p.name, p.phase, p.unschedulable) for p in deployment.workers()]}",
+    )
