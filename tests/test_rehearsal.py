@@ -1,12 +1,12 @@
 """The rehearsal: the pods the program renders, run as a real Ray cluster (see tests/rehearsal/).
 
-One cluster lives through the module, in order, as a stack lives through its `pulumi up`s: it forms with its
-workers started before the head, the smoke test passes, 20 Ray Client connections in a row never stall, auth is
-checked, user code writes its home; it is scaled from 3 to 2 workers while they are busy (the removed one
-drains), then to 4; a worker pod and the head pod are killed and it heals; a head-only change, a new token and a
-new image (on a node sized exactly for the cluster) each roll what they must and run the smoke test again; a smoke
-test that failed runs again on the next `pulumi up`. Needs root (network namespaces); without it these tests
-fail, they never skip.
+One cluster lives through the module, in order, as a stack lives through its `pulumi up`s: it forms with its workers
+created before the head (placed after it), the smoke test passes, 20 Ray Client connections in a row never stall,
+auth is checked, user code writes its home; it is scaled from 3 to 2 workers while they are busy (the removed one
+drains), then to 4; a worker pod and the head pod are killed and it heals; a head-only change, a new token and a new
+image (on a node sized exactly for the cluster) each roll what they must and run the smoke test again; a smoke test
+that failed runs again on the next `pulumi up`. Needs root (network namespaces); without it these tests fail, they
+never skip.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from components.settings import parse_quantity
 from tests.program import Rendered, render
 from tests.rehearsal.cluster import Cluster, JobFailedError, wait_for
 from tests.rehearsal.kubelet import IMAGE_ROOT, Pod
-from tests.rehearsal.scheduler import Node
+from tests.rehearsal.scheduler import Node, add, pod_requests
 
 pytestmark = pytest.mark.rehearsal
 
@@ -218,12 +218,19 @@ def test_fresh_ray_client_connections_to_a_fresh_head_never_stall(deployment: De
     assert max(seconds) < CONNECTION_BOUND_SECONDS, seconds
 
 
-def test_workers_started_first_wait_for_the_head_without_a_restart(deployment: Deployment) -> None:
+def test_workers_created_first_are_placed_after_the_head_and_wait_for_it_without_a_restart(
+    deployment: Deployment,
+) -> None:
+    """The head's Deployment came later (a slow Redis, say): the workers' pods, created first, were placed only once
+    the head's was (their pod affinity), then waited in their init container until its GCS answered."""
     head = deployment.head()
     for worker in deployment.workers():
         init, ray = worker.statuses["wait-gcs-ready"], worker.statuses["ray-worker"]
-        assert init.starts[0] < head.started_at < ray.starts[0]  # waited in the init container until the head ran
-        assert init.exit_codes == [0] and "accepts connections" in worker.logs("wait-gcs-ready")
+        assert worker.created_at < head.created_at <= worker.started_at  # Pending until the head was placed
+        assert init.starts[0] < ray.starts[0]
+        wait = worker.logs("wait-gcs-ready")
+        assert "Connection refused" in wait and wait.rstrip().endswith("accepts connections")  # the GCS, not up yet
+        assert init.exit_codes == [0]
         assert "is ready" in worker.logs("ray-worker")  # the health check passed, in the Ray container
         assert worker.restarts() == 0
     assert head.restarts() == 0
@@ -388,6 +395,48 @@ def test_a_lost_head_is_replaced_and_the_workers_rejoin_it(deployment: Deploymen
     wait_for(deployment.joined, 120, "the workers rejoined the new head")
     assert [pod.name for pod in deployment.workers()] == [pod.name for pod in workers]  # same pods, restarted
     assert {pod.ip for pod in workers} <= ran_calls_on(deployment.smoke_test())
+
+
+def test_a_new_worker_joins_within_seconds_of_a_new_head_while_the_lost_heads_address_answers_nothing(
+    deployment: Deployment,
+) -> None:
+    """The head's node is lost: the old head pod stays Terminating, a ready endpoint of the head Service (which
+    publishes not-ready addresses) that drops every packet, beside the new head. A worker that starts while the
+    new head waits for room sends its first tries to the lost address alone; each ends after the connect bound (2 s)
+    instead of the kernel's two minutes of SYN retries, so the worker joins within seconds of the new head."""
+    cluster, lost, workers = deployment.cluster, deployment.head(), deployment.workers()
+    node = cluster.node
+    cluster.lose_pod(lost.name)
+    # Room for one more worker, not for the new head (4Gi to a worker's 2Gi).
+    used: dict[str, Decimal] = {}
+    for pod in cluster.pods.values():
+        if pod.node is not None and not pod.finished and not pod.lost:
+            add(used, pod_requests(pod.spec))
+    worker = pod_requests(deployment.rendered.one("Deployment", "ray-worker")["spec"]["template"]["spec"])
+    room = {resource: str(used[resource] + worker[resource]) for resource in ("cpu", "memory")}
+    cluster.node = dataclasses.replace(node, allocatable={**node.allocatable, **room})
+    cluster.scale("ray-test", "ray-worker", len(workers) + 1)
+    [new] = wait_for(lambda: [p for p in deployment.workers() if p not in workers and p.node], 30, "a new worker")
+    wait_for(
+        lambda: "no answer within 2 s" in new.logs("wait-gcs-ready"),
+        30,
+        lambda: f"the new worker trying the lost head: {new.logs('wait-gcs-ready')}",
+    )
+    assert cluster.service_endpoints("ray-test", "ray-head") == [lost.ip]
+    cluster.node = node  # room for the new head
+    head = wait_for(lambda: [p for p in deployment.pods("ray-head-") if p.ready], 120, "a new head")[0]
+    assert sorted(cluster.service_endpoints("ray-test", "ray-head")) == sorted([lost.ip, head.ip])
+    assert head.ready_since is not None
+    started = new.statuses["ray-worker"].starts
+    wait_for(lambda: started, 30, lambda: f"the new worker's wait: {new.logs('wait-gcs-ready')}")
+    waited = started[0] - head.ready_since
+    wait_for(deployment.joined, 120, "every worker in the new head's cluster")
+    joined = time.monotonic() - head.ready_since
+    print(f"a new worker's wait ended {waited:.1f} s after the new head was ready; all joined in {joined:.1f} s")
+    assert waited < 30, new.logs("wait-gcs-ready")  # each try to the lost address costs 2 s, not 2 minutes
+    cluster.delete_pod(lost.name, grace_seconds=0)  # the node object is gone: its pods are force-deleted
+    cluster.scale("ray-test", "ray-worker", len(workers))
+    wait_for(lambda: len(deployment.workers()) == len(workers) and deployment.joined(), 180, "back to 4 workers")
 
 
 def test_a_head_only_change_runs_the_smoke_test_again_once_the_head_is_back(deployment: Deployment) -> None:
