@@ -971,6 +971,8 @@ def test_a_claim_outlives_its_pods_and_is_deleted_once_no_pod_uses_it(cluster: C
     web = deployment("web", 1, with_claim(writer))
     cluster.apply(web)
     [first] = running(cluster, web, 1)
+    # Ready once started (no probe): its first words may come a moment later.
+    wait_for(lambda: "999:" in first.logs("main"), 10, lambda: f"the writer's output: {first.logs('main')}", 0.1)
     assert "999:2775" in first.logs("main")  # fsGroup ownership: the group's, group-writable, setgid
     volume = cluster.claims[(NAMESPACE, "data")].volume
     assert volume is not None and (volume / "written").exists()
