@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import pods
+from components.manifests import pods
 from tests.program import render
 from tests.rehearsal.cluster import Cluster, wait_for
 

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import pods
+from components.manifests import pods
 from tests.program import render
 from tests.rehearsal.cluster import Cluster, wait_for
 from tests.rehearsal.kubelet import Pod

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import pods
+from components.manifests import pods
 from tests.program import render
 from tests.rehearsal.cluster import Cluster
 from tests.rehearsal.kubelet import IMAGE_ROOT, Pod
@@ -111,7 +111,7 @@ class MemorySampler:
 
 # The kinds of process a Ray cluster runs, by a word of what they run (see `process_kind`; first match wins).
 PROCESS_KINDS = (
-    # A worker's `ray start --block` runs as `python -c <components/worker_start.py> start ...`: first, as the
+    # A worker's `ray start --block` runs as `python -c <components/in_pod/worker_start.py> start ...`: first, as the
     # code names other kinds' words (`raylet`, `health-check`).
     (pods.WORKER_START_SOURCE.splitlines()[0], "ray start --block"),
     ("gcs_server", "gcs_server"),

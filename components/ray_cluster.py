@@ -14,7 +14,6 @@ import inspect
 import json
 import typing
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pulumi
@@ -22,9 +21,10 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 from pulumi.provider.experimental.util import camel_case
 
-from . import autoscaling, network, pods, redis
-from .inputs import RayClusterArgs
-from .settings import GcsFaultTolerance, config_error, load_settings
+from . import in_pod
+from .config.inputs import RayClusterArgs
+from .config.settings import GcsFaultTolerance, config_error, load_settings
+from .manifests import autoscaling, network, pods, redis
 
 # pulumi-kubernetes waits this long for any object to be ready or gone, unless told otherwise.
 _PROVIDER_WAIT_SECONDS = 10 * 60
@@ -38,7 +38,7 @@ _DELETE_MARGIN_SECONDS = 120
 _POD_DEFAULT_GRACE_SECONDS = 30
 # The smoke test's own wait for the nodes, then up to 30 rounds of 200 calls (seconds each on a loaded cluster).
 _SMOKE_TEST_DEADLINE_SECONDS = pods.SMOKE_NODE_WAIT_SECONDS + 300
-SMOKE_TEST_SCRIPT = (Path(__file__).parent / pods.SMOKE_TEST_FILE).read_text()
+SMOKE_TEST_SCRIPT = in_pod.source(pods.SMOKE_TEST_FILE)
 # Every field Pulumi sets is Pulumi's: a `kubectl scale` (which owns spec.replicas through the scale subresource)
 # would otherwise make the next apply fail with a field-manager conflict. Fields Pulumi does not set stay with
 # whoever set them.
@@ -278,7 +278,7 @@ class RayCluster(pulumi.ComponentResource):
         to a Role that lets it scale the autoscaled worker Deployments and remove their idle pods."""
         settings = self._settings
         name = autoscaling.name(settings)
-        provider_source = (Path(__file__).parent / autoscaling.PROVIDER_SOURCE).read_text()
+        provider_source = in_pod.source(autoscaling.PROVIDER_SOURCE)
         files = self._child(
             k8s.core.v1.ConfigMap,
             "autoscaler-config",

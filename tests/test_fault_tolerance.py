@@ -11,8 +11,8 @@ from typing import Any
 import pulumi
 import pytest
 
-from components import redis
-from components.settings import GcsFaultTolerance
+from components.config.settings import GcsFaultTolerance
+from components.manifests import redis
 from tests.lifecycle import plan
 from tests.program import Rendered, render
 from tests.rehearsal.image import REDIS_SERVER

@@ -1,5 +1,5 @@
-"""The in-pod node provider (components/node_provider.py), fast: its decisions against an in-memory Kubernetes API
-that behaves like the real one (a ReplicaSet that removes pods in Kubernetes' order and creates them on a higher
+"""The in-pod node provider (components/in_pod/node_provider.py), fast: its decisions against an in-memory Kubernetes
+API that behaves like the real one (a ReplicaSet that removes pods in Kubernetes' order and creates them on a higher
 count, terminating pods that linger until a later tick, a refusal as RBAC words it), driven by Ray's own
 StandardAutoscaler where it can be; its HTTP client against a local HTTPS server; its restart on a new version in
 a process of its own; and Ray's own loading and validation of the config it is given.
@@ -35,8 +35,8 @@ from ray.autoscaler._private.util import validate_config
 from ray.autoscaler.batching_node_provider import BatchingNodeProvider, NodeData
 from ray.autoscaler.tags import TAG_RAY_USER_NODE_TYPE
 
-from components import autoscaling, node_provider
-from components.node_provider import (
+from components.in_pod import node_provider
+from components.in_pod.node_provider import (
     DeploymentNodeProvider,
     InClusterApi,
     KubernetesApiError,
@@ -44,6 +44,7 @@ from components.node_provider import (
     Pod,
     node_status,
 )
+from components.manifests import autoscaling
 from tests.program import render
 
 # Ray's autoscaler internals without type hints, called through Any.
@@ -333,7 +334,7 @@ def pod_path(name: str) -> str:
 
 PROVIDER_CONFIG: Manifest = {
     "type": "external",
-    "module": "components.node_provider.DeploymentNodeProvider",
+    "module": "components.in_pod.node_provider.DeploymentNodeProvider",
     "namespace": NAMESPACE,
     "cluster": CLUSTER,
     "deployments": {"worker": "ray-worker", "gpu": "ray-gpu", "fixed": "ray-fixed"},
@@ -908,7 +909,8 @@ def test_the_cluster_label_defaults_to_rays_cluster_name() -> None:
 def test_the_heartbeat_is_touched_after_each_read_of_the_cluster_and_not_when_it_fails(
     kube: FakeKubernetes, tmp_path: Path
 ) -> None:
-    """The autoscaler container's probes read its age (components/autoscaling.py): fresh only while reads work."""
+    """The autoscaler container's probes read its age (components/manifests/autoscaling.py): fresh only while reads
+    work."""
     standard_cluster(kube)
     heartbeat = tmp_path / "autoscaler" / "heartbeat"
     watched = DeploymentNodeProvider(
@@ -1119,7 +1121,8 @@ def test_ray_loads_the_provider_from_the_configmaps_module_on_pythonpath(
 
 
 def test_the_shared_names_match_the_components() -> None:
-    from components import autoscaling, ray_cluster
+    from components import ray_cluster
+    from components.manifests import autoscaling
 
     assert node_provider.CONFIG_FILE == autoscaling.CONFIG_FILE
     assert f"{autoscaling.PROVIDER_MODULE}.{autoscaling.PROVIDER_CLASS}" == (

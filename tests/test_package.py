@@ -32,7 +32,7 @@ from pulumi.runtime.proto import engine_pb2_grpc, provider_pb2, provider_pb2_grp
 from pulumi.runtime.sync_await import _sync_await
 
 from components import RayCluster, load_settings
-from components.inputs import GROUP_KEYS, TOLERATION_KEYS
+from components.config.inputs import GROUP_KEYS, TOLERATION_KEYS
 from tests.program import (
     ROOT,
     Registration,

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from components import pods
-from components.settings import ClusterSettings, PodResources, WorkerGroup
+from components.config.settings import ClusterSettings, PodResources, WorkerGroup
+from components.manifests import pods
 from tests.test_pods import BASE_ENV, TOKEN_ENV
 from tests.test_pods import RESTRICTED_CONTAINER as CONTAINER_SECURITY
 from tests.test_pods import SETTINGS as BASE_SETTINGS

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from components import pods, security
-from components.settings import DEFAULT_GROUP, ClusterSettings, PodResources, WorkerGroup
+from components.config.settings import DEFAULT_GROUP, ClusterSettings, PodResources, WorkerGroup
+from components.manifests import pods, security
 
 SETTINGS = ClusterSettings(
     cluster_name="demo",
@@ -52,7 +52,7 @@ def test_sizing_rounds_cpus_up_and_keeps_the_object_store_inside_shm() -> None:
 
 
 def test_worker_command_survives_the_shell() -> None:
-    """The worker runs components/worker_start.py's text, whole, with `ray start`'s arguments: nothing in it is
+    """The worker runs components/in_pod/worker_start.py's text, whole, with `ray start`'s arguments: nothing in it is
     changed by bash's quoting or by Kubernetes, which expands `$(NAME)` and `$$` in a command."""
     args = pods.node_command(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
     command = pods.shell("exec " + shlex.join(args))
@@ -286,8 +286,8 @@ WORKER_START_ARGS = (
     " --object-store-memory=966367641 --dashboard-agent-listen-port=52365"
     " --metrics-export-port=8080 --disable-usage-stats --block"
 )
-# A worker runs `ray start`'s arguments through components/worker_start.py, whose text the command carries.
-WORKER_START_SOURCE = (Path(__file__).parents[1] / "components" / "worker_start.py").read_text()
+# A worker runs `ray start`'s arguments through components/in_pod/worker_start.py, whose text the command carries.
+WORKER_START_SOURCE = (Path(__file__).parents[1] / "components" / "in_pod" / "worker_start.py").read_text()
 WORKER_RAY_START = f"exec python -c {shlex.quote(WORKER_START_SOURCE)} {WORKER_START_ARGS}"
 TOKEN_ENV = [
     {"name": "RAY_AUTH_MODE", "value": "token"},

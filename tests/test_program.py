@@ -12,9 +12,9 @@ from google.protobuf import json_format
 from pulumi.runtime import mocks
 
 from components import RayCluster
-from components.pods import AUTH_TOKEN_KEY
-from components.pods import TOKEN_VERSION_LABEL as TOKEN_VERSION
-from components.settings import parse_quantity
+from components.config.settings import parse_quantity
+from components.manifests.pods import AUTH_TOKEN_KEY
+from components.manifests.pods import TOKEN_VERSION_LABEL as TOKEN_VERSION
 from tests.lifecycle import plan
 from tests.program import Manifest, Rendered, render
 from tests.pulumi_cli import StackConfig
@@ -57,8 +57,8 @@ def ray_container(workload: Manifest) -> Manifest:
     return found[0]
 
 
-# A worker's Ray container runs `ray start`'s arguments through components/worker_start.py, shipped as its text.
-WORKER_START = ["python", "-c", (Path(__file__).parents[1] / "components" / "worker_start.py").read_text()]
+# A worker's Ray container runs `ray start`'s arguments through components/in_pod/worker_start.py, shipped as its text.
+WORKER_START = ["python", "-c", (Path(__file__).parents[1] / "components" / "in_pod" / "worker_start.py").read_text()]
 
 
 def ray_argv(workload: Manifest) -> list[str]:
@@ -173,7 +173,7 @@ def test_workers_join_the_head_by_its_service_name(default: Rendered) -> None:
     argv = ray_argv(worker)
     assert "--head" not in argv
     assert flag(argv, "--address") == f"{HEAD_HOST}:6379"
-    # The head's health check runs in the Ray container (components/worker_start.py); the init container waits,
+    # The head's health check runs in the Ray container (components/in_pod/worker_start.py); the init container waits,
     # without Python, for the GCS port.
     assert shlex.split(container(worker)["command"][2].split("; exec ", 1)[1])[:3] == WORKER_START
     [init] = pod_spec(worker)["initContainers"]
@@ -419,7 +419,7 @@ PATCH_FORCE = {"pulumi.com/patchForce": "true"}
 
 
 def object_labels(component: str, group: str | None = None) -> dict[str, str]:
-    """The labels every object of the cluster carries, written out here (not taken from components.pods)."""
+    """The labels every object of the cluster carries, written out here (not taken from components.manifests.pods)."""
     return {
         "app.kubernetes.io/name": "ray",
         "app.kubernetes.io/instance": "ray",

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from components import pods
-from components.settings import parse_quantity
+from components.config.settings import parse_quantity
+from components.manifests import pods
 from tests.program import Rendered, render
 from tests.rehearsal.cluster import Cluster, JobFailedError, wait_for
 from tests.rehearsal.kubelet import IMAGE_ROOT, Pod
@@ -187,7 +187,8 @@ def test_the_default_cluster_forms_and_the_smoke_test_passes(deployment: Deploym
 
 
 # Each connection starts its own client server on the head (~2 s here); one that hits Ray Client's fork stall
-# (components/pods.py, GRPC_FORK_SUPPORT_ENV) waits out the proxier's 30 s channel timeout, then retries or fails.
+# (components/manifests/pods.py, GRPC_FORK_SUPPORT_ENV) waits out the proxier's 30 s channel timeout, then retries or
+# fails.
 # The bound lies below that and above one retry of the client's own connect loop (5 s, then 10 s: Ray's
 # INITIAL_TIMEOUT_SEC and backoff), which a busy 2-core machine sometimes costs: CI once saw a first connection
 # take 11.6 s and the other 19 take 1.6-1.8 s.
@@ -258,7 +259,7 @@ def test_ray_refuses_clients_without_the_token(deployment: Deployment, tmp_path:
 
 
 def test_a_worker_whose_token_the_head_refuses_waits_and_says_why(deployment: Deployment, tmp_path: Path) -> None:
-    """A worker's Ray container command as rendered (components/worker_start.py, the real Ray, the real head),
+    """A worker's Ray container command as rendered (components/in_pod/worker_start.py, the real Ray, the real head),
     with a token that is not the cluster's, as a worker meets a head during a token rotation: it keeps waiting and
     says why, without `ray start` and without an exit (which would be a restart)."""
     [container] = deployment.workers()[0].spec["containers"]

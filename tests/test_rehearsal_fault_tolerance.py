@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from components import security
+from components.manifests import security
 from tests.program import ROOT, Rendered, render
 from tests.rehearsal.cluster import Cluster, wait_for
 from tests.rehearsal.kubelet import IMAGE_ROOT, Manifest, Pod

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import pods
+from components.manifests import pods
 from tests.program import ROOT, Manifest, Rendered, render
 from tests.variants import VARIANTS, rendered
 

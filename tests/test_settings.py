@@ -8,8 +8,8 @@ import pulumi
 import pytest
 from ray._private import ray_constants
 
-from components import sizing
-from components.settings import PodResources, cli_text, default_namespace, gpu_image, parse_quantity
+from components.config.settings import PodResources, cli_text, default_namespace, gpu_image, parse_quantity
+from components.manifests import sizing
 from tests.test_pods import SETTINGS
 
 

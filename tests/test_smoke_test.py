@@ -1,4 +1,4 @@
-"""The smoke-test driver's logic (components/smoke_test.py) against a fake `ray` and a fake clock.
+"""The smoke-test driver's logic (components/in_pod/smoke_test.py) against a fake `ray` and a fake clock.
 
 The script decides whether `pulumi up` succeeds, so every way it can fail must end in exit code 1 with a message
 that says what failed and without `Success!`, and only a cluster that worked may end in `Success!` and exit 0.
@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "components" / "smoke_test.py"
+SCRIPT = Path(__file__).resolve().parent.parent / "components" / "in_pod" / "smoke_test.py"
 # Each test runs a fresh copy of the script under its own module name (which mutation testing keys mutants by).
-MODULE = "components.smoke_test"
+MODULE = "components.in_pod.smoke_test"
 HEAD_RESOURCE = "node:__internal_head__"
 WAIT_SECONDS = 120.0
 START = 1000.0  # an arbitrary origin, as monotonic time's is
@@ -659,7 +659,7 @@ def test_a_missing_expected_worker_count_fails_loudly(
 
 
 def test_without_a_node_wait_the_script_does_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Job sets the wait (one number, in components/pods.py); the script has no default of its own."""
+    """The Job sets the wait (one number, in components/manifests/pods.py); the script has no default of its own."""
     monkeypatch.setitem(sys.modules, "ray", FakeRay(Cluster()))
     monkeypatch.delenv("SMOKE_NODE_WAIT_SECONDS", raising=False)
     spec = importlib.util.spec_from_file_location(MODULE, SCRIPT)

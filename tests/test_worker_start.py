@@ -1,4 +1,4 @@
-"""components/worker_start.py as a worker's Ray container runs it (`python -c <its text> start ...`), against a
+"""components/in_pod/worker_start.py as a worker's Ray container runs it (`python -c <its text> start ...`), against a
 stand-in for Ray whose head refuses, then accepts, then has no node of its own yet: the worker waits without exiting,
 says why, checks in a child process, and then runs `ray start` with its arguments untouched in its own process.
 
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from components import pods
+from components.manifests import pods
 from tests.test_pods import SETTINGS
 
 RESOURCES = SETTINGS.worker_groups[0].resources

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pulumi
 
-from . import sizing
+from ..manifests import sizing
 from .inputs import (
     GROUP_DEFAULTS,
     GROUP_KEYS,

@@ -11,12 +11,12 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING
-from pathlib import Path
 from typing import Any
 
+from .. import in_pod
+from ..config.settings import ARCHITECTURE_LABEL, ClusterSettings, PodResources, WorkerGroup, image_architecture
 from . import redis, sizing
 from .security import container_security, pod_security
-from .settings import ARCHITECTURE_LABEL, ClusterSettings, PodResources, WorkerGroup, image_architecture
 
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
@@ -67,10 +67,10 @@ GRPC_FORK_SUPPORT_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 # at its next self-check, every 60 s by Ray's default. A cheap RPC every few seconds makes that a few seconds.
 LIVENESS_SELF_CHECK_ENV = "RAY_raylet_liveness_self_check_interval_ms"
 LIVENESS_SELF_CHECK_SECONDS = 5
-# What a worker's Ray container runs instead of `ray start`, with the same arguments: components/worker_start.py,
+# What a worker's Ray container runs instead of `ray start`, with the same arguments: components/in_pod/worker_start.py,
 # shipped as its text in the container's command (so a change to it rolls the workers, as any change of the pod
 # template does).
-WORKER_START_SOURCE = Path(__file__).with_name("worker_start.py").read_text()
+WORKER_START_SOURCE = in_pod.source("worker_start.py")
 
 Manifest = dict[str, Any]
 
@@ -135,7 +135,7 @@ def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: 
             "--dashboard-host=0.0.0.0",
             f"--dashboard-port={DASHBOARD_PORT}",
             f"--ray-client-server-port={CLIENT_PORT}",
-            # With autoscaling, Ray's monitor runs in a container of its own (components/autoscaling.py).
+            # With autoscaling, Ray's monitor runs in a container of its own (manifests/autoscaling.py).
             *(["--no-monitor"] if settings.autoscaling else []),
         ]
         if head
@@ -158,7 +158,7 @@ def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: 
 
 def node_command(settings: ClusterSettings, resources: PodResources, *, head: bool) -> list[str]:
     """What a Ray container runs: `ray start` on the head; on a worker the same arguments to
-    components/worker_start.py, which first waits, in the same Python process, for a head that accepts it."""
+    components/in_pod/worker_start.py, which first waits, in the same Python process, for a head that accepts it."""
     start = ray_start_args(settings, resources, head=head)
     return ["ray", *start] if head else ["python", "-c", WORKER_START_SOURCE, *start]
 
@@ -189,7 +189,7 @@ def wait_for_gcs_script(settings: ClusterSettings, host: str | None = None, *, h
     second, so a waiting container learns of the open port within a fifth of a second without spending the CPU the
     starting head needs on a Python start. With
     `health_check`, `ray health-check` must then pass too, a second apart; a worker's init container goes without:
-    its Ray container runs that check itself (components/worker_start.py). Only the first line of bash's own
+    its Ray container runs that check itself (components/in_pod/worker_start.py). Only the first line of bash's own
     message is kept, without its `bash: line 1: ` prefix. `host` is the head Service's name unless given (a
     container of the head pod itself waits on its own pod's address).
     """

@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..config.settings import ClusterSettings, PodResources
 from . import pods
 from .security import container_security
-from .settings import ClusterSettings, PodResources
 
 CONTAINER_NAME = "autoscaler"
 CONFIG_DIR = "/etc/ray/autoscaler"

@@ -6,9 +6,9 @@ own pods may; clients are let in by namespace or CIDR, and only on the ports cli
 
 from __future__ import annotations
 
+from ..config.settings import ClusterSettings
 from . import pods, redis
 from .pods import Manifest
-from .settings import ClusterSettings
 
 CLIENT_PORTS = (("dashboard", pods.DASHBOARD_PORT), ("client", pods.CLIENT_PORT), ("metrics", pods.METRICS_PORT))
 

@@ -23,7 +23,7 @@ from typing import Any, Required, TypedDict, cast
 import pulumi
 from pulumi.runtime import config as runtime_config
 
-PROJECT_FILE = Path(__file__).resolve().parents[1] / "Pulumi.yaml"
+PROJECT_FILE = Path(__file__).resolve().parents[2] / "Pulumi.yaml"
 WORKER_GROUPS = "workerGroups"
 # Inputs that reach the component as secrets (a package consumer's `pulumi.secret(...)` arrives as a secret Output;
 # a stack's config value is read with `get_secret`) and stay secret in every resource made from them.

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..config.settings import ClusterSettings, GcsFaultTolerance
 from .security import container_security, pod_security
-from .settings import ClusterSettings, GcsFaultTolerance
 
 REDIS_PORT = 6379
 # The official redis image's user `redis` (docker-library/redis: `groupadd -r -g 999 redis && useradd -r -u 999`).
