@@ -22,8 +22,10 @@ import pulumi_random as random
 from pulumi.provider.experimental.util import camel_case
 
 from . import in_pod
+from .config.fault_tolerance import GcsFaultTolerance
 from .config.inputs import RayClusterArgs
-from .config.settings import GcsFaultTolerance, config_error, load_settings
+from .config.settings import load_settings
+from .config.values import config_error
 from .manifests import autoscaling, network, pods, redis
 
 # pulumi-kubernetes waits this long for any object to be ready or gone, unless told otherwise.

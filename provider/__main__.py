@@ -34,7 +34,7 @@ def main() -> None:
     from pulumi.provider.experimental import component_provider_host
 
     from components import RayCluster
-    from components.config.settings import PROJECT
+    from components.config.values import PROJECT
 
     component_provider_host(components=[RayCluster], name=PROJECT, namespace=NAMESPACE, version=VERSION)
 

@@ -11,7 +11,7 @@ from typing import Any
 import pulumi
 import pytest
 
-from components.config.settings import GcsFaultTolerance
+from components.config.fault_tolerance import GcsFaultTolerance
 from components.manifests import redis
 from tests.lifecycle import plan
 from tests.program import Rendered, render

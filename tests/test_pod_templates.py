@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from components.config.settings import ClusterSettings, PodResources, WorkerGroup
+from components.config.groups import WorkerGroup
+from components.config.resources import PodResources
+from components.config.settings import ClusterSettings
 from components.manifests import pods
 from tests.test_pods import BASE_ENV, TOKEN_ENV
 from tests.test_pods import RESTRICTED_CONTAINER as CONTAINER_SECURITY

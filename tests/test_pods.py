@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from components.config.settings import DEFAULT_GROUP, ClusterSettings, PodResources, WorkerGroup
+from components.config.groups import DEFAULT_GROUP, WorkerGroup
+from components.config.resources import PodResources
+from components.config.settings import ClusterSettings
 from components.manifests import pods, security
 
 SETTINGS = ClusterSettings(

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from pulumi.runtime import mocks
 
 from components import RayCluster
-from components.config.settings import parse_quantity
+from components.config.resources import parse_quantity
 from components.manifests.pods import AUTH_TOKEN_KEY
 from components.manifests.pods import TOKEN_VERSION_LABEL as TOKEN_VERSION
 from tests.lifecycle import plan

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from components.config.settings import parse_quantity
+from components.config.resources import parse_quantity
 from components.manifests import pods
 from tests.program import Rendered, render
 from tests.rehearsal.cluster import Cluster, JobFailedError, wait_for

@@ -8,7 +8,10 @@ import pulumi
 import pytest
 from ray._private import ray_constants
 
-from components.config.settings import PodResources, cli_text, default_namespace, gpu_image, parse_quantity
+from components.config.images import gpu_image
+from components.config.resources import PodResources, parse_quantity
+from components.config.settings import default_namespace
+from components.config.values import cli_text
 from components.manifests import sizing
 from tests.test_pods import SETTINGS
 

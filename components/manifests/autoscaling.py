@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..config.settings import ClusterSettings, PodResources
+from ..config.resources import PodResources
+from ..config.settings import ClusterSettings
 from . import pods
 from .security import container_security
 

@@ -14,7 +14,10 @@ from decimal import ROUND_CEILING
 from typing import Any
 
 from .. import in_pod
-from ..config.settings import ARCHITECTURE_LABEL, ClusterSettings, PodResources, WorkerGroup, image_architecture
+from ..config.groups import WorkerGroup
+from ..config.images import ARCHITECTURE_LABEL, image_architecture
+from ..config.resources import PodResources
+from ..config.settings import ClusterSettings
 from . import redis, sizing
 from .security import container_security, pod_security
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..config.settings import ClusterSettings, GcsFaultTolerance
+from ..config.fault_tolerance import GcsFaultTolerance
+from ..config.settings import ClusterSettings
 from .security import container_security, pod_security
 
 REDIS_PORT = 6379
