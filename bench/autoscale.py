@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.manifests import pods
+from components.manifests import ray_node
 from tests.program import render
 from tests.rehearsal.cluster import Cluster, wait_for
 
@@ -88,7 +88,7 @@ def scale_up(autoscaler: bool) -> Run:
             config |= {"maxWorkers": "2", "idleTimeoutSeconds": str(IDLE_SECONDS)}
         rendered = render(config)
         cluster.up(rendered, timeout=TIMEOUT)
-        token = str(rendered.one("Secret", "ray-auth-token")["stringData"][pods.AUTH_TOKEN_KEY])
+        token = str(rendered.one("Secret", "ray-auth-token")["stringData"][ray_node.AUTH_TOKEN_KEY])
         [head], [first] = active(cluster, "ray-head-"), active(cluster, "ray-worker-")
         dashboard = Dashboard(head, token)
         submission = dashboard.submit(DEMAND, 0)

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.manifests import pods
+from components.manifests import ray_node
 from tests.program import render
 from tests.rehearsal.cluster import Cluster, wait_for
 from tests.rehearsal.kubelet import Pod
@@ -73,7 +73,7 @@ class Dashboard:
     """The new head's Jobs API, as `ray job submit` uses it, with the cluster's token."""
 
     def __init__(self, head: Pod, token: str) -> None:
-        self.base, self.token = f"http://{head.ip}:{pods.DASHBOARD_PORT}", token
+        self.base, self.token = f"http://{head.ip}:{ray_node.DASHBOARD_PORT}", token
 
     def call(self, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -98,7 +98,7 @@ def lose_the_head(fault_tolerant: bool, workers: int) -> Run:
     try:
         rendered = render({"workers": str(workers), "gcsFaultTolerance": str(fault_tolerant).lower()})
         cluster.up(rendered, timeout=TIMEOUT)
-        token = str(rendered.one("Secret", "ray-auth-token")["stringData"][pods.AUTH_TOKEN_KEY])
+        token = str(rendered.one("Secret", "ray-auth-token")["stringData"][ray_node.AUTH_TOKEN_KEY])
         [old_head], worker_pods = active(cluster, "ray-head-"), active(cluster, "ray-worker-")
         restarts_before = sum(pod.restarts() for pod in worker_pods)
         deleted = time.monotonic()

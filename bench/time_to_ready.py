@@ -32,13 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.manifests import pods
+from components.manifests import pods, ray_node
 from tests.program import render
 from tests.rehearsal.cluster import Cluster
 from tests.rehearsal.kubelet import IMAGE_ROOT, Pod
 from tests.rehearsal.network import PodNetwork
 
-SMOKE_TEST = Path(pods.__file__).with_name(pods.SMOKE_TEST_FILE)
+SMOKE_TEST = Path(pods.__file__).with_name(ray_node.SMOKE_TEST_FILE)
 TIMEOUT = 600
 
 
@@ -113,7 +113,7 @@ class MemorySampler:
 PROCESS_KINDS = (
     # A worker's `ray start --block` runs as `python -c <components/in_pod/worker_start.py> start ...`: first, as the
     # code names other kinds' words (`raylet`, `health-check`).
-    (pods.WORKER_START_SOURCE.splitlines()[0], "ray start --block"),
+    (ray_node.WORKER_START_SOURCE.splitlines()[0], "ray start --block"),
     ("gcs_server", "gcs_server"),
     ("raylet", "raylet"),
     ("ray-dashboard-", "dashboard modules (a process each)"),
@@ -224,7 +224,7 @@ def floor_smoke_env(workers: int, head_ip: str) -> dict[str, str]:
     floor's head as its Ray Client address."""
     [driver] = render({"workers": workers}).one("Job")["spec"]["template"]["spec"]["containers"]
     smoke = {variable["name"]: variable["value"] for variable in driver["env"] if variable["name"].startswith("SMOKE_")}
-    return {**smoke, "RAY_ADDRESS": f"ray://{head_ip}:{pods.CLIENT_PORT}"}
+    return {**smoke, "RAY_ADDRESS": f"ray://{head_ip}:{ray_node.CLIENT_PORT}"}
 
 
 def floor(workers: int) -> Run:
@@ -243,7 +243,7 @@ def floor(workers: int) -> Run:
 
         started, started_wall = time.monotonic(), time.time()
         # The floor gets the Ray Client fork workaround too: a known bug's workaround is part of Ray done by hand.
-        head_env = {**image, pods.GRPC_FORK_SUPPORT_ENV: "0"}
+        head_env = {**image, ray_node.GRPC_FORK_SUPPORT_ENV: "0"}
         head_ip, head = node(
             "head", "--head", "--port=6379", "--dashboard-host=0.0.0.0", "--disable-usage-stats", env=head_env
         )

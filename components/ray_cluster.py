@@ -26,7 +26,7 @@ from .config.fault_tolerance import GcsFaultTolerance
 from .config.inputs import RayClusterArgs
 from .config.settings import load_settings
 from .config.values import config_error
-from .manifests import autoscaling, network, pods, redis
+from .manifests import autoscaling, network, pods, ray_node, redis
 
 # pulumi-kubernetes waits this long for any object to be ready or gone, unless told otherwise.
 _PROVIDER_WAIT_SECONDS = 10 * 60
@@ -39,8 +39,8 @@ _PULL_SECONDS = 20 * 60
 _DELETE_MARGIN_SECONDS = 120
 _POD_DEFAULT_GRACE_SECONDS = 30
 # The smoke test's own wait for the nodes, then up to 30 rounds of 200 calls (seconds each on a loaded cluster).
-_SMOKE_TEST_DEADLINE_SECONDS = pods.SMOKE_NODE_WAIT_SECONDS + 300
-SMOKE_TEST_SCRIPT = in_pod.source(pods.SMOKE_TEST_FILE)
+_SMOKE_TEST_DEADLINE_SECONDS = ray_node.SMOKE_NODE_WAIT_SECONDS + 300
+SMOKE_TEST_SCRIPT = in_pod.source(ray_node.SMOKE_TEST_FILE)
 # Every field Pulumi sets is Pulumi's: a `kubectl scale` (which owns spec.replicas through the scale subresource)
 # would otherwise make the next apply fail with a field-manager conflict. Fields Pulumi does not set stay with
 # whoever set them.
@@ -127,11 +127,11 @@ class RayCluster(pulumi.ComponentResource):
         if settings.token_auth:
             secret, token_version = self._auth_secret(args.get("authToken"))
             access.append(secret)
-            version_labels[pods.TOKEN_VERSION_LABEL] = token_version
+            version_labels[ray_node.TOKEN_VERSION_LABEL] = token_version
         self._access = access
         storage_namespace: pulumi.Output[str] | None = None
         gcs_storage: list[pulumi.CustomResource] = []
-        redis_spec: pods.Manifest | None = None
+        redis_spec: ray_node.Manifest | None = None
         # Only the head reads the Redis password.
         head_version_labels = dict(version_labels)
         if settings.fault_tolerance:
@@ -192,12 +192,12 @@ class RayCluster(pulumi.ComponentResource):
         host = settings.head_host
         self.namespace = self._namespace
         self.head_service_dns = pulumi.Output.from_input(host)
-        self.gcs_address = pulumi.Output.from_input(f"{host}:{pods.GCS_PORT}")
-        self.ray_client_address = pulumi.Output.from_input(f"ray://{host}:{pods.CLIENT_PORT}")
-        self.dashboard_url = pulumi.Output.from_input(f"http://{host}:{pods.DASHBOARD_PORT}")
+        self.gcs_address = pulumi.Output.from_input(f"{host}:{ray_node.GCS_PORT}")
+        self.ray_client_address = pulumi.Output.from_input(f"ray://{host}:{ray_node.CLIENT_PORT}")
+        self.dashboard_url = pulumi.Output.from_input(f"http://{host}:{ray_node.DASHBOARD_PORT}")
         self.port_forward_command = pulumi.Output.from_input(
             f"kubectl -n {settings.namespace} port-forward service/{settings.head_service_name} "
-            f"{pods.DASHBOARD_PORT}:{pods.DASHBOARD_PORT} {pods.CLIENT_PORT}:{pods.CLIENT_PORT}"
+            f"{ray_node.DASHBOARD_PORT}:{ray_node.DASHBOARD_PORT} {ray_node.CLIENT_PORT}:{ray_node.CLIENT_PORT}"
         )
         self.image = pulumi.Output.from_input(settings.image)
         self.worker_replicas = pulumi.Output.from_input({g.name: g.replicas for g in settings.worker_groups})
@@ -234,7 +234,7 @@ class RayCluster(pulumi.ComponentResource):
         options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
         return kind(f"{self._name}-{suffix}", metadata=metadata, opts=options, **fields)
 
-    def _deployment_spec(self, group: str, replicas: int, template: pods.Manifest) -> pods.Manifest:
+    def _deployment_spec(self, group: str, replicas: int, template: ray_node.Manifest) -> ray_node.Manifest:
         return {
             "replicas": replicas,
             "selector": {"matchLabels": pods.selector_labels(self._settings, group)},
@@ -245,7 +245,7 @@ class RayCluster(pulumi.ComponentResource):
         self,
         group: str,
         component: str,
-        spec: pods.Manifest,
+        spec: ray_node.Manifest,
         timeout_seconds: int,
         after: list[pulumi.CustomResource] | None = None,
         labels: Mapping[str, str] | None = None,
@@ -384,7 +384,7 @@ class RayCluster(pulumi.ComponentResource):
             self._settings.auth_secret_name,
             "cluster",
             type="Opaque",
-            string_data={pods.AUTH_TOKEN_KEY: token},
+            string_data={ray_node.AUTH_TOKEN_KEY: token},
         )
         return secret, self._secret_version("auth-token", token=token)
 
@@ -404,7 +404,7 @@ class RayCluster(pulumi.ComponentResource):
 
     def _gcs_storage(
         self, fault_tolerance: GcsFaultTolerance, given_password: pulumi.Input[str] | None
-    ) -> tuple[list[pulumi.CustomResource], dict[str, Any], pods.Manifest | None]:
+    ) -> tuple[list[pulumi.CustomResource], dict[str, Any], ray_node.Manifest | None]:
         """What the head reads to reach its Redis: the password's Secret (if Ray is given one) and a TLS Redis's
         CA; and, without an existing Redis, the stack's own: its claim, Deployment, Service and NetworkPolicy.
         Returns what the head must wait for, the head's version labels (the password's), and the Redis
@@ -470,7 +470,7 @@ class RayCluster(pulumi.ComponentResource):
             "smoke-test-script",
             script_name,
             "smoke-test",
-            data={pods.SMOKE_TEST_FILE: SMOKE_TEST_SCRIPT},
+            data={ray_node.SMOKE_TEST_FILE: SMOKE_TEST_SCRIPT},
         )
         self._child(
             k8s.batch.v1.Job,

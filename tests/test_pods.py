@@ -13,7 +13,7 @@ import pytest
 from components.config.groups import DEFAULT_GROUP, WorkerGroup
 from components.config.resources import PodResources
 from components.config.settings import ClusterSettings
-from components.manifests import pods, security
+from components.manifests import pods, ray_node, security
 
 SETTINGS = ClusterSettings(
     cluster_name="demo",
@@ -42,27 +42,27 @@ SETTINGS = ClusterSettings(
 @pytest.mark.parametrize(("cpu", "cpus"), [("100m", 1), ("1", 1), ("1200m", 2), ("1500m", 2), ("2.1", 3), ("2001m", 3)])
 def test_fractional_cpus_are_rounded_up_not_to_the_nearest(cpu: str, cpus: int) -> None:
     """Ray would otherwise schedule more work than the pod's CPU limit allows (1200m is 2 CPUs, not 1)."""
-    assert pods.node_sizing(PodResources(cpu=cpu, memory="1Gi")).num_cpus == cpus
+    assert ray_node.node_sizing(PodResources(cpu=cpu, memory="1Gi")).num_cpus == cpus
 
 
 def test_sizing_rounds_cpus_up_and_keeps_the_object_store_inside_shm() -> None:
-    sizing = pods.node_sizing(PodResources(cpu="1500m", memory="3Gi", gpus=2))
+    sizing = ray_node.node_sizing(PodResources(cpu="1500m", memory="3Gi", gpus=2))
     assert (sizing.num_cpus, sizing.num_gpus) == (2, 2)
     assert sizing.memory_bytes + sizing.object_store_bytes == 3 * 2**30
     assert sizing.object_store_bytes < sizing.shm_bytes < 3 * 2**30
-    assert sizing.shm_bytes % pods.MIB == 0
+    assert sizing.shm_bytes % ray_node.MIB == 0
 
 
 def test_worker_command_survives_the_shell() -> None:
     """The worker runs components/in_pod/worker_start.py's text, whole, with `ray start`'s arguments: nothing in it is
     changed by bash's quoting or by Kubernetes, which expands `$(NAME)` and `$$` in a command."""
-    args = pods.node_command(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
-    command = pods.shell("exec " + shlex.join(args))
+    args = ray_node.node_command(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
+    command = ray_node.shell("exec " + shlex.join(args))
     assert command[:2] == ["/bin/bash", "-c"]
-    assert command[2].startswith(f"ulimit -n {pods.NOFILE_LIMIT} ")
+    assert command[2].startswith(f"ulimit -n {ray_node.NOFILE_LIMIT} ")
     assert shlex.split(command[2].split("; ", 1)[1]) == ["exec", *args]
     assert args[:3] == ["python", "-c", WORKER_START_SOURCE] and "$" not in WORKER_START_SOURCE
-    assert args[3:] == pods.ray_start_args(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
+    assert args[3:] == ray_node.ray_start_args(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
     assert "--address=demo-head.ml.svc:6379" in args
 
 
@@ -95,8 +95,8 @@ WAIT_FOR_GCS_PORT = (
 def test_wait_for_gcs_is_exactly_the_promised_script() -> None:
     """A TCP connect five times a second, then (for the autoscaler) `ray health-check` a second apart; an unchanged
     reason said every 5 s; bash's first line without its prefix, the health check's last line."""
-    assert pods.wait_for_gcs_script(SETTINGS, health_check=True) == WAIT_FOR_GCS
-    assert pods.wait_for_gcs_script(SETTINGS, health_check=False) == WAIT_FOR_GCS_PORT
+    assert ray_node.wait_for_gcs_script(SETTINGS, health_check=True) == WAIT_FOR_GCS
+    assert ray_node.wait_for_gcs_script(SETTINGS, health_check=False) == WAIT_FOR_GCS_PORT
 
 
 def test_wait_for_gcs_loops_until_health_check_passes_and_says_why_not(tmp_path: Path) -> None:
@@ -112,7 +112,7 @@ def test_wait_for_gcs_loops_until_health_check_passes_and_says_why_not(tmp_path:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        script = pods.wait_for_gcs_script(SETTINGS, health_check=True)
+        script = ray_node.wait_for_gcs_script(SETTINGS, health_check=True)
         assert script.count("demo-head.ml.svc") == 4 and script.count("6379") == 4
         port = str(listener.getsockname()[1])
         local = script.replace("demo-head.ml.svc", "127.0.0.1").replace("6379", port)
@@ -139,7 +139,7 @@ def test_wait_for_gcs_loops_until_health_check_passes_and_says_why_not(tmp_path:
             stdout=subprocess.PIPE,
             text=True,
         )
-        for wait in (script, pods.wait_for_gcs_script(SETTINGS, health_check=False))
+        for wait in (script, ray_node.wait_for_gcs_script(SETTINGS, health_check=False))
         for host, port, _ in unanswered
     ]
     outputs = [wait.communicate()[0] for wait in waits]
@@ -158,7 +158,7 @@ def test_a_try_whose_syn_goes_unanswered_ends_within_its_bound_and_the_next_one_
         listener.listen(0)
         port = listener.getsockname()[1]
         queued = socket.create_connection(("127.0.0.1", port), timeout=5)  # a backlog of 0 holds one: it is full
-        script = pods.wait_for_gcs_script(SETTINGS, health_check=False).replace("demo-head.ml.svc", "127.0.0.1")
+        script = ray_node.wait_for_gcs_script(SETTINGS, health_check=False).replace("demo-head.ml.svc", "127.0.0.1")
         wait = subprocess.Popen(
             ["/bin/bash", "-c", script.replace("6379", str(port))],
             env={"PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE, text=True,
@@ -168,7 +168,7 @@ def test_a_try_whose_syn_goes_unanswered_ends_within_its_bound_and_the_next_one_
         freed = time.monotonic()
         output = wait.communicate(timeout=10)[0]
         queued.close()
-    assert wait.returncode == 0 and time.monotonic() - freed < pods.CONNECT_TIMEOUT_SECONDS + 1
+    assert wait.returncode == 0 and time.monotonic() - freed < ray_node.CONNECT_TIMEOUT_SECONDS + 1
     *waiting, ready = output.splitlines()
     assert waiting and set(waiting) == {f"waiting for the Ray head (GCS) at 127.0.0.1:{port}: no answer within 2 s"}
     assert ready == f"GCS at 127.0.0.1:{port} accepts connections"
@@ -183,7 +183,7 @@ def test_the_workers_wait_ends_when_the_port_opens_without_running_ray(tmp_path:
     with socket.socket() as placeholder:
         placeholder.bind(("127.0.0.1", 0))
         port = placeholder.getsockname()[1]
-        script = pods.wait_for_gcs_script(SETTINGS, health_check=False).replace("demo-head.ml.svc", "127.0.0.1")
+        script = ray_node.wait_for_gcs_script(SETTINGS, health_check=False).replace("demo-head.ml.svc", "127.0.0.1")
         wait = subprocess.Popen(
             ["/bin/bash", "-c", script.replace("6379", str(port))],
             env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, stdout=subprocess.PIPE, text=True,
@@ -207,8 +207,8 @@ def test_labels_name_cluster_component_and_group() -> None:
 
 
 def test_gpu_resources_only_when_asked_for() -> None:
-    assert "nvidia.com/gpu" not in pods.container_resources(PodResources(cpu="1", memory="1Gi"))["limits"]
-    with_gpu = pods.container_resources(PodResources(cpu="1", memory="1Gi", gpus=4))
+    assert "nvidia.com/gpu" not in ray_node.container_resources(PodResources(cpu="1", memory="1Gi"))["limits"]
+    with_gpu = ray_node.container_resources(PodResources(cpu="1", memory="1Gi", gpus=4))
     assert with_gpu["limits"]["nvidia.com/gpu"] == with_gpu["requests"]["nvidia.com/gpu"] == "4"
 
 
@@ -223,7 +223,7 @@ def test_smoke_test_template_changes_with_the_script_and_the_cluster() -> None:
 def test_workers_drain_for_the_configured_time_and_the_kubelet_waits_for_it() -> None:
     worker = pods.worker_pod_template(SETTINGS, SETTINGS.worker_groups[0], {})
     head = pods.head_pod_template(SETTINGS, {})
-    for template, drain in ((worker, 120), (head, pods.HEAD_DRAIN_SECONDS)):
+    for template, drain in ((worker, 120), (head, ray_node.HEAD_DRAIN_SECONDS)):
         [ray] = template["spec"]["containers"]
         env = {item["name"]: item.get("value") for item in ray["env"]}
         assert env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] == str(drain)
@@ -265,11 +265,11 @@ def test_every_ray_container_has_a_writable_home_as_its_working_directory() -> N
         # Not the worker's init container, which runs no Ray code (tests/test_security.py), only bash.
         for container in spec["containers"]:
             env = {item["name"]: item.get("value") for item in container["env"]}
-            assert env["HOME"] == container["workingDir"] == pods.HOME_DIR
-            [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == pods.HOME_DIR]
+            assert env["HOME"] == container["workingDir"] == ray_node.HOME_DIR
+            [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == ray_node.HOME_DIR]
             assert volumes[mount["name"]] == {"name": mount["name"], "emptyDir": {}} and not mount.get("readOnly")
             # Below the image's home, not over it: /home/ray/anaconda3 (conda, Ray) stays visible.
-            assert pods.HOME_DIR.startswith("/home/ray/") and pods.HOME_DIR != "/home/ray/anaconda3"
+            assert ray_node.HOME_DIR.startswith("/home/ray/") and ray_node.HOME_DIR != "/home/ray/anaconda3"
 
 
 # Literal expectations for the container builders: every field below is read by the API server, the kubelet or Ray,
@@ -338,7 +338,7 @@ def test_head_container_is_exactly_the_promised_spec() -> None:
     """Ray's head: `ray start --head` in the foreground with the pod's own sizing, the GCS, dashboard and client
     ports named for the Service, readiness on the GCS health endpoint every second, liveness lenient as KubeRay's,
     the restricted security context, the token file, a memory-backed /dev/shm, and gRPC without fork support."""
-    container = pods.ray_container(SETTINGS, SETTINGS.head, "rayproject/ray:2.60.0", head=True)
+    container = ray_node.ray_container(SETTINGS, SETTINGS.head, "rayproject/ray:2.60.0", head=True)
     assert container == {
         "name": "ray-head",
         "image": "rayproject/ray:2.60.0",
@@ -361,7 +361,7 @@ def test_worker_container_is_exactly_the_promised_spec() -> None:
     """A worker joins the head's GCS by its Service name, exposes only metrics and agent ports, is ready when its
     own agent answers, and tells the raylet how long to wait for a lost head and how often to check it is known."""
     group = SETTINGS.worker_groups[0]
-    container = pods.ray_container(SETTINGS, group.resources, "my/ray:custom", head=False)
+    container = ray_node.ray_container(SETTINGS, group.resources, "my/ray:custom", head=False)
     assert container == {
         "name": "ray-worker",
         "image": "my/ray:custom",
@@ -383,19 +383,19 @@ def test_worker_container_is_exactly_the_promised_spec() -> None:
 def test_ray_start_flags_ray_reads_for_head_and_worker() -> None:
     """The argv itself (no shell): `--head` and the dashboard on all interfaces only on the head, `--address` only
     on workers, and on both `--block` (the container lives as long as Ray) and no usage stats."""
-    head = pods.ray_start_args(SETTINGS, SETTINGS.head, head=True)
-    worker = pods.ray_start_args(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
+    head = ray_node.ray_start_args(SETTINGS, SETTINGS.head, head=True)
+    worker = ray_node.ray_start_args(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
     assert head == shlex.split(HEAD_RAY_START)[2:]
     assert worker == shlex.split(WORKER_START_ARGS)
-    gpu = pods.ray_start_args(SETTINGS, PodResources(cpu="4", memory="10Gi", gpus=2), head=False)
+    gpu = ray_node.ray_start_args(SETTINGS, PodResources(cpu="4", memory="10Gi", gpus=2), head=False)
     assert [arg for arg in gpu if arg.startswith(("--num-cpus=", "--num-gpus="))] == ["--num-cpus=4", "--num-gpus=2"]
 
 
 def test_ray_env_without_token_auth_has_no_auth_settings() -> None:
     """The pod IP from the downward API (status.podIP, case-sensitive), HOME and no usage stats; the token
     settings only when auth is on, pointing at the mounted Secret's file."""
-    assert pods.ray_env(SETTINGS) == [*BASE_ENV, *TOKEN_ENV]
-    assert pods.ray_env(dataclasses.replace(SETTINGS, token_auth=False)) == BASE_ENV
+    assert ray_node.ray_env(SETTINGS) == [*BASE_ENV, *TOKEN_ENV]
+    assert ray_node.ray_env(dataclasses.replace(SETTINGS, token_auth=False)) == BASE_ENV
 
 
 def test_security_contexts_meet_the_restricted_pod_security_standard() -> None:
@@ -414,8 +414,14 @@ def test_security_contexts_meet_the_restricted_pod_security_standard() -> None:
 def test_probes_ready_within_a_second_and_restart_only_after_ten_minutes() -> None:
     """Readiness: first check after 1 s, then every second, unready after 10 misses. Liveness: starts after 30 s,
     every 5 s, restarts only after 120 misses (10 minutes of a stalled node), like KubeRay's."""
-    assert pods.http_probe(8265, "/x", liveness=False) == {"httpGet": {"path": "/x", "port": 8265}, **READINESS_TIMINGS}
-    assert pods.http_probe(52365, "/y", liveness=True) == {"httpGet": {"path": "/y", "port": 52365}, **LIVENESS_TIMINGS}
+    assert ray_node.http_probe(8265, "/x", liveness=False) == {
+        "httpGet": {"path": "/x", "port": 8265},
+        **READINESS_TIMINGS,
+    }
+    assert ray_node.http_probe(52365, "/y", liveness=True) == {
+        "httpGet": {"path": "/y", "port": 52365},
+        **LIVENESS_TIMINGS,
+    }
 
 
 def test_labels_are_the_recommended_and_kuberay_sets() -> None:

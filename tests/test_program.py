@@ -13,8 +13,8 @@ from pulumi.runtime import mocks
 
 from components import RayCluster
 from components.config.resources import parse_quantity
-from components.manifests.pods import AUTH_TOKEN_KEY
-from components.manifests.pods import TOKEN_VERSION_LABEL as TOKEN_VERSION
+from components.manifests.ray_node import AUTH_TOKEN_KEY
+from components.manifests.ray_node import TOKEN_VERSION_LABEL as TOKEN_VERSION
 from tests.lifecycle import plan
 from tests.program import Manifest, Rendered, render
 from tests.pulumi_cli import StackConfig

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from components.config.resources import parse_quantity
-from components.manifests import pods
+from components.manifests import ray_node
 from tests.program import Rendered, render
 from tests.rehearsal.cluster import Cluster, JobFailedError, wait_for
 from tests.rehearsal.kubelet import IMAGE_ROOT, Pod
@@ -61,7 +61,7 @@ class Deployment:
         self.config.update(changes)
         secrets = tuple(key for key in SECRET_KEYS if key in self.config)
         self.rendered = render(self.config, secrets=secrets)
-        self.token = self.rendered.one("Secret", "ray-auth-token")["stringData"][pods.AUTH_TOKEN_KEY]
+        self.token = self.rendered.one("Secret", "ray-auth-token")["stringData"][ray_node.AUTH_TOKEN_KEY]
 
     def up(self) -> float:
         """`pulumi up`; returns the seconds until it was done."""
@@ -94,7 +94,7 @@ class Deployment:
         data = json.dumps(body).encode() if body is not None else None
         if data is not None:
             headers["Content-Type"] = "application/json"
-        url = f"http://{self.head().ip}:{pods.DASHBOARD_PORT}{path}"
+        url = f"http://{self.head().ip}:{ray_node.DASHBOARD_PORT}{path}"
         request = urllib.request.Request(url, data=data, headers=headers)
         try:
             # A job submission starts the job's supervisor actor before it answers: seconds on a loaded machine.
@@ -157,7 +157,7 @@ class Deployment:
 def deployment(cluster: Cluster) -> Deployment:
     rendered = render(CONFIG)
     cluster.up(rendered, timeout=UP_TIMEOUT, delays={"ray-head": HEAD_DELAY_SECONDS})
-    token = rendered.one("Secret", "ray-auth-token")["stringData"][pods.AUTH_TOKEN_KEY]
+    token = rendered.one("Secret", "ray-auth-token")["stringData"][ray_node.AUTH_TOKEN_KEY]
     return Deployment(cluster, rendered, token)
 
 
@@ -207,7 +207,7 @@ for _ in range(int(sys.argv[2])):
 
 def test_fresh_ray_client_connections_to_a_fresh_head_never_stall(deployment: Deployment, tmp_path: Path) -> None:
     env = {"PATH": f"{IMAGE_ROOT}/bin", **deployment.token_env(tmp_path)}
-    address = f"ray://{deployment.head().ip}:{pods.CLIENT_PORT}"
+    address = f"ray://{deployment.head().ip}:{ray_node.CLIENT_PORT}"
     connect = [str(IMAGE_ROOT / "bin" / "python"), "-c", CONNECT_AGAIN_AND_AGAIN, address, str(CLIENT_CONNECTIONS)]
     result = subprocess.run(
         connect, env=env, capture_output=True, text=True, check=False,
@@ -244,7 +244,7 @@ def test_ray_refuses_clients_without_the_token(deployment: Deployment, tmp_path:
     assert status == 403
     assert deployment.dashboard("/nodes?view=summary", deployment.token)[0] == 200
 
-    check = [str(IMAGE_ROOT / "bin" / "ray"), "health-check", f"--address={deployment.head().ip}:{pods.GCS_PORT}"]
+    check = [str(IMAGE_ROOT / "bin" / "ray"), "health-check", f"--address={deployment.head().ip}:{ray_node.GCS_PORT}"]
     environments = {
         "none": {"PATH": f"{IMAGE_ROOT}/bin"},
         "token": {"PATH": f"{IMAGE_ROOT}/bin", **deployment.token_env(tmp_path)},
@@ -263,7 +263,7 @@ def test_a_worker_whose_token_the_head_refuses_waits_and_says_why(deployment: De
     with a token that is not the cluster's, as a worker meets a head during a token rotation: it keeps waiting and
     says why, without `ray start` and without an exit (which would be a restart)."""
     [container] = deployment.workers()[0].spec["containers"]
-    head = f"{deployment.head().ip}:{pods.GCS_PORT}"
+    head = f"{deployment.head().ip}:{ray_node.GCS_PORT}"
     program, arguments = container["command"][2].rsplit(" start ", 1)  # `ray start`'s arguments follow the code
     command = f"{program} start " + re.sub(r"--address=\S+", f"--address={head}", arguments)
     wrong_token = tmp_path / "token"
@@ -304,7 +304,7 @@ for node in {WORKER_NODES}:
 """
     status, logs = deployment.finished_job(deployment.submit(script), timeout=180)
     assert status == "SUCCEEDED", logs
-    home = pods.HOME_DIR
+    home = ray_node.HOME_DIR
     expected = f"{home}/{{0}}.txt {home}/.cache/huggingface/{{0}}.txt {home}/{{0}}-in-cwd.txt "
     expected += f"{home}/ray_results/experiment/{{0}}.txt"
     assert f"driver wrote {expected.format('driver')}" in logs

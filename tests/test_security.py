@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.manifests import pods
+from components.manifests import ray_node
 from tests.program import ROOT, Manifest, Rendered, render
 from tests.variants import VARIANTS, rendered
 
@@ -136,7 +136,7 @@ def test_writable_paths_are_only_where_ray_writes() -> None:
     for _, container, spec in ray_containers(rendered("default").manifests):
         volumes = {v["name"]: v for v in spec["volumes"]}
         writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
-        assert writable <= {"/tmp", "/dev/shm", pods.HOME_DIR}
+        assert writable <= {"/tmp", "/dev/shm", ray_node.HOME_DIR}
         assert all("emptyDir" in volumes[m["name"]] for m in container["volumeMounts"] if not m.get("readOnly"))
 
 
@@ -158,7 +158,7 @@ def test_a_container_without_the_token_is_caught() -> None:
 def test_the_token_is_a_secret_and_never_an_output() -> None:
     result = rendered("default")
     secret = result.one("Secret", "ray-auth-token")
-    token = secret["stringData"][pods.AUTH_TOKEN_KEY]
+    token = secret["stringData"][ray_node.AUTH_TOKEN_KEY]
     assert len(token) >= 32
     assert result.registration_of(secret).secret_paths == {"stringData"}
     assert token not in json.dumps(result.outputs)
@@ -178,7 +178,7 @@ def test_the_token_is_a_secret_and_never_an_output() -> None:
 
 def test_a_given_token_is_used() -> None:
     result = render({"authToken": "my-own-token-of-sufficient-length-0123456789"}, secrets=("authToken",))
-    assert result.one("Secret", "ray-auth-token")["stringData"][pods.AUTH_TOKEN_KEY].startswith("my-own-token")
+    assert result.one("Secret", "ray-auth-token")["stringData"][ray_node.AUTH_TOKEN_KEY].startswith("my-own-token")
 
 
 def test_auth_can_be_turned_off() -> None:

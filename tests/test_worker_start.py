@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from components.manifests import pods
+from components.manifests import ray_node
 from tests.test_pods import SETTINGS
 
 RESOURCES = SETTINGS.worker_groups[0].resources
@@ -95,7 +95,7 @@ def run_worker_start(
             (tmp_path / package).mkdir(parents=True, exist_ok=True)
             (tmp_path / package / "__init__.py").touch()
         (tmp_path / "ray" / name).write_text(text)
-    command = pods.node_command(SETTINGS, RESOURCES, head=False)
+    command = ray_node.node_command(SETTINGS, RESOURCES, head=False)
     assert command[:2] == ["python", "-c"]
     env = {
         "PATH": os.environ["PATH"],
@@ -138,7 +138,7 @@ def test_it_waits_for_the_head_to_accept_it_then_runs_ray_start_in_its_own_proce
         (ADDRESS, True, "ALIVE")
     }
     assert all(call["standalone"] is False and call["prog_name"] == "ray" for call in checks[:2])
-    assert start["args"] == pods.ray_start_args(SETTINGS, RESOURCES, head=False)
+    assert start["args"] == ray_node.ray_start_args(SETTINGS, RESOURCES, head=False)
     assert start["standalone"] is True and start["prog_name"] == "ray"
     # The checks ran in a child process per try; `ray start` in the process the container runs, none of them.
     tries = {call["pid"] for call in checks}

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config.resources import PodResources
 from ..config.settings import ClusterSettings
-from . import pods
+from . import pods, ray_node
 from .security import container_security
 
 CONTAINER_NAME = "autoscaler"
@@ -50,7 +50,7 @@ HEARTBEAT_FILE = f"{_EVENTS_DIR}/heartbeat"
 # The container's own scratch space: nothing it reads or runs may be writable from the Ray container, where job
 # drivers run (a planted module or `usercustomize`, a stale heartbeat that restarts it into them, would run next
 # to the token).
-_SCRATCH_VOLUMES = (("autoscaler-tmp", "/tmp"), ("autoscaler-home", pods.HOME_DIR))
+_SCRATCH_VOLUMES = (("autoscaler-tmp", "/tmp"), ("autoscaler-home", ray_node.HOME_DIR))
 # Ready once an update has gone through within this many seconds; restarted once none has for LIVENESS_SECONDS
 # (an API server that is away for that long, a hung monitor), but not while it waits for the head's GCS.
 READINESS_SECONDS = 30
@@ -85,8 +85,8 @@ def autoscaled_deployments(settings: ClusterSettings) -> list[str]:
 
 def node_resources(settings: ClusterSettings, resources: PodResources, *, head: bool) -> dict[str, int]:
     """What the autoscaler expects a node of a type to offer: what `ray start` is told for its pods."""
-    node = pods.node_sizing(resources)
-    offered = {"CPU": pods.ray_num_cpus(settings, resources, head=head), "memory": node.memory_bytes}
+    node = ray_node.node_sizing(resources)
+    offered = {"CPU": ray_node.ray_num_cpus(settings, resources, head=head), "memory": node.memory_bytes}
     if node.num_gpus:
         offered["GPU"] = node.num_gpus
     return offered
@@ -144,7 +144,7 @@ def config_files(settings: ClusterSettings, provider_source: str) -> dict[str, s
     return {CONFIG_FILE: json.dumps(config(settings), indent=2, sort_keys=True), PROVIDER_FILE: provider_source}
 
 
-def role_rules(settings: ClusterSettings) -> list[pods.Manifest]:
+def role_rules(settings: ClusterSettings) -> list[ray_node.Manifest]:
     """Exactly the calls the node provider makes, and nothing more: list the pods and delete the idle ones the
     autoscaler removes (a Role cannot name pods, whose names are random), read the worker Deployments and scale
     the autoscaled ones, by name. No pod `patch`: it would let the token change a pod's image, i.e. run code in
@@ -169,7 +169,7 @@ def role_binding_fields(settings: ClusterSettings) -> dict[str, Any]:
     }
 
 
-def volumes(settings: ClusterSettings) -> list[pods.Manifest]:
+def volumes(settings: ClusterSettings) -> list[ray_node.Manifest]:
     """The ConfigMap with the config and provider, and the service-account files that automount would give every
     container, as a volume the autoscaler container alone mounts."""
     service_account_files = [
@@ -197,21 +197,21 @@ def monitor_command(settings: ClusterSettings) -> list[str]:
         "-s",
         "-m",
         "ray.autoscaler._private.monitor",
-        f"--gcs-address=${pods.POD_IP_ENV}:{pods.GCS_PORT}",
+        f"--gcs-address=${ray_node.POD_IP_ENV}:{ray_node.GCS_PORT}",
         f"--autoscaling-config={CONFIG_DIR}/{CONFIG_FILE}",
         f"--logs-dir={_EVENTS_DIR}",
         "--logging-filename=",
     ]
     # A heartbeat left by the container's last run (its /tmp outlives it) would soon read as a hung monitor.
-    wait = pods.wait_for_gcs_script(settings, host=f"${pods.POD_IP_ENV}", health_check=True)
-    return pods.shell(f"rm -f {HEARTBEAT_FILE}; {wait}; exec {' '.join(monitor)}")
+    wait = ray_node.wait_for_gcs_script(settings, host=f"${ray_node.POD_IP_ENV}", health_check=True)
+    return ray_node.shell(f"rm -f {HEARTBEAT_FILE}; {wait}; exec {' '.join(monitor)}")
 
 
 def sidecar(settings: ClusterSettings) -> pods.Sidecar:
     return pods.Sidecar(container=container(settings), volumes=volumes(settings), service_account=name(settings))
 
 
-def heartbeat_probe(*, liveness: bool) -> pods.Manifest:
+def heartbeat_probe(*, liveness: bool) -> ray_node.Manifest:
     """Readiness: the provider read the pods within READINESS_SECONDS. Liveness: it did so within
     LIVENESS_SECONDS, or has not started yet (the container waits for the head's GCS first, which may take minutes
     with a Redis that starts too); bash, date and stat only, no Python start every few seconds."""
@@ -225,7 +225,7 @@ def heartbeat_probe(*, liveness: bool) -> pods.Manifest:
     return {"exec": {"command": ["/bin/bash", "-c", check]}, "timeoutSeconds": 2, **timings}
 
 
-def container(settings: ClusterSettings) -> pods.Manifest:
+def container(settings: ClusterSettings) -> ray_node.Manifest:
     """The autoscaler container of the head pod: the head's image (Ray's monitor must match the GCS's version),
     the Ray token to reach the GCS, the only mount of the Kubernetes token, and nothing the Ray container can
     write: its own /tmp and HOME, and the read-only config as its working directory (which `python -m` puts
@@ -236,15 +236,15 @@ def container(settings: ClusterSettings) -> pods.Manifest:
         "command": monitor_command(settings),
         "workingDir": CONFIG_DIR,
         "env": [
-            *pods.ray_env(settings),
+            *ray_node.ray_env(settings),
             {"name": "PYTHONPATH", "value": CONFIG_DIR},
             {"name": "PYTHONNOUSERSITE", "value": "1"},
         ],
-        "resources": pods.container_resources(RESOURCES),
+        "resources": ray_node.container_resources(RESOURCES),
         "securityContext": container_security(),
         "volumeMounts": [
             *({"name": volume, "mountPath": path} for volume, path in _SCRATCH_VOLUMES),
-            *([pods.auth_token_mount()] if settings.token_auth else []),
+            *([ray_node.auth_token_mount()] if settings.token_auth else []),
             {"name": CONTAINER_NAME, "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": _API_ACCESS_VOLUME, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
         ],

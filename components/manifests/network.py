@@ -7,16 +7,20 @@ own pods may; clients are let in by namespace or CIDR, and only on the ports cli
 from __future__ import annotations
 
 from ..config.settings import ClusterSettings
-from . import pods, redis
-from .pods import Manifest
+from . import pods, ray_node, redis
+from .ray_node import Manifest
 
-CLIENT_PORTS = (("dashboard", pods.DASHBOARD_PORT), ("client", pods.CLIENT_PORT), ("metrics", pods.METRICS_PORT))
+CLIENT_PORTS = (
+    ("dashboard", ray_node.DASHBOARD_PORT),
+    ("client", ray_node.CLIENT_PORT),
+    ("metrics", ray_node.METRICS_PORT),
+)
 
 
 def head_service_ports() -> list[Manifest]:
     return [
         {"name": name, "port": port, "targetPort": port, "protocol": "TCP"}
-        for name, port in (("gcs", pods.GCS_PORT), *CLIENT_PORTS)
+        for name, port in (("gcs", ray_node.GCS_PORT), *CLIENT_PORTS)
     ]
 
 
@@ -60,7 +64,7 @@ def metrics_policy_spec(settings: ClusterSettings) -> Manifest | None:
     """The listed namespaces (Prometheus) may scrape every node's metrics port, and nothing else: scraping must not
     come with the right to submit jobs. None if none are listed."""
     sources = [_namespaces(settings.metrics_namespaces)] if settings.metrics_namespaces else []
-    return _ingress_policy(settings, sources, (pods.METRICS_PORT,))
+    return _ingress_policy(settings, sources, (ray_node.METRICS_PORT,))
 
 
 def redis_policy_spec(settings: ClusterSettings) -> Manifest | None:
