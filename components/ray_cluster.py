@@ -14,70 +14,36 @@ import inspect
 import json
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 from pulumi.provider.experimental.util import camel_case
 
-from . import in_pod
+from . import in_pod, resource_options
+from .children import Child, ClusterChildren
 from .config.fault_tolerance import GcsFaultTolerance
 from .config.inputs import RayClusterArgs
 from .config.settings import load_settings
 from .config.values import config_error
 from .manifests import autoscaling, network, pods, ray_node, redis
 
-# pulumi-kubernetes waits this long for any object to be ready or gone, unless told otherwise.
-_PROVIDER_WAIT_SECONDS = 10 * 60
-# Ray images are several GB: the first pull alone can outlast pulumi-kubernetes' 10-minute default.
-_PULL_SECONDS = 20 * 60
-# A Deployment is deleted in the foreground (pulumi-kubernetes' default), so the delete waits for its pods, and a
-# Namespace waits for everything in it: each pod may take its grace period to stop (a worker its drain, up to an
-# hour). The delete waits that long and a little more (the garbage collector, a finalizer), never less than the
-# provider's own default.
-_DELETE_MARGIN_SECONDS = 120
-_POD_DEFAULT_GRACE_SECONDS = 30
-# The smoke test's own wait for the nodes, then up to 30 rounds of 200 calls (seconds each on a loaded cluster).
-_SMOKE_TEST_DEADLINE_SECONDS = ray_node.SMOKE_NODE_WAIT_SECONDS + 300
 SMOKE_TEST_SCRIPT = in_pod.source(ray_node.SMOKE_TEST_FILE)
-# Every field Pulumi sets is Pulumi's: a `kubectl scale` (which owns spec.replicas through the scale subresource)
-# would otherwise make the next apply fail with a field-manager conflict. Fields Pulumi does not set stay with
-# whoever set them.
-_PULUMI_OWNS_ITS_FIELDS = {"pulumi.com/patchForce": "true"}
-# The pod templates' annotations are left to whoever sets them: `kubectl rollout restart` stamps one there, which the
-# provider would take over on its next apply and drop, restarting every pod a second time. (The annotation's own
-# path cannot be ignored: the provider splits ignore paths at every dot, and its key has dots.) What must roll pods
-# when it changes goes into labels instead.
-_POD_TEMPLATE_ANNOTATIONS = "spec.template.metadata.annotations"
-Child = TypeVar("Child", bound=pulumi.CustomResource)
-# A claim of a WaitForFirstConsumer StorageClass (most clouds' default) binds only once its pod is scheduled, and
-# the provider, which cannot read the binding mode of a claim that names no class, would wait for Bound before it
-# creates that pod: a deadlock until its 5-minute await fails `pulumi up`. The Redis Deployment's own await
-# requires its claims to be Bound, so nothing goes unchecked.
-_CLAIM_BINDS_WITH_ITS_POD = {"pulumi.com/skipAwait": "true"}
-# A renamed cluster's Redis is a new Deployment, made before the old one is deleted: on the same claim (its name is
-# kept, its labels updated) the two pods would mount one ReadWriteOnce volume at once, which fails to attach on a
-# cluster of many nodes and runs two Redis servers on one append-only file on one. The claim is replaced instead: the
-# renamed cluster starts on a new, empty volume (its state in Redis is new anyway: a new storage namespace), and the
-# old claim goes after the old Redis.
-_CLAIM_OF_ONE_CLUSTER = f'metadata.labels["{redis.CLUSTER_LABEL}"]'
-# A failed smoke-test Job is replaced by the next `pulumi up` (so it runs again) instead of awaited again.
-_RETRY_FAILED_JOB = {"pulumi.com/replaceUnready": "true"}
-# Ray's autoscaler owns an autoscaled Deployment's replicas (through its scale subresource): Pulumi sets them once,
-# at creation, and then leaves them alone, or every `pulumi up` would undo the autoscaler's work. The annotation
-# marks the Deployments so: when a group stops autoscaling it changes, so that `pulumi up` applies the Deployment
-# and takes its replicas back (the engine would see no change in replicas it was last given).
-_AUTOSCALER_OWNS_REPLICAS = "spec.replicas"
-# Nor does `pulumi up` wait for every replica of an autoscaled group: the autoscaler may have asked for workers the
-# Kubernetes cluster has no room for yet (Pending until a node is added), and beside such pods a rollout of the
-# group (no surge) stalls until room frees up, so the provider's await would run into its timeout and fail `pulumi
-# up`. The smoke test, which waits for the group's least size, proves the cluster instead. (For a Deployment the
-# annotation also skips the provider's wait after a delete; the deleted pods drain as they would anyway.)
-_AUTOSCALED = {"ray-cluster.pulumi.com/autoscaled": "true", "pulumi.com/skipAwait": "true"}
 
 
-class RayCluster(pulumi.ComponentResource):
+class _GcsStorage(typing.NamedTuple):
+    """With GCS fault tolerance: the cluster's name in Redis, what the head must wait for (the password's Secret, a
+    TLS Redis's CA, the stack's own Redis), the head's labels that roll it with the password, and the stack's own
+    Redis Deployment's spec (None for an existing Redis)."""
+
+    storage_namespace: pulumi.Output[str] | None
+    resources: list[pulumi.CustomResource]
+    head_labels: dict[str, Any]
+    redis_spec: ray_node.Manifest | None
+
+
+class RayCluster(ClusterChildren):
     """A Ray cluster: head, Service, worker groups, smoke-test Job; locked down by NetworkPolicies and token auth."""
 
     namespace: pulumi.Output[str]
@@ -112,7 +78,31 @@ class RayCluster(pulumi.ComponentResource):
         for warning in settings.warnings():
             pulumi.log.warn(warning, resource=self)
         self._namespace = self._declare_namespace()
+        self._access, version_labels = self._access_objects(args.get("authToken"))
+        gcs = self._gcs(args.get("redisPassword"))
+        self.head_service, head_service_spec = self._head_service()
+        autoscaler = self._autoscaler() if settings.autoscaling else []
+        # Only the head reads the Redis password. With fault tolerance, the GCS starts against a Redis that is
+        # ready; with autoscaling, the autoscaler starts with its config, its ServiceAccount and its permissions.
+        self.head_deployment, head_spec = self._head(
+            {**version_labels, **gcs.head_labels}, gcs.storage_namespace, after=[*gcs.resources, *autoscaler]
+        )
+        self.worker_deployments, worker_specs = self._workers(version_labels)
+        if settings.test_job:
+            running = {"head-service": head_service_spec, "head": head_spec, "workers": worker_specs}
+            if gcs.redis_spec:
+                running["redis"] = gcs.redis_spec
+            cluster = [*self._access, *gcs.resources, *autoscaler, self.head_service, self.head_deployment]
+            self._smoke_test([*cluster, *self.worker_deployments.values()], _digest(running))
+        self._set_outputs(gcs.storage_namespace)
+        self.register_outputs(self.outputs_by_name())
 
+    def _access_objects(
+        self, auth_token: pulumi.Input[str] | None
+    ) -> tuple[list[pulumi.CustomResource], dict[str, Any]]:
+        """What every Ray pod needs before it starts: its ServiceAccount, the NetworkPolicies and, with token auth,
+        the token's Secret; and the pod template labels that roll the pods when the token changes."""
+        settings = self._settings
         access = [
             self._child(
                 k8s.core.v1.ServiceAccount,
@@ -125,23 +115,24 @@ class RayCluster(pulumi.ComponentResource):
         ]
         version_labels: dict[str, Any] = {}
         if settings.token_auth:
-            secret, token_version = self._auth_secret(args.get("authToken"))
+            secret, token_version = self._auth_secret(auth_token)
             access.append(secret)
             version_labels[ray_node.TOKEN_VERSION_LABEL] = token_version
-        self._access = access
-        storage_namespace: pulumi.Output[str] | None = None
-        gcs_storage: list[pulumi.CustomResource] = []
-        redis_spec: ray_node.Manifest | None = None
-        # Only the head reads the Redis password.
-        head_version_labels = dict(version_labels)
-        if settings.fault_tolerance:
-            storage_namespace = self._storage_namespace()
-            gcs_storage, password_labels, redis_spec = self._gcs_storage(
-                settings.fault_tolerance, args.get("redisPassword")
-            )
-            head_version_labels.update(password_labels)
+        return access, version_labels
 
-        head_service_spec = {
+    def _gcs(self, given_password: pulumi.Input[str] | None) -> _GcsStorage:
+        """With GCS fault tolerance, where the head keeps the cluster's state (see `_gcs_storage`); else nothing."""
+        fault_tolerance = self._settings.fault_tolerance
+        if fault_tolerance is None:
+            return _GcsStorage(None, [], {}, None)
+        storage_namespace = self._storage_namespace()
+        resources, head_labels, redis_spec = self._gcs_storage(fault_tolerance, given_password)
+        return _GcsStorage(storage_namespace, resources, head_labels, redis_spec)
+
+    def _head_service(self) -> tuple[pulumi.CustomResource, ray_node.Manifest]:
+        """`<cluster>-head`: how clients and workers reach the head, and its spec."""
+        settings = self._settings
+        spec = {
             "type": "ClusterIP",
             "selector": pods.selector_labels(settings, "head"),
             "ports": network.head_service_ports(),
@@ -149,24 +140,31 @@ class RayCluster(pulumi.ComponentResource):
             # init containers check the GCS themselves, so they join seconds earlier.
             "publishNotReadyAddresses": True,
         }
-        head_service = self._child(
-            k8s.core.v1.Service, "head-service", settings.head_service_name, "head", spec=head_service_spec
-        )
-        autoscaler = self._autoscaler() if settings.autoscaling else []
-        # Never two heads: a second GCS would split the cluster in two.
-        head_template = pods.head_pod_template(
+        service = self._child(k8s.core.v1.Service, "head-service", settings.head_service_name, "head", spec=spec)
+        return service, spec
+
+    def _head(
+        self, version_labels: Mapping[str, Any], storage_namespace: Any, after: list[pulumi.CustomResource]
+    ) -> tuple[pulumi.CustomResource, ray_node.Manifest]:
+        """`<cluster>-head`, one pod, recreated rather than rolled (never two heads: a second GCS would split the
+        cluster in two), created once what it needs (`after`) exists; and its spec."""
+        settings = self._settings
+        template = pods.head_pod_template(
             settings,
-            head_version_labels,
+            version_labels,
             storage_namespace,
             autoscaling.sidecar(settings) if settings.autoscaling else None,
         )
-        head_spec = {**self._deployment_spec("head", 1, head_template), "strategy": {"type": "Recreate"}}
-        # With fault tolerance, the GCS starts against a Redis that is ready; with autoscaling, the autoscaler
-        # starts with its config, its ServiceAccount and its permissions.
-        head = self._deployment("head", "head", head_spec, _PULL_SECONDS, after=[*gcs_storage, *autoscaler])
-        # Workers do not wait for the head: their pods are placed once its pod is, and their init container waits
-        # for its GCS.
-        worker_specs = {
+        spec = {**self._deployment_spec("head", 1, template), "strategy": {"type": "Recreate"}}
+        return self._deployment("head", "head", spec, resource_options.PULL_SECONDS, after=after), spec
+
+    def _workers(
+        self, version_labels: Mapping[str, Any]
+    ) -> tuple[dict[str, pulumi.CustomResource], dict[str, ray_node.Manifest]]:
+        """`<cluster>-<group>` for each worker group, by group name, and their specs. They do not wait for the head:
+        their pods are placed once its pod is, and their init container waits for its GCS."""
+        settings = self._settings
+        specs = {
             group.name: {
                 **self._deployment_spec(
                     group.name, group.replicas, pods.worker_pod_template(settings, group, version_labels)
@@ -177,18 +175,17 @@ class RayCluster(pulumi.ComponentResource):
             for group in settings.worker_groups
         }
         # Every round of a rollout may wait for its workers' drain.
-        rollout_seconds = _PULL_SECONDS + pods.WORKER_ROLLOUT_ROUNDS * pods.worker_grace_seconds(settings)
+        rollout = resource_options.PULL_SECONDS + pods.WORKER_ROLLOUT_ROUNDS * pods.worker_grace_seconds(settings)
         autoscaled = {group.name for group in settings.worker_groups if group.autoscaled}
-        workers = [
-            self._deployment(group, "worker", spec, rollout_seconds, autoscaled=group in autoscaled)
-            for group, spec in worker_specs.items()
-        ]
-        if settings.test_job:
-            running = {"head-service": head_service_spec, "head": head_spec, "workers": worker_specs}
-            if redis_spec:
-                running["redis"] = redis_spec
-            self._smoke_test([*access, *gcs_storage, *autoscaler, head_service, head, *workers], _digest(running))
+        deployments = {
+            group: self._deployment(group, "worker", spec, rollout, autoscaled=group in autoscaled)
+            for group, spec in specs.items()
+        }
+        return deployments, specs
 
+    def _set_outputs(self, storage_namespace: pulumi.Output[str] | None) -> None:
+        """How to reach the cluster, and what it is made of."""
+        settings = self._settings
         host = settings.head_host
         self.namespace = self._namespace
         self.head_service_dns = pulumi.Output.from_input(host)
@@ -203,77 +200,11 @@ class RayCluster(pulumi.ComponentResource):
         self.worker_replicas = pulumi.Output.from_input({g.name: g.replicas for g in settings.worker_groups})
         self.auth_token_secret = pulumi.Output.from_input(settings.auth_secret_name if settings.token_auth else None)
         self.gcs_storage_namespace = pulumi.Output.from_input(storage_namespace)
-        self.register_outputs(self.outputs_by_name())
 
     def outputs_by_name(self) -> dict[str, pulumi.Output[Any]]:
         """The outputs under their names in the package's schema (the attributes' names in camelCase, by the
         analyzer's own rule), which are also the stack's outputs."""
         return {camel_case(name): getattr(self, name) for name in OUTPUT_ATTRIBUTES}
-
-    def _child(
-        self,
-        kind: Callable[..., Child],
-        suffix: str,
-        resource_name: str | None,
-        component: str,
-        group: str | None = None,
-        opts: pulumi.ResourceOptions | None = None,
-        annotations: Mapping[str, str] | None = None,
-        labels: Mapping[str, str] | None = None,
-        **fields: object,
-    ) -> Child:
-        """A namespaced child labelled like the pods it belongs with (the Ray pods', unless `labels` are given);
-        reading the namespace from the Namespace resource makes it wait for that namespace."""
-        named = {"name": resource_name} if resource_name else {}
-        metadata = {
-            **named,
-            "namespace": self._namespace,
-            "labels": labels or pods.labels(self._settings, component, group or component),
-            "annotations": {**_PULUMI_OWNS_ITS_FIELDS, **(annotations or {})},
-        }
-        options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
-        return kind(f"{self._name}-{suffix}", metadata=metadata, opts=options, **fields)
-
-    def _deployment_spec(self, group: str, replicas: int, template: ray_node.Manifest) -> ray_node.Manifest:
-        return {
-            "replicas": replicas,
-            "selector": {"matchLabels": pods.selector_labels(self._settings, group)},
-            "template": template,
-        }
-
-    def _deployment(
-        self,
-        group: str,
-        component: str,
-        spec: ray_node.Manifest,
-        timeout_seconds: int,
-        after: list[pulumi.CustomResource] | None = None,
-        labels: Mapping[str, str] | None = None,
-        autoscaled: bool = False,
-    ) -> pulumi.CustomResource:
-        """`<cluster>-<group>`, a Deployment of Ray pods (or, with its own `labels`, the Redis), created once the
-        access objects (ServiceAccount, policies, token) and whatever else it needs (`after`) exist; `pulumi up`
-        waits `timeout_seconds` for it to roll out. An `autoscaled` one's replicas are the autoscaler's."""
-        timeout = f"{timeout_seconds}s"
-        grace = spec["template"]["spec"].get("terminationGracePeriodSeconds", _POD_DEFAULT_GRACE_SECONDS)
-        options = pulumi.ResourceOptions(
-            depends_on=[*self._access, *(after or [])],
-            custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout, delete=_delete_timeout(grace)),
-            ignore_changes=[_POD_TEMPLATE_ANNOTATIONS, *([_AUTOSCALER_OWNS_REPLICAS] if autoscaled else [])],
-        )
-        name = self._settings.deployment_name(group)
-        deployment: pulumi.CustomResource = self._child(
-            k8s.apps.v1.Deployment,
-            group,
-            name,
-            component,
-            group,
-            spec=spec,
-            opts=options,
-            labels=labels,
-            annotations=_AUTOSCALED if autoscaled else None,
-        )
-        return deployment
 
     def _autoscaler(self) -> list[pulumi.CustomResource]:
         """What the head's autoscaler container needs: its config and node provider, and a ServiceAccount bound
@@ -324,7 +255,7 @@ class RayCluster(pulumi.ComponentResource):
             read: pulumi.Output[str] = existing.id.apply(lambda _: settings.namespace)
             return read
         # Deleting the namespace deletes every pod in it, the workers' drains included.
-        delete = _delete_timeout(pods.worker_grace_seconds(settings))
+        delete = resource_options.delete_timeout(pods.worker_grace_seconds(settings))
         namespace = k8s.core.v1.Namespace(
             logical_name,
             metadata={
@@ -334,7 +265,7 @@ class RayCluster(pulumi.ComponentResource):
                     # Admission rejects any pod here that is not "restricted", ours included.
                     "pod-security.kubernetes.io/enforce": "restricted",
                 },
-                "annotations": _PULUMI_OWNS_ITS_FIELDS,
+                "annotations": resource_options.PULUMI_OWNS_ITS_FIELDS,
             },
             opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(delete=delete)),
         )
@@ -355,24 +286,6 @@ class RayCluster(pulumi.ComponentResource):
             for suffix, (name, spec) in specs.items()
             if spec
         ]
-
-    def _secret(self, suffix: str, given: pulumi.Input[str] | None, length: int) -> pulumi.Output[str]:
-        """The given secret, or one of `length` letters and digits generated once per stack, as a secret Output."""
-        generated = random.RandomPassword(
-            f"{self._name}-{suffix}", length=length, special=False, opts=pulumi.ResourceOptions(parent=self)
-        )
-        return pulumi.Output.secret(
-            pulumi.Output.all(given, generated.result).apply(lambda values: str(values[0] or values[1]))
-        )
-
-    def _secret_version(self, suffix: str, **secret: pulumi.Input[str]) -> pulumi.Output[str]:
-        """A random id drawn anew whenever the secret (its one keyword argument) changes: in a pod template's
-        labels, it rolls the pods that read the secret at start, while the template reveals nothing of it."""
-        version = random.RandomId(
-            f"{self._name}-{suffix}-version", byte_length=8, keepers=secret, opts=pulumi.ResourceOptions(parent=self)
-        )
-        version_hex: pulumi.Output[str] = version.hex
-        return version_hex
 
     def _auth_secret(self, given: pulumi.Input[str] | None) -> tuple[pulumi.CustomResource, pulumi.Output[str]]:
         """The token every Ray process reads from a mounted file (generated unless the stack config gives one),
@@ -447,12 +360,14 @@ class RayCluster(pulumi.ComponentResource):
             # No fixed name: a change the API server refuses in place (the storage class) replaces the claim
             # create-before-delete, the Redis pod moves to the new one, and the old one is deleted once free.
             None,
-            annotations=_CLAIM_BINDS_WITH_ITS_POD,
+            annotations=resource_options.CLAIM_BINDS_WITH_ITS_POD,
             spec=redis.claim_spec(fault_tolerance),
-            opts=pulumi.ResourceOptions(replace_on_changes=[_CLAIM_OF_ONE_CLUSTER]),
+            opts=pulumi.ResourceOptions(replace_on_changes=[resource_options.CLAIM_OF_ONE_CLUSTER]),
         )
         spec = redis.deployment_spec(settings, fault_tolerance, password_version, claim.metadata.name)
-        deployment = self._deployment("redis", "gcs-storage", spec, _PULL_SECONDS, after=[secret, claim], labels=labels)
+        deployment = self._deployment(
+            "redis", "gcs-storage", spec, resource_options.PULL_SECONDS, after=[secret, claim], labels=labels
+        )
         service = child(k8s.core.v1.Service, "redis-service", settings.redis_name, spec=redis.service_spec(settings))
         policy = child(
             k8s.networking.v1.NetworkPolicy,
@@ -478,25 +393,19 @@ class RayCluster(pulumi.ComponentResource):
             # No fixed name: a changed template replaces the immutable Job create-before-delete, so it runs again.
             None,
             "smoke-test",
-            annotations=_RETRY_FAILED_JOB,
+            annotations=resource_options.RETRY_FAILED_JOB,
             spec={
                 "backoffLimit": 1,
-                "activeDeadlineSeconds": _SMOKE_TEST_DEADLINE_SECONDS,
+                "activeDeadlineSeconds": resource_options.SMOKE_TEST_DEADLINE_SECONDS,
                 "template": pods.smoke_test_pod_template(
                     settings, script_config_map=script_name, script=SMOKE_TEST_SCRIPT, cluster_digest=cluster_digest
                 ),
             },
             opts=pulumi.ResourceOptions(
                 depends_on=[script, *cluster],
-                custom_timeouts=pulumi.CustomTimeouts(create=f"{_SMOKE_TEST_DEADLINE_SECONDS + 60}s"),
+                custom_timeouts=pulumi.CustomTimeouts(create=f"{resource_options.SMOKE_TEST_DEADLINE_SECONDS + 60}s"),
             ),
         )
-
-
-def _delete_timeout(grace_seconds: int) -> str:
-    """How long `pulumi up` and `pulumi destroy` wait for a deleted object whose pods may each take `grace_seconds`
-    to stop."""
-    return f"{max(_PROVIDER_WAIT_SECONDS, grace_seconds + _DELETE_MARGIN_SECONDS)}s"
 
 
 def _digest(specs: Mapping[str, Any]) -> pulumi.Output[str]:

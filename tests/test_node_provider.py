@@ -1121,14 +1121,14 @@ def test_ray_loads_the_provider_from_the_configmaps_module_on_pythonpath(
 
 
 def test_the_shared_names_match_the_components() -> None:
-    from components import ray_cluster
+    from components import resource_options
     from components.manifests import autoscaling
 
     assert node_provider.CONFIG_FILE == autoscaling.CONFIG_FILE
     assert f"{autoscaling.PROVIDER_MODULE}.{autoscaling.PROVIDER_CLASS}" == (
         "ray_cluster_node_provider.DeploymentNodeProvider"
     )
-    assert ray_cluster._AUTOSCALED[node_provider.AUTOSCALED_ANNOTATION] == "true"
+    assert resource_options.AUTOSCALED[node_provider.AUTOSCALED_ANNOTATION] == "true"
     assert node_provider.HEAD_GROUP == autoscaling.HEAD_NODE_TYPE
 
 

@@ -1,0 +1,119 @@
+"""How the RayCluster component declares its children: named after the component (never after config a user may
+change, so their URNs stay), parented to it, in the cluster's namespace (read from the Namespace resource, so they
+wait for it), labelled like the pods they belong with and owned by Pulumi field by field; Deployments with their
+timeouts and the paths left to others; secrets generated once per stack. The component (ray_cluster.py) says what
+to declare; this says how.
+"""
+
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from . import resource_options
+from .config.settings import ClusterSettings
+from .manifests import pods, ray_node
+
+Child = TypeVar("Child", bound=pulumi.CustomResource)
+
+
+class ClusterChildren(pulumi.ComponentResource):
+    """A component whose children are the cluster's objects: `_settings`, `_name`, `_namespace` and `_access`
+    (what every Deployment waits for) are the subclass's to set before it declares any."""
+
+    _name: str
+    _settings: ClusterSettings
+    _namespace: pulumi.Output[str]
+    _access: list[pulumi.CustomResource]
+
+    def _child(
+        self,
+        kind: Callable[..., Child],
+        suffix: str,
+        resource_name: str | None,
+        component: str,
+        group: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+        annotations: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        **fields: object,
+    ) -> Child:
+        """A namespaced child labelled like the pods it belongs with (the Ray pods', unless `labels` are given);
+        reading the namespace from the Namespace resource makes it wait for that namespace."""
+        named = {"name": resource_name} if resource_name else {}
+        metadata = {
+            **named,
+            "namespace": self._namespace,
+            "labels": labels or pods.labels(self._settings, component, group or component),
+            "annotations": {**resource_options.PULUMI_OWNS_ITS_FIELDS, **(annotations or {})},
+        }
+        options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
+        return kind(f"{self._name}-{suffix}", metadata=metadata, opts=options, **fields)
+
+    def _deployment_spec(self, group: str, replicas: int, template: ray_node.Manifest) -> ray_node.Manifest:
+        return {
+            "replicas": replicas,
+            "selector": {"matchLabels": pods.selector_labels(self._settings, group)},
+            "template": template,
+        }
+
+    def _deployment(
+        self,
+        group: str,
+        component: str,
+        spec: ray_node.Manifest,
+        timeout_seconds: int,
+        after: list[pulumi.CustomResource] | None = None,
+        labels: Mapping[str, str] | None = None,
+        autoscaled: bool = False,
+    ) -> pulumi.CustomResource:
+        """`<cluster>-<group>`, a Deployment of Ray pods (or, with its own `labels`, the Redis), created once the
+        access objects (ServiceAccount, policies, token) and whatever else it needs (`after`) exist; `pulumi up`
+        waits `timeout_seconds` for it to roll out. An `autoscaled` one's replicas are the autoscaler's."""
+        timeout = f"{timeout_seconds}s"
+        grace = spec["template"]["spec"].get(
+            "terminationGracePeriodSeconds", resource_options.POD_DEFAULT_GRACE_SECONDS
+        )
+        options = pulumi.ResourceOptions(
+            depends_on=[*self._access, *(after or [])],
+            custom_timeouts=pulumi.CustomTimeouts(
+                create=timeout, update=timeout, delete=resource_options.delete_timeout(grace)
+            ),
+            ignore_changes=[
+                resource_options.POD_TEMPLATE_ANNOTATIONS,
+                *([resource_options.AUTOSCALER_OWNS_REPLICAS] if autoscaled else []),
+            ],
+        )
+        name = self._settings.deployment_name(group)
+        deployment: pulumi.CustomResource = self._child(
+            k8s.apps.v1.Deployment,
+            group,
+            name,
+            component,
+            group,
+            spec=spec,
+            opts=options,
+            labels=labels,
+            annotations=resource_options.AUTOSCALED if autoscaled else None,
+        )
+        return deployment
+
+    def _secret(self, suffix: str, given: pulumi.Input[str] | None, length: int) -> pulumi.Output[str]:
+        """The given secret, or one of `length` letters and digits generated once per stack, as a secret Output."""
+        generated = random.RandomPassword(
+            f"{self._name}-{suffix}", length=length, special=False, opts=pulumi.ResourceOptions(parent=self)
+        )
+        return pulumi.Output.secret(
+            pulumi.Output.all(given, generated.result).apply(lambda values: str(values[0] or values[1]))
+        )
+
+    def _secret_version(self, suffix: str, **secret: pulumi.Input[str]) -> pulumi.Output[str]:
+        """A random id drawn anew whenever the secret (its one keyword argument) changes: in a pod template's
+        labels, it rolls the pods that read the secret at start, while the template reveals nothing of it."""
+        version = random.RandomId(
+            f"{self._name}-{suffix}-version", byte_length=8, keepers=secret, opts=pulumi.ResourceOptions(parent=self)
+        )
+        version_hex: pulumi.Output[str] = version.hex
+        return version_hex
