@@ -34,12 +34,8 @@ from tests.program import render
 from tests.rehearsal.cluster import Cluster, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from head_loss import (  # a sibling script, found once its folder is on the path
-    Dashboard,
-    active,
-    alternate,
-    medians_table,
-)
+from ray_jobs import Dashboard, active  # sibling modules, found once this folder is on the path
+from side_by_side import alternate, medians_table
 
 TIMEOUT = 600
 NAMESPACE = "ray-bench"

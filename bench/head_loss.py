@@ -17,26 +17,23 @@ runs. Needs root, like the rehearsal.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
-import signal
-import statistics
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.manifests import ray_node
 from tests.program import render
 from tests.rehearsal.cluster import Cluster, wait_for
-from tests.rehearsal.kubelet import Pod
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ray_jobs import Dashboard, active  # sibling modules, found once this folder is on the path
+from side_by_side import alternate, medians_table
 
 TIMEOUT = 600
 # Waits inside the job until every worker is a live node, then runs one task pinned to each of them.
@@ -67,30 +64,6 @@ class Run:
     head_ready: float
     new_work: float
     worker_restarts: int
-
-
-class Dashboard:
-    """The new head's Jobs API, as `ray job submit` uses it, with the cluster's token."""
-
-    def __init__(self, head: Pod, token: str) -> None:
-        self.base, self.token = f"http://{head.ip}:{ray_node.DASHBOARD_PORT}", token
-
-    def call(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-        request = urllib.request.Request(self.base + path, data=data, headers=headers)
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
-
-    def submit(self, script: str, workers: int) -> str:
-        code = base64.b64encode(script.encode()).decode()
-        entrypoint = f"python -c \"import base64; exec(base64.b64decode('{code}'))\" {workers}"
-        answer = self.call("/api/jobs/", {"entrypoint": entrypoint})
-        return str(answer["submission_id"])
-
-
-def active(cluster: Cluster, prefix: str) -> list[Pod]:
-    return [pod for name, pod in sorted(cluster.pods.items()) if name.startswith(prefix) and pod.active]
 
 
 def lose_the_head(fault_tolerant: bool, workers: int) -> Run:
@@ -132,39 +105,6 @@ def lose_the_head(fault_tolerant: bool, workers: int) -> Run:
         return Run(head_ready, new_work, sum(pod.restarts() for pod in worker_pods) - restarts_before)
     finally:
         cluster.close()
-
-
-Measured = TypeVar("Measured")
-
-
-def alternate(
-    repeat: int, measure: Callable[[bool], Measured], describe: Callable[[bool, Measured], str]
-) -> tuple[dict[bool, list[Measured]], list[str]]:
-    """`repeat` runs of each mode, alternating (True, False, True, ...), so that whatever drifts on the machine
-    meanwhile falls on both alike; each run described as a line (also to stderr, as it comes), and the runs by mode."""
-    # On SIGTERM unwind normally, so every namespace and process is cleaned up.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    runs: dict[bool, list[Measured]] = {True: [], False: []}
-    raws = []
-    for attempt in range(1, repeat + 1):
-        for mode in (True, False):
-            run = measure(mode)
-            runs[mode].append(run)
-            raws.append(f"run {attempt} {describe(mode, run)}")
-            print(raws[-1], file=sys.stderr, flush=True)
-    return runs, raws
-
-
-def medians_table(runs: Mapping[bool, list[Any]], header: str, labels: Mapping[str, str]) -> None:
-    """A Markdown table: per field of the runs (labelled), the median of each mode and their ratio."""
-
-    def median(mode: bool, field: str) -> float:
-        return float(statistics.median(getattr(run, field) for run in runs[mode]))
-
-    print(f"{header}\n|---|---|---|---|")
-    for field, label in labels.items():
-        first, second = median(True, field), median(False, field)
-        print(f"| {label} | {first:.1f} | {second:.1f} | {first / second:.2f}x |")
 
 
 def main() -> None:
