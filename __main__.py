@@ -14,5 +14,5 @@ cluster_name = args["clusterName"]
 aliases = [pulumi.Alias(name=cluster_name)] if cluster_name != COMPONENT_NAME else []
 cluster = RayCluster(COMPONENT_NAME, args, opts=pulumi.ResourceOptions(aliases=aliases))
 
-for output_name, value in cluster.outputs_by_name().items():
+for output_name, value in cluster.stack_outputs().items():
     pulumi.export(output_name, value)

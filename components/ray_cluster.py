@@ -66,6 +66,12 @@ class RayCluster(ClusterChildren):
     """The Secret holding the Ray auth token (key `token`), when tokenAuth is on."""
     gcs_storage_namespace: pulumi.Output[str | None]
     """This cluster's key prefix in Redis, when gcsFaultTolerance is on."""
+    head_service: pulumi.Output[k8s.core.v1.Service]
+    """The head's Service (`<clusterName>-head`), for resources that must wait for it or read it."""
+    head_deployment: pulumi.Output[k8s.apps.v1.Deployment]
+    """The head's Deployment (`<clusterName>-head`), for resources that must wait for it or read it."""
+    worker_deployments: pulumi.Output[dict[str, k8s.apps.v1.Deployment]]
+    """Each worker group's Deployment (`<clusterName>-<group>`), by group name."""
 
     def __init__(self, name: str, args: RayClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         """`args` are the stack config's keys (`inputs.from_stack_config`), or a package consumer's inputs: every
@@ -80,21 +86,25 @@ class RayCluster(ClusterChildren):
         self._namespace = self._declare_namespace()
         self._access, version_labels = self._access_objects(args.get("authToken"))
         gcs = self._gcs(args.get("redisPassword"))
-        self.head_service, head_service_spec = self._head_service()
+        head_service, head_service_spec = self._head_service()
         autoscaler = self._autoscaler() if settings.autoscaling else []
         # Only the head reads the Redis password. With fault tolerance, the GCS starts against a Redis that is
         # ready; with autoscaling, the autoscaler starts with its config, its ServiceAccount and its permissions.
-        self.head_deployment, head_spec = self._head(
+        head, head_spec = self._head(
             {**version_labels, **gcs.head_labels}, gcs.storage_namespace, after=[*gcs.resources, *autoscaler]
         )
-        self.worker_deployments, worker_specs = self._workers(version_labels)
+        workers, worker_specs = self._workers(version_labels)
         if settings.test_job:
             running = {"head-service": head_service_spec, "head": head_spec, "workers": worker_specs}
             if gcs.redis_spec:
                 running["redis"] = gcs.redis_spec
-            cluster = [*self._access, *gcs.resources, *autoscaler, self.head_service, self.head_deployment]
-            self._smoke_test([*cluster, *self.worker_deployments.values()], _digest(running))
+            cluster = [*self._access, *gcs.resources, *autoscaler, head_service, head, *workers.values()]
+            self._smoke_test(cluster, _digest(running))
         self._set_outputs(gcs.storage_namespace)
+        # The children a consumer may depend on (as Pulumi's own component examples keep them).
+        self.head_service = pulumi.Output.from_input(head_service)
+        self.head_deployment = pulumi.Output.from_input(head)
+        self.worker_deployments = pulumi.Output.from_input(workers)
         self.register_outputs(self.outputs_by_name())
 
     def _access_objects(
@@ -203,8 +213,13 @@ class RayCluster(ClusterChildren):
 
     def outputs_by_name(self) -> dict[str, pulumi.Output[Any]]:
         """The outputs under their names in the package's schema (the attributes' names in camelCase, by the
-        analyzer's own rule), which are also the stack's outputs."""
+        analyzer's own rule)."""
         return {camel_case(name): getattr(self, name) for name in OUTPUT_ATTRIBUTES}
+
+    def stack_outputs(self) -> dict[str, pulumi.Output[Any]]:
+        """What a stack of this project exports: the outputs but the children (whole objects, for other
+        resources to depend on, not for `pulumi stack output`)."""
+        return {camel_case(name): getattr(self, name) for name in OUTPUT_ATTRIBUTES if name not in CHILD_OUTPUTS}
 
     def _autoscaler(self) -> list[pulumi.CustomResource]:
         """What the head's autoscaler container needs: its config and node provider, and a ServiceAccount bound
@@ -433,3 +448,4 @@ def _is_output(annotation: object) -> bool:
 
 
 OUTPUT_ATTRIBUTES = tuple(name for name, kind in inspect.get_annotations(RayCluster).items() if _is_output(kind))
+CHILD_OUTPUTS = ("head_service", "head_deployment", "worker_deployments")

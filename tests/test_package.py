@@ -85,6 +85,12 @@ ALWAYS_OUTPUTS = {
     "workerReplicas",
 }
 SOMETIMES_OUTPUTS = {"authTokenSecret", "gcsStorageNamespace"}
+# The component's children a consumer may depend on, by output, with their pulumi-kubernetes type; not stack outputs.
+CHILDREN = {
+    "headService": "core/v1:Service",
+    "headDeployment": "apps/v1:Deployment",
+    "workerDeployments": "apps/v1:Deployment",
+}
 IMAGE = DECLARED["image"]["default"]
 # The schema as the analyzer infers it, to tell which error cases a typed program could send at all.
 SCHEMA: dict[str, Any] = json.loads(ComponentProvider([RayCluster], "ray-cluster").schema or "{}")
@@ -238,14 +244,21 @@ def test_worker_groups_are_typed_as_the_program_reads_them(schema: dict[str, Any
     assert "required" not in toleration
 
 
-def test_the_outputs_are_the_stacks(schema: dict[str, Any]) -> None:
-    """A consumer gets what a stack exports, under the same names; null ones are optional."""
+def test_the_outputs_are_the_stacks_and_the_children_a_consumer_may_depend_on(schema: dict[str, Any]) -> None:
+    """A consumer gets what a stack exports, under the same names (null ones are optional), and the head's Service
+    and Deployment and the worker groups' Deployments, typed as pulumi-kubernetes' resources."""
     resource = schema["resources"][TOKEN]
-    assert set(resource["properties"]) == set(render().outputs) == ALWAYS_OUTPUTS | SOMETIMES_OUTPUTS
-    assert set(resource["required"]) == ALWAYS_OUTPUTS
-    types = {name: prop["type"] for name, prop in resource["properties"].items()}
+    assert set(resource["properties"]) - CHILDREN.keys() == set(render().outputs) == ALWAYS_OUTPUTS | SOMETIMES_OUTPUTS
+    assert set(resource["required"]) == ALWAYS_OUTPUTS | CHILDREN.keys()
+    types = {name: prop.get("type") for name, prop in resource["properties"].items() if name not in CHILDREN}
     assert types == {name: "object" if name == "workerReplicas" else "string" for name in types}
     assert resource["properties"]["workerReplicas"]["additionalProperties"]["type"] == "integer"
+    version = schema["dependencies"][0]["version"]
+    assert schema["dependencies"] == [{"name": "kubernetes", "version": version}]
+    for name, kind in CHILDREN.items():
+        typed = resource["properties"][name]
+        reference = typed["additionalProperties"]["$ref"] if name == "workerDeployments" else typed["$ref"]
+        assert reference == f"/kubernetes/v{version}/schema.json#/resources/kubernetes:{kind.replace('/', '%2F')}"
 
 
 def descriptions(value: Any) -> Iterator[tuple[str, Any]]:
@@ -422,7 +435,9 @@ def test_the_same_values_given_either_way_make_the_same_resources(config: dict[s
     program = render(config, secrets=tuple(sorted(SECRET_INPUTS & set(config))))
     package, state = construct(config)
     assert by_urn(package) == by_urn(program)
-    assert state == program.outputs
+    assert {name: value for name, value in state.items() if name not in CHILDREN} == program.outputs
+    urns = {r.name: r.urn for r in program.kubernetes()}
+    assert _sync_await(state["headDeployment"].urn.future()) == urns["ray-head"]
 
 
 def test_a_token_given_as_plain_text_is_kept_as_a_secret() -> None:

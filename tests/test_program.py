@@ -601,10 +601,23 @@ def test_the_component_records_how_to_reach_the_cluster(monkeypatch: pytest.Monk
         "image": "rayproject/ray:2.60.0",
         "workerReplicas": {"worker": 3},
     }
-    assert component_outputs(monkeypatch, {}) == {**reach, "authTokenSecret": "ray-auth-token"}
+    outputs = component_outputs(monkeypatch, {})
+    children = {name: outputs.pop(name) for name in ("headService", "headDeployment", "workerDeployments")}
+    assert outputs == {**reach, "authTokenSecret": "ray-auth-token"}
     # Without token auth there is no Secret to name: the output is null (and so left out of the state).
-    assert component_outputs(monkeypatch, {"tokenAuth": "false"}) == reach
+    without_auth = component_outputs(monkeypatch, {"tokenAuth": "false"})
+    assert {k: v for k, v in without_auth.items() if k not in children} == reach
     assert render({"tokenAuth": "false"}).outputs["authTokenSecret"] is None
+    # The children a consumer may depend on: references to the resources (URN and ID), which the stack does not
+    # export.
+    component = "urn:pulumi:test::ray-cluster::ray-cluster:index:RayCluster$kubernetes"
+    assert not children.keys() & render().outputs.keys()
+    workers = children.pop("workerDeployments")
+    assert {name: ref["urn"] for name, ref in [*children.items(), *workers.items()]} == {
+        "headService": f"{component}:core/v1:Service::ray-head-service",
+        "headDeployment": f"{component}:apps/v1:Deployment::ray-head",
+        "worker": f"{component}:apps/v1:Deployment::ray-worker",
+    }
 
 
 def test_the_smoke_test_reruns_when_what_runs_the_cluster_changes_and_only_then() -> None:
