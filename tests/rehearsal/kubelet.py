@@ -313,6 +313,8 @@ def _downward_field(path: str) -> tuple[str, str | None] | None:
 
 
 UNSHARE_LOST_SIGKILL = b"unshare: sigprocmask unblock failed: Invalid argument"
+# A step of every container's setup (Pod.argv), in its PID 1's command line until it execs the container's command.
+_SETUP_MARK = b"mount -t proc proc /proc"
 
 
 @dataclass
@@ -706,7 +708,7 @@ class Pod:
             "set -e",
             f"hostname {shlex.quote(self.name)}",
             *(f"mount --bind {shlex.quote(str(etc / source))} /etc/{name}" for name, source in files.items()),
-            "mount -t proc proc /proc",
+            _SETUP_MARK.decode(),
         ]
         # Parents before children, as containerd orders a container's mounts; each target is made where it lies.
         mounts: list[tuple[PurePosixPath, Path]] = []
@@ -749,13 +751,17 @@ class Pod:
         ]  # fmt: skip
 
     def exec_argv(self, container: str, command: list[str]) -> list[str] | None:
-        """`command` run in the running container as the runtime's ExecSync runs it (see the module's docstring);
-        None while the container has no main process."""
+        """`command` run in the running container as the runtime's ExecSync runs it (see the module's docstring),
+        once the container's mounts are all made (its PID 1 has left the setup for its own command; a runtime execs
+        only into a container it has started); None while the container has no main process."""
         with self._lock:
             process, spec = self._processes.get(container), self._execs.get(container)
         main = _main_pids(process) if process is not None and process.poll() is None else []
         if spec is None or not main:
             return None
+        deadline = time.monotonic() + 10
+        while _in_setup(main[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
         env = [f"{name}={value}" for name, value in spec.env.items()]
         return [
             "nsenter", f"--target={main[0]}", "--mount", "--uts", "--pid", "--net", "--",
@@ -1042,6 +1048,14 @@ def _host_path(target: PurePosixPath, mounts: list[tuple[PurePosixPath, Path]], 
                 raise UnsupportedError(f"{target}: a mount target or working directory inside the image's {point}")
             return source / target.relative_to(point)
     return Path(target)
+
+
+def _in_setup(pid: int) -> bool:
+    """Whether a container's PID 1 still runs the setup of its mounts (Pod.argv), not yet its own command."""
+    try:
+        return _SETUP_MARK in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _main_pids(process: subprocess.Popen[bytes]) -> list[int]:
