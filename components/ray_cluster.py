@@ -27,7 +27,7 @@ from .config.fault_tolerance import GcsFaultTolerance
 from .config.inputs import RayClusterArgs
 from .config.settings import load_settings
 from .config.values import config_error
-from .manifests import autoscaling, network, pods, ray_node, redis
+from .manifests import autoscaling, network, pods, ray_node, redis, serve
 
 SMOKE_TEST_SCRIPT = in_pod.source(ray_node.SMOKE_TEST_FILE)
 
@@ -66,6 +66,8 @@ class RayCluster(ClusterChildren):
     """The Secret holding the Ray auth token (key `token`), when tokenAuth is on."""
     gcs_storage_namespace: pulumi.Output[str | None]
     """This cluster's key prefix in Redis, when gcsFaultTolerance is on."""
+    serve_url: pulumi.Output[str | None]
+    """Where the Serve applications answer (`<clusterName>-serve`, port 8000), when serveApplications are given."""
     head_service: pulumi.Output[k8s.core.v1.Service]
     """The head's Service (`<clusterName>-head`), for resources that must wait for it or read it."""
     head_deployment: pulumi.Output[k8s.apps.v1.Deployment]
@@ -88,10 +90,13 @@ class RayCluster(ClusterChildren):
         gcs = self._gcs(args.get("redisPassword"))
         head_service, head_service_spec = self._head_service()
         autoscaler = self._autoscaler() if settings.autoscaling else []
+        serve_access = self._serve_access() if settings.serve else []
         # Only the head reads the Redis password. With fault tolerance, the GCS starts against a Redis that is
-        # ready; with autoscaling, the autoscaler starts with its config, its ServiceAccount and its permissions.
+        # ready; its sidecars start with their config, their ServiceAccount and their permissions.
         head, head_spec = self._head(
-            {**version_labels, **gcs.head_labels}, gcs.storage_namespace, after=[*gcs.resources, *autoscaler]
+            {**version_labels, **gcs.head_labels},
+            gcs.storage_namespace,
+            after=[*gcs.resources, *autoscaler, *serve_access],
         )
         workers, worker_specs = self._workers(version_labels)
         if settings.test_job:
@@ -100,6 +105,8 @@ class RayCluster(ClusterChildren):
                 running["redis"] = gcs.redis_spec
             cluster = [*self._access, *gcs.resources, *autoscaler, head_service, head, *workers.values()]
             self._smoke_test(cluster, _digest(running))
+        if settings.serve:
+            self._serve_check([*self._access, *serve_access, head, *workers.values()])
         self._set_outputs(gcs.storage_namespace)
         # The children a consumer may depend on (as Pulumi's own component examples keep them).
         self.head_service = pulumi.Output.from_input(head_service)
@@ -159,12 +166,11 @@ class RayCluster(ClusterChildren):
         """`<cluster>-head`, one pod, recreated rather than rolled (never two heads: a second GCS would split the
         cluster in two), created once what it needs (`after`) exists; and its spec."""
         settings = self._settings
-        template = pods.head_pod_template(
-            settings,
-            version_labels,
-            storage_namespace,
-            autoscaling.sidecar(settings) if settings.autoscaling else None,
+        sidecars = (
+            *([autoscaling.sidecar(settings)] if settings.autoscaling else []),
+            *([serve.sidecar(settings)] if settings.serve else []),
         )
+        template = pods.head_pod_template(settings, version_labels, storage_namespace, sidecars)
         spec = {**self._deployment_spec("head", 1, template), "strategy": {"type": "Recreate"}}
         return self._deployment("head", "head", spec, resource_options.PULL_SECONDS, after=after), spec
 
@@ -210,6 +216,7 @@ class RayCluster(ClusterChildren):
         self.worker_replicas = pulumi.Output.from_input({g.name: g.replicas for g in settings.worker_groups})
         self.auth_token_secret = pulumi.Output.from_input(settings.auth_secret_name if settings.token_auth else None)
         self.gcs_storage_namespace = pulumi.Output.from_input(storage_namespace)
+        self.serve_url = pulumi.Output.from_input(serve.url(settings) if settings.serve else None)
 
     def outputs_by_name(self) -> dict[str, pulumi.Output[Any]]:
         """The outputs under their names in the package's schema (the attributes' names in camelCase, by the
@@ -256,6 +263,70 @@ class RayCluster(ClusterChildren):
         )
         return [files, account, role, binding]
 
+    def _serve_access(self) -> list[pulumi.CustomResource]:
+        """What the head's Serve keeper needs: the Serve config, the Service whose endpoints it writes, and a Role
+        for both bound to the head's ServiceAccount (its own, unless the autoscaler's is the head's)."""
+        settings = self._settings
+        assert settings.serve is not None
+        name = serve.name(settings)
+        resources = [
+            self._child(
+                k8s.core.v1.ConfigMap, "serve-config", name, "serve", "head", data=serve.config_files(settings.serve)
+            ),
+            self._child(
+                k8s.core.v1.Service,
+                "serve-service",
+                name,
+                "serve",
+                "head",
+                annotations=resource_options.ENDPOINTS_WRITTEN_LATER,
+                spec=serve.service_spec(),
+            ),
+            self._child(k8s.rbac.v1.Role, "serve-role", name, "serve", "head", rules=serve.role_rules(settings)),
+            self._child(
+                k8s.rbac.v1.RoleBinding,
+                "serve-role-binding",
+                name,
+                "serve",
+                "head",
+                **serve.role_binding_fields(settings),
+            ),
+        ]
+        if not settings.autoscaling:
+            resources.append(
+                self._child(
+                    k8s.core.v1.ServiceAccount,
+                    "serve-service-account",
+                    name,
+                    "serve",
+                    "head",
+                    automount_service_account_token=False,
+                )
+            )
+        return resources
+
+    def _serve_check(self, cluster: list[pulumi.CustomResource]) -> None:
+        """The Job that applies the Serve config and fails `pulumi up` unless every application runs with it."""
+        settings = self._settings
+        assert settings.serve is not None
+        self._child(
+            k8s.batch.v1.Job,
+            "serve-check",
+            # No fixed name: a changed config replaces the immutable Job create-before-delete, so it checks again.
+            None,
+            "serve-check",
+            annotations=resource_options.RETRY_FAILED_JOB,
+            spec={
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": serve.CHECK_DEADLINE_SECONDS,
+                "template": serve.check_pod_template(settings, settings.serve),
+            },
+            opts=pulumi.ResourceOptions(
+                depends_on=cluster,
+                custom_timeouts=pulumi.CustomTimeouts(create=f"{serve.CHECK_DEADLINE_SECONDS + 60}s"),
+            ),
+        )
+
     def _declare_namespace(self) -> pulumi.Output[str]:
         """The stack's own namespace, or an existing one, read rather than managed, under the same logical name:
         switching `createNamespace` from true to false then releases the namespace (the engine's "relinquish":
@@ -293,6 +364,7 @@ class RayCluster(ClusterChildren):
             "internal-traffic": ("internal", network.internal_policy_spec(settings)),
             "client-traffic": ("clients", network.client_policy_spec(settings)),
             "metrics-traffic": ("metrics", network.metrics_policy_spec(settings)),
+            "serve-traffic": ("serve", network.serve_policy_spec(settings)),
         }
         return [
             self._child(

@@ -55,6 +55,12 @@ AUTOSCALER_OWNS_REPLICAS = "spec.replicas"
 AUTOSCALED = {"ray-cluster.pulumi.com/autoscaled": "true", "pulumi.com/skipAwait": "true"}
 
 
+# The Serve Service has no selector: its endpoints are the keeper's to write, once the head runs it, and the Serve
+# check (a Job) proves they route. (The provider's await of a Service would wait for endpoints that only come after
+# the head it does not depend on.)
+ENDPOINTS_WRITTEN_LATER = {"pulumi.com/skipAwait": "true"}
+
+
 def delete_timeout(grace_seconds: int) -> str:
     """How long `pulumi up` and `pulumi destroy` wait for a deleted object whose pods may each take `grace_seconds`
     to stop."""

@@ -32,7 +32,7 @@ from pulumi.runtime.proto import engine_pb2_grpc, provider_pb2, provider_pb2_grp
 from pulumi.runtime.sync_await import _sync_await
 
 from components import RayCluster, load_settings
-from components.config.inputs import GROUP_KEYS, TOLERATION_KEYS
+from components.config.inputs import GROUP_KEYS, OBJECT_KEYS, TOLERATION_KEYS
 from tests.program import (
     ROOT,
     Registration,
@@ -54,6 +54,8 @@ DECLARED: dict[str, dict[str, Any]] = yaml.safe_load((ROOT / "Pulumi.yaml").read
 SECRET_INPUTS = {"authToken", "redisPassword"}
 WORKER_GROUP_TYPE = "ray-cluster:index:WorkerGroupArgs"
 TOLERATION_TYPE = "ray-cluster:index:TolerationArgs"
+SERVE_APPLICATION_TYPE = "ray-cluster:index:ServeApplicationArgs"
+SERVE_DEPLOYMENT_TYPE = "ray-cluster:index:ServeDeploymentArgs"
 WORKER_GROUP_PROPERTIES = {
     "name": "string",
     "replicas": "integer",
@@ -84,7 +86,7 @@ ALWAYS_OUTPUTS = {
     "image",
     "workerReplicas",
 }
-SOMETIMES_OUTPUTS = {"authTokenSecret", "gcsStorageNamespace"}
+SOMETIMES_OUTPUTS = {"authTokenSecret", "gcsStorageNamespace", "serveUrl"}
 # The component's children a consumer may depend on, by output, with their pulumi-kubernetes type; not stack outputs.
 CHILDREN = {
     "headService": "core/v1:Service",
@@ -210,7 +212,7 @@ def test_the_component_is_the_schemas_one_resource(schema: dict[str, Any]) -> No
     resource = schema["resources"][TOKEN]
     assert resource["isComponent"] is True
     assert resource["requiredInputs"] == []
-    assert set(schema["types"]) == {WORKER_GROUP_TYPE, TOLERATION_TYPE}
+    assert set(schema["types"]) == {WORKER_GROUP_TYPE, TOLERATION_TYPE, SERVE_APPLICATION_TYPE, SERVE_DEPLOYMENT_TYPE}
 
 
 def test_every_config_key_is_an_input_of_the_same_name_type_and_meaning(schema: dict[str, Any]) -> None:
@@ -218,7 +220,7 @@ def test_every_config_key_is_an_input_of_the_same_name_type_and_meaning(schema: 
     but the secrets are plain (a generated SDK takes no Output for them: the cluster's names and shape are checked
     from them before anything is declared)."""
     inputs = schema["resources"][TOKEN]["inputProperties"]
-    assert set(inputs) == {*DECLARED, "workerGroups"}
+    assert set(inputs) == {*DECLARED, *OBJECT_KEYS}
     for key, spec in DECLARED.items():
         prop = inputs[key]
         assert prop["type"] == spec["type"], key

@@ -238,6 +238,7 @@ def test_outputs_say_how_to_reach_the_cluster(default: Rendered) -> None:
         "workerReplicas": {"worker": 3},
         "authTokenSecret": "ray-auth-token",
         "gcsStorageNamespace": None,
+        "serveUrl": None,
     }
 
 

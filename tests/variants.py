@@ -41,6 +41,15 @@ for command in (
 ):
     AUTOSCALING.run(command)
 
+# The README's Serve example: an application baked into the image, reached from an ingress controller's namespace.
+SERVE_APPLICATION = {
+    "name": "hello",
+    "import_path": "hello:app",
+    "route_prefix": "/hello",
+    "deployments": [{"name": "Hello", "num_replicas": 2}],
+}
+SERVE: dict[str, object] = {"serveApplications": [SERVE_APPLICATION], "allowedServeNamespaces": ["ingress-nginx"]}
+
 VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
     "no-workers": {"workers": "0"},
@@ -69,6 +78,13 @@ VARIANTS: dict[str, dict[str, object]] = {
     },
     "autoscaling": AUTOSCALING.program_config(),
     "autoscaling-fault-tolerant": {**AUTOSCALING.program_config(), "gcsFaultTolerance": "true"},
+    "serve": SERVE,
+    "serve-autoscaling-fault-tolerant": {
+        **SERVE,
+        **AUTOSCALING.program_config(),
+        "gcsFaultTolerance": "true",
+        "allowedServeCidrs": ["10.0.0.0/8"],
+    },
 }
 
 

@@ -25,6 +25,9 @@ from pulumi.runtime import config as runtime_config
 
 PROJECT_FILE = Path(__file__).resolve().parents[2] / "Pulumi.yaml"
 WORKER_GROUPS = "workerGroups"
+SERVE_APPLICATIONS = "serveApplications"
+# Lists of objects: Pulumi's typed config has no object type, so Pulumi.yaml does not declare them (default: none).
+OBJECT_KEYS = (WORKER_GROUPS, SERVE_APPLICATIONS)
 # Inputs that reach the component as secrets (a package consumer's `pulumi.secret(...)` arrives as a secret Output;
 # a stack's config value is read with `get_secret`) and stay secret in every resource made from them.
 SECRET_KEYS = frozenset({"authToken", "redisPassword"})
@@ -68,6 +71,78 @@ class WorkerGroupArgs(TypedDict, total=False):
     """Taints the group's pods tolerate, such as those of GPU nodes."""
     readOnlyRootFilesystem: bool
     """Whether the root filesystem of the group's containers is read-only (default: workerReadOnlyRootFilesystem); false only for GPU nodes whose NVIDIA runtime hooks must write into it."""
+
+
+class ServeDeploymentArgs(TypedDict, total=False):
+    """Options of one deployment of a Serve application, overriding its code's (Ray Serve's `deployments[]` schema)."""
+
+    name: Required[str]
+    """The deployment's name, as in the application's code."""
+    num_replicas: Any
+    """Replicas of the deployment: a whole number, or "auto" for Serve's default autoscaling."""
+    max_ongoing_requests: int
+    """Most requests a replica handles at once (Serve's default 5)."""
+    max_queued_requests: int
+    """Most requests a caller queues for the deployment before it is refused (-1: no limit)."""
+    backpressure_config: dict[str, Any]
+    """Serve's backpressure options for the deployment."""
+    user_config: Any
+    """The deployment's user config, passed to its `reconfigure` method; a change applies without new replicas."""
+    autoscaling_config: dict[str, Any]
+    """Serve's autoscaling of the deployment's replicas (min_replicas, max_replicas, target_ongoing_requests, ...)."""
+    graceful_shutdown_wait_loop_s: float
+    """How often a stopping replica checks whether its requests are done."""
+    graceful_shutdown_timeout_s: float
+    """How long a stopping replica lets its requests finish before it is killed."""
+    health_check_period_s: float
+    """How often the controller checks each replica's health."""
+    health_check_timeout_s: float
+    """How long a replica's health check may take before it counts as failed."""
+    ray_actor_options: dict[str, Any]
+    """Options of each replica's actor: num_cpus, num_gpus, memory, resources, runtime_env, ..."""
+    placement_group_bundles: list[dict[str, Any]]
+    """A placement group per replica: its bundles of resources."""
+    placement_group_strategy: str
+    """The strategy of each replica's placement group (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD)."""
+    placement_group_bundle_label_selector: list[dict[str, Any]]
+    """Node labels each bundle of a replica's placement group must match."""
+    max_replicas_per_node: int
+    """Most replicas of the deployment on one node."""
+    logging_config: dict[str, Any]
+    """Serve's logging options for the deployment's replicas."""
+    request_router_config: dict[str, Any]
+    """How Serve routes requests to the deployment's replicas."""
+    gang_scheduling_config: dict[str, Any]
+    """Serve's gang scheduling of the deployment's replicas."""
+    deployment_actors: list[dict[str, Any]]
+    """Actors Serve starts beside the deployment."""
+    rolling_update_percentage: float
+    """The share of replicas an update replaces at once."""
+    max_surge_percent: float
+    """Replicas an update may start beyond the target, as a percentage (0: old ones stop before new ones start)."""
+
+
+class ServeApplicationArgs(TypedDict, total=False):
+    """A Ray Serve application, as in Serve's config file (`applications[]`)."""
+
+    name: str
+    """The application's name, unique in the cluster (default "default")."""
+    import_path: Required[str]
+    """Where its code is: `module:attribute` or `module.attribute`, an application or a builder of one."""
+    route_prefix: str
+    """The HTTP path the application serves under, starting with `/` (default `/`), unique in the cluster."""
+    runtime_env: dict[str, Any]
+    """The application's runtime environment: working_dir and py_modules must be remote URIs (or `local://` paths present on every node); pip, env_vars, ..."""
+    args: dict[str, Any]
+    """Arguments for an application builder (an import_path that names a function)."""
+    deployments: list[ServeDeploymentArgs]
+    """Options of the application's deployments, overriding those in its code."""
+    logging_config: dict[str, Any]
+    """Serve's logging options for the application."""
+    external_scaler_enabled: bool
+    """Whether an external scaler may set the application's replicas through Serve's API."""
+    autoscaling_policy: dict[str, Any]
+    """An application-level autoscaling policy (Serve marks it as under development)."""
 
 
 class RayClusterArgs(TypedDict, total=False):
@@ -119,6 +194,12 @@ class RayClusterArgs(TypedDict, total=False):
     """CIDR blocks (e.g. a VPN range) that may reach the head's client ports."""
     allowedMetricsNamespaces: list[str]
     """Namespaces (e.g. Prometheus's) whose pods may scrape every Ray pod's metrics port 8080, and nothing else."""
+    serveApplications: list[ServeApplicationArgs]
+    """Ray Serve applications the cluster runs, in Serve's config-file schema: applied by `pulumi up`, re-applied after a head restart, served by `<clusterName>-serve` on port 8000."""
+    allowedServeNamespaces: list[str]
+    """Namespaces (e.g. an ingress controller's) whose pods may reach the Serve port 8000 of the Ray pods, and nothing else."""
+    allowedServeCidrs: list[str]
+    """CIDR blocks that may reach the Serve port 8000 of the Ray pods, and nothing else."""
     gcsReconnectTimeoutSeconds: int
     """How long a worker waits for a lost head before it exits and Kubernetes restarts it to rejoin the new head. 0 means 60 s, or 600 s with gcsFaultTolerance."""
     gcsFaultTolerance: bool
@@ -160,9 +241,8 @@ def declared_config() -> Mapping[str, Mapping[str, Any]]:
 
 
 def defaults() -> dict[str, object]:
-    """Every input's value when it is not given: Pulumi.yaml's, and no extra worker groups (Pulumi's typed config
-    has no object type, so `workerGroups` is not declared there)."""
-    return {**{key: spec["default"] for key, spec in declared_config().items()}, WORKER_GROUPS: []}
+    """Every input's value when it is not given: Pulumi.yaml's, and none of the lists of objects (`OBJECT_KEYS`)."""
+    return {**{key: spec["default"] for key, spec in declared_config().items()}, **{key: [] for key in OBJECT_KEYS}}
 
 
 def from_stack_config(config: pulumi.Config) -> RayClusterArgs:
@@ -176,7 +256,7 @@ def from_stack_config(config: pulumi.Config) -> RayClusterArgs:
         "boolean": config.require_bool,
         "array": config.require_object,
     }
-    args: dict[str, object] = {WORKER_GROUPS: config.get_object(WORKER_GROUPS) or []}
+    args: dict[str, object] = {key: config.get_object(key) or [] for key in OBJECT_KEYS}
     for key, spec in declared_config().items():
         if key not in SECRET_KEYS:
             args[key] = readers[spec["type"]](key)

@@ -24,6 +24,7 @@ from .fault_tolerance import (
 from .groups import Autoscaling, WorkerGroup, autoscaler_settings, worker_groups
 from .images import require_image
 from .resources import PodResources
+from .serve import ServeSettings, serve_settings
 from .values import (
     DNS_LABEL,
     MAX_NAME,
@@ -62,6 +63,7 @@ class ClusterSettings:
     worker_drain_seconds: int
     fault_tolerance: GcsFaultTolerance | None = None
     autoscaling: Autoscaling | None = None
+    serve: ServeSettings | None = None
 
     @property
     def head_service_name(self) -> str:
@@ -75,6 +77,11 @@ class ClusterSettings:
     def deployment_name(self, group: str) -> str:
         """`<cluster>-<group>`: the Deployment of a worker group, the head (`head`) or the stack's Redis (`redis`)."""
         return f"{self.cluster_name}-{group}"
+
+    @property
+    def serve_service_name(self) -> str:
+        """`<cluster>-serve`: the Service of the Serve applications; its EndpointSlice has the same name."""
+        return f"{self.cluster_name}-serve"
 
     @property
     def auth_secret_name(self) -> str:
@@ -174,4 +181,5 @@ def load_settings(args: Mapping[str, object], project: str, stack: str) -> Clust
         worker_drain_seconds=require_seconds("workerDrainSeconds", inputs.integer("workerDrainSeconds"), 0, 3600),
         fault_tolerance=fault_tolerance,
         autoscaling=autoscaler_settings(inputs, groups),
+        serve=serve_settings(inputs),
     )

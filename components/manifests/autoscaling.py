@@ -30,13 +30,6 @@ PROVIDER_MODULE = "ray_cluster_node_provider"
 PROVIDER_FILE = f"{PROVIDER_MODULE}.py"
 PROVIDER_SOURCE = "node_provider.py"
 PROVIDER_CLASS = "DeploymentNodeProvider"
-# Where a pod's service-account files are by Kubernetes' convention, which in-cluster clients (Ray's KubeRay
-# provider among them) read: `token`, `ca.crt` and `namespace`.
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-# A bound token the kubelet renews, which dies with the pod, as automount would give it (kube-api-access-*).
-# An hour: the provider reads the file before every request, and the kubelet renews it at 80% of that. (Not
-# automount's 3607 s, which the API server by default extends to a year, for clients that never re-read it.)
-TOKEN_SECONDS = 3600
 # The head's node type in the autoscaling config; worker node types are the group names, which may not be `head`.
 HEAD_NODE_TYPE = "head"
 # KubeRay's default for its autoscaler container: the monitor is one Python process that wakes every 5 seconds.
@@ -55,7 +48,6 @@ _SCRATCH_VOLUMES = (("autoscaler-tmp", "/tmp"), ("autoscaler-home", ray_node.HOM
 # (an API server that is away for that long, a hung monitor), but not while it waits for the head's GCS.
 READINESS_SECONDS = 30
 LIVENESS_SECONDS = 120
-_API_ACCESS_VOLUME = "kube-api-access"
 
 
 # What Ray's config schema still requires of a cluster that Ray's own launcher would set up over SSH: nothing here.
@@ -170,20 +162,11 @@ def role_binding_fields(settings: ClusterSettings) -> dict[str, Any]:
 
 
 def volumes(settings: ClusterSettings) -> list[ray_node.Manifest]:
-    """The ConfigMap with the config and provider, and the service-account files that automount would give every
-    container, as a volume the autoscaler container alone mounts."""
-    service_account_files = [
-        {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_SECONDS}},
-        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-        {
-            "downwardAPI": {
-                "items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]
-            }
-        },
-    ]
+    """The ConfigMap with the config and provider, the service-account files (`pods.api_access_volume`) and the
+    container's scratch space."""
     return [
         {"name": CONTAINER_NAME, "configMap": {"name": name(settings), "defaultMode": 0o444}},
-        {"name": _API_ACCESS_VOLUME, "projected": {"defaultMode": 0o444, "sources": service_account_files}},
+        pods.api_access_volume(),
         *({"name": volume, "emptyDir": {}} for volume, _ in _SCRATCH_VOLUMES),
     ]
 
@@ -212,17 +195,9 @@ def sidecar(settings: ClusterSettings) -> pods.Sidecar:
 
 
 def heartbeat_probe(*, liveness: bool) -> ray_node.Manifest:
-    """Readiness: the provider read the pods within READINESS_SECONDS. Liveness: it did so within
-    LIVENESS_SECONDS, or has not started yet (the container waits for the head's GCS first, which may take minutes
-    with a Redis that starts too); bash, date and stat only, no Python start every few seconds."""
-    age = f"$(( $(date +%s) - $(stat -c %Y {HEARTBEAT_FILE}) ))"
-    check = (
-        f"[ ! -e {HEARTBEAT_FILE} ] || [ {age} -lt {LIVENESS_SECONDS} ]"
-        if liveness
-        else f"[ -e {HEARTBEAT_FILE} ] && [ {age} -lt {READINESS_SECONDS} ]"
-    )
-    timings = {"periodSeconds": 10, "failureThreshold": 3} if liveness else {"periodSeconds": 2, "failureThreshold": 1}
-    return {"exec": {"command": ["/bin/bash", "-c", check]}, "timeoutSeconds": 2, **timings}
+    """Readiness: the provider read the pods within READINESS_SECONDS. Liveness: within LIVENESS_SECONDS, or not
+    begun yet (the container waits for the head's GCS first, which may take minutes with a Redis that starts too)."""
+    return pods.heartbeat_probe(HEARTBEAT_FILE, LIVENESS_SECONDS if liveness else READINESS_SECONDS, liveness=liveness)
 
 
 def container(settings: ClusterSettings) -> ray_node.Manifest:
@@ -246,7 +221,7 @@ def container(settings: ClusterSettings) -> ray_node.Manifest:
             *({"name": volume, "mountPath": path} for volume, path in _SCRATCH_VOLUMES),
             *([ray_node.auth_token_mount()] if settings.token_auth else []),
             {"name": CONTAINER_NAME, "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": _API_ACCESS_VOLUME, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
+            pods.api_access_mount(),
         ],
         "readinessProbe": heartbeat_probe(liveness=False),
         "livenessProbe": heartbeat_probe(liveness=True),

@@ -42,6 +42,10 @@ def _namespaces(names: tuple[str, ...]) -> Manifest:
     return {"namespaceSelector": {"matchExpressions": [match]}}
 
 
+def _sources(cidrs: tuple[str, ...], namespaces: tuple[str, ...]) -> list[Manifest]:
+    return [{"ipBlock": {"cidr": cidr}} for cidr in cidrs] + ([_namespaces(namespaces)] if namespaces else [])
+
+
 def _ingress_policy(settings: ClusterSettings, sources: list[Manifest], ports: tuple[int, ...]) -> Manifest | None:
     if not sources:
         return None
@@ -54,9 +58,7 @@ def _ingress_policy(settings: ClusterSettings, sources: list[Manifest], ports: t
 
 def client_policy_spec(settings: ClusterSettings) -> Manifest | None:
     """The listed namespaces and CIDR blocks may use the dashboard/jobs API, Ray Client and metrics; None if none."""
-    sources: list[Manifest] = [{"ipBlock": {"cidr": cidr}} for cidr in settings.client_cidrs]
-    if settings.client_namespaces:
-        sources.append(_namespaces(settings.client_namespaces))
+    sources = _sources(settings.client_cidrs, settings.client_namespaces)
     return _ingress_policy(settings, sources, tuple(port for _, port in CLIENT_PORTS))
 
 
@@ -65,6 +67,16 @@ def metrics_policy_spec(settings: ClusterSettings) -> Manifest | None:
     come with the right to submit jobs. None if none are listed."""
     sources = [_namespaces(settings.metrics_namespaces)] if settings.metrics_namespaces else []
     return _ingress_policy(settings, sources, (ray_node.METRICS_PORT,))
+
+
+def serve_policy_spec(settings: ClusterSettings) -> Manifest | None:
+    """The Serve audience (an ingress controller's namespace, a load balancer's CIDR) may reach the Serve port of
+    every Ray pod, and nothing else: serving requests must not come with the right to submit jobs. None without
+    Serve or without an audience (the cluster's own pods reach it anyway)."""
+    serve = settings.serve
+    if serve is None:
+        return None
+    return _ingress_policy(settings, _sources(serve.cidrs, serve.namespaces), (ray_node.SERVE_PORT,))
 
 
 def redis_policy_spec(settings: ClusterSettings) -> Manifest | None:

@@ -120,10 +120,53 @@ def pod_template(
     }
 
 
+# Where a pod's service-account files are by Kubernetes' convention, which in-cluster clients (Ray's KubeRay
+# provider among them) read: `token`, `ca.crt` and `namespace`.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# A bound token the kubelet renews, which dies with the pod, as automount would give it (kube-api-access-*).
+# An hour: its readers read the file before every request, and the kubelet renews it at 80% of that. (Not
+# automount's 3607 s, which the API server by default extends to a year, for clients that never re-read it.)
+TOKEN_SECONDS = 3600
+API_ACCESS_VOLUME = "kube-api-access"
+
+
+def api_access_volume() -> Manifest:
+    """The service-account files that automount would give every container of the pod, as a volume that only the
+    containers that call the Kubernetes API mount (`api_access_mount`)."""
+    service_account_files = [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_SECONDS}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {
+            "downwardAPI": {
+                "items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]
+            }
+        },
+    ]
+    return {"name": API_ACCESS_VOLUME, "projected": {"defaultMode": 0o444, "sources": service_account_files}}
+
+
+def api_access_mount() -> Manifest:
+    return {"name": API_ACCESS_VOLUME, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True}
+
+
+def heartbeat_probe(heartbeat_file: str, within_seconds: int, *, liveness: bool) -> Manifest:
+    """A probe of a sidecar that touches `heartbeat_file` as it goes round. Readiness: it did so within
+    `within_seconds`. Liveness: it did so within `within_seconds`, or has not begun (it may wait minutes for the
+    head's GCS first). bash, date and stat only, no Python start every few seconds."""
+    age = f"$(( $(date +%s) - $(stat -c %Y {heartbeat_file}) ))"
+    check = (
+        f"[ ! -e {heartbeat_file} ] || [ {age} -lt {within_seconds} ]"
+        if liveness
+        else f"[ -e {heartbeat_file} ] && [ {age} -lt {within_seconds} ]"
+    )
+    timings = {"periodSeconds": 10, "failureThreshold": 3} if liveness else {"periodSeconds": 2, "failureThreshold": 1}
+    return {"exec": {"command": ["/bin/bash", "-c", check]}, "timeoutSeconds": 2, **timings}
+
+
 @dataclass(frozen=True)
 class Sidecar:
-    """A container the head pod runs beside Ray (the autoscaler), its own volumes, and the ServiceAccount the
-    pod runs as for it."""
+    """A container the head pod runs beside Ray (the autoscaler, the Serve keeper), its own volumes, and the
+    ServiceAccount the pod runs as for it (the head's sidecars share one)."""
 
     container: Manifest
     volumes: list[Manifest]
@@ -134,23 +177,31 @@ def head_pod_template(
     settings: ClusterSettings,
     version_labels: Mapping[str, Any],
     storage_namespace: Any = None,
-    sidecar: Sidecar | None = None,
+    sidecars: tuple[Sidecar, ...] = (),
 ) -> Manifest:
     """`version_labels` (the token's and the Redis password's versions) change with what the pod reads at start,
-    so a change rolls it; `storage_namespace` names the cluster's state in Redis, with GCS fault tolerance."""
+    so a change rolls it; `storage_namespace` names the cluster's state in Redis, with GCS fault tolerance. A
+    volume that several sidecars mount (the Kubernetes token) is the pod's once."""
     head = ray_container(settings, settings.head, settings.image, head=True, storage_namespace=storage_namespace)
+    accounts = {sidecar.service_account for sidecar in sidecars}
+    if len(accounts) > 1:
+        raise ValueError(f"the head's sidecars need one ServiceAccount, not {sorted(accounts)}")
+    volumes = {
+        volume["name"]: volume
+        for volume in ray_volumes(settings, node_sizing(settings.head))
+        + gcs_storage_volumes(settings)
+        + [volume for sidecar in sidecars for volume in sidecar.volumes]
+    }
     return pod_template(
         settings,
         component="head",
         group="head",
-        containers=[head, *([sidecar.container] if sidecar else [])],
-        volumes=ray_volumes(settings, node_sizing(settings.head))
-        + gcs_storage_volumes(settings)
-        + (sidecar.volumes if sidecar else []),
+        containers=[head, *(sidecar.container for sidecar in sidecars)],
+        volumes=list(volumes.values()),
         node_selector=node_selector(settings.image),
         grace_seconds=HEAD_DRAIN_SECONDS + SHUTDOWN_MARGIN_SECONDS,
         version_labels=version_labels,
-        service_account=sidecar.service_account if sidecar else None,
+        service_account=accounts.pop() if accounts else None,
     )
 
 

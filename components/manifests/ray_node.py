@@ -23,6 +23,8 @@ DASHBOARD_PORT = 8265
 CLIENT_PORT = 10001
 METRICS_PORT = 8080
 AGENT_PORT = 52365
+# Ray Serve's HTTP proxies (every node that runs replicas, and the head), when the cluster runs Serve applications.
+SERVE_PORT = 8000
 # The official Ray image runs as user `ray` (security.RAY_UID, RAY_GID), with HOME and WORKDIR /home/ray and conda in
 # /home/ray/anaconda3. The root filesystem is read-only, so HOME and the working directory move to an emptyDir below
 # the image's home, which leaves conda where the image put it.
@@ -346,6 +348,7 @@ def ray_container(
     ports = ([("gcs", GCS_PORT), ("dashboard", DASHBOARD_PORT), ("client", CLIENT_PORT)] if head else []) + [
         ("metrics", METRICS_PORT),
         ("agent", AGENT_PORT),
+        *([("serve", SERVE_PORT)] if settings.serve else []),
     ]
     readiness = (
         http_probe(DASHBOARD_PORT, "/api/gcs_healthz", liveness=False)

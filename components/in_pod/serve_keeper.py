@@ -1,0 +1,332 @@
+"""Keeps a cluster's Ray Serve applications applied and its Serve Service sending requests to healthy proxies only;
+as `check`, gates `pulumi up` on the applications.
+
+Shipped as its text in the container's command (components/manifests/serve.py); runs on the image's Python with
+the standard library and `requests` (which Ray needs).
+
+`keep`, a container of the head pod, once a second:
+- reads the wanted config from the ConfigMap `<cluster>-serve` through the API (a mounted ConfigMap follows a change
+  only after the kubelet's next sync, a minute or more later);
+- applies it (PUT /api/serve/applications/ on the head's dashboard, with the Ray token) when it differs from what
+  this process applied last, or when Serve lacks one of its applications: a head restarted without GCS fault
+  tolerance comes back without Serve. Not otherwise: Serve redeploys on every PUT, even of the same config;
+- probes the Serve proxy of every node Serve lists (GET :<port>/-/healthz within 1 s) and writes the EndpointSlice of
+  the Service `<cluster>-serve`: the healthy proxies of workers, or the head's while no worker's is healthy (a
+  proxy on a node without replicas answers 503 while it drains, and is gone once drained).
+
+`check`, a Job: applies the config in SERVE_CONFIG, then waits until every application is RUNNING with exactly that
+config and the Service answers with every route prefix; exits 1 with Serve's message as soon as an application
+fails to deploy or is unhealthy, or once SERVE_CHECK_SECONDS have passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+HEARTBEAT_FILE = Path("/tmp/heartbeat")
+SERVE_API = "/api/serve/applications/"
+PERIOD_SECONDS = 1.0
+PROBE_TIMEOUT_SECONDS = 1.0
+REQUEST_TIMEOUT_SECONDS = 10.0
+MANAGED_BY = "serve-keeper.ray-cluster.pulumi.com"
+FAILED = ("DEPLOY_FAILED", "UNHEALTHY")
+Document = dict[str, Any]
+
+
+class UnavailableError(Exception):
+    """A call that did not get an answer worth acting on (no connection, a timeout, a 5xx): tried again later."""
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    # Every address here is in the cluster: no proxy from the image's environment, no .netrc credentials.
+    session.trust_env = False
+    return session
+
+
+class Dashboard:
+    """Serve's REST API on the Ray dashboard, with the cluster's token when token auth is on."""
+
+    def __init__(self, base_url: str, environ: dict[str, str]) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session = _session()
+        self._token_file = environ.get("RAY_AUTH_TOKEN_PATH") if environ.get("RAY_AUTH_MODE") == "token" else None
+
+    def _call(self, method: str, body: Document | None = None) -> requests.Response:
+        headers = {}
+        if self._token_file:
+            headers["Authorization"] = f"Bearer {Path(self._token_file).read_text().strip()}"
+        try:
+            response = self._session.request(
+                method, self.base_url + SERVE_API, json=body, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS
+            )
+        except requests.RequestException as error:
+            raise UnavailableError(f"the dashboard does not answer ({type(error).__name__})") from error
+        if response.status_code >= 500:
+            raise UnavailableError(f"the dashboard answers {response.status_code}: {response.text[:300]}")
+        return response
+
+    def status(self) -> Document:
+        response = self._call("GET")
+        if response.status_code != 200:
+            raise UnavailableError(f"GET {SERVE_API} answers {response.status_code}: {response.text[:300]}")
+        answer: Document = response.json()
+        return answer
+
+    def apply(self, config: Document) -> str | None:
+        """PUT the config; None once Serve took it, else what Serve said (a schema error: 400 with its text)."""
+        response = self._call("PUT", config)
+        if response.status_code == 200:
+            return None
+        return f"Serve refused the config ({response.status_code}): {response.text}"
+
+
+class Kubernetes:
+    """The few API calls of the keeper, over HTTPS with the pod's service-account token, read before each call."""
+
+    def __init__(self, environ: dict[str, str]) -> None:
+        host = environ["KUBERNETES_SERVICE_HOST"]
+        host = f"[{host}]" if ":" in host else host
+        self.base_url = f"https://{host}:{environ.get('KUBERNETES_SERVICE_PORT', '443')}"
+        self.namespace = environ["SERVE_NAMESPACE"]
+        self._session = _session()
+
+    def call(self, method: str, path: str, body: Document | None = None) -> tuple[int, Document]:
+        token = (SERVICE_ACCOUNT_DIR / "token").read_text().strip()
+        try:
+            response = self._session.request(
+                method,
+                f"{self.base_url}{path}",
+                json=body,
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                verify=str(SERVICE_ACCOUNT_DIR / "ca.crt"),
+                timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+        except requests.RequestException as error:
+            raise UnavailableError(f"{method} {path}: {type(error).__name__}") from error
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {"message": response.text[:300]}
+        if response.status_code >= 500 or response.status_code in (401, 403):
+            raise UnavailableError(f"{method} {path}: {response.status_code} {answer.get('message', '')}")
+        return response.status_code, answer
+
+    def path(self, group_version: str, resource: str, name: str = "") -> str:
+        prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        return f"{prefix}/namespaces/{self.namespace}/{resource}" + (f"/{name}" if name else "")
+
+
+def missing_applications(config: Document, status: Document) -> list[str]:
+    """The wanted applications Serve does not have (all of them, after a head restart without fault tolerance)."""
+    have = status.get("applications") or {}
+    return [app.get("name", "default") for app in config["applications"] if app.get("name", "default") not in have]
+
+
+def serving_addresses(status: Document, healthy: set[str], head_address: str) -> list[str]:
+    """The proxies the Service sends requests to: the healthy ones of workers, or the head's while no worker's is."""
+    addresses = {proxy.get("node_ip") for proxy in (status.get("proxies") or {}).values()}
+    workers = sorted(address for address in addresses if address in healthy and address != head_address)
+    return workers or ([head_address] if head_address in healthy else [])
+
+
+def endpoint_slice(name: str, service: Document, addresses: list[str], port: int) -> Document:
+    """The Service's EndpointSlice, owned by it (deleted with it), every address ready."""
+    metadata = service["metadata"]
+    owner = {"apiVersion": "v1", "kind": "Service", "name": name, "uid": metadata["uid"]}
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": metadata["namespace"],
+            "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": MANAGED_BY},
+            "ownerReferences": [owner],
+        },
+        "addressType": "IPv6" if any(":" in address for address in addresses) else "IPv4",
+        "ports": [{"name": "serve", "port": port, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": [address], "conditions": {"ready": True, "serving": True, "terminating": False}}
+            for address in addresses
+        ],
+    }
+
+
+def healthy_proxies(status: Document, port: int) -> set[str]:
+    """The addresses whose Serve proxy answers its health check now."""
+    session = _session()
+    healthy = set()
+    for proxy in (status.get("proxies") or {}).values():
+        address = proxy.get("node_ip")
+        if not address:
+            continue
+        host = f"[{address}]" if ":" in address else address
+        try:
+            response = session.get(f"http://{host}:{port}/-/healthz", timeout=PROBE_TIMEOUT_SECONDS)
+        except requests.RequestException:
+            continue
+        if response.status_code == 200:
+            healthy.add(address)
+    return healthy
+
+
+class Keeper:
+    """One pass at a time (`step`); what it last did is kept so it acts only on a change."""
+
+    def __init__(self, dashboard: Dashboard, kubernetes: Kubernetes, name: str, port: int, head_address: str) -> None:
+        self.dashboard, self.kubernetes = dashboard, kubernetes
+        self.name, self.port, self.head_address = name, port, head_address
+        self.applied: Document | None = None
+        self.published: list[str] | None = None
+        self._said = ""
+
+    def say(self, message: str) -> None:
+        """Log a state once when it begins, not once a second."""
+        if message != self._said:
+            print(message, flush=True)
+            self._said = message
+
+    def wanted(self) -> Document:
+        code, config_map = self.kubernetes.call("GET", self.kubernetes.path("v1", "configmaps", self.name))
+        if code != 200:
+            raise UnavailableError(f"ConfigMap {self.name}: {code} {config_map.get('message', '')}")
+        config: Document = json.loads(config_map["data"]["serve.json"])
+        return config
+
+    def step(self) -> None:
+        config = self.wanted()
+        status = self.dashboard.status()
+        missing = missing_applications(config, status)
+        if config != self.applied or missing:
+            why = f"Serve lacks {missing}" if missing and config == self.applied else "the config changed"
+            refused = self.dashboard.apply(config)
+            if refused:
+                self.say(refused)
+                return
+            names = [app.get("name", "default") for app in config["applications"]]
+            print(f"applied the Serve config ({why}): {names}", flush=True)
+            self.applied = config
+            status = self.dashboard.status()
+        addresses = serving_addresses(status, healthy_proxies(status, self.port), self.head_address)
+        if addresses != self.published:
+            self.publish(addresses)
+
+    def publish(self, addresses: list[str]) -> None:
+        kubernetes = self.kubernetes
+        code, service = kubernetes.call("GET", kubernetes.path("v1", "services", self.name))
+        if code != 200:
+            raise UnavailableError(f"Service {self.name}: {code} {service.get('message', '')}")
+        wanted = endpoint_slice(self.name, service, addresses, self.port)
+        path = kubernetes.path("discovery.k8s.io/v1", "endpointslices", self.name)
+        code, current = kubernetes.call("GET", path)
+        if code == 404:
+            code, answer = kubernetes.call("POST", kubernetes.path("discovery.k8s.io/v1", "endpointslices"), wanted)
+        else:
+            wanted["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            code, answer = kubernetes.call("PUT", path, wanted)
+        if code not in (200, 201):
+            raise UnavailableError(f"EndpointSlice {self.name}: {code} {answer.get('message', '')}")
+        print(f"the Service {self.name} sends requests to {addresses or 'no proxy'}", flush=True)
+        self.published = addresses
+
+
+def keep(environ: dict[str, str]) -> None:
+    keeper = Keeper(
+        Dashboard(environ["SERVE_DASHBOARD_URL"], environ),
+        Kubernetes(environ),
+        environ["SERVE_NAME"],
+        int(environ["SERVE_PORT"]),
+        environ["RAY_POD_IP"],
+    )
+    while True:
+        try:
+            keeper.step()
+        except (UnavailableError, OSError, ValueError, KeyError) as error:
+            keeper.say(f"waiting: {error}")
+        HEARTBEAT_FILE.touch()
+        time.sleep(PERIOD_SECONDS)
+
+
+def check_state(config: Document, status: Document) -> tuple[bool, str]:
+    """(True, why) when every wanted application is RUNNING with exactly its config, or has failed with it (why
+    says which, in Serve's words); (False, what is awaited) otherwise."""
+    have = status.get("applications") or {}
+    waiting = []
+    for app in config["applications"]:
+        name = app.get("name", "default")
+        details = have.get(name)
+        if details is None or details.get("deployed_app_config") != app:
+            waiting.append(f"{name}: not applied yet")
+        elif details.get("status") in FAILED:
+            return True, f"Serve application {name!r} is {details['status']}: {details.get('message', '')}"
+        elif details.get("status") != "RUNNING":
+            waiting.append(f"{name}: {details.get('status')}")
+    return not waiting, "; ".join(waiting)
+
+
+def routes_served(serve_url: str, config: Document) -> str | None:
+    """None once the Service answers with every wanted route prefix, else what is awaited."""
+    wanted = {app.get("route_prefix", "/") for app in config["applications"]} - {None}
+    try:
+        response = _session().get(f"{serve_url}/-/routes", timeout=PROBE_TIMEOUT_SECONDS * 2)
+    except requests.RequestException as error:
+        return f"{serve_url} does not answer ({type(error).__name__})"
+    routes = response.json() if response.status_code == 200 else {}
+    missing = sorted(wanted - set(routes))
+    return f"{serve_url} does not route {missing} yet ({response.status_code})" if missing else None
+
+
+def check(environ: dict[str, str]) -> int:
+    config: Document = json.loads(environ["SERVE_CONFIG"])
+    dashboard = Dashboard(environ["SERVE_DASHBOARD_URL"], environ)
+    deadline = time.monotonic() + float(environ["SERVE_CHECK_SECONDS"])
+    applied = False
+    said = ""
+    while time.monotonic() < deadline:
+        try:
+            if not applied:
+                refused = dashboard.apply(config)
+                if refused:
+                    print(refused, flush=True)
+                    return 1
+                applied = True
+            done, why = check_state(config, dashboard.status())
+            if done and why:
+                print(why, flush=True)
+                return 1
+            why = why or routes_served(environ["SERVE_URL"], config) or ""
+        except (UnavailableError, OSError, ValueError) as error:
+            why = f"{error}"
+        if not why:
+            names = [app.get("name", "default") for app in config["applications"]]
+            print(f"Serve applications RUNNING and routed: {names}", flush=True)
+            return 0
+        if why != said:
+            print(f"waiting: {why}", flush=True)
+            said = why
+        time.sleep(PERIOD_SECONDS)
+    print(f"the Serve applications were not RUNNING within {environ['SERVE_CHECK_SECONDS']} s: {said}", flush=True)
+    return 1
+
+
+def main(argv: list[str]) -> int:
+    environ = dict(os.environ)
+    if argv[1:] == ["keep"]:
+        keep(environ)
+        return 0
+    if argv[1:] == ["check"]:
+        return check(environ)
+    print(f"usage: {argv[0]} keep|check", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
