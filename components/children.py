@@ -100,6 +100,31 @@ class ClusterChildren(pulumi.ComponentResource):
         )
         return deployment
 
+    def _proving_job(
+        self,
+        component: str,
+        template: ray_node.Manifest,
+        retries: int,
+        deadline_seconds: int,
+        after: list[pulumi.CustomResource],
+    ) -> pulumi.CustomResource:
+        """A Job that proves the cluster (or its Serve applications), so that its failure fails `pulumi up`: created
+        once what it proves exists (`after`), awaited a minute beyond its own deadline. No fixed name: a changed
+        template replaces the immutable Job create-before-delete, so it runs again; a failed one is replaced by
+        the next `pulumi up` instead of awaited again."""
+        job: pulumi.CustomResource = self._child(
+            k8s.batch.v1.Job,
+            component,
+            None,
+            component,
+            annotations=resource_options.RETRY_FAILED_JOB,
+            spec={"backoffLimit": retries, "activeDeadlineSeconds": deadline_seconds, "template": template},
+            opts=pulumi.ResourceOptions(
+                depends_on=after, custom_timeouts=pulumi.CustomTimeouts(create=f"{deadline_seconds + 60}s")
+            ),
+        )
+        return job
+
     def _secret(self, suffix: str, given: pulumi.Input[str] | None, length: int) -> pulumi.Output[str]:
         """The given secret, or one of `length` letters and digits generated once per stack, as a secret Output."""
         generated = random.RandomPassword(

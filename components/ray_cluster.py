@@ -309,23 +309,8 @@ class RayCluster(ClusterChildren):
         """The Job that applies the Serve config and fails `pulumi up` unless every application runs with it."""
         settings = self._settings
         assert settings.serve is not None
-        self._child(
-            k8s.batch.v1.Job,
-            "serve-check",
-            # No fixed name: a changed config replaces the immutable Job create-before-delete, so it checks again.
-            None,
-            "serve-check",
-            annotations=resource_options.RETRY_FAILED_JOB,
-            spec={
-                "backoffLimit": 0,
-                "activeDeadlineSeconds": serve.CHECK_DEADLINE_SECONDS,
-                "template": serve.check_pod_template(settings, settings.serve),
-            },
-            opts=pulumi.ResourceOptions(
-                depends_on=cluster,
-                custom_timeouts=pulumi.CustomTimeouts(create=f"{serve.CHECK_DEADLINE_SECONDS + 60}s"),
-            ),
-        )
+        template = serve.check_pod_template(settings, settings.serve)
+        self._proving_job("serve-check", template, 0, serve.CHECK_DEADLINE_SECONDS, cluster)
 
     def _declare_namespace(self) -> pulumi.Output[str]:
         """The stack's own namespace, or an existing one, read rather than managed, under the same logical name:
@@ -474,25 +459,10 @@ class RayCluster(ClusterChildren):
             "smoke-test",
             data={ray_node.SMOKE_TEST_FILE: SMOKE_TEST_SCRIPT},
         )
-        self._child(
-            k8s.batch.v1.Job,
-            "smoke-test",
-            # No fixed name: a changed template replaces the immutable Job create-before-delete, so it runs again.
-            None,
-            "smoke-test",
-            annotations=resource_options.RETRY_FAILED_JOB,
-            spec={
-                "backoffLimit": 1,
-                "activeDeadlineSeconds": resource_options.SMOKE_TEST_DEADLINE_SECONDS,
-                "template": pods.smoke_test_pod_template(
-                    settings, script_config_map=script_name, script=SMOKE_TEST_SCRIPT, cluster_digest=cluster_digest
-                ),
-            },
-            opts=pulumi.ResourceOptions(
-                depends_on=[script, *cluster],
-                custom_timeouts=pulumi.CustomTimeouts(create=f"{resource_options.SMOKE_TEST_DEADLINE_SECONDS + 60}s"),
-            ),
+        template = pods.smoke_test_pod_template(
+            settings, script_config_map=script_name, script=SMOKE_TEST_SCRIPT, cluster_digest=cluster_digest
         )
+        self._proving_job("smoke-test", template, 1, resource_options.SMOKE_TEST_DEADLINE_SECONDS, [script, *cluster])
 
 
 def _digest(specs: Mapping[str, Any]) -> pulumi.Output[str]:

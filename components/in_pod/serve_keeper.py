@@ -131,11 +131,15 @@ def missing_applications(config: Document, status: Document) -> list[str]:
     return [app.get("name", "default") for app in config["applications"] if app.get("name", "default") not in have]
 
 
-def serving_addresses(status: Document, healthy: set[str], head_address: str) -> list[str]:
-    """The proxies the Service sends requests to: the healthy ones of workers, or the head's while no worker's is."""
-    addresses = {proxy.get("node_ip") for proxy in (status.get("proxies") or {}).values()}
-    workers = sorted(address for address in addresses if address in healthy and address != head_address)
-    return workers or ([head_address] if head_address in healthy else [])
+def serving_addresses(status: Document, healthy: set[str]) -> list[str]:
+    """The proxies the Service sends requests to: the healthy ones of workers, or the head's while no worker's is.
+    The head's is the one on the controller's node (Serve pins its controller to the head)."""
+    proxies = status.get("proxies") or {}
+    head_node = (status.get("controller_info") or {}).get("node_id")
+    head = proxies.get(head_node, {}).get("node_ip")
+    addresses = {proxy.get("node_ip") for proxy in proxies.values()}
+    workers = sorted(address for address in addresses if address in healthy and address != head)
+    return workers or ([head] if head in healthy else [])
 
 
 def endpoint_slice(name: str, service: Document, addresses: list[str], port: int) -> Document:
@@ -181,9 +185,9 @@ def healthy_proxies(status: Document, port: int) -> set[str]:
 class Keeper:
     """One pass at a time (`step`); what it last did is kept so it acts only on a change."""
 
-    def __init__(self, dashboard: Dashboard, kubernetes: Kubernetes, name: str, port: int, head_address: str) -> None:
+    def __init__(self, dashboard: Dashboard, kubernetes: Kubernetes, name: str, port: int) -> None:
         self.dashboard, self.kubernetes = dashboard, kubernetes
-        self.name, self.port, self.head_address = name, port, head_address
+        self.name, self.port = name, port
         self.applied: Document | None = None
         self.published: list[str] | None = None
         self._said = ""
@@ -215,7 +219,7 @@ class Keeper:
             print(f"applied the Serve config ({why}): {names}", flush=True)
             self.applied = config
             status = self.dashboard.status()
-        addresses = serving_addresses(status, healthy_proxies(status, self.port), self.head_address)
+        addresses = serving_addresses(status, healthy_proxies(status, self.port))
         if addresses != self.published:
             self.publish(addresses)
 
@@ -244,7 +248,6 @@ def keep(environ: dict[str, str]) -> None:
         Kubernetes(environ),
         environ["SERVE_NAME"],
         int(environ["SERVE_PORT"]),
-        environ["RAY_POD_IP"],
     )
     while True:
         try:

@@ -1,0 +1,435 @@
+"""Ray Serve on the cluster: `serveApplications` checked before anything is declared, the Serve objects as rendered,
+the keeper's decisions, and the keeper and the check run against a real Ray head with Serve (the rehearsal's
+image: `ray[default,serve]` at the pinned version)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+import requests
+
+from components import load_settings
+from components.config.serve import APPLICATION_KEYS, DEPLOYMENT_KEYS
+from components.in_pod import serve_keeper
+from components.manifests import serve
+from tests.program import Rendered
+from tests.rehearsal import image
+from tests.test_conformance import validate_everywhere
+from tests.variants import SERVE_APPLICATION, rendered
+
+APP = SERVE_APPLICATION
+# The rehearsal's stand-in for the Ray image's Python: ray[default,serve] at the pinned version (scripts/test).
+IMAGE_PYTHON = image.ROOT / "bin" / "python"
+
+
+def error_of(config: dict[str, object]) -> str:
+    with pytest.raises(pulumi.RunError) as raised:
+        load_settings(config, "ray-cluster", "test")
+    return str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("applications", "words"),
+    [
+        ([{"name": "a"}], ["serveApplications[0].import_path is None", "`module:attribute` or `module.attribute`"]),
+        ([{"import_path": "hello"}], ["serveApplications[0].import_path is 'hello'"]),
+        ([{"import_path": "hello:app()"}], ["import_path is 'hello:app()'"]),
+        ([{"import_path": "a:b"}, {"import_path": "c.d", "route_prefix": "/c"}],
+         ["serveApplications[1].name is 'default'", "serveApplications[0] has it too"]),
+        ([{"name": "a", "import_path": "a:b"}, {"name": "b", "import_path": "c:d"}],
+         ["serveApplications[1].route_prefix is '/'", "unique"]),
+        ([{"import_path": "a:b", "route_prefix": "hello"}], ["route_prefix is 'hello'", "must start with `/`"]),
+        ([{"import_path": "a:b", "improt_path": "x"}], ["improt_path is 'x'", "did you mean `import_path`?"]),
+        ([{"import_path": "a:b", "port": 8001}], ["[0].port is 8001", "not a key of a Serve application"]),
+        ([{"import_path": "a:b", "deployments": [{"name": "A", "num_replica": 2}]}],
+         ["deployments[0].num_replica is 2", "did you mean `num_replicas`?"]),
+        ([{"import_path": "a:b", "deployments": [{"name": "A", "num_replicas": 0}]}], ['1 or more, or "auto"']),
+        ([{"import_path": "a:b", "deployments": [{"num_replicas": 2}]}], ["deployments[0].name is None"]),
+        ([{"import_path": "a:b", "deployments": [{"name": "A"}, {"name": "A"}]}], ["deployments[1].name is 'A'"]),
+        ([{"import_path": "a:b", "runtime_env": {"working_dir": "./src"}}],
+         ["runtime_env.working_dir is './src'", "remote URI"]),
+        ([{"import_path": "a:b", "deployments": [{"name": "A", "ray_actor_options": {"runtime_env": {
+            "py_modules": ["s3://b/m.zip", "lib"]}}}]}], ["ray_actor_options.runtime_env.py_modules"]),
+        ([{"import_path": "a:b", "args": "x=1"}], ["serveApplications[0].args is 'x=1'", "an object"]),
+        ("hello:app", ["serveApplications is 'hello:app'", "a list"]),
+    ],
+)  # fmt: skip
+def test_a_bad_application_is_refused_naming_the_key(applications: object, words: list[str]) -> None:
+    message = error_of({"serveApplications": applications})
+    assert message.startswith("ray-cluster:serveApplications")
+    for word in words:
+        assert word in message
+
+
+def test_an_audience_without_applications_is_refused() -> None:
+    assert "serveApplications is empty" in error_of({"allowedServeNamespaces": ["ingress"]})
+    assert "10.0.0.0/8" in error_of({"allowedServeCidrs": ["10.0.0.0/8"]})
+
+
+def test_good_applications_are_kept_as_given() -> None:
+    given = [
+        {**APP, "runtime_env": {"working_dir": "https://example.com/app.zip", "env_vars": {"A": "1"}}},
+        {"name": "other", "import_path": "pkg.mod.builder", "route_prefix": None, "args": {"size": 3},
+         "deployments": [{"name": "Model", "num_replicas": "auto", "autoscaling_config": {"max_replicas": 4}}]},
+    ]  # fmt: skip
+    settings = load_settings({"serveApplications": given}, "ray-cluster", "test").serve
+    assert settings is not None
+    assert settings.applications == given
+    assert settings.names == ("hello", "other") and settings.route_prefixes == ("/hello", None)
+
+
+@pytest.mark.rehearsal
+def test_the_keys_are_serves_own_at_the_pinned_version() -> None:
+    """Every key of Serve's application and deployment schemas, as the pinned Ray has them, is accepted, and no
+    other (an application's `host` and `port` only belong at the top, which Serve says when given)."""
+    fields = subprocess.run(
+        [str(IMAGE_PYTHON), "-c", "from ray.serve.schema import DeploymentSchema as D, ServeApplicationSchema as A; "
+         "import json; print(json.dumps([sorted(A.model_fields), sorted(D.model_fields)]))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    applications, deployments = json.loads(fields.stdout)
+    assert set(applications) - {"host", "port"} == APPLICATION_KEYS
+    assert set(deployments) == DEPLOYMENT_KEYS
+
+
+# ----- the rendered objects -----
+
+
+def by_kind(result: Rendered, kind: str) -> dict[str, dict[str, Any]]:
+    return {m["metadata"].get("name", ""): m for m in result.manifests if m["kind"] == kind}
+
+
+def head_pod(result: Rendered) -> dict[str, Any]:
+    spec: dict[str, Any] = by_kind(result, "Deployment")["ray-head"]["spec"]["template"]["spec"]
+    return spec
+
+
+def test_the_serve_service_selects_nothing_and_its_endpoints_are_the_keepers() -> None:
+    result = rendered("serve")
+    service = by_kind(result, "Service")["ray-serve"]
+    assert "selector" not in service["spec"]
+    assert service["spec"]["ports"] == [{"name": "serve", "port": 8000, "targetPort": 8000, "protocol": "TCP"}]
+    assert service["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
+    assert result.outputs["serveUrl"] == "http://ray-serve.ray-test.svc:8000"
+    config = json.loads(by_kind(result, "ConfigMap")["ray-serve"]["data"]["serve.json"])
+    assert config == {"proxy_location": "EveryNode", "http_options": {"host": "0.0.0.0", "port": 8000},
+                      "applications": [APP]}  # fmt: skip
+    assert not any(m["kind"] == "EndpointSlice" for m in result.manifests)
+
+
+@pytest.mark.parametrize(("variant", "account"), [("serve", "ray-serve"),
+                                                  ("serve-autoscaling-fault-tolerant", "ray-autoscaler")])  # fmt: skip
+def test_only_the_keeper_holds_the_kubernetes_token_and_its_role_is_its_calls(variant: str, account: str) -> None:
+    result = rendered(variant)
+    pod = head_pod(result)
+    assert pod["serviceAccountName"] == account and pod["automountServiceAccountToken"] is False
+    mounting = {c["name"] for c in pod["containers"] for m in c["volumeMounts"] if m["name"] == "kube-api-access"}
+    assert mounting == ({"serve-keeper", "autoscaler"} if account == "ray-autoscaler" else {"serve-keeper"})
+    assert [v["name"] for v in pod["volumes"]].count("kube-api-access") == 1
+    role = by_kind(result, "Role")["ray-serve"]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"], "resourceNames": ["ray-serve"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["get"], "resourceNames": ["ray-serve"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["create"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "update"],
+         "resourceNames": ["ray-serve"]},
+    ]  # fmt: skip
+    binding = by_kind(result, "RoleBinding")["ray-serve"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "ray-test"}]
+    assert ("ray-serve" in by_kind(result, "ServiceAccount")) is (account == "ray-serve")
+
+
+def test_the_keeper_runs_its_shipped_text_and_every_ray_pod_offers_the_serve_port() -> None:
+    result = rendered("serve")
+    [keeper] = [c for c in head_pod(result)["containers"] if c["name"] == "serve-keeper"]
+    assert keeper["command"] == ["python", "-s", "-c", Path(serve_keeper.__file__).read_text(), "keep"]
+    env = {e["name"]: e.get("value") for e in keeper["env"]}
+    assert env["SERVE_DASHBOARD_URL"] == "http://127.0.0.1:8265" and env["SERVE_NAME"] == "ray-serve"
+    assert keeper["readinessProbe"]["exec"] and keeper["livenessProbe"]["exec"]
+    for name, deployment in by_kind(result, "Deployment").items():
+        ray = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert {"name": "serve", "containerPort": 8000, "protocol": "TCP"} in ray["ports"], name
+    default = rendered("default")
+    assert not any(c["name"] == "serve-keeper" for c in head_pod(default)["containers"])
+    assert "serveUrl" in default.outputs and default.outputs["serveUrl"] is None
+
+
+def test_the_check_job_carries_the_config_so_a_change_runs_it_again() -> None:
+    [job] = [
+        m
+        for m in rendered("serve").manifests
+        if m["kind"] == "Job" and "serve-check" in m["metadata"]["labels"].values()
+    ]
+    assert job["spec"]["backoffLimit"] == 0
+    [check] = job["spec"]["template"]["spec"]["containers"]
+    assert check["command"][-1] == "check"
+    env = {e["name"]: e.get("value") for e in check["env"]}
+    assert json.loads(env["SERVE_CONFIG"])["applications"] == [APP]
+    assert env["SERVE_URL"] == "http://ray-serve.ray-test.svc:8000"
+    assert env["SERVE_DASHBOARD_URL"] == "http://ray-head.ray-test.svc:8265"
+    assert check["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_the_serve_audience_gets_port_8000_and_nothing_else() -> None:
+    policies = by_kind(rendered("serve-autoscaling-fault-tolerant"), "NetworkPolicy")
+    [rule] = policies["ray-serve"]["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert rule["from"] == [
+        {"ipBlock": {"cidr": "10.0.0.0/8"}},
+        {"namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
+                                                     "values": ["ingress-nginx"]}]}},
+    ]  # fmt: skip
+    others = [p for name, p in policies.items() if name != "ray-serve"]
+    assert not any("ingress-nginx" in json.dumps(p) for p in others)
+
+
+# ----- the keeper's decisions -----
+
+
+def test_the_head_serves_only_while_no_worker_proxy_is_healthy() -> None:
+    proxies = {"h": {"node_ip": "10.0.0.1"}, "w1": {"node_ip": "10.0.0.2"}, "w2": {"node_ip": "10.0.0.3"}}
+    status = {"controller_info": {"node_id": "h"}, "proxies": proxies}
+    assert serve_keeper.serving_addresses(status, {"10.0.0.1", "10.0.0.3"}) == ["10.0.0.3"]
+    assert serve_keeper.serving_addresses(status, {"10.0.0.1"}) == ["10.0.0.1"]
+    assert serve_keeper.serving_addresses(status, set()) == []
+
+
+def test_the_check_waits_for_the_config_it_applied_and_fails_with_serves_words() -> None:
+    config = {"applications": [APP]}
+    status = {"applications": {"hello": {"status": "RUNNING", "deployed_app_config": {**APP, "import_path": "old:x"}}}}
+    assert serve_keeper.check_state(config, status) == (False, "hello: not applied yet")
+    status["applications"]["hello"]["deployed_app_config"] = APP
+    assert serve_keeper.check_state(config, status) == (True, "")
+    status["applications"]["hello"].update(status="DEPLOY_FAILED", message="ModuleNotFoundError: hello")
+    assert serve_keeper.check_state(config, status) == (
+        True, "Serve application 'hello' is DEPLOY_FAILED: ModuleNotFoundError: hello")  # fmt: skip
+    assert serve_keeper.missing_applications(config, {"applications": {}}) == ["hello"]
+
+
+def test_the_endpoint_slice_is_a_valid_one_owned_by_the_service() -> None:
+    service = {"metadata": {"name": "ray-serve", "namespace": "ray-test", "uid": "u-1"}}
+    for addresses in (["10.0.0.2", "10.0.0.3"], [], ["fd00::2"]):
+        manifest = serve_keeper.endpoint_slice("ray-serve", service, addresses, 8000)
+        validate_everywhere(manifest)
+        assert manifest["metadata"]["labels"]["kubernetes.io/service-name"] == "ray-serve"
+        assert manifest["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+        assert [e["addresses"] for e in manifest["endpoints"]] == [[a] for a in addresses]
+    assert serve_keeper.MANAGED_BY == serve.MANAGED_BY
+
+
+# ----- against a real Ray head with Serve -----
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+HELLO = """from ray import serve
+
+
+@serve.deployment
+class Hello:
+    def __call__(self, request):
+        return "hello"
+
+
+app = Hello.bind()
+"""
+
+
+@dataclass
+class ServeHead:
+    dashboard: str
+    serve_port: int
+    environ: dict[str, str]
+
+    def config(self, *applications: dict[str, Any]) -> dict[str, Any]:
+        return {"proxy_location": "EveryNode", "http_options": {"host": "0.0.0.0", "port": self.serve_port},
+                "applications": list(applications)}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def serve_head() -> Iterator[ServeHead]:
+    """`ray start --head --block` of the rehearsal's image, with token auth and an app module on its path, in a
+    session of its own (stopped as a whole), on loopback only."""
+    if not IMAGE_PYTHON.exists():
+        pytest.fail(f"{IMAGE_PYTHON} is missing: scripts/test builds the rehearsal's image (as root)")
+    directory = Path(tempfile.mkdtemp(prefix="/tmp/serve-"))
+    (directory / "apps").mkdir()
+    (directory / "apps" / "hello.py").write_text(HELLO)
+    token = directory / "token"
+    token.write_text("a-token-for-this-test-only-0123456789")
+    environ = {"PATH": f"{IMAGE_PYTHON.parent}:/usr/bin:/bin", "HOME": str(directory), "RAY_AUTH_MODE": "token",
+               "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0",
+               "PYTHONPATH": str(directory / "apps")}  # fmt: skip
+    dashboard_port, serve_port = free_port(), free_port()
+    command = [str(IMAGE_PYTHON.parent / "ray"), "start", "--head", "--block", f"--port={free_port()}",
+               "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+               "--num-cpus=4", f"--temp-dir={directory / 'ray'}", "--disable-usage-stats"]  # fmt: skip
+    log = (directory / "head.log").open("w")
+    head = subprocess.Popen(command, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{dashboard}/api/gcs_healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert head.poll() is None and time.monotonic() < deadline, (directory / "head.log").read_text()
+            time.sleep(0.5)
+        yield ServeHead(dashboard, serve_port, {**environ, "SERVE_DASHBOARD_URL": dashboard})
+    finally:
+        stop_all(head, directory)
+        log.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def stop_all(head: subprocess.Popen[bytes], directory: Path) -> None:
+    """SIGTERM to `ray start --block`, which stops Ray's processes; SIGKILL to its session after 30 s, and to any
+    process of this head that left the session (its session directory is in every Ray process's command line)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
+    for process in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if str(directory).encode() in (process / "cmdline").read_bytes():
+                os.kill(int(process.name), signal.SIGKILL)
+
+
+def run_check(head: ServeHead, config: dict[str, Any], seconds: int = 120) -> subprocess.CompletedProcess[str]:
+    """The check as its Job runs it: the image's Python, the shipped text, the env the Job gives it."""
+    environ = {**head.environ, "SERVE_URL": f"http://127.0.0.1:{head.serve_port}", "SERVE_CONFIG": json.dumps(config),
+               "SERVE_CHECK_SECONDS": str(seconds)}  # fmt: skip
+    command = [str(IMAGE_PYTHON), "-s", "-c", serve.KEEPER_SOURCE, "check"]
+    return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=seconds + 30)
+
+
+@pytest.mark.rehearsal
+def test_the_check_passes_once_the_application_answers(serve_head: ServeHead) -> None:
+    result = run_check(serve_head, serve_head.config(APP))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Serve applications RUNNING and routed: ['hello']" in result.stdout
+    assert requests.get(f"http://127.0.0.1:{serve_head.serve_port}/hello", timeout=5).text == "hello"
+
+
+@pytest.mark.rehearsal
+def test_a_bad_import_path_fails_the_check_with_serves_message(serve_head: ServeHead) -> None:
+    broken = {**APP, "name": "broken", "route_prefix": "/broken", "import_path": "no_such_module:app"}
+    started = time.monotonic()
+    result = run_check(serve_head, serve_head.config(APP, broken))
+    assert result.returncode == 1, result.stdout
+    assert "Serve application 'broken' is DEPLOY_FAILED" in result.stdout
+    assert "No module named 'no_such_module'" in result.stdout
+    assert time.monotonic() - started < 60
+
+
+class MemoryKubernetes(serve_keeper.Kubernetes):
+    """The keeper's API calls against objects in memory: its ConfigMap, its Service, the EndpointSlice it writes."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.namespace = "ray-test"
+        self.objects: dict[str, dict[str, Any]] = {
+            self.path("v1", "configmaps", "ray-serve"): {"data": {"serve.json": json.dumps(config)}},
+            self.path("v1", "services", "ray-serve"): {"metadata": {"name": "ray-serve", "namespace": "ray-test",
+                                                                    "uid": "u-1"}},
+        }  # fmt: skip
+        self.writes: list[str] = []
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        if method == "GET":
+            found = self.objects.get(path)
+            return (200, found) if found else (404, {"message": "not found"})
+        assert body is not None
+        self.writes.append(method)
+        name = body["metadata"]["name"]
+        self.objects[path if method == "PUT" else f"{path}/{name}"] = {
+            **body, "metadata": {**body["metadata"], "resourceVersion": str(len(self.writes))}}  # fmt: skip
+        return (201 if method == "POST" else 200), body
+
+
+@pytest.mark.rehearsal
+def test_the_keeper_keeps_the_applications_and_points_the_service_at_the_proxy(serve_head: ServeHead) -> None:
+    """It applies a changed config in place, with no failed request at 20 requests a second; after Serve has lost
+    its applications (as a head restarted without fault tolerance comes back), it applies them again by itself;
+    the Service's endpoints are the head's proxy, the only one."""
+    config = serve_head.config(APP)
+    kubernetes = MemoryKubernetes(config)
+    dashboard = serve_keeper.Dashboard(serve_head.dashboard, serve_head.environ)
+    keeper = serve_keeper.Keeper(dashboard, kubernetes, "ray-serve", serve_head.serve_port)
+    slice_path = kubernetes.path("discovery.k8s.io/v1", "endpointslices", "ray-serve")
+
+    def settled(want: dict[str, Any], seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            keeper.step()
+            done, why = serve_keeper.check_state(want, dashboard.status())
+            if done and not why and kubernetes.objects.get(slice_path, {}).get("endpoints"):
+                return
+            assert time.monotonic() < deadline, why
+            time.sleep(0.5)
+
+    settled(config)
+    status = dashboard.status()
+    head_ip = status["proxies"][status["controller_info"]["node_id"]]["node_ip"]
+    assert [e["addresses"] for e in kubernetes.objects[slice_path]["endpoints"]] == [[head_ip]]
+
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.wait(0.05):
+            try:
+                answer = requests.get(f"http://127.0.0.1:{serve_head.serve_port}/hello", timeout=5)
+                if answer.text != "hello":
+                    failures.append(f"{answer.status_code} {answer.text[:100]}")
+            except requests.RequestException as error:
+                failures.append(repr(error))
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        time.sleep(2)
+        scaled = serve_head.config({**APP, "deployments": [{"name": "Hello", "num_replicas": 3}]})
+        kubernetes.objects[kubernetes.path("v1", "configmaps", "ray-serve")]["data"]["serve.json"] = json.dumps(scaled)
+        settled(scaled)
+        time.sleep(2)
+    finally:
+        stop.set()
+        sender.join()
+    assert failures == []
+    replicas = dashboard.status()["applications"]["hello"]["deployments"]["Hello"]["replicas"]
+    assert len(replicas) == 3
+
+    token = Path(serve_head.environ["RAY_AUTH_TOKEN_PATH"]).read_text()
+    lost = requests.delete(
+        f"{serve_head.dashboard}{serve_keeper.SERVE_API}", headers={"Authorization": f"Bearer {token}"}, timeout=60
+    )
+    assert lost.status_code == 200 and serve_keeper.missing_applications(scaled, dashboard.status()) == ["hello"]
+    started = time.monotonic()
+    settled(scaled)
+    assert time.monotonic() - started < 30
