@@ -28,7 +28,7 @@ from components.config.serve import APPLICATION_KEYS, DEPLOYMENT_KEYS
 from components.in_pod import serve_keeper
 from components.manifests import serve
 from tests.program import Rendered
-from tests.rehearsal import image
+from tests.rehearsal import apiserver, image
 from tests.test_conformance import validate_everywhere
 from tests.variants import SERVE_APPLICATION, rendered
 
@@ -85,7 +85,8 @@ def test_good_applications_are_kept_as_given() -> None:
     given = [
         {**APP, "runtime_env": {"working_dir": "https://example.com/app.zip", "env_vars": {"A": "1"}}},
         {"name": "other", "import_path": "pkg.mod.builder", "route_prefix": None, "args": {"size": 3},
-         "deployments": [{"name": "Model", "num_replicas": "auto", "autoscaling_config": {"max_replicas": 4}}]},
+         "deployments": [{"name": "Model", "num_replicas": "auto", "autoscaling_config": {"max_replicas": 4}},
+                         {"name": "Default", "num_replicas": None, "ray_actor_options": None}]},
     ]  # fmt: skip
     settings = load_settings({"serveApplications": given}, "ray-cluster", "test").serve
     assert settings is not None
@@ -224,8 +225,10 @@ def test_the_check_waits_for_the_config_it_applied_and_fails_with_serves_words()
 def test_the_endpoint_slice_is_a_valid_one_owned_by_the_service() -> None:
     service = {"metadata": {"name": "ray-serve", "namespace": "ray-test", "uid": "u-1"}}
     for addresses in (["10.0.0.2", "10.0.0.3"], [], ["fd00::2"]):
-        manifest = serve_keeper.endpoint_slice("ray-serve", service, addresses, 8000)
+        kind = serve_keeper.address_type(addresses[0] if addresses else "10.0.0.1")
+        manifest = serve_keeper.endpoint_slice("ray-serve", service, addresses, 8000, kind)
         validate_everywhere(manifest)
+        assert manifest["addressType"] == ("IPv6" if addresses == ["fd00::2"] else "IPv4")
         assert manifest["metadata"]["labels"]["kubernetes.io/service-name"] == "ray-serve"
         assert manifest["metadata"]["ownerReferences"][0]["uid"] == "u-1"
         assert [e["addresses"] for e in manifest["endpoints"]] == [[a] for a in addresses]
@@ -349,7 +352,9 @@ def test_a_bad_import_path_fails_the_check_with_serves_message(serve_head: Serve
 
 
 class MemoryKubernetes(serve_keeper.Kubernetes):
-    """The keeper's API calls against objects in memory: its ConfigMap, its Service, the EndpointSlice it writes."""
+    """The keeper's API calls against objects in memory (its ConfigMap, its Service, the EndpointSlice it writes),
+    each authorized by the rendered Role as RBAC does it (403 otherwise), a write of a stale resourceVersion a
+    409 Conflict and a change of an EndpointSlice's addressType a 422, as the API server answers them."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.namespace = "ray-test"
@@ -358,17 +363,28 @@ class MemoryKubernetes(serve_keeper.Kubernetes):
             self.path("v1", "services", "ray-serve"): {"metadata": {"name": "ray-serve", "namespace": "ray-test",
                                                                     "uid": "u-1"}},
         }  # fmt: skip
-        self.writes: list[str] = []
+        self.rules = by_kind(rendered("serve"), "Role")["ray-serve"]["rules"]
+        self.versions = 0
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        attributes = apiserver.request_info(method, path, {})
+        if not any(apiserver.rule_allows(rule, attributes) for rule in self.rules):
+            return 403, {"message": f"{attributes.verb} {attributes.resource} {attributes.name} is forbidden"}
         if method == "GET":
             found = self.objects.get(path)
             return (200, found) if found else (404, {"message": "not found"})
         assert body is not None
-        self.writes.append(method)
-        name = body["metadata"]["name"]
-        self.objects[path if method == "PUT" else f"{path}/{name}"] = {
-            **body, "metadata": {**body["metadata"], "resourceVersion": str(len(self.writes))}}  # fmt: skip
+        target = path if method == "PUT" else f"{path}/{body['metadata']['name']}"
+        current = self.objects.get(target)
+        if method == "PUT":
+            if current is None or current["metadata"]["resourceVersion"] != body["metadata"].get("resourceVersion"):
+                return 409, {"message": "the object has been modified"}
+            if current["addressType"] != body["addressType"]:
+                return 422, {"message": "addressType: Invalid value: field is immutable"}
+        elif current is not None:
+            return 409, {"message": "already exists"}
+        self.versions += 1
+        self.objects[target] = {**body, "metadata": {**body["metadata"], "resourceVersion": str(self.versions)}}
         return (201 if method == "POST" else 200), body
 
 
@@ -376,11 +392,11 @@ class MemoryKubernetes(serve_keeper.Kubernetes):
 def test_the_keeper_keeps_the_applications_and_points_the_service_at_the_proxy(serve_head: ServeHead) -> None:
     """It applies a changed config in place, with no failed request at 20 requests a second; after Serve has lost
     its applications (as a head restarted without fault tolerance comes back), it applies them again by itself;
-    the Service's endpoints are the head's proxy, the only one."""
+    the Service's endpoints are the head's proxy, the only one, and come back after the slice is deleted."""
     config = serve_head.config(APP)
     kubernetes = MemoryKubernetes(config)
     dashboard = serve_keeper.Dashboard(serve_head.dashboard, serve_head.environ)
-    keeper = serve_keeper.Keeper(dashboard, kubernetes, "ray-serve", serve_head.serve_port)
+    keeper = serve_keeper.Keeper(dashboard, kubernetes, "ray-serve", serve_head.serve_port, "127.0.0.1")
     slice_path = kubernetes.path("discovery.k8s.io/v1", "endpointslices", "ray-serve")
 
     def settled(want: dict[str, Any], seconds: float = 60) -> None:
@@ -397,6 +413,9 @@ def test_the_keeper_keeps_the_applications_and_points_the_service_at_the_proxy(s
     status = dashboard.status()
     head_ip = status["proxies"][status["controller_info"]["node_id"]]["node_ip"]
     assert [e["addresses"] for e in kubernetes.objects[slice_path]["endpoints"]] == [[head_ip]]
+    del kubernetes.objects[slice_path]
+    settled(config, seconds=serve_keeper.RESYNC_SECONDS + 5)
+    assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == [head_ip]
 
     failures: list[str] = []
     stop = threading.Event()

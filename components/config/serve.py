@@ -127,10 +127,8 @@ def _application(key: str, value: object) -> dict[str, Any]:
     prefix = app.get("route_prefix", DEFAULT_ROUTE_PREFIX)
     if prefix is not None and (not isinstance(prefix, str) or not prefix.startswith("/")):
         raise config_error(f"{key}.route_prefix", prefix, "it must start with `/` (or be null: no HTTP route)")
-    for option in _OBJECT_OPTIONS:
-        if option in app and not isinstance(app[option], dict):
-            raise config_error(f"{key}.{option}", app[option], "it must be an object")
-    _require_code_locations(f"{key}.runtime_env", app.get("runtime_env", {}))
+    _require_objects(key, app, _OBJECT_OPTIONS)
+    _require_code_locations(f"{key}.runtime_env", app.get("runtime_env") or {})
     if not isinstance(app.get("external_scaler_enabled", False), bool):
         raise config_error(f"{key}.external_scaler_enabled", app["external_scaler_enabled"], "it must be true or false")
     deployments = require_list(f"{key}.deployments", app.get("deployments", []))
@@ -140,6 +138,13 @@ def _application(key: str, value: object) -> dict[str, Any]:
         if deployment_name in names[:i]:
             raise config_error(f"{key}.deployments[{i}].name", deployment_name, "each deployment's name must be unique")
     return {**app, **({"deployments": parsed} if "deployments" in app else {})}
+
+
+def _require_objects(key: str, given: Mapping[str, Any], options: tuple[str, ...]) -> None:
+    """Options that are objects in Serve's schema (or null: Serve's default)."""
+    for option in options:
+        if given.get(option) is not None and not isinstance(given[option], dict):
+            raise config_error(f"{key}.{option}", given[option], "it must be an object (or null)")
 
 
 def _require_code_locations(key: str, runtime_env: object) -> None:
@@ -164,12 +169,13 @@ def _deployment(key: str, value: object) -> dict[str, Any]:
     name = deployment.get("name")
     if not isinstance(name, str) or not name:
         raise config_error(f"{key}.name", name, "every deployment needs its name, as in the application's code")
-    replicas = deployment.get("num_replicas", 1)
-    if replicas != "auto" and (isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1):
-        raise config_error(f"{key}.num_replicas", replicas, 'it must be a whole number, 1 or more, or "auto"')
-    for option in _DEPLOYMENT_OBJECT_OPTIONS:
-        if option in deployment and not isinstance(deployment[option], dict):
-            raise config_error(f"{key}.{option}", deployment[option], "it must be an object")
-    _require_code_locations(f"{key}.ray_actor_options.runtime_env", deployment.get("ray_actor_options", {}).get(
-        "runtime_env", {}))  # fmt: skip
+    replicas = deployment.get("num_replicas")
+    if replicas not in (None, "auto") and (isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1):
+        raise config_error(
+            f"{key}.num_replicas", replicas, 'it must be a whole number, 1 or more, or "auto" (or null: the code\'s)'
+        )
+    _require_objects(key, deployment, _DEPLOYMENT_OBJECT_OPTIONS)
+    _require_code_locations(
+        f"{key}.ray_actor_options.runtime_env", (deployment.get("ray_actor_options") or {}).get("runtime_env") or {}
+    )
     return deployment

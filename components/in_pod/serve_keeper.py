@@ -9,10 +9,12 @@ the standard library and `requests` (which Ray needs).
   only after the kubelet's next sync, a minute or more later);
 - applies it (PUT /api/serve/applications/ on the head's dashboard, with the Ray token) when it differs from what
   this process applied last, or when Serve lacks one of its applications: a head restarted without GCS fault
-  tolerance comes back without Serve. Not otherwise: Serve redeploys on every PUT, even of the same config;
+  tolerance comes back without Serve. Not otherwise: every PUT, even of the same config, turns each application
+  DEPLOYING for a moment;
 - probes the Serve proxy of every node Serve lists (GET :<port>/-/healthz within 1 s) and writes the EndpointSlice of
   the Service `<cluster>-serve`: the healthy proxies of workers, or the head's while no worker's is healthy (a
-  proxy on a node without replicas answers 503 while it drains, and is gone once drained).
+  proxy on a node without replicas answers 503 while it drains, and is gone once drained); when they change, and
+  every RESYNC_SECONDS whatever happened to the slice meanwhile (deleted by hand, or with a replaced Service).
 
 `check`, a Job: applies the config in SERVE_CONFIG, then waits until every application is RUNNING with exactly that
 config and the Service answers with every route prefix; exits 1 with Serve's message as soon as an application
@@ -35,7 +37,10 @@ HEARTBEAT_FILE = Path("/tmp/heartbeat")
 SERVE_API = "/api/serve/applications/"
 PERIOD_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 1.0
-REQUEST_TIMEOUT_SECONDS = 10.0
+# Short enough that a pass with every call slow still leaves its heartbeat within the probes' window
+# (components/manifests/serve.py, LIVENESS_SECONDS).
+REQUEST_TIMEOUT_SECONDS = 5.0
+RESYNC_SECONDS = 10.0
 MANAGED_BY = "serve-keeper.ray-cluster.pulumi.com"
 FAILED = ("DEPLOY_FAILED", "UNHEALTHY")
 Document = dict[str, Any]
@@ -142,8 +147,9 @@ def serving_addresses(status: Document, healthy: set[str]) -> list[str]:
     return workers or ([head] if head in healthy else [])
 
 
-def endpoint_slice(name: str, service: Document, addresses: list[str], port: int) -> Document:
-    """The Service's EndpointSlice, owned by it (deleted with it), every address ready."""
+def endpoint_slice(name: str, service: Document, addresses: list[str], port: int, address_type: str) -> Document:
+    """The Service's EndpointSlice, owned by it (deleted with it), every address ready. Its address type cannot
+    change, so it is the pods' (the head's own address's), not that of the addresses it holds now (none, at first)."""
     metadata = service["metadata"]
     owner = {"apiVersion": "v1", "kind": "Service", "name": name, "uid": metadata["uid"]}
     return {
@@ -155,7 +161,7 @@ def endpoint_slice(name: str, service: Document, addresses: list[str], port: int
             "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": MANAGED_BY},
             "ownerReferences": [owner],
         },
-        "addressType": "IPv6" if any(":" in address for address in addresses) else "IPv4",
+        "addressType": address_type,
         "ports": [{"name": "serve", "port": port, "protocol": "TCP"}],
         "endpoints": [
             {"addresses": [address], "conditions": {"ready": True, "serving": True, "terminating": False}}
@@ -182,14 +188,23 @@ def healthy_proxies(status: Document, port: int) -> set[str]:
     return healthy
 
 
-class Keeper:
-    """One pass at a time (`step`); what it last did is kept so it acts only on a change."""
+def address_type(address: str) -> str:
+    return "IPv6" if ":" in address else "IPv4"
 
-    def __init__(self, dashboard: Dashboard, kubernetes: Kubernetes, name: str, port: int) -> None:
+
+def slice_addresses(endpoint_slice: Document) -> list[str]:
+    return sorted(address for endpoint in endpoint_slice.get("endpoints") or [] for address in endpoint["addresses"])
+
+
+class Keeper:
+    """One pass at a time (`step`); what it last did is kept so it acts only on a change (or a resync)."""
+
+    def __init__(self, dashboard: Dashboard, kubernetes: Kubernetes, name: str, port: int, pod_address: str) -> None:
         self.dashboard, self.kubernetes = dashboard, kubernetes
-        self.name, self.port = name, port
+        self.name, self.port, self.address_type = name, port, address_type(pod_address)
         self.applied: Document | None = None
         self.published: list[str] | None = None
+        self.checked_at = -RESYNC_SECONDS
         self._said = ""
 
     def say(self, message: str) -> None:
@@ -220,18 +235,22 @@ class Keeper:
             self.applied = config
             status = self.dashboard.status()
         addresses = serving_addresses(status, healthy_proxies(status, self.port))
-        if addresses != self.published:
+        if addresses != self.published or time.monotonic() - self.checked_at >= RESYNC_SECONDS:
             self.publish(addresses)
 
     def publish(self, addresses: list[str]) -> None:
+        """Make the live EndpointSlice hold `addresses`, writing it only where it does not (or is missing)."""
         kubernetes = self.kubernetes
+        path = kubernetes.path("discovery.k8s.io/v1", "endpointslices", self.name)
+        found, current = kubernetes.call("GET", path)
+        if found == 200 and slice_addresses(current) == addresses:
+            self.published, self.checked_at = addresses, time.monotonic()
+            return
         code, service = kubernetes.call("GET", kubernetes.path("v1", "services", self.name))
         if code != 200:
             raise UnavailableError(f"Service {self.name}: {code} {service.get('message', '')}")
-        wanted = endpoint_slice(self.name, service, addresses, self.port)
-        path = kubernetes.path("discovery.k8s.io/v1", "endpointslices", self.name)
-        code, current = kubernetes.call("GET", path)
-        if code == 404:
+        wanted = endpoint_slice(self.name, service, addresses, self.port, self.address_type)
+        if found == 404:
             code, answer = kubernetes.call("POST", kubernetes.path("discovery.k8s.io/v1", "endpointslices"), wanted)
         else:
             wanted["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
@@ -239,7 +258,7 @@ class Keeper:
         if code not in (200, 201):
             raise UnavailableError(f"EndpointSlice {self.name}: {code} {answer.get('message', '')}")
         print(f"the Service {self.name} sends requests to {addresses or 'no proxy'}", flush=True)
-        self.published = addresses
+        self.published, self.checked_at = addresses, time.monotonic()
 
 
 def keep(environ: dict[str, str]) -> None:
@@ -248,12 +267,14 @@ def keep(environ: dict[str, str]) -> None:
         Kubernetes(environ),
         environ["SERVE_NAME"],
         int(environ["SERVE_PORT"]),
+        environ["RAY_POD_IP"],
     )
     while True:
         try:
             keeper.step()
-        except (UnavailableError, OSError, ValueError, KeyError) as error:
-            keeper.say(f"waiting: {error}")
+        except (UnavailableError, OSError, ValueError, LookupError, TypeError, AttributeError) as error:
+            # Whatever answered oddly (a proxy's error page, a shape this version does not know): said, tried again.
+            keeper.say(f"waiting: {type(error).__name__}: {error}")
         HEARTBEAT_FILE.touch()
         time.sleep(PERIOD_SECONDS)
 
@@ -306,8 +327,8 @@ def check(environ: dict[str, str]) -> int:
                 print(why, flush=True)
                 return 1
             why = why or routes_served(environ["SERVE_URL"], config) or ""
-        except (UnavailableError, OSError, ValueError) as error:
-            why = f"{error}"
+        except (UnavailableError, OSError, ValueError, LookupError, TypeError, AttributeError) as error:
+            why = f"{type(error).__name__}: {error}"
         if not why:
             names = [app.get("name", "default") for app in config["applications"]]
             print(f"Serve applications RUNNING and routed: {names}", flush=True)

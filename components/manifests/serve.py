@@ -39,10 +39,12 @@ KEEPER_RESOURCES = PodResources(cpu="100m", memory="128Mi")
 CHECK_RESOURCES = PodResources(cpu="100m", memory="128Mi")
 # How long `pulumi up` waits for the applications: an image's first replicas may pull dependencies (runtime_env).
 CHECK_DEADLINE_SECONDS = 900
-# The keeper touches this file after every pass; its liveness probe restarts it once none has come for this long.
+# The keeper touches this file after every pass; its probes read its age. A pass whose every call runs into its
+# timeout (seven calls of 5 s, a second per proxy's health check) still fits the window, so a slow dashboard or
+# API server never turns the head NotReady; a keeper that stopped going round is restarted.
 HEARTBEAT_FILE = "/tmp/heartbeat"
 LIVENESS_SECONDS = 60
-READINESS_SECONDS = 10
+READINESS_SECONDS = 60
 # Labels the keeper gives its EndpointSlice: the Service's, and a manager other than Kubernetes' controllers.
 MANAGED_BY = "serve-keeper.ray-cluster.pulumi.com"
 
