@@ -336,7 +336,7 @@ def test_a_working_cluster_succeeds(smoke: Smoke) -> None:
 def test_the_calls_are_spread_over_the_nodes(smoke: Smoke) -> None:
     run = smoke(Cluster(), 3)
     assert_succeeded(run)
-    assert run.ray.remote_options == [{"scheduling_strategy": "SPREAD"}]
+    assert run.ray.remote_options == [{"num_cpus": 0, "scheduling_strategy": "SPREAD"}]
     assert isinstance(run.script.where, RemoteFunction)
 
 

@@ -25,9 +25,11 @@ NODE_WAIT_SECONDS = float(os.environ["SMOKE_NODE_WAIT_SECONDS"])
 HEAD_RESOURCE = "node:__internal_head__"
 
 
-@ray.remote(scheduling_strategy="SPREAD")
+@ray.remote(num_cpus=0, scheduling_strategy="SPREAD")
 def where(trail: tuple[str, ...]) -> tuple[str, ...]:
-    """Append the node this call ran on; SPREAD makes every node take a share of the calls."""
+    """Append the node this call ran on; SPREAD makes every node take a share of the calls. It holds no CPU: the
+    proof is that objects travel between nodes, which must not wait for CPUs that the cluster's own work (a Serve
+    replica, a long job) holds, nor ask the autoscaler for a node."""
     time.sleep(0.01)
     return (*trail, ray.get_runtime_context().get_node_id())
 
