@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from components.in_pod import serve_keeper
 from tests import test_rehearsal_harness as harness
 from tests.program import Options, Rendered
 from tests.rehearsal.apiserver import (
@@ -692,3 +693,46 @@ def test_up_keeps_replicas_written_through_the_scale_subresource_where_they_are_
     unforced = version("4", {**forced, "metadata": {"name": "web", "namespace": NAMESPACE}})
     with pytest.raises(ConflictError, match="autoscaler"):
         cluster.up(stack(("web", unforced, ())), timeout=30)
+
+
+@pytest.mark.rehearsal
+def test_endpoint_slices_are_written_as_the_api_server_takes_them_and_route_a_service_without_a_selector(
+    cluster: Cluster,
+) -> None:
+    """The Serve keeper's calls (components/in_pod/serve_keeper.py): a create answers 201 (409 once it exists), an
+    update needs the current resourceVersion (409), keeps the addressType (422) and a valid object (422);
+    kube-proxy sends the Service's connections to the slice's ready addresses; the slice goes with its Service."""
+    rules = [
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["get"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "create", "update"]},
+    ]
+    for manifest in access():
+        cluster.apply({**manifest, "rules": rules} if manifest["kind"] == "Role" else manifest)
+    token = cluster.api.request_token(NAMESPACE, SCALER).token
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "serve", "namespace": NAMESPACE},
+               "spec": {"ports": [{"name": "serve", "port": 8000, "targetPort": 8000, "protocol": "TCP"}]}}  # fmt: skip
+    cluster.apply(service)
+    code, live = call(cluster, token, "GET", f"/api/v1/namespaces/{NAMESPACE}/services/serve")
+    assert code == 200 and live["metadata"]["uid"]
+    slices = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
+    wanted = serve_keeper.endpoint_slice("serve", live, [], 8000, "IPv4")
+    assert call(cluster, token, "POST", slices, wanted, "application/json")[0] == 201
+    assert call(cluster, token, "POST", slices, wanted, "application/json")[1]["reason"] == "AlreadyExists"
+    code, current = call(cluster, token, "GET", f"{slices}/serve")
+    version = current["metadata"]["resourceVersion"]
+    stale = serve_keeper.endpoint_slice("serve", live, ["10.0.0.9"], 8000, "IPv4")
+    stale["metadata"]["resourceVersion"] = str(int(version) - 1)
+    assert call(cluster, token, "PUT", f"{slices}/serve", stale, "application/json")[0] == 409
+    for bad in (
+        serve_keeper.endpoint_slice("serve", live, ["fd00::9"], 8000, "IPv6"),
+        {**serve_keeper.endpoint_slice("serve", live, ["10.0.0.9"], 8000, "IPv4"), "endpoint": []},
+    ):
+        bad["metadata"]["resourceVersion"] = version
+        assert call(cluster, token, "PUT", f"{slices}/serve", bad, "application/json")[0] == 422
+    good = serve_keeper.endpoint_slice("serve", live, ["10.0.0.9", "10.0.0.8"], 8000, "IPv4")
+    good["endpoints"][1]["conditions"]["ready"] = False
+    good["metadata"]["resourceVersion"] = version
+    assert call(cluster, token, "PUT", f"{slices}/serve", good, "application/json")[0] == 200
+    assert cluster.service_endpoints(NAMESPACE, "serve") == ["10.0.0.9"]
+    cluster.delete(service)
+    wait_for(lambda: ("EndpointSlice", NAMESPACE, "serve") not in cluster.objects, 10, "the slice's garbage collection")

@@ -245,17 +245,7 @@ def free_port() -> int:
         return port
 
 
-HELLO = """from ray import serve
-
-
-@serve.deployment
-class Hello:
-    def __call__(self, request):
-        return "hello"
-
-
-app = Hello.bind()
-"""
+HELLO = Path(image.__file__).parent / "serve_apps" / "hello.py"
 
 
 @dataclass
@@ -277,7 +267,7 @@ def serve_head() -> Iterator[ServeHead]:
         pytest.fail(f"{IMAGE_PYTHON} is missing: scripts/test builds the rehearsal's image (as root)")
     directory = Path(tempfile.mkdtemp(prefix="/tmp/serve-"))
     (directory / "apps").mkdir()
-    (directory / "apps" / "hello.py").write_text(HELLO)
+    shutil.copy(HELLO, directory / "apps" / "hello.py")
     token = directory / "token"
     token.write_text("a-token-for-this-test-only-0123456789")
     environ = {"PATH": f"{IMAGE_PYTHON.parent}:/usr/bin:/bin", "HOME": str(directory), "RAY_AUTH_MODE": "token",

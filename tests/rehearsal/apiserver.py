@@ -11,7 +11,11 @@ Served (everything else is refused loudly, see below):
   observedGeneration; a zero count is left out, as the API's omitempty leaves it out);
 - a Deployment's `scale` subresource (autoscaling/v1 Scale): get, patch and update. A new replica count is written
   as `kubectl scale` writes it (through the subresource, by its own field manager), and the controllers act on it;
-  `Cluster.up` then treats it as pulumi-kubernetes' server-side apply does (see cluster.py).
+  `Cluster.up` then treats it as pulumi-kubernetes' server-side apply does (see cluster.py);
+- ConfigMaps and Services in a namespace: get;
+- EndpointSlices in a namespace: get, create and update (the whole object, its resourceVersion a precondition),
+  validated strictly against the Kubernetes schema, addressType immutable; kube-proxy (cluster.py) routes a
+  Service without a selector to the ready addresses of the slices labelled with its name.
 Objects are shaped as the API returns them: metadata with uid, resourceVersion, creationTimestamp,
 deletionTimestamp and deletionGracePeriodSeconds while a pod terminates, generateName and ownerReferences; a
 pod's spec as admitted (its ServiceAccount, the token volume the admission plugin adds, its node) and its status
@@ -56,6 +60,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import hashlib
 import http.server
 import json
@@ -69,12 +74,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import kubernetes_validate
 import trustme
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.rehearsal.kubelet import IssuedToken, Manifest, Pod, quantity
+from tests.rehearsal.kubelet import InvalidError, IssuedToken, Manifest, Pod, quantity
+from tests.ssa import AlreadyExistsError
 
 if TYPE_CHECKING:
     from tests.rehearsal.cluster import Cluster
@@ -120,8 +127,14 @@ _PARAMETERS = {
     "get": {"resourceVersion"},
     "patch": {"fieldManager", "fieldValidation"},
     "update": {"fieldManager", "fieldValidation"},
+    "create": {"fieldManager", "fieldValidation"},
     "delete": {"gracePeriodSeconds", "propagationPolicy", "orphanDependents"},
 }
+
+
+# The kinds served by `_stored`, by API group and resource.
+_KINDS_OF = {("", "configmaps"): "ConfigMap", ("", "services"): "Service",
+             ("discovery.k8s.io", "endpointslices"): "EndpointSlice"}  # fmt: skip
 
 
 class APIError(Exception):
@@ -588,7 +601,8 @@ class APIServer:
             allowed, reason = self.authorize(user, attributes)
             if not allowed:
                 raise forbidden(user, attributes, reason)
-            code, body = 200, self._route(attributes, request)
+            body = self._route(attributes, request)
+            code = 201 if attributes.verb == "create" else 200
         except APIError as error:
             if error.code == 501:
                 self.refusals.append(f"{request.method} {request.path}: {error.message}")
@@ -612,6 +626,9 @@ class APIServer:
             ("", "v1", "pods", ""): ({"list", "get", "patch", "delete"}, self._pods),
             ("apps", "v1", "deployments", ""): ({"list", "get"}, self._deployments),
             ("apps", "v1", "deployments", "scale"): ({"get", "patch", "update"}, self._scale),
+            ("", "v1", "configmaps", ""): ({"get"}, self._read_only),
+            ("", "v1", "services", ""): ({"get"}, self._read_only),
+            ("discovery.k8s.io", "v1", "endpointslices", ""): ({"get", "create", "update"}, self._endpoint_slices),
         }
         key = (attributes.group, attributes.version, attributes.resource, attributes.subresource)
         verbs, handler = served.get(key, (set(), None))
@@ -854,6 +871,73 @@ class APIServer:
                 "spec": {"replicas": replicas} if replicas else {},
                 "status": {"replicas": deployment["status"].get("replicas", 0),
                            "selector": format_selector(deployment["spec"]["selector"])}}  # fmt: skip
+
+    # ----- ConfigMaps and Services (read), EndpointSlices (read and written) -----
+    def _read_only(self, attributes: Attributes, request: Request) -> Manifest:
+        self._check_version(_options(request, _PARAMETERS["get"]).get("resourceVersion", ""))
+        return self._stored(attributes)
+
+    def _stored(self, attributes: Attributes) -> Manifest:
+        """An object as the API returns it: its manifest with the metadata the server keeps (uid, creation time,
+        resourceVersion)."""
+        group, resource, name = attributes.group, attributes.resource, attributes.name
+        kind = _KINDS_OF[(group, resource)]
+        try:
+            manifest = self.cluster.get(kind, attributes.namespace, name)
+            meta = self.cluster.meta(kind, attributes.namespace, name)
+        except KeyError:
+            raise not_found(group, resource, name) from None
+        document = copy.deepcopy(manifest)
+        document["metadata"] |= {
+            "uid": meta.uid,
+            "creationTimestamp": timestamp(self.cluster.clock.wall(meta.created_at)),
+        }
+        return self._versioned(meta.uid, document)
+
+    def _endpoint_slices(self, attributes: Attributes, request: Request) -> Manifest:
+        """get; create (POST of the whole object to the collection) and update (PUT of the whole object, its
+        resourceVersion a precondition): validated as the API server does (the schema, strictly; addressType
+        immutable), owned by the request's field manager."""
+        if attributes.verb == "get":
+            return self._read_only(attributes, request)
+        options = _options(request, _PARAMETERS[attributes.verb])
+        body = _decoded(request.body)
+        metadata = body.setdefault("metadata", {})
+        if metadata.setdefault("namespace", attributes.namespace) != attributes.namespace:
+            raise APIError(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
+        if "generateName" in metadata or not metadata.get("name"):
+            raise unmodelled("an EndpointSlice without a name (generateName)")
+        name = metadata["name"]
+        try:
+            kubernetes_validate.validate(body, kubernetes_validate.latest_version(), strict=True)
+        except kubernetes_validate.ValidationError as error:
+            raise invalid(
+                "EndpointSlice", "discovery.k8s.io", name, ".".join(map(str, error.path)), "", error.message
+            ) from None
+        manager = (options.get("fieldManager") or request.headers.get("User-Agent", "").split("/")[0])[:128]
+        stored = {key: value for key, value in body.items()}
+        stored["metadata"] = {key: value for key, value in metadata.items() if key not in _SERVER_METADATA}
+        if attributes.verb == "update":
+            if name != attributes.name:
+                raise APIError(
+                    400,
+                    "BadRequest",
+                    f"the name of the object ({name}) does not match the name on the URL ({attributes.name})",
+                )
+            self._check_metadata(self._stored(attributes), body, "discovery.k8s.io", "endpointslices")
+        try:
+            self.cluster.write_from_api(stored, manager, create=attributes.verb == "create")
+        except AlreadyExistsError:
+            raise APIError(409, "AlreadyExists", f'endpointslices.discovery.k8s.io "{name}" already exists') from None
+        except InvalidError as error:
+            raise invalid(
+                "EndpointSlice", "discovery.k8s.io", name, "addressType", body.get("addressType"), str(error)
+            ) from None
+        return self._stored(dataclasses.replace(attributes, name=name))
 
     # ----- shared -----
     def _versioned(self, uid: str, document: Manifest) -> Manifest:

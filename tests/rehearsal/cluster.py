@@ -102,7 +102,7 @@ from tests.rehearsal.kubelet import (
 )
 from tests.rehearsal.network import ClusterDNS, NetworkError, PodNetwork
 from tests.rehearsal.scheduler import Node, add, pod_requests, unschedulable
-from tests.ssa import LiveObject, Owned, leaves, pulumi_create
+from tests.ssa import AlreadyExistsError, LiveObject, Owned, leaves, pulumi_create
 
 CLUSTER_DOMAIN = "cluster.local"
 REPLACE_UNREADY = "pulumi.com/replaceUnready"
@@ -110,7 +110,9 @@ SKIP_AWAIT = "pulumi.com/skipAwait"
 POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 JOB_BACKOFF_START, JOB_BACKOFF_MAX = 10.0, 360.0
 _KINDS = {"Namespace", "ServiceAccount", "Secret", "ConfigMap", "Service", "NetworkPolicy", "Deployment", "Job",
-          "PersistentVolumeClaim", "Role", "RoleBinding"}  # fmt: skip
+          "PersistentVolumeClaim", "Role", "RoleBinding", "EndpointSlice"}  # fmt: skip
+# The label that ties an EndpointSlice to its Service, which kube-proxy reads (whoever manages the slice).
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # Claims the provisioner here cannot satisfy as asked: refused rather than provisioned as something else.
 _UNSUPPORTED_CLAIM_FIELDS = ("volumeName", "selector", "dataSource", "dataSourceRef", "volumeAttributesClassName")
 # What the API server refuses to change in place.
@@ -118,6 +120,7 @@ _IMMUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
     "Deployment": (("spec", "selector"),),
     "Job": (("spec", "selector"), ("spec", "template")),
     "RoleBinding": (("roleRef",),),
+    "EndpointSlice": (("addressType",),),
 }
 # The `kubernetes` Service, the API server's, in `default`: the first address of the service range.
 KUBERNETES_SERVICE: Key = ("Service", "default", "kubernetes")
@@ -467,6 +470,17 @@ class Cluster:
             live = copy.deepcopy(self._live.get(_key(manifest), LiveObject()))
             live.pulumi_apply(manifest, ignore_changes)
             self._write(live.manifest(), live)
+
+    def write_from_api(self, manifest: Manifest, manager: str, *, create: bool) -> None:
+        """A create (AlreadyExistsError if the object exists) or an update (KeyError if it does not) that a client
+        in a pod sends through the API server, by its field manager, checked as any write is."""
+        with self._lock:
+            exists = _key(manifest) in self.objects
+            if create and exists:
+                raise AlreadyExistsError(f'{manifest["kind"]} "{manifest["metadata"]["name"]}" already exists')
+            if not create and not exists:
+                raise KeyError(manifest["metadata"]["name"])
+            self._write(manifest, _owned_by(manager, manifest))
 
     def _write(self, manifest: Manifest, live: LiveObject) -> None:
         """Store an object once the API server's checks (and this rehearsal's limits) allow it; `live` is its fields
@@ -832,10 +846,33 @@ class Cluster:
         return [address] if address else []
 
     def service_endpoints(self, namespace: str, name: str) -> list[str]:
-        """Where kube-proxy sends a new connection to the Service (see _proxied)."""
+        """Where kube-proxy sends a new connection to the Service (see _proxy_addresses)."""
         with self._lock:
             service = self.objects.get(("Service", namespace, name))
-            return [pod.ip for pod in self._proxied(service)] if service else []
+            return self._proxy_addresses(service) if service else []
+
+    def _proxy_addresses(self, service: Manifest) -> list[str]:
+        """kube-proxy's endpoints of a Service: its pods' (see _proxied), or, for a Service without a selector, the
+        ready addresses of the EndpointSlices labelled with its name in its namespace, whoever wrote them (an
+        endpoint's `ready` is true unless it says otherwise)."""
+        if service["spec"].get("selector"):
+            return sorted(pod.ip for pod in self._proxied(service))
+        namespace, name = service["metadata"].get("namespace", ""), service["metadata"]["name"]
+        slices = [
+            manifest
+            for key, manifest in self.objects.items()
+            if key[:2] == ("EndpointSlice", namespace)
+            and manifest["metadata"].get("labels", {}).get(SERVICE_NAME_LABEL) == name
+        ]
+        return sorted(
+            {
+                address
+                for endpoint_slice in slices
+                for endpoint in endpoint_slice.get("endpoints") or []
+                if (endpoint.get("conditions") or {}).get("ready") is not False
+                for address in endpoint["addresses"]
+            }
+        )
 
     def _proxied(self, service: Manifest) -> list[Pod]:
         """kube-proxy's choice: the Service's ready endpoints (every one it publishes, where it publishes not-ready
@@ -865,7 +902,7 @@ class Cluster:
             service = self.objects[key]
             # The `kubernetes` Service selects nothing: its endpoint is the API server, on the node.
             api = key == KUBERNETES_SERVICE
-            endpoints = [self.network.gateway] if api else sorted(pod.ip for pod in self._proxied(service))
+            endpoints = [self.network.gateway] if api else self._proxy_addresses(service)
             services[address] = {int(port["port"]): endpoints for port in service["spec"]["ports"]}
         self._proxy_wanted = services
 
@@ -1031,8 +1068,18 @@ class Cluster:
                 self._guarded(self._schedule)
                 self._guarded(self._sync_claims)
                 self._guarded(self._sync_namespaces)
+                self._guarded(self._collect_garbage)
                 self._guarded(self._sync_proxy)
             self._apply_proxy()
+
+    def _collect_garbage(self) -> None:
+        """The garbage collector: an object whose every owner (ownerReferences, by uid) is gone goes too, such as
+        the EndpointSlice of a deleted Service."""
+        live = {meta.uid for meta in self._meta.values()}
+        for manifest in list(self.objects.values()):
+            owners = {owner["uid"] for owner in manifest["metadata"].get("ownerReferences") or []}
+            if owners and not owners & live:
+                self.delete(manifest)
 
     def _guarded(self, sync: Callable[..., None], *args: Any) -> None:
         """Run one controller's pass; a failure is kept for `up` to report instead of stopping every controller."""
