@@ -100,6 +100,39 @@ class ClusterChildren(pulumi.ComponentResource):
         )
         return deployment
 
+    def _api_access(
+        self, component: str, name: str, rules: list[ray_node.Manifest], service_account: str
+    ) -> list[pulumi.CustomResource]:
+        """What a container of the head needs to call the Kubernetes API, and nothing more: the Role `name` with
+        `rules`, bound to the ServiceAccount `service_account`, which is created here (without an automounted
+        token) when it is the Role's own (`name`); the head's sidecars share the pod's one ServiceAccount."""
+        own_account = (
+            [
+                self._child(
+                    k8s.core.v1.ServiceAccount,
+                    f"{component}-service-account",
+                    name,
+                    component,
+                    "head",
+                    automount_service_account_token=False,
+                )
+            ]
+            if service_account == name
+            else []
+        )
+        role = self._child(k8s.rbac.v1.Role, f"{component}-role", name, component, "head", rules=rules)
+        subject = {"kind": "ServiceAccount", "name": service_account, "namespace": self._settings.namespace}
+        binding = self._child(
+            k8s.rbac.v1.RoleBinding,
+            f"{component}-role-binding",
+            name,
+            component,
+            "head",
+            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            subjects=[subject],
+        )
+        return [*own_account, role, binding]
+
     def _proving_job(
         self,
         component: str,

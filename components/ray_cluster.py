@@ -25,6 +25,7 @@ from . import in_pod, resource_options
 from .children import Child, ClusterChildren
 from .config.fault_tolerance import GcsFaultTolerance
 from .config.inputs import RayClusterArgs
+from .config.serve import ServeSettings
 from .config.settings import load_settings
 from .config.values import config_error
 from .manifests import autoscaling, network, pods, ray_node, redis, serve
@@ -90,7 +91,7 @@ class RayCluster(ClusterChildren):
         gcs = self._gcs(args.get("redisPassword"))
         head_service, head_service_spec = self._head_service()
         autoscaler = self._autoscaler() if settings.autoscaling else []
-        serve_access = self._serve_access() if settings.serve else []
+        serve_access = self._serve_access(settings.serve) if settings.serve else []
         # Only the head reads the Redis password. With fault tolerance, the GCS starts against a Redis that is
         # ready; its sidecars start with their config, their ServiceAccount and their permissions.
         head, head_spec = self._head(
@@ -106,7 +107,7 @@ class RayCluster(ClusterChildren):
             cluster = [*self._access, *gcs.resources, *autoscaler, head_service, head, *workers.values()]
             self._smoke_test(cluster, _digest(running))
         if settings.serve:
-            self._serve_check([*self._access, *serve_access, head, *workers.values()])
+            self._serve_check(settings.serve, [*self._access, *serve_access, head, *workers.values()])
         self._set_outputs(gcs.storage_namespace)
         # The children a consumer may depend on (as Pulumi's own component examples keep them).
         self.head_service = pulumi.Output.from_input(head_service)
@@ -242,74 +243,31 @@ class RayCluster(ClusterChildren):
             "head",
             data=autoscaling.config_files(settings, provider_source),
         )
-        account = self._child(
-            k8s.core.v1.ServiceAccount,
-            "autoscaler-service-account",
-            name,
-            "autoscaler",
-            "head",
-            automount_service_account_token=False,
-        )
-        role = self._child(
-            k8s.rbac.v1.Role, "autoscaler-role", name, "autoscaler", "head", rules=autoscaling.role_rules(settings)
-        )
-        binding = self._child(
-            k8s.rbac.v1.RoleBinding,
-            "autoscaler-role-binding",
-            name,
-            "autoscaler",
-            "head",
-            **autoscaling.role_binding_fields(settings),
-        )
-        return [files, account, role, binding]
+        return [files, *self._api_access("autoscaler", name, autoscaling.role_rules(settings), name)]
 
-    def _serve_access(self) -> list[pulumi.CustomResource]:
+    def _serve_access(self, serve_settings: ServeSettings) -> list[pulumi.CustomResource]:
         """What the head's Serve keeper needs: the Serve config, the Service whose endpoints it writes, and a Role
         for both bound to the head's ServiceAccount (its own, unless the autoscaler's is the head's)."""
         settings = self._settings
-        assert settings.serve is not None
         name = serve.name(settings)
-        resources = [
-            self._child(
-                k8s.core.v1.ConfigMap, "serve-config", name, "serve", "head", data=serve.config_files(settings.serve)
-            ),
-            self._child(
-                k8s.core.v1.Service,
-                "serve-service",
-                name,
-                "serve",
-                "head",
-                annotations=resource_options.ENDPOINTS_WRITTEN_LATER,
-                spec=serve.service_spec(),
-            ),
-            self._child(k8s.rbac.v1.Role, "serve-role", name, "serve", "head", rules=serve.role_rules(settings)),
-            self._child(
-                k8s.rbac.v1.RoleBinding,
-                "serve-role-binding",
-                name,
-                "serve",
-                "head",
-                **serve.role_binding_fields(settings),
-            ),
-        ]
-        if not settings.autoscaling:
-            resources.append(
-                self._child(
-                    k8s.core.v1.ServiceAccount,
-                    "serve-service-account",
-                    name,
-                    "serve",
-                    "head",
-                    automount_service_account_token=False,
-                )
-            )
-        return resources
+        files = self._child(
+            k8s.core.v1.ConfigMap, "serve-config", name, "serve", "head", data=serve.config_files(serve_settings)
+        )
+        service = self._child(
+            k8s.core.v1.Service,
+            "serve-service",
+            name,
+            "serve",
+            "head",
+            annotations=resource_options.ENDPOINTS_WRITTEN_LATER,
+            spec=serve.service_spec(),
+        )
+        rules = serve.role_rules(settings)
+        return [files, service, *self._api_access("serve", name, rules, serve.service_account(settings))]
 
-    def _serve_check(self, cluster: list[pulumi.CustomResource]) -> None:
+    def _serve_check(self, serve_settings: ServeSettings, cluster: list[pulumi.CustomResource]) -> None:
         """The Job that applies the Serve config and fails `pulumi up` unless every application runs with it."""
-        settings = self._settings
-        assert settings.serve is not None
-        template = serve.check_pod_template(settings, settings.serve)
+        template = serve.check_pod_template(self._settings, serve_settings)
         self._proving_job("serve-check", template, 0, serve.CHECK_DEADLINE_SECONDS, cluster)
 
     def _declare_namespace(self) -> pulumi.Output[str]:

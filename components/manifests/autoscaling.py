@@ -154,13 +154,6 @@ def role_rules(settings: ClusterSettings) -> list[ray_node.Manifest]:
     ]
 
 
-def role_binding_fields(settings: ClusterSettings) -> dict[str, Any]:
-    return {
-        "role_ref": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name(settings)},
-        "subjects": [{"kind": "ServiceAccount", "name": name(settings), "namespace": settings.namespace}],
-    }
-
-
 def volumes(settings: ClusterSettings) -> list[ray_node.Manifest]:
     """The ConfigMap with the config and provider, the service-account files (`pods.api_access_volume`) and the
     container's scratch space."""

@@ -100,13 +100,6 @@ def role_rules(settings: ClusterSettings) -> list[Manifest]:
     ]
 
 
-def role_binding_fields(settings: ClusterSettings) -> dict[str, Any]:
-    return {
-        "role_ref": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name(settings)},
-        "subjects": [{"kind": "ServiceAccount", "name": service_account(settings), "namespace": settings.namespace}],
-    }
-
-
 def _program_env(settings: ClusterSettings, dashboard_host: str) -> list[Manifest]:
     return [
         *ray_node.ray_env(settings),
