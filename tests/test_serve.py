@@ -205,9 +205,17 @@ def test_the_serve_audience_gets_port_8000_and_nothing_else() -> None:
 def test_the_head_serves_only_while_no_worker_proxy_is_healthy() -> None:
     proxies = {"h": {"node_ip": "10.0.0.1"}, "w1": {"node_ip": "10.0.0.2"}, "w2": {"node_ip": "10.0.0.3"}}
     status = {"controller_info": {"node_id": "h"}, "proxies": proxies}
-    assert serve_keeper.serving_addresses(status, {"10.0.0.1", "10.0.0.3"}) == ["10.0.0.3"]
-    assert serve_keeper.serving_addresses(status, {"10.0.0.1"}) == ["10.0.0.1"]
-    assert serve_keeper.serving_addresses(status, set()) == []
+    assert serve_keeper.serving_addresses(status, {"10.0.0.1", "10.0.0.3"}, []) == ["10.0.0.3"]
+    assert serve_keeper.serving_addresses(status, {"10.0.0.1"}, []) == ["10.0.0.1"]
+    assert serve_keeper.serving_addresses(status, set(), ["10.0.0.3"]) == []
+    assert serve_keeper.proxy_addresses(status) == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
+
+
+def test_a_proxy_already_published_stays_while_it_answers_though_a_new_controller_lists_none() -> None:
+    """A new head's Serve controller reports no proxies for a moment: the workers' go on serving meanwhile."""
+    assert serve_keeper.serving_addresses({"controller_info": {}, "proxies": {}}, {"10.0.0.3"}, ["10.0.0.3"]) == [
+        "10.0.0.3"
+    ]
 
 
 def test_the_check_waits_for_the_config_it_applied_and_fails_with_serves_words() -> None:

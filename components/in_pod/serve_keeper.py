@@ -136,13 +136,15 @@ def missing_applications(config: Document, status: Document) -> list[str]:
     return [app.get("name", "default") for app in config["applications"] if app.get("name", "default") not in have]
 
 
-def serving_addresses(status: Document, healthy: set[str]) -> list[str]:
+def serving_addresses(status: Document, healthy: set[str], published: list[str]) -> list[str]:
     """The proxies the Service sends requests to: the healthy ones of workers, or the head's while no worker's is.
-    The head's is the one on the controller's node (Serve pins its controller to the head)."""
+    The head's is the one on the controller's node (Serve pins its controller to the head). Those published already
+    stay while they answer, whether Serve lists them or not: a controller that has just come back (a new head)
+    reports no proxies for a moment, while the workers' go on serving."""
     proxies = status.get("proxies") or {}
     head_node = (status.get("controller_info") or {}).get("node_id")
     head = proxies.get(head_node, {}).get("node_ip")
-    addresses = {proxy.get("node_ip") for proxy in proxies.values()}
+    addresses = {proxy.get("node_ip") for proxy in proxies.values()} | set(published)
     workers = sorted(address for address in addresses if address in healthy and address != head)
     return workers or ([head] if head in healthy else [])
 
@@ -170,14 +172,11 @@ def endpoint_slice(name: str, service: Document, addresses: list[str], port: int
     }
 
 
-def healthy_proxies(status: Document, port: int) -> set[str]:
+def healthy_proxies(addresses: set[str], port: int) -> set[str]:
     """The addresses whose Serve proxy answers its health check now."""
     session = _session()
     healthy = set()
-    for proxy in (status.get("proxies") or {}).values():
-        address = proxy.get("node_ip")
-        if not address:
-            continue
+    for address in addresses:
         host = f"[{address}]" if ":" in address else address
         try:
             response = session.get(f"http://{host}:{port}/-/healthz", timeout=PROBE_TIMEOUT_SECONDS)
@@ -186,6 +185,10 @@ def healthy_proxies(status: Document, port: int) -> set[str]:
         if response.status_code == 200:
             healthy.add(address)
     return healthy
+
+
+def proxy_addresses(status: Document) -> set[str]:
+    return {address for proxy in (status.get("proxies") or {}).values() if (address := proxy.get("node_ip"))}
 
 
 def address_type(address: str) -> str:
@@ -234,7 +237,9 @@ class Keeper:
             print(f"applied the Serve config ({why}): {names}", flush=True)
             self.applied = config
             status = self.dashboard.status()
-        addresses = serving_addresses(status, healthy_proxies(status, self.port))
+        published = self.published or []
+        healthy = healthy_proxies(proxy_addresses(status) | set(published), self.port)
+        addresses = serving_addresses(status, healthy, published)
         if addresses != self.published or time.monotonic() - self.checked_at >= RESYNC_SECONDS:
             self.publish(addresses)
 
