@@ -386,6 +386,35 @@ class MemoryKubernetes(serve_keeper.Kubernetes):
         return (201 if method == "POST" else 200), body
 
 
+class QuietDashboard(serve_keeper.Dashboard):
+    """Serve as a new head's controller answers just after it came back: every application, no proxy yet."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.answer = status
+
+    def status(self) -> dict[str, Any]:
+        return self.answer
+
+    def apply(self, config: dict[str, Any]) -> str | None:
+        return None
+
+
+def test_a_new_keeper_keeps_the_proxies_the_service_holds_while_they_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new head's keeper (nothing published yet in its process) finds the workers' proxies in the live slice;
+    while the new controller lists no proxy, those that answer stay, and one that does not goes."""
+    config = {"applications": [APP]}
+    kubernetes = MemoryKubernetes(config)
+    service = kubernetes.objects[kubernetes.path("v1", "services", "ray-serve")]
+    live = serve_keeper.endpoint_slice("ray-serve", service, ["10.0.0.2", "10.0.0.3"], 8000, "IPv4")
+    slice_path = kubernetes.path("discovery.k8s.io/v1", "endpointslices", "ray-serve")
+    kubernetes.objects[slice_path] = {**live, "metadata": {**live["metadata"], "resourceVersion": "7"}}
+    status = {"controller_info": {"node_id": "h"}, "proxies": {}, "applications": {"hello": {}}}
+    keeper = serve_keeper.Keeper(QuietDashboard(status), kubernetes, "ray-serve", 8000, "10.0.0.1")
+    monkeypatch.setattr(serve_keeper, "healthy_proxies", lambda addresses, port: {"10.0.0.2"} & addresses)
+    keeper.step()
+    assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.0.2"]
+
+
 @pytest.mark.rehearsal
 def test_the_keeper_keeps_the_applications_and_points_the_service_at_the_proxy(serve_head: ServeHead) -> None:
     """It applies a changed config in place, with no failed request at 20 requests a second; after Serve has lost

@@ -237,11 +237,21 @@ class Keeper:
             print(f"applied the Serve config ({why}): {names}", flush=True)
             self.applied = config
             status = self.dashboard.status()
-        published = self.published or []
+        if self.published is None:  # a new keeper (a new head) takes over what the Service holds now
+            self.published = self.live_addresses()
+        published = self.published
         healthy = healthy_proxies(proxy_addresses(status) | set(published), self.port)
         addresses = serving_addresses(status, healthy, published)
         if addresses != self.published or time.monotonic() - self.checked_at >= RESYNC_SECONDS:
             self.publish(addresses)
+
+    def live_addresses(self) -> list[str]:
+        """The addresses the Service's EndpointSlice holds now (none if there is no slice yet)."""
+        path = self.kubernetes.path("discovery.k8s.io/v1", "endpointslices", self.name)
+        found, current = self.kubernetes.call("GET", path)
+        if found not in (200, 404):
+            raise UnavailableError(f"EndpointSlice {self.name}: {found} {current.get('message', '')}")
+        return slice_addresses(current) if found == 200 else []
 
     def publish(self, addresses: list[str]) -> None:
         """Make the live EndpointSlice hold `addresses`, writing it only where it does not (or is missing)."""
