@@ -409,19 +409,19 @@ def test_a_new_workers_wait_ends_within_seconds_of_a_new_head_while_the_lost_hea
     is force-deleted (README, Troubleshooting), every worker is in the new head's cluster."""
     cluster, lost, workers = deployment.cluster, deployment.head(), deployment.workers()
     node = cluster.node
-    # The room below is counted from the pods there are: a pod still terminating (the head an earlier drill
-    # replaced) would free its share later and let the new head in early (CI once saw it placed).
+    # Room for one more worker, not for the new head (4Gi to a worker's 2Gi), made before the head is lost: the
+    # controllers replace a lost pod within a pass, and the scheduler must never see the lost head's room free (CI
+    # saw the new head placed early when the room shrank after the loss).
     wait_for(lambda: not any(p.terminating for p in cluster.pods.values()), 120, "no pod terminating")
-    cluster.lose_pod(lost.name)
+    used: dict[str, Decimal] = {}
+    for pod in cluster.pods.values():
+        if pod.node is not None and not pod.finished and not pod.lost and pod is not lost:
+            add(used, pod_requests(pod.spec))
+    worker = pod_requests(deployment.rendered.one("Deployment", "ray-worker")["spec"]["template"]["spec"])
+    room = {resource: str(used[resource] + worker[resource]) for resource in ("cpu", "memory")}
+    cluster.node = dataclasses.replace(node, allocatable={**node.allocatable, **room})
     try:
-        # Room for one more worker, not for the new head (4Gi to a worker's 2Gi).
-        used: dict[str, Decimal] = {}
-        for pod in cluster.pods.values():
-            if pod.node is not None and not pod.finished and not pod.lost:
-                add(used, pod_requests(pod.spec))
-        worker = pod_requests(deployment.rendered.one("Deployment", "ray-worker")["spec"]["template"]["spec"])
-        room = {resource: str(used[resource] + worker[resource]) for resource in ("cpu", "memory")}
-        cluster.node = dataclasses.replace(node, allocatable={**node.allocatable, **room})
+        cluster.lose_pod(lost.name)
         cluster.scale("ray-test", "ray-worker", len(workers) + 1)
         [new] = wait_for(lambda: [p for p in deployment.workers() if p not in workers and p.node], 30, "a new worker")
         wait_for(

@@ -21,7 +21,7 @@ import pytest
 from tests.program import render
 from tests.rehearsal.cluster import Cluster, JobFailedError, wait_for
 from tests.test_rehearsal import Deployment
-from tests.test_rehearsal_fault_tolerance import HEAL_BOUND_SECONDS, heal_after_losing_the_head
+from tests.test_rehearsal_fault_tolerance import HEAL_BOUND_SECONDS
 from tests.variants import SERVE_APPLICATION
 
 pytestmark = pytest.mark.rehearsal
@@ -158,8 +158,10 @@ def test_requests_through_the_serve_service_keep_succeeding_while_the_head_is_re
     traffic = client(deployment, seconds=HEAL_BOUND_SECONDS + 10, rate=20)
     try:
         time.sleep(3)
-        healed = heal_after_losing_the_head(deployment)
-        print(f"head replaced in {healed:.1f}s")
+        old_head = deployment.head()
+        deployment.cluster.delete_pod(old_head.name)
+        new_head = lambda: [p for p in deployment.pods("ray-head-") if p.ready and p.name != old_head.name]  # noqa: E731
+        wait_for(new_head, HEAL_BOUND_SECONDS, "a new head")
     finally:
         output, _ = traffic.communicate(timeout=HEAL_BOUND_SECONDS + 60)
     sent, failed, in_a_row = counts(output)
