@@ -19,6 +19,7 @@ from typing import Any
 import ray
 
 CALLS_PER_ROUND = 100
+CALLS_PER_NODE = 2
 MAX_ROUNDS = 30
 # How long to wait for the connection and every node; the Job sets it (components/pods.py), within its own deadline.
 NODE_WAIT_SECONDS = float(os.environ["SMOKE_NODE_WAIT_SECONDS"])
@@ -72,14 +73,11 @@ def wait_for_nodes(expected_workers: int, most_workers: int, deadline: float) ->
         time.sleep(2)
 
 
-def calls_per_round(nodes: list[dict[str, Any]], autoscaled: bool) -> int:
-    """CALLS_PER_ROUND, or, where Ray's autoscaler may add workers, no more calls at once than the nodes have CPUs
-    (at least one): calls that wait for a CPU would make it add workers for the smoke test, of any group whose nodes
-    have CPUs, GPU groups included once the others are at their most."""
-    if not autoscaled:
-        return CALLS_PER_ROUND
-    cpus = int(sum(node["Resources"].get("CPU", 0) for node in nodes))
-    return max(1, min(CALLS_PER_ROUND, cpus))
+def calls_per_round(nodes: list[dict[str, Any]]) -> int:
+    """CALLS_PER_NODE nested calls per live node, at most CALLS_PER_ROUND. The calls hold no CPU, so nothing but
+    this bound keeps Ray from starting a worker process for each call in flight (and on a fault-tolerant head,
+    which otherwise runs no tasks); SPREAD gives every node its share of a round."""
+    return min(CALLS_PER_ROUND, CALLS_PER_NODE * len(nodes))
 
 
 def run_rounds(worker_ids: set[str], multi_node: bool, calls: int = CALLS_PER_ROUND) -> set[str]:
@@ -110,7 +108,7 @@ def main() -> int:
         connect(deadline)
         nodes = wait_for_nodes(expected_workers, most_workers, deadline)
         workers = nodes[1:]
-        calls = calls_per_round(nodes, autoscaled=most_workers > expected_workers)
+        calls = calls_per_round(nodes)
         ran_on = run_rounds({node["NodeID"] for node in workers}, multi_node=len(workers) > 0, calls=calls)
         addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}  # type: ignore[no-untyped-call]
         print(f"nodes that ran calls: {' '.join(sorted(addresses.get(n, n) for n in ran_on))}", flush=True)
