@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from tests.program import ROOT, Registration, Rendered, render
-from tests.rehearsal import image
+from tests.rehearsal import image, network_policy
 from tests.rehearsal.cluster import Cluster, InvalidError, JobFailedError, StorageClass, rolling_bounds, wait_for
 from tests.rehearsal.kubelet import Manifest, Pod, UnsupportedError, check_supported, expand, quantity
 from tests.rehearsal.scheduler import Node, pod_requests, tolerates
@@ -1158,3 +1158,151 @@ def test_a_redis_with_a_wrong_password_in_its_probe_never_becomes_ready(cluster:
     assert "WRONGPASS" in pod.events() or "exit code 1" in pod.events(), pod.events()
     time.sleep(2)
     assert not pod.ready and pod.restarts() == 0  # the tcpSocket liveness probe still passes
+
+
+# ----- NetworkPolicies -----
+
+
+def policy(name: str, selector: Manifest, *rules: Manifest, **spec: Any) -> Manifest:
+    metadata = {"name": name, "namespace": NAMESPACE}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": metadata,
+            "spec": {"podSelector": selector, "policyTypes": ["Ingress"], "ingress": list(rules), **spec}}  # fmt: skip
+
+
+WEB = network_policy.PodAddress(NAMESPACE, {"app": "web"}, "10.244.0.2")
+OTHER = network_policy.PodAddress(NAMESPACE, {"app": "other"}, "10.244.0.3")
+AUDIENCE = network_policy.PodAddress("audience", {"app": "client"}, "10.244.0.4")
+NAMESPACES = {name: network_policy.namespace_labels(name, labels)
+              for name, labels in ((NAMESPACE, None), ("audience", {"team": "ingress"}))}  # fmt: skip
+BY_NAME = {"namespaceSelector": {"matchExpressions": [
+    {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["audience"]}]}}  # fmt: skip
+
+
+def ways_in(*policies: Manifest) -> dict[str, list[network_policy.Admitted]]:
+    return network_policy.admitted(policies, [WEB, OTHER, AUDIENCE], NAMESPACES)
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "selected"),
+    [
+        ({}, {}, True),
+        ({"matchLabels": {"app": "web"}}, {"app": "web", "x": "y"}, True),
+        ({"matchLabels": {"app": "web"}}, {"app": "other"}, False),
+        ({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "db"]}]}, {"app": "db"}, True),
+        ({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]}, {}, True),
+        ({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]}, {"app": "web"}, False),
+        ({"matchExpressions": [{"key": "app", "operator": "Exists"}]}, {"app": ""}, True),
+        ({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]}, {"app": ""}, False),
+        ({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "x", "operator": "Exists"}]}, {"app": "web"},
+         False),
+    ],
+)  # fmt: skip
+def test_label_selectors(selector: Manifest, labels: dict[str, str], selected: bool) -> None:
+    assert network_policy.matches(selector, labels) is selected
+
+
+def test_pods_no_policy_selects_are_not_isolated_and_selected_ones_admit_only_their_rules_peers() -> None:
+    isolated = ways_in(policy("web", {"matchLabels": {"app": "web"}}, {"from": [BY_NAME], "ports": [{"port": 8000}]}))
+    assert isolated == {WEB.ip: [network_policy.Admitted(((AUDIENCE.ip, ()),), ((8000, 8000),))]}
+
+
+def test_peers_by_pod_namespace_both_and_cidr_and_rules_without_from_or_ports() -> None:
+    web = {"matchLabels": {"app": "web"}}
+    same_namespace = {"podSelector": {"matchLabels": {"app": "other"}}}
+    labelled = {"namespaceSelector": {"matchLabels": {"team": "ingress"}}, "podSelector": {"matchLabels": {"app": "x"}}}
+    block = {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.244.0.0/24"]}}
+    isolated = ways_in(
+        policy("a", web, {"from": [same_namespace, labelled]}, {"ports": [{"port": 9000, "endPort": 9010}]}),
+        policy("b", web, {"from": [block]}, {"from": [{"podSelector": {"matchLabels": {"app": "none"}}}]}),
+    )
+    assert isolated == {WEB.ip: [
+        network_policy.Admitted(((OTHER.ip, ()),), None),  # the labelled namespace holds no pod `app: x`
+        network_policy.Admitted(None, ((9000, 9010),)),
+        network_policy.Admitted((("10.0.0.0/8", ("10.244.0.0/24",)),), None),
+    ]}  # fmt: skip
+    assert ways_in(policy("deny", web)) == {WEB.ip: []}
+    rules = network_policy.policy_rules(isolated)
+    assert f"ip saddr {{ {OTHER.ip} }} accept" in rules and "tcp dport { 9000-9010 } accept" in rules
+    assert "ip saddr 10.0.0.0/8 ip saddr != { 10.244.0.0/24 } accept" in rules
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ({"policyTypes": ["Ingress", "Egress"]}, "NetworkPolicy egress"),
+        ({"egress": [{}]}, "NetworkPolicy egress"),
+        ({"ingress": [{"ports": [{"port": "http"}]}]}, "named port 'http'"),
+        ({"ingress": [{"ports": [{"port": 53, "protocol": "UDP"}]}]}, "protocol UDP"),
+    ],
+)
+def test_what_the_enforcement_does_not_emulate_is_refused(spec: Manifest, why: str) -> None:
+    manifest = {"metadata": {"namespace": NAMESPACE}, "spec": {"podSelector": {}, **spec}}
+    with pytest.raises(UnsupportedError, match=why):
+        network_policy.check_supported(manifest)
+
+
+# Asks host argv[1], port argv[2], and says how it went: an answer, refused, or no answer (a dropped SYN).
+KNOCK = (
+    'exec python -c "import socket, sys\n'
+    "try:\n"
+    "    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2); print('answered', c.recv(100))\n"
+    "except TimeoutError: print('no answer')\n"
+    "except ConnectionRefusedError: print('refused')\n"
+    '" '
+)
+# Answers with its name on ports 8000 and 8001.
+ANSWER_ON_TWO_PORTS = (
+    'exec python -c "import socket, threading\n'
+    "def serve(port):\n"
+    "    s = socket.create_server(('', port))\n"
+    "    for c, _ in iter(s.accept, None): c.sendall(socket.gethostname().encode()); c.close()\n"
+    "threading.Thread(target=serve, args=(8001,), daemon=True).start(); serve(8000)\n"
+    '"'
+)
+
+
+@pytest.mark.rehearsal
+def test_network_policies_admit_their_peers_on_their_ports_and_drop_the_rest(cluster: Cluster) -> None:
+    """A server selected by a policy that admits the `audience` namespace on port 8000: a pod there gets answers
+    on 8000, directly and through the Service (from its first connection on), but no answer on 8001; pods of
+    another namespace, or of the server's own that no rule names, get no answer at all; the node (the kubelet's
+    probes) reaches every port. Without the policy, everyone reaches everything."""
+    audience = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "audience"}}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NAMESPACE},
+               "spec": {"selector": {"app": "web"}, "ports": [{"port": 8000}]}}  # fmt: skip
+    admit = policy("web", {"matchLabels": {"app": "web"}}, {"from": [BY_NAME], "ports": [{"port": 8000}]})
+    for manifest in (audience, service, admit):
+        cluster.apply(manifest)
+    web = deployment("web", 1, template(container(ANSWER_ON_TWO_PORTS), app="web"))
+    cluster.apply(web)
+    [server] = running(cluster, web, 1)
+
+    def knock(namespace: str, script: str) -> str:
+        knocker = job("knock", template(container(script), app="knock"))
+        knocker["metadata"]["namespace"] = namespace
+        cluster.apply(knocker)
+        pod = wait_for(
+            lambda: next((p for p in cluster.pods_of(("Job", namespace, knocker["metadata"]["name"]))
+                          if p.finished), None), 30, "the knock finished", 0.1
+        )  # fmt: skip
+        cluster.delete(knocker)
+        wait_for(lambda: not cluster.pods_of(("Job", namespace, "knock")), 10, "the knock gone", 0.1)
+        return "\n".join(pod.logs("main").splitlines()[1:])  # after the kubelet's `--- start` line
+
+    answered = f"answered {server.name.encode()!r}"
+    # A new pod's first connection is admitted: its rules were in place before it started (no SYN dropped, so its
+    # network namespace counts no retransmission).
+    first = knock("audience", f"exec bash -c 'exec 3<>/dev/tcp/{server.ip}/8000 && grep ^Tcp: /proc/net/snmp'")
+    names, counts = (line.split() for line in first.splitlines())
+    assert dict(zip(names, counts, strict=True))["RetransSegs"] == "0", first
+    assert knock("audience", KNOCK + f"{server.ip} 8000") == answered
+    assert knock("audience", KNOCK + f"web.{NAMESPACE}.svc 8000") == answered
+    assert knock("audience", KNOCK + f"{server.ip} 8001") == "no answer"
+    assert knock("elsewhere", KNOCK + f"{server.ip} 8000") == "no answer"
+    assert knock("elsewhere", KNOCK + f"web.{NAMESPACE}.svc 8000") == "no answer"
+    assert knock(NAMESPACE, KNOCK + f"{server.ip} 8000") == "no answer"
+    for port in (8000, 8001):
+        with socket.create_connection((server.ip, port), timeout=5) as from_the_node:
+            assert from_the_node.recv(100).decode() == server.name
+    cluster.delete(admit)
+    wait_for(lambda: knock("elsewhere", KNOCK + f"{server.ip} 8001") == answered, 10, "the policy gone")

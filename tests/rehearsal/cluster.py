@@ -54,14 +54,15 @@ object has left the API (a claim's finalizer included).
 
 Services get ClusterIPs, to which their names resolve, and kube-proxy's forwarding to their endpoints (network.py).
 `clock` is the cluster's wall clock (tokens' lifetimes and the API's timestamps), which a test can move on. `apply`
-is a kubectl client-side apply that replaces the object and owns every field it sets. Not emulated: NetworkPolicy
-enforcement, cgroup limits, image pulls (but a failed one for another architecture: kubelet.py), ClusterRoles and
-their bindings (a RoleBinding to a ClusterRole is refused), the variables of a namespace's Services in its pods' env
-(service links; only the `kubernetes` Service's are set), the labels a Job's pods get from the Job, proportional
-scaling of a Deployment in mid-rollout, revision history limits; a volume's capacity (its directory is as large as
-the disk it lies on), and claims other than dynamically provisioned ReadWriteOnce filesystems (refused: static
-binding to PersistentVolumes, `volumeName`, selectors, data sources, block volumes, other access modes);
-pulumi-kubernetes' 5-minute limit on a claim's await (`up` has its own timeout).
+is a kubectl client-side apply that replaces the object and owns every field it sets. NetworkPolicies are enforced
+for ingress (network_policy.py), a new pod's rules in place before its containers start. Not emulated: cgroup
+limits, image pulls (but a failed one for another architecture: kubelet.py), ClusterRoles and their bindings (a
+RoleBinding to a ClusterRole is refused), the variables of a namespace's Services in its pods' env (service links;
+only the `kubernetes` Service's are set), the labels a Job's pods get from the Job, proportional scaling of a
+Deployment in mid-rollout, revision history limits; a volume's capacity (its directory is as large as the disk it
+lies on), and claims other than dynamically provisioned ReadWriteOnce filesystems (refused: static binding to
+PersistentVolumes, `volumeName`, selectors, data sources, block volumes, other access modes); pulumi-kubernetes'
+5-minute limit on a claim's await (`up` has its own timeout).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ from typing import Any, Literal, TypeVar
 
 from tests.lifecycle import _reset, kubernetes_diff, parse_path, type_token
 from tests.program import Rendered
+from tests.rehearsal import network_policy
 from tests.rehearsal.apiserver import PORT, RBAC_GROUP, APIServer
 from tests.rehearsal.kubelet import (
     DEFAULT_GRACE_SECONDS,
@@ -407,6 +409,12 @@ class Cluster:
         self._proxy_wanted: dict[str, dict[int, list[str]]] = {}
         self._proxy_applied: dict[str, dict[int, list[str]]] | None = None
         self._proxy_error = ""
+        # The NetworkPolicies' rules: the addresses of pods whose sandbox is wired (before the kubelet records the
+        # pod's IP), and the rules last applied; one writer at a time, so the last rules written are the newest.
+        self._sandboxes: dict[str, str] = {}
+        self._policies_applied: dict[str, list[network_policy.Admitted]] | None = None
+        self._policy_lock = threading.Lock()
+        self._policy_error = ""
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self.network = PodNetwork(prefix)
@@ -505,6 +513,8 @@ class Cluster:
             check_supported(manifest["spec"]["template"]["spec"])
         if kind == "PersistentVolumeClaim":
             _check_claim(manifest)
+        if kind == "NetworkPolicy":
+            network_policy.check_supported(manifest)
         key = _key(manifest)
         with self._lock:
             previous = self.objects.get(key)
@@ -940,7 +950,7 @@ class Cluster:
             directory=self.directory / "pods" / name,
             objects=lambda kind, object_name: self.get(kind, namespace, object_name),
             dns=(self.network.gateway, CLUSTER_DOMAIN),
-            sandbox=self.network.add_pod,
+            sandbox=self._sandbox,
             claims=lambda claim_name: self._claim_volume(namespace, claim_name, name),
             tokens=self._pod_token,
             clock=self.clock,
@@ -950,6 +960,47 @@ class Cluster:
         with self._lock:
             self.pods[name] = pod
         return pod
+
+    def _sandbox(self, name: str) -> tuple[str, str]:
+        """CNI's part of a pod's start: its network namespace and address, and the NetworkPolicies' rules for that
+        address in place before any of its containers runs (Calico's and Cilium's CNI plugins wait for the pod's
+        policy likewise), so that a pod's first connections are neither let in nor dropped wrongly."""
+        namespace, address = self.network.add_pod(name)
+        with self._lock:
+            self._sandboxes[name] = address
+        self._police()
+        return namespace, address
+
+    def _police(self) -> None:
+        """Apply the NetworkPolicies to the pods in the API now (network_policy.py), if that changes the rules; a
+        failure is reported by `up` until a later pass succeeds."""
+        with self._policy_lock:
+            with self._lock:
+                self._sandboxes = {name: a for name, a in self._sandboxes.items() if name in self.pods}
+                pods = [
+                    network_policy.PodAddress(pod.namespace, pod.labels, self._sandboxes.get(pod.name) or pod.ip)
+                    for pod in self.pods.values()
+                ]
+                namespaces = {
+                    name: network_policy.namespace_labels(
+                        name, self.objects.get(("Namespace", "", name), {}).get("metadata", {}).get("labels")
+                    )
+                    for name in self._namespaces
+                }
+                policies = [manifest for key, manifest in self.objects.items() if key[0] == "NetworkPolicy"]
+            wanted = network_policy.admitted(policies, pods, namespaces)
+            if wanted == self._policies_applied:
+                return
+            try:
+                self.network.police(wanted)
+            except NetworkError as error:
+                self._policy_error = f"NetworkPolicy: {error}"
+                if self._policy_error not in self._errors:
+                    self._errors.append(self._policy_error)
+                return
+            if self._policy_error in self._errors:
+                self._errors.remove(self._policy_error)
+            self._policies_applied = wanted
 
     def _admitted(self, namespace: str, template_spec: Manifest) -> Manifest:
         """The ServiceAccount admission plugin: the pod runs as its ServiceAccount (`default` unless it names one),
@@ -1071,6 +1122,7 @@ class Cluster:
                 self._guarded(self._collect_garbage)
                 self._guarded(self._sync_proxy)
             self._apply_proxy()
+            self._police()
 
     def _collect_garbage(self) -> None:
         """The garbage collector: an object whose every owner (ownerReferences, by uid) is gone goes too, such as

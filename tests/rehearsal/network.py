@@ -4,14 +4,15 @@ DNS that answers Service names, and kube-proxy: Services' ClusterIPs, forwarded 
 The node namespace has no link to the outside world, so nothing a pod sends can leave it; the harness thread
 that creates it moves into it, so probes and checks reach pods the way a kubelet on the node would.
 
-A lost node's pods are modelled by dropping their addresses' traffic, silently, on the bridge and in the node.
+Each pod has a /32 address whose one neighbour is the node, as Calico wires pods: the node routes every packet
+between pods, so its nftables rules see them all. They enforce the NetworkPolicies (network_policy.py) and model
+a lost node's pods, whose addresses' traffic is dropped silently (on the bridge too).
 
-A Service's name resolves to its ClusterIP, which stays while the pods behind it come and go: a client's
-connection is forwarded (nftables DNAT in the node namespace, which routes every pod's traffic but the
-bridge's own) to one of its endpoints at the time, or refused at once while it has none, as kube-proxy's rules
-do. Replies return through the node (the forwarded traffic is masqueraded, as kube-proxy's `--masquerade-all`
-does), so the client sees them come from the ClusterIP. The `kubernetes` Service's endpoint is the node itself,
-where the API server listens: what the rules forward there is taken in, not refused.
+A Service's name resolves to its ClusterIP, which stays while the pods behind it come and go: a client's connection
+is forwarded (nftables DNAT in the node namespace) to one of its endpoints at the time, or refused at once while it
+has none, as kube-proxy's rules do. Replies return through the node (the forwarded traffic is masqueraded, as
+kube-proxy's `--masquerade-all` does), so the client sees them come from the ClusterIP. The `kubernetes` Service's
+endpoint is the node itself, where the API server listens: what the rules forward there is taken in, not refused.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from collections.abc import Callable, Collection, Mapping
 
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSServer
+
+from tests.rehearsal.network_policy import Admitted, policy_rules
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -179,6 +182,10 @@ class PodNetwork:
         """Make these pod addresses unreachable, and every other one reachable again (see dropped_rules)."""
         _run(["ip", "netns", "exec", self.node, "nft", "-f", "-"], dropped_rules(addresses))
 
+    def police(self, isolated: Mapping[str, list[Admitted]]) -> None:
+        """Admit new connections to isolated pods only as their NetworkPolicies do (network_policy.py)."""
+        _run(["ip", "netns", "exec", self.node, "nft", "-f", "-"], policy_rules(isolated))
+
     def add_pod(self, pod: str) -> tuple[str, str]:
         """A namespace for the pod, wired to the bridge; returns its name and the pod's IP."""
         with self._lock:
@@ -194,9 +201,12 @@ class PodNetwork:
         # forwarded back to itself, leaves the bridge through the port it came in by.
         ip("-n", self.node, "link", "set", host_side, "type", "bridge_slave", "hairpin", "on")
         ip("-n", namespace, "link", "set", "lo", "up")
-        ip("-n", namespace, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", "eth0")
+        # A /32 with the node as the only neighbour, as Calico wires pods: everything a pod sends to another pod
+        # is routed through the node, where the NetworkPolicies' rules see it (the bridge has no conntrack here).
+        # The default route (into the isolated node namespace) also lets Ray's own address detection find eth0.
+        ip("-n", namespace, "addr", "add", f"{address}/32", "dev", "eth0")
         ip("-n", namespace, "link", "set", "eth0", "up")
-        # A default route (into the isolated node namespace) so Ray's own address detection finds eth0.
+        ip("-n", namespace, "route", "add", self.gateway, "dev", "eth0", "scope", "link")
         ip("-n", namespace, "route", "add", "default", "via", self.gateway)
         with self._lock:
             self._pods[pod] = namespace, address
