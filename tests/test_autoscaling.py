@@ -154,6 +154,7 @@ def test_the_autoscaler_container_runs_rays_monitor_against_the_local_gcs(scaled
         "--autoscaling-config=/etc/ray/autoscaler/autoscaling.json",
         "--logs-dir=/tmp/ray/autoscaler",
         "--logging-filename=",
+        "--monitor-ip=$RAY_POD_IP",
     ]
     assert sidecar["image"] == "rayproject/ray:2.60.0"
     assert env(sidecar) == {

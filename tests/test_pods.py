@@ -351,7 +351,15 @@ def test_head_container_is_exactly_the_promised_spec() -> None:
             # Ray Client's proxier forks a server per client; with gRPC's fork support on, now and then it stalls.
             {"name": "GRPC_ENABLE_FORK_SUPPORT", "value": "0"},
         ],
-        "ports": tcp_ports(("gcs", 6379), ("dashboard", 8265), ("client", 10001), ("metrics", 8080), ("agent", 52365)),
+        "ports": tcp_ports(
+            ("gcs", 6379),
+            ("dashboard", 8265),
+            ("client", 10001),
+            ("dash-metrics", 44227),
+            ("as-metrics", 44217),
+            ("metrics", 8080),
+            ("agent", 52365),
+        ),
         "resources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}},
         "readinessProbe": {"httpGet": {"path": "/api/gcs_healthz", "port": 8265}, **READINESS_TIMINGS},
     }

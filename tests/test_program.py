@@ -390,11 +390,12 @@ def test_deployments_leave_their_pod_templates_annotations_to_kubectl(default: R
         assert options.ignore_changes == ("spec.template.metadata.annotations",)
 
 
-def test_metrics_scrapers_get_the_metrics_port_only() -> None:
+def test_metrics_scrapers_get_the_metrics_ports_only() -> None:
+    """Every node's metrics port, the dashboard's and Ray's monitor's (the autoscaler's), and nothing else."""
     rendered = render({"allowedMetricsNamespaces": ["monitoring"]})
     policy = rendered.one("NetworkPolicy", "ray-metrics")["spec"]
     [rule] = policy["ingress"]
-    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert rule["ports"] == [{"port": port, "protocol": "TCP"} for port in (8080, 44227, 44217)]
     assert rule["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["monitoring"]
     assert policy["podSelector"] == {"matchLabels": {"ray.io/cluster": "ray"}}
     # Registration order follows Pulumi's asynchronous outputs: compare as a set.

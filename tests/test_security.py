@@ -226,9 +226,38 @@ def test_network_policies_admit_only_the_cluster_and_listed_clients(default_poli
     assert result.one("NetworkPolicy", "ray-metrics")["spec"] == {
         "podSelector": selector,
         "policyTypes": ["Ingress"],
-        "ingress": [{"from": [namespaces("monitoring")], "ports": [{"port": 8080, "protocol": "TCP"}]}],
+        "ingress": [
+            {
+                "from": [namespaces("monitoring")],
+                "ports": [{"port": port, "protocol": "TCP"} for port in (8080, 44227, 44217)],
+            }
+        ],
     }
     assert rendered("default").one("Service")["spec"]["type"] == "ClusterIP"
+
+
+@pytest.mark.parametrize("variant", ["default", "autoscaling"])
+def test_every_metrics_port_is_rays_own_and_served_by_one_container_of_its_pod(variant: str) -> None:
+    """Ray's defaults (a Ray that moved them would be scraped nowhere), each named once per pod: a PodMonitor
+    scrapes a port by name, and a name two containers share makes two targets. The head's Ray container serves the
+    dashboard's; Ray's monitor's is in the autoscaler container with autoscaling, else in the Ray container."""
+    from ray.autoscaler._private.constants import AUTOSCALER_METRIC_PORT
+    from ray.dashboard.consts import DASHBOARD_METRIC_PORT
+
+    def ports(deployment: str) -> dict[str, list[tuple[str, int]]]:
+        template = rendered(variant).one("Deployment", deployment)["spec"]["template"]["spec"]
+        found: dict[str, list[tuple[str, int]]] = {}
+        for container in template["containers"]:
+            for port in container.get("ports", []):
+                found.setdefault(port["name"], []).append((container["name"], port["containerPort"]))
+        return found
+
+    head, worker = ports("ray-head"), ports("ray-worker")
+    monitor = "autoscaler" if variant == "autoscaling" else "ray-head"
+    assert head["dash-metrics"] == [("ray-head", DASHBOARD_METRIC_PORT)]
+    assert head["as-metrics"] == [(monitor, AUTOSCALER_METRIC_PORT)]
+    assert head["metrics"] == [("ray-head", 8080)] and worker["metrics"] == [("ray-worker", 8080)]
+    assert all(len(containers) == 1 for containers in [*head.values(), *worker.values()])
 
 
 def test_the_head_service_exposes_ray_ports_under_their_documented_names() -> None:

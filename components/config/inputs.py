@@ -193,7 +193,7 @@ class RayClusterArgs(TypedDict, total=False):
     allowedClientCidrs: list[str]
     """CIDR blocks (e.g. a VPN range) that may reach the head's client ports."""
     allowedMetricsNamespaces: list[str]
-    """Namespaces (e.g. Prometheus's) whose pods may scrape every Ray pod's metrics port 8080, and nothing else."""
+    """Namespaces (e.g. Prometheus's) whose pods may scrape the metrics ports (8080 of every Ray pod, the head's 44227 and 44217), and nothing else."""
     serveApplications: list[ServeApplicationArgs]
     """Ray Serve applications the cluster runs, in Serve's config-file schema: applied by `pulumi up`, re-applied after a head restart, served by `<clusterName>-serve` on port 8000."""
     allowedServeNamespaces: list[str]

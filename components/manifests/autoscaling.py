@@ -177,6 +177,8 @@ def monitor_command(settings: ClusterSettings) -> list[str]:
         f"--autoscaling-config={CONFIG_DIR}/{CONFIG_FILE}",
         f"--logs-dir={_EVENTS_DIR}",
         "--logging-filename=",
+        # Serve the autoscaler's metrics on the pod's IP (Ray's monitor starts that server only when given one).
+        f"--monitor-ip=${ray_node.POD_IP_ENV}",
     ]
     # A heartbeat left by the container's last run (its /tmp outlives it) would soon read as a hung monitor.
     wait = ray_node.wait_for_gcs_script(settings, host=f"${ray_node.POD_IP_ENV}", health_check=True)
@@ -207,6 +209,13 @@ def container(settings: ClusterSettings) -> ray_node.Manifest:
             *ray_node.ray_env(settings),
             {"name": "PYTHONPATH", "value": CONFIG_DIR},
             {"name": "PYTHONNOUSERSITE", "value": "1"},
+        ],
+        "ports": [
+            {
+                "name": ray_node.AUTOSCALER_METRICS_PORT_NAME,
+                "containerPort": ray_node.AUTOSCALER_METRICS_PORT,
+                "protocol": "TCP",
+            }
         ],
         "resources": ray_node.container_resources(RESOURCES),
         "securityContext": container_security(),

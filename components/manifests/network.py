@@ -62,11 +62,15 @@ def client_policy_spec(settings: ClusterSettings) -> Manifest | None:
     return _ingress_policy(settings, sources, tuple(port for _, port in CLIENT_PORTS))
 
 
+# Every port that serves metrics: each node's, and the head's dashboard's and Ray's monitor's (the autoscaler's).
+METRICS_PORTS = (ray_node.METRICS_PORT, ray_node.DASHBOARD_METRICS_PORT, ray_node.AUTOSCALER_METRICS_PORT)
+
+
 def metrics_policy_spec(settings: ClusterSettings) -> Manifest | None:
-    """The listed namespaces (Prometheus) may scrape every node's metrics port, and nothing else: scraping must not
-    come with the right to submit jobs. None if none are listed."""
+    """The listed namespaces (Prometheus) may scrape every metrics port, and nothing else: scraping must not come
+    with the right to submit jobs. None if none are listed."""
     sources = [_namespaces(settings.metrics_namespaces)] if settings.metrics_namespaces else []
-    return _ingress_policy(settings, sources, (ray_node.METRICS_PORT,))
+    return _ingress_policy(settings, sources, METRICS_PORTS)
 
 
 def serve_policy_spec(settings: ClusterSettings) -> Manifest | None:

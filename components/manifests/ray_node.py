@@ -22,6 +22,13 @@ GCS_PORT = 6379
 DASHBOARD_PORT = 8265
 CLIENT_PORT = 10001
 METRICS_PORT = 8080
+# The head's own metrics servers, at Ray's defaults (DASHBOARD_METRIC_PORT, AUTOSCALER_METRIC_PORT): the dashboard's,
+# and Ray's monitor's, which serves on its pod's IP when started with `--monitor-ip` (as `ray start --head` starts
+# it; the autoscaler container passes it too). Named as KubeRay names them (a port name has at most 15 characters).
+DASHBOARD_METRICS_PORT = 44227
+AUTOSCALER_METRICS_PORT = 44217
+DASHBOARD_METRICS_PORT_NAME = "dash-metrics"
+AUTOSCALER_METRICS_PORT_NAME = "as-metrics"
 AGENT_PORT = 52365
 # Ray Serve's HTTP proxies (every node that runs replicas, and the head), when the cluster runs Serve applications.
 SERVE_PORT = 8000
@@ -345,7 +352,15 @@ def ray_container(
     fault_tolerance = settings.fault_tolerance if head else None
     if fault_tolerance and fault_tolerance.authenticates:
         start += f' --redis-password="$(cat {REDIS_SECRET_DIR}/{redis.PASSWORD_KEY})"'
-    ports = ([("gcs", GCS_PORT), ("dashboard", DASHBOARD_PORT), ("client", CLIENT_PORT)] if head else []) + [
+    head_ports = [
+        ("gcs", GCS_PORT),
+        ("dashboard", DASHBOARD_PORT),
+        ("client", CLIENT_PORT),
+        (DASHBOARD_METRICS_PORT_NAME, DASHBOARD_METRICS_PORT),
+        # Without autoscaling `ray start --head` runs Ray's monitor here; with it, the autoscaler container does.
+        *([] if settings.autoscaling else [(AUTOSCALER_METRICS_PORT_NAME, AUTOSCALER_METRICS_PORT)]),
+    ]
+    ports = (head_ports if head else []) + [
         ("metrics", METRICS_PORT),
         ("agent", AGENT_PORT),
         *([("serve", SERVE_PORT)] if settings.serve else []),
