@@ -25,10 +25,11 @@ from . import in_pod, resource_options
 from .children import Child, ClusterChildren
 from .config.fault_tolerance import GcsFaultTolerance
 from .config.inputs import RayClusterArgs
+from .config.monitoring import Monitoring
 from .config.serve import ServeSettings
 from .config.settings import load_settings
 from .config.values import config_error
-from .manifests import autoscaling, network, pods, ray_node, redis, serve
+from .manifests import autoscaling, monitoring, network, pods, ray_node, redis, serve
 
 SMOKE_TEST_SCRIPT = in_pod.source(ray_node.SMOKE_TEST_FILE)
 
@@ -108,12 +109,27 @@ class RayCluster(ClusterChildren):
             self._smoke_test(cluster, _digest(running))
         if settings.serve:
             self._serve_check(settings.serve, [*self._access, *serve_access, head, *workers.values()])
+        if settings.monitoring:
+            self._monitoring(settings.monitoring)
         self._set_outputs(gcs.storage_namespace)
         # The children a consumer may depend on (as Pulumi's own component examples keep them).
         self.head_service = pulumi.Output.from_input(head_service)
         self.head_deployment = pulumi.Output.from_input(head)
         self.worker_deployments = pulumi.Output.from_input(workers)
         self.register_outputs(self.outputs_by_name())
+
+    def _monitoring(self, settings: Monitoring) -> None:
+        """The prometheus-operator's objects: the PodMonitor of the Ray pods. The provider awaits no custom
+        resource, and Prometheus finds the pods whenever they come: nothing waits for them, nor they for anything."""
+        labels = monitoring.object_labels(self._settings, settings)
+        self._child(
+            _custom_resource(monitoring.API_VERSION, "PodMonitor"),
+            "pod-monitor",
+            self._settings.cluster_name,
+            "monitoring",
+            labels=labels,
+            spec=monitoring.pod_monitor_spec(self._settings),
+        )
 
     def _access_objects(
         self, auth_token: pulumi.Input[str] | None
@@ -449,3 +465,12 @@ def _is_output(annotation: object) -> bool:
 
 OUTPUT_ATTRIBUTES = tuple(name for name, kind in inspect.get_annotations(RayCluster).items() if _is_output(kind))
 CHILD_OUTPUTS = ("head_service", "head_deployment", "worker_deployments")
+
+
+def _custom_resource(api_version: str, kind: str) -> Callable[..., k8s.apiextensions.CustomResource]:
+    """A kind of custom resource, declared as its built-in kinds are (name, metadata, spec, options)."""
+
+    def declare(resource_name: str, **fields: Any) -> k8s.apiextensions.CustomResource:
+        return k8s.apiextensions.CustomResource(resource_name, api_version=api_version, kind=kind, **fields)
+
+    return declare

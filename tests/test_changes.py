@@ -61,6 +61,8 @@ CHANGES: dict[str, dict[str, object]] = {
     },
     "allowedServeNamespaces": {**SERVE, "allowedServeNamespaces": ["gateway"]},
     "allowedServeCidrs": {**SERVE, "allowedServeCidrs": ["10.0.0.0/8"]},
+    "prometheusOperator": {"prometheusOperator": "true"},
+    "prometheusRelease": {"prometheusOperator": "true", "prometheusRelease": "kps"},
 }
 FAULT_TOLERANT: dict[str, object] = {"gcsFaultTolerance": "true"}
 AUTOSCALED: dict[str, object] = {"maxWorkers": "6"}
@@ -75,6 +77,8 @@ BEFORE: dict[str, dict[str, object]] = {
     **dict.fromkeys(["idleTimeoutSeconds", "upscalingSpeed"], AUTOSCALED),
     # The Serve keys change a stack that serves.
     **dict.fromkeys(["serveApplications", "allowedServeNamespaces", "allowedServeCidrs"], SERVE),
+    # The release labels a stack's prometheus-operator objects.
+    "prometheusRelease": {"prometheusOperator": "true"},
 }
 SECRETS = ("authToken", "redisPassword")
 

@@ -15,10 +15,13 @@ import yaml
 from kubernetes_validate.utils import all_versions
 from packaging.version import Version
 
+from tests.crds import crds, validate_custom_resource
 from tests.program import ROOT, Manifest, render
 from tests.variants import VARIANTS, rendered
 
 VERSIONS = [v for v in all_versions() if Version(v) >= Version("1.30")]
+# The API groups of the custom resources the program may declare, whose CRDs are vendored under tests/crds.
+CUSTOM_GROUPS = {group for group, _, _ in crds()}
 SCHEMAS = files("kubernetes_validate") / "kubernetes-json-schema" / f"v{VERSIONS[-1]}-local-strict"
 
 Rule = Callable[[str], str | None]
@@ -136,6 +139,14 @@ def validate_everywhere(manifest: Manifest) -> None:
 def validate_json(manifest: str) -> None:
     """Variants share most manifests: each distinct one is validated once (a failure is not cached)."""
     parsed = json.loads(manifest)
+    if parsed["apiVersion"].split("/")[0] in CUSTOM_GROUPS:
+        # A custom resource: its CRD's schema (vendored, strict), and its metadata as any object's (an ObjectMeta,
+        # checked here as a ConfigMap's, whose schema has nothing else required).
+        validate_custom_resource(parsed)
+        metadata_only = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": parsed["metadata"]}
+        for version in VERSIONS:
+            kubernetes_validate.validate(metadata_only, version, strict=True)
+        return
     for version in VERSIONS:
         kubernetes_validate.validate(parsed, version, strict=True)
     rejections = list(api_server_rejections(parsed, kind_schema(parsed), parsed["kind"]))
@@ -162,6 +173,18 @@ def test_a_misspelled_field_is_rejected() -> None:
     container["readinessProbe"]["periodSecond"] = container["readinessProbe"].pop("periodSeconds")
     with pytest.raises(kubernetes_validate.ValidationError, match="periodSecond"):
         validate_everywhere(head)
+
+
+def test_a_custom_resource_is_checked_against_its_crd() -> None:
+    [pod_monitor] = rendered("monitoring").of_kind("PodMonitor")
+    misspelt = copy.deepcopy(pod_monitor)
+    misspelt["spec"]["podTargetLabel"] = misspelt["spec"].pop("podTargetLabels")
+    with pytest.raises(ValueError, match="podTargetLabel"):
+        validate_everywhere(misspelt)
+    bad_label = copy.deepcopy(pod_monitor)
+    bad_label["metadata"]["labels"]["release"] = {"not": "a string"}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_everywhere(bad_label)
 
 
 def test_a_kind_without_a_schema_is_an_error() -> None:

@@ -75,4 +75,5 @@ def test_config_and_manifests_declare_nothing_and_know_no_wiring(room: str) -> N
         assert not any(name.endswith(("ray_cluster", "in_pod")) for name in relative), (module.name, relative)
         if room == "config":
             assert relative <= {".", ".inputs", ".values", ".resources", ".images", ".groups", ".fault_tolerance",
-                                ".serve", ".settings", "..manifests"}, (module.name, relative)  # fmt: skip
+                                ".serve", ".monitoring", ".settings", "..manifests"}, (
+                module.name, relative)  # fmt: skip

@@ -62,7 +62,9 @@ def test_the_readme_has_the_commands_this_test_runs() -> None:
 
 
 def test_every_readme_deployment_renders(deployed: list[tuple[str, Rendered]]) -> None:
-    assert [stack for stack, _ in deployed] == ["dev", "dev", "arm", "staging", "prod", "prod", "prod", "prod", "prod"]
+    assert [stack for stack, _ in deployed] == [
+        "dev", "dev", "arm", "staging", "prod", "prod", "prod", "prod", "prod", "prod"
+    ]  # fmt: skip
 
 
 def test_the_readme_turns_autoscaling_on_for_the_default_group_then_a_gpu_group_from_zero(
@@ -84,9 +86,19 @@ def test_the_readme_turns_autoscaling_on_for_the_default_group_then_a_gpu_group_
 def test_the_readme_turns_fault_tolerance_on_with_a_redis_of_the_stacks_own(
     deployed: list[tuple[str, Rendered]],
 ) -> None:
-    _, tolerant = deployed[-1]
+    _, tolerant = deployed[-2]
     assert tolerant.one("Deployment", "ray-redis")["spec"]["replicas"] == 1
     assert tolerant.outputs["gcsStorageNamespace"].startswith("ray-")
+
+
+def test_the_readme_hands_the_cluster_to_kube_prometheus_stacks_prometheus(
+    deployed: list[tuple[str, Rendered]],
+) -> None:
+    _, monitored = deployed[-1]
+    [monitor] = monitored.of_kind("PodMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    [rule] = monitored.one("NetworkPolicy", "ray-metrics")["spec"]["ingress"]
+    assert rule["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["monitoring"]
 
 
 def test_the_readme_gpu_group_is_what_it_says(deployed: list[tuple[str, Rendered]]) -> None:

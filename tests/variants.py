@@ -50,6 +50,12 @@ SERVE_APPLICATION = {
 }
 SERVE: dict[str, object] = {"serveApplications": [SERVE_APPLICATION], "allowedServeNamespaces": ["ingress-nginx"]}
 
+MONITORING: dict[str, object] = {
+    "prometheusOperator": "true",
+    "prometheusRelease": "kps",
+    "allowedMetricsNamespaces": ["monitoring"],
+}
+
 VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
     "no-workers": {"workers": "0"},
@@ -85,6 +91,9 @@ VARIANTS: dict[str, dict[str, object]] = {
         "gcsFaultTolerance": "true",
         "allowedServeCidrs": ["10.0.0.0/8"],
     },
+    # The README's monitoring example: kube-prometheus-stack's Prometheus (release `kps`, namespace `monitoring`).
+    "monitoring": MONITORING,
+    "monitoring-autoscaling": {**MONITORING, **AUTOSCALING.program_config()},
 }
 
 

@@ -196,6 +196,10 @@ class RayClusterArgs(TypedDict, total=False):
     """Namespaces (e.g. Prometheus's) whose pods may scrape the metrics ports (8080 of every Ray pod, the head's 44227 and 44217), and nothing else."""
     serveApplications: list[ServeApplicationArgs]
     """Ray Serve applications the cluster runs, in Serve's config-file schema: applied by `pulumi up`, re-applied after a head restart, served by `<clusterName>-serve` on port 8000."""
+    prometheusOperator: bool
+    """Declare a PodMonitor (monitoring.coreos.com/v1) that scrapes every Ray pod's metrics and the head's dashboard and autoscaler metrics, each series labelled with the cluster's name (`ray_io_cluster`). Needs the prometheus-operator's CRDs (kube-prometheus-stack installs them), and `allowedMetricsNamespaces` to hold Prometheus's namespace."""
+    prometheusRelease: str
+    """The kube-prometheus-stack Helm release whose Prometheus should select the PodMonitor (its label `release`). Empty adds no label, for a Prometheus that selects it without one."""
     allowedServeNamespaces: list[str]
     """Namespaces (e.g. an ingress controller's) whose pods may reach the Serve port 8000 of the Ray pods, and nothing else."""
     allowedServeCidrs: list[str]

@@ -23,6 +23,7 @@ from .fault_tolerance import (
 )
 from .groups import Autoscaling, WorkerGroup, autoscaler_settings, worker_groups
 from .images import require_image
+from .monitoring import Monitoring, monitoring_settings
 from .resources import PodResources
 from .serve import ServeSettings, serve_settings
 from .values import (
@@ -64,6 +65,7 @@ class ClusterSettings:
     fault_tolerance: GcsFaultTolerance | None = None
     autoscaling: Autoscaling | None = None
     serve: ServeSettings | None = None
+    monitoring: Monitoring | None = None
 
     @property
     def head_service_name(self) -> str:
@@ -182,4 +184,5 @@ def load_settings(args: Mapping[str, object], project: str, stack: str) -> Clust
         fault_tolerance=fault_tolerance,
         autoscaling=autoscaler_settings(inputs, groups),
         serve=serve_settings(inputs),
+        monitoring=monitoring_settings(inputs),
     )
