@@ -5,12 +5,17 @@ rehearsal's to show."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pulumi
 import pytest
 
 from components import load_settings
 from components.config.monitoring import Monitoring
-from tests.program import render
+from tests.kubernetes_sd import file_sd_scrape_configs
+from tests.program import Manifest, Rendered, render
+from tests.prometheus_scrape import scrape_configs
+from tests.prometheus_server import prometheus_server
 from tests.variants import MONITORING, rendered
 
 
@@ -61,3 +66,75 @@ def test_one_pod_monitor_scrapes_every_metrics_port_of_the_ray_pods_with_the_clu
 def test_without_a_release_the_pod_monitor_has_no_release_label() -> None:
     [monitor] = render({"prometheusOperator": "true"}).of_kind("PodMonitor")
     assert "release" not in monitor["metadata"]["labels"]
+
+
+def running_pods(rendered_stack: Rendered) -> list[Manifest]:
+    """Every pod the stack's Deployments and Jobs would run, Running and ready, as the API server lists them."""
+    pods: list[Manifest] = []
+    for workload in [*rendered_stack.of_kind("Deployment"), *rendered_stack.of_kind("Job")]:
+        template = workload["spec"]["template"]
+        for replica in range(workload["spec"].get("replicas", 1)):
+            spec = template["spec"]
+            containers = [*spec.get("initContainers", []), *spec["containers"]]
+            pods.append(
+                {
+                    "metadata": {
+                        "name": f"{workload['metadata']['name']}-{replica}",
+                        "namespace": workload["metadata"]["namespace"],
+                        "uid": f"uid-{len(pods)}",
+                        "labels": template["metadata"]["labels"],
+                    },
+                    "spec": spec,
+                    "status": {
+                        "podIP": f"10.244.0.{len(pods) + 2}",
+                        "hostIP": "192.0.2.1",
+                        "phase": "Running",
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                        "containerStatuses": [
+                            {"name": c["name"], "containerID": f"containerd://{c['name']}"} for c in containers
+                        ],
+                    },
+                }
+            )
+    return pods
+
+
+@pytest.mark.parametrize("variant", ["monitoring", "monitoring-autoscaling"])
+def test_a_real_prometheus_given_the_pod_monitor_scrapes_exactly_the_ray_pods_metrics_ports(
+    variant: str, tmp_path: Path
+) -> None:
+    """The rendered PodMonitor, translated as prometheus-operator v0.93.0 translates it, applied by Debian's real
+    Prometheus to the stack's pods as Kubernetes pod discovery lists them: every Ray pod's `metrics` port, the
+    head's dashboard and autoscaler ports (in whichever container serves them), nothing of the smoke test's pod;
+    each target labelled with the cluster, the node type and the group."""
+    stack = rendered(variant)
+    [monitor] = stack.of_kind("PodMonitor")
+    pods = running_pods(stack)
+    jobs, files = file_sd_scrape_configs(scrape_configs(monitor), tmp_path / "sd")
+    config = {"global": {"scrape_interval": "1h", "scrape_timeout": "1s"}, "scrape_configs": jobs}
+    sd_files = {f.path.relative_to(tmp_path): f.groups(pods) for f in files}
+    ips = {pod["metadata"]["name"]: pod["status"]["podIP"] for pod in pods}
+    head = next(name for name in ips if name.startswith("ray-head-"))
+    workers = sorted(name for name in ips if name.startswith("ray-worker-"))
+    monitor_container = "autoscaler" if variant == "monitoring-autoscaling" else "ray-head"
+    expected = sorted(
+        [
+            (f"{ips[head]}:8080", "metrics", "ray-head", "head", "head"),
+            (f"{ips[head]}:44227", "dash-metrics", "ray-head", "head", "head"),
+            (f"{ips[head]}:44217", "as-metrics", monitor_container, "head", "head"),
+            *((f"{ips[worker]}:8080", "metrics", "ray-worker", "worker", "worker") for worker in workers),
+        ]
+    )
+    with prometheus_server(tmp_path, config, files=sd_files) as server:
+
+        def active() -> list[tuple[str, str, str, str, str]] | None:
+            found = sorted(
+                (t["labels"]["instance"], t["labels"]["endpoint"], t["labels"]["container"],
+                 t["labels"]["ray_io_node_type"], t["labels"]["ray_io_group"])
+                for t in server.targets()["activeTargets"]
+                if t["labels"].get("ray_io_cluster") == "ray" and t["labels"]["namespace"] == "ray-test"
+            )  # fmt: skip
+            return found if len(found) >= len(expected) else None
+
+        assert server.wait_for(active, "every Ray pod's metrics targets") == expected
+        assert len(server.targets()["activeTargets"]) == len(expected)
