@@ -29,7 +29,7 @@ from .config.monitoring import Monitoring
 from .config.serve import ServeSettings
 from .config.settings import load_settings
 from .config.values import config_error
-from .manifests import autoscaling, monitoring, network, pods, ray_node, redis, serve
+from .manifests import alerts, autoscaling, monitoring, network, pods, ray_node, redis, serve
 
 SMOKE_TEST_SCRIPT = in_pod.source(ray_node.SMOKE_TEST_FILE)
 
@@ -119,8 +119,9 @@ class RayCluster(ClusterChildren):
         self.register_outputs(self.outputs_by_name())
 
     def _monitoring(self, settings: Monitoring) -> None:
-        """The prometheus-operator's objects: the PodMonitor of the Ray pods. The provider awaits no custom
-        resource, and Prometheus finds the pods whenever they come: nothing waits for them, nor they for anything."""
+        """The prometheus-operator's objects: the PodMonitor of the Ray pods and the cluster's alerting rules. The
+        provider awaits no custom resource, and Prometheus finds the pods whenever they come: nothing waits for
+        them, nor they for anything."""
         labels = monitoring.object_labels(self._settings, settings)
         self._child(
             _custom_resource(monitoring.API_VERSION, "PodMonitor"),
@@ -129,6 +130,14 @@ class RayCluster(ClusterChildren):
             "monitoring",
             labels=labels,
             spec=monitoring.pod_monitor_spec(self._settings),
+        )
+        self._child(
+            _custom_resource(monitoring.API_VERSION, "PrometheusRule"),
+            "alerts",
+            f"{self._settings.cluster_name}-alerts",
+            "monitoring",
+            labels=labels,
+            spec=alerts.prometheus_rule_spec(self._settings, settings),
         )
 
     def _access_objects(

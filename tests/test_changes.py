@@ -63,8 +63,10 @@ CHANGES: dict[str, dict[str, object]] = {
     "allowedServeCidrs": {**SERVE, "allowedServeCidrs": ["10.0.0.0/8"]},
     "prometheusOperator": {"prometheusOperator": "true"},
     "prometheusRelease": {"prometheusOperator": "true", "prometheusRelease": "kps"},
+    "runbookUrl": {"prometheusOperator": "true", "runbookUrl": "https://example.com/ray-cluster/README.md"},
 }
 FAULT_TOLERANT: dict[str, object] = {"gcsFaultTolerance": "true"}
+MONITORED: dict[str, object] = {"prometheusOperator": "true"}
 AUTOSCALED: dict[str, object] = {"maxWorkers": "6"}
 # The Redis keys change a stack that uses them: fault tolerance on (with a TLS Redis of its own, for its CA).
 BEFORE: dict[str, dict[str, object]] = {
@@ -77,8 +79,8 @@ BEFORE: dict[str, dict[str, object]] = {
     **dict.fromkeys(["idleTimeoutSeconds", "upscalingSpeed"], AUTOSCALED),
     # The Serve keys change a stack that serves.
     **dict.fromkeys(["serveApplications", "allowedServeNamespaces", "allowedServeCidrs"], SERVE),
-    # The release labels a stack's prometheus-operator objects.
-    "prometheusRelease": {"prometheusOperator": "true"},
+    # The release and the runbook change a stack's prometheus-operator objects.
+    **dict.fromkeys(["prometheusRelease", "runbookUrl"], MONITORED),
 }
 SECRETS = ("authToken", "redisPassword")
 

@@ -35,6 +35,21 @@ def test_a_release_that_is_no_label_value_is_refused() -> None:
     assert "prometheusRelease is 'kube prometheus'" in error and "label value" in error
 
 
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"runbookUrl": "https://example.com/README.md"}, ["runbookUrl is", "prometheusOperator is false"]),
+        ({"prometheusOperator": True, "runbookUrl": "README.md"}, ["runbookUrl is 'README.md'", "http(s) URL"]),
+        ({"prometheusOperator": True, "runbookUrl": "https://example.com/README.md#alerts"}, ["without a `#`"]),
+    ],
+)
+def test_a_runbook_url_that_cannot_link_alerts_is_refused_naming_the_key(
+    config: dict[str, object], words: list[str]
+) -> None:
+    error = error_of(config)
+    assert all(word in error for word in words), error
+
+
 def test_the_settings_hold_the_release_only_when_the_objects_are_wanted() -> None:
     assert load_settings({}, "ray-cluster", "test").monitoring is None
     settings = load_settings({"prometheusOperator": True, "prometheusRelease": "kps"}, "ray-cluster", "test")
