@@ -64,6 +64,9 @@ CHANGES: dict[str, dict[str, object]] = {
     "prometheusOperator": {"prometheusOperator": "true"},
     "prometheusRelease": {"prometheusOperator": "true", "prometheusRelease": "kps"},
     "runbookUrl": {"prometheusOperator": "true", "runbookUrl": "https://example.com/ray-cluster/README.md"},
+    "prometheusUrl": {"prometheusUrl": "http://kps-prometheus.monitoring.svc:9090"},
+    "grafanaUrl": {"grafanaUrl": "http://kps-grafana.monitoring.svc"},
+    "grafanaIframeUrl": {"grafanaUrl": "http://kps-grafana.monitoring.svc", "grafanaIframeUrl": "https://g.example"},
 }
 FAULT_TOLERANT: dict[str, object] = {"gcsFaultTolerance": "true"}
 MONITORED: dict[str, object] = {"prometheusOperator": "true"}
@@ -81,6 +84,8 @@ BEFORE: dict[str, dict[str, object]] = {
     **dict.fromkeys(["serveApplications", "allowedServeNamespaces", "allowedServeCidrs"], SERVE),
     # The release and the runbook change a stack's prometheus-operator objects.
     **dict.fromkeys(["prometheusRelease", "runbookUrl"], MONITORED),
+    # The browser's Grafana is another than the head's.
+    "grafanaIframeUrl": {"grafanaUrl": "http://kps-grafana.monitoring.svc"},
 }
 SECRETS = ("authToken", "redisPassword")
 

@@ -153,3 +153,47 @@ def test_a_real_prometheus_given_the_pod_monitor_scrapes_exactly_the_ray_pods_me
 
         assert server.wait_for(active, "every Ray pod's metrics targets") == expected
         assert len(server.targets()["activeTargets"]) == len(expected)
+
+
+def test_the_dashboards_metrics_views_read_the_given_prometheus_and_grafana_and_show_this_cluster() -> None:
+    """Env names as the pinned Ray's dashboard reads them (metrics_head.py); only the head's Ray container."""
+    from ray.dashboard.modules.metrics import metrics_head
+
+    stack = render(
+        {
+            "prometheusUrl": "http://kps-prometheus.monitoring.svc:9090",
+            "grafanaUrl": "http://kps-grafana.monitoring.svc/",
+            "grafanaIframeUrl": "https://grafana.example.com",
+        }
+    )
+    [head] = stack.one("Deployment", "ray-head")["spec"]["template"]["spec"]["containers"][:1]
+    env = {e["name"]: e.get("value") for e in head["env"]}
+    assert {name: env.get(name) for name in (
+        metrics_head.PROMETHEUS_HOST_ENV_VAR, metrics_head.GRAFANA_HOST_ENV_VAR,
+        metrics_head.GRAFANA_IFRAME_HOST_ENV_VAR, metrics_head.GRAFANA_CLUSTER_FILTER_ENV_VAR,
+    )} == {
+        "RAY_PROMETHEUS_HOST": "http://kps-prometheus.monitoring.svc:9090",
+        "RAY_GRAFANA_HOST": "http://kps-grafana.monitoring.svc",
+        "RAY_GRAFANA_IFRAME_HOST": "https://grafana.example.com",
+        "RAY_GRAFANA_CLUSTER_FILTER": "ray",
+    }  # fmt: skip
+    worker = stack.one("Deployment", "ray-worker")["spec"]["template"]["spec"]["containers"][0]
+    assert not [e for e in worker["env"] if "GRAFANA" in e["name"] or "PROMETHEUS" in e["name"]]
+    default_head = render({}).one("Deployment", "ray-head")["spec"]["template"]["spec"]["containers"][0]
+    assert not [e for e in default_head["env"] if "GRAFANA" in e["name"] or "PROMETHEUS" in e["name"]]
+    iframe_default = render({"grafanaUrl": "http://g.monitoring.svc"}).one("Deployment", "ray-head")
+    env = {e["name"]: e.get("value") for e in iframe_default["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RAY_GRAFANA_IFRAME_HOST"] == "http://g.monitoring.svc"
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"prometheusUrl": "kps-prometheus:9090"}, ["prometheusUrl is 'kps-prometheus:9090'", "http(s) URL"]),
+        ({"grafanaUrl": "http://grafana/?orgId=1"}, ["grafanaUrl is", "no query"]),
+        ({"grafanaIframeUrl": "https://grafana.example.com"}, ["grafanaIframeUrl is", "grafanaUrl, which is empty"]),
+    ],
+)
+def test_metrics_view_urls_that_cannot_work_are_refused(config: dict[str, object], words: list[str]) -> None:
+    error = error_of(config)
+    assert all(word in error for word in words), error

@@ -63,7 +63,7 @@ def test_the_readme_has_the_commands_this_test_runs() -> None:
 
 def test_every_readme_deployment_renders(deployed: list[tuple[str, Rendered]]) -> None:
     assert [stack for stack, _ in deployed] == [
-        "dev", "dev", "arm", "staging", "prod", "prod", "prod", "prod", "prod", "prod"
+        "dev", "dev", "arm", "staging", "prod", "prod", "prod", "prod", "prod", "prod", "prod"
     ]  # fmt: skip
 
 
@@ -86,7 +86,7 @@ def test_the_readme_turns_autoscaling_on_for_the_default_group_then_a_gpu_group_
 def test_the_readme_turns_fault_tolerance_on_with_a_redis_of_the_stacks_own(
     deployed: list[tuple[str, Rendered]],
 ) -> None:
-    _, tolerant = deployed[-2]
+    _, tolerant = deployed[-3]
     assert tolerant.one("Deployment", "ray-redis")["spec"]["replicas"] == 1
     assert tolerant.outputs["gcsStorageNamespace"].startswith("ray-")
 
@@ -94,7 +94,7 @@ def test_the_readme_turns_fault_tolerance_on_with_a_redis_of_the_stacks_own(
 def test_the_readme_hands_the_cluster_to_kube_prometheus_stacks_prometheus(
     deployed: list[tuple[str, Rendered]],
 ) -> None:
-    _, monitored = deployed[-1]
+    _, monitored = deployed[-2]
     [monitor] = monitored.of_kind("PodMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     [rule] = monitored.one("NetworkPolicy", "ray-metrics")["spec"]["ingress"]
@@ -126,3 +126,13 @@ def test_the_readme_puts_every_ray_pod_of_an_aarch64_image_on_arm64_nodes(deploy
     for template in templates:
         assert {c["image"] for c in template["spec"]["containers"]} == {"rayproject/ray:2.60.0-aarch64"}
         assert template["spec"]["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
+
+
+def test_the_readme_points_the_dashboards_metrics_views_at_kube_prometheus_stack(
+    deployed: list[tuple[str, Rendered]],
+) -> None:
+    _, viewed = deployed[-1]
+    head = viewed.one("Deployment", "ray-head")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in head["env"]}
+    assert env["RAY_PROMETHEUS_HOST"] == "http://kube-prometheus-stack-prometheus.monitoring.svc:9090"
+    assert env["RAY_GRAFANA_HOST"] == "http://kube-prometheus-stack-grafana.monitoring.svc"

@@ -202,6 +202,12 @@ class RayClusterArgs(TypedDict, total=False):
     """The kube-prometheus-stack Helm release whose Prometheus should select the PodMonitor (its label `release`). Empty adds no label, for a Prometheus that selects it without one."""
     runbookUrl: str
     """Where your copy of this project's README is published (e.g. `https://github.com/acme/ray-cluster/blob/main/README.md`): each alert's runbook_url is it plus the anchor of the alert's entry under Alerts. Empty links `README.md#<alert>`."""
+    prometheusUrl: str
+    """The Prometheus the Ray dashboard queries for its metrics views, as the head pod reaches it (e.g. `http://kube-prometheus-stack-prometheus.monitoring.svc:9090`). Empty leaves Ray's default (localhost: no metrics)."""
+    grafanaUrl: str
+    """The Grafana the Ray dashboard embeds its metrics panels from, as the head pod reaches it (e.g. `http://kube-prometheus-stack-grafana.monitoring.svc`); the panels filter on this cluster. Empty leaves Ray's default (localhost: no panels)."""
+    grafanaIframeUrl: str
+    """Where the browser reaches that Grafana, when not at grafanaUrl (e.g. `https://grafana.example.com`). Empty means grafanaUrl."""
     allowedServeNamespaces: list[str]
     """Namespaces (e.g. an ingress controller's) whose pods may reach the Serve port 8000 of the Ray pods, and nothing else."""
     allowedServeCidrs: list[str]

@@ -1,5 +1,7 @@
 """Whether the cluster declares what Prometheus needs to watch it (`prometheusOperator`), for which Prometheus
-(`prometheusRelease`) and where its alerts' runbook is (`runbookUrl`), checked before anything is declared."""
+(`prometheusRelease`), where its alerts' runbook is (`runbookUrl`), and which Prometheus and Grafana the Ray
+dashboard shows metrics from (`prometheusUrl`, `grafanaUrl`, `grafanaIframeUrl`), checked before anything is
+declared."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from .values import Inputs, config_error, require_label_value
 
 # An http(s) URL of a page, without a fragment (each alert adds its own).
 _PAGE_URL = re.compile(r"^https?://[^\s#]+$")
+# An http(s) server, as Ray's dashboard takes one (it appends `/api/...` paths).
+_SERVER_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 
 
 @dataclass(frozen=True)
@@ -37,3 +41,28 @@ def monitoring_settings(inputs: Inputs) -> Monitoring | None:
                 raise config_error(key, given, why)
         return None
     return Monitoring(release=release, runbook_url=runbook_url)
+
+
+@dataclass(frozen=True)
+class MetricsViews:
+    """Where the Ray dashboard's metrics views read from: the Prometheus it queries and the Grafana it checks, both
+    as the head pod reaches them, and the Grafana the browser loads the panels from. Empty: Ray's defaults
+    (localhost), which show no metrics."""
+
+    prometheus_url: str = ""
+    grafana_url: str = ""
+    grafana_iframe_url: str = ""
+
+
+def metrics_views(inputs: Inputs) -> MetricsViews:
+    urls = {}
+    for key in ("prometheusUrl", "grafanaUrl", "grafanaIframeUrl"):
+        url = inputs.text(key)
+        if url and not _SERVER_URL.match(url):
+            raise config_error(key, url, "it must be an http(s) URL of a server (no query or fragment)")
+        urls[key] = url.rstrip("/")
+    if urls["grafanaIframeUrl"] and not urls["grafanaUrl"]:
+        raise config_error(
+            "grafanaIframeUrl", urls["grafanaIframeUrl"], "it is where the browser finds grafanaUrl, which is empty"
+        )
+    return MetricsViews(urls["prometheusUrl"], urls["grafanaUrl"], urls["grafanaIframeUrl"])

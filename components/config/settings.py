@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..manifests import sizing
 from .fault_tolerance import (
@@ -23,7 +23,7 @@ from .fault_tolerance import (
 )
 from .groups import Autoscaling, WorkerGroup, autoscaler_settings, worker_groups
 from .images import require_image
-from .monitoring import Monitoring, monitoring_settings
+from .monitoring import MetricsViews, Monitoring, metrics_views, monitoring_settings
 from .resources import PodResources
 from .serve import ServeSettings, serve_settings
 from .values import (
@@ -66,6 +66,7 @@ class ClusterSettings:
     autoscaling: Autoscaling | None = None
     serve: ServeSettings | None = None
     monitoring: Monitoring | None = None
+    metrics_views: MetricsViews = field(default_factory=MetricsViews)
 
     @property
     def head_service_name(self) -> str:
@@ -185,4 +186,5 @@ def load_settings(args: Mapping[str, object], project: str, stack: str) -> Clust
         autoscaling=autoscaler_settings(inputs, groups),
         serve=serve_settings(inputs),
         monitoring=monitoring_settings(inputs),
+        metrics_views=metrics_views(inputs),
     )

@@ -279,10 +279,26 @@ def node_env(settings: ClusterSettings, *, head: bool) -> list[Manifest]:
     env = [{"name": DRAIN_TIMEOUT_ENV, "value": str(drain_seconds(settings, head=head))}]
     if head:
         env.append({"name": GRPC_FORK_SUPPORT_ENV, "value": "0"})
+        env += metrics_views_env(settings)
     else:
         reconnect = str(settings.gcs_reconnect_timeout_seconds)
         env.append({"name": "RAY_gcs_rpc_server_reconnect_timeout_s", "value": reconnect})
         env.append({"name": LIVENESS_SELF_CHECK_ENV, "value": str(LIVENESS_SELF_CHECK_SECONDS * 1000)})
+    return env
+
+
+def metrics_views_env(settings: ClusterSettings) -> list[Manifest]:
+    """The dashboard's metrics views (its head's Ray container): the Prometheus it queries, the Grafana it checks
+    and embeds (the browser's address, if another), its panels filtered on this cluster (the Cluster variable of
+    Ray's dashboards, `ray_io_cluster`, which the PodMonitor sets)."""
+    views = settings.metrics_views
+    env = [{"name": "RAY_PROMETHEUS_HOST", "value": views.prometheus_url}] if views.prometheus_url else []
+    if views.grafana_url:
+        env += [
+            {"name": "RAY_GRAFANA_HOST", "value": views.grafana_url},
+            {"name": "RAY_GRAFANA_IFRAME_HOST", "value": views.grafana_iframe_url or views.grafana_url},
+            {"name": "RAY_GRAFANA_CLUSTER_FILTER", "value": settings.cluster_name},
+        ]
     return env
 
 
