@@ -84,6 +84,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from tests.crds import crds, validate_custom_resource
 from tests.lifecycle import _reset, kubernetes_diff, parse_path, type_token
 from tests.program import Rendered
 from tests.rehearsal import network_policy
@@ -111,8 +112,12 @@ REPLACE_UNREADY = "pulumi.com/replaceUnready"
 SKIP_AWAIT = "pulumi.com/skipAwait"
 POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 JOB_BACKOFF_START, JOB_BACKOFF_MAX = 10.0, 360.0
+# The custom resources whose CRDs are installed here (as kube-prometheus-stack installs them), vendored under tests/crds:
+# stored as they are, once their CRD's schema accepts them. No controller acts on them (the test runs Prometheus).
+CUSTOM_KINDS = {kind for _, _, kind in crds()}
 _KINDS = {"Namespace", "ServiceAccount", "Secret", "ConfigMap", "Service", "NetworkPolicy", "Deployment", "Job",
-          "PersistentVolumeClaim", "Role", "RoleBinding", "EndpointSlice"}  # fmt: skip
+          "PersistentVolumeClaim", "Role", "RoleBinding", "EndpointSlice",
+          *CUSTOM_KINDS}  # fmt: skip
 # The label that ties an EndpointSlice to its Service, which kube-proxy reads (whoever manages the slice).
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # Claims the provisioner here cannot satisfy as asked: refused rather than provisioned as something else.
@@ -515,6 +520,11 @@ class Cluster:
             _check_claim(manifest)
         if kind == "NetworkPolicy":
             network_policy.check_supported(manifest)
+        if kind in CUSTOM_KINDS:
+            try:
+                validate_custom_resource(manifest)
+            except ValueError as invalid:
+                raise InvalidError(str(invalid)) from invalid
         key = _key(manifest)
         with self._lock:
             previous = self.objects.get(key)

@@ -28,6 +28,13 @@ version's `-bookworm` variant, the same image): any other tag is refused, so the
 rehearsal runs cannot drift apart silently. The mount point /data is made on this machine, empty, and left in
 place, as kubelet.py does for any mount target outside an image's trees.
 
+The Prometheus image (`quay.io/prometheus/prometheus`, `prom/prometheus`) runs as `nobody` (uid and gid 65534) in
+WORKDIR /prometheus, an image volume owned by nobody, with /bin/prometheus; the stand-in is Debian's Prometheus
+(the `prometheus` package, /usr/bin/prometheus, which merged-/usr Debian also finds as /bin/prometheus). Its tag
+must be the installed Prometheus's version (`v2.42.0`): any other is refused. Debian builds it without Kubernetes
+service discovery, so a rehearsal's Prometheus discovers pods through files the test writes from the API's state
+(tests/kubernetes_sd.py).
+
 An image the registry does not know is refused (UnsupportedError when its pod template is applied), where the
 stand-in once ran every image as Ray: a misspelt image, or a custom one whose user, paths and tools differ, would
 otherwise pass a rehearsal it would fail for real. The harness's own pods name the Ray image.
@@ -71,6 +78,13 @@ REDIS_DATA = PurePosixPath("/data")
 REDIS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REDIS_REPOSITORIES = frozenset(
     {"redis", "library/redis", "docker.io/redis", "docker.io/library/redis", "index.docker.io/library/redis"}
+)
+
+PROMETHEUS_SERVER = Path("/usr/bin/prometheus")
+PROMETHEUS_USER = PROMETHEUS_GROUP = 65534
+PROMETHEUS_DATA = PurePosixPath("/prometheus")
+PROMETHEUS_REPOSITORIES = frozenset(
+    {"quay.io/prometheus/prometheus", "prom/prometheus", "docker.io/prom/prometheus", "index.docker.io/prom/prometheus"}
 )
 
 MountKind = Literal["layer", "shared", "volume"]
@@ -209,6 +223,47 @@ def _redis(tag: str) -> Image:
     )
 
 
+def _prometheus_start(path: Path) -> list[Mount]:
+    """A fresh /prometheus owned by nobody (the Dockerfile's `chown -R nobody:nobody /prometheus`, VOLUME)."""
+    shutil.rmtree(path, ignore_errors=True)
+    data = path / PROMETHEUS_DATA.name
+    data.mkdir(parents=True)
+    os.chown(data, PROMETHEUS_USER, PROMETHEUS_GROUP)
+    data.chmod(0o755)
+    return [Mount(PROMETHEUS_DATA, data, "volume")]
+
+
+@functools.cache
+def prometheus_version() -> str:
+    """The installed Prometheus's version (`prometheus, version 2.42.0+ds ...` gives 2.42.0)."""
+    try:
+        completed = subprocess.run([str(PROMETHEUS_SERVER), "--version"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise MissingStandInError(
+            f"{PROMETHEUS_SERVER} does not run ({error}): install Debian's prometheus as .ci/run does"
+        ) from error
+    return (completed.stdout + completed.stderr).split("version ", 1)[1].split()[0].split("+")[0]
+
+
+def _prometheus(tag: str) -> Image:
+    version = prometheus_version()
+    if tag != f"v{version}":
+        raise LookupError(
+            f"prometheus:{tag or '<no tag>'}: the rehearsal's Prometheus is this machine's {version} (Debian's "
+            f"prometheus), so a Prometheus image must be tagged v{version}"
+        )
+    return Image(
+        name="prometheus",
+        user=PROMETHEUS_USER,
+        group=PROMETHEUS_GROUP,
+        workdir=PROMETHEUS_DATA,
+        env={"PATH": REDIS_PATH},
+        passwd_entries=(f"nobody:x:{PROMETHEUS_USER}:{PROMETHEUS_GROUP}:nobody:/home:/bin/false",),
+        group_entries=(),  # busybox's group 65534 is nogroup, as this machine's
+        start=_prometheus_start,
+    )
+
+
 def split_reference(reference: str) -> tuple[str, str, str]:
     """An image reference's repository, tag and digest (`docker.io/library/redis:7.0.15@sha256:...`); empty where
     it names none. A registry's port (`host:5000/name`) is part of the repository."""
@@ -233,5 +288,7 @@ def lookup(reference: str) -> Image:
         return dataclasses.replace(RAY, architectures=ray_architectures(tag))
     if repository in REDIS_REPOSITORIES:
         return _redis(tag)
-    known = ", ".join(sorted(RAY_REPOSITORIES | REDIS_REPOSITORIES))
+    if repository in PROMETHEUS_REPOSITORIES:
+        return _prometheus(tag)
+    known = ", ".join(sorted(RAY_REPOSITORIES | REDIS_REPOSITORIES | PROMETHEUS_REPOSITORIES))
     raise LookupError(f"image {reference}: the rehearsal has no stand-in for {repository} (it knows {known})")

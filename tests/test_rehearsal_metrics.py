@@ -1,0 +1,267 @@
+"""The rehearsal of the cluster's metrics and alerts, with a real Prometheus in a pod of its own namespace.
+
+Prometheus (Debian's 2.42, the stand-in for its image) runs in `monitoring`, the namespace `allowedMetricsNamespaces`
+names, so the rehearsal's NetworkPolicies decide what it may scrape. Its scrape jobs are the rendered PodMonitor as
+prometheus-operator v0.93.0 translates it (tests/prometheus_scrape.py), its rules the rendered PrometheusRule's
+groups; Debian builds it without Kubernetes discovery, so the test lists the API's pods into its file discovery as
+Kubernetes pod discovery would list them (tests/kubernetes_sd.py), once a second, into a ConfigMap the kubelet
+syncs. Prometheus runs before `pulumi up`, as a cluster's Prometheus does: every target (each Ray pod's metrics,
+the head's dashboard and autoscaler metrics) is up within 30 s of its pod's readiness, every node's series carry the
+cluster's label, every metric an alert reads is in the scrape (but those Ray counts only once an event happens,
+each with its reason), and with the head gone the head-down alert fires within its `for:` and one scrape and one
+evaluation interval. Needs root.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.kubernetes_sd import file_sd_scrape_configs
+from tests.program import Manifest, render
+from tests.prometheus_scrape import scrape_configs
+from tests.rehearsal.cluster import Cluster, wait_for
+from tests.rehearsal.image import prometheus_version
+from tests.rehearsal.kubelet import Pod
+from tests.test_rehearsal import Deployment
+
+pytestmark = pytest.mark.rehearsal
+
+CONFIG: dict[str, object] = {
+    "workers": "1",
+    "maxWorkers": "2",
+    "prometheusOperator": "true",
+    "allowedMetricsNamespaces": ["monitoring"],
+}
+MONITORING = "monitoring"
+SCRAPE_SECONDS = 5
+CONFIG_DIR = Path("/etc/prometheus")
+# The issue's bound: a target is up within this long of its pod's readiness.
+UP_WITHIN_SECONDS = 30
+# Metrics an alert reads that Ray exports only once what they count has happened.
+EVENT_ONLY = {
+    "ray_memory_manager_worker_eviction_total": "Ray's memory monitor counts its kills only once it kills a worker",
+}
+
+
+def listed(pod: Pod) -> Manifest:
+    """The pod as the API server lists it, for Kubernetes pod discovery."""
+    ready = "True" if pod.ready else "False"
+    return {
+        "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid, "labels": pod.labels},
+        "spec": {**pod.spec, "nodeName": pod.node or ""},
+        "status": {
+            **({"podIP": pod.ip} if pod.ip else {}),
+            "hostIP": "10.244.0.1",
+            "phase": pod.phase,
+            "conditions": [{"type": "Ready", "status": ready}],
+        },
+    }
+
+
+class Prometheus:
+    """The Prometheus pod, its file discovery fed from the cluster's pods, and what it has seen up, and when."""
+
+    def __init__(self, cluster: Cluster, rendered_monitor: Manifest, rule: Manifest) -> None:
+        self.cluster = cluster
+        jobs, self.files = file_sd_scrape_configs(scrape_configs(rendered_monitor), CONFIG_DIR)
+        interval = f"{SCRAPE_SECONDS}s"
+        config = {
+            "global": {"scrape_interval": interval, "scrape_timeout": "4s", "evaluation_interval": interval},
+            "rule_files": [str(CONFIG_DIR / "rules.yml")],
+            "scrape_configs": jobs,
+        }
+        self.static = {
+            "prometheus.yml": yaml.safe_dump(config),
+            "rules.yml": yaml.safe_dump({"groups": rule["spec"]["groups"]}),
+        }
+        self.first_up: dict[str, float] = {}  # per target (endpoint and instance), when Prometheus first had it up
+        self._stop = threading.Event()
+        self._discovered: dict[str, str] = {}
+        self._discover()
+        container = {
+            "name": "prometheus",
+            "image": f"quay.io/prometheus/prometheus:v{prometheus_version()}",
+            "command": ["/bin/prometheus"],
+            "args": [f"--config.file={CONFIG_DIR}/prometheus.yml", "--storage.tsdb.path=/prometheus",
+                     "--web.listen-address=:9090"],
+            "ports": [{"name": "web", "containerPort": 9090, "protocol": "TCP"}],
+            "readinessProbe": {"httpGet": {"path": "/-/ready", "port": 9090}, "periodSeconds": 1},
+            "volumeMounts": [{"name": "config", "mountPath": str(CONFIG_DIR), "readOnly": True}],
+        }  # fmt: skip
+        labels = {"app": "prometheus"}
+        cluster.apply({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "prometheus", "namespace": MONITORING},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels},
+                     "spec": {"containers": [container],
+                              "volumes": [{"name": "config", "configMap": {"name": "prometheus"}}]}}},
+        })  # fmt: skip
+        self.pod = wait_for(
+            lambda: next((p for p in cluster.pods.values() if p.namespace == MONITORING and p.ready), None),
+            60,
+            "Prometheus ready",
+        )
+        self._threads = [threading.Thread(target=self._loop, args=(job,), daemon=True)
+                         for job in (self._discover, self._watch_up)]  # fmt: skip
+        for thread in self._threads:
+            thread.start()
+
+    def _discover(self) -> None:
+        """Kubernetes pod discovery, as files: the API's pods, written to the ConfigMap when they change."""
+        with self.cluster._lock:
+            pods = [listed(pod) for pod in self.cluster.pods.values()]
+        files = {f.path.name: json.dumps(f.groups(pods), sort_keys=True) for f in self.files}
+        if files != self._discovered:
+            self.cluster.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": "prometheus", "namespace": MONITORING},
+                                "data": {**self.static, **files}})  # fmt: skip
+            self._discovered = files
+
+    def _watch_up(self) -> None:
+        for sample in self.query("up == 1"):
+            key = f"{sample['metric']['endpoint']} {sample['metric']['instance']}"
+            self.first_up.setdefault(key, time.monotonic())
+
+    def _loop(self, step: Any) -> None:
+        while not self._stop.wait(1):
+            try:
+                step()
+            except OSError:
+                continue  # Prometheus not answering for a moment: the next pass asks again
+
+    def api(self, path: str, **params: str) -> Any:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        with urllib.request.urlopen(f"http://{self.pod.ip}:9090/api/v1/{path}{query}", timeout=5) as answer:
+            return json.load(answer)["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        return list(self.api("query", query=expr)["result"])
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def deployment(cluster: Cluster) -> Deployment:
+    deployment = Deployment(cluster, render(), token="", config=dict(CONFIG))
+    deployment.configure()
+    return deployment
+
+
+@pytest.fixture(scope="module")
+def prometheus(cluster: Cluster, deployment: Deployment) -> Iterator[Prometheus]:
+    """Prometheus first, then `pulumi up`: it sees every target come."""
+    [monitor] = deployment.rendered.of_kind("PodMonitor")
+    [rule] = deployment.rendered.of_kind("PrometheusRule")
+    prometheus = Prometheus(cluster, monitor, rule)
+    try:
+        deployment.up()
+        yield prometheus
+    finally:
+        prometheus.close()
+
+
+def ray_pods(deployment: Deployment) -> list[Pod]:
+    return [deployment.head(), *deployment.workers()]
+
+
+def test_every_target_is_up_within_30_s_of_its_pods_readiness(deployment: Deployment, prometheus: Prometheus) -> None:
+    """Each Ray pod's metrics, the head's dashboard's and autoscaler's (the autoscaler container), scraped from
+    the `monitoring` namespace through the NetworkPolicies."""
+    head, workers = deployment.head(), deployment.workers()
+    expected = {
+        f"metrics {head.ip}:8080": head,
+        f"dash-metrics {head.ip}:44227": head,
+        f"as-metrics {head.ip}:44217": head,
+        **{f"metrics {worker.ip}:8080": worker for worker in workers},
+    }
+    active = prometheus.api("targets")["activeTargets"]
+    targets = {f"{t['labels']['endpoint']} {t['labels']['instance']}": t for t in active}
+    assert set(targets) == set(expected), targets
+
+    def not_up() -> str:
+        active = prometheus.api("targets")["activeTargets"]
+        return (
+            f"targets not up: {[(t['scrapeUrl'], t['health'], t['lastError']) for t in active if t['health'] != 'up']}"
+        )
+
+    wait_for(lambda: set(expected) <= set(prometheus.first_up), UP_WITHIN_SECONDS + 30, not_up)
+    after = {
+        key: round(prometheus.first_up[key] - pod.ready_since, 1) for key, pod in expected.items() if pod.ready_since
+    }
+    print(f"up after readiness (s): {after}", flush=True)
+    late = {
+        key: round(prometheus.first_up[key] - pod.ready_since, 1)
+        for key, pod in expected.items()
+        if pod.ready_since is not None and prometheus.first_up[key] - pod.ready_since > UP_WITHIN_SECONDS
+    }
+    assert not late, late
+
+
+def test_every_nodes_series_carry_the_clusters_label(deployment: Deployment, prometheus: Prometheus) -> None:
+    ips = {pod.ip for pod in ray_pods(deployment)}
+
+    def labelled() -> set[str] | None:
+        found = {
+            s["metric"]["instance"].split(":")[0] for s in prometheus.query('ray_node_cpu_count{ray_io_cluster="ray"}')
+        }
+        return found if found == ips else None
+
+    wait_for(labelled, 60, lambda: f"ray_node_cpu_count of {ips} labelled ray_io_cluster")
+
+
+def test_every_metric_an_alert_reads_is_scraped(deployment: Deployment, prometheus: Prometheus) -> None:
+    [rule] = deployment.rendered.of_kind("PrometheusRule")
+    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    read = {name for expr in exprs for name in _metric_names(expr)} - {"up"}
+
+    def scraped() -> set[str] | None:
+        names = {s["metric"]["__name__"] for s in prometheus.query('count by (__name__) ({ray_io_cluster="ray"})')}
+        return names if read - set(EVENT_ONLY) <= names else None
+
+    wait_for(scraped, 60, lambda: f"{sorted(read - set(EVENT_ONLY))} scraped")
+    assert set(EVENT_ONLY) <= read, "an event-only metric no alert reads any more: drop it from EVENT_ONLY"
+
+
+def _metric_names(expr: str) -> set[str]:
+    """The metric names an expression selects: identifiers followed by a label matcher's `{`."""
+    return set(re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr))
+
+
+def test_with_the_head_gone_the_head_down_alert_fires_within_its_for_and_a_scrape(
+    deployment: Deployment, prometheus: Prometheus
+) -> None:
+    """The head scaled to nothing (a lost head whose replacement cannot start looks the same to Prometheus): the
+    alert fires within its `for:`, one scrape interval and one evaluation interval of the head's going."""
+    namespace = deployment.rendered.outputs["namespace"]
+    [rule] = deployment.rendered.of_kind("PrometheusRule")
+    [head_down] = [r for group in rule["spec"]["groups"] for r in group["rules"] if r["alert"] == "RayHeadDown"]
+    for_seconds = int(head_down["for"].removesuffix("m")) * 60
+    head = deployment.head()
+    deployment.cluster.scale(namespace, "ray-head", 0)
+    try:
+        wait_for(lambda: head.name not in deployment.cluster.pods, 60, "the head gone")
+        gone = time.monotonic()
+
+        def firing() -> bool:
+            alerts = prometheus.api("alerts")["alerts"]
+            return any(a["labels"]["alertname"] == "RayHeadDown" and a["state"] == "firing" for a in alerts)
+
+        wait_for(firing, for_seconds + 4 * SCRAPE_SECONDS + 30, "RayHeadDown firing", interval=1)
+        fired_after = time.monotonic() - gone
+        print(f"RayHeadDown fired {fired_after:.1f} s after the head left (for: {for_seconds} s)", flush=True)
+        assert fired_after <= for_seconds + 2 * SCRAPE_SECONDS + 2
+    finally:
+        deployment.cluster.scale(namespace, "ray-head", 1)
