@@ -112,8 +112,9 @@ REPLACE_UNREADY = "pulumi.com/replaceUnready"
 SKIP_AWAIT = "pulumi.com/skipAwait"
 POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 JOB_BACKOFF_START, JOB_BACKOFF_MAX = 10.0, 360.0
-# The custom resources whose CRDs are installed here (as kube-prometheus-stack installs them), vendored under tests/crds:
-# stored as they are, once their CRD's schema accepts them. No controller acts on them (the test runs Prometheus).
+# The custom resources whose CRDs are installed here (as kube-prometheus-stack installs them), vendored under
+# tests/crds: stored as they are, once their CRD's schema accepts them. No controller acts on them (a test that needs
+# Prometheus runs it).
 CUSTOM_KINDS = {kind for _, _, kind in crds()}
 _KINDS = {"Namespace", "ServiceAccount", "Secret", "ConfigMap", "Service", "NetworkPolicy", "Deployment", "Job",
           "PersistentVolumeClaim", "Role", "RoleBinding", "EndpointSlice",
