@@ -29,7 +29,7 @@ from .config.monitoring import Monitoring
 from .config.serve import ServeSettings
 from .config.settings import load_settings
 from .config.values import config_error
-from .manifests import alerts, autoscaling, monitoring, network, pods, ray_node, redis, serve
+from .manifests import alerts, autoscaling, dashboards, monitoring, network, pods, ray_node, redis, serve
 
 SMOKE_TEST_SCRIPT = in_pod.source(ray_node.SMOKE_TEST_FILE)
 
@@ -111,6 +111,8 @@ class RayCluster(ClusterChildren):
             self._serve_check(settings.serve, [*self._access, *serve_access, head, *workers.values()])
         if settings.monitoring:
             self._monitoring(settings.monitoring)
+        if settings.grafana_dashboards:
+            self._grafana_dashboards()
         self._set_outputs(gcs.storage_namespace)
         # The children a consumer may depend on (as Pulumi's own component examples keep them).
         self.head_service = pulumi.Output.from_input(head_service)
@@ -139,6 +141,20 @@ class RayCluster(ClusterChildren):
             labels=labels,
             spec=alerts.prometheus_rule_spec(self._settings, settings),
         )
+
+    def _grafana_dashboards(self) -> None:
+        """One ConfigMap per Ray dashboard, for Grafana's sidecar; nothing waits for them."""
+        labels = {**pods.labels(self._settings, "monitoring", "monitoring"), **dashboards.SIDECAR_LABEL}
+        for name, text in dashboards.dashboards().items():
+            suffix = name.replace("_", "-")
+            self._child(
+                k8s.core.v1.ConfigMap,
+                f"dashboard-{suffix}",
+                f"{self._settings.cluster_name}-dashboard-{suffix}",
+                "monitoring",
+                labels=labels,
+                data={dashboards.file_name(name): text},
+            )
 
     def _access_objects(
         self, auth_token: pulumi.Input[str] | None

@@ -64,6 +64,7 @@ CHANGES: dict[str, dict[str, object]] = {
     "prometheusOperator": {"prometheusOperator": "true"},
     "prometheusRelease": {"prometheusOperator": "true", "prometheusRelease": "kps"},
     "runbookUrl": {"prometheusOperator": "true", "runbookUrl": "https://example.com/ray-cluster/README.md"},
+    "grafanaDashboards": {"grafanaDashboards": "true"},
     "prometheusUrl": {"prometheusUrl": "http://kps-prometheus.monitoring.svc:9090"},
     "grafanaUrl": {"grafanaUrl": "http://kps-grafana.monitoring.svc"},
     "grafanaIframeUrl": {"grafanaUrl": "http://kps-grafana.monitoring.svc", "grafanaIframeUrl": "https://g.example"},

@@ -13,7 +13,7 @@ import pytest
 from components import load_settings
 from components.config.monitoring import Monitoring
 from tests.kubernetes_sd import file_sd_scrape_configs
-from tests.program import Manifest, Rendered, render
+from tests.program import ROOT, Manifest, Rendered, render
 from tests.prometheus_scrape import scrape_configs
 from tests.prometheus_server import prometheus_server
 from tests.variants import MONITORING, rendered
@@ -197,3 +197,16 @@ def test_the_dashboards_metrics_views_read_the_given_prometheus_and_grafana_and_
 def test_metrics_view_urls_that_cannot_work_are_refused(config: dict[str, object], words: list[str]) -> None:
     error = error_of(config)
     assert all(word in error for word in words), error
+
+
+def test_each_of_rays_dashboards_is_a_configmap_grafanas_sidecar_loads() -> None:
+    """One per generated file (components/dashboards), its JSON as it is, under a file name of its own."""
+    files = {path.stem: path.read_text() for path in sorted((ROOT / "components" / "dashboards").glob("*.json"))}
+    assert len(files) == 8
+    maps = [m for m in rendered("monitoring").of_kind("ConfigMap") if m["metadata"]["name"] != "ray-smoke-test"]
+    assert {m["metadata"]["name"]: m["data"] for m in maps} == {
+        f"ray-dashboard-{name.replace('_', '-')}": {f"ray-{name.replace('_', '-')}.json": text}
+        for name, text in files.items()
+    }
+    assert all(m["metadata"]["labels"]["grafana_dashboard"] == "1" for m in maps)
+    assert [m for m in render({}).of_kind("ConfigMap") if "dashboard" in m["metadata"]["name"]] == []

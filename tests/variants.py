@@ -54,6 +54,7 @@ MONITORING: dict[str, object] = {
     "prometheusOperator": "true",
     "prometheusRelease": "kps",
     "allowedMetricsNamespaces": ["monitoring"],
+    "grafanaDashboards": "true",
 }
 
 VARIANTS: dict[str, dict[str, object]] = {

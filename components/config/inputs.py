@@ -200,6 +200,8 @@ class RayClusterArgs(TypedDict, total=False):
     """Declare a PodMonitor (monitoring.coreos.com/v1) that scrapes every Ray pod's metrics and the head's dashboard and autoscaler metrics, each series labelled with the cluster's name (`ray_io_cluster`). Needs the prometheus-operator's CRDs (kube-prometheus-stack installs them), and `allowedMetricsNamespaces` to hold Prometheus's namespace."""
     prometheusRelease: str
     """The kube-prometheus-stack Helm release whose Prometheus should select the PodMonitor (its label `release`). Empty adds no label, for a Prometheus that selects it without one."""
+    grafanaDashboards: bool
+    """Declare Ray's own Grafana dashboards for the image's Ray version as ConfigMaps labelled `grafana_dashboard: "1"`, which Grafana's dashboard sidecar (kube-prometheus-stack's) loads; their Cluster variable picks this cluster."""
     runbookUrl: str
     """Where your copy of this project's README is published (e.g. `https://github.com/acme/ray-cluster/blob/main/README.md`): each alert's runbook_url is it plus the anchor of the alert's entry under Alerts. Empty links `README.md#<alert>`."""
     prometheusUrl: str

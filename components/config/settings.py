@@ -67,6 +67,7 @@ class ClusterSettings:
     serve: ServeSettings | None = None
     monitoring: Monitoring | None = None
     metrics_views: MetricsViews = field(default_factory=MetricsViews)
+    grafana_dashboards: bool = False
 
     @property
     def head_service_name(self) -> str:
@@ -187,4 +188,5 @@ def load_settings(args: Mapping[str, object], project: str, stack: str) -> Clust
         serve=serve_settings(inputs),
         monitoring=monitoring_settings(inputs),
         metrics_views=metrics_views(inputs),
+        grafana_dashboards=inputs.boolean("grafanaDashboards"),
     )
