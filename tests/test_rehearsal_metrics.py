@@ -7,15 +7,16 @@ groups; Debian builds it without Kubernetes discovery, so the test lists the API
 Kubernetes pod discovery would list them (tests/kubernetes_sd.py), once a second, into a ConfigMap the kubelet
 syncs. Prometheus runs before `pulumi up`, as a cluster's Prometheus does: every target (each Ray pod's metrics,
 the head's dashboard and autoscaler metrics) is up within 30 s of its pod's readiness, every node's series carry the
-cluster's label, every metric an alert reads is in the scrape (but those Ray counts only once an event happens,
-each with its reason), and with the head gone the head-down alert fires within its `for:` and one scrape and one
-evaluation interval. Needs root.
+cluster's label, every metric an alert or one of Ray's dashboards reads is in the scrape (but those that come only
+with what they count, each with its reason: ONLY_WITH), and with the head gone the head-down alert fires within its
+`for:` and one scrape and one evaluation interval. Needs root.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 import urllib.parse
@@ -28,12 +29,15 @@ import pytest
 import yaml
 
 from tests.kubernetes_sd import file_sd_scrape_configs
-from tests.program import Manifest, render
+from tests.program import ROOT, Manifest, render
 from tests.prometheus_scrape import scrape_configs
 from tests.rehearsal.cluster import Cluster, wait_for
 from tests.rehearsal.image import prometheus_version
 from tests.rehearsal.kubelet import Pod
 from tests.test_rehearsal import Deployment
+
+sys.path.append(str(ROOT / "scripts"))
+import grafana_dashboards
 
 pytestmark = pytest.mark.rehearsal
 
@@ -48,10 +52,45 @@ SCRAPE_SECONDS = 5
 CONFIG_DIR = Path("/etc/prometheus")
 # The issue's bound: a target is up within this long of its pod's readiness.
 UP_WITHIN_SECONDS = 30
-# Metrics an alert reads that Ray exports only once what they count has happened.
-EVENT_ONLY = {
+# Metrics an alert or a dashboard reads that a cluster exports only once what they count happens, or only where what
+# they measure runs: patterns (full matches) and why.
+ONLY_WITH = {
     "ray_memory_manager_worker_eviction_total": "Ray's memory monitor counts its kills only once it kills a worker",
+    "ray_node_manager_unexpected_worker_failure_total": "counted only once a worker process dies unexpectedly",
+    "autoscaler_recently_failed_nodes": "set only once a worker the autoscaler added failed to start",
+    "ray_placement_groups": "only once a placement group exists",
+    "ray_serve_.*": "Serve's own: only where Serve applications run (tests/test_rehearsal_serve.py's cluster)",
+    "ray_data_.*": "Ray Data's: only while a Dataset executes",
+    "ray_train_.*": "Ray Train's: only while a trainer runs",
+    "ray_(vllm|sglang)_.*": "the LLM engines': only where Serve LLM runs them",
+    "ray_tpu_.*": "only on TPU nodes",
+    "ray_(node_gpus?|node_gram|component_gpu)_.*": "only on GPU nodes",
+    "ray_node_cgroup_mem_(total|used)": "only where the node's container has a memory limit, as every Ray pod's has "
+    "(the rehearsal does not emulate cgroup limits)",
 }
+# A job that owns an actor and tasks while the dashboards are checked: Ray reports tasks and actors (`ray_tasks`,
+# `ray_actors`) from the processes that own them, so only while some driver or worker holds them.
+OWNER_JOB = """
+import ray, time
+ray.init()
+
+@ray.remote(num_cpus=0)
+class Counter:
+    def count(self):
+        return 1
+
+@ray.remote(num_cpus=0)
+def one():
+    return 1
+
+counter = Counter.remote()
+print(ray.get([counter.count.remote(), *(one.remote() for _ in range(3))]), flush=True)
+time.sleep(120)
+"""
+
+
+def only_with(name: str) -> bool:
+    return any(re.fullmatch(pattern, name) for pattern in ONLY_WITH)
 
 
 def listed(pod: Pod) -> Manifest:
@@ -147,6 +186,14 @@ class Prometheus:
     def query(self, expr: str) -> list[dict[str, Any]]:
         return list(self.api("query", query=expr)["result"])
 
+    def wait_scraped(self, names: set[str]) -> None:
+        """Until every one of `names` is among the cluster's series (bounded: a minute of scrapes)."""
+        wait_for(lambda: names <= self.scraped_names(), 60, lambda: f"{sorted(names - self.scraped_names())} scraped")
+
+    def scraped_names(self) -> set[str]:
+        """The metric names Prometheus holds of the cluster (its series labelled ray_io_cluster)."""
+        return {s["metric"]["__name__"] for s in self.query('count by (__name__) ({ray_io_cluster="ray"})')}
+
     def close(self) -> None:
         self._stop.set()
         for thread in self._threads:
@@ -226,13 +273,22 @@ def test_every_metric_an_alert_reads_is_scraped(deployment: Deployment, promethe
     [rule] = deployment.rendered.of_kind("PrometheusRule")
     exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
     read = {name for expr in exprs for name in _metric_names(expr)} - {"up"}
+    prometheus.wait_scraped({name for name in read if not only_with(name)})
 
-    def scraped() -> set[str] | None:
-        names = {s["metric"]["__name__"] for s in prometheus.query('count by (__name__) ({ray_io_cluster="ray"})')}
-        return names if read - set(EVENT_ONLY) <= names else None
 
-    wait_for(scraped, 60, lambda: f"{sorted(read - set(EVENT_ONLY))} scraped")
-    assert set(EVENT_ONLY) <= read, "an event-only metric no alert reads any more: drop it from EVENT_ONLY"
+def test_every_metric_a_dashboard_reads_is_scraped_unless_it_comes_only_with_what_it_measures(
+    deployment: Deployment, prometheus: Prometheus
+) -> None:
+    """The names every query of Ray's dashboards selects (scripts/grafana_dashboards.py), but those ONLY_WITH says
+    come only with what they count, each for its reason: so a dashboard that reads a name Ray no longer exports
+    (or exports under another) fails here. Every ONLY_WITH pattern is needed by some dashboard or alert."""
+    read = set().union(*grafana_dashboards.metric_names_by_dashboard().values())
+    deployment.submit(OWNER_JOB)
+    prometheus.wait_scraped({name for name in read if not only_with(name)})
+    [rule] = deployment.rendered.of_kind("PrometheusRule")
+    alerts = {name for group in rule["spec"]["groups"] for r in group["rules"] for name in _metric_names(r["expr"])}
+    unused = [p for p in ONLY_WITH if not any(re.fullmatch(p, name) for name in read | alerts)]
+    assert not unused, f"ONLY_WITH patterns nothing reads any more: {unused}"
 
 
 def _metric_names(expr: str) -> set[str]:
