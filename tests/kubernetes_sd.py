@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.prometheus_scrape import go_object, go_required_string, go_string
+
 PROMETHEUS_VERSION = "v2.42.0"
 PROMETHEUS_COMMIT = "225c61122d88b01d1f0eaaee0e05b6f3e0567ac0"
 
@@ -57,22 +59,22 @@ def pod_source(namespace: str, name: str) -> str:
 
 def pod_labels(pod: Mapping[str, Any]) -> dict[str, str]:
     """podLabels: the labels every target of the pod carries (buildPod adds the namespace)."""
-    metadata = _mapping(pod.get("metadata"), "metadata")
-    spec = _mapping(pod.get("spec"), "spec")
-    status = _mapping(pod.get("status"), "status")
+    metadata = go_object(pod.get("metadata"), "metadata")
+    spec = go_object(pod.get("spec"), "spec")
+    status = go_object(pod.get("status"), "status")
     labels = {
-        META + "pod_name": _str(metadata.get("name"), "metadata.name"),
-        META + "pod_ip": _str(status.get("podIP"), "status.podIP"),
+        META + "pod_name": go_string(metadata.get("name"), "metadata.name"),
+        META + "pod_ip": go_string(status.get("podIP"), "status.podIP"),
         META + "pod_ready": _pod_ready(status),
-        META + "pod_phase": _str(status.get("phase"), "status.phase"),
-        META + "pod_node_name": _str(spec.get("nodeName"), "spec.nodeName"),
-        META + "pod_host_ip": _str(status.get("hostIP"), "status.hostIP"),
-        META + "pod_uid": _str(metadata.get("uid"), "metadata.uid"),
+        META + "pod_phase": go_string(status.get("phase"), "status.phase"),
+        META + "pod_node_name": go_string(spec.get("nodeName"), "spec.nodeName"),
+        META + "pod_host_ip": go_string(status.get("hostIP"), "status.hostIP"),
+        META + "pod_uid": go_string(metadata.get("uid"), "metadata.uid"),
     }
     controller = _controller_of(metadata)
     if controller is not None:
-        kind = _str(controller.get("kind"), "ownerReferences[].kind")
-        name = _str(controller.get("name"), "ownerReferences[].name")
+        kind = go_string(controller.get("kind"), "ownerReferences[].kind")
+        name = go_string(controller.get("name"), "ownerReferences[].name")
         if kind:
             labels[META + "pod_controller_kind"] = kind
         if name:
@@ -81,7 +83,7 @@ def pod_labels(pod: Mapping[str, Any]) -> dict[str, str]:
         ("labels", "pod_label_", "pod_labelpresent_"),
         ("annotations", "pod_annotation_", "pod_annotationpresent_"),
     ):
-        values = _mapping(metadata.get(field), f"metadata.{field}")
+        values = go_object(metadata.get(field), f"metadata.{field}")
         seen: dict[str, str] = {}
         for key, value in values.items():
             name = sanitize_label_name(key)
@@ -90,38 +92,38 @@ def pod_labels(pod: Mapping[str, Any]) -> dict[str, str]:
                     f"metadata.{field}: {seen[name]!r} and {key!r} both become {name!r}: Prometheus keeps either"
                 )
             seen[name] = key
-            labels[META + prefix + name] = _str(value, f"metadata.{field}[{key!r}]")
+            labels[META + prefix + name] = go_string(value, f"metadata.{field}[{key!r}]")
             labels[META + present + name] = "true"  # presentValue
     return labels
 
 
 def build_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     """buildPod: the pod's target group, {"source", "labels", "targets"}, each target a label set with __address__."""
-    metadata = _mapping(pod.get("metadata"), "metadata")
-    namespace = _required(metadata.get("namespace"), "metadata.namespace")
-    name = _required(metadata.get("name"), "metadata.name")
+    metadata = go_object(pod.get("metadata"), "metadata")
+    namespace = go_required_string(metadata.get("namespace"), "metadata.namespace")
+    name = go_required_string(metadata.get("name"), "metadata.name")
     group: dict[str, Any] = {"source": pod_source(namespace, name), "labels": {}, "targets": []}
-    status = _mapping(pod.get("status"), "status")
-    pod_ip = _str(status.get("podIP"), "status.podIP")
+    status = go_object(pod.get("status"), "status")
+    pod_ip = go_string(status.get("podIP"), "status.podIP")
     # "PodIP can be empty when a pod is starting or has been evicted."
     if not pod_ip:
         return group
     group["labels"] = pod_labels(pod) | {META + "namespace": namespace}
 
-    spec = _mapping(pod.get("spec"), "spec")
+    spec = go_object(pod.get("spec"), "spec")
     containers = _list(spec.get("containers"), "spec.containers")
     init_containers = _list(spec.get("initContainers"), "spec.initContainers")
     targets: list[dict[str, str]] = group["targets"]
     for index, container in enumerate([*containers, *init_containers]):
         is_init = index >= len(containers)
         path = f"spec.initContainers[{index - len(containers)}]" if is_init else f"spec.containers[{index}]"
-        c = _mapping(container, path)
-        container_name = _str(c.get("name"), f"{path}.name")
+        c = go_object(container, path)
+        container_name = go_string(c.get("name"), f"{path}.name")
         statuses = _list(status.get("initContainerStatuses" if is_init else "containerStatuses"), "status")
         common = {
             META + "pod_container_name": container_name,
             META + "pod_container_id": _container_id(statuses, container_name),
-            META + "pod_container_image": _str(c.get("image"), f"{path}.image"),
+            META + "pod_container_image": go_string(c.get("image"), f"{path}.image"),
             META + "pod_container_init": "true" if is_init else "false",  # strconv.FormatBool
         }
         ports = _list(c.get("ports"), f"{path}.ports")
@@ -130,7 +132,7 @@ def build_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
             continue
         for port_index, port in enumerate(ports):
             port_path = f"{path}.ports[{port_index}]"
-            p = _mapping(port, port_path)
+            p = go_object(port, port_path)
             number = p.get("containerPort")
             if isinstance(number, bool) or not isinstance(number, int) or not 0 < number < 65536:
                 raise ValueError(f"{port_path}.containerPort: {number!r} is not a port number")
@@ -139,8 +141,8 @@ def build_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
                     "__address__": _join_host_port(pod_ip, str(number)),
                     **common,
                     META + "pod_container_port_number": str(number),
-                    META + "pod_container_port_name": _str(p.get("name"), f"{port_path}.name"),
-                    META + "pod_container_port_protocol": _str(p.get("protocol", "TCP"), f"{port_path}.protocol"),
+                    META + "pod_container_port_name": go_string(p.get("name"), f"{port_path}.name"),
+                    META + "pod_container_port_protocol": go_string(p.get("protocol", "TCP"), f"{port_path}.protocol"),
                 }
             )
     return group
@@ -156,7 +158,7 @@ def file_sd_groups(
     """
     groups = []
     for pod in pods:
-        metadata = _mapping(pod.get("metadata"), "metadata")
+        metadata = go_object(pod.get("metadata"), "metadata")
         if namespaces is not None and metadata.get("namespace") not in namespaces:
             continue
         group = build_pod(pod)
@@ -191,7 +193,7 @@ def file_sd_scrape_configs(
     jobs: list[dict[str, Any]] = []
     files: list[PodTargetsFile] = []
     for job_index, job in enumerate(scrape_configs):
-        job_name = _required(job.get("job_name"), f"scrape_configs[{job_index}].job_name")
+        job_name = go_required_string(job.get("job_name"), f"scrape_configs[{job_index}].job_name")
         converted: dict[str, Any] = {}
         for key, value in job.items():
             if key == "file_sd_configs":  # a job's own entries stay, in order with the stand-ins
@@ -203,7 +205,7 @@ def file_sd_scrape_configs(
             entries = []
             for sd_index, sd_config in enumerate(_list(value, f"{job_name}: kubernetes_sd_configs")):
                 path = directory / f"pods-{job_index}-{sd_index}-{re.sub(r'[^A-Za-z0-9_.-]', '_', job_name)}.json"
-                namespaces = _sd_namespaces(_mapping(sd_config, f"{job_name}: kubernetes_sd_configs[{sd_index}]"))
+                namespaces = _sd_namespaces(go_object(sd_config, f"{job_name}: kubernetes_sd_configs[{sd_index}]"))
                 files.append(PodTargetsFile(job_name, path, namespaces))
                 entries.append({"files": [str(path)], "refresh_interval": refresh_interval})
             converted.setdefault("file_sd_configs", []).extend(entries)
@@ -218,7 +220,7 @@ def _sd_namespaces(sd_config: Mapping[str, Any]) -> frozenset[str] | None:
             raise NotImplementedError(f"kubernetes_sd_configs: {key} is not modelled")
     if sd_config.get("role") != "pod":
         raise NotImplementedError(f"kubernetes_sd_configs: role {sd_config.get('role')!r} is not modelled")
-    namespaces = _mapping(sd_config.get("namespaces"), "kubernetes_sd_configs.namespaces")
+    namespaces = go_object(sd_config.get("namespaces"), "kubernetes_sd_configs.namespaces")
     for key in namespaces:
         if key == "own_namespace":
             raise NotImplementedError("kubernetes_sd_configs: namespaces.own_namespace is not modelled")
@@ -243,16 +245,16 @@ def _substitute_shard(value: Any) -> Any:
 def _pod_ready(status: Mapping[str, Any]) -> str:
     """podReady: the Ready condition's status, lowercased; "unknown" without one."""
     for condition in _list(status.get("conditions"), "status.conditions"):
-        c = _mapping(condition, "status.conditions[]")
+        c = go_object(condition, "status.conditions[]")
         if c.get("type") == "Ready":
-            return _str(c.get("status"), "status.conditions[].status").lower()
+            return go_string(c.get("status"), "status.conditions[].status").lower()
     return "unknown"
 
 
 def _controller_of(metadata: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """GetControllerOf: the first ownerReference with `controller: true`."""
     for ref in _list(metadata.get("ownerReferences"), "metadata.ownerReferences"):
-        r = _mapping(ref, "metadata.ownerReferences[]")
+        r = go_object(ref, "metadata.ownerReferences[]")
         if r.get("controller") is True:
             return r
     return None
@@ -261,9 +263,9 @@ def _controller_of(metadata: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def _container_id(statuses: Sequence[Any], name: str) -> str:
     """findPodContainerID: the containerID of the first status named `name`, else ""."""
     for status in statuses:
-        s = _mapping(status, "containerStatuses[]")
+        s = go_object(status, "containerStatuses[]")
         if s.get("name") == name:
-            return _str(s.get("containerID"), "containerStatuses[].containerID")
+            return go_string(s.get("containerID"), "containerStatuses[].containerID")
     return ""
 
 
@@ -272,32 +274,9 @@ def _join_host_port(host: str, port: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _mapping(value: Any, path: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{path} must be an object")
-    return value
-
-
 def _list(value: Any, path: str) -> Sequence[Any]:
     if value is None:
         return []
     if not isinstance(value, list | tuple):
         raise ValueError(f"{path} must be a list")
-    return value
-
-
-def _str(value: Any, path: str) -> str:
-    """A Go string field: absent is ""."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ValueError(f"{path} must be a string")
-    return value
-
-
-def _required(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{path} must be a non-empty string")
     return value

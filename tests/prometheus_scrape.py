@@ -162,18 +162,18 @@ def scrape_configs(
     kind = pod_monitor.get("kind")
     if kind is not None and kind != "PodMonitor":
         raise ValueError(f"kind {kind!r} is not PodMonitor")
-    metadata = _mapping(pod_monitor.get("metadata"), "metadata")
-    name = _required_str(metadata.get("name"), "metadata.name")
-    namespace = _required_str(metadata.get("namespace"), "metadata.namespace")
+    metadata = go_object(pod_monitor.get("metadata"), "metadata")
+    name = go_required_string(metadata.get("name"), "metadata.name")
+    namespace = go_required_string(metadata.get("namespace"), "metadata.namespace")
 
-    spec = _mapping(pod_monitor.get("spec"), "spec")
+    spec = go_object(pod_monitor.get("spec"), "spec")
     _check_fields(spec, "spec", _SPEC_FIELDS, _SPEC_NOT_IMPLEMENTED)
     if "selector" not in _set(spec):
         raise ValueError("spec.selector is required")
     selector_relabelings = _selector_relabelings(spec)
     namespaces = _namespaces(spec.get("namespaceSelector"), namespace)
     pod_target_labels = _str_list(spec.get("podTargetLabels"), "spec.podTargetLabels")
-    job_label = _optional_str(spec.get("jobLabel"), "spec.jobLabel")
+    job_label = go_string(spec.get("jobLabel"), "spec.jobLabel")
 
     endpoints = spec.get("podMetricsEndpoints")
     if endpoints is None:
@@ -183,7 +183,7 @@ def scrape_configs(
     configs = []
     for index, endpoint in enumerate(endpoints):
         path = f"spec.podMetricsEndpoints[{index}]"
-        ep = _mapping(endpoint, path)
+        ep = go_object(endpoint, path)
         _check_fields(ep, path, _ENDPOINT_FIELDS, _ENDPOINT_NOT_IMPLEMENTED)
         configs.append(
             _endpoint_config(
@@ -218,8 +218,8 @@ def _endpoint_config(
     shard_retention_policy: bool,
 ) -> dict[str, Any]:
     """promcfg.go generatePodMonitorConfig, for one endpoint (its index `index`)."""
-    interval = _optional_str(ep.get("interval"), f"{path}.interval")
-    scrape_timeout = _optional_str(ep.get("scrapeTimeout"), f"{path}.scrapeTimeout")
+    interval = go_string(ep.get("interval"), f"{path}.interval")
+    scrape_timeout = go_string(ep.get("scrapeTimeout"), f"{path}.scrapeTimeout")
     for field, value in (("interval", interval), ("scrapeTimeout", scrape_timeout)):
         if value and not _DURATION.match(value):
             raise ValueError(f"{path}.{field}: {value!r} is not a Prometheus duration")
@@ -229,11 +229,11 @@ def _endpoint_config(
             f"{path}: scrapeTimeout {scrape_timeout!r} greater than scrapeInterval "
             f"{interval or _PROMETHEUS_DEFAULT_SCRAPE_INTERVAL!r}: the operator rejects the PodMonitor"
         )
-    metrics_path = _optional_str(ep.get("path"), f"{path}.path")
+    metrics_path = go_string(ep.get("path"), f"{path}.path")
     scheme = ep.get("scheme")
     if scheme is not None and scheme not in _SCHEMES:
         raise ValueError(f"{path}.scheme: {scheme!r} is not one of {sorted(_SCHEMES)}")
-    port = _optional_str(ep.get("port"), f"{path}.port")
+    port = go_string(ep.get("port"), f"{path}.port")
     port_number = ep.get("portNumber")
     if port_number is not None and (
         isinstance(port_number, bool) or not isinstance(port_number, int) or not 1 <= port_number <= 65535
@@ -320,14 +320,14 @@ def _selector_relabelings(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
         raise NotImplementedError("spec.selectorMechanism: RoleSelector is not implemented")
     if mechanism is not None and mechanism != "RelabelConfig":
         raise ValueError(f"spec.selectorMechanism: {mechanism!r} is not RelabelConfig or RoleSelector")
-    selector = _mapping(spec.get("selector"), "spec.selector")
+    selector = go_object(spec.get("selector"), "spec.selector")
     unknown = sorted(set(_set(selector)) - {"matchLabels", "matchExpressions"})
     if unknown:
         raise ValueError(f"spec.selector: unknown fields {unknown}")
-    match_labels = _mapping(selector.get("matchLabels"), "spec.selector.matchLabels")
+    match_labels = go_object(selector.get("matchLabels"), "spec.selector.matchLabels")
     rules: list[dict[str, Any]] = []
     for key in sorted(match_labels):  # sortutil.SortedKeys (Go's byte order is Python's code point order)
-        value = _required_str(match_labels[key], f"spec.selector.matchLabels[{key!r}]", allow_empty=True)
+        value = go_required_string(match_labels[key], f"spec.selector.matchLabels[{key!r}]", allow_empty=True)
         rules.append(
             {
                 "action": "keep",
@@ -342,11 +342,11 @@ def _selector_relabelings(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
         raise ValueError("spec.selector.matchExpressions must be a list")
     for index, expression in enumerate(expressions):
         path = f"spec.selector.matchExpressions[{index}]"
-        exp = _mapping(expression, path)
+        exp = go_object(expression, path)
         unknown = sorted(set(_set(exp)) - {"key", "operator", "values"})
         if unknown:
             raise ValueError(f"{path}: unknown fields {unknown}")
-        key = _required_str(exp.get("key"), f"{path}.key")
+        key = go_required_string(exp.get("key"), f"{path}.key")
         operator = exp.get("operator")
         values = _str_list(exp.get("values"), f"{path}.values")
         # metav1.LabelSelectorAsSelector, which checkPodMonitor runs first, refuses these.
@@ -382,7 +382,7 @@ def _label_and_present(key: str) -> list[str]:
 
 def _namespaces(namespace_selector: Any, namespace: str) -> list[str]:
     """promcfg.go getNamespacesFromNamespaceSelector (ignoreNamespaceSelectors unset); [] means every namespace."""
-    selector = _mapping(namespace_selector, "spec.namespaceSelector")
+    selector = go_object(namespace_selector, "spec.namespaceSelector")
     unknown = sorted(set(_set(selector)) - {"any", "matchNames"})
     if unknown:
         raise ValueError(f"spec.namespaceSelector: unknown fields {unknown}")
@@ -401,7 +401,7 @@ def _relabel_configs(value: Any, path: str) -> list[dict[str, Any]]:
     out = []
     for index, item in enumerate(value):
         item_path = f"{path}[{index}]"
-        rc = _mapping(item, item_path)
+        rc = go_object(item, item_path)
         unknown = sorted(set(_set(rc)) - _RELABEL_FIELDS)
         if unknown:
             raise ValueError(f"{item_path}: unknown fields {unknown}")
@@ -416,12 +416,12 @@ def _relabel_configs(value: Any, path: str) -> list[dict[str, Any]]:
         source_labels = _str_list(rc.get("sourceLabels"), f"{item_path}.sourceLabels")
         separator = rc.get("separator")
         if separator is not None:
-            separator = _required_str(separator, f"{item_path}.separator", allow_empty=True)
-        target_label = _optional_str(rc.get("targetLabel"), f"{item_path}.targetLabel")
-        regex = _optional_str(rc.get("regex"), f"{item_path}.regex")
+            separator = go_required_string(separator, f"{item_path}.separator", allow_empty=True)
+        target_label = go_string(rc.get("targetLabel"), f"{item_path}.targetLabel")
+        regex = go_string(rc.get("regex"), f"{item_path}.regex")
         replacement = rc.get("replacement")
         if replacement is not None:
-            replacement = _required_str(replacement, f"{item_path}.replacement", allow_empty=True)
+            replacement = go_required_string(replacement, f"{item_path}.replacement", allow_empty=True)
         rule: dict[str, Any] = {}
         if source_labels:
             rule["source_labels"] = source_labels
@@ -496,7 +496,8 @@ def _check_fields(
             raise ValueError(f"{path}.{key} is not a PodMonitor field")
 
 
-def _mapping(value: Any, path: str) -> Mapping[str, Any]:
+def go_object(value: Any, path: str) -> Mapping[str, Any]:
+    """A Go struct or map field of an object read as JSON: unset is empty; anything but an object is refused."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -504,17 +505,18 @@ def _mapping(value: Any, path: str) -> Mapping[str, Any]:
     return value
 
 
-def _required_str(value: Any, path: str, *, allow_empty: bool = False) -> str:
+def go_required_string(value: Any, path: str, *, allow_empty: bool = False) -> str:
+    """A string field that must be set (and, unless `allow_empty`, not empty)."""
     if not isinstance(value, str) or (not value and not allow_empty):
         raise ValueError(f"{path} must be a non-empty string" if not allow_empty else f"{path} must be a string")
     return value
 
 
-def _optional_str(value: Any, path: str) -> str:
+def go_string(value: Any, path: str) -> str:
     """A Go string field: unset and "" are the same."""
     if value is None:
         return ""
-    return _required_str(value, path, allow_empty=True)
+    return go_required_string(value, path, allow_empty=True)
 
 
 def _optional_bool(value: Any, path: str) -> bool | None:

@@ -55,6 +55,20 @@ class Deployment:
     token: str
     config: dict[str, object] = field(default_factory=lambda: dict(CONFIG))
 
+    @classmethod
+    def configured(cls, cluster: Cluster, config: dict[str, object]) -> Deployment:
+        """A stack with this config (`pulumi config set` of each key), rendered, not yet up."""
+        deployment = cls(cluster, render(), token="", config=dict(config))
+        deployment.configure()
+        return deployment
+
+    @classmethod
+    def deployed(cls, cluster: Cluster, config: dict[str, object]) -> Deployment:
+        """A stack with this config, and `pulumi up` done."""
+        deployment = cls.configured(cluster, config)
+        deployment.up()
+        return deployment
+
     def configure(self, **changes: object) -> None:
         """`pulumi config set ...` for each change: the program renders (in the main thread: Pulumi's runtime
         needs its event loop)."""

@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from tests.program import render
 from tests.rehearsal.cluster import Cluster, wait_for
 from tests.rehearsal.kubelet import Pod
 from tests.rehearsal.scheduler import add, pod_requests
@@ -92,10 +91,7 @@ print("gpu task", repr(ray.get(on_a_gpu.remote())))
 def deployment(cluster: Cluster) -> Deployment:
     # One GPU on the node, for the GPU group's one pod.
     cluster.node = dataclasses.replace(cluster.node, allocatable={**cluster.node.allocatable, "nvidia.com/gpu": 1})
-    deployment = Deployment(cluster, render(), token="", config=dict(CONFIG))
-    deployment.configure()
-    deployment.up()
-    return deployment
+    return Deployment.deployed(cluster, CONFIG)
 
 
 def replicas(deployment: Deployment, name: str) -> int:

@@ -21,7 +21,7 @@ import pytest
 import trustme
 
 from components.manifests import security
-from tests.program import ROOT, Rendered, render
+from tests.program import ROOT, Rendered
 from tests.rehearsal.cluster import Cluster, wait_for
 from tests.rehearsal.kubelet import IMAGE_ROOT, Manifest, Pod
 from tests.test_rehearsal import UP_TIMEOUT, Deployment
@@ -72,10 +72,7 @@ print("entries", ray.get(ledger.add.remote({entry!r})))
 
 @pytest.fixture(scope="module")
 def deployment(cluster: Cluster) -> Deployment:
-    deployment = Deployment(cluster, render(), token="", config=dict(CONFIG))
-    deployment.configure()
-    deployment.up()
-    return deployment
+    return Deployment.deployed(cluster, CONFIG)
 
 
 def ray_job(deployment: Deployment, script: str) -> str:

@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from tests.kubernetes_sd import file_sd_scrape_configs
-from tests.program import ROOT, Manifest, render
+from tests.program import ROOT, Manifest
 from tests.prometheus_scrape import scrape_configs
 from tests.rehearsal.cluster import Cluster, wait_for
 from tests.rehearsal.image import prometheus_version
@@ -202,9 +202,7 @@ class Prometheus:
 
 @pytest.fixture(scope="module")
 def deployment(cluster: Cluster) -> Deployment:
-    deployment = Deployment(cluster, render(), token="", config=dict(CONFIG))
-    deployment.configure()
-    return deployment
+    return Deployment.configured(cluster, CONFIG)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import time
 
 import pytest
 
-from tests.program import render
 from tests.rehearsal.cluster import Cluster, JobFailedError, wait_for
 from tests.test_rehearsal import Deployment
 from tests.test_rehearsal_fault_tolerance import HEAL_BOUND_SECONDS
@@ -63,10 +62,7 @@ print(f"sent {sent} failed {failed} in a row {longest}", flush=True)
 
 @pytest.fixture(scope="module")
 def deployment(cluster: Cluster) -> Deployment:
-    deployment = Deployment(cluster, render(), token="", config=dict(CONFIG))
-    deployment.configure()
-    deployment.up()
-    return deployment
+    return Deployment.deployed(cluster, CONFIG)
 
 
 def serve_check_logs(deployment: Deployment) -> str:

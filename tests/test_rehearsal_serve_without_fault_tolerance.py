@@ -15,7 +15,6 @@ import urllib.request
 
 import pytest
 
-from tests.program import render
 from tests.rehearsal.cluster import Cluster, wait_for
 from tests.rehearsal.kubelet import Manifest
 from tests.test_rehearsal import Deployment
@@ -47,10 +46,7 @@ except Exception as error:
 
 @pytest.fixture(scope="module")
 def deployment(cluster: Cluster) -> Deployment:
-    deployment = Deployment(cluster, render(), token="", config=dict(CONFIG))
-    deployment.configure()
-    deployment.up()
-    return deployment
+    return Deployment.deployed(cluster, CONFIG)
 
 
 def url(deployment: Deployment, service: str, port: int, path: str = "/") -> str:
