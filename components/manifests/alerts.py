@@ -27,11 +27,13 @@ class Alert:
     description: str
     labels: tuple[tuple[str, str], ...] = ()
 
-    def rule(self, runbook_base: str) -> Manifest:
+    def rule(self, runbook_base: str, cluster_labels: Manifest) -> Manifest:
+        """The rule, labelled with its cluster: Alertmanager tells alerts apart by their labels alone, and many
+        expressions here aggregate theirs away, so two clusters' alerts would otherwise be one."""
         rule: Manifest = {"alert": self.name, "expr": self.expr}
         if self.for_:
             rule["for"] = self.for_
-        rule["labels"] = {"severity": self.severity, **dict(self.labels)}
+        rule["labels"] = {"severity": self.severity, **cluster_labels, **dict(self.labels)}
         rule["annotations"] = {
             "summary": self.summary,
             "description": self.description,
@@ -40,8 +42,13 @@ class Alert:
         return rule
 
 
+def cluster_labels(settings: ClusterSettings) -> dict[str, str]:
+    """The labels every series of the cluster carries (the operator's `namespace`, the PodMonitor's cluster)."""
+    return {"namespace": settings.namespace, "ray_io_cluster": settings.cluster_name}
+
+
 def _selector(settings: ClusterSettings, **labels: str) -> str:
-    matchers = {"namespace": settings.namespace, "ray_io_cluster": settings.cluster_name, **labels}
+    matchers = {**cluster_labels(settings), **labels}
     return "{" + ", ".join(f'{key}="{value}"' for key, value in matchers.items()) + "}"
 
 
@@ -51,6 +58,7 @@ def alerts(settings: ClusterSettings) -> list[Alert]:
     for memory, and objects spilled from the object store to disk."""
     cluster = f"Ray cluster {settings.cluster_name} in {settings.namespace}"
     head_up = _selector(settings, ray_io_node_type="head", endpoint="metrics")
+    evictions = f"ray_memory_manager_worker_eviction_total{_selector(settings)}"
     found = [
         Alert(
             "RayHeadDown",
@@ -87,7 +95,10 @@ def alerts(settings: ClusterSettings) -> list[Alert]:
         ),
         Alert(
             "RayWorkersOOMKilled",
-            f"sum by (pod) (increase(ray_memory_manager_worker_eviction_total{_selector(settings)}[10m])) > 0",
+            # Ray exports a count only once its first kill happened (at 1): `increase` needs two samples, so the
+            # first kill is seen as a series that was not there 10 minutes before.
+            f"sum by (pod) (increase({evictions}[10m])) > 0"
+            f" or sum by (pod) ({evictions} unless {evictions} offset 10m) > 0",
             "",
             "warning",
             f"Ray killed workers of {cluster} for memory",
@@ -143,7 +154,7 @@ def prometheus_rule_spec(settings: ClusterSettings, monitoring: Monitoring) -> M
         "groups": [
             {
                 "name": f"ray-cluster.{settings.namespace}.{settings.cluster_name}",
-                "rules": [alert.rule(runbook_base) for alert in alerts(settings)],
+                "rules": [alert.rule(runbook_base, cluster_labels(settings)) for alert in alerts(settings)],
             }
         ]
     }
