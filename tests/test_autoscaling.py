@@ -143,6 +143,10 @@ def test_the_autoscaler_container_runs_rays_monitor_against_the_local_gcs(scaled
     # it gets the kubelet's SIGTERM).
     waited, monitor = script.rsplit("; exec ", 1)
     assert waited.split("; ")[1] == "rm -f /tmp/ray/autoscaler/heartbeat"
+    # Its events file, before the wait: the head links it into the dashboard's session once both are there.
+    assert waited.split("; ")[2] == (
+        "mkdir -p /var/log/ray-autoscaler/events && touch /var/log/ray-autoscaler/events/event_AUTOSCALER.log"
+    )
     # Its own pod's GCS, not through the head Service (that would need the network's hairpin support).
     assert "ray health-check --address=$RAY_POD_IP:6379" in waited and "svc" not in waited
     assert monitor.split() == [
@@ -152,7 +156,7 @@ def test_the_autoscaler_container_runs_rays_monitor_against_the_local_gcs(scaled
         "ray.autoscaler._private.monitor",
         "--gcs-address=$RAY_POD_IP:6379",
         "--autoscaling-config=/etc/ray/autoscaler/autoscaling.json",
-        "--logs-dir=/tmp/ray/autoscaler",
+        "--logs-dir=/var/log/ray-autoscaler",
         "--logging-filename=",
         "--monitor-ip=$RAY_POD_IP",
     ]
@@ -169,11 +173,13 @@ def test_the_autoscaler_container_runs_rays_monitor_against_the_local_gcs(scaled
     amounts = {"cpu": "500m", "memory": "512Mi"}
     assert sidecar["resources"] == {"requests": amounts, "limits": amounts}
     # Nothing the Ray container (where job drivers run) can write: its own /tmp and HOME, a read-only working
-    # directory, which `python -m` puts first on the module path.
+    # directory, which `python -m` puts first on the module path; its events' volume, which the Ray container
+    # mounts read-only.
     assert sidecar["workingDir"] == "/etc/ray/autoscaler"
     assert sidecar["volumeMounts"] == [
         {"name": "autoscaler-tmp", "mountPath": "/tmp"},
         {"name": "autoscaler-home", "mountPath": "/home/ray/workspace"},
+        {"name": "autoscaler-events", "mountPath": "/var/log/ray-autoscaler"},
         {"name": "auth-token", "mountPath": "/etc/ray/auth", "readOnly": True},
         {"name": "autoscaler", "mountPath": "/etc/ray/autoscaler", "readOnly": True},
         {"name": "kube-api-access", "mountPath": TOKEN_DIR, "readOnly": True},
@@ -209,6 +215,30 @@ def test_the_configmap_ships_the_node_provider_as_it_is_in_the_repository(scaled
     } in volumes
     ray_container_mounts = {m["name"] for m in ray_container(scaled.one("Deployment", "ray-head"))["volumeMounts"]}
     assert not {"autoscaler-tmp", "autoscaler-home", "autoscaler", "kube-api-access"} & ray_container_mounts
+
+
+def test_the_head_links_the_autoscalers_events_into_its_session_for_the_dashboard(scaled: Rendered) -> None:
+    """The autoscaler writes its events to a volume of their own; the head's Ray container mounts it read-only and
+    links the file into this run's session once both exist (the session's link removed first, so that an older
+    session's, kept in the pod's /tmp across container restarts, is not taken for it); a head without autoscaling
+    has neither (`ray start --head` runs Ray's monitor, which writes into the session itself)."""
+    volumes = pod_spec(scaled.one("Deployment", "ray-head"))["volumes"]
+    assert {"name": "autoscaler-events", "emptyDir": {}} in volumes
+    head = ray_container(scaled.one("Deployment", "ray-head"))
+    assert {"name": "autoscaler-events", "mountPath": "/var/log/ray-autoscaler", "readOnly": True} in head[
+        "volumeMounts"
+    ]
+    events = "/tmp/ray/session_latest/logs/events"
+    source = "/var/log/ray-autoscaler/events/event_AUTOSCALER.log"
+    linked = head["command"][2].split(" exec ray start ")[0]
+    assert linked.endswith(
+        f"rm -f /tmp/ray/session_latest; (until [ -d {events} ] && [ -f {source} ]; do sleep 1; done; "
+        f"ln -sfn {source} {events}/) &"
+    )
+    unscaled = render({"workers": "1"})
+    plain = ray_container(unscaled.one("Deployment", "ray-head"))
+    assert "session_latest" not in plain["command"][2]
+    assert "autoscaler-events" not in {m["name"] for m in plain["volumeMounts"]}
 
 
 def test_the_autoscaling_config_sizes_each_group_between_its_bounds(scaled: Rendered) -> None:

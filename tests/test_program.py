@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,12 @@ WORKER_START = ["python", "-c", (Path(__file__).parents[1] / "components" / "in_
 
 
 def ray_argv(workload: Manifest) -> list[str]:
-    """The `ray start ...` words of a Ray container: `bash -c "ulimit ...; exec ray start ..."` on the head,
-    `bash -c "ulimit ...; exec python -c <worker_start.py> start ..."` on a worker."""
+    """The `ray start ...` words of a Ray container: `bash -c "ulimit ...; exec ray start ..."` on the head (with
+    autoscaling `... (link the autoscaler's events) & exec ray start ...`), `bash -c "ulimit ...; exec python -c
+    <worker_start.py> start ..."` on a worker."""
     command = ray_container(workload)["command"]
     assert command[:2] == ["/bin/bash", "-c"]
-    words = shlex.split(command[2].split("; exec ", 1)[1])
+    words = shlex.split(re.split(r"[;&] exec ", command[2], maxsplit=1)[1])
     runs = ["ray"] if words[:2] == ["ray", "start"] else WORKER_START
     assert words[: len(runs)] == runs and words[len(runs)] == "start", words[:2]
     return ["ray", *words[len(runs) :]]

@@ -7,7 +7,8 @@ One cluster lives through the module (1 worker that may grow to 2, and a GPU gro
 (a) more CPU demand than the cluster has scales the default group up to maxWorkers and every task completes, while
 `pulumi up` with the same config changes nothing; (b) once idle for idleTimeoutSeconds, the group goes back to
 `workers`, removing the idle worker and not the one still running a task, which completes; (c) a task asking for a
-GPU scales the GPU group from 0 to 1 and it goes back to 0 once idle; (d) the autoscaler's token does nothing
+GPU scales the GPU group from 0 to 1 and it goes back to 0 once idle (before that, the dashboard lists what the
+autoscaler did in (a) and (b) among its events); (d) the autoscaler's token does nothing
 outside the Role, and the Ray container of the head cannot find it; (e) on a node without room for a second worker,
 an image change completes while the autoscaler's second worker is Pending. Needs root; without it these tests fail.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import subprocess
 import time
 from decimal import Decimal
@@ -169,6 +171,35 @@ def test_idle_workers_go_back_to_the_least_size_and_busy_ones_stay(deployment: D
     assert busy.restarts() == 0 and busy.statuses["ray-worker"].exits == []
     time.sleep(IDLE_SECONDS + 10)  # idle again, at its least size: nothing more goes
     assert replicas(deployment, "ray-worker") == 1 and [p.name for p in deployment.workers()] == [busy.name]
+
+
+def autoscaler_events(deployment: Deployment) -> list[str]:
+    """The messages of the autoscaler's events the Ray dashboard lists (its cluster events API, what its Overview
+    page shows), oldest first."""
+    status, body = deployment.dashboard("/api/v0/cluster_events?limit=1000", deployment.token)
+    assert status == 200, body
+    events = json.loads(body)["data"]["result"]["result"]
+    return [event["message"] for event in events if event["source_type"] == "AUTOSCALER"]
+
+
+def test_the_dashboard_shows_what_the_autoscaler_did_and_why(deployment: Deployment) -> None:
+    """After (a) and (b): the monitor's events, written in the autoscaler container, are in the dashboard's cluster
+    events, as they are when `ray start --head` runs the monitor itself (before, they stayed in its container).
+    The dashboard scans its session's events every 2 s (SCAN_EVENT_DIR_INTERVAL_SECONDS)."""
+    added, removed = "Adding 1 node(s) of type worker.", "Removing 1 nodes of type worker (idle)."
+    events = wait_for(
+        lambda: (lambda seen: seen if {added, removed} <= set(seen) else None)(autoscaler_events(deployment)),
+        10,
+        lambda: f"the scale-up and the scale-down among the dashboard's events: {autoscaler_events(deployment)}",
+    )
+    assert events.index(added) < events.index(removed), events
+    # The Ray container reads them and cannot write them.
+    written = container_exec(
+        deployment.head(),
+        "ray-head",
+        ["sh", "-c", "echo forged >> /var/log/ray-autoscaler/events/event_AUTOSCALER.log"],
+    )
+    assert written.returncode != 0 and "Read-only file system" in written.stderr, written
 
 
 def test_a_gpu_task_brings_a_gpu_worker_from_zero_and_it_goes_again(deployment: Deployment) -> None:

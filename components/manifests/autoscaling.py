@@ -35,11 +35,10 @@ HEAD_NODE_TYPE = "head"
 # KubeRay's default for its autoscaler container: the monitor is one Python process that wakes every 5 seconds.
 RESOURCES = PodResources(cpu="500m", memory="512Mi")
 # Ray's monitor logs to its container's stderr (`kubectl logs <head pod> -c autoscaler`) with an empty file name;
-# its events still go to a directory, in the container's own /tmp.
-_EVENTS_DIR = "/tmp/ray/autoscaler"
+# its events go to ray_node.AUTOSCALER_LOGS_DIR, which the head's Ray container reads for the dashboard.
 # The node provider touches this file whenever it has read the cluster's pods from the Kubernetes API, once per
 # autoscaler update (every 5 s): the container's probes read its age. The monitor itself leaves no such trace.
-HEARTBEAT_FILE = f"{_EVENTS_DIR}/heartbeat"
+HEARTBEAT_FILE = "/tmp/ray/autoscaler/heartbeat"
 # The container's own scratch space: nothing it reads or runs may be writable from the Ray container, where job
 # drivers run (a planted module or `usercustomize`, a stale heartbeat that restarts it into them, would run next
 # to the token).
@@ -161,13 +160,16 @@ def volumes(settings: ClusterSettings) -> list[ray_node.Manifest]:
         {"name": CONTAINER_NAME, "configMap": {"name": name(settings), "defaultMode": 0o444}},
         pods.api_access_volume(),
         *({"name": volume, "emptyDir": {}} for volume, _ in _SCRATCH_VOLUMES),
+        {"name": ray_node.AUTOSCALER_EVENTS_VOLUME, "emptyDir": {}},
     ]
 
 
 def monitor_command(settings: ClusterSettings) -> list[str]:
     """Wait for the GCS of its own pod (as workers wait for the head's), then run Ray's monitor against it, as
-    KubeRay's autoscaler container does. Its events go below its /tmp, its log to stderr. `-s`: no user site
-    directory, whatever lies in HOME."""
+    KubeRay's autoscaler container does. Its log goes to stderr; its events to the volume the head's Ray container
+    links into the dashboard's session (ray_node.autoscaler_events_link), their file made before the wait, as the
+    monitor would make it, so that the link is made as soon as the session is. `-s`: no user site directory,
+    whatever lies in HOME."""
     monitor = [
         "python",
         "-s",
@@ -175,14 +177,16 @@ def monitor_command(settings: ClusterSettings) -> list[str]:
         "ray.autoscaler._private.monitor",
         f"--gcs-address=${ray_node.POD_IP_ENV}:{ray_node.GCS_PORT}",
         f"--autoscaling-config={CONFIG_DIR}/{CONFIG_FILE}",
-        f"--logs-dir={_EVENTS_DIR}",
+        f"--logs-dir={ray_node.AUTOSCALER_LOGS_DIR}",
         "--logging-filename=",
         # Serve the autoscaler's metrics on the pod's IP (Ray's monitor starts that server only when given one).
         f"--monitor-ip=${ray_node.POD_IP_ENV}",
     ]
     # A heartbeat left by the container's last run (its /tmp outlives it) would soon read as a hung monitor.
     wait = ray_node.wait_for_gcs_script(settings, host=f"${ray_node.POD_IP_ENV}", health_check=True)
-    return ray_node.shell(f"rm -f {HEARTBEAT_FILE}; {wait}; exec {' '.join(monitor)}")
+    events = ray_node.AUTOSCALER_EVENTS_FILE
+    made = f"mkdir -p {events.rsplit('/', 1)[0]} && touch {events}"
+    return ray_node.shell(f"rm -f {HEARTBEAT_FILE}; {made}; {wait}; exec {' '.join(monitor)}")
 
 
 def sidecar(settings: ClusterSettings) -> pods.Sidecar:
@@ -221,6 +225,7 @@ def container(settings: ClusterSettings) -> ray_node.Manifest:
         "securityContext": container_security(),
         "volumeMounts": [
             *({"name": volume, "mountPath": path} for volume, path in _SCRATCH_VOLUMES),
+            {"name": ray_node.AUTOSCALER_EVENTS_VOLUME, "mountPath": ray_node.AUTOSCALER_LOGS_DIR},
             *([ray_node.auth_token_mount()] if settings.token_auth else []),
             {"name": CONTAINER_NAME, "mountPath": CONFIG_DIR, "readOnly": True},
             pods.api_access_mount(),

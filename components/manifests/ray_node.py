@@ -75,6 +75,16 @@ GRPC_FORK_SUPPORT_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 # at its next self-check, every 60 s by Ray's default. A cheap RPC every few seconds makes that a few seconds.
 LIVENESS_SELF_CHECK_ENV = "RAY_raylet_liveness_self_check_interval_ms"
 LIVENESS_SELF_CHECK_SECONDS = 5
+# With autoscaling, Ray's monitor runs in the autoscaler container and writes its events (what it launched and
+# removed, and why) as Ray's event logger does, to `<its logs dir>/events/event_AUTOSCALER.log`, on a volume of
+# their own that the head's Ray container mounts read-only at the same path. The Ray dashboard shows the events it
+# finds in its session's `logs/events` directory, so the head links the file there (see autoscaler_events_link):
+# the Ray container, where job drivers run, reads what the autoscaler writes, never the other way round.
+AUTOSCALER_EVENTS_VOLUME = "autoscaler-events"
+AUTOSCALER_LOGS_DIR = "/var/log/ray-autoscaler"
+AUTOSCALER_EVENTS_FILE = f"{AUTOSCALER_LOGS_DIR}/events/event_AUTOSCALER.log"
+# Ray's own temporary directory: `ray start` makes each session's directory under it and points this link at it.
+SESSION_LATEST = "/tmp/ray/session_latest"
 # What a worker's Ray container runs instead of `ray start`, with the same arguments: components/in_pod/worker_start.py,
 # shipped as its text in the container's command (so a change to it rolls the workers, as any change of the pod
 # template does).
@@ -150,6 +160,19 @@ def node_command(settings: ClusterSettings, resources: PodResources, *, head: bo
     components/in_pod/worker_start.py, which first waits, in the same Python process, for a head that accepts it."""
     start = ray_start_args(settings, resources, head=head)
     return ["ray", *start] if head else ["python", "-c", WORKER_START_SOURCE, *start]
+
+
+def autoscaler_events_link() -> str:
+    """A background step of the head's script: once `ray start` made this run's session (its link is removed first,
+    so an older session's, which the pod's /tmp keeps across container restarts, is never taken for it) and the
+    autoscaler container its events file, link that file into the session's `logs/events`, where the dashboard reads
+    every node's events (dashboard/modules/event/event_head.py). The dashboard stats each file there as it scans,
+    so it links only a file that exists: a dangling link would fail its every scan. A one-off shell that ends once
+    linked, within seconds of the head's start (it left, it lingers as a zombie of `ray start`, which reaps only its
+    own processes: an entry in the process table, no memory)."""
+    events = f"{SESSION_LATEST}/logs/events"
+    wait = f"until [ -d {events} ] && [ -f {AUTOSCALER_EVENTS_FILE} ]; do sleep 1; done"
+    return f"rm -f {SESSION_LATEST}; ({wait}; ln -sfn {AUTOSCALER_EVENTS_FILE} {events}/) &"
 
 
 def shell(script: str) -> list[str]:
@@ -365,6 +388,9 @@ def ray_container(
 ) -> Manifest:
     """A Ray node's container; the head's with its GCS storage, if fault tolerance is on."""
     start = "exec " + shlex.join(node_command(settings, resources, head=head))
+    autoscaler_events = head and settings.autoscaling
+    if autoscaler_events:
+        start = f"{autoscaler_events_link()} {start}"
     fault_tolerance = settings.fault_tolerance if head else None
     if fault_tolerance and fault_tolerance.authenticates:
         start += f' --redis-password="$(cat {REDIS_SECRET_DIR}/{redis.PASSWORD_KEY})"'
@@ -397,7 +423,13 @@ def ray_container(
         "ports": [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports],
         "resources": container_resources(resources),
         "securityContext": container_security(read_only=read_only_root_filesystem),
-        "volumeMounts": ray_volume_mounts(settings, shm=True) + (gcs_storage_mounts(settings) if head else []),
+        "volumeMounts": ray_volume_mounts(settings, shm=True)
+        + (gcs_storage_mounts(settings) if head else [])
+        + (
+            [{"name": AUTOSCALER_EVENTS_VOLUME, "mountPath": AUTOSCALER_LOGS_DIR, "readOnly": True}]
+            if autoscaler_events
+            else []
+        ),
         "readinessProbe": readiness,
         "livenessProbe": http_probe(AGENT_PORT, "/api/healthz", liveness=True),
     }
