@@ -121,7 +121,8 @@ class RayCluster(ClusterChildren):
         self.register_outputs(self.outputs_by_name())
 
     def _monitoring(self, settings: Monitoring) -> None:
-        """The prometheus-operator's objects: the PodMonitor of the Ray pods and the cluster's alerting rules. The
+        """The prometheus-operator's objects: the PodMonitor of the Ray pods (and of the stack's own Redis's
+        exporter) and the cluster's alerting rules. The
         provider awaits no custom resource, and Prometheus finds the pods whenever they come: nothing waits for
         them, nor they for anything."""
         labels = monitoring.object_labels(self._settings, settings)
@@ -133,6 +134,16 @@ class RayCluster(ClusterChildren):
             labels=labels,
             spec=monitoring.pod_monitor_spec(self._settings),
         )
+        redis_monitor = monitoring.redis_pod_monitor_spec(self._settings)
+        if redis_monitor is not None:
+            self._child(
+                _custom_resource(monitoring.API_VERSION, "PodMonitor"),
+                "redis-pod-monitor",
+                self._settings.redis_name,
+                "monitoring",
+                labels=labels,
+                spec=redis_monitor,
+            )
         self._child(
             _custom_resource(monitoring.API_VERSION, "PrometheusRule"),
             "alerts",

@@ -18,8 +18,11 @@ import yaml
 
 from tests.program import Manifest, render
 
-# A stack whose default group autoscales between 2 and 4 workers (so every alert is declared), in `ray-test`.
-CONFIG: dict[str, object] = {"prometheusOperator": "true", "workers": "2", "maxWorkers": "4"}
+# Prometheus in `monitoring`, as the prometheus-operator needs.
+OPERATOR: dict[str, object] = {"prometheusOperator": "true", "allowedMetricsNamespaces": ["monitoring"]}
+# A stack whose default group autoscales between 2 and 4 workers, with a Redis of its own (so every alert is
+# declared), in `ray-test`.
+CONFIG: dict[str, object] = {**OPERATOR, "workers": "2", "maxWorkers": "4", "gcsFaultTolerance": "true"}
 OURS = 'namespace="ray-test", ray_io_cluster="ray"'
 OTHER = 'namespace="ray-test", ray_io_cluster="other"'
 
@@ -54,11 +57,12 @@ def test_every_expression_parses(rule: Manifest, tmp_path: Path) -> None:
     assert f"SUCCESS: {len(rules_by_alert(rule))} rules found" in checked.stdout
 
 
-def test_without_autoscaling_the_autoscaler_alerts_are_not_declared() -> None:
-    [rule] = render({"prometheusOperator": "true"}).of_kind("PrometheusRule")
-    assert sorted(rules_by_alert(rule)) == [
-        "RayDemandInfeasible", "RayHeadDown", "RayObjectStoreSpilling", "RayWorkersMissing", "RayWorkersOOMKilled"
-    ]  # fmt: skip
+def test_without_autoscaling_or_a_redis_of_its_own_their_alerts_are_not_declared() -> None:
+    expected = ["RayDemandInfeasible", "RayHeadDown", "RayObjectStoreSpilling", "RayWorkersMissing",
+                "RayWorkersOOMKilled"]  # fmt: skip
+    for config in (OPERATOR, {**OPERATOR, "gcsFaultTolerance": "true", "redisAddress": "redis.example:6379"}):
+        [rule] = render(config).of_kind("PrometheusRule")
+        assert sorted(rules_by_alert(rule)) == expected
 
 
 def test_each_alert_links_its_runbook_entry(rule: Manifest) -> None:
@@ -108,6 +112,19 @@ CASES: dict[str, tuple[dict[str, str], str, dict[str, str], dict[str, str]]] = {
         "21m", {"severity": "warning", "pod": "w1"},
         {f'ray_spill_manager_objects_bytes{{{OURS}, State="Spilled", pod="w1"}}': "5000x30",
          f'ray_spill_manager_objects_bytes{{{OURS}, State="Pinned", pod="w1"}}': "0+1000x30"},
+    ),
+    "RayRedisMemoryNearMax": (
+        # 95% of maxmemory for 5 minutes (another cluster's Redis is fine).
+        {f'redis_memory_used_bytes{{{OURS}, container="exporter", pod="r"}}': "95x10",
+         f'redis_memory_max_bytes{{{OURS}, container="exporter", pod="r"}}': "100x10",
+         f'redis_memory_used_bytes{{{OTHER}, container="exporter", pod="o"}}': "10x10",
+         f'redis_memory_max_bytes{{{OTHER}, container="exporter", pod="o"}}': "100x10"},
+        "6m", {"severity": "warning"},
+        # 80% of it; and a Redis without maxmemory (0), which never refuses a write for it.
+        {f'redis_memory_used_bytes{{{OURS}, container="exporter", pod="r"}}': "80x10",
+         f'redis_memory_max_bytes{{{OURS}, container="exporter", pod="r"}}': "100x10",
+         f'redis_memory_used_bytes{{{OTHER}, container="exporter", pod="o"}}': "95x10",
+         f'redis_memory_max_bytes{{{OTHER}, container="exporter", pod="o"}}': "0x10"},
     ),
     "RayAutoscalerNodesPending": (
         {f'autoscaler_pending_nodes{{{OURS}, NodeType="worker", pod="h"}}': "1x20"},

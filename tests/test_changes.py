@@ -51,6 +51,7 @@ CHANGES: dict[str, dict[str, object]] = {
     "redisCaCert": {"redisCaCert": REDIS_CA},
     "redisMemory": {"redisMemory": "2Gi", "redisStorage": "4Gi"},
     "redisImage": {"redisImage": "redis:7.0.15-alpine"},
+    "redisExporterImage": {"redisExporterImage": "oliver006/redis_exporter:v1.45.0-alpine"},
     "redisStorage": {"redisStorage": "5Gi"},
     "redisStorageClass": {"redisStorageClass": "fast-ssd"},
     "maxWorkers": {"maxWorkers": "6"},
@@ -62,15 +63,16 @@ CHANGES: dict[str, dict[str, object]] = {
     "allowedServeNamespaces": {**SERVE, "allowedServeNamespaces": ["gateway"]},
     "allowedServeCidrs": {**SERVE, "allowedServeCidrs": ["10.0.0.0/8"]},
     "prometheusOperator": {"prometheusOperator": "true"},
-    "prometheusRelease": {"prometheusOperator": "true", "prometheusRelease": "kps"},
-    "runbookUrl": {"prometheusOperator": "true", "runbookUrl": "https://example.com/ray-cluster/README.md"},
+    "prometheusRelease": {"prometheusRelease": "kps"},
+    "runbookUrl": {"runbookUrl": "https://example.com/ray-cluster/README.md"},
     "grafanaDashboards": {"grafanaDashboards": "true"},
     "prometheusUrl": {"prometheusUrl": "http://kps-prometheus.monitoring.svc:9090"},
     "grafanaUrl": {"grafanaUrl": "http://kps-grafana.monitoring.svc"},
     "grafanaIframeUrl": {"grafanaUrl": "http://kps-grafana.monitoring.svc", "grafanaIframeUrl": "https://g.example"},
 }
 FAULT_TOLERANT: dict[str, object] = {"gcsFaultTolerance": "true"}
-MONITORED: dict[str, object] = {"prometheusOperator": "true"}
+METRICS_ALLOWED: dict[str, object] = {"allowedMetricsNamespaces": ["monitoring"]}
+MONITORED: dict[str, object] = {**METRICS_ALLOWED, "prometheusOperator": "true"}
 AUTOSCALED: dict[str, object] = {"maxWorkers": "6"}
 # The Redis keys change a stack that uses them: fault tolerance on (with a TLS Redis of its own, for its CA).
 BEFORE: dict[str, dict[str, object]] = {
@@ -79,10 +81,14 @@ BEFORE: dict[str, dict[str, object]] = {
         FAULT_TOLERANT,
     ),
     "redisCaCert": {**FAULT_TOLERANT, "redisAddress": "rediss://redis.example.internal:6380"},
+    # The exporter runs beside the stack's own Redis for the prometheus-operator.
+    "redisExporterImage": {**FAULT_TOLERANT, **MONITORED},
     # The autoscaler's keys change a stack that autoscales.
     **dict.fromkeys(["idleTimeoutSeconds", "upscalingSpeed"], AUTOSCALED),
     # The Serve keys change a stack that serves.
     **dict.fromkeys(["serveApplications", "allowedServeNamespaces", "allowedServeCidrs"], SERVE),
+    # The prometheus-operator's objects are for a Prometheus the NetworkPolicies admit.
+    "prometheusOperator": METRICS_ALLOWED,
     # The release and the runbook change a stack's prometheus-operator objects.
     **dict.fromkeys(["prometheusRelease", "runbookUrl"], MONITORED),
     # The browser's Grafana is another than the head's.

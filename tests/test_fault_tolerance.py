@@ -26,6 +26,7 @@ FAULT_TOLERANCE = GcsFaultTolerance(
     authenticates=True,
     ca_cert="",
     redis_image="redis:7.0.15",
+    exporter_image="oliver006/redis_exporter:v1.45.0",
     memory="1Gi",
     storage="2Gi",
     storage_class="",

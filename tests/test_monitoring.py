@@ -25,13 +25,23 @@ def error_of(config: dict[str, object]) -> str:
     return str(raised.value)
 
 
+OPERATOR: dict[str, object] = {"prometheusOperator": True, "allowedMetricsNamespaces": ["monitoring"]}
+
+
+def test_the_operators_objects_without_a_namespace_prometheus_may_scrape_from_are_refused() -> None:
+    """The NetworkPolicies would admit no Prometheus to the metrics ports: every target down, every alert on one
+    firing."""
+    error = error_of({"prometheusOperator": True})
+    assert "prometheusOperator is 'true'" in error and "allowedMetricsNamespaces" in error, error
+
+
 def test_a_release_without_the_operators_objects_is_refused_naming_the_key() -> None:
     error = error_of({"prometheusRelease": "kps"})
     assert "prometheusRelease is 'kps'" in error and "prometheusOperator is false" in error
 
 
 def test_a_release_that_is_no_label_value_is_refused() -> None:
-    error = error_of({"prometheusOperator": True, "prometheusRelease": "kube prometheus"})
+    error = error_of({**OPERATOR, "prometheusRelease": "kube prometheus"})
     assert "prometheusRelease is 'kube prometheus'" in error and "label value" in error
 
 
@@ -39,8 +49,8 @@ def test_a_release_that_is_no_label_value_is_refused() -> None:
     ("config", "words"),
     [
         ({"runbookUrl": "https://example.com/README.md"}, ["runbookUrl is", "prometheusOperator is false"]),
-        ({"prometheusOperator": True, "runbookUrl": "README.md"}, ["runbookUrl is 'README.md'", "http(s) URL"]),
-        ({"prometheusOperator": True, "runbookUrl": "https://example.com/README.md#alerts"}, ["without a `#`"]),
+        ({**OPERATOR, "runbookUrl": "README.md"}, ["runbookUrl is 'README.md'", "http(s) URL"]),
+        ({**OPERATOR, "runbookUrl": "https://example.com/README.md#alerts"}, ["without a `#`"]),
     ],
 )
 def test_a_runbook_url_that_cannot_link_alerts_is_refused_naming_the_key(
@@ -52,18 +62,18 @@ def test_a_runbook_url_that_cannot_link_alerts_is_refused_naming_the_key(
 
 def test_the_settings_hold_the_release_only_when_the_objects_are_wanted() -> None:
     assert load_settings({}, "ray-cluster", "test").monitoring is None
-    settings = load_settings({"prometheusOperator": True, "prometheusRelease": "kps"}, "ray-cluster", "test")
+    settings = load_settings({**OPERATOR, "prometheusRelease": "kps"}, "ray-cluster", "test")
     assert settings.monitoring == Monitoring(release="kps")
-    assert load_settings({"prometheusOperator": True}, "ray-cluster", "test").monitoring == Monitoring(release="")
+    assert load_settings(OPERATOR, "ray-cluster", "test").monitoring == Monitoring(release="")
 
 
 def test_no_pod_monitor_unless_asked() -> None:
     assert rendered("default").of_kind("PodMonitor") == []
 
 
-@pytest.mark.parametrize("variant", ["monitoring", "monitoring-autoscaling"])
+@pytest.mark.parametrize("variant", ["monitoring", "monitoring-autoscaling-fault-tolerant"])
 def test_one_pod_monitor_scrapes_every_metrics_port_of_the_ray_pods_with_the_clusters_labels(variant: str) -> None:
-    [monitor] = rendered(variant).of_kind("PodMonitor")
+    monitor = rendered(variant).one("PodMonitor", "ray")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["name"] == "ray"
     # kube-prometheus-stack's Prometheus selects PodMonitors by their release label.
@@ -79,7 +89,7 @@ def test_one_pod_monitor_scrapes_every_metrics_port_of_the_ray_pods_with_the_clu
 
 
 def test_without_a_release_the_pod_monitor_has_no_release_label() -> None:
-    [monitor] = render({"prometheusOperator": "true"}).of_kind("PodMonitor")
+    [monitor] = render({**OPERATOR, "prometheusOperator": "true"}).of_kind("PodMonitor")
     assert "release" not in monitor["metadata"]["labels"]
 
 
@@ -114,30 +124,34 @@ def running_pods(rendered_stack: Rendered) -> list[Manifest]:
     return pods
 
 
-@pytest.mark.parametrize("variant", ["monitoring", "monitoring-autoscaling"])
+@pytest.mark.parametrize("variant", ["monitoring", "monitoring-autoscaling-fault-tolerant"])
 def test_a_real_prometheus_given_the_pod_monitor_scrapes_exactly_the_ray_pods_metrics_ports(
     variant: str, tmp_path: Path
 ) -> None:
     """The rendered PodMonitor, translated as prometheus-operator v0.93.0 translates it, applied by Debian's real
     Prometheus to the stack's pods as Kubernetes pod discovery lists them: every Ray pod's `metrics` port, the
-    head's dashboard and autoscaler ports (in whichever container serves them), nothing of the smoke test's pod;
-    each target labelled with the cluster, the node type and the group."""
+    head's dashboard and autoscaler ports (in whichever container serves them), the stack's own Redis's exporter,
+    nothing of the smoke test's pod; each target labelled with the cluster (and a Ray pod's with its node type and
+    group)."""
     stack = rendered(variant)
-    [monitor] = stack.of_kind("PodMonitor")
     pods = running_pods(stack)
-    jobs, files = file_sd_scrape_configs(scrape_configs(monitor), tmp_path / "sd")
+    translated = [job for monitor in stack.of_kind("PodMonitor") for job in scrape_configs(monitor)]
+    jobs, files = file_sd_scrape_configs(translated, tmp_path / "sd")
     config = {"global": {"scrape_interval": "1h", "scrape_timeout": "1s"}, "scrape_configs": jobs}
     sd_files = {f.path.relative_to(tmp_path): f.groups(pods) for f in files}
     ips = {pod["metadata"]["name"]: pod["status"]["podIP"] for pod in pods}
     head = next(name for name in ips if name.startswith("ray-head-"))
     workers = sorted(name for name in ips if name.startswith("ray-worker-"))
-    monitor_container = "autoscaler" if variant == "monitoring-autoscaling" else "ray-head"
+    autoscaled = variant == "monitoring-autoscaling-fault-tolerant"
+    monitor_container = "autoscaler" if autoscaled else "ray-head"
     expected = sorted(
         [
             (f"{ips[head]}:8080", "metrics", "ray-head", "head", "head"),
             (f"{ips[head]}:44227", "dash-metrics", "ray-head", "head", "head"),
             (f"{ips[head]}:44217", "as-metrics", monitor_container, "head", "head"),
             *((f"{ips[worker]}:8080", "metrics", "ray-worker", "worker", "worker") for worker in workers),
+            # The stack's own Redis's exporter, labelled with the cluster only.
+            *([(f"{ips['ray-redis-0']}:9121", "metrics", "exporter", "", "")] if autoscaled else []),
         ]
     )
     with prometheus_server(tmp_path, config, files=sd_files) as server:
@@ -145,7 +159,7 @@ def test_a_real_prometheus_given_the_pod_monitor_scrapes_exactly_the_ray_pods_me
         def active() -> list[tuple[str, str, str, str, str]] | None:
             found = sorted(
                 (t["labels"]["instance"], t["labels"]["endpoint"], t["labels"]["container"],
-                 t["labels"]["ray_io_node_type"], t["labels"]["ray_io_group"])
+                 t["labels"].get("ray_io_node_type", ""), t["labels"].get("ray_io_group", ""))
                 for t in server.targets()["activeTargets"]
                 if t["labels"].get("ray_io_cluster") == "ray" and t["labels"]["namespace"] == "ray-test"
             )  # fmt: skip
@@ -210,3 +224,59 @@ def test_each_of_rays_dashboards_is_a_configmap_grafanas_sidecar_loads() -> None
     }
     assert all(m["metadata"]["labels"]["grafana_dashboard"] == "1" for m in maps)
     assert [m for m in render({}).of_kind("ConfigMap") if "dashboard" in m["metadata"]["name"]] == []
+
+
+def test_the_stacks_own_redis_runs_an_exporter_that_only_prometheus_reaches() -> None:
+    """With the prometheus-operator, the Redis pod's exporter reads Redis over the pod's loopback with the password
+    from the Secret (never in the manifest), on port 9121, which the Redis policy admits from the metrics namespaces
+    alone; its PodMonitor labels its series with the cluster from the Redis pod's own label. Without the operator,
+    or with an existing Redis, none of it."""
+    stack = rendered("monitoring-autoscaling-fault-tolerant")
+    spec = stack.one("Deployment", "ray-redis")["spec"]["template"]["spec"]
+    [exporter] = [c for c in spec["containers"] if c["name"] == "exporter"]
+    assert exporter["image"] == "oliver006/redis_exporter:v1.45.0" and exporter["command"] == ["/redis_exporter"]
+    assert exporter["env"] == [
+        {"name": "REDIS_ADDR", "value": "redis://127.0.0.1:6379"},
+        {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "ray-redis", "key": "password"}}},
+    ]
+    assert exporter["ports"] == [{"name": "metrics", "containerPort": 9121, "protocol": "TCP"}]
+    assert exporter["securityContext"]["readOnlyRootFilesystem"] is True
+    policy = stack.one("NetworkPolicy", "ray-redis")["spec"]
+    assert policy["ingress"][1:] == [
+        {
+            "from": [
+                {
+                    "namespaceSelector": {
+                        "matchExpressions": [
+                            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["monitoring"]}
+                        ]
+                    }
+                }
+            ],
+            "ports": [{"port": 9121, "protocol": "TCP"}],
+        }
+    ]
+    monitor = stack.one("PodMonitor", "ray-redis")
+    assert monitor["spec"] == {
+        "selector": stack.one("Deployment", "ray-redis")["spec"]["selector"],
+        "podMetricsEndpoints": [
+            {
+                "port": "metrics",
+                "relabelings": [
+                    {
+                        "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+                        "targetLabel": "ray_io_cluster",
+                    }
+                ],
+            }
+        ],
+    }
+    for config in (
+        {"gcsFaultTolerance": "true"},
+        {**OPERATOR, "gcsFaultTolerance": "true", "redisAddress": "redis.example:6379"},
+    ):
+        other = render(config)
+        assert [m["metadata"]["name"] for m in other.of_kind("PodMonitor")] in ([], ["ray"])
+        for deployment in other.of_kind("Deployment"):
+            containers = deployment["spec"]["template"]["spec"]["containers"]
+            assert "exporter" not in {c["name"] for c in containers}

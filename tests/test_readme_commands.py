@@ -95,8 +95,9 @@ def test_the_readme_hands_the_cluster_to_kube_prometheus_stacks_prometheus(
     deployed: list[tuple[str, Rendered]],
 ) -> None:
     _, monitored = deployed[-2]
-    [monitor] = monitored.of_kind("PodMonitor")
-    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # The Ray pods' PodMonitor, and the one of the stack's own Redis (its stack is fault-tolerant by then).
+    assert sorted(m["metadata"]["name"] for m in monitored.of_kind("PodMonitor")) == ["ray", "ray-redis"]
+    assert {m["metadata"]["labels"]["release"] for m in monitored.of_kind("PodMonitor")} == {"kube-prometheus-stack"}
     [rule] = monitored.one("NetworkPolicy", "ray-metrics")["spec"]["ingress"]
     assert rule["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["monitoring"]
 

@@ -1,15 +1,16 @@
 """The rehearsal of the cluster's metrics and alerts, with a real Prometheus in a pod of its own namespace.
 
 Prometheus (Debian's 2.42, the stand-in for its image) runs in `monitoring`, the namespace `allowedMetricsNamespaces`
-names, so the rehearsal's NetworkPolicies decide what it may scrape. Its scrape jobs are the rendered PodMonitor as
-prometheus-operator v0.93.0 translates it (tests/prometheus_scrape.py), its rules the rendered PrometheusRule's
+names, so the rehearsal's NetworkPolicies decide what it may scrape. Its scrape jobs are the rendered PodMonitors as
+prometheus-operator v0.93.0 translates them (tests/prometheus_scrape.py), its rules the rendered PrometheusRule's
 groups; Debian builds it without Kubernetes discovery, so the test lists the API's pods into its file discovery as
 Kubernetes pod discovery would list them (tests/kubernetes_sd.py), once a second, into a ConfigMap the kubelet
 syncs. Prometheus runs before `pulumi up`, as a cluster's Prometheus does: every target (each Ray pod's metrics,
-the head's dashboard and autoscaler metrics) is up within 30 s of its pod's readiness, every node's series carry the
-cluster's label, every metric an alert or one of Ray's dashboards reads is in the scrape (but those that come only
-with what they count, each with its reason: ONLY_WITH), and with the head gone the head-down alert fires within its
-`for:`, discovery's delay and an evaluation interval. Needs root.
+the head's dashboard and autoscaler metrics, the stack's own Redis's exporter: the cluster is fault-tolerant) is up
+within 30 s of its pod's readiness, every node's series carry the cluster's label, every metric an alert or one of
+Ray's dashboards reads is in the scrape (but those that come only with what they count, each with its reason:
+ONLY_WITH), and with the head gone the head-down alert fires within its `for:`, discovery's delay and an evaluation
+interval. Needs root.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ CONFIG: dict[str, object] = {
     "maxWorkers": "2",
     "prometheusOperator": "true",
     "allowedMetricsNamespaces": ["monitoring"],
+    # A Redis of its own, whose exporter is scraped too.
+    "gcsFaultTolerance": "true",
 }
 MONITORING = "monitoring"
 SCRAPE_SECONDS = 5  # Prometheus's scrape and rule evaluation interval here
@@ -116,9 +119,10 @@ def listed(pod: Pod) -> Manifest:
 class Prometheus:
     """The Prometheus pod, its file discovery fed from the cluster's pods, and what it has seen up, and when."""
 
-    def __init__(self, cluster: Cluster, rendered_monitor: Manifest, rule: Manifest) -> None:
+    def __init__(self, cluster: Cluster, rendered_monitors: list[Manifest], rule: Manifest) -> None:
         self.cluster = cluster
-        jobs, self.files = file_sd_scrape_configs(scrape_configs(rendered_monitor), CONFIG_DIR)
+        translated = [job for monitor in rendered_monitors for job in scrape_configs(monitor)]
+        jobs, self.files = file_sd_scrape_configs(translated, CONFIG_DIR)
         interval = f"{SCRAPE_SECONDS}s"
         config = {
             "global": {"scrape_interval": interval, "scrape_timeout": "4s", "evaluation_interval": interval},
@@ -162,8 +166,7 @@ class Prometheus:
 
     def _discover(self) -> None:
         """Kubernetes pod discovery, as files: the API's pods, written to the ConfigMap when they change."""
-        with self.cluster._lock:
-            pods = [listed(pod) for pod in self.cluster.pods.values()]
+        pods = [listed(pod) for pod in self.cluster.pods_in()]
         files = {f.path.name: json.dumps(f.groups(pods), sort_keys=True) for f in self.files}
         if files != self._discovered:
             self.cluster.apply({"apiVersion": "v1", "kind": "ConfigMap",
@@ -213,9 +216,8 @@ def deployment(cluster: Cluster) -> Deployment:
 @pytest.fixture(scope="module")
 def prometheus(cluster: Cluster, deployment: Deployment) -> Iterator[Prometheus]:
     """Prometheus first, then `pulumi up`: it sees every target come."""
-    [monitor] = deployment.rendered.of_kind("PodMonitor")
     [rule] = deployment.rendered.of_kind("PrometheusRule")
-    prometheus = Prometheus(cluster, monitor, rule)
+    prometheus = Prometheus(cluster, deployment.rendered.of_kind("PodMonitor"), rule)
     try:
         deployment.up()
         yield prometheus
@@ -228,14 +230,16 @@ def ray_pods(deployment: Deployment) -> list[Pod]:
 
 
 def test_every_target_is_up_within_30_s_of_its_pods_readiness(deployment: Deployment, prometheus: Prometheus) -> None:
-    """Each Ray pod's metrics, the head's dashboard's and autoscaler's (the autoscaler container), scraped from
-    the `monitoring` namespace through the NetworkPolicies."""
+    """Each Ray pod's metrics, the head's dashboard's and autoscaler's (the autoscaler container), the stack's
+    Redis's exporter, scraped from the `monitoring` namespace through the NetworkPolicies."""
     head, workers = deployment.head(), deployment.workers()
+    [redis] = deployment.pods("ray-redis-")
     expected = {
         f"metrics {head.ip}:8080": head,
         f"dash-metrics {head.ip}:44227": head,
         f"as-metrics {head.ip}:44217": head,
         **{f"metrics {worker.ip}:8080": worker for worker in workers},
+        f"metrics {redis.ip}:9121": redis,
     }
     active = prometheus.api("targets")["activeTargets"]
     targets = {f"{t['labels']['endpoint']} {t['labels']['instance']}": t for t in active}

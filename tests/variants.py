@@ -94,7 +94,12 @@ VARIANTS: dict[str, dict[str, object]] = {
     },
     # The README's monitoring example: kube-prometheus-stack's Prometheus (release `kps`, namespace `monitoring`).
     "monitoring": MONITORING,
-    "monitoring-autoscaling": {**MONITORING, **AUTOSCALING.program_config()},
+    # With autoscaling (the autoscaler's metrics port) and a Redis of its own (its exporter).
+    "monitoring-autoscaling-fault-tolerant": {
+        **MONITORING,
+        **AUTOSCALING.program_config(),
+        "gcsFaultTolerance": "true",
+    },
 }
 
 

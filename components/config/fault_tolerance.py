@@ -34,7 +34,8 @@ class GcsFaultTolerance:
     """Where the GCS keeps its state, so that a new head resumes the cluster instead of starting an empty one.
 
     `external_address` is an existing Redis as Ray is given it (RAY_REDIS_ADDRESS); empty, the stack runs its own
-    Redis (described by `redis_image`, `memory`, `storage` and `storage_class`); `ca_cert` is the PEM of the CA
+    Redis (described by `redis_image`, `memory`, `storage` and `storage_class`, and `exporter_image`, its metrics
+    exporter's, for the prometheus-operator); `ca_cert` is the PEM of the CA
     that signed a TLS Redis's certificate (empty: the image's system CAs); `authenticates` is whether Ray is given
     a password (always for the stack's own Redis; for an existing one, when `redisPassword` is set)."""
 
@@ -43,6 +44,7 @@ class GcsFaultTolerance:
     authenticates: bool
     ca_cert: str
     redis_image: str
+    exporter_image: str
     memory: str
     storage: str
     storage_class: str
@@ -87,6 +89,9 @@ def fault_tolerance_settings(inputs: Inputs, worker_groups: tuple[WorkerGroup, .
                 "a CA certificate is only used with a TLS Redis: redisAddress rediss://...",
             )
     redis_image = require_image("redisImage", inputs.text("redisImage"), "redis:7.0.15")
+    exporter_image = require_image(
+        "redisExporterImage", inputs.text("redisExporterImage"), "oliver006/redis_exporter:v1.45.0"
+    )
     memory = require_quantity("redisMemory", inputs.text("redisMemory"))
     if parse_quantity("redisMemory", memory) < _MIN_REDIS_MEMORY:
         raise config_error("redisMemory", memory, f"it must be at least {_MIN_REDIS_MEMORY // sizing.MIB}Mi")
@@ -116,6 +121,7 @@ def fault_tolerance_settings(inputs: Inputs, worker_groups: tuple[WorkerGroup, .
         authenticates=not address or inputs.given("redisPassword"),
         ca_cert=ca_cert,
         redis_image=redis_image,
+        exporter_image=exporter_image,
         memory=memory,
         storage=storage,
         storage_class=storage_class,

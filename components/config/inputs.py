@@ -226,6 +226,8 @@ class RayClusterArgs(TypedDict, total=False):
     """The PEM certificate(s) of the CA that signed a `rediss://` Redis's certificate (`pulumi config set redisCaCert -- "$(cat ca.pem)"`). Empty trusts the image's system CAs."""
     redisImage: str
     """Image of the Redis the stack deploys for gcsFaultTolerance. Pin a tag (or a digest); never `latest`."""
+    redisExporterImage: str
+    """Image of the metrics exporter that runs beside the stack's own Redis with prometheusOperator (oliver006/redis_exporter, for the RayRedisMemoryNearMax alert on Redis's memory). Pin a tag (or a digest); never `latest`."""
     redisMemory: str
     """Memory request and limit of the stack's Redis; it holds at most 75% of it (maxmemory), the rest is room for its append-only file's rewrites."""
     redisStorage: str

@@ -27,9 +27,11 @@ class Monitoring:
     runbook_url: str = ""
 
 
-def monitoring_settings(inputs: Inputs) -> Monitoring | None:
+def monitoring_settings(inputs: Inputs, metrics_namespaces: tuple[str, ...]) -> Monitoring | None:
     """The monitoring settings, or None when the prometheus-operator's objects are not wanted (a release or a
-    runbook given then is refused: it would change nothing)."""
+    runbook given then is refused: it would change nothing). Wanted, they need `metrics_namespaces`
+    (allowedMetricsNamespaces): the NetworkPolicies admit nothing else to the metrics ports, so a Prometheus in no
+    listed namespace would scrape nothing, and every alert on a missing target would fire."""
     release = require_label_value("prometheusRelease", inputs.text("prometheusRelease"))
     runbook_url = inputs.text("runbookUrl")
     if runbook_url and not _PAGE_URL.match(runbook_url):
@@ -40,6 +42,14 @@ def monitoring_settings(inputs: Inputs) -> Monitoring | None:
                 why = "it is for the prometheus-operator's objects, and prometheusOperator is false"
                 raise config_error(key, given, why)
         return None
+    if not metrics_namespaces:
+        raise config_error(
+            "prometheusOperator",
+            "true",
+            "it needs allowedMetricsNamespaces to hold the namespace Prometheus runs in (e.g. `pulumi config set "
+            "--path 'allowedMetricsNamespaces[0]' monitoring`): the NetworkPolicies admit no other namespace to "
+            "the metrics ports",
+        )
     return Monitoring(release=release, runbook_url=runbook_url)
 
 

@@ -164,6 +164,7 @@ def load_settings(args: Mapping[str, object], project: str, stack: str) -> Clust
     groups = worker_groups(inputs, cluster_name, image)
     namespace = require_dns_label("namespace", namespace)
     fault_tolerance = fault_tolerance_settings(inputs, groups)
+    metrics_namespaces = require_label_list(inputs, "allowedMetricsNamespaces")
     return ClusterSettings(
         cluster_name=cluster_name,
         namespace=namespace,
@@ -180,13 +181,13 @@ def load_settings(args: Mapping[str, object], project: str, stack: str) -> Clust
             require_cidr(f"allowedClientCidrs[{i}]", value)
             for i, value in enumerate(require_list("allowedClientCidrs", inputs.value("allowedClientCidrs")))
         ),
-        metrics_namespaces=require_label_list(inputs, "allowedMetricsNamespaces"),
+        metrics_namespaces=metrics_namespaces,
         gcs_reconnect_timeout_seconds=reconnect_seconds(inputs, fault_tolerance is not None),
         worker_drain_seconds=require_seconds("workerDrainSeconds", inputs.integer("workerDrainSeconds"), 0, 3600),
         fault_tolerance=fault_tolerance,
         autoscaling=autoscaler_settings(inputs, groups),
         serve=serve_settings(inputs),
-        monitoring=monitoring_settings(inputs),
+        monitoring=monitoring_settings(inputs, metrics_namespaces),
         metrics_views=metrics_views(inputs),
         grafana_dashboards=inputs.boolean("grafanaDashboards"),
     )

@@ -16,6 +16,9 @@ from ..config.settings import ClusterSettings
 from . import ray_node
 from .ray_node import Manifest
 
+# RayRedisMemoryNearMax: the share of maxmemory past which the stack's Redis is near refusing writes.
+REDIS_MEMORY_SHARE = 0.9
+
 
 @dataclass(frozen=True)
 class Alert:
@@ -55,7 +58,7 @@ def _selector(settings: ClusterSettings, **labels: str) -> str:
 def alerts(settings: ClusterSettings) -> list[Alert]:
     """The cluster's alerts: its head down, a worker group below its size, demand no node type can meet, and, with
     autoscaling, workers asked for that do not come and an autoscaler that is down or failing; Ray killing workers
-    for memory, and objects spilled from the object store to disk."""
+    for memory, objects spilled from the object store to disk, and the stack's own Redis near its maxmemory."""
     cluster = f"Ray cluster {settings.cluster_name} in {settings.namespace}"
     head_up = _selector(settings, ray_io_node_type="head", endpoint="metrics")
     evictions = f"ray_memory_manager_worker_eviction_total{_selector(settings)}"
@@ -115,6 +118,22 @@ def alerts(settings: ClusterSettings) -> list[Alert]:
             "object store is full, and work slows down.",
         ),
     ]
+    fault_tolerance = settings.fault_tolerance
+    if fault_tolerance is not None and not fault_tolerance.external_address:
+        redis_memory = _selector(settings, container="exporter")
+        found.append(
+            Alert(
+                "RayRedisMemoryNearMax",
+                f"max(redis_memory_used_bytes{redis_memory} / (redis_memory_max_bytes{redis_memory} > 0))"
+                f" > {REDIS_MEMORY_SHARE}",
+                "5m",
+                "warning",
+                f"The Redis of {cluster} is near its maxmemory",
+                f"The stack's Redis has held over {REDIS_MEMORY_SHARE:.0%} of its maxmemory for 5 minutes. At "
+                "maxmemory it refuses every write (it evicts nothing), and the GCS, which writes the cluster's "
+                "state there as it changes, fails.",
+            )
+        )
     if settings.autoscaling:
         autoscaler_up = _selector(settings, endpoint=ray_node.AUTOSCALER_METRICS_PORT_NAME)
         found += [

@@ -6,13 +6,16 @@ only the head (Ray's docs advise a PodMonitor for that reason). Each endpoint is
 pods' ports of its name: a worker has no `dash-metrics` port, so only the head is scraped there. Every series gets
 the pods' `ray.io/*` labels (`ray_io_cluster`, the label Ray's Grafana dashboards filter on; `ray_io_node_type`;
 `ray_io_group`), and the operator adds `namespace`, `pod`, `container` and `endpoint` (the port's name).
+
+The stack's own Redis, which shares no label with the Ray pods, has a PodMonitor of its own for its exporter, whose
+series get the cluster's name as `ray_io_cluster` from the Redis pod's own label for it.
 """
 
 from __future__ import annotations
 
 from ..config.monitoring import Monitoring
 from ..config.settings import ClusterSettings
-from . import pods, ray_node
+from . import pods, ray_node, redis
 from .ray_node import Manifest
 
 API_VERSION = "monitoring.coreos.com/v1"
@@ -39,4 +42,22 @@ def pod_monitor_spec(settings: ClusterSettings) -> Manifest:
         },
         "podTargetLabels": list(POD_TARGET_LABELS),
         "podMetricsEndpoints": [{"port": port} for port in SCRAPED_PORTS],
+    }
+
+
+def redis_pod_monitor_spec(settings: ClusterSettings) -> Manifest | None:
+    """The stack's own Redis's exporter, its series labelled with the cluster as the Ray pods' are; None without a
+    Redis of the stack's own (an existing Redis is watched by whoever runs it)."""
+    fault_tolerance = settings.fault_tolerance
+    if fault_tolerance is None or fault_tolerance.external_address:
+        return None
+    cluster_label = "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in redis.CLUSTER_LABEL)
+    return {
+        "selector": {"matchLabels": redis.selector_labels(settings)},
+        "podMetricsEndpoints": [
+            {
+                "port": redis.EXPORTER_PORT_NAME,
+                "relabelings": [{"sourceLabels": [cluster_label], "targetLabel": "ray_io_cluster"}],
+            }
+        ],
     }

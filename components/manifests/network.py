@@ -85,7 +85,8 @@ def serve_policy_spec(settings: ClusterSettings) -> Manifest | None:
 
 def redis_policy_spec(settings: ClusterSettings) -> Manifest | None:
     """The stack's own Redis admits this cluster's head only, on the Redis port: it holds the cluster's state and
-    its password, and no worker, client or other pod needs it. None without a Redis of the stack's own."""
+    its password, and no worker, client or other pod needs it; with the prometheus-operator, the metrics namespaces
+    to its exporter's port only. None without a Redis of the stack's own."""
     fault_tolerance = settings.fault_tolerance
     if fault_tolerance is None or fault_tolerance.external_address:
         return None
@@ -96,6 +97,16 @@ def redis_policy_spec(settings: ClusterSettings) -> Manifest | None:
             {
                 "from": [{"podSelector": {"matchLabels": pods.selector_labels(settings, "head")}}],
                 "ports": [{"port": redis.REDIS_PORT, "protocol": "TCP"}],
-            }
+            },
+            *(
+                [
+                    {
+                        "from": [_namespaces(settings.metrics_namespaces)],
+                        "ports": [{"port": redis.EXPORTER_PORT, "protocol": "TCP"}],
+                    }
+                ]
+                if settings.monitoring and settings.metrics_namespaces
+                else []
+            ),
         ],
     }

@@ -757,10 +757,11 @@ class Cluster:
             return set()
         return {meta.uid} | {rs.uid for rs in self.replica_sets.values() if rs.deployment == meta.uid}
 
-    def pods_in(self, namespace: str) -> list[Pod]:
-        """Every pod the API server knows in a namespace, Terminating and finished ones included."""
+    def pods_in(self, namespace: str | None = None) -> list[Pod]:
+        """Every pod the API server knows in a namespace (or in all of them, as a watch of every namespace sees
+        them), Terminating and finished ones included."""
         with self._lock:
-            return [pod for pod in self.pods.values() if pod.namespace == namespace]
+            return [pod for pod in self.pods.values() if namespace is None or pod.namespace == namespace]
 
     def pod(self, namespace: str, name: str) -> Pod:
         """A pod the API server knows (KeyError once it has left)."""

@@ -35,6 +35,11 @@ must be the installed Prometheus's version (`v2.42.0`): any other is refused. De
 service discovery, so a rehearsal's Prometheus discovers pods through files the test writes from the API's state
 (tests/kubernetes_sd.py).
 
+The Redis exporter image (`oliver006/redis_exporter`, a scratch image) holds only /redis_exporter, which runs as
+uid and gid 59000 in /; the stand-in is Debian's exporter (the `prometheus-redis-exporter` package,
+/usr/bin/prometheus-redis-exporter), which scripts/test links as /redis_exporter on this machine, whose root every
+container sees outside its image's trees. Its tag must be the installed exporter's version (`v1.45.0`).
+
 An image the registry does not know is refused (UnsupportedError when its pod template is applied), where the
 stand-in once ran every image as Ray: a misspelt image, or a custom one whose user, paths and tools differ, would
 otherwise pass a rehearsal it would fail for real. The harness's own pods name the Ray image.
@@ -85,6 +90,12 @@ PROMETHEUS_USER = PROMETHEUS_GROUP = 65534
 PROMETHEUS_DATA = PurePosixPath("/prometheus")
 PROMETHEUS_REPOSITORIES = frozenset(
     {"quay.io/prometheus/prometheus", "prom/prometheus", "docker.io/prom/prometheus", "index.docker.io/prom/prometheus"}
+)
+
+REDIS_EXPORTER = Path("/redis_exporter")  # scripts/test's link to Debian's exporter
+REDIS_EXPORTER_USER = REDIS_EXPORTER_GROUP = 59000
+REDIS_EXPORTER_REPOSITORIES = frozenset(
+    {"oliver006/redis_exporter", "docker.io/oliver006/redis_exporter", "index.docker.io/oliver006/redis_exporter"}
 )
 
 MountKind = Literal["layer", "shared", "volume"]
@@ -264,6 +275,38 @@ def _prometheus(tag: str) -> Image:
     )
 
 
+@functools.cache
+def redis_exporter_version() -> str:
+    """The installed exporter's version (`Redis Metrics Exporter 1.45.0-2+b4 ...` gives 1.45.0)."""
+    try:
+        completed = subprocess.run([str(REDIS_EXPORTER), "--version"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise MissingStandInError(
+            f"{REDIS_EXPORTER} does not run ({error}): install Debian's prometheus-redis-exporter as .ci/run does, "
+            "and run scripts/test (as root), which links it"
+        ) from error
+    return (completed.stdout + completed.stderr).split("Exporter ", 1)[1].split()[0].split("-")[0]
+
+
+def _redis_exporter(tag: str) -> Image:
+    version = redis_exporter_version()
+    if tag != f"v{version}":
+        raise LookupError(
+            f"oliver006/redis_exporter:{tag or '<no tag>'}: the rehearsal's exporter is this machine's {version} "
+            f"(Debian's prometheus-redis-exporter), so the image must be tagged v{version}"
+        )
+    return Image(
+        name="redis_exporter",
+        user=REDIS_EXPORTER_USER,
+        group=REDIS_EXPORTER_GROUP,
+        workdir=PurePosixPath("/"),
+        env={"PATH": REDIS_PATH},  # a scratch image sets none: the runtime's default
+        passwd_entries=(),  # a scratch image has no /etc/passwd; this machine's stays
+        group_entries=(),
+        start=lambda path: [],
+    )
+
+
 def split_reference(reference: str) -> tuple[str, str, str]:
     """An image reference's repository, tag and digest (`docker.io/library/redis:7.0.15@sha256:...`); empty where
     it names none. A registry's port (`host:5000/name`) is part of the repository."""
@@ -290,5 +333,9 @@ def lookup(reference: str) -> Image:
         return _redis(tag)
     if repository in PROMETHEUS_REPOSITORIES:
         return _prometheus(tag)
-    known = ", ".join(sorted(RAY_REPOSITORIES | REDIS_REPOSITORIES | PROMETHEUS_REPOSITORIES))
+    if repository in REDIS_EXPORTER_REPOSITORIES:
+        return _redis_exporter(tag)
+    known = ", ".join(
+        sorted(RAY_REPOSITORIES | REDIS_REPOSITORIES | PROMETHEUS_REPOSITORIES | REDIS_EXPORTER_REPOSITORIES)
+    )
     raise LookupError(f"image {reference}: the rehearsal has no stand-in for {repository} (it knows {known})")
