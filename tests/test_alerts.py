@@ -94,11 +94,17 @@ CASES: dict[str, tuple[dict[str, str], str, dict[str, str], dict[str, str]]] = {
          f'up{{{OURS}, ray_io_group="worker", endpoint="metrics", pod="w2"}}': "1x20"},
     ),
     "RayDemandInfeasible": (
-        {f'ray_scheduler_unscheduleable_tasks{{{OURS}, Reason="Infeasible", pod="w1"}}': "2x10"},
+        # Infeasible for 6 minutes, the autoscaler adding nothing (another cluster's autoscaler adds a worker).
+        {f'ray_scheduler_unscheduleable_tasks{{{OURS}, Reason="Infeasible", pod="w1"}}': "2x10",
+         f'autoscaler_pending_nodes{{{OURS}, NodeType="gpu", pod="h"}}': "0x10",
+         f'autoscaler_pending_nodes{{{OTHER}, NodeType="gpu", pod="o"}}': "1x10"},
         "6m", {"severity": "warning"},
-        {f'ray_scheduler_unscheduleable_tasks{{{OURS}, Reason="Infeasible", pod="w1"}}': "0x10",
+        # Only waiting for resources; another cluster's infeasible; and, infeasible while the autoscaler waits for a
+        # worker it added (a GPU group from zero, whose node takes minutes to come).
+        {f'ray_scheduler_unscheduleable_tasks{{{OURS}, Reason="Infeasible", pod="w1"}}': "2x10",
          f'ray_scheduler_unscheduleable_tasks{{{OURS}, Reason="WaitingForResources", pod="w1"}}': "5x10",
-         f'ray_scheduler_unscheduleable_tasks{{{OTHER}, Reason="Infeasible", pod="o1"}}': "2x10"},
+         f'ray_scheduler_unscheduleable_tasks{{{OTHER}, Reason="Infeasible", pod="o1"}}': "2x10",
+         f'autoscaler_pending_nodes{{{OURS}, NodeType="gpu", pod="h"}}': "1x10"},
     ),
     "RayWorkersOOMKilled": (
         # Ray exports the count only from its first kill on, at 1.

@@ -1226,6 +1226,26 @@ def test_peers_by_pod_namespace_both_and_cidr_and_rules_without_from_or_ports() 
     assert "ip saddr 10.0.0.0/8 ip saddr != { 10.244.0.0/24 } accept" in rules
 
 
+def test_a_port_entry_without_a_number_admits_every_tcp_port_and_no_other_protocol() -> None:
+    isolated = ways_in(policy("web", {"matchLabels": {"app": "web"}}, {"ports": [{"protocol": "TCP"}]}))
+    assert isolated == {WEB.ip: [network_policy.Admitted(None, ((1, 65535),))]}
+    assert "tcp dport { 1-65535 } accept" in network_policy.policy_rules(isolated)
+
+
+def test_a_pod_reaches_itself_whatever_its_policies_say() -> None:
+    """Through a Service, its own connection comes back to it across the node: not policed, as on a cluster."""
+    rules = network_policy.policy_rules(ways_in(policy("deny", {"matchLabels": {"app": "web"}})))
+    assert f"ip saddr {WEB.ip} accept" in rules.split("chain pod-0 {", 1)[1].split("}", 1)[0]
+
+
+def test_a_cidr_with_host_bits_is_its_network_and_empty_egress_is_no_egress_policy() -> None:
+    """As the API server takes them: a CIDR with host bits names its network (a sloppy parse); `egress: []`
+    without policyTypes makes an Ingress policy (Egress is defaulted only for a policy with egress rules)."""
+    block = {"ipBlock": {"cidr": "10.1.2.3/8", "except": ["10.244.0.9/24"]}}
+    isolated = ways_in(policy("a", {"matchLabels": {"app": "web"}}, {"from": [block]}, egress=[], policyTypes=[]))
+    assert isolated == {WEB.ip: [network_policy.Admitted((("10.0.0.0/8", ("10.244.0.0/24",)),), None)]}
+
+
 @pytest.mark.parametrize(
     ("spec", "why"),
     [

@@ -61,6 +61,11 @@ def alerts(settings: ClusterSettings) -> list[Alert]:
     for memory, objects spilled from the object store to disk, and the stack's own Redis near its maxmemory."""
     cluster = f"Ray cluster {settings.cluster_name} in {settings.namespace}"
     head_up = _selector(settings, ray_io_node_type="head", endpoint="metrics")
+    infeasible = f"sum(ray_scheduler_unscheduleable_tasks{_selector(settings, Reason='Infeasible')}) > 0"
+    if settings.autoscaling:
+        # A task for a group at 0 workers (a GPU group from zero) is infeasible until a worker of the group joins:
+        # not while the autoscaler waits for workers it added (RayAutoscalerNodesPending watches those).
+        infeasible += f" unless on() (sum(autoscaler_pending_nodes{_selector(settings)}) > 0)"
     evictions = f"ray_memory_manager_worker_eviction_total{_selector(settings)}"
     found = [
         Alert(
@@ -89,12 +94,13 @@ def alerts(settings: ClusterSettings) -> list[Alert]:
         ),
         Alert(
             "RayDemandInfeasible",
-            f"sum(ray_scheduler_unscheduleable_tasks{_selector(settings, Reason='Infeasible')}) > 0",
+            infeasible,
             "5m",
             "warning",
             f"Work on {cluster} asks for resources no node has",
             "Tasks or actors have waited 5 minutes for resources (CPUs, GPUs, memory, custom resources) that no "
-            "node of the cluster, nor any worker group the autoscaler may add, offers: they will never run.",
+            "node of the cluster, nor any worker group the autoscaler may add, offers: they will never run."
+            + (" The autoscaler adds no worker for them." if settings.autoscaling else ""),
         ),
         Alert(
             "RayWorkersOOMKilled",

@@ -67,7 +67,9 @@ def namespace_labels(name: str, labels: Mapping[str, str] | None) -> dict[str, s
 
 
 def _policy_types(spec: Manifest) -> list[str]:
-    types = spec.get("policyTypes") or (["Ingress", "Egress"] if "egress" in spec else ["Ingress"])
+    """The API server's default: Ingress always, Egress only for a policy with egress rules (`egress: []` has
+    none)."""
+    types = spec.get("policyTypes") or (["Ingress", "Egress"] if spec.get("egress") else ["Ingress"])
     if "Egress" in types:
         raise UnsupportedError("not emulated: NetworkPolicy egress")
     return list(types)
@@ -78,7 +80,7 @@ def _peer_sources(
 ) -> list[tuple[str, tuple[str, ...]]]:
     if "ipBlock" in peer:
         block = peer["ipBlock"]
-        return [(str(ipaddress.ip_network(block["cidr"])), tuple(block.get("except", [])))]
+        return [(str(_cidr(block["cidr"])), tuple(str(_cidr(cidr)) for cidr in block.get("except", [])))]
     namespace_selector = peer.get("namespaceSelector")
     pod_selector = peer.get("podSelector", {})
     chosen_namespaces = (
@@ -89,6 +91,11 @@ def _peer_sources(
     return [(pod.ip, ()) for pod in pods if pod.namespace in chosen_namespaces and matches(pod_selector, pod.labels)]
 
 
+def _cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A CIDR as the API server takes it: host bits may be set (10.0.0.1/8 is 10.0.0.0/8)."""
+    return ipaddress.ip_network(text, strict=False)
+
+
 def _ports(rule: Manifest) -> tuple[tuple[int, int], ...] | None:
     if not rule.get("ports"):
         return None
@@ -97,7 +104,8 @@ def _ports(rule: Manifest) -> tuple[tuple[int, int], ...] | None:
         if port.get("protocol", "TCP") != "TCP":
             raise UnsupportedError(f"not emulated: NetworkPolicy protocol {port['protocol']}")
         if "port" not in port:
-            return None  # every TCP port
+            ranges.append((1, 65535))  # every TCP port, and no other protocol
+            continue
         if not isinstance(port["port"], int):
             raise UnsupportedError(f"not emulated: NetworkPolicy named port {port['port']!r}")
         ranges.append((port["port"], port.get("endPort", port["port"])))
@@ -112,7 +120,7 @@ def check_supported(policy: Manifest) -> None:
         _ports(rule)
         for peer in rule.get("from") or []:
             if "ipBlock" in peer:
-                ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                _cidr(peer["ipBlock"]["cidr"])
 
 
 def admitted(
@@ -166,7 +174,9 @@ def policy_rules(isolated: Mapping[str, list[Admitted]]) -> str:
     dropped unless one of its ways in admits it; replies to admitted connections pass."""
     chains, jumps = [], []
     for number, (address, ways) in enumerate(sorted(isolated.items())):
-        chains += [f"  chain pod-{number} {{", *(line for way in ways for line in _rule(way)), "    drop", "  }"]
+        # A pod reaches itself (through a Service) whatever its policies say, as it does on a cluster.
+        own = f"    ip saddr {address} accept"
+        chains += [f"  chain pod-{number} {{", own, *(line for way in ways for line in _rule(way)), "    drop", "  }"]
         jumps.append(f"{address} : jump pod-{number}")
     dispatch = [f"    ip daddr vmap {{ {', '.join(jumps)} }}"] if jumps else []
     return "\n".join(
