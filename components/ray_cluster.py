@@ -126,23 +126,18 @@ class RayCluster(ClusterChildren):
         provider awaits no custom resource, and Prometheus finds the pods whenever they come: nothing waits for
         them, nor they for anything."""
         labels = monitoring.object_labels(self._settings, settings)
-        self._child(
-            _custom_resource(monitoring.API_VERSION, "PodMonitor"),
-            "pod-monitor",
-            self._settings.cluster_name,
-            "monitoring",
-            labels=labels,
-            spec=monitoring.pod_monitor_spec(self._settings),
-        )
+        monitors = [("pod-monitor", self._settings.cluster_name, monitoring.pod_monitor_spec(self._settings))]
         redis_monitor = monitoring.redis_pod_monitor_spec(self._settings)
         if redis_monitor is not None:
+            monitors.append(("redis-pod-monitor", self._settings.redis_name, redis_monitor))
+        for logical_name, name, spec in monitors:
             self._child(
                 _custom_resource(monitoring.API_VERSION, "PodMonitor"),
-                "redis-pod-monitor",
-                self._settings.redis_name,
+                logical_name,
+                name,
                 "monitoring",
                 labels=labels,
-                spec=redis_monitor,
+                spec=spec,
             )
         self._child(
             _custom_resource(monitoring.API_VERSION, "PrometheusRule"),

@@ -758,12 +758,16 @@ def test_the_installed_redis_is_the_version_the_redis_image_is_pinned_to() -> No
         ("redis:7.0", "must be tagged 7.0.15"),
         ("redis:7.0.15-alpine", "must be tagged 7.0.15"),
         (f"redis@sha256:{'0' * 64}", "must be tagged 7.0.15"),
+        ("oliver006/redis_exporter:v1.62.0", "must be tagged v1.45.0"),
+        ("quay.io/prometheus/prometheus:v2.53.0", "must be tagged v2.42.0"),
         ("registry.example/ray:2.60.0-py311", "no stand-in for registry.example/ray"),
         ("localhost:5000/redis:7.0.15", "no stand-in for localhost:5000/redis"),
         ("stand-in", "no stand-in for stand-in"),
     ],
 )
-def test_images_without_a_stand_in_and_redis_of_another_version_are_refused(reference: str, why: str) -> None:
+def test_images_without_a_stand_in_or_of_another_version_than_their_stand_ins_are_refused(
+    reference: str, why: str
+) -> None:
     with pytest.raises(UnsupportedError, match=re.escape(why)):
         check_supported(probe_spec({"tcpSocket": {"port": 1}}, reference))
 

@@ -244,25 +244,38 @@ def _prometheus_start(path: Path) -> list[Mount]:
     return [Mount(PROMETHEUS_DATA, data, "volume")]
 
 
+def _version_output(binary: Path, package: str) -> str:
+    """What the installed stand-in says to `--version` (MissingStandInError, naming its Debian package, when it
+    does not run)."""
+    try:
+        completed = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise MissingStandInError(
+            f"{binary} does not run ({error}): install Debian's {package} as .ci/run does (scripts/test, as root, "
+            "links what it must)"
+        ) from error
+    return completed.stdout + completed.stderr
+
+
+def _require_version_tag(repository: str, tag: str, version: str, package: str) -> None:
+    """An image whose stand-in is Debian's `package` must be tagged with its version (`v<version>`), so the pinned
+    image and what the rehearsal runs cannot drift apart silently."""
+    if tag != f"v{version}":
+        raise LookupError(
+            f"{repository}:{tag or '<no tag>'}: the rehearsal's stand-in is this machine's {version} (Debian's "
+            f"{package}), so the image must be tagged v{version}"
+        )
+
+
 @functools.cache
 def prometheus_version() -> str:
     """The installed Prometheus's version (`prometheus, version 2.42.0+ds ...` gives 2.42.0)."""
-    try:
-        completed = subprocess.run([str(PROMETHEUS_SERVER), "--version"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError) as error:
-        raise MissingStandInError(
-            f"{PROMETHEUS_SERVER} does not run ({error}): install Debian's prometheus as .ci/run does"
-        ) from error
-    return (completed.stdout + completed.stderr).split("version ", 1)[1].split()[0].split("+")[0]
+    output = _version_output(PROMETHEUS_SERVER, "prometheus")
+    return output.split("version ", 1)[1].split()[0].split("+")[0]
 
 
 def _prometheus(tag: str) -> Image:
-    version = prometheus_version()
-    if tag != f"v{version}":
-        raise LookupError(
-            f"prometheus:{tag or '<no tag>'}: the rehearsal's Prometheus is this machine's {version} (Debian's "
-            f"prometheus), so a Prometheus image must be tagged v{version}"
-        )
+    _require_version_tag("prometheus", tag, prometheus_version(), "prometheus")
     return Image(
         name="prometheus",
         user=PROMETHEUS_USER,
@@ -278,23 +291,12 @@ def _prometheus(tag: str) -> Image:
 @functools.cache
 def redis_exporter_version() -> str:
     """The installed exporter's version (`Redis Metrics Exporter 1.45.0-2+b4 ...` gives 1.45.0)."""
-    try:
-        completed = subprocess.run([str(REDIS_EXPORTER), "--version"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError) as error:
-        raise MissingStandInError(
-            f"{REDIS_EXPORTER} does not run ({error}): install Debian's prometheus-redis-exporter as .ci/run does, "
-            "and run scripts/test (as root), which links it"
-        ) from error
-    return (completed.stdout + completed.stderr).split("Exporter ", 1)[1].split()[0].split("-")[0]
+    output = _version_output(REDIS_EXPORTER, "prometheus-redis-exporter")
+    return output.split("Exporter ", 1)[1].split()[0].split("-")[0]
 
 
 def _redis_exporter(tag: str) -> Image:
-    version = redis_exporter_version()
-    if tag != f"v{version}":
-        raise LookupError(
-            f"oliver006/redis_exporter:{tag or '<no tag>'}: the rehearsal's exporter is this machine's {version} "
-            f"(Debian's prometheus-redis-exporter), so the image must be tagged v{version}"
-        )
+    _require_version_tag("oliver006/redis_exporter", tag, redis_exporter_version(), "prometheus-redis-exporter")
     return Image(
         name="redis_exporter",
         user=REDIS_EXPORTER_USER,
