@@ -70,6 +70,13 @@ class ClusterSettings:
     grafana_dashboards: bool = False
 
     @property
+    def own_redis(self) -> GcsFaultTolerance | None:
+        """The fault tolerance settings when the stack runs its own Redis (None without fault tolerance, or with an
+        existing Redis, which is whoever runs it's to guard and watch)."""
+        fault_tolerance = self.fault_tolerance
+        return fault_tolerance if fault_tolerance is not None and not fault_tolerance.external_address else None
+
+    @property
     def head_service_name(self) -> str:
         return f"{self.cluster_name}-head"
 

@@ -124,8 +124,7 @@ def alerts(settings: ClusterSettings) -> list[Alert]:
             "object store is full, and work slows down.",
         ),
     ]
-    fault_tolerance = settings.fault_tolerance
-    if fault_tolerance is not None and not fault_tolerance.external_address:
+    if settings.own_redis is not None:
         redis_memory = _selector(settings, container="exporter")
         found.append(
             Alert(

@@ -15,6 +15,7 @@ any binding or token. KubeRay, by contrast, mounts the token into every containe
 from __future__ import annotations
 
 import json
+from pathlib import PurePosixPath
 from typing import Any
 
 from ..config.resources import PodResources
@@ -185,7 +186,7 @@ def monitor_command(settings: ClusterSettings) -> list[str]:
     # A heartbeat left by the container's last run (its /tmp outlives it) would soon read as a hung monitor.
     wait = ray_node.wait_for_gcs_script(settings, host=f"${ray_node.POD_IP_ENV}", health_check=True)
     events = ray_node.AUTOSCALER_EVENTS_FILE
-    made = f"mkdir -p {events.rsplit('/', 1)[0]} && touch {events}"
+    made = f"mkdir -p {PurePosixPath(events).parent} && touch {events}"
     return ray_node.shell(f"rm -f {HEARTBEAT_FILE}; {made}; {wait}; exec {' '.join(monitor)}")
 
 

@@ -48,8 +48,7 @@ def pod_monitor_spec(settings: ClusterSettings) -> Manifest:
 def redis_pod_monitor_spec(settings: ClusterSettings) -> Manifest | None:
     """The stack's own Redis's exporter, its series labelled with the cluster as the Ray pods' are; None without a
     Redis of the stack's own (an existing Redis is watched by whoever runs it)."""
-    fault_tolerance = settings.fault_tolerance
-    if fault_tolerance is None or fault_tolerance.external_address:
+    if settings.own_redis is None:
         return None
     cluster_label = "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in redis.CLUSTER_LABEL)
     return {

@@ -87,8 +87,7 @@ def redis_policy_spec(settings: ClusterSettings) -> Manifest | None:
     """The stack's own Redis admits this cluster's head only, on the Redis port: it holds the cluster's state and
     its password, and no worker, client or other pod needs it; with the prometheus-operator, the metrics namespaces
     to its exporter's port only. None without a Redis of the stack's own."""
-    fault_tolerance = settings.fault_tolerance
-    if fault_tolerance is None or fault_tolerance.external_address:
+    if settings.own_redis is None:
         return None
     return {
         "podSelector": {"matchLabels": redis.selector_labels(settings)},
