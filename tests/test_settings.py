@@ -81,7 +81,9 @@ def test_the_smallest_pod_memory_is_rays_smallest_object_store() -> None:
         ("rayproject/ray:2.60.0-py311-cu124", "rayproject/ray:2.60.0-py311-cu124"),
         # A custom image is the user's: whether it carries CUDA is for its builder to know.
         ("registry.example/ray:2.60.0", "registry.example/ray:2.60.0"),
-        (f"registry.example/ray@sha256:{'a' * 64}", f"registry.example/ray@sha256:{'a' * 64}"),
+        pytest.param(
+            f"registry.example/ray@sha256:{'a' * 64}", f"registry.example/ray@sha256:{'a' * 64}", id="custom-digest"
+        ),
         ("localhost:5000/rayproject/ray:2.60.0", "localhost:5000/rayproject/ray:2.60.0"),
     ],
 )
@@ -119,9 +121,9 @@ def test_a_small_head_gets_a_warning_and_a_sensible_one_none() -> None:
         ("ray-cluster", "Prod_EU", 59, "prod-eu"),
         # Nothing of the stack's name is left for an example: a plain one is offered.
         ("ray-cluster", "__", 59, "dev"),
-        ("ray-cluster", "s" * 60, 59, "s" * 59),
+        pytest.param("ray-cluster", "s" * 60, 59, "s" * 59, id="ray-cluster-60-characters"),
         # Another project's namespaces carry a 7-character suffix, so its stack names must be shorter.
-        ("another-project", "s" * 53, 52, "s" * 52),
+        pytest.param("another-project", "s" * 53, 52, "s" * 52, id="another-project-53-characters"),
     ],
 )
 def test_a_stack_name_that_is_no_namespace_gets_a_message_with_a_namespace_to_set(
