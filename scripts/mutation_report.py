@@ -33,6 +33,11 @@ def results() -> dict[str, str]:
     return statuses
 
 
+def module(mutant: str) -> str:
+    """The module a mutant is of: `components.config.inputs.x_f__mutmut_3` -> `components.config.inputs`."""
+    return re.sub(r"\.x[_ǁ].*", "", mutant)
+
+
 def main() -> int:
     statuses = results()
     if not statuses:
@@ -53,6 +58,9 @@ def main() -> int:
     print(f"score: {killed}/{considered} non-equivalent mutants killed = {score:.1%} (target {TARGET:.0%})")
     if unchecked:
         print(f"not checked: {len(unchecked)} (the run stopped early; `scripts/mutation` with no argument resumes it)")
+    if unexplained:
+        by_module = Counter(module(name) for name in unexplained)
+        print(f"unexplained survivors by module: {', '.join(f'{m} {n}' for m, n in sorted(by_module.items()))}")
     for name in unexplained:
         print(f"unexplained survivor: {name} ({statuses[name]}): kill it, or list it as equivalent with why")
     for name in stale:
