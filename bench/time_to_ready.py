@@ -111,9 +111,11 @@ class MemorySampler:
 
 # The kinds of process a Ray cluster runs, by a word of what they run (see `process_kind`; first match wins).
 PROCESS_KINDS = (
-    # A worker's `ray start --block` runs as `python -c <components/in_pod/worker_start.py> start ...`: first, as the
-    # code names other kinds' words (`raylet`, `health-check`).
-    (ray_node.WORKER_START_SOURCE.splitlines()[0], "ray start --block"),
+    # A worker's `ray start` runs as `python -c <components/in_pod/worker_start.py> start ...` (until the node runs):
+    # first, as the code names other kinds' words (`raylet`, `health-check`).
+    (ray_node.WORKER_START_SOURCE.splitlines()[0], "ray start (until the node runs)"),
+    # The Ray container's main process (components/in_pod/ray_node.sh, in bash), and the init container's wait.
+    ("bash", "bash (main process, init wait)"),
     ("gcs_server", "gcs_server"),
     ("raylet", "raylet"),
     ("ray-dashboard-", "dashboard modules (a process each)"),
@@ -131,7 +133,7 @@ PROCESS_KINDS = (
     ("default_worker.py", "worker process"),
     ("smoke_test.py", "smoke-test driver"),
     ("health-check", "ray health-check"),
-    ("ray start", "ray start --block"),
+    ("ray start", "ray start (until the node runs)"),
 )
 
 

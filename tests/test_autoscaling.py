@@ -19,7 +19,7 @@ from components.manifests import autoscaling
 from tests.lifecycle import plan
 from tests.program import ROOT, Manifest, Rendered, render
 from tests.ssa import LiveObject, pulumi_up
-from tests.test_program import container, env, flag, pod_spec, ray_argv, ray_container
+from tests.test_program import container, env, flag, node_start, pod_spec, ray_argv, ray_container
 
 AUTOSCALING: dict[str, object] = {"maxWorkers": "4", "workers": "1"}
 GPU_FROM_ZERO: dict[str, object] = {
@@ -169,6 +169,8 @@ def test_the_autoscaler_container_runs_rays_monitor_against_the_local_gcs(scaled
         "RAY_AUTH_TOKEN_PATH": "/etc/ray/auth/token",
         "PYTHONPATH": "/etc/ray/autoscaler",
         "PYTHONNOUSERSITE": "1",
+        # Ray's monitor every second, against its default 5 s (the provider still reads the cluster every 5 s).
+        "AUTOSCALER_UPDATE_INTERVAL_S": "1",
     }
     amounts = {"cpu": "500m", "memory": "512Mi"}
     assert sidecar["resources"] == {"requests": amounts, "limits": amounts}
@@ -228,16 +230,14 @@ def test_the_head_links_the_autoscalers_events_into_its_session_for_the_dashboar
     assert {"name": "autoscaler-events", "mountPath": "/var/log/ray-autoscaler", "readOnly": True} in head[
         "volumeMounts"
     ]
-    events = "/tmp/ray/session_latest/logs/events"
+    # components/in_pod/ray_node.sh links it, once both it and the session exist (tests/test_ray_node.py).
     source = "/var/log/ray-autoscaler/events/event_AUTOSCALER.log"
-    linked = head["command"][2].split(" exec ray start ")[0]
-    assert linked.endswith(
-        f"rm -f /tmp/ray/session_latest; (until [ -d {events} ] && [ -f {source} ]; do sleep 1; done; "
-        f"ln -sfn {source} {events}/) &"
+    assert node_start(scaled.one("Deployment", "ray-head")).startswith(
+        f"autoscaler_events={source}; run_node ray start "
     )
     unscaled = render({"workers": "1"})
     plain = ray_container(unscaled.one("Deployment", "ray-head"))
-    assert "session_latest" not in plain["command"][2]
+    assert node_start(unscaled.one("Deployment", "ray-head")).startswith("run_node ray start ")
     assert "autoscaler-events" not in {m["name"] for m in plain["volumeMounts"]}
 
 

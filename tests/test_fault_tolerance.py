@@ -16,7 +16,7 @@ from components.manifests import redis
 from tests.lifecycle import plan
 from tests.program import Rendered, render
 from tests.rehearsal.image import REDIS_SERVER
-from tests.test_program import container, env, flag, pod_spec, ray_argv
+from tests.test_program import container, env, flag, node_start, pod_spec, ray_argv
 from tests.variants import REDIS_CA
 
 FAULT_TOLERANT = {"gcsFaultTolerance": "true"}
@@ -57,8 +57,8 @@ def dependencies(rendered: Rendered, name: str) -> set[str]:
 
 
 def head_start(rendered: Rendered) -> str:
-    """The head's shell command after `ulimit`: `exec ray start ...` and what follows it."""
-    return str(container(rendered.one("Deployment", "ray-head"))["command"][2].split("; ", 1)[1])
+    """What the head's shell command runs: `run_node ray start ...` and what follows it."""
+    return node_start(rendered.one("Deployment", "ray-head"))
 
 
 def test_the_head_keeps_the_gcs_in_the_stacks_redis_and_runs_no_tasks(tolerant: Rendered) -> None:
@@ -70,7 +70,7 @@ def test_the_head_keeps_the_gcs_in_the_stacks_redis_and_runs_no_tasks(tolerant: 
     argv = ray_argv(head)
     assert flag(argv, "--num-cpus") == "0"
     # The password is read from the mounted Secret by the shell, never written into the manifest.
-    assert head_start(tolerant).endswith(f' --block --redis-password="$(cat {PASSWORD_FILE})"')
+    assert head_start(tolerant).endswith(f' --disable-usage-stats --redis-password="$(cat {PASSWORD_FILE})"')
     mounts = container(head)["volumeMounts"]
     assert {"name": "redis-password", "mountPath": "/etc/ray/redis", "readOnly": True} in mounts
     volumes = pod_spec(head)["volumes"]
@@ -358,7 +358,8 @@ def test_a_short_wait_for_a_lost_head_is_warned_about_with_fault_tolerance(monke
 
 def test_the_shell_passes_the_password_file_to_ray_start_word_for_word(tmp_path: Path) -> None:
     """The head's command as bash runs it, with `ray` a stand-in that prints its arguments: the password arrives
-    as one argument, exactly as in the file, whatever it holds."""
+    as one argument, exactly as in the file, whatever it holds. (The stand-in leaves no Ray process running, so the
+    container's main process then says so and exits 1.)"""
     rendered = render(FAULT_TOLERANT)
     command = container(rendered.one("Deployment", "ray-head"))["command"]
     password = 'it\'s "quoted" $(id) `id` * ; & | \\'
@@ -372,9 +373,10 @@ def test_the_shell_passes_the_password_file_to_ray_start_word_for_word(tmp_path:
         capture_output=True,
         text=True,
         timeout=30,
-        check=True,
     )
-    assert result.stdout.splitlines()[-1] == f"--redis-password={password}"
+    *_, last_argument, said = result.stdout.splitlines()
+    assert last_argument == f"--redis-password={password}"
+    assert said.startswith("ray-node: no Ray process left by the start") and result.returncode == 1
 
 
 @pytest.mark.parametrize("create_namespace", ["true", "false"])

@@ -21,6 +21,8 @@ IN_THE_IMAGE = set(sys.stdlib_module_names) | {"ray", "requests", "urllib3", "ya
 # The Pulumi side: the SDK, the providers' SDKs, this repository's own code.
 PULUMI_SIDE = {"pulumi", "pulumi_kubernetes", "pulumi_random", "components"}
 PROGRAMS = sorted(path.name for path in IN_POD.glob("*.py") if path.name != "__init__.py")
+# The Python programs and the Ray container's main process, in bash (ray_node.sh).
+SHIPPED = sorted([*PROGRAMS, *(path.name for path in IN_POD.glob("*.sh"))])
 # Under mutation testing (scripts/mutation), mutmut's copy of each mutated module imports mutmut's trampoline: that
 # copy is never shipped.
 MUTATION_TOOL = {"mutmut"} if "MUTANT_UNDER_TEST" in os.environ else set()
@@ -49,7 +51,7 @@ def test_an_in_pod_program_imports_only_what_the_image_has_and_nothing_of_the_pu
     assert absolute <= IN_THE_IMAGE and not absolute & PULUMI_SIDE, absolute - IN_THE_IMAGE
 
 
-@pytest.mark.parametrize("program", PROGRAMS)
+@pytest.mark.parametrize("program", SHIPPED)
 def test_every_in_pod_program_is_shipped_into_a_pod(program: str) -> None:
     """In a ConfigMap, or in a container's command (quoted for its shell), as a whole: a module of another kind does
     not belong here."""

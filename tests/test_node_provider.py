@@ -710,6 +710,50 @@ def test_no_update_patches_anything_when_nothing_changes(kube: FakeKubernetes) -
     assert kube.writes() == []
 
 
+def cluster_reads(kube: FakeKubernetes) -> int:
+    return sum(1 for method, path, _ in kube.calls if method == "GET" and "/pods?" in path)
+
+
+def test_at_rest_the_cluster_is_read_as_often_as_a_5_second_monitor_would(kube: FakeKubernetes) -> None:
+    """The monitor updates every second (a new task's worker is asked for within a second); with nothing changing,
+    the API server is asked every CLUSTER_READ_SECONDS only, and the updates in between decide on that read."""
+    standard_cluster(kube, worker=2)
+    monitor = Monitor(kube)
+    now = [100.0]
+    monitor.provider.clock = lambda: now[0]
+    nodes = []
+    for _ in range(10):  # 10 s of updates, a second apart
+        monitor.update()
+        nodes.append(set(monitor.provider.node_data_dict))
+        now[0] += 1.0
+    assert node_provider.CLUSTER_READ_SECONDS == 5.0 and cluster_reads(kube) == 2  # at 100 s and at 105 s
+    assert nodes == [nodes[0]] * 10 and len(nodes[0]) == 5
+    assert kube.writes() == []
+
+
+def test_after_a_request_the_cluster_is_read_every_update_until_it_settles(kube: FakeKubernetes) -> None:
+    standard_cluster(kube)
+    monitor = Monitor(kube)
+    now = [100.0]
+    monitor.provider.clock = lambda: now[0]
+    monitor.update()
+    now[0] += 1.0
+    monitor.update(demand=[{"GPU": 1.0}])  # decided on the read of a second ago
+    assert kube.writes() == [("PATCH", scale_path("gpu"), {"spec": {"replicas": 1}})] and cluster_reads(kube) == 1
+    now[0] += 1.0
+    monitor.update(demand=[{"GPU": 1.0}])  # read anew: the GPU pod is not there yet, the group has not settled
+    now[0] += 1.0
+    monitor.update(demand=[{"GPU": 1.0}])  # nor now
+    assert cluster_reads(kube) == 3
+    kube.tick()  # the ReplicaSet made the pod
+    now[0] += 1.0
+    monitor.update(demand=[{"GPU": 1.0}])  # read anew, and settled
+    now[0] += 1.0
+    monitor.update(demand=[{"GPU": 1.0}])  # at rest again
+    assert cluster_reads(kube) == 4 and len(kube.live("gpu")) == 1
+    assert kube.writes() == [("PATCH", scale_path("gpu"), {"spec": {"replicas": 1}})]
+
+
 @pytest.mark.parametrize("lag", ["missing", "surplus"])
 def test_a_group_whose_pods_lag_is_not_patched_when_another_group_scales(kube: FakeKubernetes, lag: str) -> None:
     """A worker pod was deleted (by hand, or evicted) and its replacement is not there yet, or a rollout runs a

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import shlex
 import socket
 import subprocess
@@ -54,14 +55,19 @@ def test_sizing_rounds_cpus_up_and_keeps_the_object_store_inside_shm() -> None:
 
 
 def test_worker_command_survives_the_shell() -> None:
-    """The worker runs components/in_pod/worker_start.py's text, whole, with `ray start`'s arguments: nothing in it is
-    changed by bash's quoting or by Kubernetes, which expands `$(NAME)` and `$$` in a command."""
-    args = ray_node.node_command(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
-    command = ray_node.shell("exec " + shlex.join(args))
+    """The worker runs components/in_pod/worker_start.py's text, whole, with `ray start`'s arguments, through
+    ray_node.sh's functions: nothing in either is changed by bash's quoting or by Kubernetes, which expands `$(NAME)`
+    (NAME a variable of the container's env) and `$$` in a command."""
+    resources = SETTINGS.worker_groups[0].resources
+    args = ray_node.node_command(SETTINGS, resources, head=False)
+    command = ray_node.ray_container(SETTINGS, resources, "rayproject/ray:2.60.0", head=False)["command"]
     assert command[:2] == ["/bin/bash", "-c"]
     assert command[2].startswith(f"ulimit -n {ray_node.NOFILE_LIMIT} ")
-    assert shlex.split(command[2].split("; ", 1)[1]) == ["exec", *args]
+    assert shlex.split(command[2].split(f"{ray_node.RAY_NODE_SOURCE}\n", 1)[1]) == ["run_node", *args]
     assert args[:3] == ["python", "-c", WORKER_START_SOURCE] and "$" not in WORKER_START_SOURCE
+    env = {variable["name"] for variable in ray_node.ray_env(SETTINGS) + ray_node.node_env(SETTINGS, head=False)}
+    substituted = set(re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", RAY_NODE_SOURCE))
+    assert "$$" not in RAY_NODE_SOURCE and not substituted & env and "raylet_pid" in substituted
     assert args[3:] == ray_node.ray_start_args(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
     assert "--address=demo-head.ml.svc:6379" in args
 
@@ -277,20 +283,23 @@ def test_every_ray_container_has_a_writable_home_as_its_working_directory() -> N
 ULIMIT = 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; '
 # 30% of the pod's memory for the object store, the rest for Ray's own accounting (8 GiB head, 3 GiB worker).
 HEAD_RAY_START = (
-    "exec ray start --head --port=6379 --dashboard-host=0.0.0.0 --dashboard-port=8265 --ray-client-server-port=10001"
+    "run_node ray start --head --port=6379 --dashboard-host=0.0.0.0 --dashboard-port=8265"
+    " --ray-client-server-port=10001"
     " '--node-ip-address=$(RAY_POD_IP)' --num-cpus=2 --num-gpus=0 --memory=6012954215"
     " --object-store-memory=2576980377 --dashboard-agent-listen-port=52365"
-    " --metrics-export-port=8080 --disable-usage-stats --block"
+    " --metrics-export-port=8080 --disable-usage-stats"
 )
 WORKER_START_ARGS = (
     "start --address=demo-head.ml.svc:6379"
     " '--node-ip-address=$(RAY_POD_IP)' --num-cpus=2 --num-gpus=0 --memory=2254857831"
     " --object-store-memory=966367641 --dashboard-agent-listen-port=52365"
-    " --metrics-export-port=8080 --disable-usage-stats --block"
+    " --metrics-export-port=8080 --disable-usage-stats"
 )
 # A worker runs `ray start`'s arguments through components/in_pod/worker_start.py, whose text the command carries.
 WORKER_START_SOURCE = (Path(__file__).parents[1] / "components" / "in_pod" / "worker_start.py").read_text()
-WORKER_RAY_START = f"exec python -c {shlex.quote(WORKER_START_SOURCE)} {WORKER_START_ARGS}"
+WORKER_RAY_START = f"run_node python -c {shlex.quote(WORKER_START_SOURCE)} {WORKER_START_ARGS}"
+# Both run it through components/in_pod/ray_node.sh's functions, which the command defines first.
+RAY_NODE_SOURCE = (Path(__file__).parents[1] / "components" / "in_pod" / "ray_node.sh").read_text()
 TOKEN_ENV = [
     {"name": "RAY_AUTH_MODE", "value": "token"},
     {"name": "RAY_AUTH_TOKEN_PATH", "value": "/etc/ray/auth/token"},
@@ -342,7 +351,7 @@ def test_head_container_is_exactly_the_promised_spec() -> None:
     assert container == {
         "name": "ray-head",
         "image": "rayproject/ray:2.60.0",
-        "command": ["/bin/bash", "-c", ULIMIT + HEAD_RAY_START],
+        "command": ["/bin/bash", "-c", f"{ULIMIT}{RAY_NODE_SOURCE}\n{HEAD_RAY_START}"],
         **EVERY_RAY_CONTAINER,
         "env": [
             *BASE_ENV,
@@ -373,7 +382,7 @@ def test_worker_container_is_exactly_the_promised_spec() -> None:
     assert container == {
         "name": "ray-worker",
         "image": "my/ray:custom",
-        "command": ["/bin/bash", "-c", ULIMIT + WORKER_RAY_START],
+        "command": ["/bin/bash", "-c", f"{ULIMIT}{RAY_NODE_SOURCE}\n{WORKER_RAY_START}"],
         **EVERY_RAY_CONTAINER,
         "env": [
             *BASE_ENV,
@@ -390,10 +399,11 @@ def test_worker_container_is_exactly_the_promised_spec() -> None:
 
 def test_ray_start_flags_ray_reads_for_head_and_worker() -> None:
     """The argv itself (no shell): `--head` and the dashboard on all interfaces only on the head, `--address` only
-    on workers, and on both `--block` (the container lives as long as Ray) and no usage stats."""
+    on workers, and on both no usage stats, and no `--block`: `ray start` returns once the node runs, and the
+    container's main process is components/in_pod/ray_node.sh."""
     head = ray_node.ray_start_args(SETTINGS, SETTINGS.head, head=True)
     worker = ray_node.ray_start_args(SETTINGS, SETTINGS.worker_groups[0].resources, head=False)
-    assert head == shlex.split(HEAD_RAY_START)[2:]
+    assert head == shlex.split(HEAD_RAY_START)[2:] and "--block" not in head + worker
     assert worker == shlex.split(WORKER_START_ARGS)
     gpu = ray_node.ray_start_args(SETTINGS, PodResources(cpu="4", memory="10Gi", gpus=2), head=False)
     assert [arg for arg in gpu if arg.startswith(("--num-cpus=", "--num-gpus="))] == ["--num-cpus=4", "--num-gpus=2"]

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -62,13 +61,24 @@ def ray_container(workload: Manifest) -> Manifest:
 WORKER_START = ["python", "-c", (Path(__file__).parents[1] / "components" / "in_pod" / "worker_start.py").read_text()]
 
 
-def ray_argv(workload: Manifest) -> list[str]:
-    """The `ray start ...` words of a Ray container: `bash -c "ulimit ...; exec ray start ..."` on the head (with
-    autoscaling `... (link the autoscaler's events) & exec ray start ...`), `bash -c "ulimit ...; exec python -c
-    <worker_start.py> start ..."` on a worker."""
+# A Ray container's main process: components/in_pod/ray_node.sh, whose text the command carries.
+RAY_NODE_SOURCE = (Path(__file__).parents[1] / "components" / "in_pod" / "ray_node.sh").read_text()
+
+
+def node_start(workload: Manifest) -> str:
+    """What a Ray container's script runs after defining ray_node.sh's functions: `run_node <the start command>`,
+    after, with autoscaling on the head, the autoscaler's events file to link."""
     command = ray_container(workload)["command"]
     assert command[:2] == ["/bin/bash", "-c"]
-    words = shlex.split(re.split(r"[;&] exec ", command[2], maxsplit=1)[1])
+    defined, start = command[2].split(f"{RAY_NODE_SOURCE}\n", 1)
+    assert defined.startswith("ulimit ") and defined.endswith("; "), defined
+    return str(start)
+
+
+def ray_argv(workload: Manifest) -> list[str]:
+    """The `ray start ...` words of a Ray container: `run_node ray start ...` on the head, `run_node python -c
+    <worker_start.py> start ...` on a worker, both after the functions of components/in_pod/ray_node.sh."""
+    words = shlex.split(node_start(workload).split("run_node ", 1)[1])
     runs = ["ray"] if words[:2] == ["ray", "start"] else WORKER_START
     assert words[: len(runs)] == runs and words[len(runs)] == "start", words[:2]
     return ["ray", *words[len(runs) :]]
@@ -134,7 +144,7 @@ def test_head_runs_current_ray_start_flags(default: Rendered) -> None:
     assert head["spec"]["replicas"] == 1
     assert head["spec"]["strategy"] == {"type": "Recreate"}
     argv = ray_argv(head)
-    assert "--head" in argv and argv[-1] == "--block"
+    assert "--head" in argv and "--block" not in argv
     assert flag(argv, "--port") == "6379"
     assert flag(argv, "--dashboard-host") == "0.0.0.0"
     assert flag(argv, "--ray-client-server-port") == "10001"
@@ -177,7 +187,7 @@ def test_workers_join_the_head_by_its_service_name(default: Rendered) -> None:
     assert flag(argv, "--address") == f"{HEAD_HOST}:6379"
     # The head's health check runs in the Ray container (components/in_pod/worker_start.py); the init container waits,
     # without Python, for the GCS port.
-    assert shlex.split(container(worker)["command"][2].split("; exec ", 1)[1])[:3] == WORKER_START
+    assert shlex.split(node_start(worker))[:4] == ["run_node", *WORKER_START]
     [init] = pod_spec(worker)["initContainers"]
     assert init["image"] == container(worker)["image"]
     assert f"exec 3<>/dev/tcp/{HEAD_HOST}/6379" in init["command"][-1] and "ray " not in init["command"][-1]

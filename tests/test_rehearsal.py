@@ -290,8 +290,9 @@ def test_a_worker_whose_token_the_head_refuses_waits_and_says_why(deployment: De
     assert waiting.returncode == 124, waiting.stdout + waiting.stderr  # still waiting when stopped
     refused = f"waiting for the Ray head (GCS) at {head}: ray.exceptions.AuthenticationError: RPC error: "
     refused += "InvalidAuthToken: Authentication token is missing or incorrect."
-    said = waiting.stdout.splitlines()
+    *said, stopped = waiting.stdout.splitlines()
     assert said and all(line.startswith(refused) for line in said), waiting.stdout
+    assert stopped == "ray-node: SIGTERM while the node starts: its start stopped", waiting.stdout
 
 
 def test_user_code_writes_its_home_cache_working_directory_and_ray_results(deployment: Deployment) -> None:

@@ -49,8 +49,9 @@ import json
 import logging
 import os
 import sys
+import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -83,6 +84,12 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 # monitor is one thread: a hung request would stop all autoscaling.
 REQUEST_TIMEOUT_SECONDS = (5.0, 30.0)
 MERGE_PATCH = "application/merge-patch+json"
+# Ray's monitor updates every second here (AUTOSCALER_UPDATE_INTERVAL_S, set by the autoscaler container), so that
+# a task that needs a new worker waits at most a second for the decision, not Ray's default 5 s. The cluster is read
+# from the API server every update only while something changes (a request made, a group not yet settled); at rest
+# once every CLUSTER_READ_SECONDS, Ray's default cadence: no more API calls than a 5 s monitor made. In between, the
+# updates decide on the last read, which at rest is what a 5 s monitor's next update would have read.
+CLUSTER_READ_SECONDS = 5.0
 
 # Phases a ReplicaSet no longer counts among its pods (controller.FilterActivePods), and a restartPolicy Always pod
 # only reaches when it was evicted or its node was lost.
@@ -379,7 +386,14 @@ class DeploymentNodeProvider(BatchingNodeProvider):
     `foreground_node_launch` true and `worker_liveness_check` false (Kubernetes restarts and probes the pods).
     """
 
-    def __init__(self, provider_config: dict[str, Any], cluster_name: str, *, api: KubernetesApi | None = None) -> None:
+    def __init__(
+        self,
+        provider_config: dict[str, Any],
+        cluster_name: str,
+        *,
+        api: KubernetesApi | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if provider_config.get("worker_liveness_check", True) is not False:
             raise ValueError("DeploymentNodeProvider needs `worker_liveness_check: false`: Kubernetes restarts pods")
         BatchingNodeProvider.__init__(self, provider_config, cluster_name)
@@ -394,6 +408,11 @@ class DeploymentNodeProvider(BatchingNodeProvider):
         # Pods Ray chose to remove, until they are terminating or gone (a monitor that restarts in between forgets
         # them: still idle, they are chosen again).
         self.chosen: set[str] = set()
+        # When the cluster was last read (by `clock`, seconds), and whether it was changing then or a request was
+        # made since: see CLUSTER_READ_SECONDS.
+        self.clock = clock
+        self.read_at: float | None = None
+        self.changing = True
         # Touched after each successful read of the cluster: the container's probes read its age (the monitor
         # itself leaves no trace of a live update loop).
         self.heartbeat = Path(provider_config["heartbeat_file"]) if provider_config.get("heartbeat_file") else None
@@ -411,8 +430,24 @@ class DeploymentNodeProvider(BatchingNodeProvider):
     def get_node_data(self) -> dict[str, NodeData]:
         """The cluster's pods as Ray nodes: the head and the pods of the configured worker groups, neither
         terminating nor chosen for removal (BatchingNodeProvider's consistency requirement: a node once in a
-        request's workers_to_delete is never reported again)."""
+        request's workers_to_delete is never reported again). Read anew unless the cluster is at rest and was read
+        less than CLUSTER_READ_SECONDS ago."""
         self.restart_if_replaced()
+        if self.changing or self.read_at is None or self.clock() - self.read_at >= CLUSTER_READ_SECONDS:
+            self._read_cluster()
+        return {
+            pod.name: NodeData(
+                kind=NODE_KIND_HEAD if pod.head else NODE_KIND_WORKER,
+                type=pod.group,  # the head's group is its node type, `head`
+                ip=pod.ip,
+                status=pod.status,
+            )
+            for pod in self.pods.values()
+            if not pod.terminating and not self._is_chosen(pod)
+        }
+
+    def _read_cluster(self) -> None:
+        """The pods and the worker Deployments, from the API server."""
         selector = quote(f"{CLUSTER_LABEL}={self.cluster}", safe="/")
         listed = self.api.get(f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={selector}")
         pods = (Pod.parse(item) for item in listed.get("items") or [])
@@ -425,19 +460,10 @@ class DeploymentNodeProvider(BatchingNodeProvider):
             if manifest is not None:
                 self.deployment_states[group] = Deployment.parse(manifest)
         self.chosen = {name for name in self.chosen if name in self.pods and not self.pods[name].terminating}
+        self.read_at = self.clock()
         if self.heartbeat is not None:
             self.heartbeat.parent.mkdir(parents=True, exist_ok=True)
             self.heartbeat.touch()
-        return {
-            pod.name: NodeData(
-                kind=NODE_KIND_HEAD if pod.head else NODE_KIND_WORKER,
-                type=pod.group,  # the head's group is its node type, `head`
-                ip=pod.ip,
-                status=pod.status,
-            )
-            for pod in self.pods.values()
-            if not pod.terminating and not self._is_chosen(pod)
-        }
 
     def safe_to_scale(self) -> bool:
         """False while the last request has not settled: a chosen pod is not yet terminating (it is deleted again
@@ -472,6 +498,7 @@ class DeploymentNodeProvider(BatchingNodeProvider):
                 "Waiting for Deployment %s: %d live pods for %d replicas.", deployment.name, live, deployment.replicas
             )
             settled = False
+        self.changing = not settled
         return settled
 
     def submit_scale_request(self, scale_request: ScaleRequest) -> None:
@@ -480,6 +507,7 @@ class DeploymentNodeProvider(BatchingNodeProvider):
         choosing (see the module's docstring). A failure stops there and is raised: replicas are never lowered
         past a pod that is still alive. Pods of a group that is not the autoscaler's are never removed."""
         wanted = plan(scale_request, self.node_data_dict, self.pods, self.deployment_states)
+        self.changing = True
         # Registered before any call, so that they are never reported again even if a call below fails.
         self.chosen |= set(wanted.remove)
         for group, why in wanted.ignored.items():

@@ -1,5 +1,6 @@
 """Runs in a worker pod's Ray container, never in `pulumi up`: waits until the head's GCS accepts this node, then
-starts the node, in one Python process.
+starts the node, in one Python process, which ends once the node runs (`ray start` without `--block`; the container's
+main process, components/in_pod/ray_node.sh, keeps the container as long as the node and drains it on SIGTERM).
 
 The worker's init container has already waited, in bash, for the GCS port to open. What is left to wait for needs
 Ray's own client: that the head accepts this cluster's token and runs this node's Ray version, which is what
@@ -64,11 +65,12 @@ def why_not_ready(address: str) -> str | None:
     """The health check, then the head's node, checked in a forked child that reports back through a pipe.
 
     In this process the check's GCS clients would outlive it until Python's garbage collector frees them, at any
-    moment: tried so, the node's drain on SIGTERM failed ("Cancelling all calls") in 2 of 6 tries, and a drain that
-    fails lets a scale-down kill running tasks. In a child, the process that becomes `ray start` never makes a
-    GCS client of its own. It has imported Ray but runs no thread yet, so a fork is safe, and costs neither a
-    Python start nor an import. The child's own output (Ray's C++ warnings at every try) is dropped; its reason is
-    what is said.
+    moment, their gRPC threads with them: `ray start` then forks Ray's processes from a process with gRPC threads,
+    the kind of fork that makes Ray Client's proxier lose its children now and then (ray-project/ray#63202), and the
+    node's drain on SIGTERM, when it ran in this process (`ray start --block`), failed so ("Cancelling all calls") in 2
+    of 6 tries. In a child, the process that runs `ray start` never makes a GCS client of its own. It has imported Ray
+    but runs no thread yet, so a fork is safe, and costs neither a Python start nor an import. The child's own output
+    (Ray's C++ warnings at every try) is dropped; its reason is what is said.
     """
     read_end, write_end = os.pipe()
     child = os.fork()

@@ -35,6 +35,11 @@ PROVIDER_CLASS = "DeploymentNodeProvider"
 HEAD_NODE_TYPE = "head"
 # KubeRay's default for its autoscaler container: the monitor is one Python process that wakes every 5 seconds.
 RESOURCES = PodResources(cpu="500m", memory="512Mi")
+# Ray's monitor updates every second (Ray's default: every 5 s), so that a task that needs a new worker has it asked
+# for within a second; its provider still reads the cluster from the API server only every 5 s at rest
+# (components/in_pod/node_provider.py, CLUSTER_READ_SECONDS). Ray reads it as a whole number of seconds.
+UPDATE_INTERVAL_ENV = "AUTOSCALER_UPDATE_INTERVAL_S"
+UPDATE_SECONDS = 1
 # Ray's monitor logs to its container's stderr (`kubectl logs <head pod> -c autoscaler`) with an empty file name;
 # its events go to ray_node.AUTOSCALER_LOGS_DIR, which the head's Ray container reads for the dashboard.
 # The node provider touches this file whenever it has read the cluster's pods from the Kubernetes API, once per
@@ -214,6 +219,7 @@ def container(settings: ClusterSettings) -> ray_node.Manifest:
             *ray_node.ray_env(settings),
             {"name": "PYTHONPATH", "value": CONFIG_DIR},
             {"name": "PYTHONNOUSERSITE", "value": "1"},
+            {"name": UPDATE_INTERVAL_ENV, "value": str(UPDATE_SECONDS)},
         ],
         "ports": [
             {

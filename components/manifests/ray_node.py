@@ -50,8 +50,9 @@ SMOKE_NODE_WAIT_SECONDS = 600
 # token rolls when it changes. A label, not an annotation: the Deployments leave their pod templates' annotations
 # to whoever sets them (`kubectl rollout restart`), so a change there would not reach the cluster.
 TOKEN_VERSION_LABEL = "ray-cluster.pulumi.com/auth-token-version"
-# On SIGTERM `ray start --block` drains its node (no new work; running tasks finish) for up to this many seconds,
-# then stops Ray's processes, allowing each about a second: the pod's grace period covers both.
+# On SIGTERM the container's main process (components/in_pod/ray_node.sh) drains its node (no new work; running tasks
+# finish) for up to this many seconds, then stops Ray's processes, allowing each a few seconds: the pod's grace
+# period covers both.
 DRAIN_TIMEOUT_ENV = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"
 SHUTDOWN_MARGIN_SECONDS = 15
 # The head does not drain: without GCS fault tolerance its loss ends every job anyway, with it the head runs no
@@ -83,12 +84,13 @@ LIVENESS_SELF_CHECK_SECONDS = 5
 AUTOSCALER_EVENTS_VOLUME = "autoscaler-events"
 AUTOSCALER_LOGS_DIR = "/var/log/ray-autoscaler"
 AUTOSCALER_EVENTS_FILE = f"{AUTOSCALER_LOGS_DIR}/events/event_AUTOSCALER.log"
-# Ray's own temporary directory: `ray start` makes each session's directory under it and points this link at it.
-SESSION_LATEST = "/tmp/ray/session_latest"
 # What a worker's Ray container runs instead of `ray start`, with the same arguments: components/in_pod/worker_start.py,
 # shipped as its text in the container's command (so a change to it rolls the workers, as any change of the pod
 # template does).
 WORKER_START_SOURCE = in_pod.source("worker_start.py")
+# A Ray container's main process, in bash, once `ray start` has started the node (see that file): its functions are
+# defined by the container's command, shipped as their text like worker_start.py.
+RAY_NODE_SOURCE = in_pod.source("ray_node.sh")
 Manifest = dict[str, Any]
 
 
@@ -124,8 +126,9 @@ def ray_num_cpus(settings: ClusterSettings, resources: PodResources, *, head: bo
 
 
 def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: bool) -> list[str]:
-    """`ray start` for one node, in the foreground (`--block`) so the container lives exactly as long as Ray:
-    the arguments of the `ray` command, from `start` on."""
+    """`ray start` for one node, the arguments of the `ray` command from `start` on. Without `--block`: it returns
+    once the node runs, and the container's main process (components/in_pod/ray_node.sh) keeps the container alive
+    as long as the node, without a Python process resident only to wait."""
     node = node_sizing(resources)
     role = (
         [
@@ -151,7 +154,6 @@ def ray_start_args(settings: ClusterSettings, resources: PodResources, *, head: 
         f"--dashboard-agent-listen-port={AGENT_PORT}",
         f"--metrics-export-port={METRICS_PORT}",
         "--disable-usage-stats",
-        "--block",
     ]
 
 
@@ -163,16 +165,11 @@ def node_command(settings: ClusterSettings, resources: PodResources, *, head: bo
 
 
 def autoscaler_events_link() -> str:
-    """A background step of the head's script: once `ray start` made this run's session (its link is removed first,
-    so an older session's, which the pod's /tmp keeps across container restarts, is never taken for it) and the
-    autoscaler container its events file, link that file into the session's `logs/events`, where the dashboard reads
-    every node's events (dashboard/modules/event/event_head.py). The dashboard stats each file there as it scans,
-    so it links only a file that exists: a dangling link would fail its every scan. A one-off shell that ends once
-    linked, within seconds of the head's start (it left, it lingers as a zombie of `ray start`, which reaps only its
-    own processes: an entry in the process table, no memory)."""
-    events = f"{SESSION_LATEST}/logs/events"
-    wait = f"until [ -d {events} ] && [ -f {AUTOSCALER_EVENTS_FILE} ]; do sleep 1; done"
-    return f"rm -f {SESSION_LATEST}; ({wait}; ln -sfn {AUTOSCALER_EVENTS_FILE} {events}/) &"
+    """With autoscaling, what the head's script sets before `run_node`: the file that components/in_pod/ray_node.sh
+    links into the session's `logs/events`, where the dashboard reads every node's events
+    (dashboard/modules/event/event_head.py), once both this run's session and the autoscaler's file exist (the
+    dashboard stats each file there as it scans, so a dangling link would fail its every scan)."""
+    return f"autoscaler_events={shlex.quote(AUTOSCALER_EVENTS_FILE)}; "
 
 
 def shell(script: str) -> list[str]:
@@ -386,11 +383,11 @@ def ray_container(
     storage_namespace: Any = None,
     read_only_root_filesystem: bool = True,
 ) -> Manifest:
-    """A Ray node's container; the head's with its GCS storage, if fault tolerance is on."""
-    start = "exec " + shlex.join(node_command(settings, resources, head=head))
+    """A Ray node's container; the head's with its GCS storage, if fault tolerance is on. Its script defines the
+    main process's functions (components/in_pod/ray_node.sh), then starts the node through them."""
     autoscaler_events = head and settings.autoscaling
-    if autoscaler_events:
-        start = f"{autoscaler_events_link()} {start}"
+    start = (autoscaler_events_link() if autoscaler_events else "") + "run_node "
+    start = f"{RAY_NODE_SOURCE}\n{start}" + shlex.join(node_command(settings, resources, head=head))
     fault_tolerance = settings.fault_tolerance if head else None
     if fault_tolerance and fault_tolerance.authenticates:
         start += f' --redis-password="$(cat {REDIS_SECRET_DIR}/{redis.PASSWORD_KEY})"'
