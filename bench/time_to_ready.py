@@ -32,13 +32,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.manifests import pods, ray_node
+from components import in_pod
+from components.manifests import ray_node
 from tests.program import render
 from tests.rehearsal.cluster import Cluster
 from tests.rehearsal.kubelet import IMAGE_ROOT, Pod
 from tests.rehearsal.network import PodNetwork
 
-SMOKE_TEST = Path(pods.__file__).with_name(ray_node.SMOKE_TEST_FILE)
+SMOKE_TEST = Path(in_pod.__file__).with_name(ray_node.SMOKE_TEST_FILE)
 TIMEOUT = 600
 
 
