@@ -438,7 +438,7 @@ def test_max_surge_0_rolls_through_a_full_node_one_pod_at_a_time(cluster: Cluste
     second = deployment("web", 3, versioned("2", first["spec"]["template"]), strategy=strategy)
     watch = Watch(cluster, second)
     try:
-        cluster.up(stack(("web", second, ())), timeout=30)
+        cluster.up(stack(("web", second, ())), timeout=120)  # three pods in turn: on a loaded machine, a minute
     finally:
         watch.stop()
     assert not old & {pod.name for pod in running(cluster, second, 3)}
@@ -484,11 +484,19 @@ def test_a_scale_down_deletes_pending_pods_then_the_cheapest_to_lose(cluster: Cl
 # ----- graceful termination -----
 
 
+# Written by a container's shell once its `trap` has run: it handles SIGTERM as its script says only from then on,
+# and its pod (without a readiness probe) is Ready as soon as it starts, maybe before that on a loaded machine.
+TRAPPED = "echo trapped"
+
+
 def one_pod(cluster: Cluster, script: str, grace: int, *containers: Manifest) -> tuple[Manifest, Pod]:
-    """A Deployment of one pod running `script` (and `containers`), with `grace` seconds to stop; and its pod."""
+    """A Deployment of one pod running `script` (and `containers`), with `grace` seconds to stop; and its pod, once
+    every container that says TRAPPED has."""
     web = deployment("web", 1, template(container(script), *containers, terminationGracePeriodSeconds=grace))
     cluster.apply(web)
     [pod] = running(cluster, web, 1)
+    trapping = [c["name"] for c in pod.spec["containers"] if TRAPPED in c["command"][-1]]
+    wait_for(lambda: all("trapped" in pod.logs(name) for name in trapping), 10, "the traps set", interval=0.05)
     return web, pod
 
 
@@ -504,14 +512,14 @@ def deleted(cluster: Cluster, pod: Pod) -> float:
 
 @pytest.mark.rehearsal
 def test_a_container_that_handles_sigterm_exits_by_itself_within_the_grace_period(cluster: Cluster) -> None:
-    _, pod = one_pod(cluster, 'trap "sleep 1; exit 0" TERM; while :; do sleep 0.1; done', 20)
+    _, pod = one_pod(cluster, f'trap "sleep 1; exit 0" TERM; {TRAPPED}; while :; do sleep 0.1; done', 20)
     assert 0.9 < deleted(cluster, pod) < 6
     assert pod.statuses["main"].exit_codes == [0]
 
 
 @pytest.mark.rehearsal
 def test_containers_that_ignore_sigterm_are_killed_at_the_pods_one_deadline(cluster: Cluster) -> None:
-    ignore = 'trap "" TERM; while :; do sleep 0.1; done'
+    ignore = f'trap "" TERM; {TRAPPED}; while :; do sleep 0.1; done'
     _, pod = one_pod(cluster, ignore, 3, container(ignore, name="sidecar"))
     assert 2.9 < deleted(cluster, pod) < 5.5  # one deadline for the pod, not one per container
     codes = [pod.statuses[name].exit_codes for name in ("main", "sidecar")]
@@ -679,13 +687,16 @@ def test_a_pod_reaches_itself_through_its_own_services_cluster_ip(cluster: Clust
 
 @pytest.mark.rehearsal
 def test_a_job_pod_deleted_before_it_finished_is_a_failed_attempt(cluster: Cluster) -> None:
-    work = job("work", template(container(SERVE)), backoffLimit=0)
+    work = job(
+        "work", template(container(f'trap "exit 0" TERM; {TRAPPED}; while :; do sleep 0.1; done')), backoffLimit=0
+    )
     cluster.apply(work)
     [pod] = wait_for(lambda: [p for p in pods(cluster, work) if p.phase == "Running"], 10, "running", interval=0.1)
+    wait_for(lambda: "trapped" in pod.logs("main"), 10, "the trap set", interval=0.05)
     cluster.delete_pod(pod.name)
     with pytest.raises(JobFailedError):
         wait_for(lambda: cluster.is_ready(work), 5, "the Job's verdict", interval=0.1)
-    wait_for(lambda: pod.finished, 5, "the pod's end", interval=0.1)
+    wait_for(lambda: pod.finished, 30, "the pod's end", interval=0.1)
     assert pod.phase == "Succeeded"  # it exited 0 on SIGTERM, yet it was deleted before it had succeeded
     assert cluster.job_status(work) == "Failed"
 
@@ -996,6 +1007,7 @@ def test_a_claim_outlives_its_pods_and_is_deleted_once_no_pod_uses_it(cluster: C
     [pod] = running(cluster, web, 1)
     new_volume = cluster.claims[(NAMESPACE, "data")].volume
     assert pod is second and new_volume is not None and new_volume != volume
+    wait_for(lambda: "999:" in pod.logs("main"), 10, lambda: f"the writer's output: {pod.logs('main')}", 0.1)
     assert sorted(os.listdir(new_volume)) == ["by", "lost+found", "written"]  # the second pod's own; no "before"
 
 

@@ -752,14 +752,20 @@ class Pod:
 
     def exec_argv(self, container: str, command: list[str]) -> list[str] | None:
         """`command` run in the running container as the runtime's ExecSync runs it (see the module's docstring),
-        once the container's mounts are all made (its PID 1 has left the setup for its own command; a runtime execs
-        only into a container it has started); None while the container has no main process."""
+        once the container's PID 1 exists and its mounts are all made (it has left the setup for its own command):
+        a runtime execs only into a container it has started, and its start returns once that process runs. None
+        when the container is not running (never started, or exited)."""
         with self._lock:
             process, spec = self._processes.get(container), self._execs.get(container)
-        main = _main_pids(process) if process is not None and process.poll() is None else []
-        if spec is None or not main:
+        if process is None or spec is None:
             return None
         deadline = time.monotonic() + 10
+        main = _main_pids(process)
+        while not main and process.poll() is None and time.monotonic() < deadline:  # `unshare` has not forked yet
+            time.sleep(0.05)
+            main = _main_pids(process)
+        if not main or process.poll() is not None:
+            return None
         while _in_setup(main[0]) and time.monotonic() < deadline:
             time.sleep(0.05)
         env = [f"{name}={value}" for name, value in spec.env.items()]
