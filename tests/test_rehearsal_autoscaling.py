@@ -62,15 +62,18 @@ print("ran on", repr(sorted(set(ray.get([work.remote(15) for _ in range(6)])))))
 """
 
 
-def busy_on(ip: str, seconds: int) -> str:
-    """A job whose one task runs `seconds` on the node of that IP (Ray's `node:<ip>` resource pins it there)."""
+def busy_on_until_gone(ip: str, other_ip: str, seconds: int) -> str:
+    """A job whose one task runs on the node of `ip` (Ray's `node:<ip>` resource pins it there) until the node of
+    `other_ip` has left the cluster, for at most `seconds`."""
     return f"""
 import ray, time
 ray.init()
 
 @ray.remote(num_cpus=1, resources={{"node:{ip}": 0.01}})
 def work():
-    time.sleep({seconds})
+    end = time.monotonic() + {seconds}
+    while time.monotonic() < end and any(n["Alive"] and n["NodeManagerAddress"] == "{other_ip}" for n in ray.nodes()):
+        time.sleep(1)
     return ray.util.get_node_ip_address()
 
 print("ran on", repr(ray.get(work.remote())))
@@ -152,7 +155,7 @@ def test_idle_workers_go_back_to_the_least_size_and_busy_ones_stay(deployment: D
     workers = deployment.workers()
     assert len(workers) == 2
     busy, idle = workers
-    submission = deployment.submit(busy_on(busy.ip, SCALE_DOWN_BOUND_SECONDS))
+    submission = deployment.submit(busy_on_until_gone(busy.ip, idle.ip, SCALE_DOWN_BOUND_SECONDS))
     wait_for(lambda: replicas(deployment, "ray-worker") == 1, SCALE_DOWN_BOUND_SECONDS, "the default group at 1")
     # The autoscaler deleted the idle pod (it deletes before it lowers the replicas), not the busy one.
     assert idle.terminating or idle.name not in deployment.cluster.pods

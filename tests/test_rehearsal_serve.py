@@ -37,15 +37,21 @@ CONFIG: dict[str, object] = {
     "serveApplications": [APPLICATION],
 }
 SERVICE = "ray-serve"
-# Requests go on for this long while `pulumi up` changes the replicas (a new worker's start included).
-TRAFFIC_SECONDS = 90
-# A client in a pod of the namespace: the worker's Ray container (its Python), through the Service's ClusterIP.
+# Requests a second the client keeps up at least, whatever the machine's load: a stalled Service fails a request (its
+# 5 s timeout) rather than slowing the client down, but on this 2-core machine running the rest of the suite beside
+# it, an answer through the proxy and its replica (Python processes all) took up to 400 ms.
+KEPT_UP = 1
+# A client in a pod of the namespace: the worker's Ray container (its Python), through the Service's ClusterIP. It
+# sends one request at a time, on a schedule of `rate` a second (a slow answer delays the next request; the ones
+# after catch up), until its stdin closes.
 CLIENT = """
-import sys, time, urllib.request
-url, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+import sys, threading, time, urllib.request
+url, rate = sys.argv[1], float(sys.argv[2])
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
 sent = failed = run = longest = 0
-end = time.monotonic() + seconds
-while time.monotonic() < end:
+start = time.monotonic()
+while not stop.wait(max(0.0, start + sent / rate - time.monotonic())):
     sent += 1
     try:
         with urllib.request.urlopen(url, timeout=5) as answer:
@@ -55,7 +61,6 @@ while time.monotonic() < end:
         print("failed:", repr(error), flush=True)
     failed, run = failed + (not ok), 0 if ok else run + 1
     longest = max(longest, run)
-    time.sleep(1 / rate)
 print(f"sent {sent} failed {failed} in a row {longest}", flush=True)
 """
 
@@ -72,13 +77,24 @@ def serve_check_logs(deployment: Deployment) -> str:
     return deployment.cluster.job_logs(job)
 
 
-def client(deployment: Deployment, seconds: float, rate: float) -> subprocess.Popen[str]:
-    """The client, run in a worker's Ray container against the Service's DNS name."""
-    worker = deployment.workers()[0]
-    url = f"http://{SERVICE}.{deployment.rendered.outputs['namespace']}.svc:8000/hello"
-    argv = worker.exec_argv("ray-worker", ["python", "-c", CLIENT, url, str(seconds), str(rate)])
-    assert argv is not None
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+class Client:
+    """The client, run in a worker's Ray container against the Service's DNS name, at `rate` requests a second from
+    its start until `stop`, which returns its output once it has stopped."""
+
+    def __init__(self, deployment: Deployment, rate: float) -> None:
+        worker = deployment.workers()[0]
+        url = f"http://{SERVICE}.{deployment.rendered.outputs['namespace']}.svc:8000/hello"
+        argv = worker.exec_argv("ray-worker", ["python", "-c", CLIENT, url, str(rate)])
+        assert argv is not None
+        self.started = time.monotonic()
+        self._process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    def stop(self) -> tuple[str, float]:
+        """Its output, and how many seconds it sent requests for."""
+        output, _ = self._process.communicate(input="", timeout=60)
+        return output, time.monotonic() - self.started
 
 
 def counts(output: str) -> tuple[int, int, int]:
@@ -106,15 +122,15 @@ def test_a_num_replicas_change_applies_in_place_with_no_failed_request_and_bring
     replica runs there; no request through the Service fails meanwhile, and no pod restarts."""
     pods = {pod.name for pod in [deployment.head(), *deployment.workers()]}
     assert len(deployment.workers()) == 1
-    traffic = client(deployment, seconds=TRAFFIC_SECONDS, rate=20)
+    traffic = Client(deployment, rate=20)
     try:
         scaled = {**APPLICATION, "deployments": [{"name": "Hello", "num_replicas": 2}]}
-        took = deployment.update(serveApplications=[scaled])
+        deployment.update(serveApplications=[scaled])
+        time.sleep(5)  # and a little after: the new replica answers too
     finally:
-        output, _ = traffic.communicate(timeout=TRAFFIC_SECONDS + 60)
-    assert took < TRAFFIC_SECONDS - 5, f"the change took {took:.0f} s, longer than the traffic watched it"
+        output, seconds = traffic.stop()
     sent, failed, _ = counts(output)
-    assert failed == 0 and sent >= 10 * TRAFFIC_SECONDS, output
+    assert failed == 0 and sent >= KEPT_UP * seconds, output
     assert pods < {pod.name for pod in [deployment.head(), *deployment.workers()]}  # one more, none restarted
     assert len(deployment.workers()) == 2
     assert "Serve applications RUNNING and routed: ['hello']" in serve_check_logs(deployment)
@@ -140,8 +156,9 @@ def test_the_worker_left_idle_by_fewer_replicas_goes(deployment: Deployment) -> 
         30,
         "the Service on the remaining worker's proxy",
     )
-    traffic = client(deployment, seconds=5, rate=20)
-    output, _ = traffic.communicate(timeout=60)
+    traffic = Client(deployment, rate=20)
+    time.sleep(5)
+    output, _ = traffic.stop()
     assert counts(output)[1] == 0, output
 
 
@@ -151,14 +168,15 @@ def test_requests_through_the_serve_service_keep_succeeding_while_the_head_is_re
     99% succeed."""
     endpoints = deployment.cluster.service_endpoints(deployment.rendered.outputs["namespace"], SERVICE)
     assert deployment.head().ip not in endpoints
-    traffic = client(deployment, seconds=HEAL_BOUND_SECONDS + 10, rate=20)
+    traffic = Client(deployment, rate=20)
     try:
         time.sleep(3)
         old_head = deployment.head()
         deployment.cluster.delete_pod(old_head.name)
         new_head = lambda: [p for p in deployment.pods("ray-head-") if p.ready and p.name != old_head.name]  # noqa: E731
         wait_for(new_head, HEAL_BOUND_SECONDS, "a new head")
+        time.sleep(10)  # and on, with the new head
     finally:
-        output, _ = traffic.communicate(timeout=HEAL_BOUND_SECONDS + 60)
+        output, seconds = traffic.stop()
     sent, failed, in_a_row = counts(output)
-    assert in_a_row <= 1 and failed <= sent // 100 and sent >= 20 * HEAL_BOUND_SECONDS // 2, output
+    assert in_a_row <= 1 and failed <= sent // 100 and sent >= KEPT_UP * seconds, output
