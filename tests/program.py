@@ -12,6 +12,8 @@ provider ID, so that `tests/lifecycle.py` can compare two renders the way `pulum
 from __future__ import annotations
 
 import base64
+import copy
+import functools
 import hashlib
 import json
 import runpy
@@ -287,12 +289,23 @@ def cli_string(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+@functools.cache
+def _parsed(path: Path, modified_ns: int) -> Any:
+    """A YAML file's content, parsed once per version of the file: parsing Pulumi.yaml took a third of a render."""
+    return yaml.safe_load(path.read_text())
+
+
+def parsed_yaml(path: Path) -> Any:
+    """The file's content as it is now (a copy: callers may change it)."""
+    return copy.deepcopy(_parsed(path, path.stat().st_mtime_ns))
+
+
 def stack_config(stack: str, overrides: Mapping[str, object]) -> dict[str, str]:
-    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    project = parsed_yaml(ROOT / "Pulumi.yaml")
     values = {key: cli_string(spec["default"]) for key, spec in project.get("config", {}).items() if "default" in spec}
     stack_file = ROOT / f"Pulumi.{stack}.yaml"
     if stack_file.exists():
-        for key, value in (yaml.safe_load(stack_file.read_text()).get("config") or {}).items():
+        for key, value in (parsed_yaml(stack_file).get("config") or {}).items():
             values[key.removeprefix(f"{PROJECT}:")] = cli_string(value)
     values.update({key: cli_string(value) for key, value in overrides.items()})
     return {f"{PROJECT}:{key}": value for key, value in values.items()}
