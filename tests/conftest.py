@@ -1,4 +1,5 @@
-"""The rehearsal's cluster fixture, and test ordering under mutation testing (scripts/mutation, docs/mutation.md).
+"""The rehearsal's cluster fixture, and the order tests run in: the longest modules first on the test workers, and
+under mutation testing (scripts/mutation, docs/mutation.md) the quickest to fail first.
 
 mutmut sets MUTANT_UNDER_TEST for every mutant it runs and stops at the first failing test. The tests of single
 builders catch most mutants in milliseconds; the tests that render whole stacks many times catch the rest. So,
@@ -27,10 +28,26 @@ BUILDER_TESTS_FIRST = (
 )
 
 
+# The modules that take minutes, longest first (as pytest's --durations reports them). scripts/test runs the suite
+# on pytest-xdist workers, each module whole on one worker (its cluster is module-scoped), handed out in collection
+# order: the longest start first and the quick ones fill in behind them.
+LONGEST_FIRST = (
+    "test_rehearsal_autoscaling.py",
+    "test_rehearsal_heals.py",
+    "test_rehearsal.py",
+    "test_rehearsal_metrics.py",
+    "test_rehearsal_serve.py",
+    "test_rehearsal_fault_tolerance.py",
+    "test_rehearsal_harness.py",
+    "test_rehearsal_serve_without_fault_tolerance.py",
+    "test_serve.py",
+    "test_rehearsal_apiserver.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if "MUTANT_UNDER_TEST" not in os.environ:
-        return
-    rank = {name: position for position, name in enumerate(BUILDER_TESTS_FIRST)}
+    order = BUILDER_TESTS_FIRST if "MUTANT_UNDER_TEST" in os.environ else LONGEST_FIRST
+    rank = {name: position for position, name in enumerate(order)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
