@@ -52,11 +52,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    """A one-node Kubernetes for one rehearsal module (tests/rehearsal/), torn down with every pod at its end."""
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A one-node Kubernetes for one rehearsal module (tests/rehearsal/), torn down with every pod at its end. Its
+    pods run at the module's CLUSTER_NICENESS, if it sets one (see that module)."""
     if os.geteuid() != 0:
         pytest.fail("the rehearsal needs root to create network namespaces; run it as root (CI does)")
-    cluster = Cluster(Path(f"/run/ray-rehearsal-{os.getpid()}"))
+    niceness = getattr(request.module, "CLUSTER_NICENESS", 0)
+    cluster = Cluster(Path(f"/run/ray-rehearsal-{os.getpid()}"), niceness=niceness)
     try:
         yield cluster
     finally:

@@ -31,6 +31,10 @@ CONFIG: dict[str, object] = {
 }
 # The issue's bound: the applications answer again within this long of the new head being ready.
 BACK_WITHIN_SECONDS = 30
+# Its pods run ahead of the other modules' clusters (tests/conftest.py): what the bound measures is mostly CPU work
+# (a new head's Ray processes, then Serve's controller, proxy and replica, each a Python process that starts), 6 s
+# here alone and 36 s once with three other clusters on the machine's 2 cores, as a real head's node is not shared.
+CLUSTER_NICENESS = -10
 # Asks the URL in argv[1] once and says how it went: the answer, refused, or no answer (a dropped SYN).
 ASK = """
 import sys, urllib.request
@@ -88,10 +92,14 @@ def test_the_applications_come_back_by_themselves_after_the_head_restarts(deploy
     old_head = deployment.head()
     deployment.cluster.delete_pod(old_head.name)
     new_head = lambda: [p for p in deployment.pods("ray-head-") if p.ready and p.name != old_head.name]  # noqa: E731
-    wait_for(new_head, HEAL_BOUND_SECONDS, "a new head")
+    [head] = wait_for(new_head, HEAL_BOUND_SECONDS, "a new head")
     ready_at = time.monotonic()
 
+    said: dict[str, float] = {}  # each line of the new head's keeper, and when the test first saw it
+
     def answered() -> bool:
+        for line in head.logs("serve-keeper").splitlines():
+            said.setdefault(line, round(time.monotonic() - ready_at, 1))
         try:
             with urllib.request.urlopen(hello, timeout=3) as answer:
                 return bool(answer.read() == b"hello")
@@ -101,4 +109,5 @@ def test_the_applications_come_back_by_themselves_after_the_head_restarts(deploy
     wait_for(answered, BACK_WITHIN_SECONDS + 30, "the application answering again", interval=0.5)
     back_after = time.monotonic() - ready_at
     print(f"answering again {back_after:.1f} s after the new head was ready", flush=True)
-    assert back_after <= BACK_WITHIN_SECONDS
+    print(f"the new head's keeper, seconds after the head was ready: {said}", flush=True)
+    assert back_after <= BACK_WITHIN_SECONDS, said

@@ -378,11 +378,14 @@ class Cluster:
         node: Node | None = None,
         storage_classes: Iterable[StorageClass] = (StorageClass(),),
         default_storage_class: str | None = "standard",
+        niceness: int = 0,
     ) -> None:
         """`directory` holds the pods' files and the claims' volumes (outside /tmp, which pods mount over); `prefix`
         names this cluster's network namespaces; `node` is its one node (by default roomy enough for any
         rehearsal, without GPUs); `storage_classes` are its StorageClasses, of which `default_storage_class` (if
-        any) is the default."""
+        any) is the default; `niceness` the nice value of every pod's processes (below 0: ahead of the other
+        clusters on this machine, as if its node's CPUs were its own)."""
+        self.niceness = niceness
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         # The node's own files (pods' files and volumes, tokens among them): root's alone, as the kubelet's
@@ -968,6 +971,7 @@ class Cluster:
             clock=self.clock,
             service_env=self._service_env,
             private=self.directory,
+            niceness=self.niceness,
         )
         with self._lock:
             self.pods[name] = pod

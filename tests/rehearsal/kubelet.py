@@ -365,6 +365,7 @@ class Pod:
         clock: Clock | None = None,
         service_env: Mapping[str, str] | None = None,
         private: Path | None = None,
+        niceness: int = 0,
     ) -> None:
         """`owner` is the uid of the object that created the pod (its ownerReference); `objects(kind, name)` returns
         a Secret or ConfigMap (KeyError while there is none); `dns` is (nameserver, cluster domain);
@@ -374,8 +375,10 @@ class Pod:
         seconds)` is the API server's TokenRequest for the pod's ServiceAccount, bound to the pod (KeyError while
         it cannot issue one); `clock` is the cluster's wall clock; `service_env` the variables of the Services
         every container is told of; `private` the node's own files (the pods' and volumes' directories), which no
-        container sees, as none sees the kubelet's directory on a real node."""
+        container sees, as none sees the kubelet's directory on a real node; `niceness` the nice value its
+        containers' processes run at (Cluster's)."""
         self.name, self.namespace, self.spec, self.owner = name, namespace, spec, owner
+        self.niceness = niceness
         self.labels: dict[str, str] = dict(metadata.get("labels", {}))
         self.annotations: dict[str, str] = dict(metadata.get("annotations", {}))
         self.uid = secrets.token_hex(8)
@@ -810,7 +813,8 @@ class Pod:
         status.log = self.directory / f"{container['name']}.log"
         with status.log.open("ab") as log:
             log.write(f"--- start {time.strftime('%H:%M:%S')} ---\n".encode())
-            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            niced = ["nice", "-n", str(self.niceness)] if self.niceness else []
+            process = subprocess.Popen([*niced, *argv], stdout=log, stderr=subprocess.STDOUT)
         status.running = True
         status.starts.append(time.monotonic())
         with self._lock:
