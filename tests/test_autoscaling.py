@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ray.autoscaler._private.constants import AUTOSCALER_UPDATE_INTERVAL_S
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from components.in_pod.node_provider import CLUSTER_READ_SECONDS
 from components.manifests import autoscaling
 from tests.lifecycle import plan
 from tests.program import ROOT, Manifest, Rendered, render
@@ -203,6 +205,16 @@ def test_the_autoscaler_container_runs_rays_monitor_against_the_local_gcs(scaled
     assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
     # Ray's own monitor would be a second one: the Ray container starts none.
     assert "--no-monitor" in ray_argv(scaled.one("Deployment", "ray-head"))
+
+
+def test_at_rest_the_provider_asks_the_api_server_no_more_often_than_under_rays_default_cadence() -> None:
+    """The monitor updates every UPDATE_SECONDS (the sidecar's env, above); the provider, in the pod, reads pods and
+    Deployments at rest only every CLUSTER_READ_SECONDS (tests/test_node_provider.py shows it keeps to that). The
+    in-pod module cannot import the Pulumi side that sets the cadence, so this holds the two facts together: at rest
+    it reads no more often than with Ray's own cadence, where it read at every update."""
+    assert autoscaling.UPDATE_SECONDS < CLUSTER_READ_SECONDS
+    reads_per_minute = 60 / max(autoscaling.UPDATE_SECONDS, CLUSTER_READ_SECONDS)
+    assert reads_per_minute <= 60 / AUTOSCALER_UPDATE_INTERVAL_S
 
 
 def test_the_configmap_ships_the_node_provider_as_it_is_in_the_repository(scaled: Rendered) -> None:
