@@ -551,9 +551,10 @@ def test_a_deployment_replaces_a_terminating_pod_at_once_which_holds_its_resourc
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NAMESPACE},
                "spec": {"selector": {"app": "app"}, "ports": [{"port": 80}]}}  # fmt: skip
     cluster.apply(service)
-    web = deployment("web", 1, template(container('trap "" TERM; while :; do sleep 0.1; done', **cpu("1"))))
+    web = deployment("web", 1, template(container(f'trap "" TERM; {TRAPPED}; while :; do sleep 0.1; done', **cpu("1"))))
     cluster.apply(web)
     [old] = running(cluster, web, 1)
+    wait_for(lambda: "trapped" in old.logs("main"), 10, "the trap set", interval=0.05)
     assert cluster.service_endpoints(NAMESPACE, "web") == [old.ip]
     cluster.delete_pod(old.name)  # its grace period: the default 30 s
     [new] = wait_for(lambda: [p for p in pods(cluster, web) if p is not old], 2, "a replacement", interval=0.05)

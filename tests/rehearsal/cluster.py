@@ -1071,7 +1071,9 @@ class Cluster:
                 if grace_seconds == 0:
                     del self.pods[name]
                     self._lost.discard(pod.ip)
-                    threading.Thread(target=self._forget_lost, args=(pod,), name=f"forget-{name}", daemon=True).start()
+                    forget = threading.Thread(target=self._forget_lost, args=(pod,), name=f"forget-{name}", daemon=True)
+                    self._reapers = [r for r in self._reapers if r.is_alive()] + [forget]
+                    forget.start()
                 return
             default = pod.spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
             grace = float(default if grace_seconds is None else grace_seconds)

@@ -376,7 +376,7 @@ class Pod:
         it cannot issue one); `clock` is the cluster's wall clock; `service_env` the variables of the Services
         every container is told of; `private` the node's own files (the pods' and volumes' directories), which no
         container sees, as none sees the kubelet's directory on a real node; `niceness` the nice value its
-        containers' processes run at (Cluster's)."""
+        containers' processes run at, and what is exec'd in them, probes included (Cluster's)."""
         self.name, self.namespace, self.spec, self.owner = name, namespace, spec, owner
         self.niceness = niceness
         self.labels: dict[str, str] = dict(metadata.get("labels", {}))
@@ -772,8 +772,9 @@ class Pod:
         while _in_setup(main[0]) and time.monotonic() < deadline:
             time.sleep(0.05)
         env = [f"{name}={value}" for name, value in spec.env.items()]
+        niced = ["nice", "-n", str(self.niceness)] if self.niceness else []
         return [
-            "nsenter", f"--target={main[0]}", "--mount", "--uts", "--pid", "--net", "--",
+            *niced, "nsenter", f"--target={main[0]}", "--mount", "--uts", "--pid", "--net", "--",
             *spec.identity, "env", "-i", f"--chdir={spec.workdir}", *env, *command,
         ]  # fmt: skip
 
@@ -1077,8 +1078,12 @@ def _main_pids(process: subprocess.Popen[bytes]) -> list[int]:
 
 
 def _signal_main(process: subprocess.Popen[bytes], signum: int) -> bool:
-    """Signal a container's main process, as the runtime would. False if it has not been forked yet."""
+    """Signal a container's main process, as the runtime would. False if it has not been forked yet or, but for
+    SIGKILL, still runs the setup of its mounts: a runtime's container runs its own command from its start, and this
+    PID 1 would ignore a SIGTERM that its command's handler (a shell's `trap`) would have handled a moment later."""
     main = _main_pids(process)
+    if signum != signal.SIGKILL and any(_in_setup(pid) for pid in main):
+        return False
     for pid in main:
         try:
             os.kill(pid, signum)
