@@ -62,21 +62,27 @@ print("ran on", repr(sorted(set(ray.get([work.remote(15) for _ in range(6)])))))
 """
 
 
-def busy_on_until_gone(ip: str, other_ip: str, seconds: int) -> str:
-    """A job whose one task runs on the node of `ip` (Ray's `node:<ip>` resource pins it there) until the node of
-    `other_ip` has left the cluster, for at most `seconds`."""
+# Where a busy task (busy_until_released) looks for its release, in the Ray container of its node's pod.
+RELEASE_FILE = "/tmp/release-the-busy-task"
+
+
+def busy_until_released(ip: str, seconds: int) -> str:
+    """A job whose one task runs on the node of `ip` (Ray's `node:<ip>` resource pins it there) until RELEASE_FILE
+    exists there, for at most `seconds`, and says which ended it."""
     return f"""
-import ray, time
+import os, ray, time
 ray.init()
 
 @ray.remote(num_cpus=1, resources={{"node:{ip}": 0.01}})
 def work():
     end = time.monotonic() + {seconds}
-    while time.monotonic() < end and any(n["Alive"] and n["NodeManagerAddress"] == "{other_ip}" for n in ray.nodes()):
-        time.sleep(1)
-    return ray.util.get_node_ip_address()
+    while time.monotonic() < end and not os.path.exists("{RELEASE_FILE}"):
+        time.sleep(0.5)
+    return ray.util.get_node_ip_address(), os.path.exists("{RELEASE_FILE}")
 
-print("ran on", repr(ray.get(work.remote())))
+node, released = ray.get(work.remote())
+print("ran on", repr(node))
+print("released", released)
 """
 
 
@@ -155,7 +161,7 @@ def test_idle_workers_go_back_to_the_least_size_and_busy_ones_stay(deployment: D
     workers = deployment.workers()
     assert len(workers) == 2
     busy, idle = workers
-    submission = deployment.submit(busy_on_until_gone(busy.ip, idle.ip, SCALE_DOWN_BOUND_SECONDS))
+    submission = deployment.submit(busy_until_released(busy.ip, 2 * SCALE_DOWN_BOUND_SECONDS))
     wait_for(lambda: replicas(deployment, "ray-worker") == 1, SCALE_DOWN_BOUND_SECONDS, "the default group at 1")
     # The autoscaler deleted the idle pod (it deletes before it lowers the replicas), not the busy one.
     assert idle.terminating or idle.name not in deployment.cluster.pods
@@ -168,9 +174,12 @@ def test_idle_workers_go_back_to_the_least_size_and_busy_ones_stay(deployment: D
         lambda: f"the idle worker gone: {idle.events()}\n{idle.logs('ray-worker')[-3000:]}",
     )
     assert [pod.name for pod in deployment.workers()] == [busy.name]
-    status, logs = deployment.finished_job(submission, timeout=SCALE_DOWN_BOUND_SECONDS + 60)
+    assert deployment.job(submission)[0] == "RUNNING" and not busy.terminating  # still busy, still there
+    container_exec(busy, "ray-worker", ["touch", RELEASE_FILE])
+    status, logs = deployment.finished_job(submission, timeout=60)
     assert status == "SUCCEEDED", logs
     assert ran_on(logs, "ran on ") == busy.ip
+    assert "released True" in logs, logs  # busy until the test released it, not until its own bound
     assert busy.restarts() == 0 and busy.statuses["ray-worker"].exits == []
     time.sleep(IDLE_SECONDS + 10)  # idle again, at its least size: nothing more goes
     assert replicas(deployment, "ray-worker") == 1 and [p.name for p in deployment.workers()] == [busy.name]

@@ -5,7 +5,8 @@ keeper applies the declared ones again by itself (no `pulumi up`), and requests 
 answered again within 30 s of the new head being ready. `allowedServeNamespaces` admits its namespace to port 8000
 and nothing else: a pod there gets the application through the Serve Service but no answer from the head's jobs API
 or Ray Client port, and a pod of another namespace gets no answer from any of them (the rehearsal's network enforces
-the NetworkPolicies as Calico does, tests/rehearsal/network_policy.py). Needs root.
+the NetworkPolicies as Calico does, tests/rehearsal/network_policy.py). Its cluster's pods run at nice -10
+(CLUSTER_NICENESS), ahead of the other modules' clusters. Needs root.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import urllib.request
 
 import pytest
 
+from components.manifests import serve
 from tests.rehearsal.cluster import Cluster, wait_for
 from tests.rehearsal.kubelet import Manifest
 from tests.test_rehearsal import Deployment
@@ -98,7 +100,7 @@ def test_the_applications_come_back_by_themselves_after_the_head_restarts(deploy
     said: dict[str, float] = {}  # each line of the new head's keeper, and when the test first saw it
 
     def answered() -> bool:
-        for line in head.logs("serve-keeper").splitlines():
+        for line in head.logs(serve.KEEPER_CONTAINER).splitlines():
             said.setdefault(line, round(time.monotonic() - ready_at, 1))
         try:
             with urllib.request.urlopen(hello, timeout=3) as answer:
