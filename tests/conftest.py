@@ -28,9 +28,10 @@ BUILDER_TESTS_FIRST = (
 )
 
 
-# The modules that take minutes, longest first (as pytest's --durations reports them). scripts/test runs the suite
-# on pytest-xdist workers, each module whole on one worker (its cluster is module-scoped), handed out in collection
-# order: the longest start first and the quick ones fill in behind them.
+# The modules that take minutes, longest first (their tests' times summed from pytest's --durations). scripts/test
+# runs the suite on pytest-xdist workers, each module whole on one worker (its cluster is module-scoped), handed out
+# in collection order (a worker gets its next module once two or fewer of its tests are left): the longest start
+# first and the quick ones fill in behind them.
 LONGEST_FIRST = (
     "test_rehearsal_autoscaling.py",
     "test_rehearsal_heals.py",

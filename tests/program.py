@@ -290,14 +290,15 @@ def cli_string(value: object) -> str:
 
 
 @functools.cache
-def _parsed(path: Path, modified_ns: int) -> Any:
+def _parsed(path: Path, version: tuple[int, int, int]) -> Any:
     """A YAML file's content, parsed once per version of the file: parsing Pulumi.yaml took a third of a render."""
     return yaml.safe_load(path.read_text())
 
 
 def parsed_yaml(path: Path) -> Any:
-    """The file's content as it is now (a copy: callers may change it)."""
-    return copy.deepcopy(_parsed(path, path.stat().st_mtime_ns))
+    """The file's content as it is now (a copy: callers may change it); a version is its inode, size and mtime."""
+    status = path.stat()
+    return copy.deepcopy(_parsed(path, (status.st_ino, status.st_size, status.st_mtime_ns)))
 
 
 def stack_config(stack: str, overrides: Mapping[str, object]) -> dict[str, str]:
