@@ -816,6 +816,14 @@ class Pod:
             log.write(f"--- start {time.strftime('%H:%M:%S')} ---\n".encode())
             niced = ["nice", "-n", str(self.niceness)] if self.niceness else []
             process = subprocess.Popen([*niced, *argv], stdout=log, stderr=subprocess.STDOUT)
+        # A runtime's container has started once its own command runs: until this one's PID 1 has left the setup of
+        # its mounts, it is not running (nor Ready, without a probe), as a runtime's StartContainer has not returned.
+        deadline = time.monotonic() + 10
+        while process.poll() is None and time.monotonic() < deadline:
+            main = _main_pids(process)
+            if main and not _in_setup(main[0]):
+                break
+            time.sleep(0.02)
         status.running = True
         status.starts.append(time.monotonic())
         with self._lock:
