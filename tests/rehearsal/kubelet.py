@@ -754,23 +754,13 @@ class Pod:
         ]  # fmt: skip
 
     def exec_argv(self, container: str, command: list[str]) -> list[str] | None:
-        """`command` run in the running container as the runtime's ExecSync runs it (see the module's docstring),
-        once the container's PID 1 exists and its mounts are all made (it has left the setup for its own command):
-        a runtime execs only into a container it has started, and its start returns once that process runs. None
-        when the container is not running (never started, or exited)."""
+        """`command` run in the running container as the runtime's ExecSync runs it (see the module's docstring);
+        None when the container is not running (not started yet, as `_start` counts it, or exited)."""
         with self._lock:
             process, spec = self._processes.get(container), self._execs.get(container)
-        if process is None or spec is None:
+        main = _main_pids(process) if process is not None and process.poll() is None else []
+        if spec is None or not main:
             return None
-        deadline = time.monotonic() + 10
-        main = _main_pids(process)
-        while not main and process.poll() is None and time.monotonic() < deadline:  # `unshare` has not forked yet
-            time.sleep(0.05)
-            main = _main_pids(process)
-        if not main or process.poll() is not None:
-            return None
-        while _in_setup(main[0]) and time.monotonic() < deadline:
-            time.sleep(0.05)
         env = [f"{name}={value}" for name, value in spec.env.items()]
         niced = ["nice", "-n", str(self.niceness)] if self.niceness else []
         return [
@@ -817,7 +807,8 @@ class Pod:
             niced = ["nice", "-n", str(self.niceness)] if self.niceness else []
             process = subprocess.Popen([*niced, *argv], stdout=log, stderr=subprocess.STDOUT)
         # A runtime's container has started once its own command runs: until this one's PID 1 has left the setup of
-        # its mounts, it is not running (nor Ready, without a probe), as a runtime's StartContainer has not returned.
+        # its mounts, it is not running (nor Ready without a probe, nor open to exec), as a runtime's StartContainer
+        # has not returned; and a SIGTERM its stop sends now reaches its command (the setup's PID 1 ignored it).
         deadline = time.monotonic() + 10
         while process.poll() is None and time.monotonic() < deadline:
             main = _main_pids(process)
@@ -1086,12 +1077,8 @@ def _main_pids(process: subprocess.Popen[bytes]) -> list[int]:
 
 
 def _signal_main(process: subprocess.Popen[bytes], signum: int) -> bool:
-    """Signal a container's main process, as the runtime would. False if it has not been forked yet or, but for
-    SIGKILL, still runs the setup of its mounts: a runtime's container runs its own command from its start, and this
-    PID 1 would ignore a SIGTERM that its command's handler (a shell's `trap`) would have handled a moment later."""
+    """Signal a container's main process, as the runtime would. False if it has not been forked yet."""
     main = _main_pids(process)
-    if signum != signal.SIGKILL and any(_in_setup(pid) for pid in main):
-        return False
     for pid in main:
         try:
             os.kill(pid, signum)
