@@ -29,6 +29,8 @@ from pulumi.runtime import mocks, rpc, settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from components.config.inputs import declared_config
+
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "ray-cluster"
 ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
@@ -291,7 +293,8 @@ def cli_string(value: object) -> str:
 
 @functools.cache
 def _parsed(path: Path, version: tuple[int, int, int]) -> Any:
-    """A YAML file's content, parsed once per version of the file: parsing Pulumi.yaml took a third of a render."""
+    """A YAML file's content, parsed once per version of the file: parsing the stack file and Pulumi.yaml took a
+    third of a render (tests write stack files; Pulumi.yaml is `declared_config`'s, parsed once)."""
     return yaml.safe_load(path.read_text())
 
 
@@ -302,8 +305,10 @@ def parsed_yaml(path: Path) -> Any:
 
 
 def stack_config(stack: str, overrides: Mapping[str, object]) -> dict[str, str]:
-    project = parsed_yaml(ROOT / "Pulumi.yaml")
-    values = {key: cli_string(spec["default"]) for key, spec in project.get("config", {}).items() if "default" in spec}
+    """The config the CLI would hand the program for `stack`: Pulumi.yaml's defaults (as the component reads them,
+    `declared_config`), the stack file's values over them, then `overrides`."""
+    declared = declared_config().items()
+    values = {key: cli_string(spec["default"]) for key, spec in declared if "default" in spec}
     stack_file = ROOT / f"Pulumi.{stack}.yaml"
     if stack_file.exists():
         for key, value in (parsed_yaml(stack_file).get("config") or {}).items():
