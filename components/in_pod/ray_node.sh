@@ -33,9 +33,9 @@ STOP_SECONDS=3
 # Set by the container's command: a file to link into the session's events (with autoscaling, on the head).
 autoscaler_events=${autoscaler_events:-}
 # What `ray start` left running, by process id: each one's start time (what tells it from a process that later takes
-# its id, whatever either calls itself), its command name, and what it runs, to name it in the log.
+# its id, whatever either calls itself) and what it runs (label_of), to find the raylet and the GCS and to name it in
+# the log.
 declare -A ray_started=()
-declare -A ray_names=()
 declare -A ray_labels=()
 starting=""
 
@@ -58,21 +58,19 @@ read_process() {
 list_ray_processes() {
   local stat pid state ppid started name
   ray_started=()
-  ray_names=()
   ray_labels=()
   for stat in /proc/[0-9]*/stat; do
     pid=${stat#/proc/}
     pid=${pid%/stat}
     if read_process "$pid" && [ "$ppid" = "$BASHPID" ] && [ "$pid" != "$starting" ]; then
       ray_started[$pid]=$started
-      ray_names[$pid]=$name
       ray_labels[$pid]=$(label_of "$pid" "$name")
     fi
   done
 }
 
 # A process by what it runs: a Python process by its script or module (Ray's daemons are `python .../log_monitor.py`,
-# `python -m ray.util.client.server`, ...), any other by its command name (raylet, gcs_server).
+# `python -m ray.util.client.server`, ...), any other by its command name `$2` (raylet, gcs_server).
 label_of() {
   local word words previous=""
   mapfile -d '' -t words 2>/dev/null <"/proc/$1/cmdline"
@@ -99,8 +97,8 @@ exited() {
 
 raylet_pid() {
   local pid
-  for pid in "${!ray_names[@]}"; do
-    if [ "${ray_names[$pid]}" = raylet ] && ! exited "$pid"; then
+  for pid in "${!ray_labels[@]}"; do
+    if [ "${ray_labels[$pid]}" = raylet ] && ! exited "$pid"; then
       echo "$pid"
       return
     fi
@@ -140,7 +138,7 @@ stop_ray() {
   local pid first=() middle=() last=()
   for pid in "${!ray_started[@]}"; do
     exited "$pid" && continue
-    case ${ray_names[$pid]} in
+    case ${ray_labels[$pid]} in
     raylet) first+=("$pid") ;;
     gcs_server) last+=("$pid") ;;
     *) middle+=("$pid") ;;
@@ -194,7 +192,7 @@ on_sigterm() {
     wait "$starting"
     starting=""
     list_ray_processes
-    if [ "${#ray_names[@]}" -eq 0 ]; then
+    if [ "${#ray_labels[@]}" -eq 0 ]; then
       say "SIGTERM while the node starts: its start stopped"
       exit 0
     fi
@@ -228,12 +226,11 @@ show_log() {
 }
 
 on_exit_of() {
-  local pid=$1 name=$2 label=$3
-  if [ "$name" = raylet ] && grep -qs "$DRAINED_WORDS" "$RAY_SESSION/logs/raylet.out"; then
+  local pid=$1 label=$2
+  if [ "$label" = raylet ] && grep -qs "$DRAINED_WORDS" "$RAY_SESSION/logs/raylet.out"; then
     say "the raylet exited: its node was drained (the pod is to be deleted); waiting for SIGTERM"
     stop_ray
     ray_started=()
-    ray_names=()
     ray_labels=()
     return
   fi
@@ -248,7 +245,7 @@ watch_node() {
   while true; do
     for pid in "${!ray_started[@]}"; do
       if exited "$pid"; then
-        on_exit_of "$pid" "${ray_names[$pid]}" "${ray_labels[$pid]}"
+        on_exit_of "$pid" "${ray_labels[$pid]}"
         break
       fi
     done
@@ -271,7 +268,7 @@ run_node() {
     exit "$status"
   fi
   list_ray_processes
-  if [ "${#ray_names[@]}" -eq 0 ]; then
+  if [ "${#ray_labels[@]}" -eq 0 ]; then
     say "no Ray process left by the start to watch: this shell must be the container's PID 1"
     exit 1
   fi
