@@ -3,6 +3,10 @@ with config stored as the Pulumi CLI stores it."""
 
 from __future__ import annotations
 
+import copy
+import functools
+import os
+
 import trustme
 
 from tests.program import Rendered, render
@@ -104,4 +108,14 @@ VARIANTS: dict[str, dict[str, object]] = {
 
 
 def rendered(variant: str) -> Rendered:
+    """The variant's render: a copy of the one render of it that every test shares, but under mutmut (which sets
+    MUTANT_UNDER_TEST), which learns which tests run a function by watching each test run it: a shared render would
+    hide every test but the first (docs/mutation.md), so each test renders it there."""
+    if "MUTANT_UNDER_TEST" in os.environ:
+        return render(VARIANTS[variant])
+    return copy.deepcopy(_shared_render(variant))
+
+
+@functools.cache
+def _shared_render(variant: str) -> Rendered:
     return render(VARIANTS[variant])
