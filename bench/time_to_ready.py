@@ -7,7 +7,8 @@ same for the floor: the same Ray, in the same kind of network namespaces, starte
 then the workers, no init containers, no probes, no token) and the same smoke-test script run directly.
 Each is measured `--repeat` times, interleaved, and the median is reported. Prints Markdown: the table with the
 ratios and how far the worst run lies from its median, where the memory goes (by kind of process), and the raw
-runs with each worker's timeline (init container, Ray container, registration). Needs root, like the rehearsal.
+runs with each worker's timeline (init container, Ray container, registration) and the floor's (its head's
+registration, its workers' start). Needs root, like the rehearsal.
 
     sudo .venv/bin/python bench/time_to_ready.py [--workers 1 2 3] [--repeat 5] [--keep-logs DIR]
 """
@@ -252,6 +253,7 @@ def floor(workers: int) -> Run:
         )
         if head.wait(TIMEOUT) != 0:
             raise RuntimeError("ray start --head failed")
+        workers_started = time.monotonic() - started
         joiners = [node(f"worker{i}", f"--address={head_ip}:6379")[1] for i in range(workers)]
         if any(process.wait(TIMEOUT) != 0 for process in joiners):
             raise RuntimeError("ray start (worker) failed")
@@ -265,8 +267,10 @@ def floor(workers: int) -> Run:
         if "Success!" not in smoke.stdout:
             raise RuntimeError(f"floor smoke test failed:\n{smoke.stdout}\n{smoke.stderr}")
         smoke_passed = time.monotonic() - started
-        joined = joined_at(registrations(gcs_log(Path("/tmp/ray-floor-head")), started_wall), workers + 1)
-        return Run(joined, smoke_passed, *sampler.stop())
+        registered = registrations(gcs_log(Path("/tmp/ray-floor-head")), started_wall)
+        head_at = registered.get(head_ip, math.nan)
+        timeline = f"head registered {head_at:.1f}, the workers' ray start from {workers_started:.1f}"
+        return Run(joined_at(registered, workers + 1), smoke_passed, *sampler.stop(), [timeline])
     finally:
         network.close()  # kills what is left in each namespace
         subprocess.run(["sh", "-c", "rm -rf /tmp/ray-floor-*"], check=False)
@@ -329,7 +333,8 @@ def main() -> None:
             runs.append((rendered_cluster(workers, arguments.keep_logs), floor(workers)))
             raws.append(raw(workers, *runs[-1]))
             raws += [f"    {timeline}" for timeline in runs[-1][0].timelines]
-            print("\n".join(raws[-2 - workers :]), file=sys.stderr, flush=True)
+            raws += [f"    floor: {timeline}" for timeline in runs[-1][1].timelines]
+            print("\n".join(raws[-3 - workers :]), file=sys.stderr, flush=True)
         medians = [
             {name: statistics.median(what(run) for run in column) for name, what in MEDIANS.items()}
             for column in zip(*runs, strict=True)
