@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.mutation_testing import under_mutmut
 from tests.rehearsal.cluster import Cluster
 
 BUILDER_TESTS_FIRST = (
@@ -47,7 +48,7 @@ LONGEST_FIRST = (
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    order = BUILDER_TESTS_FIRST if "MUTANT_UNDER_TEST" in os.environ else LONGEST_FIRST
+    order = BUILDER_TESTS_FIRST if under_mutmut() else LONGEST_FIRST
     rank = {name: position for position, name in enumerate(order)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 

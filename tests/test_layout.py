@@ -4,13 +4,13 @@ resources, and components/in_pod holds the programs that run inside the pods. Th
 the imports each module makes."""
 
 import ast
-import os
 import shlex
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.mutation_testing import under_mutmut
 from tests.program import ROOT
 from tests.variants import VARIANTS, rendered
 
@@ -25,7 +25,7 @@ PROGRAMS = sorted(path.name for path in IN_POD.glob("*.py") if path.name != "__i
 SHIPPED = sorted([*PROGRAMS, *(path.name for path in IN_POD.glob("*.sh"))])
 # Under mutation testing (scripts/mutation), mutmut's copy of each mutated module imports mutmut's trampoline: that
 # copy is never shipped.
-MUTATION_TOOL = {"mutmut"} if "MUTANT_UNDER_TEST" in os.environ else set()
+MUTATION_TOOL = {"mutmut"} if under_mutmut() else set()
 
 
 def imports(path: Path) -> tuple[set[str], set[str]]:

@@ -33,6 +33,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 from components import RayCluster, load_settings
 from components.config.inputs import GROUP_KEYS, OBJECT_KEYS, TOLERATION_KEYS
+from tests import mutation_testing
 from tests.program import (
     ROOT,
     Registration,
@@ -131,7 +132,7 @@ def plugin(directory: Path, engine: str = "127.0.0.1:1") -> Iterator[provider_pb
     the port it serves on."""
     # Under scripts/mutation, the plugin runs the original code: mutmut's trampoline, which the variable switches
     # on, cannot find its project from the consumer's directory (the in-process tests meet the mutants).
-    environment = {name: value for name, value in os.environ.items() if name != "MUTANT_UNDER_TEST"}
+    environment = {name: value for name, value in os.environ.items() if name != mutation_testing.VARIABLE}
     process = subprocess.Popen(
         [sys.executable, str(PROVIDER_DIR), engine],
         cwd=directory,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 
 import trustme
 
+from tests.mutation_testing import STATS_PHASE, mutant_under_test
 from tests.program import Rendered, render
 from tests.pulumi_cli import StackConfig
 
@@ -108,14 +108,19 @@ VARIANTS: dict[str, dict[str, object]] = {
 
 
 def rendered(variant: str) -> Rendered:
-    """The variant's render: a copy of the one render of it that every test shares, but under mutmut (which sets
-    MUTANT_UNDER_TEST), which learns which tests run a function by watching each test run it: a shared render would
-    hide every test but the first (docs/mutation.md), so each test renders it there."""
-    if "MUTANT_UNDER_TEST" in os.environ:
+    """The variant's render: a copy of the one render of it that the tests share.
+
+    Under mutmut (docs/mutation.md) the renders are shared only among the tests of one mutant, which all see the
+    same code; and not at all while mutmut learns which tests run a function by watching each test run it (its
+    stats phase): there a shared render would hide every test but the first."""
+    mutant = mutant_under_test()
+    if mutant == STATS_PHASE:
         return render(VARIANTS[variant])
-    return copy.deepcopy(_shared_render(variant))
+    return copy.deepcopy(_shared_render(variant, mutant))
 
 
 @functools.cache
-def _shared_render(variant: str) -> Rendered:
+def _shared_render(variant: str, mutant: str | None) -> Rendered:
+    """The variant's render, once per mutant under test (`mutant` only keys the cache: the mutant is active in the
+    code the render runs)."""
     return render(VARIANTS[variant])
