@@ -23,7 +23,8 @@ ADDRESS = "demo-head.ml.svc:6379"
 
 # The stand-in `ray` package. Each call is recorded (what, its process, its arguments): `cli.main` as the `ray`
 # command line's click group is called, and the GCS client's node query. The health check fails in the ways
-# HEALTH_CHECKS lists, one per call, then passes; the query then finds no head node HEAD_MISSING times.
+# HEALTH_CHECKS lists, one per call, then passes; the query then finds no head node HEAD_MISSING times, and fails at
+# the calls NODE_QUERY_ERRORS numbers.
 FAKE_RECORD = """
 import json, os
 
@@ -61,7 +62,7 @@ class Cli:
 cli = Cli()
 """
 FAKE_RAYLET = """
-import os
+import json, os
 from ray.record import record
 
 
@@ -71,7 +72,11 @@ class GcsClient:
 
     def get_all_node_info(self, timeout, node_selectors, state_filter):
         [selector] = node_selectors
-        calls = record("node query", address=self.address, head=selector.is_head_node, state=state_filter)
+        calls = record(
+            "node query", address=self.address, client=id(self), head=selector.is_head_node, state=state_filter
+        )
+        if calls in json.loads(os.environ["NODE_QUERY_ERRORS"]):
+            raise ConnectionError("the GCS went away")
         return {} if calls <= int(os.environ["HEAD_MISSING"]) else {"head": "its info"}
 """
 FAKE_MODULES = {
@@ -87,9 +92,9 @@ FAKE_MODULES = {
 }
 
 
-def run_worker_start(
-    tmp_path: Path, health_checks: list[object], head_missing: int = 0
-) -> subprocess.CompletedProcess[str]:
+def worker_start(
+    tmp_path: Path, health_checks: list[object], head_missing: int = 0, node_query_errors: tuple[int, ...] = ()
+) -> subprocess.Popen[str]:
     for name, text in FAKE_MODULES.items():
         for package in Path("ray", name).parents[:-1]:
             (tmp_path / package).mkdir(parents=True, exist_ok=True)
@@ -103,8 +108,19 @@ def run_worker_start(
         "FAKE_RAY_RECORD": str(tmp_path / "record"),
         "HEALTH_CHECKS": json.dumps(health_checks),
         "HEAD_MISSING": str(head_missing),
+        "NODE_QUERY_ERRORS": json.dumps(node_query_errors),
     }
-    return subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, text=True, timeout=30)
+    return subprocess.Popen(
+        [sys.executable, *command[1:]], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def run_worker_start(
+    tmp_path: Path, health_checks: list[object], head_missing: int = 0, node_query_errors: tuple[int, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    with worker_start(tmp_path, health_checks, head_missing, node_query_errors) as process:
+        stdout, stderr = process.communicate(timeout=30)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def calls(tmp_path: Path) -> list[dict[str, object]]:
@@ -113,8 +129,8 @@ def calls(tmp_path: Path) -> list[dict[str, object]]:
 
 def test_it_waits_for_the_head_to_accept_it_then_runs_ray_start_in_its_own_process(tmp_path: Path) -> None:
     """Two refusals of different kinds, a head without its node twice, then ready: each reason said once (the
-    refusals a second apart, the node asked for five times a second), the checks' own output dropped, and `ray
-    start` run with the pod's arguments as the `ray` command would."""
+    refusals a second apart, the node asked for five times a second, through one GCS client), the checks' own output
+    dropped, and `ray start` run with the pod's arguments as the `ray` command would."""
     started = time.monotonic()
     result = run_worker_start(tmp_path, [["raise", "invalid token"], ["exit", 1]], head_missing=2)
     waited = time.monotonic() - started
@@ -130,9 +146,8 @@ def test_it_waits_for_the_head_to_accept_it_then_runs_ray_start_in_its_own_proce
     assert "noise" not in result.stderr
     *checks, start = calls(tmp_path)
     assert [(call["what"], call.get("args")) for call in checks] == [
-        ("health-check", ["health-check", f"--address={ADDRESS}"]),
-        ("health-check", ["health-check", f"--address={ADDRESS}"]),
-        *[("health-check", ["health-check", f"--address={ADDRESS}"]), ("node query", None)] * 3,
+        *[("health-check", ["health-check", f"--address={ADDRESS}"])] * 3,
+        *[("node query", None)] * 3,
     ]
     assert {(call["address"], call["head"], call["state"]) for call in checks if call["what"] == "node query"} == {
         (ADDRESS, True, "ALIVE")
@@ -140,9 +155,12 @@ def test_it_waits_for_the_head_to_accept_it_then_runs_ray_start_in_its_own_proce
     assert all(call["standalone"] is False and call["prog_name"] == "ray" for call in checks[:2])
     assert start["args"] == ray_node.ray_start_args(SETTINGS, RESOURCES, head=False)
     assert start["standalone"] is True and start["prog_name"] == "ray"
-    # The checks ran in a child process per try; `ray start` in the process the container runs, none of them.
-    tries = {call["pid"] for call in checks}
-    assert len(tries) == 5 and start["pid"] not in tries
+    # The checks ran in a child process per try (a refusal ends one), the node's in the last try's, with one client;
+    # `ray start` in the process the container runs, none of them.
+    tries = [call["pid"] for call in checks if call["what"] == "health-check"]
+    assert len(set(tries)) == 3 and start["pid"] not in tries
+    queries = [call for call in checks if call["what"] == "node query"]
+    assert {call["pid"] for call in queries} == {tries[-1]} and len({call["client"] for call in queries}) == 1
 
 
 def test_a_check_killed_by_a_signal_is_a_reason_to_wait_too(tmp_path: Path) -> None:
@@ -156,3 +174,45 @@ def test_an_unchanged_reason_is_said_again_every_five_seconds(tmp_path: Path) ->
     result = run_worker_start(tmp_path, [["raise", "invalid token"]] * 7)
     waiting = [line for line in result.stdout.splitlines() if line.startswith("waiting")]
     assert len(waiting) == 2 and waiting[0] == waiting[1]
+
+
+def test_a_failure_while_the_head_node_is_awaited_starts_the_next_try_from_the_health_check(tmp_path: Path) -> None:
+    result = run_worker_start(tmp_path, [], head_missing=1, node_query_errors=(2,))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"waiting for the Ray head (GCS) at {ADDRESS}: the head's own node has not registered with its GCS yet",
+        f"waiting for the Ray head (GCS) at {ADDRESS}: ConnectionError: the GCS went away",
+        f"GCS at {ADDRESS} is ready",
+        "ray start ran",
+    ]
+    *checks, _ = calls(tmp_path)
+    assert [call["what"] for call in checks] == [
+        "health-check",
+        "node query",
+        "node query",
+        "health-check",
+        "node query",
+    ]
+    assert len({call["pid"] for call in checks}) == 2
+
+
+def test_the_checking_child_ends_soon_after_the_worker_start_is_killed(tmp_path: Path) -> None:
+    """A container stopped while its worker waits (SIGKILL at the end of the grace period) leaves no child asking."""
+    with worker_start(tmp_path, [], head_missing=1_000_000) as process:
+        while not (tmp_path / "record").exists() or "node query" not in (tmp_path / "record").read_text():
+            time.sleep(0.05)
+        child = int(str(calls(tmp_path)[-1]["pid"]))
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 5
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(child)
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, ended but not yet reaped by whoever adopted it, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

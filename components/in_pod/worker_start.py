@@ -16,10 +16,12 @@ as the init container does for the port.
 # The image may run an older Python than this repository (`str | None` is evaluated at definition time).
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 
 from ray._raylet import GcsClient  # type: ignore[attr-defined]  # _raylet.pyi declares a part only
 from ray.core.generated.gcs_pb2 import GcsNodeInfo
@@ -44,33 +46,49 @@ def health_check(address: str) -> str | None:
     return None
 
 
-def head_node_missing(address: str) -> str | None:
+def head_node_missing(nodes: GcsClient) -> str | None:
     """None once the head's node is registered and alive in its GCS (which has the session's name by then)."""
     head = GetAllNodeInfoRequest.NodeSelector(is_head_node=True)
     alive = GcsNodeInfo.GcsNodeState.ALIVE
-    nodes = GcsClient(address=address).get_all_node_info(timeout=10, node_selectors=[head], state_filter=alive)
-    return None if nodes else HEAD_NODE_MISSING
+    found = nodes.get_all_node_info(timeout=10, node_selectors=[head], state_filter=alive)
+    return None if found else HEAD_NODE_MISSING
 
 
-def readiness(address: str) -> str | None:
-    """None if the head is ready for this node; else why not: for an error, its last line, as a traceback ends (a
-    token the head refuses: `ray.exceptions.AuthenticationError: ...`)."""
+def check_until_ready(address: str, report: Callable[[str], None]) -> bool:
+    """The health check, then the head's node, asked five times a second through one GCS client until it has
+    registered: True then. Each reason to wait goes to `report`; at any other reason than the missing node (for an
+    error, its last line, as a traceback ends: `ray.exceptions.AuthenticationError: ...` for a token the head
+    refuses), False: the next try, a second later, starts again from the health check and Ray's reading of the token.
+    """
     try:
-        return health_check(address) or head_node_missing(address)
+        why = health_check(address)
+        if why is None:
+            nodes = GcsClient(address=address)
+            while (why := head_node_missing(nodes)) == HEAD_NODE_MISSING:
+                report(why)
+                time.sleep(HEAD_NODE_POLL_SECONDS)
+            if why is None:
+                return True
     except Exception as error:  # noqa: BLE001 - any failure is a reason to wait, said in the log
-        return traceback.format_exception_only(error)[-1].strip()
+        why = traceback.format_exception_only(error)[-1].strip()
+    report(why)
+    return False
 
 
-def why_not_ready(address: str) -> str | None:
-    """The health check, then the head's node, checked in a forked child that reports back through a pipe.
+def try_in_a_child(address: str) -> Iterator[str]:
+    """One try (check_until_ready) in a forked child, which reports each reason back through a pipe as it goes: the
+    reasons, then, once the child has ended, "" if the head is ready.
 
     In this process the check's GCS clients would outlive it until Python's garbage collector frees them, at any
     moment, their gRPC threads with them: `ray start` then forks Ray's processes from a process with gRPC threads,
     the kind of fork that makes Ray Client's proxier lose its children now and then (ray-project/ray#63202), and the
     node's drain on SIGTERM, when it ran in this process (`ray start --block`), failed so ("Cancelling all calls") in 2
     of 6 tries. In a child, the process that runs `ray start` never makes a GCS client of its own. It has imported Ray
-    but runs no thread yet, so a fork is safe, and costs neither a Python start nor an import. The child's own output
-    (Ray's C++ warnings at every try) is dropped; its reason is what is said.
+    but runs no thread yet, so a fork is safe, and costs neither a Python start nor an import. One child for the whole
+    wait for the head's node, with one client, rather than one per check: a check then costs a query, not a fork and
+    two clients (36 ms of CPU each, five times a second per worker while the head starts; docs/benchmarks.md). The
+    child's own output (Ray's C++ warnings) is dropped; it ends at its first report after this process has gone (the
+    pipe is broken then).
     """
     read_end, write_end = os.pipe()
     child = os.fork()
@@ -79,24 +97,43 @@ def why_not_ready(address: str) -> str | None:
         quiet = os.open(os.devnull, os.O_WRONLY)
         os.dup2(quiet, 1)
         os.dup2(quiet, 2)
-        why = readiness(address)
-        os.write(write_end, (why or "").encode())
-        os._exit(0 if why is None else 1)
+        ready = False
+        with os.fdopen(write_end, "w") as reports:
+
+            def report(why: str) -> None:
+                reports.write(json.dumps(why) + "\n")
+                reports.flush()
+
+            try:
+                ready = check_until_ready(address, report)
+            finally:
+                os._exit(0 if ready else 1)
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as reasons:
-        why = reasons.read().decode(errors="replace")
+    reported = False
+    with os.fdopen(read_end) as reports:
+        for line in reports:
+            reported = True
+            yield json.loads(line)
     code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
-    return None if code == 0 else why or f"the check ended with {code}"
+    if code == 0:
+        yield ""
+    elif not reported:
+        yield f"the check ended with {code}"
 
 
 def wait_until_ready(address: str) -> None:
+    """Tries until the head is ready, saying why not: at once when the reason changes, and every REPORT_SECONDS while
+    it does not."""
     said, said_at = "", 0.0
-    while (why := why_not_ready(address)) is not None:
-        if why != said or time.monotonic() - said_at >= REPORT_SECONDS:
-            print(f"waiting for the Ray head (GCS) at {address}: {why}", flush=True)
-            said, said_at = why, time.monotonic()
-        time.sleep(HEAD_NODE_POLL_SECONDS if why == HEAD_NODE_MISSING else RETRY_SECONDS)
-    print(f"GCS at {address} is ready", flush=True)
+    while True:
+        for why in try_in_a_child(address):
+            if not why:
+                print(f"GCS at {address} is ready", flush=True)
+                return
+            if why != said or time.monotonic() - said_at >= REPORT_SECONDS:
+                print(f"waiting for the Ray head (GCS) at {address}: {why}", flush=True)
+                said, said_at = why, time.monotonic()
+        time.sleep(RETRY_SECONDS)
 
 
 def main(arguments: list[str]) -> None:
