@@ -4,17 +4,24 @@ A survivor is either a gap in the tests or an equivalent mutant (one no test cou
 a default that equals the value always passed); docs/mutation.md lists the equivalent ones, each with why. The
 score counts killed mutants among the non-equivalent ones. Exits 1 if a survivor is unexplained, if a listed
 one was killed after all (the list must stay true), or if the score is below the target.
+
+`--sample N` reports on a sample of N mutants drawn at random, the same N for the same mutants (scripts/mutation
+--sample runs just those): the sample's score, and the 95% interval in which the whole tree's score lies (Wilson's, for
+a proportion drawn from a sample). `--sample N --names` prints the sample's names, for `mutmut run`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import random
 import re
 import sys
 from collections import Counter
 from pathlib import Path
 
 from mutmut.stats import status_by_exit_code
+from scipy.stats import binomtest
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 0.90
@@ -22,6 +29,8 @@ TARGET = 0.90
 EQUIVALENT_ENTRY = re.compile(r"^- `(components\.[\w.]+__mutmut_\d+)`", re.MULTILINE)
 # What mutmut reports for mutants the fast tests reject (a test that never ends is a failure too).
 KILLED = {"killed", "timeout"}
+# The sample's seed: the same mutants each time, so that a sample's run can be resumed and its verdicts re-read.
+SAMPLE_SEED = 0
 
 
 def results() -> dict[str, str]:
@@ -38,11 +47,27 @@ def module(mutant: str) -> str:
     return re.sub(r"\.x[_ǁ].*", "", mutant)
 
 
+def sample(names: list[str], size: int) -> list[str]:
+    """`size` of the mutants, drawn at random with SAMPLE_SEED, in name order."""
+    return sorted(random.Random(SAMPLE_SEED).sample(sorted(names), size))
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sample", type=int, metavar="N", help="report on N mutants drawn at random")
+    parser.add_argument("--names", action="store_true", help="with --sample: print the sample's names, and stop")
+    options = parser.parse_args()
     statuses = results()
     if not statuses:
         print("no mutmut results under mutants/: run scripts/mutation first", file=sys.stderr)
         return 1
+    if options.sample is not None:
+        drawn = sample(list(statuses), options.sample)
+        if options.names:
+            print("\n".join(drawn))
+            return 0
+        print(f"a sample of {len(drawn)} of the {len(statuses)} mutants (seed {SAMPLE_SEED})")
+        statuses = {name: statuses[name] for name in drawn}
     listed = set(EQUIVALENT_ENTRY.findall((ROOT / "docs" / "mutation.md").read_text()))
     unchecked = sorted(name for name, status in statuses.items() if status == "not checked")
     survivors = {name for name, status in statuses.items() if status not in KILLED and status != "not checked"}
@@ -56,8 +81,12 @@ def main() -> int:
     print(f"mutants: {len(statuses)} ({', '.join(f'{n} {s}' for s, n in counts.most_common())})")
     print(f"equivalent (docs/mutation.md): {len(equivalent)}")
     print(f"score: {killed}/{considered} non-equivalent mutants killed = {score:.1%} (target {TARGET:.0%})")
+    if options.sample is not None and considered:
+        low, high = binomtest(killed, considered).proportion_ci(confidence_level=0.95, method="wilson")
+        print(f"the whole tree's score, 95% interval from this sample: {low:.1%} to {high:.1%}")
     if unchecked:
-        print(f"not checked: {len(unchecked)} (the run stopped early; `scripts/mutation` with no argument resumes it)")
+        again = f"scripts/mutation --sample {options.sample}" if options.sample is not None else "scripts/mutation"
+        print(f"not checked: {len(unchecked)} (the run stopped early; `{again}` resumes it)")
     if unexplained:
         by_module = Counter(module(name) for name in unexplained)
         print(f"unexplained survivors by module: {', '.join(f'{m} {n}' for m, n in sorted(by_module.items()))}")
