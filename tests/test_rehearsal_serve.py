@@ -47,12 +47,6 @@ SERVICE = "ray-serve"
 MIN_REQUESTS_PER_SECOND = 1
 
 
-def kept_up(sent: int, seconds: float) -> bool:
-    """Whether the client sent MIN_REQUESTS_PER_SECOND for each whole second it ran: the time after its last
-    request's answer, until the test stopped it, is no request's (5 sent in 5.1 s kept up)."""
-    return sent >= math.floor(MIN_REQUESTS_PER_SECOND * seconds)
-
-
 # A client in a pod of the namespace: the worker's Ray container (its Python), through the Service's ClusterIP. It
 # says "answering" once its first request is answered; then it sends one request at a time, on a schedule of `rate`
 # a second (a slow answer delays the next request; the ones after catch up), until its stdin closes, and says how
@@ -137,6 +131,12 @@ def counts(output: str) -> tuple[int, int, int, float]:
     assert found, output
     sent, failed, in_a_row, seconds = found[-1]
     return int(sent), int(failed), int(in_a_row), float(seconds)
+
+
+def kept_up(sent: int, seconds: float) -> bool:
+    """Whether the client sent MIN_REQUESTS_PER_SECOND for each whole second it ran: the time after its last
+    request's answer, until the test stopped it, is no request's (5 sent in 5.1 s kept up)."""
+    return sent >= math.floor(MIN_REQUESTS_PER_SECOND * seconds)
 
 
 def test_pulumi_up_passes_once_the_application_answers_through_the_serve_service(deployment: Deployment) -> None:
