@@ -85,10 +85,10 @@ def try_in_a_child(address: str) -> Iterator[str]:
     node's drain on SIGTERM, when it ran in this process (`ray start --block`), failed so ("Cancelling all calls") in 2
     of 6 tries. In a child, the process that runs `ray start` never makes a GCS client of its own. It has imported Ray
     but runs no thread yet, so a fork is safe, and costs neither a Python start nor an import. One child for the whole
-    wait for the head's node, with one client, rather than one per check: a check then costs a query, not a fork and
-    two clients (36 ms of CPU each, five times a second per worker while the head starts; docs/benchmarks.md). The
-    child's own output (Ray's C++ warnings) is dropped; it ends at its first report after this process has gone (the
-    pipe is broken then).
+    wait for the head's node, with one client, rather than one per check: a check then costs a query, under a
+    millisecond of CPU, not a fork and two clients, 20 ms or more, five times a second per worker while the head
+    starts (bench/worker_wait_cpu.py; docs/benchmarks.md). The child's own output (Ray's C++ warnings) is dropped; it
+    ends at its first report after this process has gone (the pipe is broken then).
     """
     read_end, write_end = os.pipe()
     child = os.fork()
