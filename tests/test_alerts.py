@@ -74,6 +74,65 @@ def test_each_alert_links_its_runbook_entry(rule: Manifest) -> None:
     }
 
 
+# What each alert says in Alertmanager, for the stack CONFIG renders (cluster `ray` in `ray-test`, group `worker`
+# with at least 2 workers): its summary, then its description.
+SAYS = {
+    "RayHeadDown": (
+        "The head of Ray cluster ray in ray-test is down",
+        "Prometheus has not scraped the Ray head for 2 minutes: its jobs, Ray Client and dashboard are unreachable, "
+        "and without GCS fault tolerance every running job is lost.",
+    ),
+    "RayWorkersMissing": (
+        "Worker group worker of Ray cluster ray in ray-test has fewer than 2 workers",
+        "Fewer than the 2 workers the group worker runs at least have been up for 10 minutes: their pods are "
+        "Pending, crash-looping or not ready.",
+    ),
+    "RayDemandInfeasible": (
+        "Work on Ray cluster ray in ray-test asks for resources no node has",
+        "Tasks or actors have waited 5 minutes for resources (CPUs, GPUs, memory, custom resources) that no node of "
+        "the cluster, nor any worker group the autoscaler may add, offers: they will never run. The autoscaler adds "
+        "no worker for them.",
+    ),
+    "RayWorkersOOMKilled": (
+        "Ray killed workers of Ray cluster ray in ray-test for memory",
+        "Ray's memory monitor killed worker processes on {{ $labels.pod }} in the last 10 minutes, because the node "
+        "ran out of memory: their tasks are retried, or fail.",
+    ),
+    "RayObjectStoreSpilling": (
+        "The object store of Ray cluster ray in ray-test spills to disk",
+        "Objects have been spilled from the object store of {{ $labels.pod }} to its disk for 10 minutes: the "
+        "object store is full, and work slows down.",
+    ),
+    "RayRedisMemoryNearMax": (
+        "The Redis of Ray cluster ray in ray-test is near its maxmemory",
+        "The stack's Redis has held over 90% of its maxmemory for 5 minutes. At maxmemory it refuses every write "
+        "(it evicts nothing), and the GCS, which writes the cluster's state there as it changes, fails.",
+    ),
+    "RayAutoscalerNodesPending": (
+        "Workers the autoscaler of Ray cluster ray in ray-test asked for have not come",
+        "Ray's autoscaler has waited 15 minutes for workers it added: their pods are Pending (no room in Kubernetes, "
+        "and no cluster autoscaler adding nodes) or failing to start.",
+    ),
+    "RayAutoscalerDown": (
+        "The autoscaler of Ray cluster ray in ray-test is down",
+        "Prometheus has not scraped Ray's autoscaler for 5 minutes: no worker is added or removed.",
+    ),
+    "RayAutoscalerFailing": (
+        "The autoscaler of Ray cluster ray in ray-test fails",
+        "Ray's autoscaler failed its update in the last 10 minutes: see `kubectl logs deploy/ray-head -c autoscaler`.",
+    ),
+}
+
+
+def test_each_alert_says_what_failed_and_what_it_costs(rule: Manifest) -> None:
+    assert {
+        name: (r["annotations"]["summary"], r["annotations"]["description"]) for name, r in rules_by_alert(rule).items()
+    } == SAYS
+    assert {frozenset(r["annotations"]) for r in rules_by_alert(rule).values()} == {
+        frozenset({"summary", "description", "runbook_url"})
+    }
+
+
 # Per alert: (series that make it fire, when it has fired, the labels it fires with, the same series healthy).
 CASES: dict[str, tuple[dict[str, str], str, dict[str, str], dict[str, str]]] = {
     "RayHeadDown": (

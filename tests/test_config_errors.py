@@ -423,6 +423,23 @@ WHOLE_MESSAGES: list[tuple[dict[str, object], str]] = [
         "ray-cluster:gcsReconnectTimeoutSeconds is 4, but it must be 0 (Ray's choice for the cluster) or between 5 "
         "and 3600 seconds",
     ),
+    # The prometheus-operator's objects, but no namespace Prometheus may reach the metrics ports from.
+    (
+        {"prometheusOperator": "true"},
+        "ray-cluster:prometheusOperator is 'true', but it needs allowedMetricsNamespaces to hold the namespace "
+        "Prometheus runs in (e.g. `pulumi config set --path 'allowedMetricsNamespaces[0]' monitoring`): the "
+        "NetworkPolicies admit no other namespace to the metrics ports",
+    ),
+    (
+        {"serveApplications": [{"name": "", "import_path": "a:b"}]},
+        "ray-cluster:serveApplications[0].name is '', but it must be non-empty text",
+    ),
+    # An audience for Serve, but nothing to serve it.
+    (
+        {"allowedServeCidrs": ["10.0.0.0/8"]},
+        "ray-cluster:allowedServeCidrs is ['10.0.0.0/8'], but it admits traffic to Serve, and serveApplications is "
+        "empty",
+    ),
     # A number is not a CIDR block, although Python's ipaddress would read 167772160 as 10.0.0.0/32.
     (
         {"allowedClientCidrs": [167772160]},

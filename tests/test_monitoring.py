@@ -88,6 +88,26 @@ def test_one_pod_monitor_scrapes_every_metrics_port_of_the_ray_pods_with_the_clu
     }
 
 
+def test_the_monitoring_objects_carry_the_clusters_labels_as_its_monitoring_part() -> None:
+    """The PodMonitor, the PrometheusRule and the dashboards' ConfigMaps: labelled as the cluster's, component
+    `monitoring` (so `kubectl get -l app.kubernetes.io/component=monitoring` lists them); the operator's objects also
+    with the release kube-prometheus-stack's Prometheus selects them by, the dashboards with the Grafana sidecar's."""
+    cluster = {
+        "app.kubernetes.io/name": "ray",
+        "app.kubernetes.io/instance": "ray",
+        "app.kubernetes.io/component": "monitoring",
+        "app.kubernetes.io/managed-by": "pulumi",
+        "ray.io/cluster": "ray",
+        "ray.io/node-type": "monitoring",
+        "ray.io/group": "monitoring",
+    }
+    result = rendered("monitoring")
+    for kind, name in (("PodMonitor", "ray"), ("PrometheusRule", "ray-alerts")):
+        assert result.one(kind, name)["metadata"]["labels"] == {**cluster, "release": "kps"}
+    maps = [m for m in result.of_kind("ConfigMap") if m["metadata"]["name"].startswith("ray-dashboard-")]
+    assert maps and all(m["metadata"]["labels"] == {**cluster, "grafana_dashboard": "1"} for m in maps)
+
+
 def test_without_a_release_the_pod_monitor_has_no_release_label() -> None:
     [monitor] = render({**OPERATOR, "prometheusOperator": "true"}).of_kind("PodMonitor")
     assert "release" not in monitor["metadata"]["labels"]

@@ -183,6 +183,8 @@ def test_the_check_job_carries_the_config_so_a_change_runs_it_again() -> None:
     assert json.loads(env["SERVE_CONFIG"])["applications"] == [APP]
     assert env["SERVE_URL"] == "http://ray-serve.ray-test.svc:8000"
     assert env["SERVE_DASHBOARD_URL"] == "http://ray-head.ray-test.svc:8265"
+    # The check gives up, saying what it waited for, half a minute before Kubernetes would end the Job.
+    assert job["spec"]["activeDeadlineSeconds"] == 900 and env["SERVE_CHECK_SECONDS"] == "870"
     assert check["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
@@ -228,6 +230,12 @@ def test_the_check_waits_for_the_config_it_applied_and_fails_with_serves_words()
     assert serve_keeper.check_state(config, status) == (
         True, "Serve application 'hello' is DEPLOY_FAILED: ModuleNotFoundError: hello")  # fmt: skip
     assert serve_keeper.missing_applications(config, {"applications": {}}) == ["hello"]
+
+
+def test_an_application_without_a_name_is_serves_default_one_when_the_keeper_looks_for_it() -> None:
+    unnamed = {"applications": [{key: value for key, value in APP.items() if key != "name"}]}
+    assert serve_keeper.missing_applications(unnamed, {"applications": {}}) == ["default"]
+    assert serve_keeper.missing_applications(unnamed, {"applications": {"default": {}}}) == []
 
 
 def test_the_endpoint_slice_is_a_valid_one_owned_by_the_service() -> None:
@@ -352,7 +360,8 @@ def test_a_bad_import_path_fails_the_check_with_serves_message(serve_head: Serve
 class MemoryKubernetes(serve_keeper.Kubernetes):
     """The keeper's API calls against objects in memory (its ConfigMap, its Service, the EndpointSlice it writes),
     each authorized by the rendered Role as RBAC does it (403 otherwise), a write of a stale resourceVersion a
-    409 Conflict and a change of an EndpointSlice's addressType a 422, as the API server answers them."""
+    409 Conflict, a change of an EndpointSlice's addressType a 422 and a write by another method than POST or PUT a
+    405, as the API server answers them."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.namespace = "ray-test"
@@ -379,6 +388,8 @@ class MemoryKubernetes(serve_keeper.Kubernetes):
                 return 409, {"message": "the object has been modified"}
             if current["addressType"] != body["addressType"]:
                 return 422, {"message": "addressType: Invalid value: field is immutable"}
+        elif method != "POST":
+            return 405, {"message": f"the server does not allow this method on the requested resource: {method}"}
         elif current is not None:
             return 409, {"message": "already exists"}
         self.versions += 1
@@ -413,6 +424,18 @@ def test_a_new_keeper_keeps_the_proxies_the_service_holds_while_they_answer(monk
     monkeypatch.setattr(serve_keeper, "healthy_proxies", lambda addresses, port: {"10.0.0.2"} & addresses)
     keeper.step()
     assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.0.2"]
+
+
+def test_the_first_keeper_creates_the_endpoint_slice_with_the_healthy_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No slice yet (a new stack): the keeper creates it, owned by the Service, holding the proxy that answers."""
+    kubernetes = MemoryKubernetes({"applications": [APP]})
+    status = {"controller_info": {"node_id": "h"}, "proxies": {"w": {"node_ip": "10.0.0.2"}}, "applications": {}}
+    keeper = serve_keeper.Keeper(QuietDashboard(status), kubernetes, "ray-serve", 8000, "10.0.0.1")
+    monkeypatch.setattr(serve_keeper, "healthy_proxies", lambda addresses, port: {"10.0.0.2"} & addresses)
+    keeper.step()
+    created = kubernetes.objects[kubernetes.path("discovery.k8s.io/v1", "endpointslices", "ray-serve")]
+    assert serve_keeper.slice_addresses(created) == ["10.0.0.2"]
+    assert created["metadata"]["ownerReferences"][0]["uid"] == "u-1"
 
 
 @pytest.mark.rehearsal
