@@ -16,6 +16,7 @@ from tests.kubernetes_sd import file_sd_scrape_configs
 from tests.program import ROOT, Manifest, Rendered, render
 from tests.prometheus_scrape import scrape_configs
 from tests.prometheus_server import prometheus_server
+from tests.test_program import object_labels
 from tests.variants import MONITORING, rendered
 
 
@@ -92,15 +93,7 @@ def test_the_monitoring_objects_carry_the_clusters_labels_as_its_monitoring_part
     """The PodMonitor, the PrometheusRule and the dashboards' ConfigMaps: labelled as the cluster's, component
     `monitoring` (so `kubectl get -l app.kubernetes.io/component=monitoring` lists them); the operator's objects also
     with the release kube-prometheus-stack's Prometheus selects them by, the dashboards with the Grafana sidecar's."""
-    cluster = {
-        "app.kubernetes.io/name": "ray",
-        "app.kubernetes.io/instance": "ray",
-        "app.kubernetes.io/component": "monitoring",
-        "app.kubernetes.io/managed-by": "pulumi",
-        "ray.io/cluster": "ray",
-        "ray.io/node-type": "monitoring",
-        "ray.io/group": "monitoring",
-    }
+    cluster = object_labels("monitoring")
     result = rendered("monitoring")
     for kind, name in (("PodMonitor", "ray"), ("PrometheusRule", "ray-alerts")):
         assert result.one(kind, name)["metadata"]["labels"] == {**cluster, "release": "kps"}

@@ -31,6 +31,7 @@ from components.manifests import serve
 from tests.program import Rendered
 from tests.rehearsal import apiserver, image
 from tests.test_conformance import validate_everywhere
+from tests.test_program import object_labels
 from tests.variants import SERVE_APPLICATION, rendered
 
 APP = SERVE_APPLICATION
@@ -154,6 +155,12 @@ def test_only_the_keeper_holds_the_kubernetes_token_and_its_role_is_its_calls(va
     binding = by_kind(result, "RoleBinding")["ray-serve"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "ray-test"}]
     assert ("ray-serve" in by_kind(result, "ServiceAccount")) is (account == "ray-serve")
+
+
+def test_the_serve_objects_are_labelled_as_serve_in_the_heads_group_where_the_keeper_runs() -> None:
+    result = rendered("serve")
+    for kind in ("Service", "ConfigMap"):
+        assert result.one(kind, "ray-serve")["metadata"]["labels"] == object_labels("serve", "head"), kind
 
 
 def test_the_keeper_runs_its_shipped_text_and_every_ray_pod_offers_the_serve_port() -> None:
