@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import http.server
 import json
 import logging
 import os
@@ -18,7 +17,6 @@ import ssl
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +43,7 @@ from components.in_pod.node_provider import (
     node_status,
 )
 from components.manifests import autoscaling
+from tests.http_stub import RecordingServer
 from tests.program import render
 
 # Ray's autoscaler internals without type hints, called through Any.
@@ -976,58 +975,17 @@ def test_the_heartbeat_is_touched_after_each_read_of_the_cluster_and_not_when_it
 # -- The HTTP client -----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Exchange:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class FakeApiServer:
+class FakeApiServer(RecordingServer):
     """An HTTPS server with a certificate from its own CA, answering each request from a table."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.ca = trustme.CA()
         self.ca_file = tmp_path / "ca.crt"
         self.ca.cert_pem.write_to_path(str(self.ca_file))
-        self.exchanges: list[Exchange] = []
-        self.answers: dict[tuple[str, str], tuple[int, Any]] = {}
-        self.delay = 0.0
-        self.released = threading.Event()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                server.exchanges.append(Exchange(self.command, self.path, dict(self.headers), body))
-                server.released.wait(server.delay)
-                code, answer = server.answers.get((self.command, self.path), (404, {"kind": "Status", "code": 404}))
-                data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_PATCH = do_DELETE = _answer  # noqa: N815
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert("127.0.0.1").configure_cert(context)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.base_url = f"https://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self) -> None:
-        self.released.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(context=context)
+        self.base_url = f"https://127.0.0.1:{self.port}"
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ image: `ray[default,serve]` at the pinned version)."""
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from components import load_settings
 from components.config.serve import APPLICATION_KEYS, DEPLOYMENT_KEYS
 from components.in_pod import serve_keeper
 from components.manifests import serve
+from tests.http_stub import RecordingServer
 from tests.program import Rendered
 from tests.rehearsal import apiserver, image
 from tests.test_conformance import validate_everywhere
@@ -446,57 +446,35 @@ def test_the_first_keeper_creates_the_endpoint_slice_with_the_healthy_proxies(mo
     assert created["metadata"]["ownerReferences"][0]["uid"] == "u-1"
 
 
-@contextlib.contextmanager
-def answering(address: str, port: int, status: int) -> Iterator[list[dict[str, str]]]:
-    """An HTTP server on address:port that answers every GET and PUT with `status` and records each request's
-    method, path and Authorization header."""
-    seen: list[dict[str, str]] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def answer(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            seen.append({"method": self.command, "path": self.path, "auth": self.headers.get("Authorization", "")})
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def do_GET(self) -> None:
-            self.answer()
-
-        def do_PUT(self) -> None:
-            self.answer()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer((address, port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield seen
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_a_proxy_is_healthy_only_when_its_health_check_answers_200() -> None:
-    port = free_port()
-    with answering("127.0.0.1", port, 200) as healthy, answering("127.0.0.3", port, 503) as unhealthy:
-        assert serve_keeper.healthy_proxies({"127.0.0.1", "127.0.0.2", "127.0.0.3"}, port) == {"127.0.0.1"}
-    assert healthy == unhealthy == [{"method": "GET", "path": "/-/healthz", "auth": ""}]
+    healthy = RecordingServer(("127.0.0.1", 0), default=(200, {}))
+    unhealthy = RecordingServer(("127.0.0.3", healthy.port), default=(503, {}))
+    try:
+        assert serve_keeper.healthy_proxies({"127.0.0.1", "127.0.0.2", "127.0.0.3"}, healthy.port) == {"127.0.0.1"}
+    finally:
+        healthy.close()
+        unhealthy.close()
+    for server in (healthy, unhealthy):
+        assert [(e.method, e.path, e.headers.get("Authorization")) for e in server.exchanges] == [
+            ("GET", "/-/healthz", None)
+        ]
 
 
 @pytest.mark.parametrize("mode", ["token", ""])
 def test_the_keeper_asks_serve_with_the_clusters_token_when_token_auth_is_on(mode: str, tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("the-token\n")
-    port = free_port()
     environ = {"RAY_AUTH_MODE": mode, "RAY_AUTH_TOKEN_PATH": str(token)}
-    with answering("127.0.0.1", port, 200) as seen:
-        dashboard = serve_keeper.Dashboard(f"http://127.0.0.1:{port}/", environ)
+    server = RecordingServer(default=(200, {}))
+    try:
+        dashboard = serve_keeper.Dashboard(f"http://127.0.0.1:{server.port}/", environ)
         assert dashboard.status() == {} and dashboard.apply({"applications": []}) is None
-    auth = "Bearer the-token" if mode == "token" else ""
-    assert seen == [{"method": method, "path": "/api/serve/applications/", "auth": auth} for method in ("GET", "PUT")]
+    finally:
+        server.close()
+    auth = "Bearer the-token" if mode == "token" else None
+    assert [(e.method, e.path, e.headers.get("Authorization")) for e in server.exchanges] == [
+        (method, "/api/serve/applications/", auth) for method in ("GET", "PUT")
+    ]
 
 
 @pytest.mark.rehearsal
