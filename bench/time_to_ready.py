@@ -10,7 +10,11 @@ ratios and how far the worst run lies from its median, where the memory goes (by
 runs with each worker's timeline (init container, Ray container, registration) and the floor's (its head's
 registration, its workers' start). Needs root, like the rehearsal.
 
-    sudo .venv/bin/python bench/time_to_ready.py [--workers 1 2 3] [--repeat 5] [--keep-logs DIR]
+With `--cores-apart`, on both sides the head's processes run on CPU 0 and the workers' on CPU 1 (the smoke test's
+driver on either), as when the head's pod and the workers' pods are on nodes of their own: a worker's start then
+takes no CPU from the head's. Without it every process shares the machine's cores, as no real cluster's pods do.
+
+    sudo .venv/bin/python bench/time_to_ready.py [--workers 1 2 3] [--repeat 5] [--keep-logs DIR] [--cores-apart]
 """
 
 from __future__ import annotations
@@ -178,9 +182,20 @@ def joined_at(registered: dict[str, float], nodes: int) -> float:
     return max(registered.values())
 
 
-def rendered_cluster(workers: int, keep_logs: Path | None) -> Run:
+def cores_apart(pod: str) -> str | None:
+    """With --cores-apart, the CPUs (taskset's list) of a pod or of the floor's node, by its name: the head on one,
+    the workers on the other, the smoke test's driver on either."""
+    return "0" if "head" in pod else "1" if "worker" in pod else None
+
+
+def any_core(pod: str) -> str | None:
+    """Without --cores-apart: every process on any of the machine's CPUs."""
+    return None
+
+
+def rendered_cluster(workers: int, keep_logs: Path | None, cores: Callable[[str], str | None]) -> Run:
     rendered = render({"workers": workers})
-    cluster = Cluster(Path(f"/run/ray-bench-{os.getpid()}"))
+    cluster = Cluster(Path(f"/run/ray-bench-{os.getpid()}"), cores=cores)
     try:
         sampler = MemorySampler(
             lambda: [p.network_namespace for p in list(cluster.pods.values()) if p.network_namespace]
@@ -231,7 +246,7 @@ def floor_smoke_env(workers: int, head_ip: str) -> dict[str, str]:
     return {**smoke, "RAY_ADDRESS": f"ray://{head_ip}:{ray_node.CLIENT_PORT}"}
 
 
-def floor(workers: int) -> Run:
+def floor(workers: int, cores: Callable[[str], str | None]) -> Run:
     network = PodNetwork(f"rf{os.getpid() % 10000}")
     namespaces: list[str] = []
     try:
@@ -241,7 +256,8 @@ def floor(workers: int) -> Run:
         def node(name: str, *args: str, env: dict[str, str] = image) -> tuple[str, subprocess.Popen[bytes]]:
             namespace, ip = network.add_pod(name)
             namespaces.append(namespace)
-            command = ["ip", "netns", "exec", namespace, "ray", "start", f"--node-ip-address={ip}",
+            placed = ["taskset", "--cpu-list", cpus] if (cpus := cores(name)) else []
+            command = [*placed, "ip", "netns", "exec", namespace, "ray", "start", f"--node-ip-address={ip}",
                        f"--temp-dir=/tmp/ray-floor-{name}", "--num-cpus=1", *args]  # fmt: skip
             return ip, subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -325,12 +341,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--keep-logs", type=Path, help="save every run's container and Ray logs under this folder")
+    parser.add_argument("--cores-apart", action="store_true", help="the head on CPU 0, the workers on CPU 1")
     arguments = parser.parse_args()
+    cores = cores_apart if arguments.cores_apart else any_core
     rows, raws, memory = [], [], []
     for workers in arguments.workers:
         runs = []
         for _ in range(arguments.repeat):
-            runs.append((rendered_cluster(workers, arguments.keep_logs), floor(workers)))
+            runs.append((rendered_cluster(workers, arguments.keep_logs, cores), floor(workers, cores)))
             raws.append(raw(workers, *runs[-1]))
             raws += [f"    {timeline}" for timeline in runs[-1][0].timelines]
             raws += [f"    floor: {timeline}" for timeline in runs[-1][1].timelines]

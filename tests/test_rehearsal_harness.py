@@ -874,6 +874,26 @@ def test_an_exec_probe_runs_in_the_container_as_the_container(cluster: Cluster) 
 
 
 @pytest.mark.rehearsal
+def test_a_pods_processes_and_what_is_execd_in_them_run_on_the_cpus_the_cluster_gives_that_pod() -> None:
+    """bench/time_to_ready.py --cores-apart gives the head's pod and the workers' pods CPUs of their own; a pod the
+    cluster gives none runs on any."""
+    directory, prefix = Path(f"/run/rehearsal-harness-{os.getpid()}"), f"hh{os.getpid() % 100000}"
+    cluster = Cluster(directory, prefix=prefix, cores=lambda pod: "0" if pod.startswith("pinned") else None)
+    try:
+        pinned = deployment("pinned", 1, template(container("sleep 600 & wait"), app="pinned"))
+        free = deployment("free", 1, template(container("sleep 600 & wait"), app="free"))
+        cluster.apply(pinned)
+        cluster.apply(free)
+        [pinned_pod], [free_pod] = running(cluster, pinned, 1), running(cluster, free, 1)
+        cpus = "grep -h Cpus_allowed_list /proc/1/status /proc/$(pgrep -x sleep)/status /proc/self/status"
+        assert kubectl_exec(pinned_pod, "main", cpus).split() == ["Cpus_allowed_list:", "0"] * 3
+        [every] = [line for line in Path("/proc/self/status").read_text().splitlines() if "Cpus_allowed_list" in line]
+        assert kubectl_exec(free_pod, "main", cpus).split() == every.split() * 3
+    finally:
+        cluster.close()
+
+
+@pytest.mark.rehearsal
 def test_an_exec_probe_is_killed_at_its_timeout_and_fails(cluster: Cluster) -> None:
     probe = {"exec": {"command": ["sleep", "37"]}, "timeoutSeconds": 1, "periodSeconds": 60}
     web = deployment("web", 1, template(container(SERVE, readinessProbe=probe)))

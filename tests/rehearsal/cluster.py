@@ -379,13 +379,15 @@ class Cluster:
         storage_classes: Iterable[StorageClass] = (StorageClass(),),
         default_storage_class: str | None = "standard",
         niceness: int = 0,
+        cores: Callable[[str], str | None] = lambda pod: None,
     ) -> None:
         """`directory` holds the pods' files and the claims' volumes (outside /tmp, which pods mount over); `prefix`
         names this cluster's network namespaces; `node` is its one node (by default roomy enough for any
         rehearsal, without GPUs); `storage_classes` are its StorageClasses, of which `default_storage_class` (if
         any) is the default; `niceness` the nice value of every pod's processes (below 0: ahead of the other
-        clusters on this machine, as if its node's CPUs were its own)."""
-        self.niceness = niceness
+        clusters on this machine, as if its node's CPUs were its own); `cores(pod name)` the CPUs a pod's processes
+        may run on (taskset's list; None: any), to give pods CPUs of their own as pods on different nodes have."""
+        self.niceness, self.cores = niceness, cores
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         # The node's own files (pods' files and volumes, tokens among them): root's alone, as the kubelet's
@@ -972,6 +974,7 @@ class Cluster:
             service_env=self._service_env,
             private=self.directory,
             niceness=self.niceness,
+            cores=self.cores(name),
         )
         with self._lock:
             self.pods[name] = pod

@@ -366,6 +366,7 @@ class Pod:
         service_env: Mapping[str, str] | None = None,
         private: Path | None = None,
         niceness: int = 0,
+        cores: str | None = None,
     ) -> None:
         """`owner` is the uid of the object that created the pod (its ownerReference); `objects(kind, name)` returns
         a Secret or ConfigMap (KeyError while there is none); `dns` is (nameserver, cluster domain);
@@ -376,9 +377,10 @@ class Pod:
         it cannot issue one); `clock` is the cluster's wall clock; `service_env` the variables of the Services
         every container is told of; `private` the node's own files (the pods' and volumes' directories), which no
         container sees, as none sees the kubelet's directory on a real node; `niceness` the nice value its
-        containers' processes run at, and what is exec'd in them, probes included (Cluster's)."""
+        containers' processes run at, and what is exec'd in them, probes included (Cluster's); `cores` the CPUs
+        they may run on (taskset's list, None: any), as on a node of their own."""
         self.name, self.namespace, self.spec, self.owner = name, namespace, spec, owner
-        self.niceness = niceness
+        self.niceness, self.cores = niceness, cores
         self.labels: dict[str, str] = dict(metadata.get("labels", {}))
         self.annotations: dict[str, str] = dict(metadata.get("annotations", {}))
         self.uid = secrets.token_hex(8)
@@ -762,11 +764,16 @@ class Pod:
         if spec is None or not main:
             return None
         env = [f"{name}={value}" for name, value in spec.env.items()]
-        niced = ["nice", "-n", str(self.niceness)] if self.niceness else []
         return [
-            *niced, "nsenter", f"--target={main[0]}", "--mount", "--uts", "--pid", "--net", "--",
+            *self._placement(), "nsenter", f"--target={main[0]}", "--mount", "--uts", "--pid", "--net", "--",
             *spec.identity, "env", "-i", f"--chdir={spec.workdir}", *env, *command,
         ]  # fmt: skip
+
+    def _placement(self) -> list[str]:
+        """What a container's processes, and what is exec'd in them, start under: their nice value and their
+        CPUs."""
+        niced = ["nice", "-n", str(self.niceness)] if self.niceness else []
+        return niced + (["taskset", "--cpu-list", self.cores] if self.cores else [])
 
     def _read_only_volume(self, name: str) -> bool:
         """A claim mounted `readOnly` in the pod's volume is read-only in every container; so is every volume the
@@ -804,8 +811,7 @@ class Pod:
         status.log = self.directory / f"{container['name']}.log"
         with status.log.open("ab") as log:
             log.write(f"--- start {time.strftime('%H:%M:%S')} ---\n".encode())
-            niced = ["nice", "-n", str(self.niceness)] if self.niceness else []
-            process = subprocess.Popen([*niced, *argv], stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen([*self._placement(), *argv], stdout=log, stderr=subprocess.STDOUT)
         # A runtime's container has started once its own command runs: until this one's PID 1 has left the setup of
         # its mounts, it is not running (nor Ready without a probe, nor open to exec), as a runtime's StartContainer
         # has not returned; and a SIGTERM its stop sends now reaches its command (the setup's PID 1 ignored it).
