@@ -26,7 +26,7 @@ import pytest
 from components.manifests import ray_node
 from tests.program import Rendered, render
 from tests.rehearsal.cluster import Cluster, wait_for
-from tests.rehearsal.kubelet import IMAGE_ROOT, Pod
+from tests.rehearsal.kubelet import IMAGE_ROOT, Manifest, Pod
 
 pytestmark = pytest.mark.rehearsal
 
@@ -131,9 +131,14 @@ class Deployment:
         assert "Success!" in logs, logs
         return logs
 
+    def applied(self, manifest: Manifest) -> Manifest:
+        """The object of a rendered manifest as `pulumi up` last applied it: under its live name (an auto-named
+        Job replaced by an `up` has a fresh one)."""
+        return self.cluster.applied(self.rendered.registration_of(manifest).urn)
+
     def smoke_test_runs(self) -> list[Pod]:
         """The pods of the smoke-test Job `pulumi up` last ran."""
-        job = self.rendered.one("Job")
+        job = self.applied(self.rendered.one("Job"))
         return self.cluster.pods_of(("Job", job["metadata"]["namespace"], job["metadata"]["name"]))
 
     def submit(self, script: str) -> str:

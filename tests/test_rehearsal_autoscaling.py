@@ -342,7 +342,7 @@ def test_an_image_change_completes_while_a_worker_the_autoscaler_asked_for_waits
     assert replicas(deployment, "ray-worker") == 2
 
     took = deployment.update(image=NEW_IMAGE)
-    assert "Success!" in deployment.cluster.job_logs(deployment.rendered.one("Job"))
+    assert "Success!" in deployment.cluster.job_logs(deployment.applied(deployment.rendered.one("Job")))
     assert deployment.head().spec["containers"][0]["image"] == NEW_IMAGE
     print(f"pulumi up of a new image with a worker Pending: {took:.1f} s")
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.program import ROOT, Registration, Rendered, render
+from tests.program import AUTONAMED_ANNOTATION, ROOT, Options, Registration, Rendered, auto_name, render
 from tests.rehearsal import image, network_policy
 from tests.rehearsal.cluster import Cluster, InvalidError, JobFailedError, StorageClass, rolling_bounds, wait_for
 from tests.rehearsal.kubelet import Manifest, Pod, UnsupportedError, check_supported, expand, quantity
@@ -166,15 +166,17 @@ def config_map(name: str, data: dict[str, str]) -> Manifest:
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": NAMESPACE}, "data": data}
 
 
-def stack(*resources: tuple[str, Manifest, tuple[str, ...]]) -> Rendered:
-    """A hand-made program: (logical name, manifest, the names it depends on), in the order Pulumi registers them."""
+def stack(*resources: tuple[str, Manifest, tuple[str, ...]], options: dict[str, Options] | None = None) -> Rendered:
+    """A hand-made program: (logical name, manifest, the names it depends on), in the order Pulumi registers them;
+    `options` are resource options by logical name."""
 
     def urn(name: str) -> str:
         return f"urn:pulumi:test::harness::kubernetes:x::{name}"
 
     registrations = [
         Registration(f"kubernetes:{manifest['apiVersion']}:{manifest['kind']}", name, "",
-                     tuple(urn(d) for d in dependencies), manifest, urn(name), frozenset())
+                     tuple(urn(d) for d in dependencies), manifest, urn(name), frozenset(),
+                     options=(options or {}).get(name, Options()))
         for name, manifest, dependencies in resources
     ]  # fmt: skip
     return Rendered(registrations=registrations, outputs={})
@@ -746,6 +748,68 @@ def test_a_changed_job_template_replaces_the_job_and_unchanged_inputs_leave_it_a
     [second] = pods(cluster, program("2").one("Job"))
     assert second is not first and first.name not in cluster.pods
     assert "version 2" in second.logs("main")
+
+
+def exists(cluster: Cluster, manifest: Manifest) -> bool:
+    try:
+        cluster.get(manifest["kind"], NAMESPACE, manifest["metadata"]["name"])
+    except KeyError:
+        return False
+    return True
+
+
+@pytest.mark.rehearsal
+def test_a_renamed_object_replaces_its_old_copy_only_at_the_end_of_an_up_that_succeeds(cluster: Cluster) -> None:
+    """The provider asks for delete-before-replace only when the name stays: a renamed object is created beside its
+    old copy, which the engine deletes with what is no longer declared, after everything else is ready; when the
+    `up` fails first, the old copy stays (a pending delete) until the end of the next `up` that succeeds."""
+
+    def program(version: str, check: str) -> tuple[Rendered, Manifest]:
+        web = deployment(f"web-{version}", 1, template(container(SERVE), app=f"web-{version}"))
+        checked = job("check", template(container(check)), backoffLimit=0)
+        return stack(("web", web, ()), ("check", checked, ("web",))), web
+
+    first_program, first = program("1", "true")
+    cluster.up(first_program, timeout=30)
+    [first_pod] = running(cluster, first, 1)
+    failing_program, failing = program("2", "false")
+    with pytest.raises(JobFailedError):
+        cluster.up(failing_program, timeout=30)
+    assert exists(cluster, first) and exists(cluster, failing)  # created beside the old copy, which stays
+    assert first_pod.ready
+    fixed_program, fixed = program("3", "true")
+    cluster.up(fixed_program, timeout=30)
+    assert not exists(cluster, first) and not exists(cluster, failing)  # both old copies went at the end
+    assert first_pod.name not in cluster.pods
+    running(cluster, fixed, 1)
+
+
+@pytest.mark.rehearsal
+def test_an_auto_named_replacement_gets_a_fresh_name_and_the_old_copy_goes_at_the_end(cluster: Cluster) -> None:
+    def program(version: str) -> Rendered:
+        named = job(auto_name("print"), template(container(f"echo version {version}")), backoffLimit=0)
+        named["metadata"]["annotations"] = {AUTONAMED_ANNOTATION: "true"}
+        return stack(("print", named, ()))
+
+    cluster.up(program("1"), timeout=30)
+    old_name = program("1").one("Job")["metadata"]["name"]
+    cluster.up(program("2"), timeout=30)
+    [new] = [key[2] for key in cluster.objects if key[0] == "Job"]
+    assert new != old_name and new.startswith("print-")
+    [pod] = cluster.pods_of(("Job", NAMESPACE, new))
+    assert "version 2" in pod.logs("main")
+
+
+@pytest.mark.rehearsal
+def test_a_resource_applied_with_retain_on_delete_leaves_the_state_and_its_object_stays(cluster: Cluster) -> None:
+    kept = deployment("kept", 1, template(container(SERVE), app="kept"))
+    retained = {"kept": Options(retain_on_delete=True)}
+    cluster.up(stack(("kept", kept, ()), options=retained), timeout=30)
+    [pod] = running(cluster, kept, 1)
+    cluster.up(stack(), timeout=30)
+    assert exists(cluster, kept) and pod.ready
+    with pytest.raises(AlreadyExistsError):  # declared again, it is created again: the object is no longer Pulumi's
+        cluster.up(stack(("kept", kept, ()), options=retained), timeout=30)
 
 
 # ----- images and probes the harness refuses -----

@@ -91,7 +91,7 @@ def serve_check_logs(deployment: Deployment) -> str:
     [job] = [
         m for m in deployment.rendered.manifests if m["kind"] == "Job" and "serve-check" in json.dumps(m["metadata"])
     ]
-    return deployment.cluster.job_logs(job)
+    return deployment.cluster.job_logs(deployment.applied(job))
 
 
 class Client:

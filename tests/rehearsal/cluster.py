@@ -38,10 +38,13 @@ controller), holds its resources on the node until its last process has exited, 
 its network namespace and its files with it; a pod not yet bound to the node, or already finished, leaves at once.
 
 `up` is `pulumi up` against the state it keeps (the inputs it last applied per URN, and which resources failed their
-await): each resource is created, updated, replaced (deleted and gone, then created: on a change to one of
-pulumi-kubernetes' replacement fields, or for a Job marked `pulumi.com/replaceUnready` that failed its await) or
-left alone (unchanged inputs: nothing is applied), once everything it depends on is ready; a create of an object
-that exists fails (AlreadyExists), as since pulumi-kubernetes 4.29, unless `up` may upsert. Its `ignore_changes`
+await): each resource is created, updated, replaced (on a change to one of pulumi-kubernetes' replacement fields,
+or for a Job marked `pulumi.com/replaceUnready` that failed its await: deleted and gone, then created, where the
+object keeps a user-set name, as the provider asks, or as `deleteBeforeReplace` says; else created first, under a
+fresh name if auto-named, and the old copy deleted with what is no longer declared, at the end of the first `up`
+that succeeds, as the engine's pending deletes) or left alone (unchanged inputs: nothing is applied), once
+everything it depends on is ready; a create of an object that exists fails (AlreadyExists), as since
+pulumi-kubernetes 4.29, unless `up` may upsert. Its `ignore_changes`
 paths take their last inputs' values before the diff, as the engine does, and the provider's server-side apply
 leaves them at their live values (so a Deployment's replicas written through its scale subresource stay); an apply
 is forced only with the `pulumi.com/patchForce` annotation, and otherwise fails (ConflictError) on a field another
@@ -50,7 +53,8 @@ Deployment when every replica of the live object is of the current template and 
 template is active, a Service when it has an endpoint, a Job when it has succeeded (its failure fails `up`), a
 PersistentVolumeClaim (see `claim_ready`) when it is Bound, or on its creation Pending if its class binds on first
 consumer; nothing is awaited for a resource annotated `pulumi.com/skipAwait: "true"`. Deleting waits until the
-object has left the API (a claim's finalizer included).
+object has left the API (a claim's finalizer included); a resource applied with `retainOnDelete` only leaves the
+state, its object stays.
 
 Services get ClusterIPs, to which their names resolve, and kube-proxy's forwarding to their endpoints (network.py).
 `clock` is the cluster's wall clock (tokens' lifetimes and the API's timestamps), which a test can move on. `apply`
@@ -86,7 +90,7 @@ from typing import Any, Literal, TypeVar
 
 from tests.crds import crds, validate_custom_resource
 from tests.lifecycle import _reset, kubernetes_diff, parse_path, type_token
-from tests.program import Rendered
+from tests.program import AUTONAMED_ANNOTATION, Options, Rendered, auto_name
 from tests.rehearsal import network_policy
 from tests.rehearsal.apiserver import PORT, RBAC_GROUP, APIServer
 from tests.rehearsal.kubelet import (
@@ -319,14 +323,16 @@ class _JobRun:
 
 @dataclass
 class _Step:
-    """One resource's operation in an `up` (same, create, update, or replace: `previous` deleted and its pods gone
-    before the new one is created), then its await."""
+    """One resource's operation in an `up` (same, create, update, or replace: with `delete_first`, `previous`
+    deleted and its pods gone before the new one is created; else the new one created and `previous` deleted at
+    the end of the `up`), then its await."""
 
     urn: str
     inputs: Manifest
     operation: str
     previous: Manifest | None = None
     ignore_changes: tuple[str, ...] = ()
+    delete_first: bool = False
     leaving: list[Pod] | None = None
     applied: bool = False
 
@@ -410,6 +416,10 @@ class Cluster:
         self.replica_sets: dict[str, ReplicaSet] = {}  # by uid
         self._jobs: dict[str, _JobRun] = {}  # by the Job's uid
         self._state: dict[str, Manifest] = {}  # per URN, the inputs `up` last applied
+        self._retained: set[str] = set()  # URNs last applied with retainOnDelete
+        # The old copies of create-before-delete replacements, each with whether it was retained: deleted at the end
+        # of the next `up` that succeeds (this one's, or a later one's if it fails), as the engine's pending deletes.
+        self._replaced: list[tuple[Manifest, bool]] = []
         self._init_errors: set[str] = set()  # URNs whose await failed or did not finish
         self._reapers: list[threading.Thread] = []
         self._errors: list[str] = []  # controller failures, which `up` reports
@@ -1372,11 +1382,13 @@ class Cluster:
     ) -> float:
         """`pulumi up`: plan each declared resource against the state (same, create, update or replace), carry the
         step out once all the resource depends on is ready, and await it; then delete what the program no longer
-        declares. Returns the seconds until every resource was ready. A failed Job raises JobFailedError, a
-        resource not ready in time TimeoutError; either way the resources left unready are remembered, and the
-        next `up` awaits them again (or replaces them, where that is asked for). `delays` holds back resources by
-        logical name, as a slow image pull would. `upsert` is the provider's upsertExistingObjects: without it, a
-        create of an object that exists fails (AlreadyExistsError)."""
+        declares and the old copies of create-before-delete replacements (those of a failed `up` too), but for what
+        was applied with retainOnDelete, which only leaves the state. Returns the seconds until every resource was
+        ready. A failed Job raises JobFailedError, a resource not ready in time TimeoutError; either way the
+        resources left unready are remembered, and the next `up` awaits them again (or replaces them, where that is
+        asked for). `delays` holds back resources by logical name, as a slow image pull would. `upsert` is the
+        provider's upsertExistingObjects: without it, a create of an object that exists fails
+        (AlreadyExistsError)."""
         started = time.monotonic()
         declared = {r.urn: r for r in rendered.kubernetes()}
         ready: set[str] = {r.urn for r in rendered.registrations if r.urn not in declared}
@@ -1391,9 +1403,9 @@ class Cluster:
                 if time.monotonic() - started < (delays or {}).get(registration.name, 0):
                     continue
                 if urn not in steps:
-                    steps[urn] = self._plan(urn, registration.inputs, registration.options.ignore_changes)
+                    steps[urn] = self._plan(urn, registration.inputs, registration.options)
                 step = steps[urn]
-                if self._advance(step, upsert):
+                if self._advance(step, upsert, registration.options.retain_on_delete):
                     ready.add(urn)
             return ready >= declared.keys()
 
@@ -1411,17 +1423,31 @@ class Cluster:
         elapsed = time.monotonic() - started
         leaving: list[Pod] = []
         deleted: list[Manifest] = []
-        for urn in reversed([urn for urn in self._state if urn not in declared]):
-            deleted.append(self._state.pop(urn))
-            leaving += self.delete(deleted[-1])
-            self._init_errors.discard(urn)
-        what = "pulumi up: deleting what is no longer declared"
+        undeclared = [urn for urn in reversed(self._state) if urn not in declared]
+        gone = [(self._state.pop(urn), urn in self._retained) for urn in undeclared]
+        self._retained &= declared.keys()
+        self._init_errors &= declared.keys()
+        for manifest, retained in [*gone, *self._replaced]:
+            if not retained:
+                deleted.append(manifest)
+                leaving += self.delete(manifest)
+        self._replaced.clear()
+        what = "pulumi up: deleting what is no longer declared, and what was replaced"
         wait_for(lambda: self._gone(leaving, deleted), timeout, what, interval=0.2)
         return elapsed
 
-    def _plan(self, urn: str, inputs: Manifest, ignore_changes: tuple[str, ...]) -> _Step:
+    def applied(self, urn: str) -> Manifest:
+        """What `up` last applied for the resource `urn` (KeyError if nothing): its object's live name, which for an
+        auto-named replacement is not the render's."""
+        return self._state[urn]
+
+    def _plan(self, urn: str, inputs: Manifest, options: Options) -> _Step:
         """What the engine does with one resource, from its last inputs (the ignored paths of the new ones reset to
-        those, as processIgnoreChanges does before the diff) and whether its last await failed."""
+        those, as processIgnoreChanges does before the diff) and whether its last await failed. A replacement
+        deletes first where the provider asks it (a user-set name that stays), unless the program said otherwise
+        (`deleteBeforeReplace`); else its new copy, if auto-named, gets a fresh name, as the provider's Check
+        draws one for a replacement."""
+        ignore_changes = options.ignore_changes
         previous = self._state.get(urn)
         if previous is None:
             return _Step(urn, inputs, "create", ignore_changes=ignore_changes)
@@ -1430,15 +1456,40 @@ class Cluster:
         if missing:
             raise RuntimeError(f"pulumi up: {urn}: cannot ignore changes to {', '.join(missing)}: one or more "
                                "elements of the path are missing")  # fmt: skip
-        if kubernetes_diff(type_token(inputs), previous, inputs).replace:
-            return _Step(urn, inputs, "replace", previous, ignore_changes)
+        diff = kubernetes_diff(type_token(inputs), previous, inputs)
+        annotations = inputs["metadata"].get("annotations", {})
+        replace_unready = annotations.get(REPLACE_UNREADY) == "true"
+        if diff.replace or (
+            urn in self._init_errors and inputs["kind"] == "Job" and replace_unready and not self._succeeded(previous)
+        ):
+            # An unready Job's replacement keeps its name: it deletes first unless auto-named, by the same rule.
+            delete_first = (
+                diff.delete_before_replace if diff.replace else annotations.get(AUTONAMED_ANNOTATION) != "true"
+            )
+            if options.delete_before_replace is not None:
+                delete_first = options.delete_before_replace
+            if not delete_first:
+                inputs = self._fresh_name(urn, inputs, previous)
+            return _Step(urn, inputs, "replace", previous, ignore_changes, delete_first)
         if urn not in self._init_errors:
             return _Step(urn, inputs, "same" if previous == inputs else "update", ignore_changes=ignore_changes)
-        replace_unready = inputs["metadata"].get("annotations", {}).get(REPLACE_UNREADY) == "true"
-        if inputs["kind"] == "Job" and replace_unready and not self._succeeded(previous):
-            return _Step(urn, inputs, "replace", previous, ignore_changes)
         # With unchanged inputs the engine goes on awaiting it.
         return _Step(urn, inputs, "update", ignore_changes=ignore_changes)
+
+    def _fresh_name(self, urn: str, inputs: Manifest, previous: Manifest) -> Manifest:
+        """An auto-named replacement's new name, as the provider draws one at random: never a name of this kind
+        that its namespace has (the render's auto-name is the logical name's, the same every time)."""
+        metadata = inputs["metadata"]
+        if metadata.get("annotations", {}).get(AUTONAMED_ANNOTATION) != "true":
+            return inputs
+        name, seed = metadata["name"], f"{urn} replacing {previous['metadata']['name']}"
+        namespace = metadata.get("namespace", "")
+        with self._lock:
+            taken = {key[2] for key in self.objects if key[:2] == (inputs["kind"], namespace)}
+        while name in taken or name == previous["metadata"]["name"]:
+            seed += "'"
+            name = auto_name(urn.rsplit("::", 1)[-1], seed)
+        return {**inputs, "metadata": {**metadata, "name": name}}
 
     def _succeeded(self, job: Manifest) -> bool:
         try:
@@ -1446,11 +1497,12 @@ class Cluster:
         except KeyError:  # deleted behind Pulumi's back
             return False
 
-    def _advance(self, step: _Step, upsert: bool) -> bool:
-        """Carry a step on as far as it goes now; True once the resource is ready."""
+    def _advance(self, step: _Step, upsert: bool, retain_on_delete: bool) -> bool:
+        """Carry a step on as far as it goes now; True once the resource is ready. What it applies is recorded
+        with `retain_on_delete`, which decides whether a later delete of it deletes the object."""
         if step.operation == "same":
             return True
-        if step.operation == "replace" and not step.applied:
+        if step.operation == "replace" and step.delete_first and not step.applied:
             assert step.previous is not None
             if step.leaving is None:
                 step.leaving = self.delete(step.previous)
@@ -1461,7 +1513,13 @@ class Cluster:
                 self.server_side_apply(step.inputs, step.ignore_changes)
             else:  # a create, or the new copy of a replacement
                 self.pulumi_create(step.inputs, upsert=upsert)
+            if step.operation == "replace" and not step.delete_first:
+                assert step.previous is not None
+                self._replaced.append((step.previous, step.urn in self._retained))
             step.applied, self._state[step.urn] = True, step.inputs
+            self._retained.discard(step.urn)
+            if retain_on_delete:
+                self._retained.add(step.urn)
         if step.inputs["metadata"].get("annotations", {}).get(SKIP_AWAIT) == "true":
             ready = True  # metadata.ReadyCondition: an immediate condition
         else:  # a failure propagates, and `up` remembers the resource as unready
