@@ -14,6 +14,7 @@ import pulumi_random as random
 
 from . import resource_options
 from .config.settings import ClusterSettings
+from .generations import with_generation
 from .manifests import pods, ray_node
 
 Child = TypeVar("Child", bound=pulumi.CustomResource)
@@ -21,12 +22,14 @@ Child = TypeVar("Child", bound=pulumi.CustomResource)
 
 class ClusterChildren(pulumi.ComponentResource):
     """A component whose children are the cluster's objects: `_settings`, `_name`, `_namespace` and `_access`
-    (what every Deployment waits for) are the subclass's to set before it declares any."""
+    (what every Deployment waits for) are the subclass's to set before it declares any; with generations,
+    `_generation` (the id) before it declares any of a generation's objects."""
 
     _name: str
     _settings: ClusterSettings
     _namespace: pulumi.Output[str]
     _access: list[pulumi.CustomResource]
+    _generation: pulumi.Output[str] | None = None
 
     def _child(
         self,
@@ -41,8 +44,9 @@ class ClusterChildren(pulumi.ComponentResource):
         **fields: object,
     ) -> Child:
         """A namespaced child labelled like the pods it belongs with (the Ray pods', unless `labels` are given);
-        reading the namespace from the Namespace resource makes it wait for that namespace."""
-        named = {"name": resource_name} if resource_name else {}
+        reading the namespace from the Namespace resource makes it wait for that namespace. The generation's id
+        takes the place of its mark in the name and the fields (components/generations.py)."""
+        named = {"name": with_generation(resource_name, self._generation)} if resource_name else {}
         metadata = {
             **named,
             "namespace": self._namespace,
@@ -50,12 +54,13 @@ class ClusterChildren(pulumi.ComponentResource):
             "annotations": {**resource_options.PULUMI_OWNS_ITS_FIELDS, **(annotations or {})},
         }
         options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
+        fields = {key: with_generation(value, self._generation) for key, value in fields.items()}
         return kind(f"{self._name}-{suffix}", metadata=metadata, opts=options, **fields)
 
     def _deployment_spec(self, group: str, replicas: int, template: ray_node.Manifest) -> ray_node.Manifest:
         return {
             "replicas": replicas,
-            "selector": {"matchLabels": pods.selector_labels(self._settings, group)},
+            "selector": {"matchLabels": pods.generation_selector(self._settings, group)},
             "template": template,
         }
 
@@ -68,10 +73,12 @@ class ClusterChildren(pulumi.ComponentResource):
         after: list[pulumi.CustomResource] | None = None,
         labels: Mapping[str, str] | None = None,
         autoscaled: bool = False,
+        name: str | None = None,
     ) -> pulumi.CustomResource:
-        """`<cluster>-<group>`, a Deployment of Ray pods (or, with its own `labels`, the Redis), created once the
-        access objects (ServiceAccount, policies, token) and whatever else it needs (`after`) exist; `pulumi up`
-        waits `timeout_seconds` for it to roll out. An `autoscaled` one's replicas are the autoscaler's."""
+        """`<cluster>-<group>` (or `name`), a Deployment of Ray pods (or, with its own `labels` and `name`, the
+        Redis), created once the access objects (ServiceAccount, policies, token) and whatever else it needs
+        (`after`) exist; `pulumi up` waits `timeout_seconds` for it to roll out. An `autoscaled` one's replicas are
+        the autoscaler's."""
         timeout = f"{timeout_seconds}s"
         grace = spec["template"]["spec"].get(
             "terminationGracePeriodSeconds", resource_options.POD_DEFAULT_GRACE_SECONDS
@@ -86,11 +93,10 @@ class ClusterChildren(pulumi.ComponentResource):
                 *([resource_options.AUTOSCALER_OWNS_REPLICAS] if autoscaled else []),
             ],
         )
-        name = self._settings.deployment_name(group)
         deployment: pulumi.CustomResource = self._child(
             k8s.apps.v1.Deployment,
             group,
-            name,
+            name or self._settings.deployment_name(group),
             component,
             group,
             spec=spec,

@@ -9,9 +9,7 @@ annotation and its `pulumi.Output` attributes (their docstrings included) into t
 why this module has no `from __future__ import annotations` (the analyzer cannot resolve string annotations).
 """
 
-import hashlib
 import inspect
-import json
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -29,6 +27,7 @@ from .config.monitoring import Monitoring
 from .config.serve import ServeSettings
 from .config.settings import load_settings
 from .config.values import config_error
+from .generations import digest, generation_id
 from .manifests import alerts, autoscaling, dashboards, monitoring, network, pods, ray_node, redis, serve
 
 SMOKE_TEST_SCRIPT = in_pod.source(ray_node.SMOKE_TEST_FILE)
@@ -70,6 +69,8 @@ class RayCluster(ClusterChildren):
     """This cluster's key prefix in Redis, when gcsFaultTolerance is on."""
     serve_url: pulumi.Output[str | None]
     """Where the Serve applications answer (`<clusterName>-serve`, port 8000), when serveApplications are given."""
+    generation: pulumi.Output[str | None]
+    """The generation the head Service selects (upgradeStrategy `generation`): its pods' generation label."""
     head_service: pulumi.Output[k8s.core.v1.Service]
     """The head's Service (`<clusterName>-head`), for resources that must wait for it or read it."""
     head_deployment: pulumi.Output[k8s.apps.v1.Deployment]
@@ -90,30 +91,42 @@ class RayCluster(ClusterChildren):
         self._namespace = self._declare_namespace()
         self._access, version_labels = self._access_objects(args.get("authToken"))
         gcs = self._gcs(args.get("redisPassword"))
-        head_service, head_service_spec = self._head_service()
+        head_labels = {**version_labels, **gcs.head_labels}
+        storage_namespace = gcs.storage_namespace
+        if settings.generational:
+            templates = {
+                "head": self._head_template(head_labels, storage_namespace),
+                **self._worker_templates(version_labels),
+            }
+            self._generation = generation_id(name, templates, self)
+            if storage_namespace is not None:
+                # Each generation's GCS keeps its own state in the Redis: a new head beside the old one.
+                storage_namespace = pulumi.Output.format("{0}-{1}", storage_namespace, self._generation)
+        head_service, head_service_spec = self._head_service(settings.generation_service_name)
         autoscaler = self._autoscaler() if settings.autoscaling else []
         serve_access = self._serve_access(settings.serve) if settings.serve else []
         # Only the head reads the Redis password. With fault tolerance, the GCS starts against a Redis that is
         # ready; its sidecars start with their config, their ServiceAccount and their permissions.
-        head, head_spec = self._head(
-            {**version_labels, **gcs.head_labels},
-            gcs.storage_namespace,
-            after=[*gcs.resources, *autoscaler, *serve_access],
-        )
+        head, head_spec = self._head(head_labels, storage_namespace, after=[*gcs.resources, *autoscaler, *serve_access])
         workers, worker_specs = self._workers(version_labels)
+        proofs: list[pulumi.CustomResource] = []
         if settings.test_job:
             running = {"head-service": head_service_spec, "head": head_spec, "workers": worker_specs}
             if gcs.redis_spec:
                 running["redis"] = gcs.redis_spec
             cluster = [*self._access, *gcs.resources, *autoscaler, head_service, head, *workers.values()]
-            self._smoke_test(cluster, _digest(running))
+            proofs.append(self._smoke_test(cluster, digest(running)))
         if settings.serve:
-            self._serve_check(settings.serve, [*self._access, *serve_access, head, *workers.values()])
+            proofs.append(self._serve_check(settings.serve, [*self._access, *serve_access, head, *workers.values()]))
+        if settings.generational:
+            # The clients' Service moves to this generation only once it is proven (or, without a smoke test, has
+            # rolled out): a generation that fails leaves it on the last one, which goes on answering.
+            head_service = self._clients_head_service(head_service_spec, proofs or [head, *workers.values()])
         if settings.monitoring:
             self._monitoring(settings.monitoring)
         if settings.grafana_dashboards:
             self._grafana_dashboards()
-        self._set_outputs(gcs.storage_namespace)
+        self._set_outputs(storage_namespace)
         # The children a consumer may depend on (as Pulumi's own component examples keep them).
         self.head_service = pulumi.Output.from_input(head_service)
         self.head_deployment = pulumi.Output.from_input(head)
@@ -194,33 +207,59 @@ class RayCluster(ClusterChildren):
         resources, head_labels, redis_spec = self._gcs_storage(fault_tolerance, given_password)
         return _GcsStorage(storage_namespace, resources, head_labels, redis_spec)
 
-    def _head_service(self) -> tuple[pulumi.CustomResource, ray_node.Manifest]:
-        """`<cluster>-head`: how clients and workers reach the head, and its spec."""
+    def _head_service(self, service_name: str) -> tuple[pulumi.CustomResource, ray_node.Manifest]:
+        """How this generation's workers and smoke test reach its head, and its spec: in place the clients'
+        `<cluster>-head` too; with generations `<cluster>-<id>`, the generation's own."""
         settings = self._settings
         spec = {
             "type": "ClusterIP",
-            "selector": pods.selector_labels(settings, "head"),
+            "selector": pods.generation_selector(settings, "head"),
             "ports": network.head_service_ports(),
             # The head's name resolves as soon as its pod runs, not once its dashboard is ready: the workers'
             # init containers check the GCS themselves, so they join seconds earlier.
             "publishNotReadyAddresses": True,
         }
-        service = self._child(k8s.core.v1.Service, "head-service", settings.head_service_name, "head", spec=spec)
+        logical_name = "generation-service" if settings.generational else "head-service"
+        service = self._child(k8s.core.v1.Service, logical_name, service_name, "head", spec=spec)
         return service, spec
 
-    def _head(
-        self, version_labels: Mapping[str, Any], storage_namespace: Any, after: list[pulumi.CustomResource]
-    ) -> tuple[pulumi.CustomResource, ray_node.Manifest]:
-        """`<cluster>-head`, one pod, recreated rather than rolled (never two heads: a second GCS would split the
-        cluster in two), created once what it needs (`after`) exists; and its spec."""
+    def _clients_head_service(
+        self, spec: ray_node.Manifest, proofs: list[pulumi.CustomResource]
+    ) -> pulumi.CustomResource:
+        """With generations, `<cluster>-head`, which clients reach the dashboard, the Jobs API and Ray Client
+        through: it selects the generation once the `proofs` are done, an update of its selector in place."""
+        service: pulumi.CustomResource = self._child(
+            k8s.core.v1.Service,
+            "head-service",
+            self._settings.head_service_name,
+            "head",
+            spec=spec,
+            opts=pulumi.ResourceOptions(depends_on=proofs),
+        )
+        return service
+
+    def _head_template(self, version_labels: Mapping[str, Any], storage_namespace: Any) -> ray_node.Manifest:
         settings = self._settings
         sidecars = (
             *([autoscaling.sidecar(settings)] if settings.autoscaling else []),
             *([serve.sidecar(settings)] if settings.serve else []),
         )
-        template = pods.head_pod_template(settings, version_labels, storage_namespace, sidecars)
+        return pods.head_pod_template(settings, version_labels, storage_namespace, sidecars)
+
+    def _head(
+        self, version_labels: Mapping[str, Any], storage_namespace: Any, after: list[pulumi.CustomResource]
+    ) -> tuple[pulumi.CustomResource, ray_node.Manifest]:
+        """`<cluster>-head`, one pod, recreated rather than rolled (never two heads of a generation: a second GCS
+        would split the cluster in two), created once what it needs (`after`) exists; and its spec."""
+        template = self._head_template(version_labels, storage_namespace)
         spec = {**self._deployment_spec("head", 1, template), "strategy": {"type": "Recreate"}}
         return self._deployment("head", "head", spec, resource_options.PULL_SECONDS, after=after), spec
+
+    def _worker_templates(self, version_labels: Mapping[str, Any]) -> dict[str, ray_node.Manifest]:
+        settings = self._settings
+        return {
+            group.name: pods.worker_pod_template(settings, group, version_labels) for group in settings.worker_groups
+        }
 
     def _workers(
         self, version_labels: Mapping[str, Any]
@@ -228,15 +267,14 @@ class RayCluster(ClusterChildren):
         """`<cluster>-<group>` for each worker group, by group name, and their specs. They do not wait for the head:
         their pods are placed once its pod is, and their init container waits for its GCS."""
         settings = self._settings
+        groups = {group.name: group for group in settings.worker_groups}
         specs = {
-            group.name: {
-                **self._deployment_spec(
-                    group.name, group.replicas, pods.worker_pod_template(settings, group, version_labels)
-                ),
+            name: {
+                **self._deployment_spec(name, groups[name].replicas, template),
                 "strategy": pods.WORKER_ROLLOUT,
                 "progressDeadlineSeconds": pods.worker_progress_deadline_seconds(settings),
             }
-            for group in settings.worker_groups
+            for name, template in self._worker_templates(version_labels).items()
         }
         # Every round of a rollout may wait for its workers' drain.
         rollout = resource_options.PULL_SECONDS + pods.WORKER_ROLLOUT_ROUNDS * pods.worker_grace_seconds(settings)
@@ -250,7 +288,7 @@ class RayCluster(ClusterChildren):
     def _set_outputs(self, storage_namespace: pulumi.Output[str] | None) -> None:
         """How to reach the cluster, and what it is made of."""
         settings = self._settings
-        host = settings.head_host
+        host = settings.client_host
         self.namespace = self._namespace
         self.head_service_dns = pulumi.Output.from_input(host)
         self.gcs_address = pulumi.Output.from_input(f"{host}:{ray_node.GCS_PORT}")
@@ -265,6 +303,7 @@ class RayCluster(ClusterChildren):
         self.auth_token_secret = pulumi.Output.from_input(settings.auth_secret_name if settings.token_auth else None)
         self.gcs_storage_namespace = pulumi.Output.from_input(storage_namespace)
         self.serve_url = pulumi.Output.from_input(serve.url(settings) if settings.serve else None)
+        self.generation = pulumi.Output.from_input(self._generation)
 
     def outputs_by_name(self) -> dict[str, pulumi.Output[Any]]:
         """The outputs under their names in the package's schema (the attributes' names in camelCase, by the
@@ -312,10 +351,12 @@ class RayCluster(ClusterChildren):
         rules = serve.role_rules(settings)
         return [files, service, *self._api_access("serve", name, rules, serve.service_account(settings))]
 
-    def _serve_check(self, serve_settings: ServeSettings, cluster: list[pulumi.CustomResource]) -> None:
+    def _serve_check(
+        self, serve_settings: ServeSettings, cluster: list[pulumi.CustomResource]
+    ) -> pulumi.CustomResource:
         """The Job that applies the Serve config and fails `pulumi up` unless every application runs with it."""
         template = serve.check_pod_template(self._settings, serve_settings)
-        self._proving_job("serve-check", template, 0, serve.CHECK_DEADLINE_SECONDS, cluster)
+        return self._proving_job("serve-check", template, 0, serve.CHECK_DEADLINE_SECONDS, cluster)
 
     def _declare_namespace(self) -> pulumi.Output[str]:
         """The stack's own namespace, or an existing one, read rather than managed, under the same logical name:
@@ -443,7 +484,13 @@ class RayCluster(ClusterChildren):
         )
         spec = redis.deployment_spec(settings, fault_tolerance, password_version, claim.metadata.name)
         deployment = self._deployment(
-            "redis", "gcs-storage", spec, resource_options.PULL_SECONDS, after=[secret, claim], labels=labels
+            "redis",
+            "gcs-storage",
+            spec,
+            resource_options.PULL_SECONDS,
+            after=[secret, claim],
+            labels=labels,
+            name=settings.redis_name,
         )
         service = child(k8s.core.v1.Service, "redis-service", settings.redis_name, spec=redis.service_spec(settings))
         policy = child(
@@ -454,7 +501,9 @@ class RayCluster(ClusterChildren):
         )
         return [*needed, claim, deployment, service, policy], head_labels, spec
 
-    def _smoke_test(self, cluster: list[pulumi.CustomResource], cluster_digest: pulumi.Output[str]) -> None:
+    def _smoke_test(
+        self, cluster: list[pulumi.CustomResource], cluster_digest: pulumi.Output[str]
+    ) -> pulumi.CustomResource:
         settings = self._settings
         script_name = f"{settings.cluster_name}-smoke-test"
         script = self._child(
@@ -467,14 +516,9 @@ class RayCluster(ClusterChildren):
         template = pods.smoke_test_pod_template(
             settings, script_config_map=script_name, script=SMOKE_TEST_SCRIPT, cluster_digest=cluster_digest
         )
-        self._proving_job("smoke-test", template, 1, resource_options.SMOKE_TEST_DEADLINE_SECONDS, [script, *cluster])
-
-
-def _digest(specs: Mapping[str, Any]) -> pulumi.Output[str]:
-    """A SHA-256 of specs that may hold Outputs (the token's version), once they are known."""
-    return pulumi.Output.from_input(specs).apply(
-        lambda resolved: hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
-    )
+        return self._proving_job(
+            "smoke-test", template, 1, resource_options.SMOKE_TEST_DEADLINE_SECONDS, [script, *cluster]
+        )
 
 
 def _existing_redis_password(given: object) -> str:

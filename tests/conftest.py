@@ -39,6 +39,7 @@ LONGEST_FIRST = (
     "test_rehearsal.py",
     "test_rehearsal_metrics.py",
     "test_rehearsal_serve.py",
+    "test_rehearsal_upgrades.py",
     "test_rehearsal_fault_tolerance.py",
     "test_rehearsal_harness.py",
     "test_rehearsal_serve_without_fault_tolerance.py",

@@ -87,6 +87,15 @@ BAD_VALUES: list[tuple[dict[str, object], list[str]]] = [
     ),
     ({"workerGroups": [{"name": "gpu", "image": "rayproject/ray"}]}, ["ray-cluster:workerGroups[0].image", "tag"]),
     ({"workerDrainSeconds": "-1"}, ["ray-cluster:workerDrainSeconds", "-1", "between 0 and 3600"]),
+    ({"upgradeStrategy": "blueGreen"}, ["ray-cluster:upgradeStrategy", "'blueGreen'", "one of inPlace, generation"]),
+    (
+        {"upgradeStrategy": "generation", "maxWorkers": "4"},
+        ["ray-cluster:upgradeStrategy", "'generation'", "not yet with autoscaling (maxWorkers)", "inPlace"],
+    ),
+    (
+        {"upgradeStrategy": "generation", "workerGroups": [{"name": "gpu", "maxReplicas": 2}]},
+        ["ray-cluster:upgradeStrategy", "not yet with autoscaling"],
+    ),
     ({"allowedMetricsNamespaces": ["Prom"]}, ["ray-cluster:allowedMetricsNamespaces[0]", "'Prom'", "DNS label"]),
     ({"testJob": "sometimes"}, ["ray-cluster:testJob", "sometimes"]),
     ({"workerGroups": {"name": "gpu"}}, ["ray-cluster:workerGroups", "list"]),

@@ -251,6 +251,7 @@ def test_outputs_say_how_to_reach_the_cluster(default: Rendered) -> None:
         "authTokenSecret": "ray-auth-token",
         "gcsStorageNamespace": None,
         "serveUrl": None,
+        "generation": None,
     }
 
 

@@ -14,6 +14,7 @@ import base64
 import json
 import re
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -77,6 +78,21 @@ class Deployment:
     def update(self, **changes: object) -> float:
         self.configure(**changes)
         return self.up()
+
+    def up_in_a_thread(self) -> tuple[threading.Thread, list[BaseException]]:
+        """`pulumi up` in a thread of its own, started, so the test can act on the cluster meanwhile; what it
+        raised lands in the list once the thread has ended."""
+        failure: list[BaseException] = []
+
+        def up() -> None:
+            try:
+                self.up()
+            except BaseException as error:  # noqa: BLE001 - handed to the test's thread
+                failure.append(error)
+
+        updating = threading.Thread(target=up)
+        updating.start()
+        return updating, failure
 
     def token_env(self, directory: Path) -> dict[str, str]:
         """What a Ray process outside the cluster needs to present the token: a file, as the pods read theirs."""

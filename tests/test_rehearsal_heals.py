@@ -11,7 +11,6 @@ the cluster) each roll what they must and run the smoke test again; a smoke test
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from decimal import Decimal
 
@@ -170,17 +169,8 @@ def test_an_image_change_rolls_through_a_node_sized_exactly_for_the_cluster(depl
 def test_a_failed_smoke_test_runs_again_on_the_next_up(deployment: Deployment) -> None:
     """Its pods evicted twice (backoffLimit 1), the smoke test fails `pulumi up`; the next `pulumi up`, with no
     change at all, replaces the failed Job and runs it again (replaceUnready) instead of awaiting it again."""
-    failure: list[BaseException] = []
-
-    def up() -> None:
-        try:
-            deployment.up()
-        except BaseException as error:  # noqa: BLE001 - handed to the test's thread
-            failure.append(error)
-
     deployment.configure(workers=str(len(deployment.workers()) - 1))  # a change, so the smoke test runs
-    updating = threading.Thread(target=up)
-    updating.start()
+    updating, failure = deployment.up_in_a_thread()
     for attempt in (1, 2):
         running = wait_for(
             lambda: [p for p in deployment.smoke_test_runs() if p.phase == "Running" and not p.terminating],

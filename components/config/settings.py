@@ -46,6 +46,16 @@ _NOT_IN_LABEL = re.compile(r"[^a-z0-9-]+")
 # Leaves room for the suffixes of every name derived from it (`-worker`, `-internal`, ...); tests check them all.
 _MAX_CLUSTER_NAME = 53
 
+# How a change that needs new Ray pods reaches the cluster (docs/upgrades.md): `inPlace` restarts the head and rolls
+# the workers; `generation` starts a new generation beside the old one and switches the clients to it once proven.
+UPGRADE_STRATEGIES = ("inPlace", "generation")
+# Stands for the generation's id in what the builders make (names, labels, addresses) until the component knows
+# the id, which is drawn from a digest of those very pod templates (`components/generations.py`).
+GENERATION_MARK = "GENERATION"
+GENERATION_LABEL = "ray-cluster.pulumi.com/generation"
+# `<cluster>-<id>`: a generation's own head Service; its id is 8 hex digits.
+GENERATION_ID_LENGTH = 8
+
 
 @dataclass(frozen=True)
 class ClusterSettings:
@@ -68,6 +78,17 @@ class ClusterSettings:
     monitoring: Monitoring | None = None
     metrics_views: MetricsViews = field(default_factory=MetricsViews)
     grafana_dashboards: bool = False
+    upgrade_strategy: str = "inPlace"
+
+    @property
+    def generational(self) -> bool:
+        """Changes that need new Ray pods start a new generation (upgradeStrategy `generation`)."""
+        return self.upgrade_strategy == "generation"
+
+    @property
+    def generation_labels(self) -> dict[str, str]:
+        """The labels that tell one generation's Ray pods from another's (none in place)."""
+        return {GENERATION_LABEL: GENERATION_MARK} if self.generational else {}
 
     @property
     def own_redis(self) -> GcsFaultTolerance | None:
@@ -78,16 +99,31 @@ class ClusterSettings:
 
     @property
     def head_service_name(self) -> str:
+        """`<cluster>-head`: the Service clients reach the dashboard, the Jobs API and Ray Client through."""
         return f"{self.cluster_name}-head"
 
     @property
+    def generation_service_name(self) -> str:
+        """The Service of this generation's head, which its workers and its smoke test reach: `<cluster>-<id>`
+        with generations, else the clients' own."""
+        return f"{self.cluster_name}-{GENERATION_MARK}" if self.generational else self.head_service_name
+
+    @property
     def head_host(self) -> str:
-        """The head Service's DNS name; `.svc` resolves through every pod's search path, whatever the cluster domain."""
+        """The DNS name of this generation's head Service; `.svc` resolves through every pod's search path, whatever
+        the cluster domain."""
+        return f"{self.generation_service_name}.{self.namespace}.svc"
+
+    @property
+    def client_host(self) -> str:
+        """The DNS name of the clients' head Service (`<cluster>-head`)."""
         return f"{self.head_service_name}.{self.namespace}.svc"
 
     def deployment_name(self, group: str) -> str:
-        """`<cluster>-<group>`: the Deployment of a worker group, the head (`head`) or the stack's Redis (`redis`)."""
-        return f"{self.cluster_name}-{group}"
+        """`<cluster>-<group>`: the Deployment of a worker group or of the head (`head`); with generations
+        `<cluster>-<group>-<id>`."""
+        suffix = f"-{GENERATION_MARK}" if self.generational else ""
+        return f"{self.cluster_name}-{group}{suffix}"
 
     @property
     def serve_service_name(self) -> str:
@@ -172,6 +208,7 @@ def load_settings(args: Mapping[str, object], project: str, stack: str) -> Clust
     namespace = require_dns_label("namespace", namespace)
     fault_tolerance = fault_tolerance_settings(inputs, groups)
     metrics_namespaces = require_label_list(inputs, "allowedMetricsNamespaces")
+    autoscaling, serve = autoscaler_settings(inputs, groups), serve_settings(inputs)
     return ClusterSettings(
         cluster_name=cluster_name,
         namespace=namespace,
@@ -192,9 +229,26 @@ def load_settings(args: Mapping[str, object], project: str, stack: str) -> Clust
         gcs_reconnect_timeout_seconds=reconnect_seconds(inputs, fault_tolerance is not None),
         worker_drain_seconds=require_seconds("workerDrainSeconds", inputs.integer("workerDrainSeconds"), 0, 3600),
         fault_tolerance=fault_tolerance,
-        autoscaling=autoscaler_settings(inputs, groups),
-        serve=serve_settings(inputs),
+        autoscaling=autoscaling,
+        serve=serve,
         monitoring=monitoring_settings(inputs, metrics_namespaces),
         metrics_views=metrics_views(inputs),
         grafana_dashboards=inputs.boolean("grafanaDashboards"),
+        upgrade_strategy=_upgrade_strategy(inputs.text("upgradeStrategy"), autoscaling, serve),
     )
+
+
+def _upgrade_strategy(strategy: str, autoscaling: Autoscaling | None, serve: ServeSettings | None) -> str:
+    """`upgradeStrategy`, one of UPGRADE_STRATEGIES. Generations do not carry an autoscaler or Serve along yet
+    (docs/upgrades.md, steps), so those keep upgrading in place."""
+    if strategy not in UPGRADE_STRATEGIES:
+        raise config_error("upgradeStrategy", strategy, f"it must be one of {', '.join(UPGRADE_STRATEGIES)}")
+    carried = (("autoscaling (maxWorkers)", autoscaling), ("serveApplications", serve))
+    for what, given in carried:
+        if strategy == "generation" and given is not None:
+            raise config_error(
+                "upgradeStrategy",
+                strategy,
+                f"not yet with {what}: a new generation does not carry it along yet; leave it at inPlace",
+            )
+    return strategy

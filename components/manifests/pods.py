@@ -51,8 +51,14 @@ def labels(settings: ClusterSettings, component: str, group: str) -> dict[str, s
 
 
 def selector_labels(settings: ClusterSettings, group: str) -> dict[str, str]:
-    """The immutable subset of labels a Deployment selects its pods by."""
+    """The pods of a group of Ray nodes, of any generation (what may reach the Redis, say)."""
     return {"ray.io/cluster": settings.cluster_name, "ray.io/group": group}
+
+
+def generation_selector(settings: ClusterSettings, group: str) -> dict[str, str]:
+    """The pods of a group of this generation's Ray nodes: what its Deployment (immutably) and head Services select,
+    and what its workers are placed after."""
+    return {**selector_labels(settings, group), **settings.generation_labels}
 
 
 def node_selector(image: str, given: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -73,7 +79,8 @@ def placed_after_the_head(settings: ClusterSettings) -> Manifest:
     for beyond the nodes, or a rollout's) would otherwise take the room a restarting head leaves (Recreate: the old
     head goes first) and keep the cluster headless, its autoscaler with it. Workers that run are not affected
     (IgnoredDuringExecution), and a head on a lost node still counts while its pod is in the API."""
-    term = {"labelSelector": {"matchLabels": selector_labels(settings, "head")}, "topologyKey": WHOLE_CLUSTER_TOPOLOGY}
+    head = generation_selector(settings, "head")
+    term = {"labelSelector": {"matchLabels": head}, "topologyKey": WHOLE_CLUSTER_TOPOLOGY}
     return {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
 
 
@@ -200,7 +207,7 @@ def head_pod_template(
         volumes=list(volumes.values()),
         node_selector=node_selector(settings.image),
         grace_seconds=HEAD_DRAIN_SECONDS + SHUTDOWN_MARGIN_SECONDS,
-        version_labels=version_labels,
+        version_labels={**settings.generation_labels, **version_labels},
         service_account=accounts.pop() if accounts else None,
     )
 
@@ -234,7 +241,7 @@ def worker_pod_template(settings: ClusterSettings, group: WorkerGroup, version_l
         affinity=placed_after_the_head(settings),
         tolerations=[dict(t) for t in group.tolerations],
         grace_seconds=worker_grace_seconds(settings),
-        version_labels=version_labels,
+        version_labels={**settings.generation_labels, **version_labels},
     )
 
 

@@ -1,0 +1,129 @@
+"""upgradeStrategy `generation` (docs/upgrades.md, step 1): a change that needs new Ray pods makes a new generation
+of the head and workers, under names that carry its id, beside the old one; the clients' head Service moves to it
+once its smoke test passed, and the old one is deleted at the end of the update. Checked on the rendered program
+and on the engine's plan of a change (tests/lifecycle.py)."""
+
+import re
+
+import pulumi
+import pytest
+
+from components.config.settings import GENERATION_LABEL
+from components.manifests import ray_node
+from tests.lifecycle import plan
+from tests.program import Manifest, Rendered, render
+from tests.test_program import container, env, flag, ray_argv
+from tests.variants import SERVE
+
+GENERATIONS: dict[str, object] = {"upgradeStrategy": "generation"}
+HEX_ID = re.compile(r"^[0-9a-f]{8}$")
+
+
+def generation(rendered: Rendered) -> str:
+    generation_id: str = rendered.outputs["generation"]
+    assert HEX_ID.match(generation_id), generation_id
+    return generation_id
+
+
+def labels(workload: Manifest) -> dict[str, str]:
+    found: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return found
+
+
+def test_each_ray_deployment_and_the_generations_head_service_carry_its_id() -> None:
+    rendered = render(GENERATIONS)
+    hex_id = generation(rendered)
+    head, worker = rendered.one("Deployment", f"ray-head-{hex_id}"), rendered.one("Deployment", f"ray-worker-{hex_id}")
+    for workload in (head, worker):
+        assert labels(workload)[GENERATION_LABEL] == hex_id
+        assert workload["spec"]["selector"]["matchLabels"][GENERATION_LABEL] == hex_id
+    own = rendered.one("Service", f"ray-{hex_id}")
+    assert own["spec"]["selector"] == {"ray.io/cluster": "ray", "ray.io/group": "head", GENERATION_LABEL: hex_id}
+    # The workers join, are placed after, and the smoke test reaches, this generation's head.
+    host = f"ray-{hex_id}.ray-test.svc"
+    assert flag(ray_argv(worker), "--address") == f"{host}:{ray_node.GCS_PORT}"
+    affinity = worker["spec"]["template"]["spec"]["affinity"]["podAffinity"]
+    [term] = affinity["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["labelSelector"]["matchLabels"][GENERATION_LABEL] == hex_id
+    assert env(container(rendered.one("Job")))["RAY_ADDRESS"] == f"ray://{host}:{ray_node.CLIENT_PORT}"
+    assert "GENERATION" not in str(rendered.manifests)
+
+
+def test_the_clients_head_service_selects_the_generation_only_after_its_smoke_test() -> None:
+    rendered = render(GENERATIONS)
+    clients = rendered.one("Service", "ray-head")
+    assert clients["spec"]["selector"][GENERATION_LABEL] == generation(rendered)
+    job = rendered.registration_of(rendered.one("Job"))
+    assert job.urn in rendered.registration_of(clients).dependencies
+    # The outputs name the clients' Service, whichever generation it points at.
+    assert rendered.outputs["dashboardUrl"] == f"http://ray-head.ray-test.svc:{ray_node.DASHBOARD_PORT}"
+
+
+def test_without_a_smoke_test_the_clients_service_waits_for_the_generations_rollout() -> None:
+    rendered = render({**GENERATIONS, "testJob": "false"})
+    waits_for = set(rendered.registration_of(rendered.one("Service", "ray-head")).dependencies)
+    deployments = {rendered.registration_of(workload).urn for workload in rendered.of_kind("Deployment")}
+    assert deployments <= waits_for
+
+
+def test_a_generations_gcs_keeps_its_own_state_in_redis_which_every_generations_head_may_reach() -> None:
+    rendered = render({**GENERATIONS, "gcsFaultTolerance": "true"})
+    hex_id = generation(rendered)
+    head = rendered.one("Deployment", f"ray-head-{hex_id}")
+    storage = env(container(head))[ray_node.STORAGE_NAMESPACE_ENV]
+    assert storage == f"{rendered.outputs['gcsStorageNamespace']}" and storage.endswith(f"-{hex_id}")
+    redis_policy = rendered.one("NetworkPolicy", "ray-redis")
+    [allowed] = redis_policy["spec"]["ingress"][0]["from"]
+    assert GENERATION_LABEL not in allowed["podSelector"]["matchLabels"]  # the old head keeps its Redis meanwhile
+
+
+@pytest.mark.parametrize(
+    ("change", "new_generation"),
+    [
+        ({"image": "rayproject/ray:2.60.0-py311"}, True),
+        ({"headMemory": "8Gi"}, True),
+        ({"workerCpu": "2"}, True),
+        ({"authToken": "a-token-of-the-users-own-0123456789abcdef"}, True),
+        ({"workers": "5"}, False),
+        ({"allowedClientNamespaces": ["notebooks"]}, False),
+    ],
+)
+def test_a_change_that_needs_new_ray_pods_and_only_such_a_change_makes_a_new_generation(
+    change: dict[str, object], new_generation: bool
+) -> None:
+    secrets = ("authToken",) if "authToken" in change else ()
+    before, after = render(GENERATIONS), render({**GENERATIONS, **change}, secrets=secrets)
+    assert (generation(before) != generation(after)) == new_generation
+
+
+def test_a_new_generation_is_made_beside_the_old_which_goes_once_the_clients_service_moved() -> None:
+    before = render(GENERATIONS)
+    after = render({**GENERATIONS, "image": "rayproject/ray:2.60.0-py311"})
+    changes = plan(before, after)
+    assert changes.hazards == () and changes.errors == ()
+    deployments = [step for step in changes.steps if step.type == "kubernetes:apps/v1:Deployment"]
+    assert deployments and all(step.kind == "replace" and not step.delete_before_replace for step in deployments)
+    operations = [str(operation) for operation in changes.operations]
+    moved = operations.index("update Service ray-test/ray-head")
+    old_id, new_id = generation(before), generation(after)
+    assert operations.index(f"create Deployment ray-test/ray-head-{new_id} (replacement, create-before-delete)") < moved
+    assert operations.index(f"delete Deployment ray-test/ray-head-{old_id} (old copy of a replacement)") > moved
+
+
+def test_switching_to_generations_and_back_is_a_safe_update() -> None:
+    in_place, generations = render(), render(GENERATIONS)
+    for changes in (plan(in_place, generations), plan(generations, in_place)):
+        assert changes.hazards == () and changes.errors == ()
+
+
+@pytest.mark.parametrize("carried", [{"maxWorkers": "4"}, SERVE])
+def test_generations_do_not_carry_an_autoscaler_or_serve_yet(carried: dict[str, object]) -> None:
+    with pytest.raises(pulumi.RunError, match="upgradeStrategy"):
+        render({**GENERATIONS, **carried})
+
+
+def test_the_longest_cluster_name_leaves_room_for_the_generations_head_service() -> None:
+    longest = "c" * 53
+    rendered = render({**GENERATIONS, "clusterName": longest})
+    [own] = [service for service in rendered.of_kind("Service") if service["metadata"]["name"] != f"{longest}-head"]
+    assert own["metadata"]["name"] == f"{longest}-{generation(rendered)}" and len(own["metadata"]["name"]) <= 63

@@ -1,0 +1,220 @@
+"""The rehearsal of an upgrade by generation (upgradeStrategy `generation`, docs/upgrades.md, step 1): the pods the
+program renders, run as a real Ray cluster (see tests/rehearsal/).
+
+One cluster lives through the module. A client in the namespace submits a no-op job to the clients' head Service
+(`ray-head`, its DNS name, as `ray job submit` would) every second, from before an image change until well after it.
+The change's first `pulumi up` makes the new generation, whose smoke test then fails (its pods are evicted twice):
+`pulumi up` fails, the clients' Service stays on the old generation, which answers every submission, and the new one
+gets none. The next `pulumi up`, with the same config, proves the new generation, moves the Service to it and deletes
+the old one: no submission fails, and every submission made after the move lands in the new generation. Needs root
+(network namespaces); without it these tests fail, they never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from components.config.settings import GENERATION_LABEL
+from components.manifests import ray_node
+from tests.rehearsal.cluster import Cluster, JobFailedError, wait_for
+from tests.rehearsal.kubelet import Manifest, Pod
+from tests.test_rehearsal import CONFIG, UP_TIMEOUT, Deployment
+
+pytestmark = pytest.mark.rehearsal
+
+NAMESPACE = "ray-test"
+NEW_IMAGE = "rayproject/ray:2.60.0-py311"
+# How long after a Service's selector changed a new connection may still reach the pods it selected before: the
+# kube-proxy stand-in's pass (0.2 s) and its rules' update, with room for a loaded machine (a real kube-proxy syncs
+# its rules about once a second).
+PROXY_SYNC_SECONDS = 2.0
+SUBMITTER = """
+import json, sys, threading, time, urllib.request
+
+url, token = sys.argv[1], sys.argv[2]
+
+
+def submit():
+    sent = time.time()
+    body = json.dumps({"entrypoint": "echo no-op"}).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    try:
+        request = urllib.request.Request(url, data=body, headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return {"sent": sent, "id": json.loads(answer.read())["submission_id"]}
+    except Exception as error:
+        return {"sent": sent, "error": repr(error)}
+
+
+end = time.monotonic() + 60
+while "error" in (first := submit()):  # the pod's first connections, while its network is being wired
+    if time.monotonic() > end:
+        sys.exit(f"no answer within 60 s: {first}")
+    time.sleep(0.5)
+print(json.dumps(first), flush=True)
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+while not stop.wait(max(0.0, first["sent"] + 1 - time.time())):
+    first = submit()
+    print(json.dumps(first), flush=True)
+"""
+
+
+def submitter_deployment(image: str) -> Manifest:
+    """A pod in the cluster's namespace that the cluster's NetworkPolicies let in (it carries the cluster's label,
+    as the smoke test does), from which the client runs."""
+    labels = {"app": "submitter", "ray.io/cluster": "ray"}
+    container = {"name": "main", "image": image, "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "submitter", "namespace": NAMESPACE},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+    }
+
+
+class Submitter:
+    """The client: a no-op job submitted through `ray-head`'s DNS name every second until `stop`."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        deployment.cluster.apply(submitter_deployment(str(deployment.rendered.outputs["image"])))
+        pod = wait_for(
+            lambda: next(
+                (p for p in deployment.cluster.pods_in(NAMESPACE) if p.name.startswith("submitter-") and p.ready), None
+            ),
+            60,
+            "the submitter's pod",
+        )
+        url = f"{deployment.rendered.outputs['dashboardUrl']}/api/jobs/"
+        argv = pod.exec_argv("main", ["python", "-c", SUBMITTER, url, deployment.token])
+        assert argv is not None
+        self._process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def stop(self) -> list[dict[str, object]]:
+        """Each submission: when it was sent, and its id or its error."""
+        try:
+            output, _ = self._process.communicate(input="", timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            raise
+        lines = [line for line in output.splitlines() if line.startswith("{")]
+        assert lines, output
+        return [json.loads(line) for line in lines]
+
+
+class Watch:
+    """Every second, in a thread: which generation the clients' Service selects (and since when), and the job
+    submissions each generation's head has taken (asked at its pod's IP)."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self._deployment = deployment
+        self.jobs: dict[str, set[str]] = {}  # submission ids by generation
+        self.selected: list[tuple[float, str]] = []  # (since, generation)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        cluster = self._deployment.cluster
+        while not self._stop.wait(0.2):
+            selected = cluster.get("Service", NAMESPACE, "ray-head")["spec"]["selector"].get(GENERATION_LABEL, "")
+            if not self.selected or self.selected[-1][1] != selected:
+                self.selected.append((time.time(), selected))
+            for head in heads(cluster):
+                try:
+                    url = f"http://{head.ip}:{ray_node.DASHBOARD_PORT}/api/jobs/"
+                    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self._deployment.token}"})
+                    with urllib.request.urlopen(request, timeout=5) as answer:
+                        listed = json.loads(answer.read())
+                except OSError:
+                    continue
+                taken = self.jobs.setdefault(head.labels[GENERATION_LABEL], set())
+                taken |= {job["submission_id"] for job in listed if job.get("submission_id")}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def heads(cluster: Cluster) -> list[Pod]:
+    return [
+        p
+        for p in cluster.pods_in(NAMESPACE)
+        if p.labels.get("ray.io/group") == "head" and p.ready and not p.terminating
+    ]
+
+
+def generation_pods(cluster: Cluster, generation: str) -> list[Pod]:
+    return [p for p in cluster.pods_in(NAMESPACE) if p.labels.get(GENERATION_LABEL) == generation and not p.finished]
+
+
+@pytest.fixture(scope="module")
+def deployment(cluster: Cluster) -> Iterator[Deployment]:
+    yield Deployment.deployed(cluster, {**CONFIG, "upgradeStrategy": "generation", "workers": "1"})
+
+
+def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and_fails_none(
+    deployment: Deployment,
+) -> None:
+    cluster = deployment.cluster
+    old = str(deployment.rendered.outputs["generation"])
+    client = Submitter(deployment)
+    watch = Watch(deployment)
+    try:
+        time.sleep(10)
+        deployment.configure(image=NEW_IMAGE)
+        new = str(deployment.rendered.outputs["generation"])
+        assert new != old
+        updating, failure = deployment.up_in_a_thread()
+        # The new generation's smoke test fails: its pods evicted twice (backoffLimit 1).
+        for attempt in (1, 2):
+            running = wait_for(
+                lambda: [
+                    p for p in cluster.pods_in(NAMESPACE)
+                    if p.name.startswith("ray-smoke-test-") and p.phase == "Running" and not p.terminating
+                ],
+                UP_TIMEOUT,
+                f"the new generation's smoke test, attempt {attempt}",
+            )  # fmt: skip
+            cluster.delete_pod(running[0].name, grace_seconds=0)
+        updating.join(UP_TIMEOUT)
+        assert len(failure) == 1 and isinstance(failure[0], JobFailedError), failure
+        # Nothing moved: the old generation answers, the new one runs and has taken no submission.
+        assert [generation for _, generation in watch.selected] == [old]
+        assert generation_pods(cluster, old) and generation_pods(cluster, new)
+        time.sleep(5)
+        assert not watch.jobs.get(new), watch.jobs
+        switch_started = time.time()
+        deployment.up()  # the same config: the failed smoke test is replaced and runs again
+        time.sleep(max(0.0, 60 - (time.time() - switch_started)))
+    finally:
+        submissions = client.stop()
+        watch.stop()
+    assert [generation for _, generation in watch.selected] == [old, new]
+    moved_at = watch.selected[1][0]
+    failed = [s for s in submissions if "error" in s]
+    assert not failed, failed
+    landed_old = [s for s in submissions if s["id"] in watch.jobs.get(old, set())]
+    landed_new = [s for s in submissions if s["id"] in watch.jobs.get(new, set())]
+    assert len(landed_old) + len(landed_new) == len(submissions), (submissions, watch.jobs)
+    assert all(float(str(s["sent"])) < moved_at + PROXY_SYNC_SECONDS for s in landed_old), (moved_at, landed_old)
+    assert [s for s in landed_new if float(str(s["sent"])) < moved_at] == []  # none before the move
+    assert len(submissions) >= 60
+    # The old generation is gone, deleted at the end of the `pulumi up` that moved the Service.
+    assert generation_pods(cluster, old) == []
