@@ -46,13 +46,16 @@ class ClusterChildren(pulumi.ComponentResource):
         """A namespaced child labelled like the pods it belongs with (the Ray pods', unless `labels` are given);
         reading the namespace from the Namespace resource makes it wait for that namespace. The generation's id
         takes the place of its mark in the name and the fields (components/generations.py)."""
-        named = {"name": with_generation(resource_name, self._generation)} if resource_name else {}
-        metadata = {
-            **named,
-            "namespace": self._namespace,
-            "labels": labels or pods.labels(self._settings, component, group or component),
-            "annotations": {**resource_options.PULUMI_OWNS_ITS_FIELDS, **(annotations or {})},
-        }
+        named = {"name": resource_name} if resource_name else {}
+        metadata = with_generation(
+            {
+                **named,
+                "namespace": self._namespace,
+                "labels": labels or pods.labels(self._settings, component, group or component),
+                "annotations": {**resource_options.PULUMI_OWNS_ITS_FIELDS, **(annotations or {})},
+            },
+            self._generation,
+        )
         options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
         fields = {key: with_generation(value, self._generation) for key, value in fields.items()}
         return kind(f"{self._name}-{suffix}", metadata=metadata, opts=options, **fields)

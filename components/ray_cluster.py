@@ -89,19 +89,12 @@ class RayCluster(ClusterChildren):
         for warning in settings.warnings():
             pulumi.log.warn(warning, resource=self)
         self._namespace = self._declare_namespace()
-        self._access, version_labels = self._access_objects(args.get("authToken"))
+        self._access, version_labels, token = self._access_objects(args.get("authToken"))
         gcs = self._gcs(args.get("redisPassword"))
         head_labels = {**version_labels, **gcs.head_labels}
         storage_namespace = gcs.storage_namespace
         if settings.generational:
-            templates = {
-                "head": self._head_template(head_labels, storage_namespace),
-                **self._worker_templates(version_labels),
-            }
-            self._generation = generation_id(name, templates, self)
-            if storage_namespace is not None:
-                # Each generation's GCS keeps its own state in the Redis: a new head beside the old one.
-                storage_namespace = pulumi.Output.format("{0}-{1}", storage_namespace, self._generation)
+            storage_namespace = self._begin_generation(head_labels, version_labels, storage_namespace, token)
         head_service, head_service_spec = self._head_service(settings.generation_service_name)
         autoscaler = self._autoscaler() if settings.autoscaling else []
         serve_access = self._serve_access(settings.serve) if settings.serve else []
@@ -132,6 +125,30 @@ class RayCluster(ClusterChildren):
         self.head_deployment = pulumi.Output.from_input(head)
         self.worker_deployments = pulumi.Output.from_input(workers)
         self.register_outputs(self.outputs_by_name())
+
+    def _begin_generation(
+        self,
+        head_labels: Mapping[str, Any],
+        version_labels: Mapping[str, Any],
+        storage_namespace: pulumi.Output[str] | None,
+        token: pulumi.Output[str] | None,
+    ) -> pulumi.Output[str] | None:
+        """With generations, before any of a generation's objects: its id, from its Ray pods' templates; the Secret
+        its pods read the token from; and its GCS storage namespace (returned)."""
+        templates = {
+            "head": self._head_template(head_labels, storage_namespace),
+            **self._worker_templates(version_labels),
+        }
+        self._generation = generation_id(self._name, templates, self)
+        if token is not None:
+            # A new token reaches no pod of the generation it replaces, which answers with the old one until it goes.
+            self._access.append(
+                self._token_secret("generation-auth-token-secret", self._settings.pod_auth_secret_name, token)
+            )
+        if storage_namespace is None:
+            return None
+        # Each generation's GCS keeps its own state in the Redis: a new head starts beside the old one.
+        return pulumi.Output.format("{0}-{1}", storage_namespace, self._generation)
 
     def _monitoring(self, settings: Monitoring) -> None:
         """The prometheus-operator's objects: the PodMonitor of the Ray pods (and of the stack's own Redis's
@@ -177,9 +194,9 @@ class RayCluster(ClusterChildren):
 
     def _access_objects(
         self, auth_token: pulumi.Input[str] | None
-    ) -> tuple[list[pulumi.CustomResource], dict[str, Any]]:
+    ) -> tuple[list[pulumi.CustomResource], dict[str, Any], pulumi.Output[str] | None]:
         """What every Ray pod needs before it starts: its ServiceAccount, the NetworkPolicies and, with token auth,
-        the token's Secret; and the pod template labels that roll the pods when the token changes."""
+        the token's Secret; the pod template labels that roll the pods when the token changes; and the token."""
         settings = self._settings
         access = [
             self._child(
@@ -192,11 +209,12 @@ class RayCluster(ClusterChildren):
             *self._network_policies(),
         ]
         version_labels: dict[str, Any] = {}
-        if settings.token_auth:
-            secret, token_version = self._auth_secret(auth_token)
-            access.append(secret)
-            version_labels[ray_node.TOKEN_VERSION_LABEL] = token_version
-        return access, version_labels
+        if not settings.token_auth:
+            return access, version_labels, None
+        token = self._secret("auth-token", auth_token, 48)
+        access.append(self._token_secret("auth-token-secret", settings.auth_secret_name, token))
+        version_labels[ray_node.TOKEN_VERSION_LABEL] = self._secret_version("auth-token", token=token)
+        return access, version_labels, token
 
     def _gcs(self, given_password: pulumi.Input[str] | None) -> _GcsStorage:
         """With GCS fault tolerance, where the head keeps the cluster's state (see `_gcs_storage`); else nothing."""
@@ -405,19 +423,13 @@ class RayCluster(ClusterChildren):
             if spec
         ]
 
-    def _auth_secret(self, given: pulumi.Input[str] | None) -> tuple[pulumi.CustomResource, pulumi.Output[str]]:
-        """The token every Ray process reads from a mounted file (generated unless the stack config gives one),
-        and its version."""
-        token = self._secret("auth-token", given, 48)
-        secret = self._child(
-            k8s.core.v1.Secret,
-            "auth-token-secret",
-            self._settings.auth_secret_name,
-            "cluster",
-            type="Opaque",
-            string_data={ray_node.AUTH_TOKEN_KEY: token},
+    def _token_secret(self, suffix: str, name: str, token: pulumi.Output[str]) -> pulumi.CustomResource:
+        """A Secret with the token (generated unless the stack config gives one), which Ray processes read from a
+        mounted file and clients with kubectl."""
+        secret: pulumi.CustomResource = self._child(
+            k8s.core.v1.Secret, suffix, name, "cluster", type="Opaque", string_data={ray_node.AUTH_TOKEN_KEY: token}
         )
-        return secret, self._secret_version("auth-token", token=token)
+        return secret
 
     def _storage_namespace(self) -> pulumi.Output[str]:
         """This cluster's name in Redis: stable through every head restart, drawn anew for a cluster of another

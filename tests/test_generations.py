@@ -8,12 +8,12 @@ import re
 import pulumi
 import pytest
 
-from components.config.settings import GENERATION_LABEL
+from components.config.settings import GENERATION_LABEL, GENERATION_MARK
 from components.manifests import ray_node
 from tests.lifecycle import plan
 from tests.program import Manifest, Rendered, render
 from tests.test_program import container, env, flag, ray_argv
-from tests.variants import SERVE
+from tests.variants import SERVE, VARIANTS
 
 GENERATIONS: dict[str, object] = {"upgradeStrategy": "generation"}
 HEX_ID = re.compile(r"^[0-9a-f]{8}$")
@@ -46,7 +46,28 @@ def test_each_ray_deployment_and_the_generations_head_service_carry_its_id() -> 
     [term] = affinity["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["labelSelector"]["matchLabels"][GENERATION_LABEL] == hex_id
     assert env(container(rendered.one("Job")))["RAY_ADDRESS"] == f"ray://{host}:{ray_node.CLIENT_PORT}"
-    assert "GENERATION" not in str(rendered.manifests)
+
+
+# Every variant that a generation may carry (not yet the autoscaler's or Serve's).
+CARRIED = sorted(name for name, config in VARIANTS.items() if "maxWorkers" not in str(config) and "serve" not in name)
+
+
+@pytest.mark.parametrize("variant", CARRIED)
+def test_no_object_keeps_the_mark_of_the_generations_id(variant: str) -> None:
+    rendered = render({**VARIANTS[variant], **GENERATIONS})
+    assert GENERATION_MARK not in str(rendered.manifests)
+    assert generation(rendered) in str(rendered.one("Service", "ray-head"))
+
+
+def test_each_generations_pods_read_the_token_from_a_secret_of_their_own_and_clients_from_the_same_one() -> None:
+    rendered = render(GENERATIONS)
+    hex_id = generation(rendered)
+    own, clients = rendered.one("Secret", f"ray-auth-token-{hex_id}"), rendered.one("Secret", "ray-auth-token")
+    assert own["stringData"] == clients["stringData"]
+    assert rendered.outputs["authTokenSecret"] == "ray-auth-token"
+    for workload in [*rendered.of_kind("Deployment"), rendered.one("Job")]:
+        mounted = {v["secret"]["secretName"] for v in workload["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+        assert mounted == {f"ray-auth-token-{hex_id}"}, workload["metadata"]["name"]
 
 
 def test_the_clients_head_service_selects_the_generation_only_after_its_smoke_test() -> None:

@@ -491,8 +491,11 @@ def test_the_keeper_keeps_the_applications_and_points_the_service_at_the_proxy(s
     def settled(want: dict[str, Any], seconds: float = 60) -> None:
         deadline = time.monotonic() + seconds
         while True:
-            keeper.step()
-            done, why = serve_keeper.check_state(want, dashboard.status())
+            try:
+                keeper.step()
+                done, why = serve_keeper.check_state(want, dashboard.status())
+            except serve_keeper.UnavailableError as error:  # tried again on the next pass, as `keep` does
+                done, why = False, str(error)
             if done and not why and kubernetes.objects.get(slice_path, {}).get("endpoints"):
                 return
             assert time.monotonic() < deadline, why

@@ -51,7 +51,7 @@ _MAX_CLUSTER_NAME = 53
 UPGRADE_STRATEGIES = ("inPlace", "generation")
 # Stands for the generation's id in what the builders make (names, labels, addresses) until the component knows
 # the id, which is drawn from a digest of those very pod templates (`components/generations.py`).
-GENERATION_MARK = "GENERATION"
+GENERATION_MARK = "<generation-id>"  # no name, label, image or address can hold "<" or ">"
 GENERATION_LABEL = "ray-cluster.pulumi.com/generation"
 # `<cluster>-<id>`: a generation's own head Service; its id is 8 hex digits.
 GENERATION_ID_LENGTH = 8
@@ -132,7 +132,15 @@ class ClusterSettings:
 
     @property
     def auth_secret_name(self) -> str:
+        """The Secret clients read the token from (`<cluster>-auth-token`)."""
         return f"{self.cluster_name}-auth-token"
+
+    @property
+    def pod_auth_secret_name(self) -> str:
+        """The Secret this generation's pods read the token from: with generations its own (`<cluster>-auth-token-
+        <id>`), so that a new token reaches no pod of the generation it replaces; else the clients'."""
+        suffix = f"-{GENERATION_MARK}" if self.generational else ""
+        return f"{self.auth_secret_name}{suffix}"
 
     @property
     def redis_name(self) -> str:

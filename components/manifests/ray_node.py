@@ -258,7 +258,7 @@ def ray_volumes(settings: ClusterSettings, node: RayNodeSizing | None) -> list[M
     if node:
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{node.shm_bytes // MIB}Mi"}})
     if settings.token_auth:
-        secret = {"secretName": settings.auth_secret_name, "defaultMode": 0o440}
+        secret = {"secretName": settings.pod_auth_secret_name, "defaultMode": 0o440}
         volumes.append({"name": AUTH_TOKEN_VOLUME, "secret": secret})
     return volumes
 

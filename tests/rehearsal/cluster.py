@@ -874,12 +874,14 @@ class Cluster:
         ]
 
     def resolve(self, name: str) -> list[str]:
-        """Cluster DNS: `<service>.<namespace>.svc.<domain>` is the Service's ClusterIP, whatever its endpoints."""
+        """Cluster DNS: `<service>.<namespace>.svc.<domain>` is the Service's ClusterIP, whatever its endpoints. It
+        answers from the ClusterIPs as they are (one dict read), never waiting for the controllers' lock, as
+        CoreDNS answers from its own cache of Services: a query that waited out a controller's pass on a loaded
+        machine would time out, and the resolver would go on to the next search domain and answer NXDOMAIN."""
         parts = name.split(".")
         if len(parts) < 4 or ".".join(parts[2:]) != f"svc.{CLUSTER_DOMAIN}":
             return []
-        with self._lock:
-            address = self._cluster_ips.get(("Service", parts[1], parts[0]))
+        address = self._cluster_ips.get(("Service", parts[1], parts[0]))
         return [address] if address else []
 
     def service_endpoints(self, namespace: str, name: str) -> list[str]:
