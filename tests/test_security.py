@@ -142,9 +142,12 @@ def test_writable_paths_are_only_where_ray_writes() -> None:
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "auth-off"])
 def test_every_ray_container_has_the_token(variant: str) -> None:
-    manifests = rendered(variant).manifests
+    result = rendered(variant)
+    manifests = result.manifests
     assert len(list(ray_containers(manifests))) >= 2
-    assert missing_token(manifests, "ray-auth-token") == []
+    # With generations, each generation's pods read a Secret of their own (tests/test_generations.py).
+    generation = result.outputs["generation"]
+    assert missing_token(manifests, f"ray-auth-token-{generation}" if generation else "ray-auth-token") == []
 
 
 def test_a_container_without_the_token_is_caught() -> None:
