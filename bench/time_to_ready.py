@@ -188,11 +188,6 @@ def cores_apart(pod: str) -> str | None:
     return "0" if "head" in pod else "1" if "worker" in pod else None
 
 
-def any_core(pod: str) -> str | None:
-    """Without --cores-apart: every process on any of the machine's CPUs."""
-    return None
-
-
 def rendered_cluster(workers: int, keep_logs: Path | None, cores: Callable[[str], str | None]) -> Run:
     rendered = render({"workers": workers})
     cluster = Cluster(Path(f"/run/ray-bench-{os.getpid()}"), cores=cores)
@@ -343,7 +338,7 @@ def main() -> None:
     parser.add_argument("--keep-logs", type=Path, help="save every run's container and Ray logs under this folder")
     parser.add_argument("--cores-apart", action="store_true", help="the head on CPU 0, the workers on CPU 1")
     arguments = parser.parse_args()
-    cores = cores_apart if arguments.cores_apart else any_core
+    cores: Callable[[str], str | None] = cores_apart if arguments.cores_apart else lambda pod: None  # any CPU
     rows, raws, memory = [], [], []
     for workers in arguments.workers:
         runs = []

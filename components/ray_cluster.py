@@ -70,7 +70,7 @@ class RayCluster(ClusterChildren):
     serve_url: pulumi.Output[str | None]
     """Where the Serve applications answer (`<clusterName>-serve`, port 8000), when serveApplications are given."""
     generation: pulumi.Output[str | None]
-    """The generation the head Service selects (upgradeStrategy `generation`): its pods' generation label."""
+    """The generation this stack declares (upgradeStrategy `generation`), its pods' generation label."""
     head_service: pulumi.Output[k8s.core.v1.Service]
     """The head's Service (`<clusterName>-head`), for resources that must wait for it or read it."""
     head_deployment: pulumi.Output[k8s.apps.v1.Deployment]

@@ -798,6 +798,9 @@ def test_an_auto_named_replacement_gets_a_fresh_name_and_the_old_copy_goes_at_th
     assert new != old_name and new.startswith("print-")
     [pod] = cluster.pods_of(("Job", NAMESPACE, new))
     assert "version 2" in pod.logs("main")
+    cluster.up(program("2"), timeout=30)  # the same program: the provider's Check keeps the fresh name
+    assert [key[2] for key in cluster.objects if key[0] == "Job"] == [new]
+    assert cluster.pods_of(("Job", NAMESPACE, new)) == [pod]
 
 
 @pytest.mark.rehearsal

@@ -13,6 +13,7 @@ without it these tests fail, they never skip.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -35,9 +36,9 @@ pytestmark = pytest.mark.rehearsal
 NAMESPACE = "ray-test"
 NEW_IMAGE = "rayproject/ray:2.60.0-py311"
 # How long after a Service's selector changed a new connection may still reach the pods it selected before: the
-# kube-proxy stand-in's pass (0.2 s) and its rules' update, with room for a loaded machine (a real kube-proxy syncs
-# its rules about once a second).
-PROXY_SYNC_SECONDS = 2.0
+# kube-proxy stand-in's next pass (every 0.2 s, but seconds apart when the controllers are busy on a loaded
+# machine) and its rules' update; a real kube-proxy syncs its rules about once a second, later under load.
+PROXY_SYNC_SECONDS = 5.0
 SUBMITTER = """
 import json, sys, threading, time, urllib.request
 
@@ -171,8 +172,8 @@ class Watch:
                 try:
                     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as answer:
                         listed = json.loads(answer.read())
-                except OSError:
-                    continue  # not answering yet, or any more
+                except (OSError, http.client.HTTPException, ValueError):
+                    continue  # not answering yet, or any more, or cut off mid-answer
                 generation = head.labels[GENERATION_LABEL]
                 self.answered[generation] = self.answered.get(generation, 0) + 1
                 taken = self.jobs.setdefault(generation, set())
@@ -241,9 +242,10 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
     assert watch.selected == [old, new]
     failed = [s for s in submissions if "error" in s]
     assert not failed, failed
-    landed_old = [float(str(s["sent"])) for s in submissions if s["id"] in watch.jobs.get(old, set())]
+    # The new head lists its jobs until the end; every other submission was taken by the old head (which may have
+    # gone before it listed the last of them).
     landed_new = [float(str(s["sent"])) for s in submissions if s["id"] in watch.jobs.get(new, set())]
-    assert len(landed_old) + len(landed_new) == len(submissions), (submissions, watch.jobs)
+    landed_old = [float(str(s["sent"])) for s in submissions if s["id"] not in watch.jobs.get(new, set())]
     # Each submission landed in the generation the Service selected when it was sent: the old one's up to the
     # move (and the kube-proxy's next sync), the new one's from then on, and both took some.
     moved = watch.first_seen[new]

@@ -1454,6 +1454,10 @@ class Cluster:
         if previous is None:
             return _Step(urn, inputs, "create", ignore_changes=ignore_changes)
         inputs = copy.deepcopy(inputs)
+        if all(m["metadata"].get("annotations", {}).get(AUTONAMED_ANNOTATION) == "true" for m in (previous, inputs)):
+            # The provider's Check keeps an auto-named object's name (AdoptOldAutonameIfUnnamed): the render's is
+            # the logical name's, and a replacement's fresh one would otherwise read as a rename.
+            inputs["metadata"]["name"] = previous["metadata"]["name"]
         missing = [path for path in ignore_changes if not _reset(parse_path(path), previous, inputs)]
         if missing:
             raise RuntimeError(f"pulumi up: {urn}: cannot ignore changes to {', '.join(missing)}: one or more "
@@ -1502,9 +1506,11 @@ class Cluster:
     def _advance(self, step: _Step, upsert: bool, retain_on_delete: bool) -> bool:
         """Carry a step on as far as it goes now; True once the resource is ready. What it applies is recorded
         with `retain_on_delete`, which decides whether a later delete of it deletes the object."""
-        if step.operation == "same":
+        if step.operation == "same":  # the engine's same step records the resource's options as they are now
+            self._retain(step.urn, retain_on_delete)
             return True
-        if step.operation == "replace" and step.delete_first and not step.applied:
+        # A retained object is released, not deleted: the new copy's create then finds it (AlreadyExists).
+        if step.operation == "replace" and step.delete_first and not step.applied and step.urn not in self._retained:
             assert step.previous is not None
             if step.leaving is None:
                 step.leaving = self.delete(step.previous)
@@ -1519,9 +1525,7 @@ class Cluster:
                 assert step.previous is not None
                 self._replaced.append((step.previous, step.urn in self._retained))
             step.applied, self._state[step.urn] = True, step.inputs
-            self._retained.discard(step.urn)
-            if retain_on_delete:
-                self._retained.add(step.urn)
+            self._retain(step.urn, retain_on_delete)
         if step.inputs["metadata"].get("annotations", {}).get(SKIP_AWAIT) == "true":
             ready = True  # metadata.ReadyCondition: an immediate condition
         else:  # a failure propagates, and `up` remembers the resource as unready
@@ -1529,6 +1533,13 @@ class Cluster:
         if ready:
             self._init_errors.discard(step.urn)
         return ready
+
+    def _retain(self, urn: str, retain_on_delete: bool) -> None:
+        """Record whether a later delete of the resource only drops it from the state."""
+        if retain_on_delete:
+            self._retained.add(urn)
+        else:
+            self._retained.discard(urn)
 
     def _describe(self, manifest: Manifest) -> str:
         """The pods of a resource as `kubectl get pods` would list them, for a timeout's message."""
