@@ -148,3 +148,8 @@ def test_the_longest_cluster_name_leaves_room_for_the_generations_head_service()
     rendered = render({**GENERATIONS, "clusterName": longest})
     [own] = [service for service in rendered.of_kind("Service") if service["metadata"]["name"] != f"{longest}-head"]
     assert own["metadata"]["name"] == f"{longest}-{generation(rendered)}" and len(own["metadata"]["name"]) <= 63
+
+
+def test_an_up_without_a_change_leaves_the_generation_alone() -> None:
+    unchanged = plan(render(GENERATIONS), render(GENERATIONS))
+    assert {step.kind for step in unchanged.steps} == {"same"}
