@@ -170,24 +170,35 @@ class Watch:
             self.last_seen[selected] = now
 
     def _jobs(self) -> None:
-        headers = {"Authorization": f"Bearer {self._deployment.token}"}
         while not self._stop.wait(1):
-            for head in heads(self._deployment.cluster):
-                url = f"http://{head.ip}:{ray_node.DASHBOARD_PORT}/api/jobs/"
-                try:
-                    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as answer:
-                        listed = json.loads(answer.read())
-                except (OSError, http.client.HTTPException, ValueError):
-                    continue  # not answering yet, or any more, or cut off mid-answer
-                generation = head.labels[GENERATION_LABEL]
-                self.answered[generation] = self.answered.get(generation, 0) + 1
-                taken = self.jobs.setdefault(generation, set())
-                taken |= {job["submission_id"] for job in listed if job.get("submission_id")}
+            self._list_jobs()
+
+    def _list_jobs(self) -> None:
+        headers = {"Authorization": f"Bearer {self._deployment.token}"}
+        for head in heads(self._deployment.cluster):
+            url = f"http://{head.ip}:{ray_node.DASHBOARD_PORT}/api/jobs/"
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as answer:
+                    listed = json.loads(answer.read())
+            except (OSError, http.client.HTTPException, ValueError):
+                continue  # not answering yet, or any more, or cut off mid-answer
+            generation = head.labels[GENERATION_LABEL]
+            self.answered[generation] = self.answered.get(generation, 0) + 1
+            taken = self.jobs.setdefault(generation, set())
+            taken |= {job["submission_id"] for job in listed if job.get("submission_id")}
 
     def stop(self) -> None:
+        """Stop watching, once the heads have listed their jobs once more: the last submissions included."""
         self._stop.set()
         for thread in self._threads:
             thread.join()
+        answered = sum(self.answered.values())
+
+        def listed_again() -> bool:
+            self._list_jobs()
+            return sum(self.answered.values()) > answered
+
+        wait_for(listed_again, 60, "the heads' last listing of their jobs")
 
 
 def heads(cluster: Cluster) -> list[Pod]:
