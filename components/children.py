@@ -13,9 +13,9 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from . import resource_options
-from .config.settings import ClusterSettings
+from .config.settings import GENERATION_MARK, ClusterSettings
 from .generations import with_generation
-from .manifests import pods, ray_node
+from .manifests import generations, pods, ray_node
 
 Child = TypeVar("Child", bound=pulumi.CustomResource)
 
@@ -23,13 +23,15 @@ Child = TypeVar("Child", bound=pulumi.CustomResource)
 class ClusterChildren(pulumi.ComponentResource):
     """A component whose children are the cluster's objects: `_settings`, `_name`, `_namespace` and `_access`
     (what every Deployment waits for) are the subclass's to set before it declares any; with generations,
-    `_generation` (the id) before it declares any of a generation's objects."""
+    `_generation` (the id) and `_anchor_uid` (the uid of the ConfigMap that owns every generation) before it
+    declares any of a generation's objects."""
 
     _name: str
     _settings: ClusterSettings
     _namespace: pulumi.Output[str]
     _access: list[pulumi.CustomResource]
     _generation: pulumi.Output[str] | None = None
+    _anchor_uid: pulumi.Output[str] | None = None
 
     def _child(
         self,
@@ -47,16 +49,24 @@ class ClusterChildren(pulumi.ComponentResource):
         reading the namespace from the Namespace resource makes it wait for that namespace. The generation's id
         takes the place of its mark in the name and the fields (components/generations.py)."""
         named = {"name": resource_name} if resource_name else {}
+        options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
+        labels = labels or pods.labels(self._settings, component, group or component)
+        of_the_generation: dict[str, object] = {}
+        if resource_name and GENERATION_MARK in resource_name:
+            # A generation's object: once replaced, the retirement Job deletes it, not Pulumi (generations.py).
+            labels = {**labels, **self._settings.generation_labels}
+            of_the_generation["ownerReferences"] = [generations.owner_reference(self._settings, self._anchor_uid)]
+            options = pulumi.ResourceOptions.merge(options, pulumi.ResourceOptions(retain_on_delete=True))
         metadata = with_generation(
             {
                 **named,
                 "namespace": self._namespace,
-                "labels": labels or pods.labels(self._settings, component, group or component),
+                "labels": labels,
                 "annotations": {**resource_options.PULUMI_OWNS_ITS_FIELDS, **(annotations or {})},
+                **of_the_generation,
             },
             self._generation,
         )
-        options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
         fields = {key: with_generation(value, self._generation) for key, value in fields.items()}
         return kind(f"{self._name}-{suffix}", metadata=metadata, opts=options, **fields)
 
@@ -110,11 +120,12 @@ class ClusterChildren(pulumi.ComponentResource):
         return deployment
 
     def _api_access(
-        self, component: str, name: str, rules: list[ray_node.Manifest], service_account: str
+        self, component: str, name: str, rules: list[ray_node.Manifest], service_account: str, group: str = "head"
     ) -> list[pulumi.CustomResource]:
         """What a container of the head needs to call the Kubernetes API, and nothing more: the Role `name` with
         `rules`, bound to the ServiceAccount `service_account`, which is created here (without an automounted
-        token) when it is the Role's own (`name`); the head's sidecars share the pod's one ServiceAccount."""
+        token) when it is the Role's own (`name`); the head's sidecars share the pod's one ServiceAccount. `group`:
+        the pods that use it."""
         own_account = (
             [
                 self._child(
@@ -122,21 +133,21 @@ class ClusterChildren(pulumi.ComponentResource):
                     f"{component}-service-account",
                     name,
                     component,
-                    "head",
+                    group,
                     automount_service_account_token=False,
                 )
             ]
             if service_account == name
             else []
         )
-        role = self._child(k8s.rbac.v1.Role, f"{component}-role", name, component, "head", rules=rules)
+        role = self._child(k8s.rbac.v1.Role, f"{component}-role", name, component, group, rules=rules)
         subject = {"kind": "ServiceAccount", "name": service_account, "namespace": self._settings.namespace}
         binding = self._child(
             k8s.rbac.v1.RoleBinding,
             f"{component}-role-binding",
             name,
             component,
-            "head",
+            group,
             role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
             subjects=[subject],
         )

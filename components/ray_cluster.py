@@ -28,7 +28,18 @@ from .config.serve import ServeSettings
 from .config.settings import load_settings
 from .config.values import config_error
 from .generations import digest, generation_id
-from .manifests import alerts, autoscaling, dashboards, monitoring, network, pods, ray_node, redis, serve
+from .manifests import (
+    alerts,
+    autoscaling,
+    dashboards,
+    generations,
+    monitoring,
+    network,
+    pods,
+    ray_node,
+    redis,
+    serve,
+)
 
 SMOKE_TEST_SCRIPT = in_pod.source(ray_node.SMOKE_TEST_FILE)
 
@@ -115,6 +126,7 @@ class RayCluster(ClusterChildren):
             # The clients' Service moves to this generation only once it is proven (or, without a smoke test, has
             # rolled out): a generation that fails leaves it on the last one, which goes on answering.
             head_service = self._clients_head_service(head_service_spec, proofs or [head, *workers.values()])
+            self._retirement(head_service, storage_namespace)
         if settings.monitoring:
             self._monitoring(settings.monitoring)
         if settings.grafana_dashboards:
@@ -140,6 +152,20 @@ class RayCluster(ClusterChildren):
             **self._worker_templates(version_labels),
         }
         self._generation = generation_id(self._name, templates, self)
+        # Deleted with Foreground propagation, it waits for every generation it owns, their pods' drains included.
+        anchor = self._child(
+            k8s.core.v1.ConfigMap,
+            "generations-anchor",
+            self._settings.anchor_name,
+            "generations",
+            data=generations.anchor_data(self._settings),
+            opts=pulumi.ResourceOptions(
+                custom_timeouts=pulumi.CustomTimeouts(
+                    delete=resource_options.delete_timeout(pods.worker_grace_seconds(self._settings))
+                )
+            ),
+        )
+        self._anchor_uid = anchor.metadata.uid
         if token is not None:
             # A new token reaches no pod of the generation it replaces, which answers with the old one until it goes.
             self._access.append(
@@ -149,6 +175,30 @@ class RayCluster(ClusterChildren):
             return None
         # Each generation's GCS keeps its own state in the Redis: a new head starts beside the old one.
         return pulumi.Output.format("{0}-{1}", storage_namespace, self._generation)
+
+    def _retirement(self, clients_service: pulumi.CustomResource, storage_namespace: pulumi.Output[str] | None) -> None:
+        """The Job that retires the generations this one replaced, once `<cluster>-head` selects this one: created
+        after the switch, not awaited (`pulumi up` returns while the old generations drain), under a Role that lets
+        it delete them."""
+        settings = self._settings
+        name = settings.retirement_name
+        program = self._child(
+            k8s.core.v1.ConfigMap,
+            "retirement-program",
+            name,
+            "retirement",
+            data=generations.retirement_files(settings, in_pod.source(generations.RETIREMENT_FILE)),
+        )
+        access = self._api_access("retirement", name, generations.retirement_role_rules(), name, "retirement")
+        self._child(
+            k8s.batch.v1.Job,
+            "retirement",
+            generations.retirement_job_name(settings),
+            "retirement",
+            annotations=resource_options.RUNS_AFTER_UP,
+            spec=generations.retirement_job_spec(settings, name, storage_namespace),
+            opts=pulumi.ResourceOptions(depends_on=[clients_service, program, *access]),
+        )
 
     def _monitoring(self, settings: Monitoring) -> None:
         """The prometheus-operator's objects: the PodMonitor of the Ray pods (and of the stack's own Redis's

@@ -59,6 +59,8 @@ AUTOSCALED = {"ray-cluster.pulumi.com/autoscaled": "true", "pulumi.com/skipAwait
 # check (a Job) proves they route. (The provider's await of a Service would wait for endpoints that only come after
 # the head it does not depend on.)
 ENDPOINTS_WRITTEN_LATER = {"pulumi.com/skipAwait": "true"}
+# A retirement Job runs for as long as the generations it retires drain: `pulumi up` returns once it is created.
+RUNS_AFTER_UP = {"pulumi.com/skipAwait": "true"}
 
 
 def delete_timeout(grace_seconds: int) -> str:

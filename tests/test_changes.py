@@ -70,6 +70,7 @@ CHANGES: dict[str, dict[str, object]] = {
     "grafanaUrl": {"grafanaUrl": "http://kps-grafana.monitoring.svc"},
     "grafanaIframeUrl": {"grafanaUrl": "http://kps-grafana.monitoring.svc", "grafanaIframeUrl": "https://g.example"},
     "upgradeStrategy": {"upgradeStrategy": "generation"},
+    "upgradeDrainSeconds": {"upgradeDrainSeconds": "600"},
 }
 FAULT_TOLERANT: dict[str, object] = {"gcsFaultTolerance": "true"}
 METRICS_ALLOWED: dict[str, object] = {"allowedMetricsNamespaces": ["monitoring"]}

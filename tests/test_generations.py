@@ -45,7 +45,13 @@ def test_each_ray_deployment_and_the_generations_head_service_carry_its_id() -> 
     affinity = worker["spec"]["template"]["spec"]["affinity"]["podAffinity"]
     [term] = affinity["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["labelSelector"]["matchLabels"][GENERATION_LABEL] == hex_id
-    assert env(container(rendered.one("Job")))["RAY_ADDRESS"] == f"ray://{host}:{ray_node.CLIENT_PORT}"
+    assert env(container(smoke_test(rendered)))["RAY_ADDRESS"] == f"ray://{host}:{ray_node.CLIENT_PORT}"
+
+
+def smoke_test(rendered: Rendered) -> Manifest:
+    """The generation's smoke-test Job (auto-named), not its retirement Job."""
+    [job] = [job for job in rendered.of_kind("Job") if job["metadata"]["name"].startswith("ray-smoke-test-")]
+    return job
 
 
 # Every variant that a generation may carry (not yet the autoscaler's or Serve's).
@@ -65,7 +71,7 @@ def test_each_generations_pods_read_the_token_from_a_secret_of_their_own_and_cli
     own, clients = rendered.one("Secret", f"ray-auth-token-{hex_id}"), rendered.one("Secret", "ray-auth-token")
     assert own["stringData"] == clients["stringData"]
     assert rendered.outputs["authTokenSecret"] == "ray-auth-token"
-    for workload in [*rendered.of_kind("Deployment"), rendered.one("Job")]:
+    for workload in [*rendered.of_kind("Deployment"), smoke_test(rendered)]:
         mounted = {v["secret"]["secretName"] for v in workload["spec"]["template"]["spec"]["volumes"] if "secret" in v}
         assert mounted == {f"ray-auth-token-{hex_id}"}, workload["metadata"]["name"]
 
@@ -74,7 +80,7 @@ def test_the_clients_head_service_selects_the_generation_only_after_its_smoke_te
     rendered = render(GENERATIONS)
     clients = rendered.one("Service", "ray-head")
     assert clients["spec"]["selector"][GENERATION_LABEL] == generation(rendered)
-    job = rendered.registration_of(rendered.one("Job"))
+    job = rendered.registration_of(smoke_test(rendered))
     assert job.urn in rendered.registration_of(clients).dependencies
     # The outputs name the clients' Service, whichever generation it points at.
     assert rendered.outputs["dashboardUrl"] == f"http://ray-head.ray-test.svc:{ray_node.DASHBOARD_PORT}"
@@ -94,8 +100,10 @@ def test_a_generations_gcs_keeps_its_own_state_in_redis_which_every_generations_
     storage = env(container(head))[ray_node.STORAGE_NAMESPACE_ENV]
     assert storage == f"{rendered.outputs['gcsStorageNamespace']}" and storage.endswith(f"-{hex_id}")
     redis_policy = rendered.one("NetworkPolicy", "ray-redis")
-    [allowed] = redis_policy["spec"]["ingress"][0]["from"]
-    assert GENERATION_LABEL not in allowed["podSelector"]["matchLabels"]  # the old head keeps its Redis meanwhile
+    allowed = [source["podSelector"]["matchLabels"] for source in redis_policy["spec"]["ingress"][0]["from"]]
+    # The old head keeps its Redis meanwhile, and a retirement Job deletes an old generation's state there.
+    assert [labels["ray.io/group"] for labels in allowed] == ["head", "retirement"]
+    assert not any(GENERATION_LABEL in labels for labels in allowed)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +136,13 @@ def test_a_new_generation_is_made_beside_the_old_which_goes_once_the_clients_ser
     moved = operations.index("update Service ray-test/ray-head")
     old_id, new_id = generation(before), generation(after)
     assert operations.index(f"create Deployment ray-test/ray-head-{new_id} (replacement, create-before-delete)") < moved
-    assert operations.index(f"delete Deployment ray-test/ray-head-{old_id} (old copy of a replacement)") > moved
+    # The retirement Job starts once the clients' Service moved; Pulumi deletes nothing of the old generation, only
+    # drops it from the stack (the Job deletes it once drained), so `pulumi up` does not wait for its drain.
+    assert operations.index(f"create Job ray-test/ray-retire-{new_id} (replacement, create-before-delete)") > moved
+    released = [operation for operation in operations if old_id in operation]
+    assert len(released) == 5 and all(
+        operation.startswith("release ") and "retainOnDelete: the object stays" in operation for operation in released
+    ), released
 
 
 def test_switching_to_generations_and_back_is_a_safe_update() -> None:

@@ -67,6 +67,9 @@ def restricted_violations(name: str, spec: Manifest) -> list[str]:
 
 # The worker's init container tries the head's GCS port in bash and runs no Ray code (checked below).
 WITHOUT_RAY = {"wait-gcs-ready"}
+# The retirement Job talks to old generations' heads with their tokens, which it reads through the API (their
+# Secrets), never with one of its own (checked below).
+WITH_OTHERS_TOKENS = {"retire"}
 
 
 def ray_containers(manifests: list[Manifest]) -> Iterator[tuple[str, Manifest, Manifest]]:
@@ -82,8 +85,17 @@ def ray_containers(manifests: list[Manifest]) -> Iterator[tuple[str, Manifest, M
         if name not in ray_pods:
             continue
         for container in spec.get("initContainers", []) + spec["containers"]:
-            if container["name"] not in WITHOUT_RAY:
+            if container["name"] not in WITHOUT_RAY | WITH_OTHERS_TOKENS:
                 yield f"{name}/{container['name']}", container, spec
+
+
+def test_the_retirement_reads_old_generations_tokens_through_the_api_and_mounts_no_token() -> None:
+    manifests = rendered("generations-fault-tolerant").manifests
+    [retire] = [c for _, spec in pod_specs(manifests) for c in spec["containers"] if c["name"] in WITH_OTHERS_TOKENS]
+    assert "RAY_AUTH_TOKEN_PATH" not in {item["name"] for item in retire["env"]}
+    [role] = [m for m in manifests if m["kind"] == "Role" and m["metadata"]["name"] == "ray-retire"]
+    [secrets] = [rule for rule in role["rules"] if "secrets" in rule["resources"]]
+    assert secrets["verbs"] == ["get", "delete"]  # no list: it reads only the Secrets it names
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

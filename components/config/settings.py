@@ -55,6 +55,8 @@ GENERATION_MARK = "<generation-id>"  # no name, label, image or address can hold
 GENERATION_LABEL = "ray-cluster.pulumi.com/generation"
 # `<cluster>-<id>`: a generation's own head Service; its id is 8 hex digits.
 GENERATION_ID_LENGTH = 8
+# How long an old generation's running jobs may take to finish after a switch, at most (`upgradeDrainSeconds`).
+MAX_UPGRADE_DRAIN_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class ClusterSettings:
     metrics_views: MetricsViews = field(default_factory=MetricsViews)
     grafana_dashboards: bool = False
     upgrade_strategy: str = "inPlace"
+    upgrade_drain_seconds: int = 3600
 
     @property
     def generational(self) -> bool:
@@ -141,6 +144,18 @@ class ClusterSettings:
         <id>`), so that a new token reaches no pod of the generation it replaces; else the clients'."""
         suffix = f"-{GENERATION_MARK}" if self.generational else ""
         return f"{self.auth_secret_name}{suffix}"
+
+    @property
+    def anchor_name(self) -> str:
+        """`<cluster>-generations`: the ConfigMap that owns every generation's objects, so that deleting it (`pulumi
+        destroy`) deletes the generations Pulumi no longer tracks (they are retained on delete)."""
+        return f"{self.cluster_name}-generations"
+
+    @property
+    def retirement_name(self) -> str:
+        """`<cluster>-retire`: the retirement Jobs' ServiceAccount, Role and script; each Job is `<cluster>-retire-
+        <id>`."""
+        return f"{self.cluster_name}-retire"
 
     @property
     def redis_name(self) -> str:
@@ -243,6 +258,9 @@ def load_settings(args: Mapping[str, object], project: str, stack: str) -> Clust
         metrics_views=metrics_views(inputs),
         grafana_dashboards=inputs.boolean("grafanaDashboards"),
         upgrade_strategy=_upgrade_strategy(inputs.text("upgradeStrategy"), autoscaling, serve),
+        upgrade_drain_seconds=require_seconds(
+            "upgradeDrainSeconds", inputs.integer("upgradeDrainSeconds"), 0, MAX_UPGRADE_DRAIN_SECONDS
+        ),
     )
 
 

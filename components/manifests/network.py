@@ -84,8 +84,9 @@ def serve_policy_spec(settings: ClusterSettings) -> Manifest | None:
 
 
 def redis_policy_spec(settings: ClusterSettings) -> Manifest | None:
-    """The stack's own Redis admits this cluster's head only, on the Redis port: it holds the cluster's state and
-    its password, and no worker, client or other pod needs it; with the prometheus-operator, the metrics namespaces
+    """The stack's own Redis admits this cluster's head only (and with generations the retirement Jobs, which delete
+    an old generation's state), on the Redis port: it holds the cluster's state and its password, and no worker,
+    client or other pod needs it; with the prometheus-operator, the metrics namespaces
     to its exporter's port only. None without a Redis of the stack's own."""
     if settings.own_redis is None:
         return None
@@ -94,7 +95,10 @@ def redis_policy_spec(settings: ClusterSettings) -> Manifest | None:
         "policyTypes": ["Ingress"],
         "ingress": [
             {
-                "from": [{"podSelector": {"matchLabels": pods.selector_labels(settings, "head")}}],
+                "from": [
+                    {"podSelector": {"matchLabels": pods.selector_labels(settings, group)}}
+                    for group in ("head", *(["retirement"] if settings.generational else []))
+                ],
                 "ports": [{"port": redis.REDIS_PORT, "protocol": "TCP"}],
             },
             *(

@@ -1,0 +1,308 @@
+"""Retires the generations a switch replaced (upgradeStrategy `generation`, docs/upgrades.md): the Job
+`<cluster>-retire-<id>` runs this once `<cluster>-head` selects its generation, after `pulumi up` has returned.
+
+Shipped as its text in a ConfigMap (components/manifests/generations.py); runs on the Ray image's Python with the
+standard library, `requests` and Ray (for the Redis cleanup), and calls the Kubernetes API with its pod's
+service-account token, which it reads before every call.
+
+For every older generation of the cluster (a head Deployment of the cluster created before this Job's own
+generation's, with another generation label):
+1. Waits until its head has no job PENDING or RUNNING (`GET /api/jobs/` on its own head Service, with the token its
+   pods read), and at least QUIET_SECONDS have passed since this Job started, so that requests the old head took
+   before the switch are answered: its Service gets no new connection since. A head that stays unreachable for
+   UNREACHABLE_SECONDS runs nothing.
+2. Once upgradeDrainSeconds have passed since this Job started (the switch), stops the submitted jobs still
+   running (`POST /api/jobs/<id>/stop`) and gives them STOP_SECONDS to end.
+3. Deletes its Deployments with Foreground propagation (each pod's SIGTERM drains its node, as any pod's does) and
+   its Jobs (an older retirement Job among them: this one does what it had left), waits until its pods are gone,
+   then deletes its head Service and its token Secret and, with GCS fault tolerance, its GCS state in the Redis.
+It never touches its own generation, nor one created after it (a newer `pulumi up` may be starting one), and it
+stops as soon as `<cluster>-head` no longer selects its own generation: the newer generation's Job retires the rest.
+A step that fails is tried again on the next pass, until the Job's own deadline.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+GENERATION_LABEL = "ray-cluster.pulumi.com/generation"
+ACTIVE = ("PENDING", "RUNNING")
+PASS_SECONDS = 2.0
+QUIET_SECONDS = 10.0
+UNREACHABLE_SECONDS = 30.0
+STOP_SECONDS = 30.0
+REQUEST_TIMEOUT_SECONDS = 10.0
+Document = dict[str, Any]
+
+
+class UnansweredError(Exception):
+    """A call without an answer worth acting on (no connection, a timeout, a 5xx, a refusal): tried again."""
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class Names:
+    """What the program knows of the cluster from its env (components/manifests/generations.py sets it)."""
+
+    cluster: str
+    namespace: str
+    generation: str
+    dashboard_port: int
+    token_key: str
+    storage_namespace: str  # this generation's, `<base>-<id>`; empty without GCS fault tolerance
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str]) -> Names:
+        return cls(
+            cluster=environ["RETIRE_CLUSTER"],
+            namespace=environ["RETIRE_NAMESPACE"],
+            generation=environ["RETIRE_GENERATION"],
+            dashboard_port=int(environ["RETIRE_DASHBOARD_PORT"]),
+            token_key=environ.get("RETIRE_TOKEN_KEY", ""),
+            storage_namespace=environ.get("RAY_external_storage_namespace", ""),
+        )
+
+    def head_service(self, generation: str) -> str:
+        return f"{self.cluster}-{generation}"
+
+    def token_secret(self, generation: str) -> str:
+        return f"{self.cluster}-auth-token-{generation}"
+
+    def storage_namespace_of(self, generation: str) -> str:
+        """The generation's GCS storage namespace: this one's with the other id in place of this one's."""
+        return self.storage_namespace.removesuffix(self.generation) + generation
+
+    def selector(self, generation: str | None = None) -> str:
+        """A label selector of the cluster's objects of one generation, or of every generation."""
+        return f"ray.io/cluster={self.cluster}," + (
+            f"{GENERATION_LABEL}={generation}" if generation else GENERATION_LABEL
+        )
+
+
+class Kubernetes:
+    """The API calls of the retirement, over HTTPS with the pod's service-account token, read before each call."""
+
+    def __init__(self, environ: dict[str, str], namespace: str) -> None:
+        host = environ["KUBERNETES_SERVICE_HOST"]
+        host = f"[{host}]" if ":" in host else host
+        self.base_url = f"https://{host}:{environ.get('KUBERNETES_SERVICE_PORT', '443')}"
+        self.namespace = namespace
+        self.session = requests.Session()
+        self.session.trust_env = False  # in the cluster: no proxy, no .netrc
+
+    def request(self, method: str, group_version: str, resource: str, name: str = "", query: str = "") -> Document:
+        """The answer to one call; {} for an object that is not there (404)."""
+        prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        path = f"{prefix}/namespaces/{self.namespace}/{resource}" + (f"/{name}" if name else "") + query
+        token = (SERVICE_ACCOUNT_DIR / "token").read_text().strip()
+        try:
+            response = self.session.request(
+                method,
+                self.base_url + path,
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                verify=str(SERVICE_ACCOUNT_DIR / "ca.crt"),
+                timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+        except requests.RequestException as error:
+            raise UnansweredError(f"{method} {path}: {type(error).__name__}") from error
+        if response.status_code == 404:
+            return {}
+        if not response.ok:
+            raise UnansweredError(f"{method} {path}: {response.status_code} {response.text[:300]}")
+        answer: Document = response.json()
+        return answer
+
+
+class HeadJobs:
+    """The Jobs API of one generation's head, through its own Service, with the token its pods read."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url = url
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def active(self) -> list[Document]:
+        """The jobs PENDING or RUNNING there (submitted ones and drivers alike)."""
+        try:
+            response = self.session.get(f"{self.url}/api/jobs/", headers=self.headers, timeout=REQUEST_TIMEOUT_SECONDS)
+        except requests.RequestException as error:
+            raise UnansweredError(f"{self.url}: {type(error).__name__}") from error
+        if not response.ok:
+            raise UnansweredError(f"{self.url}/api/jobs/: {response.status_code} {response.text[:300]}")
+        jobs: list[Document] = response.json()
+        return [job for job in jobs if job.get("status") in ACTIVE]
+
+    def stop(self, submission_id: str) -> None:
+        try:
+            self.session.post(
+                f"{self.url}/api/jobs/{submission_id}/stop", headers=self.headers, timeout=REQUEST_TIMEOUT_SECONDS
+            )
+        except requests.RequestException as error:
+            log(f"stopping {submission_id}: {type(error).__name__}")
+
+
+def older_generations(deployments: list[Document], own: str) -> list[str]:
+    """The generations whose head Deployment was made before this one's, oldest first: never this generation, nor
+    one a newer `pulumi up` is starting."""
+    heads = {
+        item["metadata"]["labels"][GENERATION_LABEL]: item["metadata"]["creationTimestamp"]
+        for item in deployments
+        if item["metadata"].get("labels", {}).get("ray.io/group") == "head"
+    }
+    if own not in heads:
+        return []
+    generations = {item["metadata"]["labels"][GENERATION_LABEL] for item in deployments}
+    # A generation without a head left (its retirement stopped half-way) is older than any with one.
+    older = {generation for generation in generations if heads.get(generation, "") < heads[own]}
+    return sorted(older, key=lambda generation: (heads.get(generation, ""), generation))
+
+
+class Retirement:
+    """One generation's retirement, one pass at a time (`step`), until it is gone."""
+
+    def __init__(self, generation: str, names: Names, kubernetes: Kubernetes) -> None:
+        self.generation, self.names, self.kubernetes = generation, names, kubernetes
+        self.unreachable_since: float | None = None
+        self.stopped_at: float | None = None
+        self.deleting = False
+        self.done = False
+
+    def step(self, now: float, started: float, deadline: float) -> None:
+        if not self.deleting:
+            self.deleting = self._drained(now, started, deadline)
+            if not self.deleting:
+                return
+            log(f"generation {self.generation}: drained, deleting its Deployments")
+        self.done = self._deleted()
+
+    def _drained(self, now: float, started: float, deadline: float) -> bool:
+        """No job runs on its head any more (or none may: the drain is over), and the switch is QUIET_SECONDS old."""
+        try:
+            active = self._head().active()
+        except UnansweredError as error:
+            self.unreachable_since = self.unreachable_since or now
+            log(f"generation {self.generation}: {error}")
+            return now - self.unreachable_since >= UNREACHABLE_SECONDS
+        self.unreachable_since = None
+        if now - started < QUIET_SECONDS:
+            return False
+        if not active:
+            return True
+        if now < deadline:
+            log(f"generation {self.generation}: {len(active)} job(s) running, waiting")
+            return False
+        if self.stopped_at is None:
+            self.stopped_at = now
+            for job in active:
+                if job.get("submission_id"):
+                    log(f"generation {self.generation}: the drain is over, stopping {job['submission_id']}")
+                    self._head().stop(job["submission_id"])
+        return now - self.stopped_at >= STOP_SECONDS
+
+    def _head(self) -> HeadJobs:
+        names = self.names
+        token = None
+        if names.token_key:
+            secret = self.kubernetes.request("GET", "v1", "secrets", names.token_secret(self.generation))
+            encoded = (secret.get("data") or {}).get(names.token_key)
+            token = base64.b64decode(encoded).decode() if encoded else None
+        url = f"http://{names.head_service(self.generation)}.{names.namespace}.svc:{names.dashboard_port}"
+        return HeadJobs(url, token)
+
+    def _deleted(self) -> bool:
+        """Its Deployments deleted (Foreground), and once its pods are gone, the rest of it: True when all is gone."""
+        kubernetes, selector = self.kubernetes, f"?labelSelector={self.names.selector(self.generation)}"
+        for kind, group_version, propagation in (
+            ("deployments", "apps/v1", "Foreground"),
+            ("jobs", "batch/v1", "Background"),
+        ):
+            for item in kubernetes.request("GET", group_version, kind, query=selector)["items"]:
+                name = item["metadata"]["name"]
+                kubernetes.request("DELETE", group_version, kind, name, f"?propagationPolicy={propagation}")
+        if kubernetes.request("GET", "v1", "pods", query=selector)["items"]:
+            return False
+        kubernetes.request("DELETE", "v1", "services", self.names.head_service(self.generation))
+        if self.names.token_key:
+            kubernetes.request("DELETE", "v1", "secrets", self.names.token_secret(self.generation))
+        if self.names.storage_namespace:
+            delete_gcs_state(self.names.storage_namespace_of(self.generation))
+        log(f"generation {self.generation}: gone")
+        return True
+
+
+def delete_gcs_state(storage_namespace: str) -> None:
+    """The generation's keys in the Redis, as KubeRay's cleanup Job deletes a cluster's: with Ray's own function,
+    which reads the Redis's address, password and TLS settings as the head does."""
+    from ray._private import gcs_utils
+
+    address = os.environ["RAY_REDIS_ADDRESS"]
+    use_ssl = address.startswith("rediss://")
+    host, _, port = address.split("://")[-1].rpartition(":")
+    password_file = os.environ.get("RETIRE_REDIS_PASSWORD_FILE", "")
+    password = Path(password_file).read_text().strip() if password_file else ""
+    if not gcs_utils.cleanup_redis_storage(host, int(port), password, use_ssl, storage_namespace):
+        raise UnansweredError(f"the Redis did not delete the GCS state {storage_namespace}")
+    log(f"deleted the GCS state {storage_namespace} from the Redis")
+
+
+def selects_own_generation(kubernetes: Kubernetes, names: Names) -> bool:
+    service = kubernetes.request("GET", "v1", "services", f"{names.cluster}-head")
+    return bool(service) and service["spec"].get("selector", {}).get(GENERATION_LABEL) == names.generation
+
+
+def retire_pass(
+    kubernetes: Kubernetes,
+    names: Names,
+    retirements: dict[str, Retirement],
+    started: float,
+    now: float,
+    deadline: float,
+) -> bool:
+    """One pass over the older generations, each as far as it goes now: True once none is left, or once a newer
+    generation took `<cluster>-head` over (its own Job retires the rest)."""
+    if not selects_own_generation(kubernetes, names):
+        log(f"{names.cluster}-head does not select generation {names.generation}: leaving the rest to it")
+        return True
+    deployments = kubernetes.request("GET", "apps/v1", "deployments", query=f"?labelSelector={names.selector()}")
+    for generation in older_generations(deployments["items"], names.generation):
+        retirements.setdefault(generation, Retirement(generation, names, kubernetes))
+    for retirement in retirements.values():
+        if not retirement.done:
+            retirement.step(now, started, deadline)
+    return all(retirement.done for retirement in retirements.values())
+
+
+def retire(environ: dict[str, str]) -> int:
+    names = Names.from_environment(environ)
+    kubernetes = Kubernetes(environ, names.namespace)
+    drain_file = Path(environ["RETIRE_DRAIN_FILE"])
+    started = time.monotonic()
+    retirements: dict[str, Retirement] = {}
+    log(f"retiring the generations of {names.cluster} older than {names.generation}")
+    while True:
+        try:
+            # Read on each pass: a new upgradeDrainSeconds reaches the mounted file within the kubelet's sync.
+            deadline = started + float(drain_file.read_text())
+            if retire_pass(kubernetes, names, retirements, started, time.monotonic(), deadline):
+                log("no older generation left")
+                return 0
+        except UnansweredError as error:
+            log(f"will try again: {error}")
+        time.sleep(PASS_SECONDS)
+
+
+if __name__ == "__main__":
+    sys.exit(retire(dict(os.environ)))

@@ -1,0 +1,129 @@
+"""Pure builders for what carries a cluster from one generation to the next (upgradeStrategy `generation`,
+docs/upgrades.md): the anchor that owns every generation, and the retirement Job that lets an old generation finish
+its jobs and then deletes it, after `pulumi up` has returned.
+
+A generation's objects are retained on delete: when a switch replaces them, Pulumi drops them from the stack without
+deleting them (deleting would hold `pulumi up` for the whole drain), and the retirement Job deletes them once
+drained. The anchor ConfigMap owns them all, so `pulumi destroy`, which deletes it with Foreground propagation,
+deletes every generation with it and returns once they are gone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config.resources import PodResources
+from ..config.settings import GENERATION_MARK, MAX_UPGRADE_DRAIN_SECONDS, ClusterSettings
+from . import pods, ray_node, redis
+from .ray_node import Manifest
+from .security import container_security
+
+RETIREMENT_FILE = "retire_generations.py"
+RETIREMENT_MOUNT = "/etc/ray/retirement"
+# upgradeDrainSeconds, beside the program in its ConfigMap rather than in the immutable Job: a change of it updates
+# the ConfigMap in place, and the running retirement reads it again, instead of replacing the Job under its name.
+DRAIN_FILE = "drain-seconds"
+# A retirement's drain is at most the longest upgradeDrainSeconds; stopping what still runs then, and the old pods'
+# own drains, take a while longer.
+RETIREMENT_DEADLINE_SECONDS = MAX_UPGRADE_DRAIN_SECONDS + 3600
+
+
+def anchor_data(settings: ClusterSettings) -> dict[str, str]:
+    """What the anchor tells whoever finds it: it is there to own the generations."""
+    return {
+        "about": f"Owns every generation of the Ray cluster {settings.cluster_name}: deleting it deletes them all. "
+        f"List them with: kubectl -n {settings.namespace} get deployments -l ray.io/cluster={settings.cluster_name} "
+        f"-L ray-cluster.pulumi.com/generation"
+    }
+
+
+def owner_reference(settings: ClusterSettings, uid: Any) -> Manifest:
+    """A generation's object's reference to the anchor (`uid`, an Output): the garbage collector deletes the object
+    once the anchor is gone, and a Foreground delete of the anchor waits for it."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "name": settings.anchor_name, "uid": uid,
+            "blockOwnerDeletion": True}  # fmt: skip
+
+
+def retirement_job_name(settings: ClusterSettings) -> str:
+    """`<cluster>-retire-<id>`: a Job per generation, which retires the ones before it."""
+    return f"{settings.retirement_name}-{GENERATION_MARK}"
+
+
+def retirement_role_rules() -> list[Manifest]:
+    """Exactly the retirement's calls: which generation the clients' Service selects, which generations there are,
+    an old generation's token, and the deletes of its objects once drained."""
+    return [
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "delete"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "delete"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "delete"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "delete"]},
+    ]
+
+
+def retirement_files(settings: ClusterSettings, program: str) -> dict[str, str]:
+    """The retirement's ConfigMap: its program, and how long a replaced generation may drain."""
+    return {RETIREMENT_FILE: program, DRAIN_FILE: str(settings.upgrade_drain_seconds)}
+
+
+def retirement_job_spec(settings: ClusterSettings, script_config_map: str, storage_namespace: Any) -> Manifest:
+    """The retirement Job: retried if its pod is lost (what it does is idempotent), bounded by the longest drain
+    and a margin for the old pods' own drains."""
+    return {
+        "backoffLimit": 6,
+        "activeDeadlineSeconds": RETIREMENT_DEADLINE_SECONDS,
+        "template": _retirement_pod_template(settings, script_config_map, storage_namespace),
+    }
+
+
+def _retirement_pod_template(settings: ClusterSettings, script_config_map: str, storage_namespace: Any) -> Manifest:
+    """The program on the cluster's image (its Python, `requests` and, for the Redis cleanup, Ray), under its own
+    ServiceAccount; with GCS fault tolerance, the head's Redis address, password file and TLS settings."""
+    env = [
+        {"name": "HOME", "value": ray_node.HOME_DIR},
+        {"name": "PYTHONNOUSERSITE", "value": "1"},
+        {"name": "RETIRE_CLUSTER", "value": settings.cluster_name},
+        {"name": "RETIRE_NAMESPACE", "value": settings.namespace},
+        {"name": "RETIRE_GENERATION", "value": GENERATION_MARK},
+        {"name": "RETIRE_DASHBOARD_PORT", "value": str(ray_node.DASHBOARD_PORT)},
+        {"name": "RETIRE_DRAIN_FILE", "value": f"{RETIREMENT_MOUNT}/{DRAIN_FILE}"},
+        *([{"name": "RETIRE_TOKEN_KEY", "value": ray_node.AUTH_TOKEN_KEY}] if settings.token_auth else []),
+        *ray_node.gcs_storage_env(settings, storage_namespace),
+    ]
+    fault_tolerance = settings.fault_tolerance
+    if fault_tolerance and fault_tolerance.authenticates:
+        password_file = f"{ray_node.REDIS_SECRET_DIR}/{redis.PASSWORD_KEY}"
+        env.append({"name": "RETIRE_REDIS_PASSWORD_FILE", "value": password_file})
+    container = {
+        "name": "retire",
+        "image": settings.image,
+        "command": ["python", f"{RETIREMENT_MOUNT}/{RETIREMENT_FILE}"],
+        "workingDir": ray_node.HOME_DIR,
+        "env": env,
+        "resources": ray_node.container_resources(PodResources(cpu="100m", memory="512Mi")),
+        "securityContext": container_security(),
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "home", "mountPath": ray_node.HOME_DIR},
+            {"name": "program", "mountPath": RETIREMENT_MOUNT, "readOnly": True},
+            pods.api_access_mount(),
+            *ray_node.gcs_storage_mounts(settings),
+        ],
+    }
+    return pods.pod_template(
+        settings,
+        component="retirement",
+        group="retirement",
+        containers=[container],
+        volumes=[
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "home", "emptyDir": {}},
+            {"name": "program", "configMap": {"name": script_config_map}},
+            pods.api_access_volume(),
+            *ray_node.gcs_storage_volumes(settings),
+        ],
+        node_selector=pods.node_selector(settings.image),
+        restart_policy="Never",
+        version_labels=settings.generation_labels,
+        service_account=settings.retirement_name,
+    )

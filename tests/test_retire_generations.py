@@ -1,0 +1,191 @@
+"""The retirement Job's decisions (components/in_pod/retire_generations.py), against an API and heads held in memory
+and a clock the test moves: which generations it retires, when (drained, quiet, or the drain's time up), and in
+what order it deletes them. Its HTTP and the real API calls run in the rehearsal (tests/test_rehearsal_upgrades.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.in_pod import retire_generations as program
+from components.in_pod.retire_generations import GENERATION_LABEL, Names, UnansweredError, older_generations
+
+OWN, OLD, OLDER, NEWER = "0000000c", "0000000b", "0000000a", "0000000d"
+CREATED = {OLDER: "2026-12-07T08:00:00Z", OLD: "2026-12-07T09:00:00Z", OWN: "2026-12-07T10:00:00Z",
+           NEWER: "2026-12-07T11:00:00Z"}  # fmt: skip
+
+
+def deployment(generation: str, group: str) -> dict[str, Any]:
+    labels = {"ray.io/cluster": "ray", "ray.io/group": group, GENERATION_LABEL: generation}
+    metadata = {"name": f"ray-{group}-{generation}", "labels": labels, "creationTimestamp": CREATED[generation]}
+    return {"metadata": metadata}
+
+
+def test_only_generations_older_than_its_own_are_retired_and_one_without_a_head_first() -> None:
+    deployments = [deployment(g, group) for g in (OLD, OWN, NEWER) for group in ("head", "worker")]
+    deployments.append(deployment(OLDER, "worker"))  # its head already gone: a retirement stopped half-way
+    assert older_generations(deployments, OWN) == [OLDER, OLD]
+    # Its own head not (yet) listed: it cannot tell what is older, so it retires nothing.
+    assert older_generations([d for d in deployments if d["metadata"]["name"] != f"ray-head-{OWN}"], OWN) == []
+
+
+class Cluster(program.Kubernetes):
+    """The API as the retirement sees it: a generation's Deployments, pods, Jobs, Service and Secret; a Foreground
+    delete of a Deployment leaves its pods until the test lets them go."""
+
+    def __init__(self, generations: tuple[str, ...], selected: str = OWN) -> None:
+        self.namespace = "ray-test"
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        for generation in generations:
+            for group in ("head", "worker"):
+                self.objects[("deployments", f"ray-{group}-{generation}")] = deployment(generation, group)
+                self.objects[("pods", f"ray-{group}-{generation}-x")] = deployment(generation, group)
+            self.objects[("services", f"ray-{generation}")] = {"metadata": {"name": f"ray-{generation}"}}
+            self.objects[("secrets", f"ray-auth-token-{generation}")] = {"data": {"token": "dG9rZW4="}}
+        self.objects[("services", "ray-head")] = {"spec": {"selector": {GENERATION_LABEL: selected}}}
+        self.calls: list[str] = []
+        self.down = False
+        self.retirements: dict[str, program.Retirement] = {}
+
+    def request(self, method: str, group_version: str, resource: str, name: str = "", query: str = "") -> Any:
+        if self.down:
+            raise UnansweredError("the API does not answer")
+        if method == "DELETE":
+            self.calls.append(f"DELETE {resource}/{name}{query}")
+            if resource != "deployments":
+                self.objects.pop((resource, name), None)
+            return {}
+        if name:
+            return self.objects.get((resource, name), {})
+        wanted = dict(pair.split("=") for pair in query.removeprefix("?labelSelector=").split(",") if "=" in pair)
+        items = [item for (kind, _), item in self.objects.items() if kind == resource]
+        return {"items": [i for i in items if wanted.items() <= i["metadata"].get("labels", {}).items()]}
+
+    def pods_gone(self, generation: str) -> None:
+        for key in [key for key in self.objects if key[0] in ("pods", "deployments") and generation in key[1]]:
+            del self.objects[key]
+
+
+class Heads:
+    """Every generation's Jobs API: the active jobs it lists (or None: it does not answer), the jobs stopped."""
+
+    def __init__(self) -> None:
+        self.active: dict[str, list[dict[str, Any]] | None] = {}
+        self.stopped: list[str] = []
+        self.tokens: list[str | None] = []
+
+    def client(self, url: str, token: str | None) -> Any:
+        heads, generation = self, url.split("//ray-")[1].split(".")[0]
+        heads.tokens.append(token)
+
+        class Head:
+            def active(self) -> list[dict[str, Any]]:
+                jobs = heads.active.get(generation, [])
+                if jobs is None:
+                    raise UnansweredError(f"{url}: ConnectionError")
+                return jobs
+
+            def stop(self, submission_id: str) -> None:
+                heads.stopped.append(submission_id)
+
+        return Head()
+
+
+START = 1000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def names() -> Names:
+    return Names("ray", "ray-test", OWN, 8265, "token", "")
+
+
+def passes(cluster: Cluster, heads: Heads, clock: Clock, monkeypatch: pytest.MonkeyPatch, seconds: float) -> bool:
+    """Runs the retirement's passes for `seconds` of the clock (PASS_SECONDS apart), from a switch at the clock's
+    first reading, with a drain of 60 s: True once it is over."""
+    monkeypatch.setattr(program, "HeadJobs", heads.client)
+    end = clock.now + seconds
+    while clock.now < end:
+        if program.retire_pass(cluster, names(), cluster.retirements, START, clock.now, START + 60):
+            return True
+        clock.now += program.PASS_SECONDS
+    return False
+
+
+def deleted(cluster: Cluster) -> list[str]:
+    """What it deleted, in the order it first asked (a delete is asked again on each pass until the pods are gone)."""
+    return list(dict.fromkeys(call.split("?")[0].removeprefix("DELETE ") for call in cluster.calls))
+
+
+def test_a_generation_with_a_running_job_is_kept_until_it_ends_then_deleted_deployments_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster, heads, clock = Cluster((OLD, OWN)), Heads(), Clock()
+    heads.active[OLD] = [{"submission_id": "raysubmit_1", "status": "RUNNING"}]
+    assert not passes(cluster, heads, clock, monkeypatch, 40)
+    assert cluster.calls == [] and heads.tokens[-1] == "token"  # the old generation's token, read from its Secret
+    heads.active[OLD] = []
+    assert not passes(cluster, heads, clock, monkeypatch, 4)  # its Deployments go; their pods drain
+    assert deleted(cluster) == [f"deployments/ray-head-{OLD}", f"deployments/ray-worker-{OLD}"]
+    assert all(call.endswith("?propagationPolicy=Foreground") for call in cluster.calls)
+    cluster.pods_gone(OLD)
+    assert passes(cluster, heads, clock, monkeypatch, 4)
+    assert deleted(cluster)[-2:] == [f"services/ray-{OLD}", f"secrets/ray-auth-token-{OLD}"]
+    assert heads.stopped == [] and ("deployments", f"ray-head-{OWN}") in cluster.objects
+
+
+def test_an_idle_generation_still_waits_out_the_quiet_seconds_after_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster, heads, clock = Cluster((OLD, OWN)), Heads(), Clock()
+    assert not passes(cluster, heads, clock, monkeypatch, program.QUIET_SECONDS - program.PASS_SECONDS)
+    assert cluster.calls == []
+    assert not passes(cluster, heads, clock, monkeypatch, 2 * program.PASS_SECONDS)
+    assert deleted(cluster)[0] == f"deployments/ray-head-{OLD}"
+
+
+def test_jobs_still_running_when_the_drain_is_over_are_stopped_and_given_time_to_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster, heads, clock = Cluster((OLD, OWN)), Heads(), Clock()
+    heads.active[OLD] = [{"submission_id": "raysubmit_1", "status": "RUNNING"}, {"status": "RUNNING"}]  # a driver
+    assert not passes(cluster, heads, clock, monkeypatch, 60 + program.STOP_SECONDS - program.PASS_SECONDS)
+    assert heads.stopped == ["raysubmit_1"] and cluster.calls == []
+    assert not passes(cluster, heads, clock, monkeypatch, 2 * program.PASS_SECONDS)
+    assert deleted(cluster)[0] == f"deployments/ray-head-{OLD}" and heads.stopped == ["raysubmit_1"]
+
+
+def test_a_head_that_stays_unreachable_runs_nothing_and_its_generation_goes(monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster, heads, clock = Cluster((OLD, OWN)), Heads(), Clock()
+    heads.active[OLD] = None
+    assert not passes(cluster, heads, clock, monkeypatch, program.UNREACHABLE_SECONDS - program.PASS_SECONDS)
+    assert cluster.calls == []
+    assert not passes(cluster, heads, clock, monkeypatch, 2 * program.PASS_SECONDS)
+    assert deleted(cluster)[0] == f"deployments/ray-head-{OLD}"
+
+
+def test_it_leaves_everything_to_a_newer_generation_once_the_clients_service_selects_that_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster, heads, clock = Cluster((OLD, OWN, NEWER), selected=NEWER), Heads(), Clock()
+    assert passes(cluster, heads, clock, monkeypatch, 60)
+    assert cluster.calls == [] and heads.tokens == []
+
+
+def test_a_generation_is_deleted_across_passes_whatever_call_fails_on_the_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster, heads, clock = Cluster((OLDER, OLD, OWN)), Heads(), Clock()
+    assert not passes(cluster, heads, clock, monkeypatch, program.QUIET_SECONDS + program.PASS_SECONDS)
+    cluster.down = True
+    with pytest.raises(UnansweredError):
+        passes(cluster, heads, clock, monkeypatch, program.PASS_SECONDS)
+    cluster.down = False
+    cluster.pods_gone(OLDER)
+    cluster.pods_gone(OLD)
+    assert passes(cluster, heads, clock, monkeypatch, 2 * program.PASS_SECONDS)
+    assert {f"services/ray-{OLDER}", f"services/ray-{OLD}"} <= set(deleted(cluster))
+    assert not any(OWN in call for call in cluster.calls)
