@@ -2,7 +2,9 @@
 
 The config is assembled as the Pulumi CLI does it: the defaults typed in `Pulumi.yaml`, then the stack's
 `Pulumi.<stack>.yaml`, then the test's own values, all as the strings the CLI passes to a program. Each
-captured Kubernetes resource becomes a plain manifest, as the provider would send it to the API server.
+captured Kubernetes resource becomes a plain manifest, as the provider would send it to the API server. What the
+program reads back of an object (its outputs) is that manifest with the metadata.uid the API server gives it, a
+UUID drawn from its type and ID so that renders are stable (`kubernetes_uid`): a uid is never among the inputs.
 
 Besides the manifests, every registration keeps what the engine itself decides with: its URN (built as the
 engine builds it), the resource options of the RegisterResource request, its property dependencies and its
@@ -17,6 +19,7 @@ import functools
 import hashlib
 import json
 import runpy
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,8 +177,34 @@ def provider_id(manifest: Manifest) -> str:
     return f"{namespace}/{name}" if namespace else name
 
 
+def kubernetes_uid(type_token: str, id_: str) -> str:
+    """The metadata.uid the mocks give a Kubernetes object: the API server's is a random UUID, returned in the
+    provider's outputs; here it comes from the type token and the provider's ID, so that renders are stable. It is
+    not the rehearsal's (tests/rehearsal/cluster.py), whose `up` applies the live owner's in its place."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{type_token} {id_}"))
+
+
+class _Outputs(dict[str, Any]):
+    """A resource's outputs, as the engine hands them to the program, which keep the checked inputs they were made
+    from: those are what a render captures (`Registration.inputs`), the outputs only what the program reads."""
+
+    def __init__(self, outputs: Mapping[str, Any], inputs: Manifest) -> None:
+        super().__init__(outputs)
+        self.inputs = inputs
+
+
 class _Mocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[Any, Any]]:
+        id_, state = self._checked(args)
+        if args.typ.startswith("kubernetes:") and isinstance(state.get("metadata"), dict):
+            # The provider's outputs are the live object, as the API server returned it: with the uid it drew.
+            metadata = {**state["metadata"], "uid": kubernetes_uid(args.typ, id_)}
+            return id_, _Outputs({**state, "metadata": metadata}, state)
+        return id_, state
+
+    def _checked(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        """The resource's ID and its inputs as the provider's Check returns them (and, for the random provider,
+        what it draws)."""
         state = plain(dict(args.inputs))
         if args.typ.startswith("kubernetes:") and "metadata" in state and not args.resource_id:
             metadata = state["metadata"]
@@ -275,7 +304,7 @@ def _registration(monitor: _RecordingMonitor, request: Any, urn: str, read: bool
         name=request.name,
         parent=request.parent,
         dependencies=tuple(request.dependencies),
-        inputs=registered.state,
+        inputs=registered.state.inputs if isinstance(registered.state, _Outputs) else registered.state,
         urn=urn,
         secret_paths=frozenset(secret_paths(json_format.MessageToDict(sent))),
         custom=read or request.custom,

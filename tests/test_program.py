@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+import pulumi_kubernetes as k8s
 import pytest
 from google.protobuf import json_format
 from pulumi.runtime import mocks
@@ -16,7 +17,7 @@ from components.config.resources import parse_quantity
 from components.manifests.ray_node import AUTH_TOKEN_KEY
 from components.manifests.ray_node import TOKEN_VERSION_LABEL as TOKEN_VERSION
 from tests.lifecycle import plan
-from tests.program import Manifest, Rendered, render
+from tests.program import Manifest, Rendered, capture, kubernetes_uid, render
 from tests.pulumi_cli import StackConfig
 
 HEAD_HOST = "ray-head.ray-test.svc"
@@ -676,3 +677,21 @@ def test_every_pod_of_an_official_ray_image_runs_only_on_nodes_of_its_architectu
         "ray-redis": None,
     }
     assert pod_spec(rendered.one("Job"))["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
+
+
+def test_a_kubernetes_objects_uid_is_an_output_the_program_can_give_another_object_and_never_an_input() -> None:
+    """The provider's outputs are the live object, uid included (the mocks draw it from the type and the ID), so
+    an ownerReference can name its owner; the owner's captured manifest is its inputs, without one."""
+
+    def program() -> None:
+        owner = k8s.core.v1.ConfigMap("owner", metadata={"name": "owner", "namespace": "ns"}, data={})
+        reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
+        k8s.core.v1.Secret("owned", metadata={"name": "owned", "namespace": "ns", "ownerReferences": [reference]})
+        pulumi.export("uid", owner.metadata.uid)
+
+    rendered = capture(program)
+    uid = kubernetes_uid("kubernetes:core/v1:ConfigMap", "ns/owner")
+    assert rendered.outputs["uid"] == uid
+    assert rendered.one("Secret")["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert rendered.one("ConfigMap")["metadata"] == {"name": "owner", "namespace": "ns"}
+    assert kubernetes_uid("kubernetes:core/v1:Secret", "ns/owner") != uid
