@@ -25,7 +25,7 @@ from .config.fault_tolerance import GcsFaultTolerance
 from .config.inputs import RayClusterArgs
 from .config.monitoring import Monitoring
 from .config.serve import ServeSettings
-from .config.settings import load_settings
+from .config.settings import GENERATION_LABEL, load_settings
 from .config.values import config_error
 from .generations import digest, generation_id
 from .manifests import (
@@ -82,6 +82,8 @@ class RayCluster(ClusterChildren):
     """Where the Serve applications answer (`<clusterName>-serve`, port 8000), when serveApplications are given."""
     generation: pulumi.Output[str | None]
     """The generation this stack declares (upgradeStrategy `generation`), its pods' generation label."""
+    generations_command: pulumi.Output[str | None]
+    """With upgradeStrategy `generation`: the kubectl command that lists the generations that run, draining ones too."""
     head_service: pulumi.Output[k8s.core.v1.Service]
     """The head's Service (`<clusterName>-head`), for resources that must wait for it or read it."""
     head_deployment: pulumi.Output[k8s.apps.v1.Deployment]
@@ -372,6 +374,12 @@ class RayCluster(ClusterChildren):
         self.gcs_storage_namespace = pulumi.Output.from_input(storage_namespace)
         self.serve_url = pulumi.Output.from_input(serve.url(settings) if settings.serve else None)
         self.generation = pulumi.Output.from_input(self._generation)
+        self.generations_command = pulumi.Output.from_input(
+            f"kubectl -n {settings.namespace} get deployments -l ray.io/cluster={settings.cluster_name} "
+            f"-L {GENERATION_LABEL}"
+            if settings.generational
+            else None
+        )
 
     def outputs_by_name(self) -> dict[str, pulumi.Output[Any]]:
         """The outputs under their names in the package's schema (the attributes' names in camelCase, by the

@@ -167,3 +167,12 @@ def test_the_longest_cluster_name_leaves_room_for_the_generations_head_service()
 def test_an_up_without_a_change_leaves_the_generation_alone() -> None:
     unchanged = plan(render(GENERATIONS), render(GENERATIONS))
     assert {step.kind for step in unchanged.steps} == {"same"}
+
+
+def test_the_stack_says_how_to_list_the_generations_that_run_and_their_retirements_jobs() -> None:
+    rendered = render(GENERATIONS)
+    command = str(rendered.outputs["generationsCommand"])
+    assert command == f"kubectl -n ray-test get deployments -l ray.io/cluster=ray -L {GENERATION_LABEL}"
+    retirement = rendered.one("Job", f"ray-retire-{generation(rendered)}")
+    assert retirement["metadata"]["labels"][GENERATION_LABEL] == generation(rendered)
+    assert rendered.registration_of(retirement).options.retain_on_delete

@@ -87,7 +87,7 @@ ALWAYS_OUTPUTS = {
     "image",
     "workerReplicas",
 }
-SOMETIMES_OUTPUTS = {"authTokenSecret", "gcsStorageNamespace", "serveUrl", "generation"}
+SOMETIMES_OUTPUTS = {"authTokenSecret", "gcsStorageNamespace", "serveUrl", "generation", "generationsCommand"}
 # The component's children a consumer may depend on, by output, with their pulumi-kubernetes type; not stack outputs.
 CHILDREN = {
     "headService": "core/v1:Service",

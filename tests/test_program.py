@@ -253,6 +253,7 @@ def test_outputs_say_how_to_reach_the_cluster(default: Rendered) -> None:
         "gcsStorageNamespace": None,
         "serveUrl": None,
         "generation": None,
+        "generationsCommand": None,
     }
 
 

@@ -40,8 +40,12 @@ class Cluster(program.Kubernetes):
         for generation in generations:
             for group in ("head", "worker"):
                 self.objects[("deployments", f"ray-{group}-{generation}")] = deployment(generation, group)
-                self.objects[("pods", f"ray-{group}-{generation}-x")] = deployment(generation, group)
-            self.objects[("services", f"ray-{generation}")] = {"metadata": {"name": f"ray-{generation}"}}
+                ready = {"conditions": [{"type": "Ready", "status": "True"}]}
+                self.objects[("pods", f"ray-{group}-{generation}-x")] = {
+                    **deployment(generation, group),
+                    "status": ready,
+                }
+            self.objects[("services", f"ray-{generation}")] = {"spec": {"clusterIP": f"10.0.0.{int(generation, 16)}"}}
             self.objects[("secrets", f"ray-auth-token-{generation}")] = {"data": {"token": "dG9rZW4="}}
         self.objects[("services", "ray-head")] = {"spec": {"selector": {GENERATION_LABEL: selected}}}
         self.calls: list[str] = []
@@ -76,7 +80,7 @@ class Heads:
         self.tokens: list[str | None] = []
 
     def client(self, url: str, token: str | None) -> Any:
-        heads, generation = self, url.split("//ray-")[1].split(".")[0]
+        heads, generation = self, f"{int(url.split('//10.0.0.')[1].split(':')[0]):08x}"
         heads.tokens.append(token)
 
         class Head:
@@ -160,10 +164,22 @@ def test_jobs_still_running_when_the_drain_is_over_are_stopped_and_given_time_to
     assert deleted(cluster)[0] == f"deployments/ray-head-{OLD}" and heads.stopped == ["raysubmit_1"]
 
 
-def test_a_head_that_stays_unreachable_runs_nothing_and_its_generation_goes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_generation_without_a_ready_head_runs_nothing_and_goes(monkeypatch: pytest.MonkeyPatch) -> None:
     cluster, heads, clock = Cluster((OLD, OWN)), Heads(), Clock()
     heads.active[OLD] = None
+    cluster.objects[("pods", f"ray-head-{OLD}-x")]["status"] = {"conditions": [{"type": "Ready", "status": "False"}]}
     assert not passes(cluster, heads, clock, monkeypatch, program.UNREACHABLE_SECONDS - program.PASS_SECONDS)
+    assert cluster.calls == []
+    assert not passes(cluster, heads, clock, monkeypatch, 2 * program.PASS_SECONDS)
+    assert deleted(cluster)[0] == f"deployments/ray-head-{OLD}"
+
+
+def test_a_ready_head_that_does_not_answer_is_waited_for_until_the_drain_is_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster, heads, clock = Cluster((OLD, OWN)), Heads(), Clock()
+    heads.active[OLD] = None  # a DNS or network blip, or a busy head: its jobs may still run
+    assert not passes(cluster, heads, clock, monkeypatch, 60 - program.PASS_SECONDS)
     assert cluster.calls == []
     assert not passes(cluster, heads, clock, monkeypatch, 2 * program.PASS_SECONDS)
     assert deleted(cluster)[0] == f"deployments/ray-head-{OLD}"

@@ -7,10 +7,10 @@ service-account token, which it reads before every call.
 
 For every older generation of the cluster (a head Deployment of the cluster created before this Job's own
 generation's, with another generation label):
-1. Waits until its head has no job PENDING or RUNNING (`GET /api/jobs/` on its own head Service, with the token its
-   pods read), and at least QUIET_SECONDS have passed since this Job started, so that requests the old head took
-   before the switch are answered: its Service gets no new connection since. A head that stays unreachable for
-   UNREACHABLE_SECONDS runs nothing.
+1. Waits until its head has no job PENDING or RUNNING (`GET /api/jobs/` at its own head Service's ClusterIP, with
+   the token its pods read), and at least QUIET_SECONDS have passed since this Job started, so that requests the
+   old head took before the switch are answered: its Service gets no new connection since. A generation without a
+   Ready head pod for UNREACHABLE_SECONDS runs nothing; one whose Ready head does not answer is waited for.
 2. Once upgradeDrainSeconds have passed since this Job started (the switch), stops the submitted jobs still
    running (`POST /api/jobs/<id>/stop`) and gives them STOP_SECONDS to end.
 3. Deletes its Deployments with Foreground propagation (each pod's SIGTERM drains its node, as any pod's does) and
@@ -189,12 +189,16 @@ class Retirement:
         self.done = self._deleted()
 
     def _drained(self, now: float, started: float, deadline: float) -> bool:
-        """No job runs on its head any more (or none may: the drain is over), and the switch is QUIET_SECONDS old."""
+        """No job runs on its head any more (or none may: the drain is over, or no head of it runs), and the switch
+        is QUIET_SECONDS old."""
         try:
             active = self._head().active()
         except UnansweredError as error:
-            self.unreachable_since = self.unreachable_since or now
             log(f"generation {self.generation}: {error}")
+            if self._head_runs():  # a head that runs may have jobs: a slow answer, or a lost one, proves nothing
+                self.unreachable_since = None
+                return now >= deadline
+            self.unreachable_since = self.unreachable_since or now
             return now - self.unreachable_since >= UNREACHABLE_SECONDS
         self.unreachable_since = None
         if now - started < QUIET_SECONDS:
@@ -212,15 +216,27 @@ class Retirement:
                     self._head().stop(job["submission_id"])
         return now - self.stopped_at >= STOP_SECONDS
 
+    def _head_runs(self) -> bool:
+        """A head pod of the generation is Ready, as the API says."""
+        selector = f"?labelSelector={self.names.selector(self.generation)},ray.io/group=head"
+        pods = self.kubernetes.request("GET", "v1", "pods", query=selector)["items"]
+        conditions = [c for pod in pods for c in (pod.get("status") or {}).get("conditions") or []]
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
     def _head(self) -> HeadJobs:
+        """Its head's Jobs API at its own Service's ClusterIP (no DNS lookup to fail), with its pods' token."""
         names = self.names
         token = None
         if names.token_key:
             secret = self.kubernetes.request("GET", "v1", "secrets", names.token_secret(self.generation))
             encoded = (secret.get("data") or {}).get(names.token_key)
             token = base64.b64decode(encoded).decode() if encoded else None
-        url = f"http://{names.head_service(self.generation)}.{names.namespace}.svc:{names.dashboard_port}"
-        return HeadJobs(url, token)
+        service = self.kubernetes.request("GET", "v1", "services", names.head_service(self.generation))
+        address = (service.get("spec") or {}).get("clusterIP")
+        if not address:
+            raise UnansweredError(f"no Service {names.head_service(self.generation)}")
+        host = f"[{address}]" if ":" in address else address
+        return HeadJobs(f"http://{host}:{names.dashboard_port}", token)
 
     def _deleted(self) -> bool:
         """Its Deployments deleted (Foreground), and once its pods are gone, the rest of it: True when all is gone."""

@@ -30,11 +30,7 @@ RETIREMENT_DEADLINE_SECONDS = MAX_UPGRADE_DRAIN_SECONDS + 3600
 
 def anchor_data(settings: ClusterSettings) -> dict[str, str]:
     """What the anchor tells whoever finds it: it is there to own the generations."""
-    return {
-        "about": f"Owns every generation of the Ray cluster {settings.cluster_name}: deleting it deletes them all. "
-        f"List them with: kubectl -n {settings.namespace} get deployments -l ray.io/cluster={settings.cluster_name} "
-        f"-L ray-cluster.pulumi.com/generation"
-    }
+    return {"about": f"Owns every generation of the Ray cluster {settings.cluster_name}: deleting it deletes them all."}
 
 
 def owner_reference(settings: ClusterSettings, uid: Any) -> Manifest:
