@@ -5,8 +5,8 @@ that the harness knows nothing of this project's commands, names or ports, which
 manifests, and what it refuses (images it has no stand-in for, probes and volumes it does not emulate). Marked
 `rehearsal` (they fail, never skip, without root and the stand-ins scripts/test installs as root): a Redis of
 another version than the one installed refused, the images' filesystems and config, the scheduler, Deployment
-rollouts, graceful termination, `pulumi up`'s replacement and await rules, probes, and PersistentVolumeClaims with
-a Redis that keeps its data on one.
+rollouts, graceful termination, `pulumi up`'s replacement and await rules, owner references and the foreground
+cascade of an owner's deletion, probes, and PersistentVolumeClaims with a Redis that keeps its data on one.
 """
 
 from __future__ import annotations
@@ -27,7 +27,17 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.program import AUTONAMED_ANNOTATION, ROOT, Options, Registration, Rendered, auto_name, render
+from tests.program import (
+    AUTONAMED_ANNOTATION,
+    ROOT,
+    Options,
+    Registration,
+    Rendered,
+    auto_name,
+    kubernetes_uid,
+    provider_id,
+    render,
+)
 from tests.rehearsal import image, network_policy
 from tests.rehearsal.cluster import Cluster, InvalidError, JobFailedError, StorageClass, rolling_bounds, wait_for
 from tests.rehearsal.kubelet import Manifest, Pod, UnsupportedError, check_supported, expand, quantity
@@ -180,6 +190,15 @@ def stack(*resources: tuple[str, Manifest, tuple[str, ...]], options: dict[str, 
         for name, manifest, dependencies in resources
     ]  # fmt: skip
     return Rendered(registrations=registrations, outputs={})
+
+
+def owned(manifest: Manifest, owner: Manifest) -> Manifest:
+    """`manifest` with an ownerReference to `owner` that blocks its deletion, as a render gives it: with the uid the
+    mocks give the owner's outputs (tests/program.py), not the cluster's."""
+    uid = kubernetes_uid(f"kubernetes:{owner['apiVersion']}:{owner['kind']}", provider_id(owner))
+    reference = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
+                 "uid": uid, "blockOwnerDeletion": True}  # fmt: skip
+    return {**manifest, "metadata": {**manifest["metadata"], "ownerReferences": [reference]}}
 
 
 def pods(cluster: Cluster, manifest: Manifest) -> list[Pod]:
@@ -813,6 +832,49 @@ def test_a_resource_applied_with_retain_on_delete_leaves_the_state_and_its_objec
     assert exists(cluster, kept) and pod.ready
     with pytest.raises(AlreadyExistsError):  # declared again, it is created again: the object is no longer Pulumi's
         cluster.up(stack(("kept", kept, ()), options=retained), timeout=30)
+
+
+# A pod that takes 2 s to drain once asked to stop.
+DRAINS_2S = 'trap "sleep 2; exit 0" TERM; while :; do sleep 0.1; done'
+
+
+@pytest.mark.rehearsal
+def test_an_owner_reference_names_the_live_owner_and_deleting_it_waits_for_what_it_owns(cluster: Cluster) -> None:
+    """A render's ownerReference carries the uid the mocks gave the owner's outputs; `up` applies the live owner's,
+    as the engine passes the owner's output, and keeps the render's for its diffs (the same program again applies
+    nothing). An `up` without the owner deletes it in the foreground: what it owns goes first, of any kind, though
+    retained, and the `up` ends only once the Deployment's pod has drained and left the API."""
+    anchor = config_map("generations", {})
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token", "namespace": NAMESPACE},
+              "stringData": {"token": "t"}}  # fmt: skip
+    web, token = owned(deployment("web", 1, template(container(DRAINS_2S))), anchor), owned(secret, anchor)
+    retained = {name: Options(retain_on_delete=True) for name in ("web", "token")}
+    program = stack(("anchor", anchor, ()), ("web", web, ("anchor",)), ("token", token, ("anchor",)), options=retained)
+    cluster.up(program, timeout=30)
+    live_uid = cluster.meta("ConfigMap", NAMESPACE, "generations").uid
+    rendered_uid = web["metadata"]["ownerReferences"][0]["uid"]
+    for kind, name in (("Deployment", "web"), ("Secret", "token")):
+        [reference] = cluster.get(kind, NAMESPACE, name)["metadata"]["ownerReferences"]
+        assert reference == {**web["metadata"]["ownerReferences"][0], "uid": live_uid} and live_uid != rendered_uid
+    assert cluster.applied(program.registration_of(web).urn)["metadata"]["ownerReferences"][0]["uid"] == rendered_uid
+    [pod] = running(cluster, web, 1)
+    live = cluster.get("Deployment", NAMESPACE, "web")
+    cluster.up(program, timeout=30)
+    assert cluster.get("Deployment", NAMESPACE, "web") is live  # not written again
+    started = time.monotonic()
+    cluster.up(stack(), timeout=30)
+    assert time.monotonic() - started >= 2 and pod.name not in cluster.pods
+    assert not any(exists(cluster, manifest) for manifest in (anchor, web, token))
+
+
+@pytest.mark.rehearsal
+def test_an_object_whose_owner_is_not_live_is_stored_as_given_and_garbage_collected(cluster: Cluster) -> None:
+    """The API server accepts any uid in an ownerReference: with no live owner of that kind and name, the object is
+    created with the render's, and the garbage collector, finding its owner gone, deletes it."""
+    ghost = deployment("ghost", 1, template(container(SERVE)))
+    orphan = owned(config_map("orphan", {}), ghost)
+    cluster.up(stack(("orphan", orphan, ())), timeout=30)
+    wait_for(lambda: not exists(cluster, orphan), 5, "the orphan collected", interval=0.1)
 
 
 # ----- images and probes the harness refuses -----

@@ -36,6 +36,14 @@ the Roles and RoleBindings applied here), and runs, in one thread, the controlle
 Deleting a pod is graceful and never blocks: the pod is Terminating at once (not ready, not counted by its
 controller), holds its resources on the node until its last process has exited, and only then leaves the API,
 its network namespace and its files with it; a pod not yet bound to the node, or already finished, leaves at once.
+Deleting any other object (`delete`) cascades as the API server and the garbage collector do it. In the foreground
+(pulumi-kubernetes' propagation, and `delete`'s default) the object stays in the API, with a deletionTimestamp and
+the foregroundDeletion finalizer, its controller stopped, while its dependents are deleted, recursively: a
+Deployment's ReplicaSets and their pods, a Job's pods, and every object whose ownerReferences name its uid, of any
+kind; it leaves once none of those that block it is left (pods, ReplicaSets, and objects whose reference says
+blockOwnerDeletion). In the background it leaves at once, and the collector deletes its dependents in its next
+pass, as it deletes any object none of whose owners is left (a uid that was never live included). Not modelled:
+orphaning dependents, and dropping the deleted owner's reference from a dependent another owner keeps.
 
 `up` is `pulumi up` against the state it keeps (the inputs it last applied per URN, and which resources failed their
 await): each resource is created, updated, replaced (on a change to one of pulumi-kubernetes' replacement fields,
@@ -52,9 +60,11 @@ manager owns with another value, as the API server refuses it. Each is then awai
 Deployment when every replica of the live object is of the current template and available and no pod of an old
 template is active, a Service when it has an endpoint, a Job when it has succeeded (its failure fails `up`), a
 PersistentVolumeClaim (see `claim_ready`) when it is Bound, or on its creation Pending if its class binds on first
-consumer; nothing is awaited for a resource annotated `pulumi.com/skipAwait: "true"`. Deleting waits until the
-object has left the API (a claim's finalizer included); a resource applied with `retainOnDelete` only leaves the
-state, its object stays.
+consumer; nothing is awaited for a resource annotated `pulumi.com/skipAwait: "true"`. An ownerReference is applied
+with the uid of the live owner of its kind and name, which the engine passes as the owner's output (a render's is
+the mocks', tests/program.py; the state keeps the render's, for the diffs). Deleting is in the foreground and waits
+until the object has left the API (a claim's finalizer included, and the dependents that block it); a resource
+applied with `retainOnDelete` only leaves the state, its object stays.
 
 Services get ClusterIPs, to which their names resolve, and kube-proxy's forwarding to their endpoints (network.py).
 `clock` is the cluster's wall clock (tokens' lifetimes and the API's timestamps), which a test can move on. `apply`
@@ -143,6 +153,8 @@ KUBECTL_APPLY = "kubectl-client-side-apply"
 _PHASE_ORDER = {"Pending": 0, "Unknown": 1, "Running": 2}
 T = TypeVar("T")
 Key = tuple[str, str, str]
+# A delete's propagationPolicy, as far as modelled (Orphan is not: an orphan would outlive every controller here).
+Propagation = Literal["Foreground", "Background"]
 
 
 class JobFailedError(RuntimeError):
@@ -155,12 +167,15 @@ class AdmissionError(RuntimeError):
 
 @dataclass(frozen=True)
 class ObjectMeta:
-    """What the API server keeps of an object besides its manifest: its uid, when it was created (monotonic) and
-    its generation (bumped by each change to its spec, and a Deployment's by a change to its annotations too)."""
+    """What the API server keeps of an object besides its manifest: its uid, when it was created (monotonic), its
+    generation (bumped by each change to its spec, a Deployment's by a change to its annotations too, and by its
+    deletion) and, while a foreground deletion waits for its dependents, when it was deleted (deletionTimestamp,
+    with the foregroundDeletion finalizer)."""
 
     uid: str
     created_at: float
     generation: int
+    deleted_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -309,16 +324,36 @@ class ReplicaSet:
     template: Manifest
     replicas: int
     created_at: float = field(default_factory=time.monotonic)
+    # Deleted in the foreground with its Deployment: its controller stops, and it goes once its pods have.
+    deleting: bool = False
 
 
 @dataclass
 class _JobRun:
-    """The Job controller's record of one Job: when it started, every pod it ran (gone ones included) and its
-    final condition once it has one."""
+    """The Job controller's record of one Job: when it started, every pod it ran (gone ones included), and its
+    final condition once it has one: when the controller saw it, and why a Job failed."""
 
     started_at: float = field(default_factory=time.monotonic)
     attempts: list[Pod] = field(default_factory=list)
     status: str = "Running"
+    ended_at: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """A Job's status as its controller writes it: when it started and when it ended (monotonic), Running,
+    Succeeded or Failed (and why: BackoffLimitExceeded or DeadlineExceeded), and its pods by state."""
+
+    started_at: float
+    ended_at: float | None
+    status: str
+    reason: str
+    active: int
+    ready: int
+    terminating: int
+    succeeded: int
+    failed: int
 
 
 @dataclass
@@ -633,32 +668,81 @@ class Cluster:
                 "storageclass that provisions the pvc must support resize"
             )
 
-    def delete(self, manifest: Manifest) -> list[Pod]:
-        """Delete an object with foreground cascading, as pulumi-kubernetes does: its controller stops at once and
-        its pods are deleted gracefully; returns them, for the caller to wait until they are gone."""
+    def delete(self, manifest: Manifest, propagation: Propagation = "Foreground") -> list[Pod]:
+        """Delete an object as the API server and the garbage collector do (see `_delete_object` and
+        `_collect_garbage`). Foreground, pulumi-kubernetes' policy: the object stays, deleted but not gone, while
+        its dependents are deleted, recursively (a Deployment's ReplicaSets and their pods, a Job's pods, and every
+        object whose ownerReferences name it, of any kind), and leaves once none that blocks it is left, at once if
+        none does; returns the pods its leaving waits for (its dependents' included), for the caller to wait until
+        they are gone, as pulumi-kubernetes waits until the object is. Background: it leaves at once, and the
+        garbage collector deletes its dependents in its next pass; returns none."""
         key = _key(manifest)
         with self._lock:
-            if key[0] == "PersistentVolumeClaim":  # Terminating until the pvc-protection finalizer lets it go
-                if key[1:] in self.claims:
-                    self.claims[key[1:]].deleting = True
+            meta = self._meta.get(key)
+            if meta is None or key not in self.objects:
                 return []
-            self.objects.pop(key, None)
-            self._live.pop(key, None)
-            self._observed.pop(key, None)
-            if key in self._cluster_ips:
-                self._free_cluster_ips.append(self._cluster_ips.pop(key))
-            meta = self._meta.pop(key, None)
-            if meta is None:
+            self._delete_object(key, propagation)
+            if propagation == "Background":
                 return []
-            uid = meta.uid
-            self._jobs.pop(uid, None)
-            owners = {uid} | {rs.uid for rs in self.replica_sets.values() if rs.deployment == uid}
-            for owner in owners - {uid}:
-                del self.replica_sets[owner]
-            pods = [pod for pod in self.pods.values() if pod.owner in owners]
-            for pod in pods:
-                self.delete_pod(pod.name)
-        return pods
+            self._collect_garbage()
+            return self._awaited(meta.uid, set())
+
+    def _delete_object(self, key: Key, propagation: Propagation) -> None:
+        """The API server's side of a delete. A claim is Terminating until the pvc-protection finalizer lets it go
+        (`_sync_claims`), whatever the policy; any other object leaves at once in the background, or in the
+        foreground is marked deleted (its deletionTimestamp, the foregroundDeletion finalizer, its generation
+        bumped, as markAsDeleting does) and its controller stops, for the garbage collector to finish."""
+        if key[0] == "PersistentVolumeClaim":
+            self.claims[key[1:]].deleting = True
+        elif propagation == "Background":
+            self._remove(key)
+        elif self._meta[key].deleted_at is None:
+            meta = self._meta[key]
+            self._meta[key] = replace(meta, generation=meta.generation + 1, deleted_at=time.monotonic())
+
+    def _remove(self, key: Key) -> None:
+        """The object leaves the API, and with it its ClusterIP and its controller's records of it."""
+        self.objects.pop(key, None)
+        self._live.pop(key, None)
+        self._observed.pop(key, None)
+        if key in self._cluster_ips:
+            self._free_cluster_ips.append(self._cluster_ips.pop(key))
+        meta = self._meta.pop(key, None)
+        if meta is not None:
+            self._jobs.pop(meta.uid, None)
+
+    def _staying(self) -> set[str]:
+        """The uids of the owners a dependent may keep: every object, ReplicaSet and pod in the API but those a
+        foreground deletion marked (a graceful deletion is not one: a Terminating pod still owns)."""
+        return (
+            {meta.uid for meta in self._meta.values() if meta.deleted_at is None}
+            | {rs.uid for rs in self.replica_sets.values() if not rs.deleting}
+            | {pod.uid for pod in self.pods.values()}
+        )
+
+    def _blocking(self, uid: str, staying: set[str]) -> tuple[list[Pod], list[str]]:
+        """What a foreground deletion of `uid` waits for: its pods (a Job's, a ReplicaSet's), and the uids of its
+        ReplicaSets and of the objects whose reference to it says blockOwnerDeletion, but for those another owner
+        in `staying` keeps (the collector drops their reference to the deleted one)."""
+        pods = [pod for pod in self.pods.values() if pod.owner == uid]
+        owned = [rs.uid for rs in self.replica_sets.values() if rs.deployment == uid]
+        for key, manifest in self.objects.items():
+            references = manifest["metadata"].get("ownerReferences") or []
+            others = {reference["uid"] for reference in references} - {uid}
+            if any(r["uid"] == uid and r.get("blockOwnerDeletion") for r in references) and not others & staying:
+                owned.append(self._meta[key].uid)
+        return pods, owned
+
+    def _blocked(self, uid: str, staying: set[str]) -> bool:
+        """A foreground deletion of `uid` still waits for something (`_blocking`)."""
+        pods, owned = self._blocking(uid, staying)
+        return bool(pods or owned)
+
+    def _awaited(self, uid: str, seen: set[str]) -> list[Pod]:
+        """The pods whose going the foreground deletion of `uid` waits for, through every dependent that blocks it."""
+        seen.add(uid)
+        pods, owned = self._blocking(uid, self._staying())
+        return pods + [pod for dependent in owned if dependent not in seen for pod in self._awaited(dependent, seen)]
 
     def _gone(self, pods: Iterable[Pod], objects: Iterable[Manifest] = ()) -> bool:
         """The pods have left the API, and so have the deleted `objects` (a claim leaves when its finalizer is
@@ -1143,12 +1227,15 @@ class Cluster:
         while not self._stop.wait(0.2):
             with self._lock:
                 for key, manifest in list(self.objects.items()):
+                    if self._meta[key].deleted_at is not None:
+                        continue  # its controller leaves it to the garbage collector
                     if key[0] == "Deployment":
                         self._guarded(self._sync_deployment, key, manifest)
                     elif key[0] == "Job":
                         self._guarded(self._sync_job, key, manifest)
                 for replica_set in list(self.replica_sets.values()):
-                    self._guarded(self._sync_replica_set, replica_set)
+                    if not replica_set.deleting:
+                        self._guarded(self._sync_replica_set, replica_set)
                 self._guarded(self._schedule)
                 self._guarded(self._sync_claims)
                 self._guarded(self._sync_namespaces)
@@ -1158,13 +1245,42 @@ class Cluster:
             self._police()
 
     def _collect_garbage(self) -> None:
-        """The garbage collector: an object whose every owner (ownerReferences, by uid) is gone goes too, such as
-        the EndpointSlice of a deleted Service."""
-        live = {meta.uid for meta in self._meta.values()}
-        for manifest in list(self.objects.values()):
-            owners = {owner["uid"] for owner in manifest["metadata"].get("ownerReferences") or []}
-            if owners and not owners & live:
-                self.delete(manifest)
+        """The garbage collector, until it has nothing left to do. A dependent none of whose owners stays (see
+        `_staying`) is deleted: an object whose ownerReferences name its owners by uid (any kind), a Deployment's
+        ReplicaSet, a ReplicaSet's or a Job's pod; in the foreground while an owner waits for it (a foreground
+        deletion), else in the background (its owners are gone, as the EndpointSlice of a deleted Service; or its
+        owner's uid was never live: a dangling reference). An object or ReplicaSet deleted in the foreground
+        leaves once nothing that blocks it is left (`_blocking`). Not modelled: rewriting the references of a
+        dependent that another owner keeps (the collector drops the one to the deleted owner; here it stays)."""
+        changed = True
+        while changed:
+            changed = False
+            staying = self._staying()
+            waiting = {meta.uid for meta in self._meta.values() if meta.deleted_at is not None}
+            for key, manifest in list(self.objects.items()):
+                owners = {owner["uid"] for owner in manifest["metadata"].get("ownerReferences") or []}
+                deleting = self._meta[key].deleted_at is not None or (
+                    key[0] == "PersistentVolumeClaim" and self.claims[key[1:]].deleting
+                )
+                if owners and not owners & staying and not deleting:
+                    self._delete_object(key, "Foreground" if owners & waiting else "Background")
+                    changed = True
+            for replica_set in list(self.replica_sets.values()):
+                # Its controller stops; it goes once its pods have (not served, it may outlive its Deployment).
+                if not replica_set.deleting and replica_set.deployment not in staying:
+                    replica_set.deleting = changed = True
+            for pod in list(self.pods.values()):
+                if not pod.terminating and pod.owner not in staying:
+                    self.delete_pod(pod.name)
+            staying = self._staying()
+            for key, meta in list(self._meta.items()):
+                if meta.deleted_at is not None and not self._blocked(meta.uid, staying):
+                    self._remove(key)
+                    changed = True
+            for replica_set in list(self.replica_sets.values()):
+                if replica_set.deleting and not self._blocked(replica_set.uid, staying):
+                    del self.replica_sets[replica_set.uid]
+                    changed = True
 
     def _guarded(self, sync: Callable[..., None], *args: Any) -> None:
         """Run one controller's pass; a failure is kept for `up` to report instead of stopping every controller."""
@@ -1330,16 +1446,44 @@ class Cluster:
                 raise KeyError(f"no Job {_key(job)}")
             return self._job_status(job, run)
 
+    def job_progress(self, namespace: str, name: str) -> JobProgress:
+        """A Job's status as its controller writes it (KeyError if there is no such Job): its pods active (not
+        Terminating nor finished; the ready ones among them), Terminating and not finished, and its attempts that
+        succeeded and failed (a pod deleted before it succeeded among them)."""
+        with self._lock:
+            key = ("Job", namespace, name)
+            run = self._jobs[self._meta[key].uid]
+            status = self._job_status(self.objects[key], run)
+            outcomes = [_outcome(pod) for pod in run.attempts]
+            in_api = [pod for pod in run.attempts if self.pods.get(pod.name) is pod]
+            return JobProgress(
+                started_at=run.started_at,
+                ended_at=run.ended_at,
+                status=status,
+                reason=run.reason,
+                active=sum(pod.active for pod in run.attempts),
+                ready=sum(pod.active and pod.ready for pod in run.attempts),
+                terminating=sum(pod.terminating and not pod.finished for pod in in_api),
+                succeeded=outcomes.count("Succeeded"),
+                failed=outcomes.count("Failed"),
+            )
+
     @staticmethod
     def _job_status(job: Manifest, run: _JobRun) -> str:
+        """The Job's condition, settled (with when and why) the first time it is asked after the Job ended: its back-off
+        limit is checked before its deadline, as the Job controller checks them."""
         if run.status == "Running":
             outcomes = [_outcome(pod) for pod in run.attempts]
             deadline = job["spec"].get("activeDeadlineSeconds")
             too_late = deadline is not None and time.monotonic() - run.started_at > deadline
             if "Succeeded" in outcomes:
                 run.status = "Succeeded"
-            elif outcomes.count("Failed") > job["spec"].get("backoffLimit", 6) or too_late:
-                run.status = "Failed"
+            elif outcomes.count("Failed") > job["spec"].get("backoffLimit", 6):
+                run.status, run.reason = "Failed", "BackoffLimitExceeded"
+            elif too_late:
+                run.status, run.reason = "Failed", "DeadlineExceeded"
+            if run.status != "Running":
+                run.ended_at = time.monotonic()
         return run.status
 
     # ----- pulumi up -----
@@ -1517,10 +1661,11 @@ class Cluster:
             if not self._gone(step.leaving, [step.previous]):
                 return False
         if not step.applied:
+            sent = self._with_live_owners(step.inputs)
             if step.operation == "update":
-                self.server_side_apply(step.inputs, step.ignore_changes)
+                self.server_side_apply(sent, step.ignore_changes)
             else:  # a create, or the new copy of a replacement
-                self.pulumi_create(step.inputs, upsert=upsert)
+                self.pulumi_create(sent, upsert=upsert)
             if step.operation == "replace" and not step.delete_first:
                 assert step.previous is not None
                 self._replaced.append((step.previous, step.urn in self._retained))
@@ -1533,6 +1678,25 @@ class Cluster:
         if ready:
             self._init_errors.discard(step.urn)
         return ready
+
+    def _with_live_owners(self, inputs: Manifest) -> Manifest:
+        """The manifest as the provider sends it: an ownerReference's uid is the owner's output, which the engine
+        passes, the uid of the live owner of that kind and name (in the object's namespace, but for a Namespace);
+        a render's is the mocks' (tests/program.py). Without such an owner the uid stays as it was given, and the
+        API server stores it as it accepts any: the garbage collector then deletes the object, whose owner is
+        gone. The state keeps the inputs, whose uids are stable across renders, for the diffs."""
+        references = inputs["metadata"].get("ownerReferences")
+        if not references:
+            return inputs
+        namespace = inputs["metadata"].get("namespace", "")
+        with self._lock:
+            live = [
+                self._meta.get((reference["kind"], "" if reference["kind"] == "Namespace" else namespace,
+                                reference["name"]))
+                for reference in references
+            ]  # fmt: skip
+        resolved = [{**ref, "uid": meta.uid} if meta else ref for ref, meta in zip(references, live, strict=True)]
+        return {**inputs, "metadata": {**inputs["metadata"], "ownerReferences": resolved}}
 
     def _retain(self, urn: str, retain_on_delete: bool) -> None:
         """Record whether a later delete of the resource only drops it from the state."""
