@@ -8,7 +8,9 @@ patches, tokens' signatures and refresh times, and what the kubelet refuses of p
 helpers they use): a pod reading pods over HTTPS with its projected token and the cluster CA, requests refused
 as RBAC and authentication refuse them, a scale subresource write the controllers act on, a pod-deletion-cost
 that picks the pod a scale-down removes, files that follow their objects, a token no other container can reach,
-and `up` keeping autoscaled replicas.
+`up` keeping autoscaled replicas, and what a retirement Job calls: deletes in the foreground (the object shown,
+marked, until its dependents are gone, an owner's of any kind) and in the background, Jobs listed by label with
+their status, a Secret as stored, Services listed by label.
 
 `call` is how a test (or a drill) talks to the API server from the node, as a client in a pod would.
 """
@@ -43,6 +45,7 @@ from tests.rehearsal.apiserver import (
     merge_patch,
     request_info,
     rule_allows,
+    timestamp,
 )
 from tests.rehearsal.cluster import Cluster, InvalidError, wait_for
 from tests.rehearsal.kubelet import IssuedToken, Manifest, UnsupportedError, check_supported, service_env
@@ -55,6 +58,7 @@ from tests.test_rehearsal_harness import (
     container,
     cpu,
     deployment,
+    job,
     kubectl_exec,
     pods,
     running,
@@ -69,7 +73,7 @@ RBAC = "rbac.authorization.k8s.io"
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 SCALER = "scaler"  # the ServiceAccount, Role and RoleBinding of the tests' autoscaler-like client
 USER = f"system:serviceaccount:{NAMESPACE}:{SCALER}"
-MERGE_PATCH, JSON_PATCH = "application/merge-patch+json", "application/json-patch+json"
+MERGE_PATCH, JSON_PATCH, JSON = "application/merge-patch+json", "application/json-patch+json", "application/json"
 COST = "controller.kubernetes.io/pod-deletion-cost"
 # The autoscaler's Role as issue 12 renders it, for one autoscaled Deployment, `web`.
 SCALER_RULES = [
@@ -113,9 +117,9 @@ def call(
         return error.code, json.loads(error.read())
 
 
-def access(role: str = SCALER) -> list[Manifest]:
-    """The ServiceAccount (no automounted token), the Role (the autoscaler's rules) and a RoleBinding of the
-    ServiceAccount to `role`."""
+def access(role: str = SCALER, rules: list[Manifest] = SCALER_RULES) -> list[Manifest]:
+    """The ServiceAccount (no automounted token), the Role (by default the autoscaler's rules) and a RoleBinding of
+    the ServiceAccount to `role`."""
 
     def metadata(name: str) -> Manifest:
         return {"name": name, "namespace": NAMESPACE}
@@ -123,16 +127,17 @@ def access(role: str = SCALER) -> list[Manifest]:
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(SCALER),
          "automountServiceAccountToken": False},
-        {"apiVersion": f"{RBAC}/v1", "kind": "Role", "metadata": metadata(SCALER), "rules": SCALER_RULES},
+        {"apiVersion": f"{RBAC}/v1", "kind": "Role", "metadata": metadata(SCALER), "rules": rules},
         {"apiVersion": f"{RBAC}/v1", "kind": "RoleBinding", "metadata": metadata(SCALER),
          "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": role},
          "subjects": [{"kind": "ServiceAccount", "name": SCALER, "namespace": NAMESPACE}]},
     ]  # fmt: skip
 
 
-def grant(cluster: Cluster) -> str:
-    """Apply the access objects; a token for the ServiceAccount, as `kubectl create token` gives one."""
-    for manifest in access():
+def grant(cluster: Cluster, rules: list[Manifest] = SCALER_RULES) -> str:
+    """Apply the access objects (the Role's `rules`); a token for the ServiceAccount, as `kubectl create token`
+    gives one."""
+    for manifest in access(rules=rules):
         cluster.apply(manifest)
     return cluster.api.request_token(NAMESPACE, SCALER).token
 
@@ -584,7 +589,7 @@ def test_a_pod_deletion_cost_patched_through_the_api_picks_the_pod_a_scale_down_
     assert call(cluster, token, "PATCH", pod_path, {})[1]["reason"] == "MethodNotAllowed"
     assert call(cluster, token, "GET", f"{pod_path}/nowhere")[1]["message"] == 'pods "nowhere" not found'
     # A graceful delete through the API: the answer is the pod, Terminating.
-    code, deleted = call(cluster, token, "DELETE", f"{pod_path}/{last.name}", {"gracePeriodSeconds": 5})
+    code, deleted = call(cluster, token, "DELETE", f"{pod_path}/{last.name}", {"gracePeriodSeconds": 5}, JSON)
     assert code == 200 and deleted["metadata"]["deletionGracePeriodSeconds"] == 5 and last.terminating
 
 
@@ -706,9 +711,7 @@ def test_endpoint_slices_are_written_as_the_api_server_takes_them_and_route_a_se
         {"apiGroups": [""], "resources": ["services"], "verbs": ["get"]},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "create", "update"]},
     ]
-    for manifest in access():
-        cluster.apply({**manifest, "rules": rules} if manifest["kind"] == "Role" else manifest)
-    token = cluster.api.request_token(NAMESPACE, SCALER).token
+    token = grant(cluster, rules)
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "serve", "namespace": NAMESPACE},
                "spec": {"ports": [{"name": "serve", "port": 8000, "targetPort": 8000, "protocol": "TCP"}]}}  # fmt: skip
     cluster.apply(service)
@@ -736,3 +739,187 @@ def test_endpoint_slices_are_written_as_the_api_server_takes_them_and_route_a_se
     assert cluster.service_endpoints(NAMESPACE, "serve") == ["10.0.0.9"]
     cluster.delete(service)
     wait_for(lambda: ("EndpointSlice", NAMESPACE, "serve") not in cluster.objects, 10, "the slice's garbage collection")
+
+
+# What a retirement Job may do: read and delete the objects of an older generation.
+RETIRER_RULES = [
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "delete"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "delete"]},
+    {"apiGroups": [""], "resources": ["services", "secrets", "configmaps"], "verbs": ["get", "list", "delete"]},
+]
+DEPLOYMENTS, JOBS = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments", f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
+CORE = f"/api/v1/namespaces/{NAMESPACE}"
+
+
+def gone(cluster: Cluster, token: str, path: str, timeout: float = 10) -> Manifest:
+    """Wait until a get of `path` is 404; its answer."""
+
+    def answer() -> Manifest | None:
+        code, body = call(cluster, token, "GET", path)
+        return body if code == 404 else None
+
+    return wait_for(answer, timeout, f"{path} gone", interval=0.1)
+
+
+@pytest.mark.rehearsal
+def test_a_deployment_deleted_in_the_foreground_is_shown_until_its_pods_are_gone_in_the_background_it_goes_at_once(
+    cluster: Cluster,
+) -> None:
+    token = grant(cluster)  # the autoscaler's Role: no delete
+    draining = deployment("draining", 1, template(container(harness.DRAINS_2S), app="draining"))
+    cluster.apply(draining)
+    cluster.apply(web())
+    [slow], [quick] = running(cluster, draining, 1), running(cluster, web(), 1)
+    code, status = call(cluster, token, "DELETE", f"{DEPLOYMENTS}/draining?propagationPolicy=Foreground")
+    assert (code, status["message"]) == (403, f'deployments.apps "draining" is forbidden: User "{USER}" cannot '
+                                              f'delete resource "deployments" in API group "apps" in the namespace '
+                                              f'"{NAMESPACE}"')  # fmt: skip
+    cluster.apply(access(rules=RETIRER_RULES)[1])
+    code, deleted = call(cluster, token, "DELETE", f"{DEPLOYMENTS}/draining?propagationPolicy=Foreground")
+    metadata = deleted["metadata"]
+    assert (code, deleted["kind"], metadata["generation"]) == (200, "Deployment", 2)  # bumped by the deletion
+    assert (metadata["finalizers"], metadata["deletionGracePeriodSeconds"]) == (["foregroundDeletion"], 0)
+    assert slow.terminating and not quick.terminating
+    # Until its pod has drained, a get and a list show it as the answer did.
+    code, shown = call(cluster, token, "GET", f"{DEPLOYMENTS}/draining")
+    assert code == 200 and shown["metadata"]["deletionTimestamp"] == metadata["deletionTimestamp"]
+    listed = call(cluster, token, "GET", DEPLOYMENTS)[1]["items"]
+    assert [(item["metadata"]["name"], item["metadata"].get("finalizers")) for item in listed] == [
+        ("draining", ["foregroundDeletion"]), ("web", None)]  # fmt: skip
+    assert gone(cluster, token, f"{DEPLOYMENTS}/draining") == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": 'deployments.apps "draining" not found', "reason": "NotFound",
+        "details": {"name": "draining", "group": "apps", "kind": "deployments"}, "code": 404,
+    }  # fmt: skip
+    assert slow.name not in cluster.pods
+    # In the background (the default, here in a DeleteOptions body): gone at once, its pod deleted after.
+    uid = cluster.meta("Deployment", NAMESPACE, "web").uid
+    options = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+    assert call(cluster, token, "DELETE", f"{DEPLOYMENTS}/web", options, JSON) == (200, {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "details": {"name": "web", "group": "apps", "kind": "deployments", "uid": uid},
+    })  # fmt: skip
+    assert call(cluster, token, "GET", f"{DEPLOYMENTS}/web")[0] == 404
+    wait_for(lambda: quick.name not in cluster.pods, 10, "its pod collected", interval=0.1)
+    code, status = call(cluster, token, "DELETE", f"{DEPLOYMENTS}/web")
+    assert (code, status["message"]) == (404, 'deployments.apps "web" not found')
+
+
+@pytest.mark.rehearsal
+def test_jobs_are_listed_by_label_with_their_controllers_status_and_deleted_only_with_a_policy(
+    cluster: Cluster,
+) -> None:
+    token = grant(cluster, RETIRER_RULES)
+    succeeded = job("succeeded", template(container("true"), app="old"), backoffLimit=0)
+    failed = job("failed", template(container("false"), app="old"), backoffLimit=0)
+    active = job("active", template(container(SERVE), app="old", terminationGracePeriodSeconds=1))
+    active["metadata"]["labels"] = {"app": "old", "own": "label"}  # a Job's own labels are not its template's
+    other = job("other", template(container(SERVE), app="new", terminationGracePeriodSeconds=1))
+    for manifest in (succeeded, failed, active, other):
+        cluster.apply(manifest)
+    wait_for(lambda: cluster.job_status(succeeded) == "Succeeded" and cluster.job_status(failed) == "Failed", 20,
+             "the Jobs ended", interval=0.1)  # fmt: skip
+    [pod] = running(cluster, active, 1)
+    code, listed = call(cluster, token, "GET", f"{JOBS}?labelSelector=app%3Dold")
+    assert (code, listed["kind"], listed["apiVersion"]) == (200, "JobList", "batch/v1")
+    items = {item["metadata"]["name"]: item for item in listed["items"]}
+    assert list(items) == ["active", "failed", "succeeded"] and "kind" not in items["active"]
+    assert items["succeeded"]["metadata"]["labels"] == {"app": "old"}  # its template's, as none of its own
+    assert items["active"]["metadata"]["labels"] == {"app": "old", "own": "label"}
+    assert {"backoffLimit": 0, "completions": 1, "parallelism": 1}.items() <= items["succeeded"]["spec"].items()
+    done, broken, running_now = (items[name]["status"] for name in ("succeeded", "failed", "active"))
+    assert (done["succeeded"], done["ready"], "active" in done) == (1, 0, False)
+    [complete] = done["conditions"]
+    assert (complete["type"], complete["status"]) == ("Complete", "True")
+    assert done["completionTime"] == complete["lastTransitionTime"]
+    [failure] = broken["conditions"]
+    assert (broken["failed"], "completionTime" in broken) == (1, False)
+    assert (failure["type"], failure["reason"], failure["message"]) == (
+        "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")  # fmt: skip
+    assert (running_now["active"], running_now["ready"], "conditions" in running_now) == (1, 1, False)
+    assert running_now["startTime"] <= timestamp(cluster.clock.now())
+    code, shown = call(cluster, token, "GET", f"{JOBS}/active")
+    assert (code, shown["kind"], shown["apiVersion"]) == (200, "Job", "batch/v1")
+    # batch/v1 deletes orphan a Job's pods unless told otherwise, which is not modelled: refused.
+    code, status = call(cluster, token, "DELETE", f"{JOBS}/active")
+    assert (code, status["reason"]) == (501, "NotImplemented") and "the default of batch/v1 Jobs" in status["message"]
+    assert call(cluster, token, "DELETE", f"{JOBS}/active?orphanDependents=true")[0] == 501
+    code, status = call(cluster, token, "DELETE", f"{JOBS}/active?propagationPolicy=Background&orphanDependents=false")
+    assert (code, status["message"]) == (422, 'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Invalid '
+                                              'value: "Background": orphanDependents and deletionPropagation cannot '
+                                              "be both set")  # fmt: skip
+    code, status = call(cluster, token, "DELETE", f"{JOBS}/active?propagationPolicy=Sideways")
+    assert (code, status["message"]) == (422, 'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: '
+                                              'Unsupported value: "Sideways": supported values: "Foreground", '
+                                              '"Background", "Orphan", "nil"')  # fmt: skip
+    assert not pod.terminating
+    code, status = call(cluster, token, "DELETE", f"{JOBS}/active?propagationPolicy=Background")
+    assert (code, status["status"], status["details"]["kind"]) == (200, "Success", "jobs")
+    wait_for(lambda: pod.name not in cluster.pods, 10, "its pod collected", interval=0.1)
+    assert [item["metadata"]["name"] for item in call(cluster, token, "GET", JOBS)[1]["items"]] == [
+        "failed", "other", "succeeded"]  # fmt: skip
+
+
+@pytest.mark.rehearsal
+def test_an_owner_deleted_through_the_api_in_the_foreground_takes_what_it_owns_first(cluster: Cluster) -> None:
+    """A generation's objects, owned by an anchor ConfigMap: deleting the anchor in the foreground deletes them all,
+    and the anchor stays, marked, until the Deployment's pod has drained. A Secret reads as the server stores it; a
+    Service is listed by label; a delete's stale precondition is a conflict; a Service's delete answers the
+    Service, a ConfigMap's in the foreground the ConfigMap, marked, though gone at once with nothing to wait for."""
+    token = grant(cluster, RETIRER_RULES)
+    cluster.apply(config_map("generations", {}))
+    reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": "generations", "blockOwnerDeletion": True,
+                 "uid": cluster.meta("ConfigMap", NAMESPACE, "generations").uid}  # fmt: skip
+    labels = {"app": "draining", "generation": "old"}
+
+    def of_the_generation(manifest: Manifest) -> Manifest:
+        return {**manifest, "metadata": {**manifest["metadata"], "labels": labels, "ownerReferences": [reference]}}
+
+    secret = of_the_generation(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "token", "namespace": NAMESPACE},
+            "data": {"kept": base64.b64encode(b"1").decode(), "replaced": base64.b64encode(b"2").decode()},
+            "stringData": {"replaced": "3"},
+        }
+    )
+    service = of_the_generation(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "head", "namespace": NAMESPACE},
+            "spec": {"selector": labels, "ports": [{"port": 80}]},
+        }
+    )
+    draining = of_the_generation(deployment("draining", 1, template(container(harness.DRAINS_2S), app="draining")))
+    plain = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "plain", "namespace": NAMESPACE},
+             "spec": {"selector": {"app": "none"}, "ports": [{"port": 80}]}}  # fmt: skip
+    for manifest in (secret, service, draining, plain, config_map("settings", {})):
+        cluster.apply(manifest)
+    [pod] = running(cluster, draining, 1)
+    code, shown = call(cluster, token, "GET", f"{CORE}/secrets/token")
+    assert (code, shown["type"], "stringData" in shown) == (200, "Opaque", False)
+    assert {key: base64.b64decode(value) for key, value in shown["data"].items()} == {"kept": b"1", "replaced": b"3"}
+    code, listed = call(cluster, token, "GET", f"{CORE}/services?labelSelector=generation%3Dold")
+    assert (code, listed["kind"], [item["metadata"]["name"] for item in listed["items"]]) == (200, "ServiceList",
+                                                                                              ["head"])  # fmt: skip
+    code, status = call(cluster, token, "DELETE", f"{CORE}/secrets/token", {"preconditions": {"uid": "stale"}}, JSON)
+    assert (code, status["message"]) == (409, f"Precondition failed: UID in precondition: stale, UID in object meta: "
+                                              f"{shown['metadata']['uid']}")  # fmt: skip
+    code, anchor = call(cluster, token, "DELETE", f"{CORE}/configmaps/generations?propagationPolicy=Foreground")
+    assert (code, anchor["kind"], anchor["metadata"]["finalizers"]) == (200, "ConfigMap", ["foregroundDeletion"])
+    assert pod.terminating
+    for path in (f"{CORE}/secrets/token", f"{CORE}/services/head"):  # nothing of theirs to wait for
+        assert call(cluster, token, "GET", path)[0] == 404, path
+    code, shown = call(cluster, token, "GET", f"{DEPLOYMENTS}/draining")
+    assert code == 200 and shown["metadata"]["finalizers"] == ["foregroundDeletion"]
+    assert "deletionTimestamp" in call(cluster, token, "GET", f"{CORE}/configmaps/generations")[1]["metadata"]
+    gone(cluster, token, f"{CORE}/configmaps/generations")
+    assert pod.name not in cluster.pods and call(cluster, token, "GET", f"{DEPLOYMENTS}/draining")[0] == 404
+    code, deleted = call(cluster, token, "DELETE", f"{CORE}/services/plain")
+    assert (code, deleted["kind"], deleted["metadata"]["name"]) == (200, "Service", "plain")
+    code, deleted = call(cluster, token, "DELETE", f"{CORE}/configmaps/settings?propagationPolicy=Foreground")
+    assert (code, deleted["metadata"]["finalizers"], deleted["metadata"]["deletionGracePeriodSeconds"]) == (
+        200, ["foregroundDeletion"], 0)  # fmt: skip
+    assert call(cluster, token, "GET", f"{CORE}/configmaps/settings")[0] == 404

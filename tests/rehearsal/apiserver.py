@@ -1,32 +1,51 @@
 """The rehearsal's Kubernetes API server: the part of the API a workload in a pod uses to watch and scale its own
-Deployments, served over HTTPS from the cluster's own state (cluster.py: the objects its controllers act on and
-the pods its kubelets run), with authentication and RBAC as the real API server does them.
+Deployments and to delete its own objects, served over HTTPS from the cluster's own state (cluster.py: the objects
+its controllers act on and the pods its kubelets run), with authentication and RBAC as the real API server does
+them.
 
 Served (everything else is refused loudly, see below):
 - pods in a namespace: list (PodList, with a labelSelector), get, patch of the metadata (merge, JSON and
   strategic merge patches; annotations only, such as controller.kubernetes.io/pod-deletion-cost, validated as the
-  API server does), delete (graceful, as `Cluster.delete_pod`, with gracePeriodSeconds and preconditions);
-- Deployments in a namespace: list (DeploymentList) and get, with metadata.generation and a status computed from
-  the ReplicaSets' pods (replicas, updatedReplicas, readyReplicas, availableReplicas, unavailableReplicas,
-  observedGeneration; a zero count is left out, as the API's omitempty leaves it out);
+  API server does), delete (graceful, as `Cluster.delete_pod`, with the DeleteOptions below: gracePeriodSeconds
+  and preconditions);
+- Deployments in a namespace: list (DeploymentList), get and delete, with metadata.generation and a status
+  computed from the ReplicaSets' pods (replicas, updatedReplicas, readyReplicas, availableReplicas,
+  unavailableReplicas, observedGeneration; a zero count is left out, as the API's omitempty leaves it out);
 - a Deployment's `scale` subresource (autoscaling/v1 Scale): get, patch and update. A new replica count is written
   as `kubectl scale` writes it (through the subresource, by its own field manager), and the controllers act on it;
   `Cluster.up` then treats it as pulumi-kubernetes' server-side apply does (see cluster.py);
-- ConfigMaps and Services in a namespace: get;
+- batch/v1 Jobs in a namespace: list (JobList), get and delete; labels defaulted from the template's when the Job
+  has none, completions, parallelism, backoffLimit, completionMode and suspend defaulted, and a status as the Job
+  controller writes it (startTime, active, succeeded and failed, left out at zero, ready, terminating,
+  uncountedTerminatedPods, and once it ended its condition Complete, with completionTime, or Failed, with reason
+  BackoffLimitExceeded or DeadlineExceeded);
+- ConfigMaps and Secrets in a namespace: get and delete (a Secret's stringData folded into its data, base64, as
+  the server stores it; type Opaque unless set); Services: list (ServiceList), get and delete;
 - EndpointSlices in a namespace: get, create and update (the whole object, its resourceVersion a precondition),
   validated strictly against the Kubernetes schema, addressType immutable; kube-proxy (cluster.py) routes a
   Service without a selector to the ready addresses of the slices labelled with its name.
+A delete of one of these objects takes DeleteOptions from its body (JSON, of kind DeleteOptions) or else its query,
+validated as the server does (422): preconditions (409), and the propagation policy, which the garbage collector
+carries out (`Cluster.delete`), by default Background, but for a batch/v1 Job (Orphan, for backwards
+compatibility, as its REST strategy says) and an object already deleted in the foreground. Foreground: the answer
+is the object with a deletionTimestamp, a deletionGracePeriodSeconds of 0 and the foregroundDeletion finalizer (its
+generation bumped), as get and list show it until its dependents are gone (a Deployment's ReplicaSets and pods, a
+Job's pods, any object whose ownerReferences name it and block its deletion), and then 404. Background: the object
+is gone at once (the answer is a Status of Success with its name, group, resource and uid; a Service's store
+answers the Service), its dependents deleted by the garbage collector after. gracePeriodSeconds changes nothing
+but for a pod.
 Objects are shaped as the API returns them: metadata with uid, resourceVersion, creationTimestamp,
-deletionTimestamp and deletionGracePeriodSeconds while a pod terminates, generateName and ownerReferences; a
-pod's spec as admitted (its ServiceAccount, the token volume the admission plugin adds, its node) and its status
-(phase, conditions PodScheduled, Initialized, ContainersReady and Ready, hostIP, podIP, startTime, qosClass, init
-and container statuses with their states and restart counts); list items without kind and apiVersion, sorted by
-name. A resourceVersion is a counter the server bumps whenever what it would show of an object changed, so a
-list's version is at least that of every object it holds, and `resourceVersion` with `resourceVersionMatch=
-NotOlderThan` is served (a version newer than the server's is 504, as the real one answers once its cache times
-out). Errors are metav1.Status with the real codes, reasons and messages: 401 Unauthorized, 403 Forbidden with
-RBAC's message (and its reason, e.g. a binding's missing Role), 404 NotFound, 405 MethodNotAllowed, 409 Conflict
-(a stale resourceVersion or uid), 415 UnsupportedMediaType, 422 Invalid.
+deletionTimestamp and deletionGracePeriodSeconds while a pod terminates or a foreground deletion waits (with its
+finalizer), generateName and ownerReferences; a pod's spec as admitted (its ServiceAccount, the token volume the
+admission plugin adds, its node) and its status (phase, conditions PodScheduled, Initialized, ContainersReady and
+Ready, hostIP, podIP, startTime, qosClass, init and container statuses with their states and restart counts); list
+items without kind and apiVersion, sorted by name. A resourceVersion is a counter the server bumps whenever what
+it would show of an object changed, so a list's version is at least that of every object it holds, and
+`resourceVersion` with `resourceVersionMatch=NotOlderThan` is served (a version newer than the server's is 504, as
+the real one answers once its cache times out). Errors are metav1.Status with the real codes, reasons and
+messages: 401 Unauthorized, 403 Forbidden with RBAC's message (and its reason, e.g. a binding's missing Role), 404
+NotFound, 405 MethodNotAllowed, 409 Conflict (a stale resourceVersion or uid, a delete's precondition), 415
+UnsupportedMediaType, 422 Invalid.
 
 Authentication: only bound service-account tokens, which this server signs (RS256 JWTs with the claims the real
 ones carry: issuer and audience https://kubernetes.default.svc.cluster.local, the ServiceAccount, the pod and
@@ -46,14 +65,17 @@ that address, the `kubernetes` Service's ClusterIP and its names, signed by the 
 cluster.py publishes in every namespace as the ConfigMap kube-root-ca.crt.
 
 Refused, never answered wrongly (501 NotImplemented, saying what, and kept in `refusals` for a test to show): any
-other resource, verb, subresource or API version; watches; field selectors, `continue`, dryRun, server-side apply
-patches, patches that change anything but a pod's annotations or a Scale's replicas (a pod's labels would
-re-parent it, which the controllers here do not model), strategic merge patch directives and lists; requests the
-default ClusterRoles allow every authenticated user (discovery, /version, self-subject reviews), as ClusterRoles
-are not modelled (a RoleBinding to one is refused when it is applied); impersonation; protobuf and YAML bodies;
-a query parameter it does not know. Not modelled at all: client certificates, ClusterRoles and their bindings,
-admission webhooks, managedFields in the objects it returns, Deployment conditions, a pod's default fields other
-than its ServiceAccount, node, restart policy, grace period, DNS policy and scheduler.
+other resource, verb, subresource or API version; watches; field selectors, `continue`, dryRun, orphaning
+dependents (propagationPolicy Orphan, orphanDependents true, a batch/v1 Job's delete without a policy),
+server-side apply patches, patches that change anything but a pod's annotations or a Scale's replicas (a pod's
+labels would re-parent it, which the controllers here do not model), strategic merge patch directives and lists;
+requests the default ClusterRoles allow every authenticated user (discovery, /version, self-subject reviews), as
+ClusterRoles are not modelled (a RoleBinding to one is refused when it is applied); impersonation; protobuf and
+YAML bodies; a query parameter it does not know. Not modelled at all: client certificates, ClusterRoles and their
+bindings, admission webhooks (and the OwnerReferencesPermissionEnforcement admission plugin, off by default),
+managedFields in the objects it returns, Deployment conditions, a pod's default fields other than its
+ServiceAccount, node, restart policy, grace period, DNS policy and scheduler; a Service's allocated fields
+(clusterIP and the like); a Job's generated selector and template labels.
 """
 
 from __future__ import annotations
@@ -84,7 +106,7 @@ from tests.rehearsal.kubelet import InvalidError, IssuedToken, Manifest, Pod, qu
 from tests.ssa import AlreadyExistsError
 
 if TYPE_CHECKING:
-    from tests.rehearsal.cluster import Cluster
+    from tests.rehearsal.cluster import Cluster, ObjectMeta
 
 PORT = 443
 ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -132,9 +154,18 @@ _PARAMETERS = {
 }
 
 
-# The kinds served by `_stored`, by API group and resource.
-_KINDS_OF = {("", "configmaps"): "ConfigMap", ("", "services"): "Service",
+# The kinds of the objects served from the cluster's store (`_document`), by API group and resource.
+_KINDS_OF = {("", "configmaps"): "ConfigMap", ("", "services"): "Service", ("", "secrets"): "Secret",
+             ("apps", "deployments"): "Deployment", ("batch", "jobs"): "Job",
              ("discovery.k8s.io", "endpointslices"): "EndpointSlice"}  # fmt: skip
+# What a DeleteOptions body may hold (dryRun and the rest are refused).
+_DELETE_OPTIONS = {"kind", "apiVersion", "gracePeriodSeconds", "preconditions", "propagationPolicy", "orphanDependents"}
+_PROPAGATION_POLICIES = ("Foreground", "Background", "Orphan")
+# The garbage collector's finalizer of an object deleted in the foreground (metav1.FinalizerDeleteDependents).
+FOREGROUND_DELETION = "foregroundDeletion"
+# The Job controller's messages for the reasons a Job fails.
+_JOB_FAILURES = {"BackoffLimitExceeded": "Job has reached the specified backoff limit",
+                 "DeadlineExceeded": "Job was active longer than specified deadline"}  # fmt: skip
 
 
 class APIError(Exception):
@@ -178,11 +209,15 @@ def stale(group: str, resource: str, name: str) -> APIError:
     return conflict(group, resource, name, why)
 
 
-def invalid(kind: str, group: str, name: str, field: str, value: Any, why: str) -> APIError:
-    """422 as field.Invalid makes it: `Kind.group "name" is invalid: field: Invalid value: value: why`."""
+def invalid(
+    kind: str, group: str, name: str, field: str, value: Any, why: str, *, unsupported: bool = False
+) -> APIError:
+    """422 as field.Invalid makes it: `Kind.group "name" is invalid: field: Invalid value: value: why`; or, with
+    `unsupported`, as field.NotSupported does: `...: Unsupported value: value: supported values: ...` (`why`)."""
     shown = json.dumps(value) if isinstance(value, str) else value
-    detail = f"Invalid value: {shown}: {why}"
-    cause = {"reason": "FieldValueInvalid", "message": detail, "field": field}
+    detail = f"{'Unsupported' if unsupported else 'Invalid'} value: {shown}: {why}"
+    cause = {"reason": "FieldValueNotSupported" if unsupported else "FieldValueInvalid", "message": detail,
+             "field": field}  # fmt: skip
     return APIError(422, "Invalid", f'{_qualified(group, kind)} "{name}" is invalid: {field}: {detail}',
                     {"name": name, "group": group, "kind": kind, "causes": [cause]})  # fmt: skip
 
@@ -462,6 +497,16 @@ def _unb64(text: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class DeleteOptions:
+    """metav1.DeleteOptions as far as they are served: the grace period, the propagation policy (orphanDependents
+    read as the one it stands for; None: the resource's default) and the preconditions (uid, resourceVersion)."""
+
+    grace_seconds: int | None = None
+    propagation: str | None = None
+    preconditions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Request:
     method: str
     path: str
@@ -624,10 +669,12 @@ class APIServer:
             raise APIError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         served = {
             ("", "v1", "pods", ""): ({"list", "get", "patch", "delete"}, self._pods),
-            ("apps", "v1", "deployments", ""): ({"list", "get"}, self._deployments),
+            ("apps", "v1", "deployments", ""): ({"list", "get", "delete"}, self._objects),
             ("apps", "v1", "deployments", "scale"): ({"get", "patch", "update"}, self._scale),
-            ("", "v1", "configmaps", ""): ({"get"}, self._read_only),
-            ("", "v1", "services", ""): ({"get"}, self._read_only),
+            ("batch", "v1", "jobs", ""): ({"list", "get", "delete"}, self._objects),
+            ("", "v1", "configmaps", ""): ({"get", "delete"}, self._objects),
+            ("", "v1", "secrets", ""): ({"get", "delete"}, self._objects),
+            ("", "v1", "services", ""): ({"list", "get", "delete"}, self._objects),
             ("discovery.k8s.io", "v1", "endpointslices", ""): ({"get", "create", "update"}, self._endpoint_slices),
         }
         key = (attributes.group, attributes.version, attributes.resource, attributes.subresource)
@@ -655,7 +702,7 @@ class APIServer:
             return {"kind": "Pod", "apiVersion": "v1", **self._pod(pod)}
         if attributes.verb == "patch":
             return self._patch_pod(pod, request)
-        return self._delete_pod(pod, options, request)
+        return self._delete_pod(pod, request)
 
     def _patch_pod(self, pod: Pod, request: Request) -> Manifest:
         """A patch of a pod: only its annotations may change (validated as the API server does); a changed
@@ -686,30 +733,15 @@ class APIServer:
             field = f"metadata.annotations[{POD_DELETION_COST}]"
             raise invalid("Pod", "", pod.name, field, cost, "must be a 32bit integer")
 
-    def _delete_pod(self, pod: Pod, options: Mapping[str, str], request: Request) -> Manifest:
-        """A pod's graceful deletion, as `Cluster.delete_pod`; the answer is the pod, Terminating (or already gone
-        from the API, with a grace period of 0)."""
-        try:
-            body = json.loads(request.body) if request.body.strip() else {}
-        except ValueError as error:
-            raise APIError(400, "BadRequest", f"error decoding DeleteOptions: {error}") from error
-        unknown = set(body) - {"kind", "apiVersion", "gracePeriodSeconds", "preconditions", "propagationPolicy",
-                               "orphanDependents"}  # fmt: skip
-        if unknown:
-            raise unmodelled(f"DeleteOptions {sorted(unknown)}")
-        metadata, preconditions = self._pod(pod)["metadata"], body.get("preconditions") or {}
-        for field, key in (("UID", "uid"), ("ResourceVersion", "resourceVersion")):
-            if preconditions.get(key) not in {None, metadata[key]}:
-                why = f"Precondition failed: {field} in precondition: {preconditions[key]}, {field} in object meta: "
-                raise conflict("", "pods", pod.name, why + metadata[key])
-        grace = options.get("gracePeriodSeconds", body.get("gracePeriodSeconds"))
-        try:
-            seconds = None if grace is None else int(grace)
-        except ValueError as error:
-            raise APIError(400, "BadRequest", f"gracePeriodSeconds: {error}") from error
-        if seconds is not None and seconds < 0:
+    def _delete_pod(self, pod: Pod, request: Request) -> Manifest:
+        """A pod's graceful deletion, as `Cluster.delete_pod` (a pod owns nothing here: its propagation policy
+        changes nothing); the answer is the pod, Terminating (or already gone from the API, with a grace period of
+        0)."""
+        options = _delete_options(request)
+        _check_preconditions(options, self._pod(pod)["metadata"], "", "pods")
+        if options.grace_seconds is not None and options.grace_seconds < 0:
             raise unmodelled("a negative gracePeriodSeconds")
-        self.cluster.delete_pod(pod.name, seconds)
+        self.cluster.delete_pod(pod.name, options.grace_seconds)
         return {"kind": "Pod", "apiVersion": "v1", **self._pod(pod)}
 
     def _pod(self, pod: Pod) -> Manifest:
@@ -798,18 +830,95 @@ class APIServer:
             entry["lastState"] = terminated(last)
         return entry
 
-    # ----- Deployments and their scale -----
-    def _deployments(self, attributes: Attributes, request: Request) -> Manifest:
-        namespace = attributes.namespace
-        if attributes.verb == "list":
-            selected = self._list_options(request)
-            names = [manifest["metadata"]["name"] for manifest in self.cluster.objects_of("Deployment", namespace)]
-            documents = [self._deployment(namespace, name) for name in names]
-            items = [document for document in documents if selected(document["metadata"].get("labels", {}))]
-            return self._list("DeploymentList", "apps/v1", items)
-        self._check_version(_options(request, _PARAMETERS["get"]).get("resourceVersion", ""))
-        return {"kind": "Deployment", "apiVersion": "apps/v1", **self._deployment(namespace, attributes.name)}
+    # ----- objects from the store: Deployments, Jobs, ConfigMaps, Secrets, Services, EndpointSlices -----
+    def _objects(self, attributes: Attributes, request: Request) -> Manifest:
+        """get, list (a labelSelector's items) and delete of the kinds `_route` serves them of."""
+        if attributes.verb == "delete":
+            return self._delete(attributes, request)
+        if attributes.verb != "list":
+            self._check_version(_options(request, _PARAMETERS["get"]).get("resourceVersion", ""))
+            return self._document(attributes)
+        selected = self._list_options(request)
+        kind = _KINDS_OF[(attributes.group, attributes.resource)]
+        items = []
+        for manifest in self.cluster.objects_of(kind, attributes.namespace):
+            try:
+                document = self._document(dataclasses.replace(attributes, name=manifest["metadata"]["name"]))
+            except APIError:  # gone since
+                continue
+            if selected(document["metadata"].get("labels", {})):
+                items.append({key: value for key, value in document.items() if key not in {"kind", "apiVersion"}})
+        api_version = f"{attributes.group}/{attributes.version}" if attributes.group else attributes.version
+        return self._list(f"{kind}List", api_version, items)
 
+    def _document(self, attributes: Attributes) -> Manifest:
+        """The object a request names, as a get returns it (404 if there is none)."""
+        if attributes.resource == "deployments":
+            return self._deployment(attributes.namespace, attributes.name)
+        if attributes.resource == "jobs":
+            return self._job(attributes.namespace, attributes.name)
+        return self._stored(attributes)
+
+    def _delete(self, attributes: Attributes, request: Request) -> Manifest:
+        """The deletion of one object, as the registry's store and the garbage collector carry it out (`Cluster.
+        delete`), with the request's DeleteOptions: its preconditions (409 when stale) and its propagation policy,
+        by default Background, but for a batch/v1 Job, whose default is Orphan for backwards compatibility, and an
+        object already deleted in the foreground, which stays so. Foreground answers the object marked as deleted
+        (a deletionTimestamp, a deletionGracePeriodSeconds of 0, the foregroundDeletion finalizer, its generation
+        bumped), which get and list show until its dependents are gone; Background answers a Status of Success
+        that names it (a Service's store answers the object), which is gone at once, its dependents after. Orphan
+        is refused, as not modelled. A grace period, read, changes nothing: only pods delete gracefully (the
+        garbage collector deletes them with their own)."""
+        options = _delete_options(request)
+        document = self._document(attributes)
+        metadata = document["metadata"]
+        _check_preconditions(options, metadata, attributes.group, attributes.resource)
+        default = "Orphan" if attributes.resource == "jobs" else "Background"
+        policy = options.propagation or ("Foreground" if "deletionTimestamp" in metadata else default)
+        if policy not in {"Foreground", "Background"}:
+            raise unmodelled(f"a deletion that orphans the dependents (propagationPolicy {policy}"
+                             f"{', the default of batch/v1 Jobs' if options.propagation is None else ''})")  # fmt: skip
+        self.cluster.delete(document, "Foreground" if policy == "Foreground" else "Background")
+        if policy == "Background" and attributes.resource == "services":
+            return document
+        if policy == "Background":
+            details = {"name": attributes.name, "group": attributes.group, "kind": attributes.resource,
+                       "uid": metadata["uid"]}  # fmt: skip
+            return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "details": {key: value for key, value in details.items() if value}}  # fmt: skip
+        try:
+            return self._document(attributes)
+        except APIError:  # nothing blocked it: gone already, after the update that marked it, which is the answer
+            if "deletionTimestamp" not in metadata:
+                metadata |= self._deletion(time.monotonic(), metadata)
+                if "generation" in metadata:
+                    metadata["generation"] += 1
+            return self._versioned(metadata["uid"], document)
+
+    def _shown(self, manifest: Manifest, meta: ObjectMeta) -> Manifest:
+        """An object as the API returns it: its manifest with the metadata the server keeps (uid, creation time,
+        and while a foreground deletion waits for its dependents its deletion, see `_deletion`); a Secret with its
+        stringData folded into its data, base64-encoded, as the server stores it, and its type defaulted."""
+        document = copy.deepcopy(manifest)
+        metadata = document["metadata"]
+        metadata |= {"uid": meta.uid, "creationTimestamp": timestamp(self.cluster.clock.wall(meta.created_at))}
+        if meta.deleted_at is not None:
+            metadata |= self._deletion(meta.deleted_at, metadata)
+        if document["kind"] == "Secret":
+            plain = document.pop("stringData", {})
+            data = {**document.pop("data", {}), **{k: base64.b64encode(v.encode()).decode() for k, v in plain.items()}}
+            document |= {"data": data} if data else {}
+            document.setdefault("type", "Opaque")
+        return document
+
+    def _deletion(self, deleted_at: float, metadata: Manifest) -> Manifest:
+        """What markAsDeleting sets of an object deleted in the foreground: its deletionTimestamp, a
+        deletionGracePeriodSeconds of 0, and the finalizer the garbage collector removes once its dependents are
+        gone."""
+        return {"deletionTimestamp": timestamp(self.cluster.clock.wall(deleted_at)), "deletionGracePeriodSeconds": 0,
+                "finalizers": [*metadata.get("finalizers", []), FOREGROUND_DELETION]}  # fmt: skip
+
+    # ----- Deployments and their scale -----
     def _deployment(self, namespace: str, name: str) -> Manifest:
         try:
             manifest = self.cluster.get("Deployment", namespace, name)
@@ -817,9 +926,8 @@ class APIServer:
             status = self.cluster.deployment_status(namespace, name)
         except KeyError:
             raise not_found("apps", "deployments", name) from None
-        document = {key: value for key, value in copy.deepcopy(manifest).items() if key not in {"kind", "apiVersion"}}
-        document["metadata"] |= {"uid": meta.uid, "generation": meta.generation,
-                                 "creationTimestamp": timestamp(self.cluster.clock.wall(meta.created_at))}  # fmt: skip
+        document = self._shown(manifest, meta)
+        document["metadata"]["generation"] = meta.generation
         spec = document["spec"]
         spec.setdefault("replicas", 1)
         spec.setdefault("strategy", {"type": "RollingUpdate"})
@@ -843,13 +951,7 @@ class APIServer:
         if attributes.verb == "patch":
             after = _patched(before, request)
         else:
-            content_type = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
-            if content_type in {"application/yaml", "application/vnd.kubernetes.protobuf"}:
-                raise unmodelled(f"a body in {content_type}")
-            if content_type != "application/json":
-                accepted = "application/json, application/yaml, application/vnd.kubernetes.protobuf"
-                raise APIError(415, "UnsupportedMediaType", f"{_UNKNOWN_FORMAT}{accepted}")
-            after = _decoded(request.body)
+            after = _object_body(request)
             after["metadata"] = {"resourceVersion": "", **(after.get("metadata") or {})}
         self._check_metadata(before, after, "apps", "deployments", unconditional=attributes.verb == "update")
         replicas = (after.get("spec") or {}).get("replicas", 0)
@@ -872,14 +974,49 @@ class APIServer:
                 "status": {"replicas": deployment["status"].get("replicas", 0),
                            "selector": format_selector(deployment["spec"]["selector"])}}  # fmt: skip
 
-    # ----- ConfigMaps and Services (read), EndpointSlices (read and written) -----
-    def _read_only(self, attributes: Attributes, request: Request) -> Manifest:
-        self._check_version(_options(request, _PARAMETERS["get"]).get("resourceVersion", ""))
-        return self._stored(attributes)
+    # ----- Jobs -----
+    def _job(self, namespace: str, name: str) -> Manifest:
+        """A Job as the API returns it: its labels, when it has none, its template's (SetDefaults_Job); its spec's
+        defaulted counts and modes; its status as its controller writes it (`Cluster.job_progress`), with the
+        condition it ended with (Complete, or Failed and why). Not shown: the selector and the template labels the
+        API server generates (the pods here do not carry them), the interim conditions newer controllers add first
+        (SuccessCriteriaMet, FailureTarget)."""
+        try:
+            manifest = self.cluster.get("Job", namespace, name)
+            meta = self.cluster.meta("Job", namespace, name)
+            progress = self.cluster.job_progress(namespace, name)
+        except KeyError:
+            raise not_found("batch", "jobs", name) from None
+        document = self._shown(manifest, meta)
+        metadata, spec = document["metadata"], document["spec"]
+        metadata["generation"] = meta.generation
+        template_labels = (spec["template"].get("metadata") or {}).get("labels")
+        if template_labels and not metadata.get("labels"):
+            metadata["labels"] = dict(template_labels)
+        if "completions" not in spec and "parallelism" not in spec:
+            spec["completions"] = 1
+        defaults = {"parallelism": 1, "backoffLimit": 6, "completionMode": "NonIndexed", "suspend": False}
+        document["spec"] = {**defaults, **spec}
+        wall = self.cluster.clock.wall
+        counts = {"active": progress.active, "succeeded": progress.succeeded, "failed": progress.failed}
+        status: Manifest = {"startTime": timestamp(wall(progress.started_at)), **{k: n for k, n in counts.items() if n},
+                            "ready": progress.ready, "terminating": progress.terminating,
+                            "uncountedTerminatedPods": {}}  # fmt: skip
+        if progress.ended_at is not None:
+            ended = timestamp(wall(progress.ended_at))
+            condition = {"type": "Complete" if progress.status == "Succeeded" else "Failed", "status": "True",
+                         "lastProbeTime": ended, "lastTransitionTime": ended}  # fmt: skip
+            if progress.reason:
+                condition |= {"reason": progress.reason, "message": _JOB_FAILURES[progress.reason]}
+            status["conditions"] = [condition]
+            if progress.status == "Succeeded":
+                status["completionTime"] = ended
+        document["status"] = status
+        return self._versioned(meta.uid, document)
 
+    # ----- ConfigMaps, Secrets, Services and EndpointSlices (these read and written) -----
     def _stored(self, attributes: Attributes) -> Manifest:
-        """An object as the API returns it: its manifest with the metadata the server keeps (uid, creation time,
-        resourceVersion)."""
+        """An object as the API returns it (`_shown`), with its resourceVersion."""
         group, resource, name = attributes.group, attributes.resource, attributes.name
         kind = _KINDS_OF[(group, resource)]
         try:
@@ -887,19 +1024,14 @@ class APIServer:
             meta = self.cluster.meta(kind, attributes.namespace, name)
         except KeyError:
             raise not_found(group, resource, name) from None
-        document = copy.deepcopy(manifest)
-        document["metadata"] |= {
-            "uid": meta.uid,
-            "creationTimestamp": timestamp(self.cluster.clock.wall(meta.created_at)),
-        }
-        return self._versioned(meta.uid, document)
+        return self._versioned(meta.uid, self._shown(manifest, meta))
 
     def _endpoint_slices(self, attributes: Attributes, request: Request) -> Manifest:
         """get; create (POST of the whole object to the collection) and update (PUT of the whole object, its
         resourceVersion a precondition): validated as the API server does (the schema, strictly; addressType
         immutable), owned by the request's field manager."""
         if attributes.verb == "get":
-            return self._read_only(attributes, request)
+            return self._objects(attributes, request)
         options = _options(request, _PARAMETERS[attributes.verb])
         body = _decoded(request.body)
         metadata = body.setdefault("metadata", {})
@@ -1020,6 +1152,70 @@ def _options(request: Request, allowed: set[str]) -> dict[str, str]:
     if options.get("fieldValidation", "Strict") not in {"Strict", "Warn", "Ignore"}:
         raise APIError(400, "BadRequest", f"fieldValidation: invalid value {options['fieldValidation']!r}")
     return options
+
+
+def _delete_options(request: Request) -> DeleteOptions:
+    """A DELETE's DeleteOptions as the server reads them: from its body when it has one (JSON, of kind
+    DeleteOptions), else from its query; orphanDependents as the policy it stands for (true: Orphan, false:
+    Background); validated as ValidateDeleteOptions validates them (422)."""
+    query = _options(request, _PARAMETERS["delete"])
+    fields: Manifest = dict(query)
+    if request.body.strip():
+        fields = _object_body(request)
+        unknown = set(fields) - _DELETE_OPTIONS
+        if unknown:
+            raise unmodelled(f"DeleteOptions {sorted(unknown)}")
+        if fields.get("kind", "DeleteOptions") != "DeleteOptions":
+            raise unmodelled(f"a DELETE whose body is a {fields['kind']} (DeleteOptions only)")
+    else:  # the query's values are strings
+        for key, parse in (("gracePeriodSeconds", int), ("orphanDependents", _boolean)):
+            try:
+                fields[key] = parse(fields[key]) if key in fields else None
+            except ValueError as error:
+                raise APIError(400, "BadRequest", f"{key}: {error}") from error
+    grace, orphan, policy = (fields.get(key) for key in ("gracePeriodSeconds", "orphanDependents", "propagationPolicy"))
+    if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool)):
+        raise APIError(400, "BadRequest", f"gracePeriodSeconds: {grace!r} is not an integer")
+    if orphan is not None and policy is not None:
+        raise invalid("DeleteOptions", "meta.k8s.io", "", "propagationPolicy", policy,
+                      "orphanDependents and deletionPropagation cannot be both set")  # fmt: skip
+    if policy is not None and policy not in _PROPAGATION_POLICIES:
+        supported = ", ".join(json.dumps(value) for value in (*_PROPAGATION_POLICIES, "nil"))
+        raise invalid("DeleteOptions", "meta.k8s.io", "", "propagationPolicy", policy,
+                      f"supported values: {supported}", unsupported=True)  # fmt: skip
+    if orphan is not None:
+        policy = "Orphan" if orphan else "Background"
+    return DeleteOptions(grace, policy, fields.get("preconditions") or {})
+
+
+def _boolean(text: str) -> bool:
+    """A query parameter's boolean, as strconv.ParseBool reads it."""
+    if text in {"1", "t", "T", "true", "TRUE", "True"}:
+        return True
+    if text in {"0", "f", "F", "false", "FALSE", "False"}:
+        return False
+    raise ValueError(f'strconv.ParseBool: parsing "{text}": invalid syntax')
+
+
+def _check_preconditions(options: DeleteOptions, metadata: Manifest, group: str, resource: str) -> None:
+    """A delete's preconditions: the object's uid and resourceVersion, where given (409 Conflict otherwise)."""
+    for field, key in (("UID", "uid"), ("ResourceVersion", "resourceVersion")):
+        wanted = options.preconditions.get(key)
+        if wanted not in {None, metadata[key]}:
+            why = f"Precondition failed: {field} in precondition: {wanted}, {field} in object meta: {metadata[key]}"
+            raise conflict(group, resource, metadata["name"], why)
+
+
+def _object_body(request: Request) -> Manifest:
+    """A request's body as NegotiateInputSerializer reads it, by its Content-Type (JSON when it has none): JSON is
+    served, YAML and protobuf refused as not modelled, anything else is 415."""
+    content_type = request.headers.get("Content-Type", "").split(";")[0].strip() or "application/json"
+    if content_type in {"application/yaml", "application/vnd.kubernetes.protobuf"}:
+        raise unmodelled(f"a body in {content_type}")
+    if content_type != "application/json":
+        accepted = "application/json, application/yaml, application/vnd.kubernetes.protobuf"
+        raise APIError(415, "UnsupportedMediaType", f"{_UNKNOWN_FORMAT}{accepted}")
+    return _decoded(request.body)
 
 
 def _decoded(body: bytes) -> Manifest:
