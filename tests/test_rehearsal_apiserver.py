@@ -904,6 +904,10 @@ def test_an_owner_deleted_through_the_api_in_the_foreground_takes_what_it_owns_f
     code, listed = call(cluster, token, "GET", f"{CORE}/services?labelSelector=generation%3Dold")
     assert (code, listed["kind"], [item["metadata"]["name"] for item in listed["items"]]) == (200, "ServiceList",
                                                                                               ["head"])  # fmt: skip
+    head_spec = listed["items"][0]["spec"]  # with what the API server allocates and defaults
+    [address] = cluster.resolve(f"head.{NAMESPACE}.svc.cluster.local")
+    assert (head_spec["clusterIP"], head_spec["clusterIPs"]) == (address, [address])
+    assert (head_spec["type"], head_spec["ports"]) == ("ClusterIP", [{"protocol": "TCP", "targetPort": 80, "port": 80}])
     code, status = call(cluster, token, "DELETE", f"{CORE}/secrets/token", {"preconditions": {"uid": "stale"}}, JSON)
     assert (code, status["message"]) == (409, f"Precondition failed: UID in precondition: stale, UID in object meta: "
                                               f"{shown['metadata']['uid']}")  # fmt: skip

@@ -20,7 +20,9 @@ Served (everything else is refused loudly, see below):
   uncountedTerminatedPods, and once it ended its condition Complete, with completionTime, or Failed, with reason
   BackoffLimitExceeded or DeadlineExceeded);
 - ConfigMaps and Secrets in a namespace: get and delete (a Secret's stringData folded into its data, base64, as
-  the server stores it; type Opaque unless set); Services: list (ServiceList), get and delete;
+  the server stores it; type Opaque unless set); Services: list (ServiceList), get and delete, with their
+  clusterIP(s) and the defaults of a ClusterIP Service on a single-stack IPv4 cluster (ports' protocol and
+  targetPort, sessionAffinity, ipFamilies, ipFamilyPolicy, internalTrafficPolicy);
 - EndpointSlices in a namespace: get, create and update (the whole object, its resourceVersion a precondition),
   validated strictly against the Kubernetes schema, addressType immutable; kube-proxy (cluster.py) routes a
   Service without a selector to the ready addresses of the slices labelled with its name.
@@ -74,8 +76,8 @@ ClusterRoles are not modelled (a RoleBinding to one is refused when it is applie
 YAML bodies; a query parameter it does not know. Not modelled at all: client certificates, ClusterRoles and their
 bindings, admission webhooks (and the OwnerReferencesPermissionEnforcement admission plugin, off by default),
 managedFields in the objects it returns, Deployment conditions, a pod's default fields other than its
-ServiceAccount, node, restart policy, grace period, DNS policy and scheduler; a Service's allocated fields
-(clusterIP and the like); a Job's generated selector and template labels.
+ServiceAccount, node, restart policy, grace period, DNS policy and scheduler; a Job's generated selector and
+template labels.
 """
 
 from __future__ import annotations
@@ -163,6 +165,9 @@ _DELETE_OPTIONS = {"kind", "apiVersion", "gracePeriodSeconds", "preconditions", 
 _PROPAGATION_POLICIES = ("Foreground", "Background", "Orphan")
 # The garbage collector's finalizer of an object deleted in the foreground (metav1.FinalizerDeleteDependents).
 FOREGROUND_DELETION = "foregroundDeletion"
+# What the API server defaults in a ClusterIP Service's spec, on a single-stack IPv4 cluster.
+_SERVICE_DEFAULTS = {"type": "ClusterIP", "sessionAffinity": "None", "ipFamilies": ["IPv4"],
+                     "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster"}  # fmt: skip
 # The Job controller's messages for the reasons a Job fails.
 _JOB_FAILURES = {"BackoffLimitExceeded": "Job has reached the specified backoff limit",
                  "DeadlineExceeded": "Job was active longer than specified deadline"}  # fmt: skip
@@ -898,7 +903,8 @@ class APIServer:
     def _shown(self, manifest: Manifest, meta: ObjectMeta) -> Manifest:
         """An object as the API returns it: its manifest with the metadata the server keeps (uid, creation time,
         and while a foreground deletion waits for its dependents its deletion, see `_deletion`); a Secret with its
-        stringData folded into its data, base64-encoded, as the server stores it, and its type defaulted."""
+        stringData folded into its data, base64-encoded, as the server stores it, and its type defaulted; a Service
+        with its ClusterIP and the defaults of a single-stack IPv4 cluster's ClusterIP Service."""
         document = copy.deepcopy(manifest)
         metadata = document["metadata"]
         metadata |= {"uid": meta.uid, "creationTimestamp": timestamp(self.cluster.clock.wall(meta.created_at))}
@@ -909,6 +915,13 @@ class APIServer:
             data = {**document.pop("data", {}), **{k: base64.b64encode(v.encode()).decode() for k, v in plain.items()}}
             document |= {"data": data} if data else {}
             document.setdefault("type", "Opaque")
+        if document["kind"] == "Service":
+            spec, address = document["spec"], self.cluster.cluster_ip(metadata.get("namespace", ""), metadata["name"])
+            ports = [{"protocol": "TCP", "targetPort": port["port"], **port} for port in spec.get("ports", [])]
+            document["spec"] = {**copy.deepcopy(_SERVICE_DEFAULTS), **spec, "ports": ports} | (
+                {"clusterIP": address, "clusterIPs": [address]} if address else {}
+            )
+            document.setdefault("status", {"loadBalancer": {}})
         return document
 
     def _deletion(self, deleted_at: float, metadata: Manifest) -> Manifest:

@@ -968,6 +968,10 @@ class Cluster:
         address = self._cluster_ips.get(("Service", parts[1], parts[0]))
         return [address] if address else []
 
+    def cluster_ip(self, namespace: str, name: str) -> str | None:
+        """The ClusterIP the API server allocated to a Service (None for none)."""
+        return self._cluster_ips.get(("Service", namespace, name))
+
     def service_endpoints(self, namespace: str, name: str) -> list[str]:
         """Where kube-proxy sends a new connection to the Service (see _proxy_addresses)."""
         with self._lock:
