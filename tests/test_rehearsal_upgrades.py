@@ -1,14 +1,16 @@
-"""The rehearsal of an upgrade by generation (upgradeStrategy `generation`, docs/upgrades.md, step 1): the pods the
-program renders, run as a real Ray cluster (see tests/rehearsal/).
+"""The rehearsal of an upgrade by generation (upgradeStrategy `generation`, docs/upgrades.md): the pods the program
+renders, run as a real Ray cluster (see tests/rehearsal/).
 
 One cluster lives through the module. A client in the namespace submits a no-op job to the clients' head Service
-(`ray-head`, at its ClusterIP) throughout an image change. The change's first `pulumi up`
-makes the new generation, whose smoke test then fails (its pods are evicted twice): `pulumi up` fails, the clients'
-Service stays on the old generation, which answers every submission (one every 3 s), and the new one, which answers
-at its own address, gets none. The next `pulumi up`, with the same config, proves the new generation, moves the
-Service to it and deletes the old one; from 10 s before it until 60 s after it began, a job every second: none
-fails, and every submission made after the move lands in the new generation. Needs root (network namespaces);
-without it these tests fail, they never skip.
+(`ray-head`, at its ClusterIP) throughout an image change. The change's first `pulumi up` makes the new generation,
+whose smoke test then fails (its pods are evicted twice): `pulumi up` fails, the clients' Service stays on the old
+generation, which answers every submission (one every 3 s), and the new one, which answers at its own address, gets
+none. A 60 s job starts on the old generation; 10 s later, the next `pulumi up`, with the same config, applies the
+image change: it proves the new generation, moves the Service to it and returns while the long job runs on. From
+10 s before that `up` until 60 s after it began, a job every second: none fails, and every submission made after
+the move lands in the new generation. The long job ends SUCCEEDED; the retirement Job then deletes the old
+generation, whose pods are gone within upgradeDrainSeconds + 30 s of the job's end; at no moment do more than twice
+the cluster's pods plus two run. Needs root (network namespaces); without it these tests fail, they never skip.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ pytestmark = pytest.mark.rehearsal
 
 NAMESPACE = "ray-test"
 NEW_IMAGE = "rayproject/ray:2.60.0-py311"
+DRAIN_SECONDS = 120
+LONG_JOB_SECONDS = 60
+CLUSTER_PODS = 2  # a head and one worker
 # How long after a Service's selector changed a new connection may still reach the pods it selected before: the
 # kube-proxy stand-in's next pass (every 0.2 s, but seconds apart when the controllers are busy on a loaded
 # machine) and its rules' update; a real kube-proxy syncs its rules about once a second, later under load.
@@ -102,6 +107,7 @@ class Submitter:
     machine's two, so the test asks for one only where the proof needs it."""
 
     def __init__(self, deployment: Deployment, period: float) -> None:
+        self._submissions: list[dict[str, object]] | None = None
         deployment.cluster.apply(submitter_deployment(str(deployment.rendered.outputs["image"])))
         pod = wait_for(
             lambda: next(
@@ -130,7 +136,9 @@ class Submitter:
         self._process.stdin.flush()
 
     def stop(self) -> list[dict[str, object]]:
-        """Each submission: when it was sent, and its id or its error."""
+        """Each submission: when it was sent, and its id or its error (stopped once, whoever asks first)."""
+        if self._submissions is not None:
+            return self._submissions
         try:
             output, _ = self._process.communicate(input="", timeout=60)
         except subprocess.TimeoutExpired:
@@ -138,7 +146,8 @@ class Submitter:
             raise
         lines = [line for line in output.splitlines() if line.startswith("{")]
         assert lines, output
-        return [json.loads(line) for line in lines]
+        self._submissions = [json.loads(line) for line in lines]
+        return self._submissions
 
 
 class Watch:
@@ -149,9 +158,11 @@ class Watch:
     def __init__(self, deployment: Deployment) -> None:
         self._deployment = deployment
         self.jobs: dict[str, set[str]] = {}  # submission ids by generation
+        self.details: dict[str, dict[str, object]] = {}  # each job as its head last listed it, by submission id
         self.answered: dict[str, int] = {}  # by generation, how many times its head listed its jobs
         self.first_seen: dict[str, float] = {}  # by generation, when the Service was first seen selecting it
         self.last_seen: dict[str, float] = {}  # and last
+        self.most_pods: list[str] = []  # the most pods of the cluster seen at once (the test's client's aside)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=target, daemon=True) for target in (self._selector, self._jobs)]
         for thread in self._threads:
@@ -168,6 +179,13 @@ class Watch:
             selected, now = service["spec"]["selector"].get(GENERATION_LABEL, ""), time.time()
             self.first_seen.setdefault(selected, now)
             self.last_seen[selected] = now
+            running = [
+                pod.name for pod in self._deployment.cluster.pods_in(NAMESPACE)
+                if not pod.finished and pod.labels.get("ray.io/cluster") == "ray"
+                and pod.labels.get("app") != "submitter"
+            ]  # fmt: skip
+            if len(running) > len(self.most_pods):
+                self.most_pods = running
 
     def _jobs(self) -> None:
         while not self._stop.wait(1):
@@ -186,6 +204,7 @@ class Watch:
             self.answered[generation] = self.answered.get(generation, 0) + 1
             taken = self.jobs.setdefault(generation, set())
             taken |= {job["submission_id"] for job in listed if job.get("submission_id")}
+            self.details |= {job["submission_id"]: job for job in listed if job.get("submission_id")}
 
     def stop(self) -> None:
         """Stop watching, once the heads have listed their jobs once more: the last submissions included."""
@@ -210,9 +229,20 @@ def generation_pods(cluster: Cluster, generation: str) -> list[Pod]:
     return [p for p in cluster.pods_in(NAMESPACE) if p.labels.get(GENERATION_LABEL) == generation and not p.finished]
 
 
+def head_jobs(head: Pod, token: str, path: str = "", body: dict[str, object] | None = None) -> dict[str, object]:
+    """One call to a head's Jobs API at its pod's address: a job's details, or a submission's answer."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    data = json.dumps(body).encode() if body is not None else None
+    url = f"http://{head.ip}:{ray_node.DASHBOARD_PORT}/api/jobs/{path}"
+    with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=30) as answer:
+        details: dict[str, object] = json.loads(answer.read())
+        return details
+
+
 @pytest.fixture(scope="module")
 def deployment(cluster: Cluster) -> Iterator[Deployment]:
-    yield Deployment.deployed(cluster, {**CONFIG, "upgradeStrategy": "generation", "workers": "1"})
+    config = {**CONFIG, "upgradeStrategy": "generation", "workers": "1", "upgradeDrainSeconds": str(DRAIN_SECONDS)}
+    yield Deployment.deployed(cluster, config)
 
 
 def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and_fails_none(
@@ -220,6 +250,10 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
 ) -> None:
     cluster = deployment.cluster
     old = str(deployment.rendered.outputs["generation"])
+
+    def retirement_logs() -> str:
+        return cluster.job_logs(cluster.get("Job", NAMESPACE, f"ray-retire-{new}"))
+
     client = Submitter(deployment, period=3)
     watch = Watch(deployment)
     try:
@@ -247,14 +281,36 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
         wait_for(lambda: watch.answered.get(new, 0) > answered + 2, 30, "the new generation's head listing its jobs")
         assert not watch.jobs.get(new), watch.jobs  # it answers, and has taken no submission
         client.every(1)
+        [old_head] = [head for head in heads(cluster) if head.labels[GENERATION_LABEL] == old]
+        entrypoint = f"sleep {LONG_JOB_SECONDS} && echo slept"
+        long_job = str(head_jobs(old_head, deployment.token, body={"entrypoint": entrypoint})["submission_id"])
         time.sleep(10)
         switch_started = time.time()
         deployment.up()  # the same config: the failed smoke test is replaced and runs again
+        # `pulumi up` returned while the long job runs on: the old generation is left to drain.
+        returned = time.time()
+        assert head_jobs(old_head, deployment.token, long_job)["status"] == "RUNNING"
         # The client goes on until 60 s after the change's second `pulumi up` began, and 15 s after it returned.
-        time.sleep(max(15.0, 60 - (time.time() - switch_started)))
-    finally:
+        time.sleep(max(15.0, 60 - (returned - switch_started)))
         submissions = client.stop()
+        # The watch goes on: it sees the long job end on the old head, which the retirement then deletes.
+        gone = wait_for(
+            lambda: not generation_pods(cluster, old) and time.time(),
+            LONG_JOB_SECONDS + DRAIN_SECONDS + 60,
+            lambda: f"the old generation's pods to go\n{retirement_logs()}",
+            interval=0.5,
+        )
+    finally:
+        client.stop()
         watch.stop()
+    details = watch.details[long_job]
+    assert details["status"] == "SUCCEEDED", (details, retirement_logs())
+    ended = float(str(details["end_time"])) / 1000
+    # The old generation went soon after its last job ended, long before the drain's end: a retirement, not a timeout.
+    assert gone - ended <= DRAIN_SECONDS + 30, (ended, gone)
+    assert len(watch.most_pods) <= 2 * CLUSTER_PODS + 2, watch.most_pods
+    retirement = cluster.get("Job", NAMESPACE, f"ray-retire-{new}")
+    wait_for(lambda: cluster.job_status(retirement) == "Succeeded", 60, "the retirement Job's success")
     assert watch.selected == [old, new]
     failed = [s for s in submissions if "error" in s]
     assert not failed, failed
@@ -268,5 +324,6 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
     assert landed_old and max(landed_old) < moved + PROXY_SYNC_SECONDS, (moved, landed_old)
     assert landed_new and min(landed_new) > watch.last_seen[old] - 1, (watch.last_seen[old], landed_new)
     assert [sent for sent in landed_new if sent > moved + PROXY_SYNC_SECONDS]
-    # The old generation is gone, deleted at the end of the `pulumi up` that moved the Service.
-    assert generation_pods(cluster, old) == []
+    assert returned < ended  # `pulumi up` returned before the long job ended
+    # What the old generation leaves behind is gone with it: its Service and its token's Secret.
+    assert not any(old in name for kind, _, name in cluster.objects if kind in ("Deployment", "Service", "Secret"))
