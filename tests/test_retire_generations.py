@@ -1,15 +1,33 @@
 """The retirement Job's decisions (components/in_pod/retire_generations.py), against an API and heads held in memory
 and a clock the test moves: which generations it retires, when (drained, quiet, or the drain's time up), and in
-what order it deletes them. Its HTTP and the real API calls run in the rehearsal (tests/test_rehearsal_upgrades.py)."""
+what order it deletes them; and its cleanup of a GCS state in a real Redis. Its HTTP and the real API calls run in the
+rehearsal (tests/test_rehearsal_upgrades.py)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from components.in_pod import retire_generations as program
 from components.in_pod.retire_generations import GENERATION_LABEL, Names, UnansweredError, older_generations
+from tests.rehearsal.cluster import wait_for
+from tests.rehearsal.image import REDIS_SERVER
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
 
 OWN, OLD, OLDER, NEWER = "0000000c", "0000000b", "0000000a", "0000000d"
 CREATED = {OLDER: "2026-12-07T08:00:00Z", OLD: "2026-12-07T09:00:00Z", OWN: "2026-12-07T10:00:00Z",
@@ -205,3 +223,47 @@ def test_a_generation_is_deleted_across_passes_whatever_call_fails_on_the_way(mo
     assert passes(cluster, heads, clock, monkeypatch, 2 * program.PASS_SECONDS)
     assert {f"services/ray-{OLDER}", f"services/ray-{OLD}"} <= set(deleted(cluster))
     assert not any(OWN in call for call in cluster.calls)
+
+
+def test_an_old_generations_gcs_state_goes_from_the_redis_and_no_other_generations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Ray's own cleanup, against a real Redis that a real head wrote its GCS state to (the rehearsal's Redis,
+    Debian's redis-server)."""
+    port, session = free_port(), ""
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--requirepass", "a-password", "--dir", str(tmp_path)],
+        executable=REDIS_SERVER, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        cli = ["redis-cli", "-p", str(port), "--no-auth-warning", "-a", "a-password"]
+        wait_for(lambda: subprocess.run([*cli, "ping"], capture_output=True, text=True).stdout.strip() == "PONG",
+                 20, "Redis")  # fmt: skip
+        old, own = "ray-0123abcd-0000000b", "ray-0123abcd-0000000c"
+        head_env = {**os.environ, "RAY_REDIS_ADDRESS": f"127.0.0.1:{port}", "RAY_external_storage_namespace": old,
+                    "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
+        ray = [str(Path(sys.executable).parent / "ray")]
+        # A short session directory: its sockets' paths must fit a unix socket's 107 bytes.
+        session = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
+        start = [*ray, "start", "--head", "--port=0", "--include-dashboard=false", "--redis-password=a-password",
+                 f"--temp-dir={session}"]  # fmt: skip
+        subprocess.run(start, env=head_env, check=True, capture_output=True, timeout=120)
+        subprocess.run([*ray, "stop", "--force"], env=head_env, check=True, capture_output=True, timeout=60)
+        subprocess.run([*cli, "hset", f"RAY{own}@KV", "key", "value"], check=True, capture_output=True)
+
+        def keys() -> set[str]:
+            return set(subprocess.run([*cli, "--scan"], capture_output=True, text=True, check=True).stdout.split())
+
+        assert any(key.startswith(f"RAY{old}@") for key in keys())  # the head's own, as Ray names them
+        password_file = tmp_path / "password"
+        password_file.write_text("a-password\n")
+        monkeypatch.setenv("RAY_REDIS_ADDRESS", f"127.0.0.1:{port}")
+        monkeypatch.setenv("RETIRE_REDIS_PASSWORD_FILE", str(password_file))
+        names = Names("ray", "ray-test", "0000000c", 8265, "", own)
+        program.delete_gcs_state(names.storage_namespace_of("0000000b"))
+        assert keys() == {f"RAY{own}@KV"}
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)
+        shutil.rmtree(session, ignore_errors=True)
