@@ -6,15 +6,17 @@ One cluster lives through the module. A client in the namespace submits a no-op 
 whose smoke test then fails (its pods are evicted twice): `pulumi up` fails, the clients' Service stays on the old
 generation, which answers every submission (one every 3 s), and the new one, which answers at its own address, gets
 none. A 60 s job starts on the old generation; 10 s later, the next `pulumi up`, with the same config, applies the
-image change: it proves the new generation, moves the Service to it and returns while the long job runs on. From
-10 s before that `up` until 60 s after it began, a job every second: none fails, and every submission made after
-the move lands in the new generation. The long job ends SUCCEEDED; the retirement Job then deletes the old
-generation, whose pods are gone within upgradeDrainSeconds + 30 s of the job's end; at no moment do more than twice
-the cluster's pods plus two run. Needs root (network namespaces); without it these tests fail, they never skip.
+image change: it proves the new generation, moves the Service to it and returns while the long job runs on. From 10
+s before that `up` until 60 s after it began, a job every second: none fails, and every submission made after the
+move lands in the new generation. The long job ends SUCCEEDED; the retirement Job then deletes the old generation
+(its GCS state in the stack's Redis too: the cluster is fault-tolerant), whose pods are gone within
+upgradeDrainSeconds + 30 s of the job's end; at no moment do more than twice the cluster's pods plus two run. Needs
+root (network namespaces); without it these tests fail, they never skip.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -29,6 +31,7 @@ import pytest
 
 from components.config.settings import GENERATION_LABEL
 from components.manifests import ray_node
+from components.manifests import redis as redis_manifests
 from tests.rehearsal.cluster import CLUSTER_DOMAIN, Cluster, JobFailedError, wait_for
 from tests.rehearsal.kubelet import Manifest, Pod
 from tests.test_rehearsal import CONFIG, UP_TIMEOUT, Deployment
@@ -158,7 +161,6 @@ class Watch:
     def __init__(self, deployment: Deployment) -> None:
         self._deployment = deployment
         self.jobs: dict[str, set[str]] = {}  # submission ids by generation
-        self.details: dict[str, dict[str, object]] = {}  # each job as its head last listed it, by submission id
         self.answered: dict[str, int] = {}  # by generation, how many times its head listed its jobs
         self.first_seen: dict[str, float] = {}  # by generation, when the Service was first seen selecting it
         self.last_seen: dict[str, float] = {}  # and last
@@ -204,7 +206,6 @@ class Watch:
             self.answered[generation] = self.answered.get(generation, 0) + 1
             taken = self.jobs.setdefault(generation, set())
             taken |= {job["submission_id"] for job in listed if job.get("submission_id")}
-            self.details |= {job["submission_id"]: job for job in listed if job.get("submission_id")}
 
     def stop(self) -> None:
         """Stop watching, once the heads have listed their jobs once more: the last submissions included."""
@@ -229,19 +230,59 @@ def generation_pods(cluster: Cluster, generation: str) -> list[Pod]:
     return [p for p in cluster.pods_in(NAMESPACE) if p.labels.get(GENERATION_LABEL) == generation and not p.finished]
 
 
-def head_jobs(head: Pod, token: str, path: str = "", body: dict[str, object] | None = None) -> dict[str, object]:
+def head_jobs(
+    head: Pod, token: str, path: str = "", body: dict[str, object] | None = None, timeout: float = 30
+) -> dict[str, object]:
     """One call to a head's Jobs API at its pod's address: a job's details, or a submission's answer."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     data = json.dumps(body).encode() if body is not None else None
     url = f"http://{head.ip}:{ray_node.DASHBOARD_PORT}/api/jobs/{path}"
-    with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=30) as answer:
+    with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=timeout) as answer:
         details: dict[str, object] = json.loads(answer.read())
         return details
 
 
+class JobWatch:
+    """In a thread: one job's details as its head gives them, five times a second, until it has ended; the head may
+    go a second or two after that (the retirement deletes it as soon as it sees the job end)."""
+
+    def __init__(self, head: Pod, token: str, submission: str) -> None:
+        self.details: dict[str, object] = {}
+        self._ask = functools.partial(head_jobs, head, token, submission, timeout=2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                self.details = self._ask()
+            except (OSError, http.client.HTTPException, ValueError):
+                continue
+            if self.details["status"] not in ("PENDING", "RUNNING"):
+                return
+
+    def stop(self) -> dict[str, object]:
+        self._stop.set()
+        self._thread.join()
+        return self.details
+
+
+def redis_keys(deployment: Deployment) -> list[str]:
+    """Every key in the stack's Redis, as `kubectl exec` of redis-cli in its pod lists them."""
+    [redis] = [pod for pod in deployment.cluster.pods_in(NAMESPACE) if pod.name.startswith("ray-redis-") and pod.active]
+    auth = f'REDISCLI_AUTH="$(cat {redis_manifests.CONFIG_DIR}/{redis_manifests.PASSWORD_KEY})"'
+    script = f"{auth} redis-cli -h 127.0.0.1 -p {redis_manifests.REDIS_PORT} --scan"
+    argv = redis.exec_argv("redis", ["sh", "-c", script])
+    assert argv is not None, "the Redis container is not running"
+    listed = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
+    return listed.stdout.split()
+
+
 @pytest.fixture(scope="module")
 def deployment(cluster: Cluster) -> Iterator[Deployment]:
-    config = {**CONFIG, "upgradeStrategy": "generation", "workers": "1", "upgradeDrainSeconds": str(DRAIN_SECONDS)}
+    config = {**CONFIG, "upgradeStrategy": "generation", "workers": "1", "upgradeDrainSeconds": str(DRAIN_SECONDS),
+              "gcsFaultTolerance": "true"}  # fmt: skip
     yield Deployment.deployed(cluster, config)
 
 
@@ -256,6 +297,7 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
 
     client = Submitter(deployment, period=3)
     watch = Watch(deployment)
+    long_job_watch: JobWatch | None = None
     try:
         deployment.configure(image=NEW_IMAGE)
         new = str(deployment.rendered.outputs["generation"])
@@ -284,6 +326,7 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
         [old_head] = [head for head in heads(cluster) if head.labels[GENERATION_LABEL] == old]
         entrypoint = f"sleep {LONG_JOB_SECONDS} && echo slept"
         long_job = str(head_jobs(old_head, deployment.token, body={"entrypoint": entrypoint})["submission_id"])
+        long_job_watch = JobWatch(old_head, deployment.token, long_job)
         time.sleep(10)
         switch_started = time.time()
         deployment.up()  # the same config: the failed smoke test is replaced and runs again
@@ -303,7 +346,9 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
     finally:
         client.stop()
         watch.stop()
-    details = watch.details[long_job]
+        if long_job_watch is not None:
+            long_job_watch.stop()
+    details = long_job_watch.details
     assert details["status"] == "SUCCEEDED", (details, retirement_logs())
     ended = float(str(details["end_time"])) / 1000
     # The old generation went soon after its last job ended, long before the drain's end: a retirement, not a timeout.
@@ -325,5 +370,9 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
     assert landed_new and min(landed_new) > watch.last_seen[old] - 1, (watch.last_seen[old], landed_new)
     assert [sent for sent in landed_new if sent > moved + PROXY_SYNC_SECONDS]
     assert returned < ended  # `pulumi up` returned before the long job ended
-    # What the old generation leaves behind is gone with it: its Service and its token's Secret.
+    # What the old generation leaves behind is gone with it: its Service, its token's Secret, its GCS state.
     assert not any(old in name for kind, _, name in cluster.objects if kind in ("Deployment", "Service", "Secret"))
+    storage = str(deployment.rendered.outputs["gcsStorageNamespace"])
+    assert storage.endswith(f"-{new}")
+    in_redis = redis_keys(deployment)
+    assert in_redis and all(key.startswith(f"RAY{storage}@") for key in in_redis), in_redis
