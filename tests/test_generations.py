@@ -176,3 +176,32 @@ def test_the_stack_says_how_to_list_the_generations_that_run_and_their_retiremen
     retirement = rendered.one("Job", f"ray-retire-{generation(rendered)}")
     assert retirement["metadata"]["labels"][GENERATION_LABEL] == generation(rendered)
     assert rendered.registration_of(retirement).options.retain_on_delete
+
+
+def test_every_object_of_a_generation_is_retained_on_delete_and_owned_by_the_anchor_and_nothing_else_is() -> None:
+    rendered = render({**GENERATIONS, "gcsFaultTolerance": "true"})
+    hex_id = generation(rendered)
+    anchor = rendered.one("ConfigMap", "ray-generations")
+    assert not rendered.registration_of(anchor).options.retain_on_delete
+    of_the_generation = [m for m in rendered.manifests if hex_id in m["metadata"].get("name", "")]
+    assert {m["kind"] for m in of_the_generation} == {"Deployment", "Service", "Secret", "Job"}
+    for manifest in rendered.manifests:
+        retained = rendered.registration_of(manifest).options.retain_on_delete
+        owners = manifest["metadata"].get("ownerReferences", [])
+        if manifest in of_the_generation:
+            assert retained and manifest["metadata"]["labels"][GENERATION_LABEL] == hex_id
+            [owner] = owners
+            assert (owner["kind"], owner["name"], owner["blockOwnerDeletion"]) == ("ConfigMap", "ray-generations", True)
+        else:
+            assert not retained and not owners, manifest["metadata"]
+
+
+def test_back_to_in_place_the_anchor_goes_at_the_end_and_the_generation_with_it() -> None:
+    generations, in_place = render(GENERATIONS), render()
+    assert "ray-generations" not in {m["metadata"]["name"] for m in in_place.manifests}
+    operations = [str(operation) for operation in plan(generations, in_place).operations]
+    # Pulumi drops the generation's objects from the stack, and deletes the anchor that owns them last of all: its
+    # foreground delete waits until Kubernetes has deleted them (tests/test_rehearsal_harness.py, the cascade).
+    assert "delete ConfigMap ray-test/ray-generations (left the program)" in operations
+    created_in_place = operations.index("create Deployment ray-test/ray-head (replacement, create-before-delete)")
+    assert operations.index("delete ConfigMap ray-test/ray-generations (left the program)") > created_in_place
