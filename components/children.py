@@ -43,18 +43,22 @@ class ClusterChildren(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
         annotations: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
+        drains: bool = True,
         **fields: object,
     ) -> Child:
         """A namespaced child labelled like the pods it belongs with (the Ray pods', unless `labels` are given);
         reading the namespace from the Namespace resource makes it wait for that namespace. The generation's id
-        takes the place of its mark in the name and the fields (components/generations.py)."""
+        takes the place of its mark in the name and the fields (components/generations.py). A generation's object
+        (its name carries the mark) is labelled with it and, unless it does not `drains` with it, outlives the
+        switch away from it: retained on delete, owned by the anchor, deleted by the retirement."""
         named = {"name": resource_name} if resource_name else {}
         options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
         labels = labels or pods.labels(self._settings, component, group or component)
         of_the_generation: dict[str, object] = {}
         if resource_name and GENERATION_MARK in resource_name:
-            # A generation's object: once replaced, the retirement Job deletes it, not Pulumi (generations.py).
             labels = {**labels, **self._settings.generation_labels}
+        if resource_name and GENERATION_MARK in resource_name and drains:
+            # Once replaced, the retirement Job deletes it, not Pulumi (manifests/generations.py).
             of_the_generation["ownerReferences"] = [generations.owner_reference(self._settings, self._anchor_uid)]
             options = pulumi.ResourceOptions.merge(options, pulumi.ResourceOptions(retain_on_delete=True))
         metadata = with_generation(

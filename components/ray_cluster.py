@@ -25,7 +25,7 @@ from .config.fault_tolerance import GcsFaultTolerance
 from .config.inputs import RayClusterArgs
 from .config.monitoring import Monitoring
 from .config.serve import ServeSettings
-from .config.settings import GENERATION_LABEL, load_settings
+from .config.settings import GENERATION_LABEL, generation_storage_namespace, load_settings
 from .config.values import config_error
 from .generations import digest, generation_id
 from .manifests import (
@@ -91,6 +91,9 @@ class RayCluster(ClusterChildren):
     worker_deployments: pulumi.Output[dict[str, k8s.apps.v1.Deployment]]
     """Each worker group's Deployment (`<clusterName>-<group>`), by group name."""
 
+    # With generations and GCS fault tolerance: the cluster's storage namespace, which each generation's extends.
+    _storage_base: pulumi.Output[str] | None = None
+
     def __init__(self, name: str, args: RayClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         """`args` are the stack config's keys (`inputs.from_stack_config`), or a package consumer's inputs: every
         value is checked before anything is declared. Without `authToken`, a token is generated once per stack;
@@ -107,7 +110,9 @@ class RayCluster(ClusterChildren):
         head_labels = {**version_labels, **gcs.head_labels}
         storage_namespace = gcs.storage_namespace
         if settings.generational:
-            storage_namespace = self._begin_generation(head_labels, version_labels, storage_namespace, token)
+            storage_namespace = self._begin_generation(
+                head_labels, version_labels, storage_namespace, token, [*self._access, *gcs.resources]
+            )
         head_service, head_service_spec = self._head_service(settings.generation_service_name)
         autoscaler = self._autoscaler() if settings.autoscaling else []
         serve_access = self._serve_access(settings.serve) if settings.serve else []
@@ -128,7 +133,7 @@ class RayCluster(ClusterChildren):
             # The clients' Service moves to this generation only once it is proven (or, without a smoke test, has
             # rolled out): a generation that fails leaves it on the last one, which goes on answering.
             head_service = self._clients_head_service(head_service_spec, proofs or [head, *workers.values()])
-            self._retirement(head_service, storage_namespace)
+            self._retirement(head_service)
         if settings.monitoring:
             self._monitoring(settings.monitoring)
         if settings.grafana_dashboards:
@@ -146,9 +151,12 @@ class RayCluster(ClusterChildren):
         version_labels: Mapping[str, Any],
         storage_namespace: pulumi.Output[str] | None,
         token: pulumi.Output[str] | None,
+        needed: list[pulumi.CustomResource],
     ) -> pulumi.Output[str] | None:
-        """With generations, before any of a generation's objects: its id, from its Ray pods' templates; the Secret
-        its pods read the token from; and its GCS storage namespace (returned)."""
+        """With generations, before any of a generation's objects: its id, from its Ray pods' templates; the anchor
+        that owns every generation, made after what their pods `needed` (so deleted before it: `pulumi destroy`
+        deletes the Redis and the policies only once every generation's pods are gone); the Secret its pods read the
+        token from; and its GCS storage namespace (returned)."""
         templates = {
             "head": self._head_template(head_labels, storage_namespace),
             **self._worker_templates(version_labels),
@@ -162,9 +170,10 @@ class RayCluster(ClusterChildren):
             "generations",
             data=generations.anchor_data(self._settings),
             opts=pulumi.ResourceOptions(
+                depends_on=needed,
                 custom_timeouts=pulumi.CustomTimeouts(
                     delete=resource_options.delete_timeout(pods.worker_grace_seconds(self._settings))
-                )
+                ),
             ),
         )
         self._anchor_uid = anchor.metadata.uid
@@ -176,9 +185,12 @@ class RayCluster(ClusterChildren):
         if storage_namespace is None:
             return None
         # Each generation's GCS keeps its own state in the Redis: a new head starts beside the old one.
-        return pulumi.Output.format("{0}-{1}", storage_namespace, self._generation)
+        self._storage_base = storage_namespace
+        return pulumi.Output.all(storage_namespace, self._generation).apply(
+            lambda names: generation_storage_namespace(*names)
+        )
 
-    def _retirement(self, clients_service: pulumi.CustomResource, storage_namespace: pulumi.Output[str] | None) -> None:
+    def _retirement(self, clients_service: pulumi.CustomResource) -> None:
         """The Job that retires the generations this one replaced, once `<cluster>-head` selects this one: created
         after the switch, not awaited (`pulumi up` returns while the old generations drain), under a Role that lets
         it delete them."""
@@ -192,13 +204,15 @@ class RayCluster(ClusterChildren):
             data=generations.retirement_files(settings, in_pod.source(generations.RETIREMENT_FILE)),
         )
         access = self._api_access("retirement", name, generations.retirement_role_rules(), name, "retirement")
+        # Not retained: the next generation's retirement takes over its work, and Pulumi deletes it once that one runs.
         self._child(
             k8s.batch.v1.Job,
             "retirement",
             generations.retirement_job_name(settings),
             "retirement",
+            drains=False,
             annotations=resource_options.RUNS_AFTER_UP,
-            spec=generations.retirement_job_spec(settings, name, storage_namespace),
+            spec=generations.retirement_job_spec(settings, name, self._storage_base),
             opts=pulumi.ResourceOptions(depends_on=[clients_service, program, *access]),
         )
 

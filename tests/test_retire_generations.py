@@ -5,19 +5,19 @@ rehearsal (tests/test_rehearsal_upgrades.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
+import dataclasses
+import functools
 import socket
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from components.config.settings import GENERATION_LABEL
 from components.in_pod import retire_generations as program
-from components.in_pod.retire_generations import GENERATION_LABEL, Names, UnansweredError, older_generations
+from components.in_pod.retire_generations import Names, UnansweredError, older_generations
+from tests.program import render
 from tests.rehearsal.cluster import wait_for
 from tests.rehearsal.image import REDIS_SERVER
 
@@ -40,12 +40,40 @@ def deployment(generation: str, group: str) -> dict[str, Any]:
     return {"metadata": metadata}
 
 
-def test_only_generations_older_than_its_own_are_retired_and_one_without_a_head_first() -> None:
+def test_only_generations_made_before_its_own_are_retired_oldest_first() -> None:
     deployments = [deployment(g, group) for g in (OLD, OWN, NEWER) for group in ("head", "worker")]
     deployments.append(deployment(OLDER, "worker"))  # its head already gone: a retirement stopped half-way
-    assert older_generations(deployments, OWN) == [OLDER, OLD]
-    # Its own head not (yet) listed: it cannot tell what is older, so it retires nothing.
-    assert older_generations([d for d in deployments if d["metadata"]["name"] != f"ray-head-{OWN}"], OWN) == []
+    assert older_generations(deployments, OWN, GENERATION_LABEL) == [OLDER, OLD]
+    # A newer `pulumi up` has made its workers and not yet its head (they do not wait for it): still newer.
+    making = [d for d in deployments if d["metadata"]["name"] != f"ray-head-{NEWER}"]
+    assert older_generations(making, OWN, GENERATION_LABEL) == [OLDER, OLD]
+    # Its own not (yet) listed: it cannot tell what is older, so it retires nothing.
+    mine = {f"ray-head-{OWN}", f"ray-worker-{OWN}"}
+    assert older_generations([d for d in deployments if d["metadata"]["name"] not in mine], OWN, GENERATION_LABEL) == []
+
+
+def rendered_names() -> Names:
+    """The names the rendered retirement Job gives its program (a fault-tolerant stack with token auth)."""
+    rendered = render({"upgradeStrategy": "generation", "gcsFaultTolerance": "true"})
+    job = rendered.one("Job", f"ray-retire-{rendered.outputs['generation']}")
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    return Names.from_environment({item["name"]: item["value"] for item in container["env"] if "value" in item})
+
+
+def test_the_names_the_program_is_given_are_those_of_the_generations_objects() -> None:
+    rendered = render({"upgradeStrategy": "generation", "gcsFaultTolerance": "true"})
+    hex_id = str(rendered.outputs["generation"])
+    names = rendered_names()
+    assert names.generation == hex_id and names.job == f"ray-retire-{hex_id}"
+    rendered.one("Service", names.of(names.head_service, hex_id))
+    rendered.one("Service", names.clients_service)
+    rendered.one("Secret", names.of(names.token_secret, hex_id))
+    assert names.of(names.storage_namespace, hex_id) == rendered.outputs["gcsStorageNamespace"]
+    head = rendered.one("Deployment", f"ray-head-{hex_id}")
+    labels = head["spec"]["template"]["metadata"]["labels"]
+    for selector in (names.selector(hex_id), names.head_selector):
+        assert all(labels.get(key) == value for key, value in (term.split("=") for term in selector.split(",")))
+    assert names.generation_label in labels
 
 
 class Cluster(program.Kubernetes):
@@ -80,9 +108,15 @@ class Cluster(program.Kubernetes):
             return {}
         if name:
             return self.objects.get((resource, name), {})
-        wanted = dict(pair.split("=") for pair in query.removeprefix("?labelSelector=").split(",") if "=" in pair)
+        terms = query.removeprefix("?labelSelector=").split(",")
+        wanted = dict(term.split("=") for term in terms if "=" in term)
+        present = {term for term in terms if "=" not in term}  # an existence requirement
+
+        def selected(labels: dict[str, str]) -> bool:
+            return wanted.items() <= labels.items() and present <= labels.keys()
+
         items = [item for (kind, _), item in self.objects.items() if kind == resource]
-        return {"items": [i for i in items if wanted.items() <= i["metadata"].get("labels", {}).items()]}
+        return {"items": [item for item in items if selected(item["metadata"].get("labels", {}))]}
 
     def pods_gone(self, generation: str) -> None:
         for key in [key for key in self.objects if key[0] in ("pods", "deployments") and generation in key[1]]:
@@ -121,12 +155,11 @@ class Clock:
     def __init__(self) -> None:
         self.now = START
 
-    def __call__(self) -> float:
-        return self.now
 
-
+@functools.cache
 def names() -> Names:
-    return Names("ray", "ray-test", OWN, 8265, "token", "")
+    """The rendered names, as the retirement of generation OWN reads them, without GCS fault tolerance."""
+    return dataclasses.replace(rendered_names(), generation=OWN, storage_namespace="")
 
 
 def passes(cluster: Cluster, heads: Heads, clock: Clock, monkeypatch: pytest.MonkeyPatch, seconds: float) -> bool:
@@ -228,9 +261,10 @@ def test_a_generation_is_deleted_across_passes_whatever_call_fails_on_the_way(mo
 def test_an_old_generations_gcs_state_goes_from_the_redis_and_no_other_generations(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With Ray's own cleanup, against a real Redis that a real head wrote its GCS state to (the rehearsal's Redis,
-    Debian's redis-server)."""
-    port, session = free_port(), ""
+    """With Ray's own cleanup, against a real Redis (the rehearsal's, Debian's redis-server) holding two generations'
+    GCS tables under the keys a head writes (`RAY<storage namespace>@<table>`; the upgrade drill checks them as real
+    heads leave them)."""
+    port = free_port()
     redis = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--requirepass", "a-password", "--dir", str(tmp_path)],
@@ -241,29 +275,35 @@ def test_an_old_generations_gcs_state_goes_from_the_redis_and_no_other_generatio
         wait_for(lambda: subprocess.run([*cli, "ping"], capture_output=True, text=True).stdout.strip() == "PONG",
                  20, "Redis")  # fmt: skip
         old, own = "ray-0123abcd-0000000b", "ray-0123abcd-0000000c"
-        head_env = {**os.environ, "RAY_REDIS_ADDRESS": f"127.0.0.1:{port}", "RAY_external_storage_namespace": old,
-                    "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
-        ray = [str(Path(sys.executable).parent / "ray")]
-        # A short session directory: its sockets' paths must fit a unix socket's 107 bytes.
-        session = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
-        start = [*ray, "start", "--head", "--port=0", "--include-dashboard=false", "--redis-password=a-password",
-                 f"--temp-dir={session}"]  # fmt: skip
-        subprocess.run(start, env=head_env, check=True, capture_output=True, timeout=120)
-        subprocess.run([*ray, "stop", "--force"], env=head_env, check=True, capture_output=True, timeout=60)
-        subprocess.run([*cli, "hset", f"RAY{own}@KV", "key", "value"], check=True, capture_output=True)
+        for storage in (old, own):
+            for table in ("NODE", "KV", "JOB"):
+                subprocess.run([*cli, "hset", f"RAY{storage}@{table}", "key", "value"], check=True, capture_output=True)
 
         def keys() -> set[str]:
             return set(subprocess.run([*cli, "--scan"], capture_output=True, text=True, check=True).stdout.split())
 
-        assert any(key.startswith(f"RAY{old}@") for key in keys())  # the head's own, as Ray names them
         password_file = tmp_path / "password"
         password_file.write_text("a-password\n")
         monkeypatch.setenv("RAY_REDIS_ADDRESS", f"127.0.0.1:{port}")
         monkeypatch.setenv("RETIRE_REDIS_PASSWORD_FILE", str(password_file))
-        names = Names("ray", "ray-test", "0000000c", 8265, "", own)
-        program.delete_gcs_state(names.storage_namespace_of("0000000b"))
-        assert keys() == {f"RAY{own}@KV"}
+        program.delete_gcs_state(old)
+        assert keys() == {f"RAY{own}@{table}" for table in ("NODE", "KV", "JOB")}
     finally:
         redis.terminate()
         redis.wait(timeout=10)
-        shutil.rmtree(session, ignore_errors=True)
+
+
+def test_a_generation_that_no_longer_reads_as_older_is_let_go_unless_its_deletion_began(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster, heads, clock = Cluster((OLDER, OLD, OWN)), Heads(), Clock()
+    heads.active[OLD] = [{"submission_id": "raysubmit_1", "status": "RUNNING"}]
+    assert not passes(cluster, heads, clock, monkeypatch, program.QUIET_SECONDS + program.PASS_SECONDS)
+    assert cluster.retirements[OLDER].deleting and not cluster.retirements[OLD].deleting
+    # Its own Deployments missing from a listing: nothing reads as older any more.
+    mine = {key: cluster.objects.pop(key) for key in list(cluster.objects) if key[0] == "deployments" and OWN in key[1]}
+    assert not passes(cluster, heads, clock, monkeypatch, program.PASS_SECONDS)
+    assert set(cluster.retirements) == {OLDER}
+    cluster.objects |= mine
+    assert not passes(cluster, heads, clock, monkeypatch, program.PASS_SECONDS)
+    assert set(cluster.retirements) == {OLDER, OLD}

@@ -95,7 +95,7 @@ def test_the_retirement_reads_old_generations_tokens_through_the_api_and_mounts_
     assert "RAY_AUTH_TOKEN_PATH" not in {item["name"] for item in retire["env"]}
     [role] = [m for m in manifests if m["kind"] == "Role" and m["metadata"]["name"] == "ray-retire"]
     [secrets] = [rule for rule in role["rules"] if "secrets" in rule["resources"]]
-    assert secrets["verbs"] == ["get", "delete"]  # no list: it reads only the Secrets it names
+    assert secrets["verbs"] == ["get", "delete"]  # no list: it cannot read every Secret at once (any one by name)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -55,6 +55,13 @@ GENERATION_MARK = "<generation-id>"  # no name, label, image or address can hold
 GENERATION_LABEL = "ray-cluster.pulumi.com/generation"
 # `<cluster>-<id>`: a generation's own head Service; its id is 8 hex digits.
 GENERATION_ID_LENGTH = 8
+
+
+def generation_storage_namespace(base: str, generation: str) -> str:
+    """A generation's GCS storage namespace in the Redis: the cluster's, with the generation's id."""
+    return f"{base}-{generation}"
+
+
 # How long an old generation's running jobs may take to finish after a switch, at most (`upgradeDrainSeconds`).
 MAX_UPGRADE_DRAIN_SECONDS = 7 * 24 * 3600
 

@@ -5,25 +5,26 @@ Shipped as its text in a ConfigMap (components/manifests/generations.py); runs o
 standard library, `requests` and Ray (for the Redis cleanup), and calls the Kubernetes API with its pod's
 service-account token, which it reads before every call.
 
-For every older generation of the cluster (a head Deployment of the cluster created before this Job's own
-generation's, with another generation label):
+For every older generation of the cluster (one whose first Deployment was made before this generation's first):
 1. Waits until its head has no job PENDING or RUNNING (`GET /api/jobs/` at its own head Service's ClusterIP, with
-   the token its pods read), and at least QUIET_SECONDS have passed since this Job started, so that requests the
-   old head took before the switch are answered: its Service gets no new connection since. A generation without a
-   Ready head pod for UNREACHABLE_SECONDS runs nothing; one whose Ready head does not answer is waited for.
-2. Once upgradeDrainSeconds have passed since this Job started (the switch), stops the submitted jobs still
-   running (`POST /api/jobs/<id>/stop`) and gives them STOP_SECONDS to end.
+   the token its pods read), and at least QUIET_SECONDS have passed since this Job was made (just after the switch),
+   so that requests the old head took before the switch are answered: its Service gets no new connection since. A
+   generation without a Ready head pod for UNREACHABLE_SECONDS runs nothing; one whose Ready head does not answer is
+   waited for.
+2. Once upgradeDrainSeconds have passed since this Job was made, stops the submitted jobs still running
+   (`POST /api/jobs/<id>/stop`) and gives them STOP_SECONDS to end.
 3. Deletes its Deployments with Foreground propagation (each pod's SIGTERM drains its node, as any pod's does) and
-   its Jobs (an older retirement Job among them: this one does what it had left), waits until its pods are gone,
-   then deletes its head Service and its token Secret and, with GCS fault tolerance, its GCS state in the Redis.
-It never touches its own generation, nor one created after it (a newer `pulumi up` may be starting one), and it
-stops as soon as `<cluster>-head` no longer selects its own generation: the newer generation's Job retires the rest.
-A step that fails is tried again on the next pass, until the Job's own deadline.
+   its Jobs, waits until its pods are gone, then deletes its head Service and its token Secret and, with GCS fault
+   tolerance, its GCS state in the Redis.
+It never touches its own generation, nor one made after it (a newer `pulumi up` may be making one), and it stops as
+soon as `<cluster>-head` no longer selects its own generation: the newer generation's Job retires the rest (and
+Pulumi deletes this one). A step that fails is tried again on the next pass, until the Job's own deadline.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import os
 import sys
 import time
@@ -34,7 +35,6 @@ from typing import Any
 import requests
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-GENERATION_LABEL = "ray-cluster.pulumi.com/generation"
 ACTIVE = ("PENDING", "RUNNING")
 PASS_SECONDS = 2.0
 QUIET_SECONDS = 10.0
@@ -54,41 +54,47 @@ def log(message: str) -> None:
 
 @dataclass(frozen=True)
 class Names:
-    """What the program knows of the cluster from its env (components/manifests/generations.py sets it)."""
+    """The names the program works with, from its env: components/manifests/generations.py sets them from the
+    component's own settings, a name of a generation's object as a pattern with `{generation}` where its id goes."""
 
-    cluster: str
     namespace: str
     generation: str
+    generation_label: str
+    cluster_selector: str  # the label selector of the cluster's objects, every generation's
+    head_selector: str  # the label selector of its heads' pods, every generation's
+    clients_service: str  # `<cluster>-head`
+    job: str  # this retirement's Job
+    head_service: str
+    token_secret: str  # empty without token auth
+    storage_namespace: str  # empty without GCS fault tolerance
     dashboard_port: int
     token_key: str
-    storage_namespace: str  # this generation's, `<base>-<id>`; empty without GCS fault tolerance
 
     @classmethod
     def from_environment(cls, environ: dict[str, str]) -> Names:
         return cls(
-            cluster=environ["RETIRE_CLUSTER"],
             namespace=environ["RETIRE_NAMESPACE"],
             generation=environ["RETIRE_GENERATION"],
+            generation_label=environ["RETIRE_GENERATION_LABEL"],
+            cluster_selector=environ["RETIRE_CLUSTER_SELECTOR"],
+            head_selector=environ["RETIRE_HEAD_SELECTOR"],
+            clients_service=environ["RETIRE_CLIENTS_SERVICE"],
+            job=environ["RETIRE_JOB"],
+            head_service=environ["RETIRE_HEAD_SERVICE"],
+            token_secret=environ.get("RETIRE_TOKEN_SECRET", ""),
+            storage_namespace=environ.get("RETIRE_STORAGE_NAMESPACE", ""),
             dashboard_port=int(environ["RETIRE_DASHBOARD_PORT"]),
             token_key=environ.get("RETIRE_TOKEN_KEY", ""),
-            storage_namespace=environ.get("RAY_external_storage_namespace", ""),
         )
 
-    def head_service(self, generation: str) -> str:
-        return f"{self.cluster}-{generation}"
-
-    def token_secret(self, generation: str) -> str:
-        return f"{self.cluster}-auth-token-{generation}"
-
-    def storage_namespace_of(self, generation: str) -> str:
-        """The generation's GCS storage namespace: this one's with the other id in place of this one's."""
-        return self.storage_namespace.removesuffix(self.generation) + generation
+    def of(self, pattern: str, generation: str) -> str:
+        """A generation's object's name, from its pattern."""
+        return pattern.replace("{generation}", generation)
 
     def selector(self, generation: str | None = None) -> str:
         """A label selector of the cluster's objects of one generation, or of every generation."""
-        return f"ray.io/cluster={self.cluster}," + (
-            f"{GENERATION_LABEL}={generation}" if generation else GENERATION_LABEL
-        )
+        label = self.generation_label
+        return f"{self.cluster_selector}," + (f"{label}={generation}" if generation else label)
 
 
 class Kubernetes:
@@ -154,20 +160,19 @@ class HeadJobs:
             log(f"stopping {submission_id}: {type(error).__name__}")
 
 
-def older_generations(deployments: list[Document], own: str) -> list[str]:
-    """The generations whose head Deployment was made before this one's, oldest first: never this generation, nor
-    one a newer `pulumi up` is starting."""
-    heads = {
-        item["metadata"]["labels"][GENERATION_LABEL]: item["metadata"]["creationTimestamp"]
-        for item in deployments
-        if item["metadata"].get("labels", {}).get("ray.io/group") == "head"
-    }
-    if own not in heads:
+def older_generations(deployments: list[Document], own: str, label: str) -> list[str]:
+    """The generations made before this one, oldest first, by their first Deployment's creation: never this
+    generation, nor one a newer `pulumi up` is making (whose workers may come before its head), whatever is left
+    of one whose retirement stopped half-way included. None while this generation's own are not listed."""
+    created: dict[str, str] = {}
+    for item in deployments:
+        generation, when = item["metadata"]["labels"][label], item["metadata"]["creationTimestamp"]
+        created[generation] = min(created.get(generation, when), when)
+    if own not in created:
         return []
-    generations = {item["metadata"]["labels"][GENERATION_LABEL] for item in deployments}
-    # A generation without a head left (its retirement stopped half-way) is older than any with one.
-    older = {generation for generation in generations if heads.get(generation, "") < heads[own]}
-    return sorted(older, key=lambda generation: (heads.get(generation, ""), generation))
+    # RFC 3339 times in UTC, as the API writes them, sort as they are.
+    older = [generation for generation, when in created.items() if when < created[own]]
+    return sorted(older, key=lambda generation: (created[generation], generation))
 
 
 class Retirement:
@@ -218,7 +223,8 @@ class Retirement:
 
     def _head_runs(self) -> bool:
         """A head pod of the generation is Ready, as the API says."""
-        selector = f"?labelSelector={self.names.selector(self.generation)},ray.io/group=head"
+        names = self.names
+        selector = f"?labelSelector={names.head_selector},{names.generation_label}={self.generation}"
         pods = self.kubernetes.request("GET", "v1", "pods", query=selector)["items"]
         conditions = [c for pod in pods for c in (pod.get("status") or {}).get("conditions") or []]
         return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
@@ -227,14 +233,14 @@ class Retirement:
         """Its head's Jobs API at its own Service's ClusterIP (no DNS lookup to fail), with its pods' token."""
         names = self.names
         token = None
-        if names.token_key:
-            secret = self.kubernetes.request("GET", "v1", "secrets", names.token_secret(self.generation))
+        if names.token_secret:
+            secret = self.kubernetes.request("GET", "v1", "secrets", names.of(names.token_secret, self.generation))
             encoded = (secret.get("data") or {}).get(names.token_key)
             token = base64.b64decode(encoded).decode() if encoded else None
-        service = self.kubernetes.request("GET", "v1", "services", names.head_service(self.generation))
+        service = self.kubernetes.request("GET", "v1", "services", names.of(names.head_service, self.generation))
         address = (service.get("spec") or {}).get("clusterIP")
         if not address:
-            raise UnansweredError(f"no Service {names.head_service(self.generation)}")
+            raise UnansweredError(f"no Service {names.of(names.head_service, self.generation)}")
         host = f"[{address}]" if ":" in address else address
         return HeadJobs(f"http://{host}:{names.dashboard_port}", token)
 
@@ -250,11 +256,12 @@ class Retirement:
                 kubernetes.request("DELETE", group_version, kind, name, f"?propagationPolicy={propagation}")
         if kubernetes.request("GET", "v1", "pods", query=selector)["items"]:
             return False
-        kubernetes.request("DELETE", "v1", "services", self.names.head_service(self.generation))
-        if self.names.token_key:
-            kubernetes.request("DELETE", "v1", "secrets", self.names.token_secret(self.generation))
-        if self.names.storage_namespace:
-            delete_gcs_state(self.names.storage_namespace_of(self.generation))
+        names = self.names
+        kubernetes.request("DELETE", "v1", "services", names.of(names.head_service, self.generation))
+        if names.token_secret:
+            kubernetes.request("DELETE", "v1", "secrets", names.of(names.token_secret, self.generation))
+        if names.storage_namespace:
+            delete_gcs_state(names.of(names.storage_namespace, self.generation))
         log(f"generation {self.generation}: gone")
         return True
 
@@ -275,8 +282,8 @@ def delete_gcs_state(storage_namespace: str) -> None:
 
 
 def selects_own_generation(kubernetes: Kubernetes, names: Names) -> bool:
-    service = kubernetes.request("GET", "v1", "services", f"{names.cluster}-head")
-    return bool(service) and service["spec"].get("selector", {}).get(GENERATION_LABEL) == names.generation
+    service = kubernetes.request("GET", "v1", "services", names.clients_service)
+    return bool(service) and service["spec"].get("selector", {}).get(names.generation_label) == names.generation
 
 
 def retire_pass(
@@ -288,12 +295,16 @@ def retire_pass(
     deadline: float,
 ) -> bool:
     """One pass over the older generations, each as far as it goes now: True once none is left, or once a newer
-    generation took `<cluster>-head` over (its own Job retires the rest)."""
+    generation took `<cluster>-head` over (its own Job retires the rest). A generation that no longer reads as
+    older is let go, unless its deletion has begun."""
     if not selects_own_generation(kubernetes, names):
-        log(f"{names.cluster}-head does not select generation {names.generation}: leaving the rest to it")
+        log(f"{names.clients_service} does not select generation {names.generation}: leaving the rest to it")
         return True
     deployments = kubernetes.request("GET", "apps/v1", "deployments", query=f"?labelSelector={names.selector()}")
-    for generation in older_generations(deployments["items"], names.generation):
+    older = older_generations(deployments["items"], names.generation, names.generation_label)
+    for generation in [g for g, retirement in retirements.items() if g not in older and not retirement.deleting]:
+        del retirements[generation]
+    for generation in older:
         retirements.setdefault(generation, Retirement(generation, names, kubernetes))
     for retirement in retirements.values():
         if not retirement.done:
@@ -301,18 +312,27 @@ def retire_pass(
     return all(retirement.done for retirement in retirements.values())
 
 
+def switched_at(kubernetes: Kubernetes, names: Names) -> float:
+    """When this retirement's Job was made, just after the switch: the drain counts from there, whichever of the
+    Job's pods runs this (one lost to an eviction is replaced, and the drain goes on where it was)."""
+    job = kubernetes.request("GET", "batch/v1", "jobs", names.job)
+    created = job["metadata"]["creationTimestamp"]
+    return datetime.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+
+
 def retire(environ: dict[str, str]) -> int:
     names = Names.from_environment(environ)
     kubernetes = Kubernetes(environ, names.namespace)
     drain_file = Path(environ["RETIRE_DRAIN_FILE"])
-    started = time.monotonic()
     retirements: dict[str, Retirement] = {}
-    log(f"retiring the generations of {names.cluster} older than {names.generation}")
+    started: float | None = None
+    log(f"retiring the generations older than {names.generation}")
     while True:
         try:
+            started = started or switched_at(kubernetes, names)
             # Read on each pass: a new upgradeDrainSeconds reaches the mounted file within the kubelet's sync.
             deadline = started + float(drain_file.read_text())
-            if retire_pass(kubernetes, names, retirements, started, time.monotonic(), deadline):
+            if retire_pass(kubernetes, names, retirements, started, time.time(), deadline):
                 log("no older generation left")
                 return 0
         except UnansweredError as error:

@@ -10,11 +10,18 @@ deletes every generation with it and returns once they are gone.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..config.resources import PodResources
-from ..config.settings import GENERATION_MARK, MAX_UPGRADE_DRAIN_SECONDS, ClusterSettings
-from . import pods, ray_node, redis
+from ..config.settings import (
+    GENERATION_LABEL,
+    GENERATION_MARK,
+    MAX_UPGRADE_DRAIN_SECONDS,
+    ClusterSettings,
+    generation_storage_namespace,
+)
+from . import network, pods, ray_node, redis
 from .ray_node import Manifest
 from .security import container_security
 
@@ -46,14 +53,16 @@ def retirement_job_name(settings: ClusterSettings) -> str:
 
 
 def retirement_role_rules() -> list[Manifest]:
-    """Exactly the retirement's calls: which generation the clients' Service selects, which generations there are,
-    an old generation's token, and the deletes of its objects once drained."""
+    """Exactly the retirement's calls: its own Job's creation (the switch), which generation the clients' Service
+    selects, which generations there are, an old generation's Service and token, and the deletes of its objects
+    once drained. Not by name (the names carry ids the Role cannot know): it could read or delete any Secret,
+    Service, Deployment or Job of the namespace, as whoever runs `pulumi up` there can."""
     return [
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "delete"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "delete"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "delete"]},
-        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "delete"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "delete"]},
     ]
 
 
@@ -62,30 +71,52 @@ def retirement_files(settings: ClusterSettings, program: str) -> dict[str, str]:
     return {RETIREMENT_FILE: program, DRAIN_FILE: str(settings.upgrade_drain_seconds)}
 
 
-def retirement_job_spec(settings: ClusterSettings, script_config_map: str, storage_namespace: Any) -> Manifest:
-    """The retirement Job: retried if its pod is lost (what it does is idempotent), bounded by the longest drain
-    and a margin for the old pods' own drains."""
+def retirement_job_spec(settings: ClusterSettings, script_config_map: str, storage_base: Any) -> Manifest:
+    """The retirement Job: retried if its pod is lost (what it does is idempotent, and its drain counts from the
+    Job's creation), bounded by the longest drain and a margin for the old pods' own drains. `storage_base`: with
+    GCS fault tolerance, the cluster's storage namespace (an Output), which each generation's extends."""
     return {
         "backoffLimit": 6,
         "activeDeadlineSeconds": RETIREMENT_DEADLINE_SECONDS,
-        "template": _retirement_pod_template(settings, script_config_map, storage_namespace),
+        "template": _retirement_pod_template(settings, script_config_map, storage_base),
     }
 
 
-def _retirement_pod_template(settings: ClusterSettings, script_config_map: str, storage_namespace: Any) -> Manifest:
+def _pattern(name: str) -> str:
+    """A generation's object's name as the program reads it: `{generation}` where the id goes."""
+    return name.replace(GENERATION_MARK, "{generation}")
+
+
+def _retirement_pod_template(settings: ClusterSettings, script_config_map: str, storage_base: Any) -> Manifest:
     """The program on the cluster's image (its Python, `requests` and, for the Redis cleanup, Ray), under its own
-    ServiceAccount; with GCS fault tolerance, the head's Redis address, password file and TLS settings."""
-    env = [
+    ServiceAccount; with GCS fault tolerance, the head's Redis address, password file and TLS settings. The names it
+    works with come from the settings, which name the objects too."""
+
+    def selector(labels: Mapping[str, str]) -> str:
+        return ",".join(f"{key}={value}" for key, value in labels.items())
+
+    env: list[Manifest] = [
         {"name": "HOME", "value": ray_node.HOME_DIR},
         {"name": "PYTHONNOUSERSITE", "value": "1"},
-        {"name": "RETIRE_CLUSTER", "value": settings.cluster_name},
         {"name": "RETIRE_NAMESPACE", "value": settings.namespace},
         {"name": "RETIRE_GENERATION", "value": GENERATION_MARK},
+        {"name": "RETIRE_GENERATION_LABEL", "value": GENERATION_LABEL},
+        {"name": "RETIRE_CLUSTER_SELECTOR", "value": selector(network.cluster_pods(settings)["matchLabels"])},
+        {"name": "RETIRE_HEAD_SELECTOR", "value": selector(pods.selector_labels(settings, "head"))},
+        {"name": "RETIRE_CLIENTS_SERVICE", "value": settings.head_service_name},
+        {"name": "RETIRE_JOB", "value": retirement_job_name(settings)},
+        {"name": "RETIRE_HEAD_SERVICE", "value": _pattern(settings.generation_service_name)},
         {"name": "RETIRE_DASHBOARD_PORT", "value": str(ray_node.DASHBOARD_PORT)},
         {"name": "RETIRE_DRAIN_FILE", "value": f"{RETIREMENT_MOUNT}/{DRAIN_FILE}"},
-        *([{"name": "RETIRE_TOKEN_KEY", "value": ray_node.AUTH_TOKEN_KEY}] if settings.token_auth else []),
-        *ray_node.gcs_storage_env(settings, storage_namespace),
     ]
+    if settings.token_auth:
+        env.append({"name": "RETIRE_TOKEN_SECRET", "value": _pattern(settings.pod_auth_secret_name)})
+        env.append({"name": "RETIRE_TOKEN_KEY", "value": ray_node.AUTH_TOKEN_KEY})
+    if settings.fault_tolerance:
+        pattern = storage_base.apply(lambda base: generation_storage_namespace(base, "{generation}"))
+        redis_env = ray_node.gcs_storage_env(settings, pattern)
+        env += [item for item in redis_env if item["name"] != ray_node.STORAGE_NAMESPACE_ENV]
+        env.append({"name": "RETIRE_STORAGE_NAMESPACE", "value": pattern})
     fault_tolerance = settings.fault_tolerance
     if fault_tolerance and fault_tolerance.authenticates:
         password_file = f"{ray_node.REDIS_SECRET_DIR}/{redis.PASSWORD_KEY}"
