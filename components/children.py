@@ -44,13 +44,15 @@ class ClusterChildren(pulumi.ComponentResource):
         annotations: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         drains: bool = True,
+        owner: ray_node.Manifest | None = None,
         **fields: object,
     ) -> Child:
         """A namespaced child labelled like the pods it belongs with (the Ray pods', unless `labels` are given);
         reading the namespace from the Namespace resource makes it wait for that namespace. The generation's id
         takes the place of its mark in the name and the fields (components/generations.py). A generation's object
         (its name carries the mark) is labelled with it and, unless it does not `drains` with it, outlives the
-        switch away from it: retained on delete, owned by the anchor, deleted by the retirement."""
+        switch away from it: retained on delete, owned by the anchor (or by its `owner`, an ownerReference, which
+        the retirement deletes), deleted by the retirement (or by the garbage collector after its owner)."""
         named = {"name": resource_name} if resource_name else {}
         options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
         labels = labels or pods.labels(self._settings, component, group or component)
@@ -59,7 +61,8 @@ class ClusterChildren(pulumi.ComponentResource):
             labels = {**labels, **self._settings.generation_labels}
         if resource_name and GENERATION_MARK in resource_name and drains:
             # Once replaced, the retirement Job deletes it, not Pulumi (manifests/generations.py).
-            of_the_generation["ownerReferences"] = [generations.owner_reference(self._settings, self._anchor_uid)]
+            anchor = generations.owner_reference("ConfigMap", self._settings.anchor_name, self._anchor_uid)
+            of_the_generation["ownerReferences"] = [owner or anchor]
             options = pulumi.ResourceOptions.merge(options, pulumi.ResourceOptions(retain_on_delete=True))
         metadata = with_generation(
             {
@@ -124,12 +127,18 @@ class ClusterChildren(pulumi.ComponentResource):
         return deployment
 
     def _api_access(
-        self, component: str, name: str, rules: list[ray_node.Manifest], service_account: str, group: str = "head"
+        self,
+        component: str,
+        name: str,
+        rules: list[ray_node.Manifest],
+        service_account: str,
+        group: str = "head",
+        owner: ray_node.Manifest | None = None,
     ) -> list[pulumi.CustomResource]:
         """What a container of the head needs to call the Kubernetes API, and nothing more: the Role `name` with
         `rules`, bound to the ServiceAccount `service_account`, which is created here (without an automounted
         token) when it is the Role's own (`name`); the head's sidecars share the pod's one ServiceAccount. `group`:
-        the pods that use it."""
+        the pods that use it; `owner`: a generation's objects' owner, if not the anchor (see `_child`)."""
         own_account = (
             [
                 self._child(
@@ -139,12 +148,13 @@ class ClusterChildren(pulumi.ComponentResource):
                     component,
                     group,
                     automount_service_account_token=False,
+                    owner=owner,
                 )
             ]
             if service_account == name
             else []
         )
-        role = self._child(k8s.rbac.v1.Role, f"{component}-role", name, component, group, rules=rules)
+        role = self._child(k8s.rbac.v1.Role, f"{component}-role", name, component, group, rules=rules, owner=owner)
         subject = {"kind": "ServiceAccount", "name": service_account, "namespace": self._settings.namespace}
         binding = self._child(
             k8s.rbac.v1.RoleBinding,
@@ -154,6 +164,7 @@ class ClusterChildren(pulumi.ComponentResource):
             group,
             role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
             subjects=[subject],
+            owner=owner,
         )
         return [*own_account, role, binding]
 

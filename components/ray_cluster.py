@@ -114,7 +114,7 @@ class RayCluster(ClusterChildren):
                 head_labels, version_labels, storage_namespace, token, [*self._access, *gcs.resources]
             )
         head_service, head_service_spec = self._head_service(settings.generation_service_name)
-        autoscaler = self._autoscaler() if settings.autoscaling else []
+        autoscaler = self._autoscaler(head_service) if settings.autoscaling else []
         serve_access = self._serve_access(settings.serve) if settings.serve else []
         # Only the head reads the Redis password. With fault tolerance, the GCS starts against a Redis that is
         # ready; its sidecars start with their config, their ServiceAccount and their permissions.
@@ -291,7 +291,7 @@ class RayCluster(ClusterChildren):
         resources, head_labels, redis_spec = self._gcs_storage(fault_tolerance, given_password)
         return _GcsStorage(storage_namespace, resources, head_labels, redis_spec)
 
-    def _head_service(self, service_name: str) -> tuple[pulumi.CustomResource, ray_node.Manifest]:
+    def _head_service(self, service_name: str) -> tuple[k8s.core.v1.Service, ray_node.Manifest]:
         """How this generation's workers and smoke test reach its head, and its spec: in place the clients'
         `<cluster>-head` too; with generations `<cluster>-<id>`, the generation's own."""
         settings = self._settings
@@ -303,8 +303,12 @@ class RayCluster(ClusterChildren):
             # init containers check the GCS themselves, so they join seconds earlier.
             "publishNotReadyAddresses": True,
         }
-        logical_name = "generation-service" if settings.generational else "head-service"
-        service = self._child(k8s.core.v1.Service, logical_name, service_name, "head", spec=spec)
+        logical_name, annotations = "head-service", None
+        if settings.generational:
+            logical_name, annotations = "generation-service", resource_options.OWNS_WHAT_ITS_HEAD_NEEDS
+        service = self._child(
+            k8s.core.v1.Service, logical_name, service_name, "head", spec=spec, annotations=annotations
+        )
         return service, spec
 
     def _clients_head_service(
@@ -405,11 +409,18 @@ class RayCluster(ClusterChildren):
         resources to depend on, not for `pulumi stack output`)."""
         return {camel_case(name): getattr(self, name) for name in OUTPUT_ATTRIBUTES if name not in CHILD_OUTPUTS}
 
-    def _autoscaler(self) -> list[pulumi.CustomResource]:
+    def _autoscaler(self, head_service: k8s.core.v1.Service) -> list[pulumi.CustomResource]:
         """What the head's autoscaler container needs: its config and node provider, and a ServiceAccount bound
-        to a Role that lets it scale the autoscaled worker Deployments and remove their idle pods."""
+        to a Role that lets it scale the autoscaled worker Deployments and remove their idle pods. With generations,
+        each generation's own, owned by its `head_service`: the garbage collector deletes them once the retirement
+        has deleted that Service."""
         settings = self._settings
         name = autoscaling.name(settings)
+        owner = (
+            generations.owner_reference("Service", settings.generation_service_name, head_service.metadata.uid)
+            if settings.generational
+            else None
+        )
         provider_source = in_pod.source(autoscaling.PROVIDER_SOURCE)
         files = self._child(
             k8s.core.v1.ConfigMap,
@@ -418,8 +429,9 @@ class RayCluster(ClusterChildren):
             "autoscaler",
             "head",
             data=autoscaling.config_files(settings, provider_source),
+            owner=owner,
         )
-        return [files, *self._api_access("autoscaler", name, autoscaling.role_rules(settings), name)]
+        return [files, *self._api_access("autoscaler", name, autoscaling.role_rules(settings), name, owner=owner)]
 
     def _serve_access(self, serve_settings: ServeSettings) -> list[pulumi.CustomResource]:
         """What the head's Serve keeper needs: the Serve config, the Service whose endpoints it writes, and a Role

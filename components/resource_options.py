@@ -61,6 +61,10 @@ AUTOSCALED = {"ray-cluster.pulumi.com/autoscaled": "true", "pulumi.com/skipAwait
 ENDPOINTS_WRITTEN_LATER = {"pulumi.com/skipAwait": "true"}
 # A retirement Job runs for as long as the generations it retires drain: `pulumi up` returns once it is created.
 RUNS_AFTER_UP = {"pulumi.com/skipAwait": "true"}
+# A generation's head Service owns its autoscaler's objects, which its head pod needs before it starts: awaiting its
+# endpoints (the head pod) before they are made would never end. Its workers and smoke test wait for the head
+# themselves, and the clients' Service, which is awaited, moves only once the smoke test passed.
+OWNS_WHAT_ITS_HEAD_NEEDS = {"pulumi.com/skipAwait": "true"}
 
 
 def delete_timeout(grace_seconds: int) -> str:

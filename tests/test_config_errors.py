@@ -89,12 +89,8 @@ BAD_VALUES: list[tuple[dict[str, object], list[str]]] = [
     ({"workerDrainSeconds": "-1"}, ["ray-cluster:workerDrainSeconds", "-1", "between 0 and 3600"]),
     ({"upgradeStrategy": "blueGreen"}, ["ray-cluster:upgradeStrategy", "'blueGreen'", "one of inPlace, generation"]),
     (
-        {"upgradeStrategy": "generation", "maxWorkers": "4"},
-        ["ray-cluster:upgradeStrategy", "'generation'", "not yet with autoscaling (maxWorkers)", "inPlace"],
-    ),
-    (
-        {"upgradeStrategy": "generation", "workerGroups": [{"name": "gpu", "maxReplicas": 2}]},
-        ["ray-cluster:upgradeStrategy", "not yet with autoscaling"],
+        {"upgradeStrategy": "generation", "serveApplications": [{"name": "a", "import_path": "m:app"}]},
+        ["ray-cluster:upgradeStrategy", "'generation'", "not yet with serveApplications", "inPlace"],
     ),
     ({"allowedMetricsNamespaces": ["Prom"]}, ["ray-cluster:allowedMetricsNamespaces[0]", "'Prom'", "DNS label"]),
     ({"testJob": "sometimes"}, ["ray-cluster:testJob", "sometimes"]),

@@ -3,6 +3,7 @@ of the head and workers, under names that carry its id, beside the old one; the 
 once its smoke test passed, and the old one is deleted at the end of the update. Checked on the rendered program
 and on the engine's plan of a change (tests/lifecycle.py)."""
 
+import json
 import re
 
 import pulumi
@@ -54,8 +55,8 @@ def smoke_test(rendered: Rendered) -> Manifest:
     return job
 
 
-# Every variant that a generation may carry (not yet the autoscaler's or Serve's).
-CARRIED = sorted(name for name, config in VARIANTS.items() if "maxWorkers" not in str(config) and "serve" not in name)
+# Every variant that a generation may carry (not yet Serve's).
+CARRIED = sorted(name for name in VARIANTS if "serve" not in name)
 
 
 @pytest.mark.parametrize("variant", CARRIED)
@@ -163,10 +164,29 @@ def test_switching_to_generations_and_back_is_a_safe_update() -> None:
         assert changes.hazards == () and changes.errors == ()
 
 
-@pytest.mark.parametrize("carried", [{"maxWorkers": "4"}, SERVE])
-def test_generations_do_not_carry_an_autoscaler_or_serve_yet(carried: dict[str, object]) -> None:
+def test_generations_do_not_carry_serve_yet() -> None:
     with pytest.raises(pulumi.RunError, match="upgradeStrategy"):
-        render({**GENERATIONS, **carried})
+        render({**GENERATIONS, **SERVE})
+
+
+def test_each_generations_autoscaler_scales_its_own_deployments_and_goes_with_its_head_service() -> None:
+    rendered = render({**GENERATIONS, "maxWorkers": "4"})
+    hex_id = generation(rendered)
+    name = f"ray-autoscaler-{hex_id}"
+    config = json.loads(rendered.one("ConfigMap", name)["data"]["autoscaling.json"])
+    provider = config["provider"]
+    assert provider["deployments"] == {"worker": f"ray-worker-{hex_id}"}
+    assert provider["pod_labels"] == {GENERATION_LABEL: hex_id}  # its own generation's pods only
+    [scale] = [rule for rule in rendered.one("Role", name)["rules"] if rule["resources"] == ["deployments/scale"]]
+    assert scale["resourceNames"] == [f"ray-worker-{hex_id}"]
+    head = rendered.one("Deployment", f"ray-head-{hex_id}")
+    assert head["spec"]["template"]["spec"]["serviceAccountName"] == name
+    for kind in ("ConfigMap", "ServiceAccount", "Role", "RoleBinding"):
+        manifest = rendered.one(kind, name)
+        [owner] = manifest["metadata"]["ownerReferences"]
+        # The retirement deletes the generation's Service once its pods are gone; the garbage collector the rest.
+        assert (owner["kind"], owner["name"], owner["blockOwnerDeletion"]) == ("Service", f"ray-{hex_id}", True)
+        assert rendered.registration_of(manifest).options.retain_on_delete
 
 
 def test_the_longest_cluster_name_leaves_room_for_the_generations_head_service() -> None:
@@ -222,3 +242,15 @@ def test_back_to_in_place_the_anchor_goes_at_the_end_and_the_generation_with_it(
     assert "delete ConfigMap ray-test/ray-generations (left the program)" in operations
     created_in_place = operations.index("create Deployment ray-test/ray-head (replacement, create-before-delete)")
     assert operations.index("delete ConfigMap ray-test/ray-generations (left the program)") > created_in_place
+
+
+def test_the_generations_head_service_is_not_awaited_for_it_owns_what_its_head_needs() -> None:
+    rendered = render({**GENERATIONS, "maxWorkers": "4"})
+    hex_id = generation(rendered)
+    service = rendered.one("Service", f"ray-{hex_id}")
+    assert service["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
+    # Awaited, it would wait for the head pod, which waits for the autoscaler's objects, which wait for its uid.
+    head = rendered.registration_of(rendered.one("Deployment", f"ray-head-{hex_id}"))
+    account = rendered.registration_of(rendered.one("ServiceAccount", f"ray-autoscaler-{hex_id}"))
+    assert account.urn in head.dependencies
+    assert rendered.registration_of(service).urn in account.dependencies

@@ -1231,3 +1231,22 @@ def test_the_module_parses_as_the_oldest_python_ray_runs_on() -> None:
     ast.parse(PROVIDER_FILE.read_text(), feature_version=(3, 10))
     with pytest.raises(SyntaxError):  # what the check would catch
         ast.parse("try:\n    pass\nexcept* OSError:\n    pass\n", feature_version=(3, 10))
+
+
+def test_with_pod_labels_only_the_pods_that_carry_them_are_nodes(kube: FakeKubernetes) -> None:
+    """With generations, each generation's autoscaler sees its own generation's head and workers only: another
+    generation's pods carry the same cluster label and group names."""
+    standard_cluster(kube, worker=1)
+    label = "ray-cluster.pulumi.com/generation"
+    for pod in kube.pods.values():
+        pod["metadata"]["labels"][label] = "0000000b"
+    old = set(kube.pods)
+    kube.add_pod("head", name="ray-head-new")
+    kube.add_pod("worker", name="ray-worker-new")
+    for name in ("ray-head-new", "ray-worker-new"):
+        kube.pods[name]["metadata"]["labels"][label] = "0000000c"
+    config = {**copy.deepcopy(PROVIDER_CONFIG), "pod_labels": {label: "0000000c"}}
+    nodes = DeploymentNodeProvider(config, CLUSTER, api=kube).get_node_data()
+    assert set(nodes) == {"ray-head-new", "ray-worker-new"} and not old & set(nodes)
+    selector = "ray-cluster.pulumi.com/generation%3D0000000c%2Cray.io/cluster%3Dray"
+    assert kube.calls[0] == ("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector={selector}", None)

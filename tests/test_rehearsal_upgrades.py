@@ -5,13 +5,14 @@ One cluster lives through the module. A client in the namespace submits a no-op 
 (`ray-head`, at its ClusterIP) throughout an image change. The change's first `pulumi up` makes the new generation,
 whose smoke test then fails (its pods are evicted twice): `pulumi up` fails, the clients' Service stays on the old
 generation, which answers every submission (one every 3 s), and the new one, which answers at its own address, gets
-none. A 60 s job starts on the old generation; 10 s later, the next `pulumi up`, with the same config, applies the
-image change: it proves the new generation, moves the Service to it and returns while the long job runs on. From 10
-s before that `up` until 60 s after it began, a job every second: none fails, and every submission made after the
-move lands in the new generation. The long job ends SUCCEEDED; the retirement Job then deletes the old generation
-(its GCS state in the stack's Redis too: the cluster is fault-tolerant), whose pods are gone within
-upgradeDrainSeconds + 30 s of the job's end; at no moment do more than twice the cluster's pods plus two run. Needs
-root (network namespaces); without it these tests fail, they never skip.
+none. A 60 s job starts on the old generation (two tasks of a CPU: the old generation's autoscaler adds it a worker,
+and the new generation's, which sees only its own, adds none); 10 s later, the next `pulumi up`, with the same
+config, applies the image change: it proves the new generation, moves the Service to it and returns while the long
+job runs on. From 10 s before that `up` until 60 s after it began, a job every second: none fails, and every
+submission made after the move lands in the new generation. The long job ends SUCCEEDED; the retirement Job then
+deletes the old generation (its GCS state in the stack's Redis too: the cluster is fault-tolerant), whose pods are
+gone within upgradeDrainSeconds + 30 s of the job's end; at no moment do more than twice the cluster's pods plus two
+run. Needs root (network namespaces); without it these tests fail, they never skip.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import functools
 import http.client
 import json
 import os
+import shlex
 import signal
 import subprocess
 import threading
@@ -47,7 +49,19 @@ DRAIN_SECONDS = 600
 # A retirement that waited out the drain instead would take over 500 s.
 GONE_AFTER_ITS_LAST_JOB_SECONDS = 180
 LONG_JOB_SECONDS = 60
-CLUSTER_PODS = 2  # a head and one worker
+# The long job: two tasks of a CPU each, held until 60 s after it began, on workers of a CPU each, one of them
+# running: the old generation's autoscaler adds a worker for the other, and only to the old generation.
+LONG_JOB = f"""
+import time
+import ray
+
+ray.init()
+end = time.time() + {LONG_JOB_SECONDS}
+hold = ray.remote(num_cpus=1)(lambda: time.sleep(max(0.0, end - time.time())))
+ray.get([hold.remote(), hold.remote()])
+print("held")
+"""
+CLUSTER_PODS = 3  # at its largest: a head and two workers (workers 1, maxWorkers 2)
 # How long after a Service's selector changed a new connection may still reach the pods it selected before: the
 # kube-proxy stand-in's next pass (every 0.2 s, but seconds apart when the controllers are busy on a loaded
 # machine) and its rules' update; a real kube-proxy syncs its rules about once a second, later under load.
@@ -170,6 +184,7 @@ class Watch:
         self.first_seen: dict[str, float] = {}  # by generation, when the Service was first seen selecting it
         self.last_seen: dict[str, float] = {}  # and last
         self.most_pods: list[str] = []  # the most pods of the cluster seen at once (the test's client's aside)
+        self.most_replicas: dict[str, int] = {}  # by Deployment, the most replicas it was asked for
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=target, daemon=True) for target in (self._selector, self._jobs)]
         for thread in self._threads:
@@ -193,6 +208,9 @@ class Watch:
             ]  # fmt: skip
             if len(running) > len(self.most_pods):
                 self.most_pods = running
+            for manifest in self._deployment.cluster.objects_of("Deployment", NAMESPACE):
+                name, replicas = manifest["metadata"]["name"], manifest["spec"].get("replicas", 1)
+                self.most_replicas[name] = max(replicas, self.most_replicas.get(name, 0))
 
     def _jobs(self) -> None:
         while not self._stop.wait(1):
@@ -286,8 +304,8 @@ def redis_keys(deployment: Deployment) -> list[str]:
 
 @pytest.fixture(scope="module")
 def deployment(cluster: Cluster) -> Iterator[Deployment]:
-    config = {**CONFIG, "upgradeStrategy": "generation", "workers": "1", "upgradeDrainSeconds": str(DRAIN_SECONDS),
-              "gcsFaultTolerance": "true"}  # fmt: skip
+    config = {**CONFIG, "upgradeStrategy": "generation", "workers": "1", "maxWorkers": "2",
+              "upgradeDrainSeconds": str(DRAIN_SECONDS), "gcsFaultTolerance": "true"}  # fmt: skip
     yield Deployment.deployed(cluster, config)
 
 
@@ -329,9 +347,11 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
         assert not watch.jobs.get(new), watch.jobs  # it answers, and has taken no submission
         client.every(1)
         [old_head] = [head for head in heads(cluster) if head.labels[GENERATION_LABEL] == old]
-        entrypoint = f"sleep {LONG_JOB_SECONDS} && echo slept"
+        entrypoint = f"python -c {shlex.quote(LONG_JOB)}"
         long_job = str(head_jobs(old_head, deployment.token, body={"entrypoint": entrypoint})["submission_id"])
         long_job_watch = JobWatch(old_head, deployment.token, long_job)
+        # Its driver starts seconds after the submission, tens of seconds on a loaded machine: 10 s from then.
+        wait_for(lambda: long_job_watch.details.get("status") == "RUNNING", 60, "the long job's start", interval=0.2)
         time.sleep(10)
         switch_started = time.time()
         deployment.up()  # the same config: the failed smoke test is replaced and runs again
@@ -360,6 +380,9 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
     # the drain's end: the job's end let it go, not the drain's.
     assert gone - ended <= GONE_AFTER_ITS_LAST_JOB_SECONDS < DRAIN_SECONDS + 30, (ended, gone, retirement_logs())
     assert len(watch.most_pods) <= 2 * CLUSTER_PODS + 2, watch.most_pods
+    # Each generation's autoscaler scales its own workers: the old one's for the long job, none of the new one's.
+    assert watch.most_replicas[f"ray-worker-{old}"] == 2, watch.most_replicas
+    assert watch.most_replicas[f"ray-worker-{new}"] == 1, watch.most_replicas
     retirement = cluster.get("Job", NAMESPACE, f"ray-retire-{new}")
     wait_for(lambda: cluster.job_status(retirement) == "Succeeded", 60, "the retirement Job's success")
     assert watch.selected == [old, new]
@@ -381,4 +404,4 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
     storage = str(deployment.rendered.outputs["gcsStorageNamespace"])
     assert storage.endswith(f"-{new}")
     in_redis = redis_keys(deployment)
-    assert in_redis and all(key.startswith(f"RAY{storage}@") for key in in_redis), in_redis
+    assert in_redis and all(key.startswith(f"RAY{storage}@") for key in in_redis), (in_redis, retirement_logs())

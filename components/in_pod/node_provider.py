@@ -380,7 +380,8 @@ class DeploymentNodeProvider(BatchingNodeProvider):
     """Ray's nodes as the pods of one cluster's head and worker Deployments (see the module's docstring).
 
     Provider config keys: `namespace`, `cluster` (the `ray.io/cluster` label's value; Ray's cluster name if
-    absent), `deployments` (worker group -> Deployment name, every worker group), `heartbeat_file` (optional: a
+    absent), `deployments` (worker group -> Deployment name, every worker group), `pod_labels` (optional: labels
+    the cluster's pods must carry besides, such as their generation's), `heartbeat_file` (optional: a
     file touched after each read of the cluster, for the container's probes), and the flags
     BatchingNodeProvider and this provider require: `disable_node_updaters`, `disable_launch_config_check`,
     `foreground_node_launch` true and `worker_liveness_check` false (Kubernetes restarts and probes the pods).
@@ -399,6 +400,7 @@ class DeploymentNodeProvider(BatchingNodeProvider):
         BatchingNodeProvider.__init__(self, provider_config, cluster_name)
         self.namespace: str = provider_config["namespace"]
         self.cluster: str = provider_config.get("cluster") or cluster_name
+        self.pod_labels: dict[str, str] = {CLUSTER_LABEL: self.cluster, **provider_config.get("pod_labels", {})}
         self.deployments: dict[str, str] = dict(provider_config["deployments"])
         if HEAD_GROUP in self.deployments:
             raise ValueError(f"{HEAD_GROUP!r} is the head's group, not a worker group")
@@ -448,7 +450,7 @@ class DeploymentNodeProvider(BatchingNodeProvider):
 
     def _read_cluster(self) -> None:
         """The pods and the worker Deployments, from the API server."""
-        selector = quote(f"{CLUSTER_LABEL}={self.cluster}", safe="/")
+        selector = quote(",".join(f"{key}={value}" for key, value in sorted(self.pod_labels.items())), safe="/")
         listed = self.api.get(f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={selector}")
         pods = (Pod.parse(item) for item in listed.get("items") or [])
         self.pods = {

@@ -19,7 +19,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from ..config.resources import PodResources
-from ..config.settings import ClusterSettings
+from ..config.settings import GENERATION_MARK, ClusterSettings
 from . import pods, ray_node
 from .security import container_security
 
@@ -71,8 +71,10 @@ LEGACY_FIELDS: dict[str, Any] = {
 
 
 def name(settings: ClusterSettings) -> str:
-    """Names the ServiceAccount, Role, RoleBinding and ConfigMap of the autoscaler."""
-    return f"{settings.cluster_name}-autoscaler"
+    """Names the ServiceAccount, Role, RoleBinding and ConfigMap of the autoscaler: with generations, each
+    generation's own (`<cluster>-autoscaler-<id>`), so that each scales its own worker Deployments, and only them."""
+    suffix = f"-{GENERATION_MARK}" if settings.generational else ""
+    return f"{settings.cluster_name}-autoscaler{suffix}"
 
 
 def autoscaled_deployments(settings: ClusterSettings) -> list[str]:
@@ -120,6 +122,8 @@ def config(settings: ClusterSettings) -> dict[str, Any]:
             "namespace": settings.namespace,
             "cluster": settings.cluster_name,
             "deployments": {group.name: settings.deployment_name(group.name) for group in settings.worker_groups},
+            # With generations, its own generation's pods only: another's head and same-named groups are not its.
+            **({"pod_labels": settings.generation_labels} if settings.generational else {}),
             # Required by Ray's BatchingNodeProvider: Kubernetes starts the nodes, not Ray's SSH updaters.
             "disable_node_updaters": True,
             "disable_launch_config_check": True,

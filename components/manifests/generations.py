@@ -40,11 +40,11 @@ def anchor_data(settings: ClusterSettings) -> dict[str, str]:
     return {"about": f"Owns every generation of the Ray cluster {settings.cluster_name}: deleting it deletes them all."}
 
 
-def owner_reference(settings: ClusterSettings, uid: Any) -> Manifest:
-    """A generation's object's reference to the anchor (`uid`, an Output): the garbage collector deletes the object
-    once the anchor is gone, and a Foreground delete of the anchor waits for it."""
-    return {"apiVersion": "v1", "kind": "ConfigMap", "name": settings.anchor_name, "uid": uid,
-            "blockOwnerDeletion": True}  # fmt: skip
+def owner_reference(kind: str, name: str, uid: Any) -> Manifest:
+    """A generation's object's reference to its owner (`uid`, an Output): the anchor, or for what goes with a
+    generation's head Service, that Service. The garbage collector deletes the object once its owner is gone, and a
+    Foreground delete of the owner waits for it."""
+    return {"apiVersion": "v1", "kind": kind, "name": name, "uid": uid, "blockOwnerDeletion": True}
 
 
 def retirement_job_name(settings: ClusterSettings) -> str:
