@@ -91,7 +91,11 @@ class Cluster(program.Kubernetes):
                     **deployment(generation, group),
                     "status": ready,
                 }
-            self.objects[("services", f"ray-{generation}")] = {"spec": {"clusterIP": f"10.0.0.{int(generation, 16)}"}}
+            service = deployment(generation, "head")  # labelled and made as the generation's head
+            self.objects[("services", f"ray-{generation}")] = {
+                "metadata": {**service["metadata"], "name": f"ray-{generation}"},
+                "spec": {"clusterIP": f"10.0.0.{int(generation, 16)}"},
+            }
             self.objects[("secrets", f"ray-auth-token-{generation}")] = {"data": {"token": "dG9rZW4="}}
         self.objects[("services", "ray-head")] = {"spec": {"selector": {GENERATION_LABEL: selected}}}
         self.calls: list[str] = []
@@ -116,7 +120,7 @@ class Cluster(program.Kubernetes):
             return wanted.items() <= labels.items() and present <= labels.keys()
 
         items = [item for (kind, _), item in self.objects.items() if kind == resource]
-        return {"items": [item for item in items if selected(item["metadata"].get("labels", {}))]}
+        return {"items": [item for item in items if selected(item.get("metadata", {}).get("labels", {}))]}
 
     def pods_gone(self, generation: str) -> None:
         for key in [key for key in self.objects if key[0] in ("pods", "deployments") and generation in key[1]]:
@@ -192,7 +196,8 @@ def test_a_generation_with_a_running_job_is_kept_until_it_ends_then_deleted_depl
     assert all(call.endswith("?propagationPolicy=Foreground") for call in cluster.calls)
     cluster.pods_gone(OLD)
     assert passes(cluster, heads, clock, monkeypatch, 4)
-    assert deleted(cluster)[-2:] == [f"services/ray-{OLD}", f"secrets/ray-auth-token-{OLD}"]
+    # Its Service last: by it, a retirement that stopped half-way finds the generation again.
+    assert deleted(cluster)[-2:] == [f"secrets/ray-auth-token-{OLD}", f"services/ray-{OLD}"]
     assert heads.stopped == [] and ("deployments", f"ray-head-{OWN}") in cluster.objects
 
 
@@ -300,10 +305,37 @@ def test_a_generation_that_no_longer_reads_as_older_is_let_go_unless_its_deletio
     heads.active[OLD] = [{"submission_id": "raysubmit_1", "status": "RUNNING"}]
     assert not passes(cluster, heads, clock, monkeypatch, program.QUIET_SECONDS + program.PASS_SECONDS)
     assert cluster.retirements[OLDER].deleting and not cluster.retirements[OLD].deleting
-    # Its own Deployments missing from a listing: nothing reads as older any more.
-    mine = {key: cluster.objects.pop(key) for key in list(cluster.objects) if key[0] == "deployments" and OWN in key[1]}
+    # Its own Deployments and Service missing from a listing: nothing reads as older any more.
+    mine = {
+        key: cluster.objects.pop(key)
+        for key in list(cluster.objects)
+        if key[0] in ("deployments", "services") and OWN in key[1]
+    }
     assert not passes(cluster, heads, clock, monkeypatch, program.PASS_SECONDS)
     assert set(cluster.retirements) == {OLDER}
     cluster.objects |= mine
     assert not passes(cluster, heads, clock, monkeypatch, program.PASS_SECONDS)
     assert set(cluster.retirements) == {OLDER, OLD}
+
+
+def test_a_generation_with_only_its_service_left_is_found_and_goes_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retirement stopped after its generation's pods were gone (its pod lost, its Redis cleanup failed): the next
+    one finds the generation by its head Service, and finishes the job."""
+    cluster, heads, clock = Cluster((OLD, OWN)), Heads(), Clock()
+    cluster.pods_gone(OLD)  # its Deployments and pods gone
+    heads.active[OLD] = None  # nothing answers at its Service
+    assert not passes(cluster, heads, clock, monkeypatch, program.UNREACHABLE_SECONDS - program.PASS_SECONDS)
+    assert passes(cluster, heads, clock, monkeypatch, 2 * program.PASS_SECONDS)
+    assert deleted(cluster) == [f"secrets/ray-auth-token-{OLD}", f"services/ray-{OLD}"]
+
+
+def test_a_redis_it_cannot_reach_fails_the_cleanup_to_be_tried_again_not_the_retirement(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray's C++ client aborts its process on a Redis it cannot reach (at once for a name it cannot resolve, as the
+    rehearsal's loaded DNS stand-in once made it; after a minute of retries for a refused connection): in a process
+    of its own, that is an error the retirement tries again on its next pass."""
+    monkeypatch.setenv("RAY_REDIS_ADDRESS", "redis.invalid:6379")  # a name no resolver knows (RFC 2606)
+    monkeypatch.delenv("RETIRE_REDIS_PASSWORD_FILE", raising=False)
+    with pytest.raises(UnansweredError, match="did not delete the GCS state ray-0123abcd-0000000b"):
+        program.delete_gcs_state("ray-0123abcd-0000000b")

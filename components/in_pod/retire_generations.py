@@ -5,7 +5,8 @@ Shipped as its text in a ConfigMap (components/manifests/generations.py); runs o
 standard library, `requests` and Ray (for the Redis cleanup), and calls the Kubernetes API with its pod's
 service-account token, which it reads before every call.
 
-For every older generation of the cluster (one whose first Deployment was made before this generation's first):
+For every older generation of the cluster (one whose first Deployment or head Service was made before this
+generation's first):
 1. Waits until its head has no job PENDING or RUNNING (`GET /api/jobs/` at its own head Service's ClusterIP, with
    the token its pods read), and at least QUIET_SECONDS have passed since this Job was made (just after the switch),
    so that requests the old head took before the switch are answered: its Service gets no new connection since. A
@@ -14,8 +15,8 @@ For every older generation of the cluster (one whose first Deployment was made b
 2. Once upgradeDrainSeconds have passed since this Job was made, stops the submitted jobs still running
    (`POST /api/jobs/<id>/stop`) and gives them STOP_SECONDS to end.
 3. Deletes its Deployments with Foreground propagation (each pod's SIGTERM drains its node, as any pod's does) and
-   its Jobs, waits until its pods are gone, then deletes its head Service and its token Secret and, with GCS fault
-   tolerance, its GCS state in the Redis.
+   its Jobs, waits until its pods are gone, then deletes, with GCS fault tolerance, its GCS state in the Redis, its
+   token Secret and last its head Service (the garbage collector then deletes what that owns).
 It never touches its own generation, nor one made after it (a newer `pulumi up` may be making one), and it stops as
 soon as `<cluster>-head` no longer selects its own generation: the newer generation's Job retires the rest (and
 Pulumi deletes this one). A step that fails is tried again on the next pass, until the Job's own deadline.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import base64
 import datetime
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -160,12 +162,13 @@ class HeadJobs:
             log(f"stopping {submission_id}: {type(error).__name__}")
 
 
-def older_generations(deployments: list[Document], own: str, label: str) -> list[str]:
-    """The generations made before this one, oldest first, by their first Deployment's creation: never this
-    generation, nor one a newer `pulumi up` is making (whose workers may come before its head), whatever is left
-    of one whose retirement stopped half-way included. None while this generation's own are not listed."""
+def older_generations(listed: list[Document], own: str, label: str) -> list[str]:
+    """The generations made before this one, oldest first, by their first listed object's creation (their
+    Deployments and head Service): never this generation, nor one a newer `pulumi up` is making (whose workers may
+    come before its head), whatever is left of one whose retirement stopped half-way included. None while this
+    generation's own are not listed."""
     created: dict[str, str] = {}
-    for item in deployments:
+    for item in listed:
         generation, when = item["metadata"]["labels"][label], item["metadata"]["creationTimestamp"]
         created[generation] = min(created.get(generation, when), when)
     if own not in created:
@@ -257,27 +260,44 @@ class Retirement:
         if kubernetes.request("GET", "v1", "pods", query=selector)["items"]:
             return False
         names = self.names
-        kubernetes.request("DELETE", "v1", "services", names.of(names.head_service, self.generation))
-        if names.token_secret:
-            kubernetes.request("DELETE", "v1", "secrets", names.of(names.token_secret, self.generation))
         if names.storage_namespace:
             delete_gcs_state(names.of(names.storage_namespace, self.generation))
+        if names.token_secret:
+            kubernetes.request("DELETE", "v1", "secrets", names.of(names.token_secret, self.generation))
+        # Last: the generation's last trace, by which a retirement that stopped before this point finds it again
+        # (and the garbage collector then deletes what it owns: its autoscaler's objects).
+        kubernetes.request("DELETE", "v1", "services", names.of(names.head_service, self.generation))
         log(f"generation {self.generation}: gone")
         return True
 
 
+# Ray's own cleanup, in a process of its own: its C++ client aborts the process on a Redis it cannot reach (a DNS
+# lookup that fails, at once; a refused connection, after a minute of retries) instead of raising. Aborted in this
+# process, the retirement's pod would fail, and the pod that replaced it would no longer find the generation.
+_GCS_CLEANUP = """
+import sys
+from ray._private import gcs_utils
+
+host, port, use_ssl, storage_namespace = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "ssl", sys.argv[4]
+password = sys.stdin.read()
+sys.exit(0 if gcs_utils.cleanup_redis_storage(host, port, password, use_ssl, storage_namespace) else 1)
+"""
+
+
 def delete_gcs_state(storage_namespace: str) -> None:
     """The generation's keys in the Redis, as KubeRay's cleanup Job deletes a cluster's: with Ray's own function,
-    which reads the Redis's address, password and TLS settings as the head does."""
-    from ray._private import gcs_utils
-
+    which reads the Redis's TLS settings as the head does (RAY_REDIS_CA_CERT, RAY_REDIS_CA_PATH); the password goes
+    through a pipe, never the command line."""
     address = os.environ["RAY_REDIS_ADDRESS"]
     use_ssl = address.startswith("rediss://")
     host, _, port = address.split("://")[-1].rpartition(":")
     password_file = os.environ.get("RETIRE_REDIS_PASSWORD_FILE", "")
     password = Path(password_file).read_text().strip() if password_file else ""
-    if not gcs_utils.cleanup_redis_storage(host, int(port), password, use_ssl, storage_namespace):
-        raise UnansweredError(f"the Redis did not delete the GCS state {storage_namespace}")
+    argv = [sys.executable, "-c", _GCS_CLEANUP, host, port, "ssl" if use_ssl else "plain", storage_namespace]
+    done = subprocess.run(argv, input=password, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        why = next((line for line in done.stderr.splitlines() if "Check failed" in line or "Error" in line), "")
+        raise UnansweredError(f"the Redis did not delete the GCS state {storage_namespace}: {why[:300]}")
     log(f"deleted the GCS state {storage_namespace} from the Redis")
 
 
@@ -300,8 +320,13 @@ def retire_pass(
     if not selects_own_generation(kubernetes, names):
         log(f"{names.clients_service} does not select generation {names.generation}: leaving the rest to it")
         return True
-    deployments = kubernetes.request("GET", "apps/v1", "deployments", query=f"?labelSelector={names.selector()}")
-    older = older_generations(deployments["items"], names.generation, names.generation_label)
+    query = f"?labelSelector={names.selector()}"
+    # A generation's Deployments, and its head Service, which a retirement deletes last of all.
+    listed = [
+        *kubernetes.request("GET", "apps/v1", "deployments", query=query)["items"],
+        *kubernetes.request("GET", "v1", "services", query=query)["items"],
+    ]
+    older = older_generations(listed, names.generation, names.generation_label)
     for generation in [g for g, retirement in retirements.items() if g not in older and not retirement.deleting]:
         del retirements[generation]
     for generation in older:

@@ -60,7 +60,7 @@ def retirement_role_rules() -> list[Manifest]:
     return [
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "delete"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-        {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "delete"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "delete"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "delete"]},
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "delete"]},
     ]
