@@ -5,14 +5,13 @@ One cluster lives through the module. A client in the namespace submits a no-op 
 (`ray-head`, at its ClusterIP) throughout an image change. The change's first `pulumi up` makes the new generation,
 whose smoke test then fails (its pods are evicted twice): `pulumi up` fails, the clients' Service stays on the old
 generation, which answers every submission (one every 3 s), and the new one, which answers at its own address, gets
-none. A 60 s job starts on the old generation (two tasks of a CPU: the old generation's autoscaler adds it a worker,
-and the new generation's, which sees only its own, adds none); 10 s later, the next `pulumi up`, with the same
-config, applies the image change: it proves the new generation, moves the Service to it and returns while the long
-job runs on. From 10 s before that `up` until 60 s after it began, a job every second: none fails, and every
-submission made after the move lands in the new generation. The long job ends SUCCEEDED; the retirement Job then
-deletes the old generation (its GCS state in the stack's Redis too: the cluster is fault-tolerant), whose pods are
-gone within upgradeDrainSeconds + 30 s of the job's end; at no moment do more than twice the cluster's pods plus two
-run. Needs root (network namespaces); without it these tests fail, they never skip.
+none. A 60 s job starts on the old generation; 10 s after it runs, the next `pulumi up`, with the same config,
+applies the image change: it proves the new generation, moves the Service to it and returns while the long job runs
+on. From 10 s before that `up` until 60 s after it began, a job every second: none fails, and every submission made
+after the move lands in the new generation. The long job ends SUCCEEDED; the retirement Job then deletes the old
+generation (its GCS state in the stack's Redis too: the cluster is fault-tolerant), whose pods are gone within
+upgradeDrainSeconds + 30 s of the job's end; at no moment do more than twice the cluster's pods plus two run. Needs
+root (network namespaces); without it these tests fail, they never skip.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import functools
 import http.client
 import json
 import os
-import shlex
 import signal
 import subprocess
 import threading
@@ -49,19 +47,7 @@ DRAIN_SECONDS = 600
 # A retirement that waited out the drain instead would take over 500 s.
 GONE_AFTER_ITS_LAST_JOB_SECONDS = 180
 LONG_JOB_SECONDS = 60
-# The long job: two tasks of a CPU each, held until 60 s after it began, on workers of a CPU each, one of them
-# running: the old generation's autoscaler adds a worker for the other, and only to the old generation.
-LONG_JOB = f"""
-import time
-import ray
-
-ray.init()
-end = time.time() + {LONG_JOB_SECONDS}
-hold = ray.remote(num_cpus=1)(lambda: time.sleep(max(0.0, end - time.time())))
-ray.get([hold.remote(), hold.remote()])
-print("held")
-"""
-CLUSTER_PODS = 3  # at its largest: a head and two workers (workers 1, maxWorkers 2)
+CLUSTER_PODS = 2  # a head and one worker
 # How long after a Service's selector changed a new connection may still reach the pods it selected before: the
 # kube-proxy stand-in's next pass (every 0.2 s, but seconds apart when the controllers are busy on a loaded
 # machine) and its rules' update; a real kube-proxy syncs its rules about once a second, later under load.
@@ -184,7 +170,7 @@ class Watch:
         self.first_seen: dict[str, float] = {}  # by generation, when the Service was first seen selecting it
         self.last_seen: dict[str, float] = {}  # and last
         self.most_pods: list[str] = []  # the most pods of the cluster seen at once (the test's client's aside)
-        self.most_replicas: dict[str, int] = {}  # by Deployment, the most replicas it was asked for
+        self.last_end: dict[str, float] = {}  # by generation, when the last job its head listed as ended ended
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=target, daemon=True) for target in (self._selector, self._jobs)]
         for thread in self._threads:
@@ -208,9 +194,6 @@ class Watch:
             ]  # fmt: skip
             if len(running) > len(self.most_pods):
                 self.most_pods = running
-            for manifest in self._deployment.cluster.objects_of("Deployment", NAMESPACE):
-                name, replicas = manifest["metadata"]["name"], manifest["spec"].get("replicas", 1)
-                self.most_replicas[name] = max(replicas, self.most_replicas.get(name, 0))
 
     def _jobs(self) -> None:
         while not self._stop.wait(1):
@@ -229,6 +212,8 @@ class Watch:
             self.answered[generation] = self.answered.get(generation, 0) + 1
             taken = self.jobs.setdefault(generation, set())
             taken |= {job["submission_id"] for job in listed if job.get("submission_id")}
+            ends = [float(job["end_time"]) / 1000 for job in listed if job.get("end_time")]
+            self.last_end[generation] = max([*ends, self.last_end.get(generation, 0.0)])
 
     def stop(self) -> None:
         """Stop watching, once the heads have listed their jobs once more: the last submissions included."""
@@ -304,8 +289,8 @@ def redis_keys(deployment: Deployment) -> list[str]:
 
 @pytest.fixture(scope="module")
 def deployment(cluster: Cluster) -> Iterator[Deployment]:
-    config = {**CONFIG, "upgradeStrategy": "generation", "workers": "1", "maxWorkers": "2",
-              "upgradeDrainSeconds": str(DRAIN_SECONDS), "gcsFaultTolerance": "true"}  # fmt: skip
+    config = {**CONFIG, "upgradeStrategy": "generation", "workers": "1", "upgradeDrainSeconds": str(DRAIN_SECONDS),
+              "gcsFaultTolerance": "true"}  # fmt: skip
     yield Deployment.deployed(cluster, config)
 
 
@@ -347,7 +332,7 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
         assert not watch.jobs.get(new), watch.jobs  # it answers, and has taken no submission
         client.every(1)
         [old_head] = [head for head in heads(cluster) if head.labels[GENERATION_LABEL] == old]
-        entrypoint = f"python -c {shlex.quote(LONG_JOB)}"
+        entrypoint = f"sleep {LONG_JOB_SECONDS} && echo slept"
         long_job = str(head_jobs(old_head, deployment.token, body={"entrypoint": entrypoint})["submission_id"])
         long_job_watch = JobWatch(old_head, deployment.token, long_job)
         # Its driver starts seconds after the submission, tens of seconds on a loaded machine: 10 s from then.
@@ -377,12 +362,15 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
     assert details["status"] == "SUCCEEDED", (details, retirement_logs())
     ended = float(str(details["end_time"])) / 1000
     # The old generation went soon after its last job ended (the issue asks within the drain + 30 s), long before
-    # the drain's end: the job's end let it go, not the drain's.
-    assert gone - ended <= GONE_AFTER_ITS_LAST_JOB_SECONDS < DRAIN_SECONDS + 30, (ended, gone, retirement_logs())
+    # the drain's end: its jobs' end let it go, not the drain's. Its last job is the long one, or a submission it
+    # took just before the switch that a loaded machine kept PENDING for minutes.
+    last_ended = max(ended, watch.last_end[old])
+    assert gone - last_ended <= GONE_AFTER_ITS_LAST_JOB_SECONDS < DRAIN_SECONDS + 30, (
+        last_ended,
+        gone,
+        retirement_logs(),
+    )
     assert len(watch.most_pods) <= 2 * CLUSTER_PODS + 2, watch.most_pods
-    # Each generation's autoscaler scales its own workers: the old one's for the long job, none of the new one's.
-    assert watch.most_replicas[f"ray-worker-{old}"] == 2, watch.most_replicas
-    assert watch.most_replicas[f"ray-worker-{new}"] == 1, watch.most_replicas
     retirement = cluster.get("Job", NAMESPACE, f"ray-retire-{new}")
     wait_for(lambda: cluster.job_status(retirement) == "Succeeded", 60, "the retirement Job's success")
     assert watch.selected == [old, new]
