@@ -57,9 +57,10 @@ class ClusterChildren(pulumi.ComponentResource):
         options = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self), opts)
         labels = labels or pods.labels(self._settings, component, group or component)
         of_the_generation: dict[str, object] = {}
-        if resource_name and GENERATION_MARK in resource_name:
+        generations_own = bool(resource_name and GENERATION_MARK in resource_name)
+        if generations_own:
             labels = {**labels, **self._settings.generation_labels}
-        if resource_name and GENERATION_MARK in resource_name and drains:
+        if generations_own and drains:
             # Once replaced, the retirement Job deletes it, not Pulumi (manifests/generations.py).
             anchor = generations.owner_reference("ConfigMap", self._settings.anchor_name, self._anchor_uid)
             of_the_generation["ownerReferences"] = [owner or anchor]

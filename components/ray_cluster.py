@@ -25,7 +25,7 @@ from .config.fault_tolerance import GcsFaultTolerance
 from .config.inputs import RayClusterArgs
 from .config.monitoring import Monitoring
 from .config.serve import ServeSettings
-from .config.settings import GENERATION_LABEL, generation_storage_namespace, load_settings
+from .config.settings import generation_storage_namespace, load_settings
 from .config.values import config_error
 from .generations import digest, generation_id
 from .manifests import (
@@ -393,10 +393,7 @@ class RayCluster(ClusterChildren):
         self.serve_url = pulumi.Output.from_input(serve.url(settings) if settings.serve else None)
         self.generation = pulumi.Output.from_input(self._generation)
         self.generations_command = pulumi.Output.from_input(
-            f"kubectl -n {settings.namespace} get deployments -l ray.io/cluster={settings.cluster_name} "
-            f"-L {GENERATION_LABEL}"
-            if settings.generational
-            else None
+            generations.generations_command(settings) if settings.generational else None
         )
 
     def outputs_by_name(self) -> dict[str, pulumi.Output[Any]]:

@@ -47,6 +47,17 @@ def owner_reference(kind: str, name: str, uid: Any) -> Manifest:
     return {"apiVersion": "v1", "kind": kind, "name": name, "uid": uid, "blockOwnerDeletion": True}
 
 
+def _selector(labels: Mapping[str, str]) -> str:
+    """A label selector, as `kubectl -l` and the API's `labelSelector` take it."""
+    return ",".join(f"{key}={value}" for key, value in labels.items())
+
+
+def generations_command(settings: ClusterSettings) -> str:
+    """The kubectl command that lists the Deployments of every generation that runs, with their generation."""
+    cluster = _selector(network.cluster_pods(settings)["matchLabels"])
+    return f"kubectl -n {settings.namespace} get deployments -l {cluster} -L {GENERATION_LABEL}"
+
+
 def retirement_job_name(settings: ClusterSettings) -> str:
     """`<cluster>-retire-<id>`: a Job per generation, which retires the ones before it."""
     return f"{settings.retirement_name}-{GENERATION_MARK}"
@@ -92,17 +103,14 @@ def _retirement_pod_template(settings: ClusterSettings, script_config_map: str, 
     ServiceAccount; with GCS fault tolerance, the head's Redis address, password file and TLS settings. The names it
     works with come from the settings, which name the objects too."""
 
-    def selector(labels: Mapping[str, str]) -> str:
-        return ",".join(f"{key}={value}" for key, value in labels.items())
-
     env: list[Manifest] = [
         {"name": "HOME", "value": ray_node.HOME_DIR},
         {"name": "PYTHONNOUSERSITE", "value": "1"},
         {"name": "RETIRE_NAMESPACE", "value": settings.namespace},
         {"name": "RETIRE_GENERATION", "value": GENERATION_MARK},
         {"name": "RETIRE_GENERATION_LABEL", "value": GENERATION_LABEL},
-        {"name": "RETIRE_CLUSTER_SELECTOR", "value": selector(network.cluster_pods(settings)["matchLabels"])},
-        {"name": "RETIRE_HEAD_SELECTOR", "value": selector(pods.selector_labels(settings, "head"))},
+        {"name": "RETIRE_CLUSTER_SELECTOR", "value": _selector(network.cluster_pods(settings)["matchLabels"])},
+        {"name": "RETIRE_HEAD_SELECTOR", "value": _selector(pods.selector_labels(settings, "head"))},
         {"name": "RETIRE_CLIENTS_SERVICE", "value": settings.head_service_name},
         {"name": "RETIRE_JOB", "value": retirement_job_name(settings)},
         {"name": "RETIRE_HEAD_SERVICE", "value": _pattern(settings.generation_service_name)},
