@@ -130,10 +130,11 @@ class RayCluster(ClusterChildren):
         if settings.serve:
             proofs.append(self._serve_check(settings.serve, [*self._access, *serve_access, head, *workers.values()]))
         if settings.generational:
-            # The clients' Service moves to this generation only once it is proven (or, without a smoke test, has
-            # rolled out): a generation that fails leaves it on the last one, which goes on answering.
-            head_service = self._clients_head_service(head_service_spec, proofs or [head, *workers.values()])
-            self._retirement(head_service)
+            # The clients' Services move to this generation only once it is proven (or, without a smoke test, has
+            # rolled out): a generation that fails leaves them on the last one, which goes on answering.
+            proven = proofs or [head, *workers.values()]
+            head_service = self._clients_head_service(head_service_spec, proven)
+            self._retirement([head_service, *([self._serve_service(proven)] if settings.serve else [])])
         if settings.monitoring:
             self._monitoring(settings.monitoring)
         if settings.grafana_dashboards:
@@ -190,8 +191,9 @@ class RayCluster(ClusterChildren):
             lambda names: generation_storage_namespace(*names)
         )
 
-    def _retirement(self, clients_service: pulumi.CustomResource) -> None:
-        """The Job that retires the generations this one replaced, once `<cluster>-head` selects this one: created
+    def _retirement(self, clients_services: list[pulumi.CustomResource]) -> None:
+        """The Job that retires the generations this one replaced, once the `clients_services` (`<cluster>-head`,
+        and `<cluster>-serve` with Serve) have moved to this one: created
         after the switch, not awaited (`pulumi up` returns while the old generations drain), under a Role that lets
         it delete them."""
         settings = self._settings
@@ -203,7 +205,7 @@ class RayCluster(ClusterChildren):
             "retirement",
             data=generations.retirement_files(settings, in_pod.source(generations.RETIREMENT_FILE)),
         )
-        access = self._api_access("retirement", name, generations.retirement_role_rules(), name, "retirement")
+        access = self._api_access("retirement", name, generations.retirement_role_rules(settings), name, "retirement")
         # Not retained: the next generation's retirement takes over its work, and Pulumi deletes it once that one runs.
         self._child(
             k8s.batch.v1.Job,
@@ -213,7 +215,7 @@ class RayCluster(ClusterChildren):
             drains=False,
             annotations=resource_options.RUNS_AFTER_UP,
             spec=generations.retirement_job_spec(settings, name, self._storage_base),
-            opts=pulumi.ResourceOptions(depends_on=[clients_service, program, *access]),
+            opts=pulumi.ResourceOptions(depends_on=[*clients_services, program, *access]),
         )
 
     def _monitoring(self, settings: Monitoring) -> None:
@@ -438,17 +440,26 @@ class RayCluster(ClusterChildren):
         files = self._child(
             k8s.core.v1.ConfigMap, "serve-config", name, "serve", "head", data=serve.config_files(serve_settings)
         )
-        service = self._child(
+        # With generations, the Service comes once the generation is proven (its annotation names the generation
+        # whose keeper writes its endpoints); a keeper waits for it.
+        service = [] if settings.generational else [self._serve_service([])]
+        rules = serve.role_rules(settings)
+        return [files, *service, *self._api_access("serve", name, rules, serve.service_account(settings))]
+
+    def _serve_service(self, after: list[pulumi.CustomResource]) -> pulumi.CustomResource:
+        """`<cluster>-serve`, whose endpoints the keeper writes (with generations, the keeper of the generation its
+        annotation names, made or moved `after` that generation's proofs)."""
+        service: pulumi.CustomResource = self._child(
             k8s.core.v1.Service,
             "serve-service",
-            name,
+            serve.name(self._settings),
             "serve",
             "head",
-            annotations=resource_options.ENDPOINTS_WRITTEN_LATER,
+            annotations={**resource_options.ENDPOINTS_WRITTEN_LATER, **serve.service_annotations(self._settings)},
             spec=serve.service_spec(),
+            opts=pulumi.ResourceOptions(depends_on=after),
         )
-        rules = serve.role_rules(settings)
-        return [files, service, *self._api_access("serve", name, rules, serve.service_account(settings))]
+        return service
 
     def _serve_check(
         self, serve_settings: ServeSettings, cluster: list[pulumi.CustomResource]

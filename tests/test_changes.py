@@ -190,19 +190,9 @@ def test_each_change_does_what_the_readme_says(key: str) -> None:
     assert (pods_effect(changes), smoke_effect(changes)) == readme_table()[key]
 
 
-# Changes a kind of stack refuses (config errors, tested in their own modules): generations carry no Serve yet.
-REFUSED = {
-    (key, "generations") for key, change in CHANGES.items() if "serveApplications" in {*change, *BEFORE.get(key, {})}
-}
-
-
 @pytest.mark.parametrize("base", sorted(BASES))
 @pytest.mark.parametrize("key", sorted(CHANGES))
 def test_each_change_is_safe_on_every_kind_of_stack_and_undone(key: str, base: str) -> None:
-    if (key, base) in REFUSED:
-        with pytest.raises(pulumi.RunError, match="upgradeStrategy"):
-            rendered(key, base)
-        return
     assert_safe(plan(before(key, base), rendered(key, base)))
     undo = plan(rendered(key, base), before(key, base), upsert_existing_objects=key == "createNamespace")
     assert_safe(undo)

@@ -88,10 +88,6 @@ BAD_VALUES: list[tuple[dict[str, object], list[str]]] = [
     ({"workerGroups": [{"name": "gpu", "image": "rayproject/ray"}]}, ["ray-cluster:workerGroups[0].image", "tag"]),
     ({"workerDrainSeconds": "-1"}, ["ray-cluster:workerDrainSeconds", "-1", "between 0 and 3600"]),
     ({"upgradeStrategy": "blueGreen"}, ["ray-cluster:upgradeStrategy", "'blueGreen'", "one of inPlace, generation"]),
-    (
-        {"upgradeStrategy": "generation", "serveApplications": [{"name": "a", "import_path": "m:app"}]},
-        ["ray-cluster:upgradeStrategy", "'generation'", "not yet with serveApplications", "inPlace"],
-    ),
     ({"allowedMetricsNamespaces": ["Prom"]}, ["ray-cluster:allowedMetricsNamespaces[0]", "'Prom'", "DNS label"]),
     ({"testJob": "sometimes"}, ["ray-cluster:testJob", "sometimes"]),
     ({"workerGroups": {"name": "gpu"}}, ["ray-cluster:workerGroups", "list"]),

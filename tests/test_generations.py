@@ -6,7 +6,6 @@ and on the engine's plan of a change (tests/lifecycle.py)."""
 import json
 import re
 
-import pulumi
 import pytest
 
 from components.config.settings import GENERATION_LABEL, GENERATION_MARK
@@ -49,17 +48,19 @@ def test_each_ray_deployment_and_the_generations_head_service_carry_its_id() -> 
     assert env(container(smoke_test(rendered)))["RAY_ADDRESS"] == f"ray://{host}:{ray_node.CLIENT_PORT}"
 
 
+def named_container(workload: Manifest, name: str) -> Manifest:
+    found: list[Manifest] = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
 def smoke_test(rendered: Rendered) -> Manifest:
     """The generation's smoke-test Job (auto-named), not its retirement Job."""
     [job] = [job for job in rendered.of_kind("Job") if job["metadata"]["name"].startswith("ray-smoke-test-")]
     return job
 
 
-# Every variant that a generation may carry (not yet Serve's).
-CARRIED = sorted(name for name in VARIANTS if "serve" not in name)
-
-
-@pytest.mark.parametrize("variant", CARRIED)
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_no_object_keeps_the_mark_of_the_generations_id(variant: str) -> None:
     rendered = render({**VARIANTS[variant], **GENERATIONS})
     assert GENERATION_MARK not in str(rendered.manifests)
@@ -164,9 +165,45 @@ def test_switching_to_generations_and_back_is_a_safe_update() -> None:
         assert changes.hazards == () and changes.errors == ()
 
 
-def test_generations_do_not_carry_serve_yet() -> None:
-    with pytest.raises(pulumi.RunError, match="upgradeStrategy"):
-        render({**GENERATIONS, **SERVE})
+def test_the_serve_service_moves_to_a_generation_with_the_clients_head_service_once_both_proofs_passed() -> None:
+    """`<cluster>-serve` names the generation whose keeper writes its endpoints; Pulumi sets it once the smoke test
+    and the Serve check passed, and the retirement starts after both Services moved."""
+    rendered = render({**GENERATIONS, **SERVE})
+    hex_id = generation(rendered)
+    service = rendered.one("Service", "ray-serve")
+    assert service["metadata"]["annotations"][GENERATION_LABEL] == hex_id
+    assert "ownerReferences" not in service["metadata"]  # the stack's, not a generation's
+    [check] = [job for job in rendered.of_kind("Job") if job["metadata"]["name"].startswith("ray-serve-check-")]
+    waits_for = rendered.registration_of(service).dependencies
+    assert {rendered.registration_of(smoke_test(rendered)).urn, rendered.registration_of(check).urn} <= set(waits_for)
+    retirement = rendered.registration_of(rendered.one("Job", f"ray-retire-{hex_id}"))
+    assert rendered.registration_of(service).urn in retirement.dependencies
+    # The keeper knows its generation and where to read which one the Service serves; the check asks the new head's
+    # own proxy (found through Serve), not the Service, which still sends requests to the old generation.
+    head = rendered.one("Deployment", f"ray-head-{hex_id}")
+    keeper = env(named_container(head, "serve-keeper"))
+    assert (keeper["SERVE_GENERATION"], keeper["SERVE_GENERATION_KEY"]) == (hex_id, GENERATION_LABEL)
+    check_env = env(container(check))
+    assert "SERVE_URL" not in check_env
+    assert check_env["SERVE_DASHBOARD_URL"] == f"http://ray-{hex_id}.ray-test.svc:{ray_node.DASHBOARD_PORT}"
+    # The retirement waits until the Serve Service's endpoints leave a generation, reading them by name only.
+    retire_env = env(container(rendered.one("Job", f"ray-retire-{hex_id}")))
+    assert retire_env["RETIRE_SERVE_SERVICE"] == "ray-serve"
+    rules = rendered.one("Role", "ray-retire")["rules"]
+    assert [r for r in rules if r["apiGroups"] == ["discovery.k8s.io"]] == [
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get"],
+         "resourceNames": ["ray-serve"]}
+    ]  # fmt: skip
+
+
+def test_in_place_the_serve_service_names_no_generation_and_comes_before_the_head() -> None:
+    rendered = render(SERVE)
+    service = rendered.one("Service", "ray-serve")
+    assert GENERATION_LABEL not in service["metadata"]["annotations"]
+    head = rendered.registration_of(rendered.one("Deployment", "ray-head"))
+    assert rendered.registration_of(service).urn in head.dependencies
+    keeper = env(named_container(rendered.one("Deployment", "ray-head"), "serve-keeper"))
+    assert "SERVE_GENERATION" not in keeper
 
 
 def test_each_generations_autoscaler_scales_its_own_deployments_and_goes_with_its_head_service() -> None:

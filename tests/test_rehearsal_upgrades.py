@@ -1,8 +1,9 @@
 """The rehearsal of an upgrade by generation (upgradeStrategy `generation`, docs/upgrades.md): the pods the program
 renders, run as a real Ray cluster (see tests/rehearsal/).
 
-One cluster lives through the module. A client in the namespace submits a no-op job to the clients' head Service
-(`ray-head`, at its ClusterIP) throughout an image change. The change's first `pulumi up` makes the new generation,
+One cluster lives through the module, with a Serve application. A client in the namespace submits a no-op job to
+the clients' head Service (`ray-head`, at its ClusterIP) throughout an image change, and another sends the
+application 20 requests a second through `ray-serve`. The change's first `pulumi up` makes the new generation,
 whose smoke test then fails (its pods are evicted twice): `pulumi up` fails, the clients' Service stays on the old
 generation, which answers every submission (one every 3 s), and the new one, which answers at its own address, gets
 none. A 60 s job starts on the old generation; 10 s after it runs, the next `pulumi up`, with the same config,
@@ -10,22 +11,25 @@ applies the image change: it proves the new generation, moves the Service to it 
 on. From 10 s before that `up` until 60 s after it began, a job every second: none fails, and every submission made
 after the move lands in the new generation. The long job ends SUCCEEDED; the retirement Job then deletes the old
 generation (its GCS state in the stack's Redis too: the cluster is fault-tolerant), whose pods are gone within
-upgradeDrainSeconds + 30 s of the job's end; at no moment do more than twice the cluster's pods plus two run. Needs
+upgradeDrainSeconds + 30 s of the job's end; at no moment do more than twice the cluster's pods plus two run. From
+before that `up` until the old generation is gone, at least 1,000 requests through `ray-serve`, none failed: its
+endpoints move from the old generation's proxies to the new one's in that `up`. Needs
 root (network namespaces); without it these tests fail, they never skip.
 """
 
 from __future__ import annotations
 
-import functools
 import http.client
 import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -35,6 +39,8 @@ from components.manifests import redis as redis_manifests
 from tests.rehearsal.cluster import CLUSTER_DOMAIN, Cluster, JobFailedError, wait_for
 from tests.rehearsal.kubelet import Manifest, Pod
 from tests.test_rehearsal import CONFIG, UP_TIMEOUT, Deployment
+from tests.test_rehearsal_serve import SERVICE
+from tests.variants import SERVE_APPLICATION
 
 pytestmark = pytest.mark.rehearsal
 
@@ -52,6 +58,16 @@ CLUSTER_PODS = 2  # a head and one worker
 # kube-proxy stand-in's next pass (every 0.2 s, but seconds apart when the controllers are busy on a loaded
 # machine) and its rules' update; a real kube-proxy syncs its rules about once a second, later under load.
 PROXY_SYNC_SECONDS = 5.0
+# The issue's proof (3): requests a second through the Serve Service during the change, and the fewest in all.
+SERVE_RATE = 20
+SERVE_REQUESTS = 1000
+# One replica, taking as many requests at once as 20 a second need on this machine: under the switch's load its
+# answers took 200-400 ms, 4-8 requests in flight, and at Serve's default of 5 a replica rejects the rest, which its
+# proxy queues and retries; the switch's first seconds on a cold proxy then queued past the client's timeout.
+APPLICATION = {
+    **SERVE_APPLICATION,
+    "deployments": [{"name": "Hello", "num_replicas": 1, "max_ongoing_requests": 100}],
+}
 SUBMITTER = """
 import json, sys, threading, time, urllib.request
 
@@ -92,6 +108,53 @@ while not stop.wait(max(0.0, first["sent"] + period[0] - time.time())):
 """
 
 
+# The Serve client, open-loop: a request every 1/rate seconds, each in a thread of its own (a slow answer on this
+# loaded machine delays no other, unlike tests/test_rehearsal_serve.py's one-at-a-time client, whose rate is its
+# latency), until its stdin closes; then, once every request has its answer or its error, how many it sent, over how
+# many seconds, and the failures.
+SERVE_CLIENT = """
+import json, sys, threading, time, urllib.request
+
+url, rate = sys.argv[1], float(sys.argv[2])
+failures, lock = [], threading.Lock()
+
+
+def ask():
+    sent = time.time()
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            body = answer.read()
+        error = None if body == b"hello" else f"answered {body[:100]!r}"
+    except Exception as failure:
+        error = repr(failure)
+    if error:
+        with lock:
+            failures.append({"sent": sent, "error": error})
+
+
+end = time.monotonic() + 60
+while True:  # the pod's first connections, while its network is being wired
+    ask()
+    if not failures:
+        break
+    if time.monotonic() > end:
+        sys.exit(f"no answer within 60 s: {failures[-1]}")
+    failures.clear()
+    time.sleep(0.5)
+print("answering", flush=True)
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+threads, start = [], time.monotonic()
+while not stop.wait(max(0.0, start + len(threads) / rate - time.monotonic())):
+    threads.append(threading.Thread(target=ask))
+    threads[-1].start()
+seconds = time.monotonic() - start
+for thread in threads:
+    thread.join()
+print(json.dumps({"sent": len(threads), "seconds": seconds, "failures": failures}), flush=True)
+"""
+
+
 def submitter_deployment(image: str) -> Manifest:
     """A pod in the cluster's namespace that the cluster's NetworkPolicies let in (it carries the cluster's label,
     as the smoke test does), from which the client runs."""
@@ -116,26 +179,8 @@ class Submitter:
 
     def __init__(self, deployment: Deployment, period: float) -> None:
         self._submissions: list[dict[str, object]] | None = None
-        deployment.cluster.apply(submitter_deployment(str(deployment.rendered.outputs["image"])))
-        pod = wait_for(
-            lambda: next(
-                (p for p in deployment.cluster.pods_in(NAMESPACE) if p.name.startswith("submitter-") and p.ready), None
-            ),
-            60,
-            "the submitter's pod",
-        )
-        # At the Service's ClusterIP, which its DNS name resolves to and which stays while the Service lives: the
-        # switch is kube-proxy's, not DNS's. The cluster DNS stand-in answers from this test's own process, which a
-        # full suite's load starves now and then past the resolver's 10 s (a lookup then falls through its search
-        # path to NXDOMAIN), where a cluster's DNS pods have CPUs of their own.
-        [address] = deployment.cluster.resolve(f"ray-head.{NAMESPACE}.svc.{CLUSTER_DOMAIN}")
-        url = f"http://{address}:{ray_node.DASHBOARD_PORT}/api/jobs/"
-        argv = pod.exec_argv("main", ["python", "-c", SUBMITTER, url, deployment.token, str(period)])
-        assert argv is not None
-        self._process = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
-        )  # fmt: skip
+        url = f"http://{service_address(deployment, 'ray-head')}:{ray_node.DASHBOARD_PORT}/api/jobs/"
+        self._process = run_in_client_pod(deployment, [SUBMITTER, url, deployment.token, str(period)])
 
     def every(self, period: float) -> None:
         """A submission every `period` seconds from now on."""
@@ -156,6 +201,66 @@ class Submitter:
         assert lines, output
         self._submissions = [json.loads(line) for line in lines]
         return self._submissions
+
+
+def service_address(deployment: Deployment, service: str) -> str:
+    """A Service's ClusterIP, which its DNS name resolves to and which stays while the Service lives: the switch is
+    kube-proxy's, not DNS's. The cluster DNS stand-in answers from this test's own process, which a full suite's load
+    starves now and then past the resolver's 10 s (a lookup then falls through its search path to NXDOMAIN), where a
+    cluster's DNS pods have CPUs of their own."""
+    [address] = deployment.cluster.resolve(f"{service}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}")
+    return address
+
+
+def run_in_client_pod(deployment: Deployment, arguments: list[str]) -> subprocess.Popen[str]:
+    """`python -c <arguments>` in the clients' pod (made on the first call, with the image the stack then has: a
+    later call must not roll it), its stdin and output piped."""
+    if ("Deployment", NAMESPACE, "submitter") not in deployment.cluster.objects:
+        deployment.cluster.apply(submitter_deployment(str(deployment.rendered.outputs["image"])))
+    pod = wait_for(
+        lambda: next(
+            (p for p in deployment.cluster.pods_in(NAMESPACE) if p.name.startswith("submitter-") and p.ready), None
+        ),
+        60,
+        "the clients' pod",
+    )
+    argv = pod.exec_argv("main", ["python", "-c", *arguments])
+    assert argv is not None
+    return subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+class ServeTraffic:
+    """SERVE_RATE requests a second to the application through `ray-serve` (at its ClusterIP), from its first
+    answer (which the constructor waits for) until `stop`."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.report: dict[str, Any] | None = None
+        url = f"http://{service_address(deployment, SERVICE)}:8000{APPLICATION['route_prefix']}"
+        self._process = run_in_client_pod(deployment, [SERVE_CLIENT, url, str(SERVE_RATE)])
+        assert self._process.stdout is not None
+        self._before = ""
+        for line in self._process.stdout:  # until it says it is answered, or has exited (at most a minute)
+            if line == "answering\n":
+                break
+            self._before += line
+        assert self._process.poll() is None, self._before
+
+    def stop(self) -> dict[str, Any]:
+        """What it sent, over how long, and what failed (stopped once, whoever asks first)."""
+        if self.report is not None:
+            return self.report
+        try:
+            output, _ = self._process.communicate(input="", timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            raise
+        lines = [line for line in output.splitlines() if line.startswith("{")]
+        assert lines, self._before + output
+        self.report = json.loads(lines[-1])
+        return self.report
 
 
 class Watch:
@@ -234,6 +339,13 @@ def heads(cluster: Cluster) -> list[Pod]:
     return [p for p in cluster.pods_in(NAMESPACE) if p.labels.get("ray.io/group") == "head" and p.ip and not p.finished]
 
 
+def serving(cluster: Cluster) -> list[str]:
+    """Where `ray-serve` sends new connections (never none)."""
+    endpoints = cluster.service_endpoints(NAMESPACE, SERVICE)
+    assert endpoints, f"{SERVICE} has no endpoints"
+    return endpoints
+
+
 def generation_pods(cluster: Cluster, generation: str) -> list[Pod]:
     return [p for p in cluster.pods_in(NAMESPACE) if p.labels.get(GENERATION_LABEL) == generation and not p.finished]
 
@@ -250,28 +362,51 @@ def head_jobs(
         return details
 
 
+# A job's details at its head's Jobs API, asked four times a second (each call given 2 s), each change printed as a
+# line of JSON, until the job has ended.
+JOB_WATCH = """
+import json, sys, time, urllib.request
+
+url, token, said = sys.argv[1], sys.argv[2], None
+while True:
+    try:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            details = json.loads(answer.read())
+    except Exception:
+        time.sleep(0.25)
+        continue
+    if details != said:
+        print(json.dumps(details), flush=True)
+        said = details
+    if details["status"] not in ("PENDING", "RUNNING"):
+        break
+    time.sleep(0.25)
+"""
+
+
 class JobWatch:
-    """In a thread: one job's details as its head gives them, twice a second, until it has ended; the head may go
-    seconds after that (the retirement deletes it as soon as it sees the job end, on its next pass)."""
+    """One job's details as its head gives them, until it has ended, from a process of its own: the head may go two
+    seconds after that (the retirement deletes it as soon as it sees the job end, on its next pass), and a thread of
+    this test's process, which runs the rehearsal's whole control plane, missed that moment on a loaded machine."""
 
     def __init__(self, head: Pod, token: str, submission: str) -> None:
         self.details: dict[str, object] = {}
-        self._ask = functools.partial(head_jobs, head, token, submission, timeout=2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
+        url = f"http://{head.ip}:{ray_node.DASHBOARD_PORT}/api/jobs/{submission}"
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", JOB_WATCH, url, token], stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
-    def _watch(self) -> None:
-        while not self._stop.wait(0.5):
-            try:
-                self.details = self._ask()
-            except (OSError, http.client.HTTPException, ValueError):
-                continue
-            if self.details["status"] not in ("PENDING", "RUNNING"):
-                return
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self.details = json.loads(line)
 
     def stop(self) -> dict[str, object]:
-        self._stop.set()
+        if self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGKILL)
         self._thread.join()
         return self.details
 
@@ -290,7 +425,7 @@ def redis_keys(deployment: Deployment) -> list[str]:
 @pytest.fixture(scope="module")
 def deployment(cluster: Cluster) -> Iterator[Deployment]:
     config = {**CONFIG, "upgradeStrategy": "generation", "workers": "1", "upgradeDrainSeconds": str(DRAIN_SECONDS),
-              "gcsFaultTolerance": "true"}  # fmt: skip
+              "gcsFaultTolerance": "true", "serveApplications": [APPLICATION]}  # fmt: skip
     yield Deployment.deployed(cluster, config)
 
 
@@ -306,6 +441,7 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
     client = Submitter(deployment, period=3)
     watch = Watch(deployment)
     long_job_watch: JobWatch | None = None
+    serve_traffic: ServeTraffic | None = None
     try:
         deployment.configure(image=NEW_IMAGE)
         new = str(deployment.rendered.outputs["generation"])
@@ -331,6 +467,9 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
         wait_for(lambda: watch.answered.get(new, 0) > answered + 2, 30, "the new generation's head listing its jobs")
         assert not watch.jobs.get(new), watch.jobs  # it answers, and has taken no submission
         client.every(1)
+        # The Serve Service still sends requests to the old generation's proxies, which answer them.
+        assert set(serving(cluster)) <= {pod.ip for pod in generation_pods(cluster, old)}, serving(cluster)
+        serve_traffic = ServeTraffic(deployment)
         [old_head] = [head for head in heads(cluster) if head.labels[GENERATION_LABEL] == old]
         entrypoint = f"sleep {LONG_JOB_SECONDS} && echo slept"
         long_job = str(head_jobs(old_head, deployment.token, body={"entrypoint": entrypoint})["submission_id"])
@@ -342,6 +481,7 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
         deployment.up()  # the same config: the failed smoke test is replaced and runs again
         # `pulumi up` returned while the long job runs on: the old generation is left to drain.
         returned = time.time()
+        [new_head] = [head for head in heads(cluster) if head.labels[GENERATION_LABEL] == new]
         assert head_jobs(old_head, deployment.token, long_job)["status"] == "RUNNING"
         # The client goes on until 60 s after the change's second `pulumi up` began, and 15 s after it returned.
         time.sleep(max(15.0, 60 - (returned - switch_started)))
@@ -353,11 +493,20 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
             lambda: f"the old generation's pods to go\n{retirement_logs()}",
             interval=0.5,
         )
+        # Requests the old proxies took before the move are answered: the traffic goes on until they are gone.
+        serve = serve_traffic.stop()
     finally:
         client.stop()
         watch.stop()
         if long_job_watch is not None:
             long_job_watch.stop()
+        if serve_traffic is not None:
+            serve_traffic.stop()
+    # Each failure, in seconds from the move of `ray-head` (and, with it, of `ray-serve`'s annotation).
+    failures = [(round(float(f["sent"]) - watch.first_seen[new], 1), f["error"]) for f in serve["failures"]]
+    keepers = "\n".join(f"--- {head.name}\n{head.logs('serve-keeper')}" for head in (old_head, new_head))
+    assert not failures and serve["sent"] >= SERVE_REQUESTS, (failures[:10], len(failures), serve, keepers)
+    assert set(serving(cluster)) <= {pod.ip for pod in generation_pods(cluster, new)}, serving(cluster)
     details = long_job_watch.details
     assert details["status"] == "SUCCEEDED", (details, retirement_logs())
     ended = float(str(details["end_time"])) / 1000

@@ -20,6 +20,7 @@ from components.in_pod.retire_generations import Names, UnansweredError, older_g
 from tests.program import render
 from tests.rehearsal.cluster import wait_for
 from tests.rehearsal.image import REDIS_SERVER
+from tests.variants import SERVE
 
 
 def free_port() -> int:
@@ -52,18 +53,22 @@ def test_only_generations_made_before_its_own_are_retired_oldest_first() -> None
     assert older_generations([d for d in deployments if d["metadata"]["name"] not in mine], OWN, GENERATION_LABEL) == []
 
 
+STACK = {"upgradeStrategy": "generation", "gcsFaultTolerance": "true", **SERVE}
+
+
 def rendered_names() -> Names:
-    """The names the rendered retirement Job gives its program (a fault-tolerant stack with token auth)."""
-    rendered = render({"upgradeStrategy": "generation", "gcsFaultTolerance": "true"})
+    """The names the rendered retirement Job gives its program (a fault-tolerant stack with token auth and Serve)."""
+    rendered = render(STACK)
     job = rendered.one("Job", f"ray-retire-{rendered.outputs['generation']}")
     [container] = job["spec"]["template"]["spec"]["containers"]
     return Names.from_environment({item["name"]: item["value"] for item in container["env"] if "value" in item})
 
 
 def test_the_names_the_program_is_given_are_those_of_the_generations_objects() -> None:
-    rendered = render({"upgradeStrategy": "generation", "gcsFaultTolerance": "true"})
+    rendered = render(STACK)
     hex_id = str(rendered.outputs["generation"])
     names = rendered_names()
+    rendered.one("Service", names.serve_service)
     assert names.generation == hex_id and names.job == f"ray-retire-{hex_id}"
     rendered.one("Service", names.of(names.head_service, hex_id))
     rendered.one("Service", names.clients_service)
@@ -74,6 +79,10 @@ def test_the_names_the_program_is_given_are_those_of_the_generations_objects() -
     for selector in (names.selector(hex_id), names.head_selector):
         assert all(labels.get(key) == value for key, value in (term.split("=") for term in selector.split(",")))
     assert names.generation_label in labels
+
+
+def pod_ip(generation: str, group: str) -> str:
+    return f"10.1.{int(generation, 16)}.{('head', 'worker').index(group)}"
 
 
 class Cluster(program.Kubernetes):
@@ -89,7 +98,7 @@ class Cluster(program.Kubernetes):
                 ready = {"conditions": [{"type": "Ready", "status": "True"}]}
                 self.objects[("pods", f"ray-{group}-{generation}-x")] = {
                     **deployment(generation, group),
-                    "status": ready,
+                    "status": {**ready, "podIP": pod_ip(generation, group)},
                 }
             service = deployment(generation, "head")  # labelled and made as the generation's head
             self.objects[("services", f"ray-{generation}")] = {
@@ -204,6 +213,36 @@ def test_a_generation_with_a_running_job_is_kept_until_it_ends_then_deleted_depl
 def test_an_idle_generation_still_waits_out_the_quiet_seconds_after_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     cluster, heads, clock = Cluster((OLD, OWN)), Heads(), Clock()
     assert not passes(cluster, heads, clock, monkeypatch, program.QUIET_SECONDS - program.PASS_SECONDS)
+    assert cluster.calls == []
+    assert not passes(cluster, heads, clock, monkeypatch, 2 * program.PASS_SECONDS)
+    assert deleted(cluster)[0] == f"deployments/ray-head-{OLD}"
+
+
+def test_a_generation_the_serve_service_still_sends_requests_to_waits_until_it_no_longer_does_and_quiet_seconds_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The new generation's keeper takes the Serve Service's endpoints over a few passes after the switch (a loaded
+    keeper, later): requests the old proxies took until then are given QUIET_SECONDS from that moment."""
+    cluster, heads, clock = Cluster((OLD, OWN)), Heads(), Clock()
+    serving = {"endpoints": [{"addresses": [pod_ip(OLD, "worker")]}]}
+    cluster.objects[("endpointslices", "ray-serve")] = serving
+    assert not passes(cluster, heads, clock, monkeypatch, 20)
+    assert cluster.calls == []
+    serving["endpoints"] = [{"addresses": [pod_ip(OWN, "worker")]}]
+    assert not passes(cluster, heads, clock, monkeypatch, program.QUIET_SECONDS - program.PASS_SECONDS)
+    assert cluster.calls == []
+    assert not passes(cluster, heads, clock, monkeypatch, 2 * program.PASS_SECONDS)
+    assert deleted(cluster)[0] == f"deployments/ray-head-{OLD}"
+
+
+def test_once_the_drain_is_over_a_generation_goes_though_the_serve_service_still_holds_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new generation whose keeper never takes the Service over (its proxies never healthy) does not keep the old
+    one running past the drain."""
+    cluster, heads, clock = Cluster((OLD, OWN)), Heads(), Clock()
+    cluster.objects[("endpointslices", "ray-serve")] = {"endpoints": [{"addresses": [pod_ip(OLD, "head")]}]}
+    assert not passes(cluster, heads, clock, monkeypatch, 60 - program.PASS_SECONDS)
     assert cluster.calls == []
     assert not passes(cluster, heads, clock, monkeypatch, 2 * program.PASS_SECONDS)
     assert deleted(cluster)[0] == f"deployments/ray-head-{OLD}"

@@ -25,6 +25,7 @@ import requests
 
 from components import load_settings
 from components.config.serve import APPLICATION_KEYS, DEPLOYMENT_KEYS
+from components.config.settings import GENERATION_LABEL
 from components.in_pod import serve_keeper
 from components.manifests import serve
 from tests.http_stub import RecordingServer
@@ -444,6 +445,48 @@ def test_the_first_keeper_creates_the_endpoint_slice_with_the_healthy_proxies(mo
     created = kubernetes.objects[kubernetes.path("discovery.k8s.io/v1", "endpointslices", "ray-serve")]
     assert serve_keeper.slice_addresses(created) == ["10.0.0.2"]
     assert created["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+
+def test_generations_keepers_hand_the_service_over_when_its_annotation_moves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each generation's keeper writes the slice only while the Service's annotation names its generation; the new
+    one publishes its own proxies, never adopting the old generation's (which still answer while they drain)."""
+    kubernetes = MemoryKubernetes({"applications": [APP]})
+    service = kubernetes.objects[kubernetes.path("v1", "services", "ray-serve")]
+    service["metadata"]["annotations"] = {GENERATION_LABEL: "0000000a"}
+    slice_path = kubernetes.path("discovery.k8s.io/v1", "endpointslices", "ray-serve")
+    monkeypatch.setattr(serve_keeper, "healthy_proxies", lambda addresses, port: addresses)
+
+    def keeper(generation: str, worker: str) -> serve_keeper.Keeper:
+        status = {"controller_info": {"node_id": "h"}, "proxies": {"w": {"node_ip": worker}}, "applications": {}}
+        head = f"{worker}0"
+        return serve_keeper.Keeper(QuietDashboard(status), kubernetes, "ray-serve", 8000, head,
+                                   (GENERATION_LABEL, generation))  # fmt: skip
+
+    old, new = keeper("0000000a", "10.0.1.2"), keeper("0000000b", "10.0.2.2")
+    old.step()
+    new.step()
+    assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.1.2"]
+    service["metadata"]["annotations"] = {GENERATION_LABEL: "0000000b"}
+    old.step()
+    new.step()
+    assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.2.2"]
+    # The old keeper's pass that began before the switch (its addresses computed then) writes nothing after it.
+    old.publish(["10.0.1.2"])
+    for _ in range(3):
+        old.step()
+    assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.2.2"]
+
+
+def test_a_generations_check_asks_its_heads_own_proxy_and_in_place_the_service() -> None:
+    status = {
+        "controller_info": {"node_id": "h"},
+        "proxies": {"h": {"node_ip": "fd00::5"}, "w": {"node_ip": "10.0.0.2"}},
+    }
+    assert serve_keeper.serve_url({"SERVE_PORT": "8000"}, status) == "http://[fd00::5]:8000"
+    service = "http://ray-serve.ray-test.svc:8000"
+    assert serve_keeper.serve_url({"SERVE_PORT": "8000", "SERVE_URL": service}, status) == service
+    with pytest.raises(serve_keeper.UnavailableError, match="no proxy on the head"):
+        serve_keeper.serve_url({"SERVE_PORT": "8000"}, {"controller_info": {"node_id": "h"}, "proxies": {}})
 
 
 def test_a_proxy_is_healthy_only_when_its_health_check_answers_200() -> None:

@@ -264,22 +264,15 @@ def load_settings(args: Mapping[str, object], project: str, stack: str) -> Clust
         monitoring=monitoring_settings(inputs, metrics_namespaces),
         metrics_views=metrics_views(inputs),
         grafana_dashboards=inputs.boolean("grafanaDashboards"),
-        upgrade_strategy=_upgrade_strategy(inputs.text("upgradeStrategy"), serve),
+        upgrade_strategy=_upgrade_strategy(inputs.text("upgradeStrategy")),
         upgrade_drain_seconds=require_seconds(
             "upgradeDrainSeconds", inputs.integer("upgradeDrainSeconds"), 0, MAX_UPGRADE_DRAIN_SECONDS
         ),
     )
 
 
-def _upgrade_strategy(strategy: str, serve: ServeSettings | None) -> str:
-    """`upgradeStrategy`, one of UPGRADE_STRATEGIES. Generations do not carry Serve along yet (docs/upgrades.md,
-    steps), so a stack with Serve keeps upgrading in place."""
+def _upgrade_strategy(strategy: str) -> str:
+    """`upgradeStrategy`, one of UPGRADE_STRATEGIES."""
     if strategy not in UPGRADE_STRATEGIES:
         raise config_error("upgradeStrategy", strategy, f"it must be one of {', '.join(UPGRADE_STRATEGIES)}")
-    if strategy == "generation" and serve is not None:
-        raise config_error(
-            "upgradeStrategy",
-            strategy,
-            "not yet with serveApplications: a new generation does not carry it along yet; leave it at inPlace",
-        )
     return strategy

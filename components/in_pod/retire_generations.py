@@ -8,8 +8,10 @@ service-account token, which it reads before every call.
 For every older generation of the cluster (one whose first Deployment or head Service was made before this
 generation's first):
 1. Waits until its head has no job PENDING or RUNNING (`GET /api/jobs/` at its own head Service's ClusterIP, with
-   the token its pods read), and at least QUIET_SECONDS have passed since this Job was made (just after the switch),
-   so that requests the old head took before the switch are answered: its Service gets no new connection since. A
+   the token its pods read); with Serve, until the Serve Service's EndpointSlice holds none of its pods (the new
+   generation's keeper has taken it over); and at least QUIET_SECONDS after both this Job was made (just after the
+   switch) and that, so that requests the old head and proxies took before the switch are answered: they get no
+   new connection since. A
    generation without a Ready head pod for UNREACHABLE_SECONDS runs nothing; one whose Ready head does not answer is
    waited for.
 2. Once upgradeDrainSeconds have passed since this Job was made, stops the submitted jobs still running
@@ -68,6 +70,7 @@ class Names:
     job: str  # this retirement's Job
     head_service: str
     token_secret: str  # empty without token auth
+    serve_service: str  # `<cluster>-serve`, empty without Serve
     storage_namespace: str  # empty without GCS fault tolerance
     dashboard_port: int
     token_key: str
@@ -84,6 +87,7 @@ class Names:
             job=environ["RETIRE_JOB"],
             head_service=environ["RETIRE_HEAD_SERVICE"],
             token_secret=environ.get("RETIRE_TOKEN_SECRET", ""),
+            serve_service=environ.get("RETIRE_SERVE_SERVICE", ""),
             storage_namespace=environ.get("RETIRE_STORAGE_NAMESPACE", ""),
             dashboard_port=int(environ["RETIRE_DASHBOARD_PORT"]),
             token_key=environ.get("RETIRE_TOKEN_KEY", ""),
@@ -185,6 +189,7 @@ class Retirement:
         self.generation, self.names, self.kubernetes = generation, names, kubernetes
         self.unreachable_since: float | None = None
         self.stopped_at: float | None = None
+        self.left_serve_at: float | None = None  # when the Serve Service was first seen without its pods
         self.deleting = False
         self.done = False
 
@@ -197,8 +202,8 @@ class Retirement:
         self.done = self._deleted()
 
     def _drained(self, now: float, started: float, deadline: float) -> bool:
-        """No job runs on its head any more (or none may: the drain is over, or no head of it runs), and the switch
-        is QUIET_SECONDS old."""
+        """No job runs on its head any more (or none may: the drain is over, or no head of it runs), the Serve
+        Service no longer sends requests to it, and both the switch and that are QUIET_SECONDS old."""
         try:
             active = self._head().active()
         except UnansweredError as error:
@@ -209,7 +214,9 @@ class Retirement:
             self.unreachable_since = self.unreachable_since or now
             return now - self.unreachable_since >= UNREACHABLE_SECONDS
         self.unreachable_since = None
-        if now - started < QUIET_SECONDS:
+        if not self._left_serve(now) and now < deadline:
+            return False
+        if now - max(started, self.left_serve_at or started) < QUIET_SECONDS:
             return False
         if not active:
             return True
@@ -223,6 +230,21 @@ class Retirement:
                     log(f"generation {self.generation}: the drain is over, stopping {job['submission_id']}")
                     self._head().stop(job["submission_id"])
         return now - self.stopped_at >= STOP_SECONDS
+
+    def _left_serve(self, now: float) -> bool:
+        """The Serve Service's endpoints hold none of its pods' addresses (always so without Serve): noted once."""
+        names, kubernetes = self.names, self.kubernetes
+        if not names.serve_service or self.left_serve_at is not None:
+            return True
+        endpoints = kubernetes.request("GET", "discovery.k8s.io/v1", "endpointslices", names.serve_service)
+        serving = {address for endpoint in endpoints.get("endpoints") or [] for address in endpoint["addresses"]}
+        pods = kubernetes.request("GET", "v1", "pods", query=f"?labelSelector={names.selector(self.generation)}")
+        own = {address for pod in pods["items"] if (address := (pod.get("status") or {}).get("podIP"))}
+        if serving & own:
+            log(f"generation {self.generation}: {names.serve_service} still sends requests to it, waiting")
+            return False
+        self.left_serve_at = now
+        return True
 
     def _head_runs(self) -> bool:
         """A head pod of the generation is Ready, as the API says."""

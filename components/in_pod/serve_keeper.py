@@ -15,9 +15,13 @@ the standard library and `requests` (which Ray needs).
   the Service `<cluster>-serve`: the healthy proxies of workers, or the head's while no worker's is healthy (a
   proxy on a node without replicas answers 503 while it drains, and is gone once drained); when they change, and
   every RESYNC_SECONDS whatever happened to the slice meanwhile (deleted by hand, or with a replaced Service).
+  With upgradeStrategy `generation` (SERVE_GENERATION set), only while the Service's annotation names its own
+  generation: Pulumi moves the annotation to a new generation once it is proven, and the keepers hand over in the
+  same update, the old one stopping, the new one publishing its own proxies (never adopting the old ones).
 
 `check`, a Job: applies the config in SERVE_CONFIG, then waits until every application is RUNNING with exactly that
-config and the Service answers with every route prefix; exits 1 with Serve's message as soon as an application
+config and the Service (SERVE_URL; with generations, which switch the Service only after the check, the head's own
+proxy) answers with every route prefix; exits 1 with Serve's message as soon as an application
 fails to deploy or is unhealthy, or once SERVE_CHECK_SECONDS have passed.
 """
 
@@ -136,15 +140,19 @@ def missing_applications(config: Document, status: Document) -> list[str]:
     return [app.get("name", "default") for app in config["applications"] if app.get("name", "default") not in have]
 
 
+def head_proxy_address(status: Document) -> str | None:
+    """The head's proxy's address: the one on the controller's node (Serve pins its controller to the head)."""
+    head_node = (status.get("controller_info") or {}).get("node_id")
+    address: str | None = (status.get("proxies") or {}).get(head_node, {}).get("node_ip")
+    return address
+
+
 def serving_addresses(status: Document, healthy: set[str], published: list[str]) -> list[str]:
     """The proxies the Service sends requests to: the healthy ones of workers, or the head's while no worker's is.
-    The head's is the one on the controller's node (Serve pins its controller to the head). Those published already
-    stay while they answer, whether Serve lists them or not: a controller that has just come back (a new head)
-    reports no proxies for a moment, while the workers' go on serving."""
-    proxies = status.get("proxies") or {}
-    head_node = (status.get("controller_info") or {}).get("node_id")
-    head = proxies.get(head_node, {}).get("node_ip")
-    addresses = {proxy.get("node_ip") for proxy in proxies.values()} | set(published)
+    Those published already stay while they answer, whether Serve lists them or not: a controller that has just come
+    back (a new head) reports no proxies for a moment, while the workers' go on serving."""
+    head = head_proxy_address(status)
+    addresses = {proxy.get("node_ip") for proxy in (status.get("proxies") or {}).values()} | set(published)
     workers = sorted(address for address in addresses if address in healthy and address != head)
     return workers or ([head] if head in healthy else [])
 
@@ -202,9 +210,20 @@ def slice_addresses(endpoint_slice: Document) -> list[str]:
 class Keeper:
     """One pass at a time (`step`); what it last did is kept so it acts only on a change (or a resync)."""
 
-    def __init__(self, dashboard: Dashboard, kubernetes: Kubernetes, name: str, port: int, pod_address: str) -> None:
+    def __init__(
+        self,
+        dashboard: Dashboard,
+        kubernetes: Kubernetes,
+        name: str,
+        port: int,
+        pod_address: str,
+        generation: tuple[str, str] | None = None,
+    ) -> None:
+        """`generation`: with generations, the Service's annotation that names the generation it serves, and this
+        keeper's own generation."""
         self.dashboard, self.kubernetes = dashboard, kubernetes
         self.name, self.port, self.address_type = name, port, address_type(pod_address)
+        self.generation = generation
         self.applied: Document | None = None
         self.published: list[str] | None = None
         self.checked_at = -RESYNC_SECONDS
@@ -237,6 +256,11 @@ class Keeper:
             print(f"applied the Serve config ({why}): {names}", flush=True)
             self.applied = config
             status = self.dashboard.status()
+        if not self.serves_here(self.service()):
+            # Not (or no longer) this generation's Service: its own proxies only once it is, none adopted.
+            self.say(f"the Service {self.name} sends requests to another generation: not writing its endpoints")
+            self.published = []
+            return
         if self.published is None:  # a new keeper (a new head) takes over what the Service holds now
             self.published = self.live_addresses()
         published = self.published
@@ -244,6 +268,19 @@ class Keeper:
         addresses = serving_addresses(status, healthy, published)
         if addresses != self.published or time.monotonic() - self.checked_at >= RESYNC_SECONDS:
             self.publish(addresses)
+
+    def service(self) -> Document:
+        code, service = self.kubernetes.call("GET", self.kubernetes.path("v1", "services", self.name))
+        if code != 200:
+            raise UnavailableError(f"Service {self.name}: {code} {service.get('message', '')}")
+        return service
+
+    def serves_here(self, service: Document) -> bool:
+        """In place, always; with generations, while the Service's annotation names this keeper's generation."""
+        if self.generation is None:
+            return True
+        key, own = self.generation
+        return bool((service["metadata"].get("annotations") or {}).get(key) == own)
 
     def live_addresses(self) -> list[str]:
         """The addresses the Service's EndpointSlice holds now (none if there is no slice yet)."""
@@ -261,9 +298,12 @@ class Keeper:
         if found == 200 and slice_addresses(current) == addresses:
             self.published, self.checked_at = addresses, time.monotonic()
             return
-        code, service = kubernetes.call("GET", kubernetes.path("v1", "services", self.name))
-        if code != 200:
-            raise UnavailableError(f"Service {self.name}: {code} {service.get('message', '')}")
+        service = self.service()
+        if not self.serves_here(service):
+            # Read after the slice: a switch since this pass began leaves the slice to the new generation's keeper
+            # (whose write since then makes this one's resourceVersion stale: a 409, not a write).
+            self.published = []
+            return
         wanted = endpoint_slice(self.name, service, addresses, self.port, self.address_type)
         if found == 404:
             code, answer = kubernetes.call("POST", kubernetes.path("discovery.k8s.io/v1", "endpointslices"), wanted)
@@ -277,12 +317,14 @@ class Keeper:
 
 
 def keep(environ: dict[str, str]) -> None:
+    generation = environ.get("SERVE_GENERATION")
     keeper = Keeper(
         Dashboard(environ["SERVE_DASHBOARD_URL"], environ),
         Kubernetes(environ),
         environ["SERVE_NAME"],
         int(environ["SERVE_PORT"]),
         environ["RAY_POD_IP"],
+        (environ["SERVE_GENERATION_KEY"], generation) if generation else None,
     )
     while True:
         try:
@@ -311,16 +353,27 @@ def check_state(config: Document, status: Document) -> tuple[bool, str]:
     return not waiting, "; ".join(waiting)
 
 
-def routes_served(serve_url: str, config: Document) -> str | None:
+def routes_served(url: str, config: Document) -> str | None:
     """None once the Service answers with every wanted route prefix, else what is awaited."""
     wanted = {app.get("route_prefix", "/") for app in config["applications"]} - {None}
     try:
-        response = _session().get(f"{serve_url}/-/routes", timeout=PROBE_TIMEOUT_SECONDS * 2)
+        response = _session().get(f"{url}/-/routes", timeout=PROBE_TIMEOUT_SECONDS * 2)
     except requests.RequestException as error:
-        return f"{serve_url} does not answer ({type(error).__name__})"
+        return f"{url} does not answer ({type(error).__name__})"
     routes = response.json() if response.status_code == 200 else {}
     missing = sorted(wanted - set(routes))
-    return f"{serve_url} does not route {missing} yet ({response.status_code})" if missing else None
+    return f"{url} does not route {missing} yet ({response.status_code})" if missing else None
+
+
+def serve_url(environ: dict[str, str], status: Document) -> str:
+    """Where the check asks for the routes: the Service (SERVE_URL), or with generations the head's own proxy."""
+    if environ.get("SERVE_URL"):
+        return environ["SERVE_URL"]
+    address = head_proxy_address(status)
+    if not address:
+        raise UnavailableError("Serve lists no proxy on the head yet")
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{environ['SERVE_PORT']}"
 
 
 def check(environ: dict[str, str]) -> int:
@@ -337,11 +390,12 @@ def check(environ: dict[str, str]) -> int:
                     print(refused, flush=True)
                     return 1
                 applied = True
-            done, why = check_state(config, dashboard.status())
+            status = dashboard.status()
+            done, why = check_state(config, status)
             if done and why:
                 print(why, flush=True)
                 return 1
-            why = why or routes_served(environ["SERVE_URL"], config) or ""
+            why = why or routes_served(serve_url(environ, status), config) or ""
         except (UnavailableError, OSError, ValueError, LookupError, TypeError, AttributeError) as error:
             why = f"{type(error).__name__}: {error}"
         if not why:

@@ -63,17 +63,31 @@ def retirement_job_name(settings: ClusterSettings) -> str:
     return f"{settings.retirement_name}-{GENERATION_MARK}"
 
 
-def retirement_role_rules() -> list[Manifest]:
+def retirement_role_rules(settings: ClusterSettings) -> list[Manifest]:
     """Exactly the retirement's calls: its own Job's creation (the switch), which generation the clients' Service
     selects, which generations there are, an old generation's Service and token, and the deletes of its objects
-    once drained. Not by name (the names carry ids the Role cannot know): it could read or delete any Secret,
-    Service, Deployment or Job of the namespace, as whoever runs `pulumi up` there can."""
+    once drained; with Serve, the Serve Service's endpoints (by name). Not by name otherwise (the names carry ids the
+    Role cannot know): it could read or delete any Secret, Service, Deployment or Job of the namespace, as whoever
+    runs `pulumi up` there can."""
+    serve = (
+        [
+            {
+                "apiGroups": ["discovery.k8s.io"],
+                "resources": ["endpointslices"],
+                "verbs": ["get"],
+                "resourceNames": [settings.serve_service_name],
+            }
+        ]
+        if settings.serve
+        else []
+    )
     return [
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "delete"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "delete"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "delete"]},
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "delete"]},
+        *serve,
     ]
 
 
@@ -117,6 +131,8 @@ def _retirement_pod_template(settings: ClusterSettings, script_config_map: str, 
         {"name": "RETIRE_DASHBOARD_PORT", "value": str(ray_node.DASHBOARD_PORT)},
         {"name": "RETIRE_DRAIN_FILE", "value": f"{RETIREMENT_MOUNT}/{DRAIN_FILE}"},
     ]
+    if settings.serve:
+        env.append({"name": "RETIRE_SERVE_SERVICE", "value": settings.serve_service_name})
     if settings.token_auth:
         env.append({"name": "RETIRE_TOKEN_SECRET", "value": _pattern(settings.pod_auth_secret_name)})
         env.append({"name": "RETIRE_TOKEN_KEY", "value": ray_node.AUTH_TOKEN_KEY})

@@ -11,6 +11,10 @@ healthy Serve proxies, the keeper that keeps both true, and the check that gates
   could take. KubeRay does this by labelling pods from its operator; here no one may patch pods.
 - The check (the same program, as a Job replaced whenever the config changes) applies the config and waits until
   every application is RUNNING with it and the Service routes its prefixes, or fails with Serve's own message.
+- With upgradeStrategy `generation`, each generation's head runs its own keeper, and the Service's annotation
+  GENERATION_LABEL names the generation whose keeper writes its endpoints; Pulumi moves it to a new generation in
+  the update that proves it, when `<cluster>-head` moves. The check of a new generation asks its head's own proxy
+  for the routes: the Service still sends requests to the old generation then.
 
 Only the keeper container mounts the Kubernetes token (as the autoscaler's does): its Role reads the config and
 the Service, and writes EndpointSlices in the namespace. A Role cannot name an object that does not exist yet, so
@@ -25,7 +29,7 @@ from typing import Any
 from .. import in_pod
 from ..config.resources import PodResources
 from ..config.serve import ServeSettings
-from ..config.settings import ClusterSettings
+from ..config.settings import GENERATION_LABEL, GENERATION_MARK, ClusterSettings
 from . import autoscaling, pods, ray_node
 from .ray_node import DASHBOARD_PORT, SERVE_PORT, Manifest
 from .security import container_security
@@ -78,6 +82,11 @@ def service_spec() -> Manifest:
                                             "protocol": "TCP"}]}  # fmt: skip
 
 
+def service_annotations(settings: ClusterSettings) -> dict[str, str]:
+    """With generations, the generation whose keeper writes the Service's endpoints (this one, once proven)."""
+    return {GENERATION_LABEL: GENERATION_MARK} if settings.generational else {}
+
+
 def service_account(settings: ClusterSettings) -> str:
     """The head pod's ServiceAccount, which its sidecars share: the autoscaler's when it autoscales."""
     return autoscaling.name(settings) if settings.autoscaling else name(settings)
@@ -121,6 +130,14 @@ def keeper_container(settings: ClusterSettings) -> Manifest:
         "env": [
             *_program_env(settings, "127.0.0.1"),
             {"name": "SERVE_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            *(
+                [
+                    {"name": "SERVE_GENERATION", "value": GENERATION_MARK},
+                    {"name": "SERVE_GENERATION_KEY", "value": GENERATION_LABEL},
+                ]
+                if settings.generational
+                else []
+            ),
         ],
         "resources": ray_node.container_resources(KEEPER_RESOURCES),
         "securityContext": container_security(),
@@ -157,7 +174,8 @@ def check_pod_template(settings: ClusterSettings, serve: ServeSettings) -> Manif
         "command": ["python", "-s", "-c", KEEPER_SOURCE, "check"],
         "env": [
             *_program_env(settings, settings.head_host),
-            {"name": "SERVE_URL", "value": url(settings)},
+            # With generations, the head's own proxy (found through Serve): the Service moves only once this passed.
+            *([] if settings.generational else [{"name": "SERVE_URL", "value": url(settings)}]),
             {"name": "SERVE_CONFIG", "value": json.dumps(serve_config(serve), sort_keys=True)},
             {"name": "SERVE_CHECK_SECONDS", "value": str(CHECK_DEADLINE_SECONDS - 30)},
         ],
