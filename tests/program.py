@@ -114,9 +114,24 @@ class Rendered:
         return [m for m in self.manifests if m["kind"] == kind]
 
     def one(self, kind: str, name: str | None = None) -> Manifest:
+        """The one object of `kind` (named `name`). With generations, a generation's object is found by the name it
+        has in place too, when no object has that name (`ray-head` finds `ray-head-<id>`): tests of what both
+        strategies render alike name it once."""
         found = [m for m in self.of_kind(kind) if name is None or m["metadata"]["name"] == name]
+        if name is not None and not found and self.outputs.get("generation"):
+            found = [m for m in self.of_kind(kind) if m["metadata"]["name"] == f"{name}-{self.outputs['generation']}"]
         assert len(found) == 1, f"expected one {kind} {name or ''}, found {[m['metadata']['name'] for m in found]}"
         return found[0]
+
+    def smoke_test(self) -> Manifest:
+        """The smoke-test Job (auto-named; beside it may run the Serve check's and, with generations, a retirement)."""
+        jobs = [
+            job
+            for job in self.of_kind("Job")
+            if job["metadata"]["labels"]["app.kubernetes.io/component"] == "smoke-test"
+        ]
+        assert len(jobs) == 1, [m["metadata"]["name"] for m in self.of_kind("Job")]
+        return jobs[0]
 
     def registration_of(self, manifest: Manifest) -> Registration:
         return next(r for r in self.kubernetes() if r.inputs is manifest)
@@ -370,6 +385,17 @@ def capture(
         if request.type != ROOT_STACK_TYPE
     ]
     return Rendered(registrations=registrations, outputs=outputs)
+
+
+IN_PLACE: dict[str, object] = {"upgradeStrategy": "inPlace"}
+
+
+def render_in_place(
+    config: Mapping[str, object] | None = None, stack: str = "test", secrets: tuple[str, ...] = ()
+) -> Rendered:
+    """`render` of a stack that upgrades in place (unless `config` says otherwise), for the tests of what it renders
+    under names without a generation's id; tests/test_generations.py covers what generations change of it."""
+    return render({**IN_PLACE, **(config or {})}, stack, secrets)
 
 
 def render(config: Mapping[str, object] | None = None, stack: str = "test", secrets: tuple[str, ...] = ()) -> Rendered:

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.program import Manifest, render
+from tests.program import Manifest
+from tests.program import render_in_place as render
 
 # Prometheus in `monitoring`, as the prometheus-operator needs.
 OPERATOR: dict[str, object] = {"prometheusOperator": "true", "allowedMetricsNamespaces": ["monitoring"]}

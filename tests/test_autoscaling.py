@@ -20,7 +20,8 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from components.in_pod.node_provider import CLUSTER_READ_SECONDS
 from components.manifests import autoscaling
 from tests.lifecycle import plan
-from tests.program import ROOT, Manifest, Rendered, render
+from tests.program import ROOT, Manifest, Rendered
+from tests.program import render_in_place as render
 from tests.ssa import LiveObject, pulumi_up
 from tests.test_program import container, env, flag, node_start, pod_spec, ray_argv, ray_container
 
@@ -60,7 +61,7 @@ def test_off_by_default_nothing_of_it_is_rendered() -> None:
     assert {r.options.ignore_changes for r in rendered.kubernetes() if r.type.endswith("Deployment")} == {
         ("spec.template.metadata.annotations",)
     }
-    assert "SMOKE_MOST_WORKERS" not in env(container(rendered.one("Job")))
+    assert "SMOKE_MOST_WORKERS" not in env(container(rendered.smoke_test()))
 
 
 @pytest.mark.parametrize("config", [{"maxWorkers": "3"}, {"workerGroups": [{"name": "gpu", "maxReplicas": 1}]}])
@@ -132,7 +133,7 @@ def test_only_the_autoscaler_container_mounts_the_kubernetes_token(scaled: Rende
         if m["name"] == "kube-api-access"
     }
     assert mounting == {"autoscaler"}
-    for workload in [*scaled.of_kind("Deployment"), scaled.one("Job")]:
+    for workload in [*scaled.of_kind("Deployment"), scaled.smoke_test()]:
         if workload["metadata"]["name"] != "ray-head":
             assert pod_spec(workload)["serviceAccountName"] != "ray-autoscaler"
             assert pod_spec(workload).get("automountServiceAccountToken") is False
@@ -399,7 +400,7 @@ def test_with_autoscaling_a_new_least_size_goes_to_the_autoscaler_not_to_the_dep
 
 
 def test_the_smoke_test_accepts_as_many_workers_as_the_autoscaler_may_add(scaled: Rendered) -> None:
-    job_env = env(container(scaled.one("Job")))
+    job_env = env(container(scaled.smoke_test()))
     assert (job_env["SMOKE_EXPECTED_WORKERS"], job_env["SMOKE_MOST_WORKERS"]) == ("1", "5")
 
 

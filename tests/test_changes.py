@@ -69,7 +69,7 @@ CHANGES: dict[str, dict[str, object]] = {
     "prometheusUrl": {"prometheusUrl": "http://kps-prometheus.monitoring.svc:9090"},
     "grafanaUrl": {"grafanaUrl": "http://kps-grafana.monitoring.svc"},
     "grafanaIframeUrl": {"grafanaUrl": "http://kps-grafana.monitoring.svc", "grafanaIframeUrl": "https://g.example"},
-    "upgradeStrategy": {"upgradeStrategy": "generation"},
+    "upgradeStrategy": {"upgradeStrategy": "inPlace"},
     "upgradeDrainSeconds": {"upgradeDrainSeconds": "600"},
 }
 FAULT_TOLERANT: dict[str, object] = {"gcsFaultTolerance": "true"}
@@ -99,15 +99,16 @@ BEFORE: dict[str, dict[str, object]] = {
 SECRETS = ("authToken", "redisPassword")
 
 
-GENERATIONS: dict[str, object] = {"upgradeStrategy": "generation"}
+IN_PLACE: dict[str, object] = {"upgradeStrategy": "inPlace"}
 # Every change is also planned on a fault-tolerant stack (its own Redis, whose volume a change must never leave to
-# two pods), on an autoscaling one (replicas the autoscaler owns, a Role, a sidecar) and on one that upgrades by
-# generation (Deployments replaced under new names, the clients' Service moved).
+# two pods), on an autoscaling one (replicas the autoscaler owns, a Role, a sidecar) and on one that upgrades in place
+# (Deployments updated under their names; the default upgrades by generation: Deployments replaced under new names,
+# the clients' Services moved).
 BASES: dict[str, dict[str, object]] = {
     "default": {},
     "fault-tolerant": FAULT_TOLERANT,
     "autoscaling": AUTOSCALED,
-    "generations": GENERATIONS,
+    "in-place": IN_PLACE,
 }
 # The one change whose `pulumi up` needs the provider to upsert, as the README's table says: taking over an existing
 # namespace creates it, which the API server refuses for an object that exists.
@@ -124,22 +125,32 @@ def before(key: str | None, base: str = "default") -> Rendered:
     return _render(json.dumps({**BASES[base], **BEFORE.get(key or "", {})}), ())
 
 
+# On a stack that upgrades in place, the change of upgradeStrategy is to generations.
+IN_PLACE_CHANGES = {"upgradeStrategy": {"upgradeStrategy": "generation"}}
+
+
 def rendered(key: str | None, base: str = "default") -> Rendered:
     """The base stack (None), or that stack after one key's change."""
-    change = {**BASES[base], **BEFORE.get(key or "", {}), **(CHANGES[key] if key else {})}
+    changes = {**CHANGES, **IN_PLACE_CHANGES} if base == "in-place" else CHANGES
+    change = {**BASES[base], **BEFORE.get(key or "", {}), **(changes[key] if key else {})}
     return _render(json.dumps(change), tuple(name for name in SECRETS if name in change))
 
 
-def readme_table() -> dict[str, tuple[str, str]]:
-    """Config key -> (pods, smoke test) from the README's table."""
+IN_PLACE_CELL = "; in place: "
+
+
+def readme_table() -> dict[str, tuple[str, str, str]]:
+    """Config key -> (pods, pods with upgradeStrategy inPlace, smoke test) from the README's table, whose pods cell
+    says what the default does, then, where in place differs, `; in place: ` and what it does."""
     section = README.split("## Changing a running stack", 1)[1].split("\n## ", 1)[0]
     rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| `")]
-    return {
-        key: (row[2].strip(), row[3].strip(" |"))
-        for row in rows
-        for key in re.findall(r"`([A-Za-z]+)`", row[0])
-        if key in CONFIG_KEYS
-    }
+    table = {}
+    for row in rows:
+        pods, _, in_place = row[2].strip().partition(IN_PLACE_CELL)
+        for key in re.findall(r"`([A-Za-z]+)`", row[0]):
+            if key in CONFIG_KEYS:
+                table[key] = (pods, in_place or pods, row[3].strip(" |"))
+    return table
 
 
 def _template_changed(step: Step) -> bool:
@@ -147,20 +158,27 @@ def _template_changed(step: Step) -> bool:
 
 
 def pods_effect(changes: Plan) -> str:
-    """What the change does to running pods, in the README's words."""
+    """What the change does to running pods, in the README's words: a new generation when Ray's Deployments are
+    replaced and the clients' head Service moves to them in place; a new cluster when it is replaced too."""
     deployments = [step for step in changes.steps if step.type == "kubernetes:apps/v1:Deployment"]
-    if any(step.kind == "replace" for step in deployments):
-        return "new cluster"
     head = [step for step in deployments if step.name.endswith("-head")]
     redis = [step for step in deployments if step.name.endswith("-redis")]
     workers = [step for step in deployments if step not in head + redis]
+    clients_service = [step for step in changes.steps if step.name.endswith("-head-service")]
+    retirement = [step for step in changes.steps if step.name.endswith("-retirement")]
     effects = []
-    if any(step.kind == "update" and _template_changed(step) for step in head):
-        effects.append("head restarts")
-    if any(step.kind == "update" and _template_changed(step) for step in workers):
-        effects.append("workers roll")
-    elif any(step.kind in ("create", "delete") or "spec.replicas" in step.changed_paths for step in workers):
-        effects.append("workers added or removed")
+    if any(step.kind == "replace" for step in deployments):
+        moved = any(step.kind != "delete" for step in retirement)
+        if not moved or any(step.kind == "replace" for step in [*redis, *clients_service]):
+            return "new cluster"
+        effects.append("new generation")
+    else:
+        if any(step.kind == "update" and _template_changed(step) for step in head):
+            effects.append("head restarts")
+        if any(step.kind == "update" and _template_changed(step) for step in workers):
+            effects.append("workers roll")
+        elif any(step.kind in ("create", "delete") or "spec.replicas" in step.changed_paths for step in workers):
+            effects.append("workers added or removed")
     if any(step.kind == "update" and _template_changed(step) for step in redis):
         effects.append("Redis restarts")
     elif any(step.kind in ("create", "delete") for step in redis):
@@ -185,9 +203,12 @@ def test_the_table_covers_every_config_key() -> None:
 
 @pytest.mark.parametrize("key", sorted(CHANGES))
 def test_each_change_does_what_the_readme_says(key: str) -> None:
-    changes = plan(before(key), rendered(key))
+    """By default (generations) and in place: the README's pods cell says both where they differ."""
+    changes, in_place = plan(before(key), rendered(key)), plan(before(key, "in-place"), rendered(key, "in-place"))
     assert_safe(changes)
-    assert (pods_effect(changes), smoke_effect(changes)) == readme_table()[key]
+    effects = (pods_effect(changes), pods_effect(in_place), smoke_effect(changes))
+    assert effects == readme_table()[key]
+    assert smoke_effect(in_place) == smoke_effect(changes)
 
 
 @pytest.mark.parametrize("base", sorted(BASES))
@@ -259,7 +280,7 @@ def test_a_rename_replaces_each_object_before_deleting_the_old_one_in_the_same_n
     changes = plan(rendered(None), rendered("clusterName"))
     replaced = [changes.step(name) for name in changes.replaced()]
     assert {"ray-head", "ray-worker", "ray-head-service", "ray-auth-token-secret"} <= set(changes.replaced())
-    for step in replaced:
+    for step in [step for step in replaced if step.type.startswith("kubernetes:")]:  # not the generation's id
         assert not step.delete_before_replace, step.name
         assert step.obj and step.old_obj and step.obj.namespace == step.old_obj.namespace == "ray-test"
         assert step.obj.name != step.old_obj.name
@@ -285,7 +306,11 @@ def test_destroy_deletes_the_namespace_last_or_leaves_an_existing_one(key: str |
     else:
         assert [op.action for op in namespace] == ["release"]
     deleted = {op.obj.name for op in kubernetes if op.obj and op.action == "delete"}
-    assert {"ray-head", "ray-worker", "ray-auth-token"} <= deleted
+    released = {op.obj.name for op in kubernetes if op.obj and op.action == "release"}
+    # The generation's objects are retained: the anchor's foreground delete takes them along.
+    hex_id = rendered(key).outputs["generation"]
+    assert {"ray-generations", "ray-auth-token"} <= deleted
+    assert {f"ray-head-{hex_id}", f"ray-worker-{hex_id}"} <= released
 
 
 def test_the_smoke_test_runs_again_only_when_the_running_cluster_changes() -> None:

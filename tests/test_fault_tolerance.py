@@ -14,7 +14,8 @@ import pytest
 from components.config.fault_tolerance import GcsFaultTolerance
 from components.manifests import redis
 from tests.lifecycle import plan
-from tests.program import Rendered, render
+from tests.program import Rendered
+from tests.program import render_in_place as render
 from tests.rehearsal.image import REDIS_SERVER
 from tests.test_program import container, env, flag, node_start, pod_spec, ray_argv
 from tests.variants import REDIS_CA

@@ -11,7 +11,7 @@ import pytest
 from components.config.settings import GENERATION_LABEL, GENERATION_MARK
 from components.manifests import ray_node
 from tests.lifecycle import plan
-from tests.program import Manifest, Rendered, render
+from tests.program import IN_PLACE, Manifest, Rendered, render
 from tests.test_program import container, env, flag, ray_argv
 from tests.variants import SERVE, VARIANTS
 
@@ -45,19 +45,13 @@ def test_each_ray_deployment_and_the_generations_head_service_carry_its_id() -> 
     affinity = worker["spec"]["template"]["spec"]["affinity"]["podAffinity"]
     [term] = affinity["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["labelSelector"]["matchLabels"][GENERATION_LABEL] == hex_id
-    assert env(container(smoke_test(rendered)))["RAY_ADDRESS"] == f"ray://{host}:{ray_node.CLIENT_PORT}"
+    assert env(container(rendered.smoke_test()))["RAY_ADDRESS"] == f"ray://{host}:{ray_node.CLIENT_PORT}"
 
 
 def named_container(workload: Manifest, name: str) -> Manifest:
     found: list[Manifest] = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     assert len(found) == 1, name
     return found[0]
-
-
-def smoke_test(rendered: Rendered) -> Manifest:
-    """The generation's smoke-test Job (auto-named), not its retirement Job."""
-    [job] = [job for job in rendered.of_kind("Job") if job["metadata"]["name"].startswith("ray-smoke-test-")]
-    return job
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -73,7 +67,7 @@ def test_each_generations_pods_read_the_token_from_a_secret_of_their_own_and_cli
     own, clients = rendered.one("Secret", f"ray-auth-token-{hex_id}"), rendered.one("Secret", "ray-auth-token")
     assert own["stringData"] == clients["stringData"]
     assert rendered.outputs["authTokenSecret"] == "ray-auth-token"
-    for workload in [*rendered.of_kind("Deployment"), smoke_test(rendered)]:
+    for workload in [*rendered.of_kind("Deployment"), rendered.smoke_test()]:
         mounted = {v["secret"]["secretName"] for v in workload["spec"]["template"]["spec"]["volumes"] if "secret" in v}
         assert mounted == {f"ray-auth-token-{hex_id}"}, workload["metadata"]["name"]
 
@@ -82,7 +76,7 @@ def test_the_clients_head_service_selects_the_generation_only_after_its_smoke_te
     rendered = render(GENERATIONS)
     clients = rendered.one("Service", "ray-head")
     assert clients["spec"]["selector"][GENERATION_LABEL] == generation(rendered)
-    job = rendered.registration_of(smoke_test(rendered))
+    job = rendered.registration_of(rendered.smoke_test())
     assert job.urn in rendered.registration_of(clients).dependencies
     # The outputs name the clients' Service, whichever generation it points at.
     assert rendered.outputs["dashboardUrl"] == f"http://ray-head.ray-test.svc:{ray_node.DASHBOARD_PORT}"
@@ -140,12 +134,12 @@ def test_a_new_generation_is_made_beside_the_old_which_goes_once_the_clients_ser
     assert operations.index(f"create Deployment ray-test/ray-head-{new_id} (replacement, create-before-delete)") < moved
     # The retirement Job starts once the clients' Service moved; Pulumi deletes nothing of the old generation, only
     # drops it from the stack (the Job deletes it once drained), so `pulumi up` does not wait for its drain.
-    assert operations.index(f"create Job ray-test/ray-retire-{new_id} (replacement, create-before-delete)") > moved
+    assert operations.index(f"create Job ray-test/ray-{new_id} (replacement, create-before-delete)") > moved
     # The old retirement Job (whose work the new one takes over) is the one object of the old generation it deletes.
     released = [operation for operation in operations if old_id in operation]
     assert sorted(released) == sorted(
         [
-            f"delete Job ray-test/ray-retire-{old_id} (old copy of a replacement)",
+            f"delete Job ray-test/ray-{old_id} (old copy of a replacement)",
             *(
                 f"release {kept} (old copy of a replacement; retainOnDelete: the object stays)"
                 for kept in (
@@ -175,8 +169,8 @@ def test_the_serve_service_moves_to_a_generation_with_the_clients_head_service_o
     assert "ownerReferences" not in service["metadata"]  # the stack's, not a generation's
     [check] = [job for job in rendered.of_kind("Job") if job["metadata"]["name"].startswith("ray-serve-check-")]
     waits_for = rendered.registration_of(service).dependencies
-    assert {rendered.registration_of(smoke_test(rendered)).urn, rendered.registration_of(check).urn} <= set(waits_for)
-    retirement = rendered.registration_of(rendered.one("Job", f"ray-retire-{hex_id}"))
+    assert {rendered.registration_of(rendered.smoke_test()).urn, rendered.registration_of(check).urn} <= set(waits_for)
+    retirement = rendered.registration_of(rendered.one("Job", f"ray-{hex_id}"))
     assert rendered.registration_of(service).urn in retirement.dependencies
     # The keeper knows its generation and where to read which one the Service serves; the check asks the new head's
     # own proxy (found through Serve), not the Service, which still sends requests to the old generation.
@@ -187,7 +181,7 @@ def test_the_serve_service_moves_to_a_generation_with_the_clients_head_service_o
     assert "SERVE_URL" not in check_env
     assert check_env["SERVE_DASHBOARD_URL"] == f"http://ray-{hex_id}.ray-test.svc:{ray_node.DASHBOARD_PORT}"
     # The retirement waits until the Serve Service's endpoints leave a generation, reading them by name only.
-    retire_env = env(container(rendered.one("Job", f"ray-retire-{hex_id}")))
+    retire_env = env(container(rendered.one("Job", f"ray-{hex_id}")))
     assert retire_env["RETIRE_SERVE_SERVICE"] == "ray-serve"
     rules = rendered.one("Role", "ray-retire")["rules"]
     assert [r for r in rules if r["apiGroups"] == ["discovery.k8s.io"]] == [
@@ -197,7 +191,7 @@ def test_the_serve_service_moves_to_a_generation_with_the_clients_head_service_o
 
 
 def test_in_place_the_serve_service_names_no_generation_and_comes_before_the_head() -> None:
-    rendered = render(SERVE)
+    rendered = render({**IN_PLACE, **SERVE})
     service = rendered.one("Service", "ray-serve")
     assert GENERATION_LABEL not in service["metadata"]["annotations"]
     head = rendered.registration_of(rendered.one("Deployment", "ray-head"))
@@ -242,7 +236,7 @@ def test_the_stack_says_how_to_list_the_generations_that_run_and_their_retiremen
     rendered = render(GENERATIONS)
     command = str(rendered.outputs["generationsCommand"])
     assert command == f"kubectl -n ray-test get deployments -l ray.io/cluster=ray -L {GENERATION_LABEL}"
-    retirement = rendered.one("Job", f"ray-retire-{generation(rendered)}")
+    retirement = rendered.one("Job", f"ray-{generation(rendered)}")
     assert retirement["metadata"]["labels"][GENERATION_LABEL] == generation(rendered)
     # Pulumi deletes it when the next generation's retirement has started: that one does what it had left.
     assert not rendered.registration_of(retirement).options.retain_on_delete
@@ -256,7 +250,7 @@ def test_every_object_of_a_generation_is_retained_on_delete_and_owned_by_the_anc
     of_the_generation = [
         m
         for m in rendered.manifests
-        if hex_id in m["metadata"].get("name", "") and "retire" not in m["metadata"]["name"]
+        if hex_id in m["metadata"].get("name", "") and m["kind"] != "Job"  # the retirement: not retained, below
     ]
     assert {m["kind"] for m in of_the_generation} == {"Deployment", "Service", "Secret"}
     for manifest in rendered.manifests:
@@ -271,7 +265,7 @@ def test_every_object_of_a_generation_is_retained_on_delete_and_owned_by_the_anc
 
 
 def test_back_to_in_place_the_anchor_goes_at_the_end_and_the_generation_with_it() -> None:
-    generations, in_place = render(GENERATIONS), render()
+    generations, in_place = render(GENERATIONS), render(IN_PLACE)
     assert "ray-generations" not in {m["metadata"]["name"] for m in in_place.manifests}
     operations = [str(operation) for operation in plan(generations, in_place).operations]
     # Pulumi drops the generation's objects from the stack, and deletes the anchor that owns them last of all: its

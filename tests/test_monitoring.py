@@ -13,7 +13,8 @@ import pytest
 from components import load_settings
 from components.config.monitoring import Monitoring
 from tests.kubernetes_sd import file_sd_scrape_configs
-from tests.program import ROOT, Manifest, Rendered, render
+from tests.program import ROOT, Manifest, Rendered
+from tests.program import render_in_place as render
 from tests.prometheus_scrape import scrape_configs
 from tests.prometheus_server import prometheus_server
 from tests.test_program import object_labels
@@ -230,7 +231,8 @@ def test_each_of_rays_dashboards_is_a_configmap_grafanas_sidecar_loads() -> None
     """One per generated file (components/dashboards), its JSON as it is, under a file name of its own."""
     files = {path.stem: path.read_text() for path in sorted((ROOT / "components" / "dashboards").glob("*.json"))}
     assert len(files) == 8
-    maps = [m for m in rendered("monitoring").of_kind("ConfigMap") if m["metadata"]["name"] != "ray-smoke-test"]
+    monitoring = rendered("monitoring")
+    maps = [m for m in monitoring.of_kind("ConfigMap") if m["metadata"]["labels"]["ray.io/group"] == "monitoring"]
     assert {m["metadata"]["name"]: m["data"] for m in maps} == {
         f"ray-dashboard-{name.replace('_', '-')}": {f"ray-{name.replace('_', '-')}.json": text}
         for name, text in files.items()

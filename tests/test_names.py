@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from components.config.settings import UPGRADE_STRATEGIES
 from tests.program import Manifest, render
 
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -39,13 +40,14 @@ def name_problems(manifest: Manifest) -> list[str]:
     return problems
 
 
+@pytest.mark.parametrize("strategy", UPGRADE_STRATEGIES)
 @pytest.mark.parametrize(
     "config",
     [{}, LONGEST, {**LONGEST, "clusterName": "a", "workerGroups": [{"name": "0"}]}],
     ids=["default", "longest", "shortest"],
 )
-def test_every_name_is_valid(config: dict[str, object]) -> None:
-    rendered = render(config)
+def test_every_name_is_valid(config: dict[str, object], strategy: str) -> None:
+    rendered = render({**config, "upgradeStrategy": strategy})
     assert [problem for manifest in rendered.manifests for problem in name_problems(manifest)] == []
 
 
@@ -57,5 +59,10 @@ def test_an_over_long_name_is_caught() -> None:
 
 
 def test_the_smoke_test_job_name_does_not_grow_with_the_cluster_name() -> None:
-    short, long = (render({"clusterName": name}).one("Job")["metadata"]["name"] for name in ("a", "c" * 53))
+    def smoke_test_name(cluster_name: str) -> str:
+        rendered = render({"clusterName": cluster_name})
+        [name] = [job["metadata"]["name"] for job in rendered.of_kind("Job") if "smoke-test" in job["metadata"]["name"]]
+        return name
+
+    short, long = smoke_test_name("a"), smoke_test_name("c" * 53)
     assert len(short) == len(long) <= 63

@@ -44,7 +44,7 @@ from components.in_pod.node_provider import (
 )
 from components.manifests import autoscaling
 from tests.http_stub import RecordingServer
-from tests.program import render
+from tests.program import render_in_place as render
 
 # Ray's autoscaler internals without type hints, called through Any.
 _LoadMetrics: Any = LoadMetrics

@@ -784,4 +784,5 @@ def test_a_token_from_another_resource_is_waited_for(tmp_path: Path) -> None:
     package, response, _ = construct_in_the_plugin(tmp_path, {"authToken": "t0ken"}, {"authToken": consumers})
     assert isinstance(response, provider_pb2.ConstructResponse), response
     waiting = {r.name for r in package.registrations if consumers in r.dependencies}
-    assert waiting == {"ray-auth-token-secret", "ray-auth-token-version"}
+    # By default, a generation's pods read it from a Secret of their own too.
+    assert waiting == {"ray-auth-token-secret", "ray-auth-token-version", "ray-generation-auth-token-secret"}

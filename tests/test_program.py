@@ -17,7 +17,8 @@ from components.config.resources import parse_quantity
 from components.manifests.ray_node import AUTH_TOKEN_KEY
 from components.manifests.ray_node import TOKEN_VERSION_LABEL as TOKEN_VERSION
 from tests.lifecycle import plan
-from tests.program import Manifest, Rendered, capture, kubernetes_uid, render
+from tests.program import Manifest, Rendered, capture, kubernetes_uid
+from tests.program import render_in_place as render
 from tests.pulumi_cli import StackConfig
 
 HEAD_HOST = "ray-head.ray-test.svc"
@@ -214,7 +215,7 @@ def test_every_pod_carries_the_labels(default: Rendered) -> None:
 
 
 def test_smoke_test_job_waits_for_the_whole_cluster(default: Rendered) -> None:
-    job = default.one("Job")
+    job = default.smoke_test()
     registration = default.registration_of(job)
     for kind, name in (("Deployment", "ray-head"), ("Service", "ray-head"), ("Deployment", "ray-worker")):
         assert default.registration_of(default.one(kind, name)).urn in registration.dependencies
@@ -261,7 +262,7 @@ def test_outputs_say_how_to_reach_the_cluster(default: Rendered) -> None:
 def test_worker_count(workers: int) -> None:
     rendered = render({"workers": workers})
     assert rendered.one("Deployment", "ray-worker")["spec"]["replicas"] == workers
-    assert env(container(rendered.one("Job")))["SMOKE_EXPECTED_WORKERS"] == str(workers)
+    assert env(container(rendered.smoke_test()))["SMOKE_EXPECTED_WORKERS"] == str(workers)
     assert rendered.outputs["workerReplicas"] == {"worker": workers}
 
 
@@ -318,9 +319,9 @@ def test_an_extra_gpu_group() -> None:
     assert pod_spec(gpu)["tolerations"] == [toleration]
     assert gpu["spec"]["template"]["metadata"]["labels"]["ray.io/group"] == "gpu"
     assert "nvidia.com/gpu" not in container(rendered.one("Deployment", "ray-worker"))["resources"]["limits"]
-    job = rendered.registration_of(rendered.one("Job"))
+    job = rendered.registration_of(rendered.smoke_test())
     assert rendered.registration_of(gpu).urn in job.dependencies
-    assert env(container(rendered.one("Job")))["SMOKE_EXPECTED_WORKERS"] == "5"
+    assert env(container(rendered.smoke_test()))["SMOKE_EXPECTED_WORKERS"] == "5"
     assert rendered.outputs["workerReplicas"] == {"worker": 3, "gpu": 2}
 
 
@@ -341,7 +342,7 @@ def test_gpu_groups_run_the_gpu_variant_of_the_image() -> None:
     assert images("ray-head") == images("ray-cpu") == {"rayproject/ray:2.60.0"}
     assert images("ray-worker") == images("ray-a100") == {"rayproject/ray:2.60.0-gpu"}
     assert images("ray-cuda-custom") == {"registry.example/ray-cuda:2.60.0"}
-    assert container(rendered.one("Job"))["image"] == "rayproject/ray:2.60.0"
+    assert container(rendered.smoke_test())["image"] == "rayproject/ray:2.60.0"
 
 
 def test_workers_roll_without_surge_and_drain_before_they_stop(default: Rendered) -> None:
@@ -359,7 +360,7 @@ def test_workers_roll_without_surge_and_drain_before_they_stop(default: Rendered
 
 def test_a_failed_smoke_test_is_replaced_by_the_next_up(default: Rendered) -> None:
     """pulumi-kubernetes re-awaits a Job that failed (and fails again) unless it may replace an unready one."""
-    assert default.one("Job")["metadata"]["annotations"]["pulumi.com/replaceUnready"] == "true"
+    assert default.smoke_test()["metadata"]["annotations"]["pulumi.com/replaceUnready"] == "true"
 
 
 def test_pulumi_owns_the_fields_it_sets_on_every_object(default: Rendered) -> None:
@@ -573,7 +574,7 @@ def test_pods_are_created_only_once_their_access_objects_exist(default: Rendered
 def test_pulumi_up_waits_a_minute_longer_than_the_smoke_test_may_run(default: Rendered) -> None:
     """The Job's own deadline (its node wait plus five minutes of calls) ends first, so `pulumi up` reports the
     Job's failure instead of a timeout of its own."""
-    job = default.one("Job")
+    job = default.smoke_test()
     assert job["spec"]["activeDeadlineSeconds"] == 900
     assert default.registration_of(job).options.custom_timeouts == {"create": "960s"}
 
@@ -647,10 +648,10 @@ def test_the_smoke_test_reruns_when_what_runs_the_cluster_changes_and_only_then(
         "workers": {group: rendered.one("Deployment", f"ray-{group}")["spec"] for group in ("worker", "gpu")},
     }
     expected = hashlib.sha256(json.dumps(running, sort_keys=True).encode()).hexdigest()
-    job = rendered.one("Job")
+    job = rendered.smoke_test()
     assert job["spec"]["template"]["metadata"]["annotations"]["ray-cluster.pulumi.com/cluster-sha256"] == expected
     reordered = render({"workerGroups": [{"name": "gpu", "gpus": 1, "nodeSelector": {"b": "2", "a": "1"}}]})
-    assert reordered.one("Job") == job
+    assert reordered.smoke_test() == job
 
 
 def test_every_pod_of_an_official_ray_image_runs_only_on_nodes_of_its_architecture() -> None:
@@ -677,7 +678,7 @@ def test_every_pod_of_an_official_ray_image_runs_only_on_nodes_of_its_architectu
         "ray-custom": {"pool": "ray"},
         "ray-redis": None,
     }
-    assert pod_spec(rendered.one("Job"))["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
+    assert pod_spec(rendered.smoke_test())["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
 
 
 def test_a_kubernetes_objects_uid_is_an_output_the_program_can_give_another_object_and_never_an_input() -> None:

@@ -8,7 +8,8 @@ import shlex
 
 import pytest
 
-from tests.program import ROOT, Rendered, render
+from tests.program import ROOT, Rendered
+from tests.program import render_in_place as render
 from tests.pulumi_cli import StackConfig
 
 README = (ROOT / "README.md").read_text()

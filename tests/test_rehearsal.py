@@ -143,7 +143,7 @@ class Deployment:
             return False
 
     def smoke_test(self) -> str:
-        logs = self.cluster.run_job(self.rendered.one("Job"), timeout=300)
+        logs = self.cluster.run_job(self.rendered.smoke_test(), timeout=300)
         assert "Success!" in logs, logs
         return logs
 
@@ -154,7 +154,7 @@ class Deployment:
 
     def smoke_test_runs(self) -> list[Pod]:
         """The pods of the smoke-test Job `pulumi up` last ran."""
-        job = self.applied(self.rendered.one("Job"))
+        job = self.applied(self.rendered.smoke_test())
         return self.cluster.pods_of(("Job", job["metadata"]["namespace"], job["metadata"]["name"]))
 
     def submit(self, script: str) -> str:
@@ -203,7 +203,7 @@ def test_the_image_runs_the_default_images_ray() -> None:
 
 
 def test_the_default_cluster_forms_and_the_smoke_test_passes(deployment: Deployment) -> None:
-    job = deployment.rendered.one("Job")
+    job = deployment.rendered.smoke_test()
     logs = deployment.cluster.job_logs(job)
     attempts = deployment.cluster.pods_of(("Job", "ray-test", job["metadata"]["name"]))
     assert [pod.phase for pod in attempts] == ["Succeeded"], logs  # passed the first time, no retry

@@ -328,7 +328,7 @@ def test_an_image_change_completes_while_a_worker_the_autoscaler_asked_for_waits
     for pod in cluster.pods_in(NAMESPACE):
         if pod.node is not None and not pod.finished:
             add(used, pod_requests(pod.spec))
-    add(used, pod_requests(deployment.rendered.one("Job")["spec"]["template"]["spec"]))
+    add(used, pod_requests(deployment.rendered.smoke_test()["spec"]["template"]["spec"]))
     # No GPU either: Ray would otherwise put the waiting CPU work on a GPU worker (its groups at their most).
     room: dict[str, str | int] = {"cpu": str(used["cpu"]), "memory": str(used["memory"]), "nvidia.com/gpu": 0}
     cluster.node = dataclasses.replace(roomy, allocatable={**roomy.allocatable, **room})
@@ -342,7 +342,7 @@ def test_an_image_change_completes_while_a_worker_the_autoscaler_asked_for_waits
     assert replicas(deployment, "ray-worker") == 2
 
     took = deployment.update(image=NEW_IMAGE)
-    assert "Success!" in deployment.cluster.job_logs(deployment.applied(deployment.rendered.one("Job")))
+    assert "Success!" in deployment.cluster.job_logs(deployment.applied(deployment.rendered.smoke_test()))
     assert deployment.head().spec["containers"][0]["image"] == NEW_IMAGE
     print(f"pulumi up of a new image with a worker Pending: {took:.1f} s")
 

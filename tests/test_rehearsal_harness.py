@@ -739,17 +739,17 @@ def test_a_failed_job_fails_up_again_unless_it_may_be_replaced(cluster: Cluster,
     program = stack(("flag", flag, ()), ("check", job("check", check, annotations, backoffLimit=0), ("flag",)))
     with pytest.raises(JobFailedError):
         cluster.up(program, timeout=30)
-    [failed] = pods(cluster, program.one("Job"))
+    [failed] = pods(cluster, program.smoke_test())
     cluster.apply(config_map("flag", {"ok": "yes"}))  # fixed with kubectl; the program still says "no"
     started = time.monotonic()
     if not replace_unready:
         with pytest.raises(JobFailedError):  # the engine goes on awaiting the failed Job, which fails at once
             cluster.up(program, timeout=30)
         assert time.monotonic() - started < 3
-        assert pods(cluster, program.one("Job")) == [failed]
+        assert pods(cluster, program.smoke_test()) == [failed]
         return
     cluster.up(program, timeout=30)
-    [attempt] = pods(cluster, program.one("Job"))
+    [attempt] = pods(cluster, program.smoke_test())
     assert attempt is not failed and attempt.phase == "Succeeded"
     assert cluster.get("ConfigMap", NAMESPACE, "flag")["data"] == {"ok": "yes"}  # unchanged inputs: left alone
 
@@ -760,11 +760,11 @@ def test_a_changed_job_template_replaces_the_job_and_unchanged_inputs_leave_it_a
         return stack(("print", job("print", template(container(f"echo version {version}")), backoffLimit=0), ()))
 
     cluster.up(program("1"), timeout=30)
-    [first] = pods(cluster, program("1").one("Job"))
+    [first] = pods(cluster, program("1").smoke_test())
     cluster.up(program("1"), timeout=30)
-    assert pods(cluster, program("1").one("Job")) == [first]
+    assert pods(cluster, program("1").smoke_test()) == [first]
     cluster.up(program("2"), timeout=30)
-    [second] = pods(cluster, program("2").one("Job"))
+    [second] = pods(cluster, program("2").smoke_test())
     assert second is not first and first.name not in cluster.pods
     assert "version 2" in second.logs("main")
 
@@ -811,7 +811,7 @@ def test_an_auto_named_replacement_gets_a_fresh_name_and_the_old_copy_goes_at_th
         return stack(("print", named, ()))
 
     cluster.up(program("1"), timeout=30)
-    old_name = program("1").one("Job")["metadata"]["name"]
+    old_name = program("1").smoke_test()["metadata"]["name"]
     cluster.up(program("2"), timeout=30)
     [new] = [key[2] for key in cluster.objects if key[0] == "Job"]
     assert new != old_name and new.startswith("print-")

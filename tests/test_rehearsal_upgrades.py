@@ -436,7 +436,7 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
     old = str(deployment.rendered.outputs["generation"])
 
     def retirement_logs() -> str:
-        return cluster.job_logs(cluster.get("Job", NAMESPACE, f"ray-retire-{new}"))
+        return cluster.job_logs(cluster.get("Job", NAMESPACE, f"ray-{new}"))
 
     client = Submitter(deployment, period=3)
     watch = Watch(deployment)
@@ -520,7 +520,7 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
         retirement_logs(),
     )
     assert len(watch.most_pods) <= 2 * CLUSTER_PODS + 2, watch.most_pods
-    retirement = cluster.get("Job", NAMESPACE, f"ray-retire-{new}")
+    retirement = cluster.get("Job", NAMESPACE, f"ray-{new}")
     wait_for(lambda: cluster.job_status(retirement) == "Succeeded", 60, "the retirement Job's success")
     assert watch.selected == [old, new]
     failed = [s for s in submissions if "error" in s]

@@ -59,7 +59,7 @@ STACK = {"upgradeStrategy": "generation", "gcsFaultTolerance": "true", **SERVE}
 def rendered_names() -> Names:
     """The names the rendered retirement Job gives its program (a fault-tolerant stack with token auth and Serve)."""
     rendered = render(STACK)
-    job = rendered.one("Job", f"ray-retire-{rendered.outputs['generation']}")
+    job = rendered.one("Job", f"ray-{rendered.outputs['generation']}")
     [container] = job["spec"]["template"]["spec"]["containers"]
     return Names.from_environment({item["name"]: item["value"] for item in container["env"] if "value" in item})
 
@@ -69,7 +69,7 @@ def test_the_names_the_program_is_given_are_those_of_the_generations_objects() -
     hex_id = str(rendered.outputs["generation"])
     names = rendered_names()
     rendered.one("Service", names.serve_service)
-    assert names.generation == hex_id and names.job == f"ray-retire-{hex_id}"
+    assert names.generation == hex_id and names.job == f"ray-{hex_id}"
     rendered.one("Service", names.of(names.head_service, hex_id))
     rendered.one("Service", names.clients_service)
     rendered.one("Secret", names.of(names.token_secret, hex_id))

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from components.manifests import ray_node
-from tests.program import ROOT, Manifest, Rendered, render
+from tests.program import ROOT, Manifest, Rendered
+from tests.program import render_in_place as render
 from tests.variants import VARIANTS, rendered
 
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
@@ -90,7 +91,7 @@ def ray_containers(manifests: list[Manifest]) -> Iterator[tuple[str, Manifest, M
 
 
 def test_the_retirement_reads_old_generations_tokens_through_the_api_and_mounts_no_token() -> None:
-    manifests = rendered("generations-fault-tolerant").manifests
+    manifests = rendered("fault-tolerant").manifests
     [retire] = [c for _, spec in pod_specs(manifests) for c in spec["containers"] if c["name"] in WITH_OTHERS_TOKENS]
     assert "RAY_AUTH_TOKEN_PATH" not in {item["name"] for item in retire["env"]}
     [role] = [m for m in manifests if m["kind"] == "Role" and m["metadata"]["name"] == "ray-retire"]
@@ -134,7 +135,7 @@ def test_every_pod_is_restricted(variant: str) -> None:
 
 
 def test_a_root_container_is_caught() -> None:
-    [(name, spec)] = [(n, s) for n, s in pod_specs(copy.deepcopy(rendered("default").manifests)) if n == "ray-head"]
+    [(name, spec)] = [(n, s) for n, s in pod_specs(copy.deepcopy(render().manifests)) if n == "ray-head"]
     spec["containers"][0]["securityContext"]["runAsUser"] = 0
     assert restricted_violations(name, spec) == ["ray-head/ray-head: may run as root"]
 
@@ -163,7 +164,7 @@ def test_every_ray_container_has_the_token(variant: str) -> None:
 
 
 def test_a_container_without_the_token_is_caught() -> None:
-    manifests = copy.deepcopy(rendered("default").manifests)
+    manifests = copy.deepcopy(render().manifests)
     worker = next(m for m in manifests if m["metadata"]["name"] == "ray-worker")
     [ray] = worker["spec"]["template"]["spec"]["containers"]
     ray["env"] = [item for item in ray["env"] if item["name"] != "RAY_AUTH_TOKEN_PATH"]
@@ -171,7 +172,7 @@ def test_a_container_without_the_token_is_caught() -> None:
 
 
 def test_the_token_is_a_secret_and_never_an_output() -> None:
-    result = rendered("default")
+    result = render()
     secret = result.one("Secret", "ray-auth-token")
     token = secret["stringData"][ray_node.AUTH_TOKEN_KEY]
     assert len(token) >= 32
@@ -248,7 +249,7 @@ def test_network_policies_admit_only_the_cluster_and_listed_clients(default_poli
             }
         ],
     }
-    assert rendered("default").one("Service")["spec"]["type"] == "ClusterIP"
+    assert render().one("Service")["spec"]["type"] == "ClusterIP"
 
 
 @pytest.mark.parametrize("variant", ["default", "autoscaling"])
@@ -342,7 +343,7 @@ def test_checkov_finds_nothing_in_the_cluster(variant: str, tmp_path: Path) -> N
 
 
 def test_checkov_catches_a_root_container(tmp_path: Path) -> None:
-    manifests = copy.deepcopy(rendered("default").manifests)
+    manifests = copy.deepcopy(render().manifests)
     head = next(m for m in manifests if m["kind"] == "Deployment" and m["metadata"]["name"] == "ray-head")
     spec = head["spec"]["template"]["spec"]
     spec["securityContext"].update(runAsNonRoot=False, runAsUser=0)

@@ -29,11 +29,11 @@ from components.config.settings import GENERATION_LABEL
 from components.in_pod import serve_keeper
 from components.manifests import serve
 from tests.http_stub import RecordingServer
-from tests.program import Rendered
+from tests.program import Rendered, render_in_place
 from tests.rehearsal import apiserver, image
 from tests.test_conformance import validate_everywhere
 from tests.test_program import object_labels
-from tests.variants import SERVE_APPLICATION, rendered
+from tests.variants import SERVE, SERVE_APPLICATION, rendered
 
 APP = SERVE_APPLICATION
 # The rehearsal's stand-in for the Ray image's Python: ray[default,serve] at the pinned version (scripts/test).
@@ -119,7 +119,7 @@ def by_kind(result: Rendered, kind: str) -> dict[str, dict[str, Any]]:
 
 
 def head_pod(result: Rendered) -> dict[str, Any]:
-    spec: dict[str, Any] = by_kind(result, "Deployment")["ray-head"]["spec"]["template"]["spec"]
+    spec: dict[str, Any] = result.one("Deployment", "ray-head")["spec"]["template"]["spec"]
     return spec
 
 
@@ -140,10 +140,12 @@ def test_the_serve_service_selects_nothing_and_its_endpoints_are_the_keepers() -
                                                   ("serve-autoscaling-fault-tolerant", "ray-autoscaler")])  # fmt: skip
 def test_only_the_keeper_holds_the_kubernetes_token_and_its_role_is_its_calls(variant: str, account: str) -> None:
     result = rendered(variant)
+    autoscaled = account == "ray-autoscaler"
+    account = result.one("ServiceAccount", account)["metadata"]["name"]  # a generation's autoscaler's has its id
     pod = head_pod(result)
     assert pod["serviceAccountName"] == account and pod["automountServiceAccountToken"] is False
     mounting = {c["name"] for c in pod["containers"] for m in c["volumeMounts"] if m["name"] == "kube-api-access"}
-    assert mounting == ({"serve-keeper", "autoscaler"} if account == "ray-autoscaler" else {"serve-keeper"})
+    assert mounting == ({"serve-keeper", "autoscaler"} if autoscaled else {"serve-keeper"})
     assert [v["name"] for v in pod["volumes"]].count("kube-api-access") == 1
     role = by_kind(result, "Role")["ray-serve"]
     assert role["rules"] == [
@@ -190,8 +192,13 @@ def test_the_check_job_carries_the_config_so_a_change_runs_it_again() -> None:
     assert check["command"][-1] == "check"
     env = {e["name"]: e.get("value") for e in check["env"]}
     assert json.loads(env["SERVE_CONFIG"])["applications"] == [APP]
-    assert env["SERVE_URL"] == "http://ray-serve.ray-test.svc:8000"
-    assert env["SERVE_DASHBOARD_URL"] == "http://ray-head.ray-test.svc:8265"
+    # The default's new generation's check asks its own head (tests/test_generations.py); in place, the Service.
+    in_place = render_in_place(SERVE)
+    [in_place_job] = [job for job in in_place.of_kind("Job") if "serve-check" in job["metadata"]["labels"].values()]
+    [in_place_check] = in_place_job["spec"]["template"]["spec"]["containers"]
+    in_place_env = {e["name"]: e.get("value") for e in in_place_check["env"]}
+    assert in_place_env["SERVE_URL"] == "http://ray-serve.ray-test.svc:8000"
+    assert in_place_env["SERVE_DASHBOARD_URL"] == "http://ray-head.ray-test.svc:8265"
     # The check gives up, saying what it waited for, half a minute before Kubernetes would end the Job.
     assert job["spec"]["activeDeadlineSeconds"] == 900 and env["SERVE_CHECK_SECONDS"] == "870"
     assert check["terminationMessagePolicy"] == "FallbackToLogsOnError"

@@ -87,7 +87,7 @@ VARIANTS: dict[str, dict[str, object]] = {
         "redisPassword": "a-password",
         "redisCaCert": REDIS_CA,
     },
-    "generations-fault-tolerant": {"upgradeStrategy": "generation", "gcsFaultTolerance": "true"},
+    "in-place-fault-tolerant": {"upgradeStrategy": "inPlace", "gcsFaultTolerance": "true"},
     "autoscaling": AUTOSCALING.program_config(),
     "autoscaling-fault-tolerant": {**AUTOSCALING.program_config(), "gcsFaultTolerance": "true"},
     "serve": SERVE,

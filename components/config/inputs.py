@@ -181,7 +181,7 @@ class RayClusterArgs(TypedDict, total=False):
     workerDrainSeconds: int
     """How long a worker that is being removed (scale-down, rollout, deleted pod) lets its running tasks finish before Ray stops."""
     upgradeStrategy: str
-    """How a change that needs new Ray pods (image, token, head or worker resources) reaches the cluster. "inPlace" restarts the head and rolls the workers (running jobs are lost); "generation" starts a new generation beside the old one, switches the head Service to it once its smoke test passed, and lets the old one finish its running jobs (for upgradeDrainSeconds at most) before it goes (not yet with Serve; see docs/upgrades.md)."""
+    """How a change that needs new Ray pods (image, token, head or worker resources) reaches the cluster. "generation" starts a new generation beside the old one, switches the head and Serve Services to it once its smoke test and Serve check passed, and lets the old one finish its running jobs and requests (for upgradeDrainSeconds at most) before it goes; it needs room for both meanwhile. "inPlace" restarts the head and rolls the workers (running jobs are lost), with no extra pods."""
     upgradeDrainSeconds: int
     """With upgradeStrategy "generation": how long, after a switch, the generation it replaced may go on running the jobs it has (new ones go to the new generation); jobs still running then are stopped, and the old generation goes."""
     workerGroups: list[WorkerGroupArgs]

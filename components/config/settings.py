@@ -160,8 +160,8 @@ class ClusterSettings:
 
     @property
     def retirement_name(self) -> str:
-        """`<cluster>-retire`: the retirement Jobs' ServiceAccount, Role and script; each Job is `<cluster>-retire-
-        <id>`."""
+        """`<cluster>-retire`: the retirement Jobs' ServiceAccount, Role and script; each Job is named as its
+        generation's head Service, `<cluster>-<id>`."""
         return f"{self.cluster_name}-retire"
 
     @property

@@ -1,5 +1,6 @@
 """Retires the generations a switch replaced (upgradeStrategy `generation`, docs/upgrades.md): the Job
-`<cluster>-retire-<id>` runs this once `<cluster>-head` selects its generation, after `pulumi up` has returned.
+`<cluster>-<id>` (named as its generation's head Service) runs this once `<cluster>-head` selects its generation,
+after `pulumi up` has returned.
 
 Shipped as its text in a ConfigMap (components/manifests/generations.py); runs on the Ray image's Python with the
 standard library, `requests` and Ray (for the Redis cleanup), and calls the Kubernetes API with its pod's

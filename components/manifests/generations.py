@@ -59,8 +59,10 @@ def generations_command(settings: ClusterSettings) -> str:
 
 
 def retirement_job_name(settings: ClusterSettings) -> str:
-    """`<cluster>-retire-<id>`: a Job per generation, which retires the ones before it."""
-    return f"{settings.retirement_name}-{GENERATION_MARK}"
+    """`<cluster>-<id>`, named as the generation's head Service: a Job per generation, which retires the ones before
+    it. A Job's name is at most 63 characters (its pods' `job-name` label), which `<cluster>-retire-<id>` would pass
+    with a 53-character clusterName."""
+    return settings.generation_service_name
 
 
 def retirement_role_rules(settings: ClusterSettings) -> list[Manifest]:
