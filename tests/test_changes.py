@@ -126,7 +126,7 @@ def before(key: str | None, base: str = "default") -> Rendered:
 
 
 # On a stack that upgrades in place, the change of upgradeStrategy is to generations.
-IN_PLACE_CHANGES = {"upgradeStrategy": {"upgradeStrategy": "generation"}}
+IN_PLACE_CHANGES: dict[str, dict[str, object]] = {"upgradeStrategy": {"upgradeStrategy": "generation"}}
 
 
 def rendered(key: str | None, base: str = "default") -> Rendered:

@@ -60,8 +60,7 @@ def test_an_over_long_name_is_caught() -> None:
 
 def test_the_smoke_test_job_name_does_not_grow_with_the_cluster_name() -> None:
     def smoke_test_name(cluster_name: str) -> str:
-        rendered = render({"clusterName": cluster_name})
-        [name] = [job["metadata"]["name"] for job in rendered.of_kind("Job") if "smoke-test" in job["metadata"]["name"]]
+        name: str = render({"clusterName": cluster_name}).smoke_test()["metadata"]["name"]
         return name
 
     short, long = smoke_test_name("a"), smoke_test_name("c" * 53)
