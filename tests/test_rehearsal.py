@@ -25,7 +25,11 @@ from typing import Any
 import pytest
 
 from components.manifests import ray_node
-from tests.program import Rendered, render
+from tests.program import Rendered
+
+# The rehearsal's modules run stacks that upgrade in place (their drills find Deployments by their names); the upgrade
+# drill (tests/test_rehearsal_upgrades.py) runs the default, generations, as its config says.
+from tests.program import render_in_place as render
 from tests.rehearsal.cluster import Cluster, wait_for
 from tests.rehearsal.kubelet import IMAGE_ROOT, Manifest, Pod
 

@@ -36,7 +36,7 @@ from tests.program import (
     auto_name,
     kubernetes_uid,
     provider_id,
-    render,
+    render_in_place,
 )
 from tests.rehearsal import image, network_policy
 from tests.rehearsal.cluster import Cluster, InvalidError, JobFailedError, StorageClass, rolling_bounds, wait_for
@@ -360,7 +360,7 @@ def test_on_arm64_nodes_the_programs_ray_pods_of_an_amd64_image_stay_pending_and
     and what is not a pod are not held back."""
     cluster.node = replace(cluster.node, labels={**cluster.node.labels, "kubernetes.io/arch": "arm64"})
     with pytest.raises(TimeoutError):
-        cluster.up(render({"workers": "1", "gcsFaultTolerance": "true"}), timeout=15)
+        cluster.up(render_in_place({"workers": "1", "gcsFaultTolerance": "true"}), timeout=15)
     ray_pods = [pod for pod in cluster.pods_in("ray-test") if pod.labels.get("app.kubernetes.io/name") == "ray"]
     assert {pod.labels["ray.io/group"] for pod in ray_pods} == {"head", "worker"}
     for pod in ray_pods:
@@ -739,17 +739,17 @@ def test_a_failed_job_fails_up_again_unless_it_may_be_replaced(cluster: Cluster,
     program = stack(("flag", flag, ()), ("check", job("check", check, annotations, backoffLimit=0), ("flag",)))
     with pytest.raises(JobFailedError):
         cluster.up(program, timeout=30)
-    [failed] = pods(cluster, program.smoke_test())
+    [failed] = pods(cluster, program.one("Job"))
     cluster.apply(config_map("flag", {"ok": "yes"}))  # fixed with kubectl; the program still says "no"
     started = time.monotonic()
     if not replace_unready:
         with pytest.raises(JobFailedError):  # the engine goes on awaiting the failed Job, which fails at once
             cluster.up(program, timeout=30)
         assert time.monotonic() - started < 3
-        assert pods(cluster, program.smoke_test()) == [failed]
+        assert pods(cluster, program.one("Job")) == [failed]
         return
     cluster.up(program, timeout=30)
-    [attempt] = pods(cluster, program.smoke_test())
+    [attempt] = pods(cluster, program.one("Job"))
     assert attempt is not failed and attempt.phase == "Succeeded"
     assert cluster.get("ConfigMap", NAMESPACE, "flag")["data"] == {"ok": "yes"}  # unchanged inputs: left alone
 
@@ -760,11 +760,11 @@ def test_a_changed_job_template_replaces_the_job_and_unchanged_inputs_leave_it_a
         return stack(("print", job("print", template(container(f"echo version {version}")), backoffLimit=0), ()))
 
     cluster.up(program("1"), timeout=30)
-    [first] = pods(cluster, program("1").smoke_test())
+    [first] = pods(cluster, program("1").one("Job"))
     cluster.up(program("1"), timeout=30)
-    assert pods(cluster, program("1").smoke_test()) == [first]
+    assert pods(cluster, program("1").one("Job")) == [first]
     cluster.up(program("2"), timeout=30)
-    [second] = pods(cluster, program("2").smoke_test())
+    [second] = pods(cluster, program("2").one("Job"))
     assert second is not first and first.name not in cluster.pods
     assert "version 2" in second.logs("main")
 
@@ -811,7 +811,7 @@ def test_an_auto_named_replacement_gets_a_fresh_name_and_the_old_copy_goes_at_th
         return stack(("print", named, ()))
 
     cluster.up(program("1"), timeout=30)
-    old_name = program("1").smoke_test()["metadata"]["name"]
+    old_name = program("1").one("Job")["metadata"]["name"]
     cluster.up(program("2"), timeout=30)
     [new] = [key[2] for key in cluster.objects if key[0] == "Job"]
     assert new != old_name and new.startswith("print-")

@@ -111,13 +111,7 @@ class Client:
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,
         )  # fmt: skip
-        assert self._process.stdout is not None
-        self._before = ""
-        for line in self._process.stdout:  # until it says it is answered, or has exited (at most a minute)
-            if line == "answering\n":
-                break
-            self._before += line
-        assert self._process.poll() is None, self._before
+        self._before = until_answering(self._process)
 
     def stop(self) -> str:
         """Its output once it has stopped (killed, with whatever it runs in the pod, if it does not within a minute)."""
@@ -127,6 +121,19 @@ class Client:
             os.killpg(self._process.pid, signal.SIGKILL)
             raise
         return self._before + output
+
+
+def until_answering(process: subprocess.Popen[str]) -> str:
+    """What a client printed until it said "answering" (its first answer), which it must have said (at most a
+    minute, or it has exited)."""
+    assert process.stdout is not None
+    before = ""
+    for line in process.stdout:
+        if line == "answering\n":
+            break
+        before += line
+    assert process.poll() is None, before
+    return before
 
 
 def counts(output: str) -> tuple[int, int, int, float]:

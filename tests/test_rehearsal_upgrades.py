@@ -39,7 +39,7 @@ from components.manifests import redis as redis_manifests
 from tests.rehearsal.cluster import CLUSTER_DOMAIN, Cluster, JobFailedError, wait_for
 from tests.rehearsal.kubelet import Manifest, Pod
 from tests.test_rehearsal import CONFIG, UP_TIMEOUT, Deployment
-from tests.test_rehearsal_serve import SERVICE
+from tests.test_rehearsal_serve import SERVICE, until_answering
 from tests.variants import SERVE_APPLICATION
 
 pytestmark = pytest.mark.rehearsal
@@ -192,15 +192,21 @@ class Submitter:
         """Each submission: when it was sent, and its id or its error (stopped once, whoever asks first)."""
         if self._submissions is not None:
             return self._submissions
-        try:
-            output, _ = self._process.communicate(input="", timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._process.pid, signal.SIGKILL)
-            raise
-        lines = [line for line in output.splitlines() if line.startswith("{")]
-        assert lines, output
-        self._submissions = [json.loads(line) for line in lines]
+        self._submissions = json_lines(self._process)
         return self._submissions
+
+
+def json_lines(process: subprocess.Popen[str], before: str = "") -> list[dict[str, Any]]:
+    """A client's lines of JSON, once its stdin is closed and it has stopped (killed, with whatever it runs in the
+    pod, if it does not within a minute): at least one."""
+    try:
+        output, _ = process.communicate(input="", timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert lines, before + output
+    return lines
 
 
 def service_address(deployment: Deployment, service: str) -> str:
@@ -240,26 +246,13 @@ class ServeTraffic:
         self.report: dict[str, Any] | None = None
         url = f"http://{service_address(deployment, SERVICE)}:8000{APPLICATION['route_prefix']}"
         self._process = run_in_client_pod(deployment, [SERVE_CLIENT, url, str(SERVE_RATE)])
-        assert self._process.stdout is not None
-        self._before = ""
-        for line in self._process.stdout:  # until it says it is answered, or has exited (at most a minute)
-            if line == "answering\n":
-                break
-            self._before += line
-        assert self._process.poll() is None, self._before
+        self._before = until_answering(self._process)
 
     def stop(self) -> dict[str, Any]:
         """What it sent, over how long, and what failed (stopped once, whoever asks first)."""
         if self.report is not None:
             return self.report
-        try:
-            output, _ = self._process.communicate(input="", timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._process.pid, signal.SIGKILL)
-            raise
-        lines = [line for line in output.splitlines() if line.startswith("{")]
-        assert lines, self._before + output
-        self.report = json.loads(lines[-1])
+        self.report = json_lines(self._process, self._before)[-1]
         return self.report
 
 
