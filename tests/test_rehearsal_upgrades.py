@@ -110,8 +110,10 @@ while not stop.wait(max(0.0, first["sent"] + period[0] - time.time())):
 
 # The Serve client, open-loop: a request every 1/rate seconds, each in a thread of its own (a slow answer on this
 # loaded machine delays no other, unlike tests/test_rehearsal_serve.py's one-at-a-time client, whose rate is its
-# latency), until its stdin closes; then, once every request has its answer or its error, how many it sent, over how
-# many seconds, and the failures.
+# latency), until its stdin closes. A request fails on an error or after 30 s without an answer: a proxy that goes
+# away fails its requests at once (refused, reset), while under a full suite's load the old generation's path,
+# starved of CPU before the switch, answered some requests only after 10 s. Once stopped, and every request has its
+# answer or its error, it says how many it sent, over how many seconds, and the failures.
 SERVE_CLIENT = """
 import json, sys, threading, time, urllib.request
 
@@ -122,7 +124,7 @@ failures, lock = [], threading.Lock()
 def ask():
     sent = time.time()
     try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
+        with urllib.request.urlopen(url, timeout=30) as answer:
             body = answer.read()
         error = None if body == b"hello" else f"answered {body[:100]!r}"
     except Exception as failure:
