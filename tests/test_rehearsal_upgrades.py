@@ -58,11 +58,6 @@ CLUSTER_PODS = 2  # a head and one worker
 # kube-proxy stand-in's next pass (every 0.2 s, but seconds apart when the controllers are busy on a loaded
 # machine) and its rules' update; a real kube-proxy syncs its rules about once a second, later under load.
 PROXY_SYNC_SECONDS = 5.0
-# Its pods run ahead of the other modules' clusters (tests/conftest.py), as the Serve modules' do: its proofs are
-# latencies (a job submitted every second, 20 Serve requests a second) and a switching `pulumi up` that must return
-# within the long job's 50 s left; first in a full run, beside three clusters forming, that `up` took longer at the
-# same priority as the others, and the job had ended.
-CLUSTER_NICENESS = -10
 # The issue's proof (3): requests a second through the Serve Service during the change, and the fewest in all.
 SERVE_RATE = 20
 SERVE_REQUESTS = 1000

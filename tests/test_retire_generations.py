@@ -200,7 +200,10 @@ def test_a_generation_with_a_running_job_is_kept_until_it_ends_then_deleted_depl
     assert not passes(cluster, heads, clock, monkeypatch, 40)
     assert cluster.calls == [] and heads.tokens[-1] == "token"  # the old generation's token, read from its Secret
     heads.active[OLD] = []
-    assert not passes(cluster, heads, clock, monkeypatch, 4)  # its Deployments go; their pods drain
+    # Its job's client reads the end from the old head for QUIET_SECONDS; then its Deployments go, their pods drain.
+    assert not passes(cluster, heads, clock, monkeypatch, program.QUIET_SECONDS - program.PASS_SECONDS)
+    assert cluster.calls == []
+    assert not passes(cluster, heads, clock, monkeypatch, 2 * program.PASS_SECONDS)
     assert deleted(cluster) == [f"deployments/ray-head-{OLD}", f"deployments/ray-worker-{OLD}"]
     assert all(call.endswith("?propagationPolicy=Foreground") for call in cluster.calls)
     cluster.pods_gone(OLD)

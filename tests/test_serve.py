@@ -477,11 +477,21 @@ def test_generations_keepers_hand_the_service_over_when_its_annotation_moves(mon
     old.step()
     new.step()
     assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.2.2"]
-    # The old keeper's pass that began before the switch (its addresses computed then) writes nothing after it.
-    old.publish(["10.0.1.2"])
+    # A keeper taking the Service over never empties it: until a proxy of its own answers, the old ones keep it.
+    newer = keeper("0000000c", "10.0.3.2")
+    monkeypatch.setattr(serve_keeper, "healthy_proxies", lambda addresses, port: set())
+    service["metadata"]["annotations"] = {GENERATION_LABEL: "0000000c"}
+    newer.step()
+    assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.2.2"]
+    monkeypatch.setattr(serve_keeper, "healthy_proxies", lambda addresses, port: addresses)
+    newer.step()
+    assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.3.2"]
+    # An old keeper's pass that began before a switch (its addresses computed then) writes nothing after it.
+    new.publish(["10.0.2.2"])
     for _ in range(3):
         old.step()
-    assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.2.2"]
+        new.step()
+    assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.3.2"]
 
 
 def test_a_generations_check_asks_its_heads_own_proxy_and_in_place_the_service() -> None:

@@ -8,11 +8,11 @@ service-account token, which it reads before every call.
 
 For every older generation of the cluster (one whose first Deployment or head Service was made before this
 generation's first):
-1. Waits until its head has no job PENDING or RUNNING (`GET /api/jobs/` at its own head Service's ClusterIP, with
-   the token its pods read); with Serve, until the Serve Service's EndpointSlice holds none of its pods (the new
-   generation's keeper has taken it over); and at least QUIET_SECONDS after both this Job was made (just after the
-   switch) and that, so that requests the old head and proxies took before the switch are answered: they get no
-   new connection since. A
+1. Waits until its head has had no job PENDING or RUNNING for QUIET_SECONDS (`GET /api/jobs/` at its own head
+   Service's ClusterIP, with the token its pods read: a client following a job reads its end there); with Serve,
+   until the Serve Service's EndpointSlice holds none of its pods (the new generation's keeper has taken it over);
+   and at least QUIET_SECONDS after both this Job was made (just after the switch) and that, so that requests the
+   old head and proxies took before the switch are answered: they get no new connection since. A
    generation without a Ready head pod for UNREACHABLE_SECONDS runs nothing; one whose Ready head does not answer is
    waited for.
 2. Once upgradeDrainSeconds have passed since this Job was made, stops the submitted jobs still running
@@ -191,6 +191,7 @@ class Retirement:
         self.unreachable_since: float | None = None
         self.stopped_at: float | None = None
         self.left_serve_at: float | None = None  # when the Serve Service was first seen without its pods
+        self.idle_since: float | None = None  # when its head was first seen without a job since one ran
         self.deleting = False
         self.done = False
 
@@ -215,12 +216,15 @@ class Retirement:
             self.unreachable_since = self.unreachable_since or now
             return now - self.unreachable_since >= UNREACHABLE_SECONDS
         self.unreachable_since = None
+        self.idle_since = None if active else (self.idle_since or now)
         if not self._left_serve(now) and now < deadline:
             return False
         if now - max(started, self.left_serve_at or started) < QUIET_SECONDS:
             return False
-        if not active:
-            return True
+        if self.idle_since is not None:
+            # Its jobs' clients (a `ray job submit` that follows one to its end) read the end from the old head:
+            # QUIET_SECONDS for that, from the first pass that found it idle.
+            return now - self.idle_since >= QUIET_SECONDS
         if now < deadline:
             log(f"generation {self.generation}: {len(active)} job(s) running, waiting")
             return False

@@ -17,7 +17,8 @@ the standard library and `requests` (which Ray needs).
   every RESYNC_SECONDS whatever happened to the slice meanwhile (deleted by hand, or with a replaced Service).
   With upgradeStrategy `generation` (SERVE_GENERATION set), only while the Service's annotation names its own
   generation: Pulumi moves the annotation to a new generation once it is proven, and the keepers hand over in the
-  same update, the old one stopping, the new one publishing its own proxies (never adopting the old ones).
+  same update, the old one stopping, the new one publishing its own proxies (never adopting the old ones, and never
+  emptying the Service: until one of its own proxies answers, the old ones keep it).
 
 `check`, a Job: applies the config in SERVE_CONFIG, then waits until every application is RUNNING with exactly that
 config and the Service (SERVE_URL; with generations, which switch the Service only after the check, the head's own
@@ -224,6 +225,8 @@ class Keeper:
         self.dashboard, self.kubernetes = dashboard, kubernetes
         self.name, self.port, self.address_type = name, port, address_type(pod_address)
         self.generation = generation
+        # Whether it has the Service: in place always; with generations once it has published a proxy of its own.
+        self.holds_service = generation is None
         self.applied: Document | None = None
         self.published: list[str] | None = None
         self.checked_at = -RESYNC_SECONDS
@@ -259,13 +262,19 @@ class Keeper:
         if not self.serves_here(self.service()):
             # Not (or no longer) this generation's Service: its own proxies only once it is, none adopted.
             self.say(f"the Service {self.name} sends requests to another generation: not writing its endpoints")
-            self.published = []
+            self.published, self.holds_service = [], False
             return
-        if self.published is None:  # a new keeper (a new head) takes over what the Service holds now
-            self.published = self.live_addresses()
+        if self.published is None:
+            # A new keeper in place (a new head) takes over what the Service holds now. A generation's holds nothing
+            # until it publishes a proxy of its own: what the Service holds may be an older generation's.
+            self.published = self.live_addresses() if self.holds_service else []
         published = self.published
         healthy = healthy_proxies(proxy_addresses(status) | set(published), self.port)
         addresses = serving_addresses(status, healthy, published)
+        if not addresses and not self.holds_service:
+            # Taking the Service over: the old generation's proxies keep it until one of this one's answers.
+            self.say(f"the Service {self.name} is this generation's: waiting for a healthy proxy to send it to")
+            return
         if addresses != self.published or time.monotonic() - self.checked_at >= RESYNC_SECONDS:
             self.publish(addresses)
 
@@ -296,7 +305,7 @@ class Keeper:
         path = kubernetes.path("discovery.k8s.io/v1", "endpointslices", self.name)
         found, current = kubernetes.call("GET", path)
         if found == 200 and slice_addresses(current) == addresses:
-            self.published, self.checked_at = addresses, time.monotonic()
+            self.published, self.checked_at, self.holds_service = addresses, time.monotonic(), True
             return
         service = self.service()
         if not self.serves_here(service):
@@ -313,7 +322,7 @@ class Keeper:
         if code not in (200, 201):
             raise UnavailableError(f"EndpointSlice {self.name}: {code} {answer.get('message', '')}")
         print(f"the Service {self.name} sends requests to {addresses or 'no proxy'}", flush=True)
-        self.published, self.checked_at = addresses, time.monotonic()
+        self.published, self.checked_at, self.holds_service = addresses, time.monotonic(), True
 
 
 def keep(environ: dict[str, str]) -> None:
