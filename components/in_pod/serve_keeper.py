@@ -55,6 +55,11 @@ class UnavailableError(Exception):
     """A call that did not get an answer worth acting on (no connection, a timeout, a 5xx): tried again later."""
 
 
+def url_host(address: str) -> str:
+    """An address as a URL's host: an IPv6 one in brackets."""
+    return f"[{address}]" if ":" in address else address
+
+
 def _session() -> requests.Session:
     session = requests.Session()
     # Every address here is in the cluster: no proxy from the image's environment, no .netrc credentials.
@@ -104,8 +109,7 @@ class Kubernetes:
 
     def __init__(self, environ: dict[str, str]) -> None:
         host = environ["KUBERNETES_SERVICE_HOST"]
-        host = f"[{host}]" if ":" in host else host
-        self.base_url = f"https://{host}:{environ.get('KUBERNETES_SERVICE_PORT', '443')}"
+        self.base_url = f"https://{url_host(host)}:{environ.get('KUBERNETES_SERVICE_PORT', '443')}"
         self.namespace = environ["SERVE_NAMESPACE"]
         self._session = _session()
 
@@ -186,9 +190,8 @@ def healthy_proxies(addresses: set[str], port: int) -> set[str]:
     session = _session()
     healthy = set()
     for address in addresses:
-        host = f"[{address}]" if ":" in address else address
         try:
-            response = session.get(f"http://{host}:{port}/-/healthz", timeout=PROBE_TIMEOUT_SECONDS)
+            response = session.get(f"http://{url_host(address)}:{port}/-/healthz", timeout=PROBE_TIMEOUT_SECONDS)
         except requests.RequestException:
             continue
         if response.status_code == 200:
@@ -311,7 +314,7 @@ class Keeper:
         if not self.serves_here(service):
             # Read after the slice: a switch since this pass began leaves the slice to the new generation's keeper
             # (whose write since then makes this one's resourceVersion stale: a 409, not a write).
-            self.published = []
+            self.published, self.holds_service = [], False
             return
         wanted = endpoint_slice(self.name, service, addresses, self.port, self.address_type)
         if found == 404:
@@ -381,8 +384,7 @@ def serve_url(environ: dict[str, str], status: Document) -> str:
     address = head_proxy_address(status)
     if not address:
         raise UnavailableError("Serve lists no proxy on the head yet")
-    host = f"[{address}]" if ":" in address else address
-    return f"http://{host}:{environ['SERVE_PORT']}"
+    return f"http://{url_host(address)}:{environ['SERVE_PORT']}"
 
 
 def check(environ: dict[str, str]) -> int:
