@@ -364,8 +364,9 @@ print("every task finished on its node:", sorted(results) == workers, len(result
 """
     before = {pod.name: pod for pod in deployment.workers()}
     submission = deployment.submit(script)
-    started = time.monotonic()
-    wait_for(lambda: deployment.job(submission)[1].count(" busy\n") == 3, 30, lambda: f"{deployment.job(submission)}")
+    # The driver and its tasks' workers start within seconds alone, a minute beside a full run's other clusters.
+    wait_for(lambda: deployment.job(submission)[1].count(" busy\n") == 3, 120, lambda: f"{deployment.job(submission)}")
+    started = time.monotonic()  # every task has begun (at most a pass of wait_for ago)
     deployment.update(workers="2")
     [removed] = [pod for name, pod in before.items() if name not in {p.name for p in deployment.workers()}]
     status, logs = deployment.finished_job(submission, timeout=120)
