@@ -65,6 +65,18 @@ LONG_JOB = (
     " done; echo released"
 )
 CLUSTER_PODS = 2  # a head and one worker
+
+
+def cluster_niceness(pod: str) -> int:
+    """The nice value of a pod of the drill's cluster: the workers' ahead of the other clusters on this machine, as
+    if their nodes' CPUs were their own. The client's job a second starts Python processes on the old head (each
+    job's supervisor and driver), queued PENDING for minutes on a loaded machine; beside them and three other
+    clusters on 2 cores, the workers' Serve proxies answered after 15-27 s, past the Serve client's timeout, where
+    the replica took 20 ms. (The whole cluster at -10 starved the other modules' checks; its heads at 0 keep the
+    job storm behind them, and its workers, a Serve proxy and replica each, take little.)"""
+    return -10 if pod.startswith("ray-worker-") else 0
+
+
 # How long after a Service's selector changed a new connection may still reach the pods it selected before: the
 # kube-proxy stand-in's next pass (every 0.2 s, but seconds apart when the controllers are busy on a loaded
 # machine) and its rules' update; a real kube-proxy syncs its rules about once a second, later under load.
@@ -318,6 +330,15 @@ class Watch:
             if not self.pod_addresses or self.pod_addresses[-1][1] != addresses:
                 self.pod_addresses.append((now, addresses))
 
+    def failures_by_endpoints(self, failures: list[dict[str, Any]]) -> dict[str, int]:
+        """How many requests failed while `ray-serve` sent new connections where, by where."""
+        counts: dict[str, int] = {}
+        for failure in failures:
+            sent = float(failure["sent"])
+            endpoints = [what for when, what in self.serve_endpoints if when <= sent][-1:] or [[]]
+            counts[str(endpoints[0])] = counts.get(str(endpoints[0]), 0) + 1
+        return counts
+
     def history(self, since: float) -> str:
         """Where `ray-serve` sent new connections, and the pods' addresses, each change in seconds from `since`."""
         return "\n".join(
@@ -436,6 +457,18 @@ class JobWatch:
         return self.details
 
 
+def serve_logs(pods: list[Pod]) -> str:
+    """The last lines of each Serve log (its controller's, proxies', replicas') in each of `pods`' Ray container."""
+    shown = []
+    for pod in pods:
+        container = "ray-head" if pod.labels.get("ray.io/group") == "head" else "ray-worker"
+        argv = pod.exec_argv(container, ["sh", "-c", "tail -n 15 /tmp/ray/session_latest/logs/serve/*.log"])
+        if argv is not None:
+            listed = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+            shown.append(f"--- {pod.name}\n{listed.stdout[-6000:]}{listed.stderr[-500:]}")
+    return "\n".join(shown)
+
+
 def release(head: Pod) -> None:
     """Lets the long job end: RELEASE_FILE made in the head's container, as `kubectl exec` would."""
     argv = head.exec_argv("ray-head", ["touch", RELEASE_FILE])
@@ -543,7 +576,9 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
         keepers = "\n".join(f"--- {head.name}\n{head.logs('serve-keeper')}" for head in (old_head, new_head))
         pytest.fail(
             f"{len(failures)} of {serve['sent']} requests failed (at least {SERVE_REQUESTS} wanted), the first at"
-            f" {failures[:10]} s from the move\n{keepers}\n--- changes\n{watch.history(watch.first_seen[new])}"
+            f" {failures[:10]} s from the move; by where `ray-serve` sent them:"
+            f" {watch.failures_by_endpoints(serve['failures'])}\n{keepers}\n--- the new generation's Serve logs\n"
+            f"{serve_logs(generation_pods(cluster, new))}\n--- changes\n{watch.history(watch.first_seen[new])}"
             f"\n--- the retirement\n{retirement_logs()}"
         )
     assert set(serving(cluster)) <= {pod.ip for pod in generation_pods(cluster, new)}, serving(cluster)

@@ -454,6 +454,40 @@ def test_the_first_keeper_creates_the_endpoint_slice_with_the_healthy_proxies(mo
     assert created["metadata"]["ownerReferences"][0]["uid"] == "u-1"
 
 
+def test_a_proxy_is_healthy_from_its_first_answer_until_three_probes_in_a_row_fail() -> None:
+    health = serve_keeper.ProxyHealth()
+    both = {"10.0.0.1", "10.0.0.2"}
+    assert health.observe(both, {"10.0.0.1"}) == {"10.0.0.1"}  # one never answered: not healthy
+    assert health.observe(both, set()) == {"10.0.0.1"}
+    assert health.observe(both, set()) == {"10.0.0.1"}
+    assert health.observe(both, both) == both  # an answer resets the count
+    assert health.observe(both, set()) == both
+    assert health.observe(both, {"10.0.0.2"}) == both
+    assert health.observe(both, {"10.0.0.2"}) == {"10.0.0.2"}  # 10.0.0.1's third failure in a row
+    assert health.observe({"10.0.0.2"}, set()) == {"10.0.0.2"}
+    assert health.observe(both, set()) == {"10.0.0.2"}  # 10.0.0.1 forgotten: it must answer again
+    assert health.observe(both, set()) == set()
+
+
+def test_a_keeper_rides_out_missed_probes_and_never_empties_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under load probes time out now and then: the Service stays on the worker's proxy (not flapping to the head's
+    at each miss), and with no proxy answering at all it keeps the one it has rather than refuse every request."""
+    kubernetes = MemoryKubernetes({"applications": [APP]})
+    proxies = {"h": {"node_ip": "10.0.0.1"}, "w": {"node_ip": "10.0.0.2"}}
+    status = {"controller_info": {"node_id": "h"}, "proxies": proxies, "applications": {}}
+    keeper = serve_keeper.Keeper(QuietDashboard(status), kubernetes, "ray-serve", 8000, "10.0.0.1")
+    slice_path = kubernetes.path("discovery.k8s.io/v1", "endpointslices", "ray-serve")
+    both, head = {"10.0.0.1", "10.0.0.2"}, {"10.0.0.1"}
+    rounds = [both, head, head, both, set(), set(), set(), set()]
+    monkeypatch.setattr(serve_keeper, "healthy_proxies", lambda addresses, port: rounds.pop(0) & addresses)
+    while rounds:
+        keeper.step()
+        assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.0.2"]
+    rounds.append(head)
+    keeper.step()  # the head's answers; the worker's has failed its last five
+    assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.0.1"]
+
+
 def test_generations_keepers_hand_the_service_over_when_its_annotation_moves(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each generation's keeper writes the slice only while the Service's annotation names its generation; the new
     one publishes its own proxies, never adopting the old generation's (which still answer while they drain)."""

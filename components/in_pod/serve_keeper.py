@@ -11,10 +11,14 @@ the standard library and `requests` (which Ray needs).
   this process applied last, or when Serve lacks one of its applications: a head restarted without GCS fault
   tolerance comes back without Serve. Not otherwise: every PUT, even of the same config, turns each application
   DEPLOYING for a moment;
-- probes the Serve proxy of every node Serve lists (GET :<port>/-/healthz within 1 s) and writes the EndpointSlice of
-  the Service `<cluster>-serve`: the healthy proxies of workers, or the head's while no worker's is healthy (a
-  proxy on a node without replicas answers 503 while it drains, and is gone once drained); when they change, and
-  every RESYNC_SECONDS whatever happened to the slice meanwhile (deleted by hand, or with a replaced Service).
+- probes the Serve proxy of every node Serve lists (GET :<port>/-/healthz within 2 s, all at once) and writes the
+  EndpointSlice of the Service `<cluster>-serve`: the healthy proxies of workers, or the head's while no worker's is
+  healthy (a proxy on a node without replicas answers 503 while it drains, and is gone once drained); when they
+  change, and every RESYNC_SECONDS whatever happened to the slice meanwhile (deleted by hand, or with a replaced
+  Service). A proxy is healthy as a readiness probe keeps a pod ready: from its first answer until FAILURE_THRESHOLD
+  probes in a row fail. One lost probe on a loaded node says little, and a Service that followed each one flapped
+  between proxies and refused requests. The Service is never emptied: with no proxy healthy it keeps those it has
+  (an empty Service refuses every request at once, where a proxy that misses its probes still answers most).
   With upgradeStrategy `generation` (SERVE_GENERATION set), only while the Service's annotation names its own
   generation: Pulumi moves the annotation to a new generation once it is proven, and the keepers hand over in the
   same update, the old one stopping, the new one publishing its own proxies (never adopting the old ones, and never
@@ -32,6 +36,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +46,9 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 HEARTBEAT_FILE = Path("/tmp/heartbeat")
 SERVE_API = "/api/serve/applications/"
 PERIOD_SECONDS = 1.0
-PROBE_TIMEOUT_SECONDS = 1.0
+PROBE_TIMEOUT_SECONDS = 2.0
+# A readiness probe's default failureThreshold.
+FAILURE_THRESHOLD = 3
 # Short enough that a pass with every call slow still leaves its heartbeat within the probes' window
 # (components/manifests/serve.py, LIVENESS_SECONDS).
 REQUEST_TIMEOUT_SECONDS = 5.0
@@ -186,17 +193,39 @@ def endpoint_slice(name: str, service: Document, addresses: list[str], port: int
 
 
 def healthy_proxies(addresses: set[str], port: int) -> set[str]:
-    """The addresses whose Serve proxy answers its health check now."""
-    session = _session()
-    healthy = set()
-    for address in addresses:
+    """The addresses whose Serve proxy answers its health check now: all probed at once, so that a pass lasts at most
+    one probe's timeout however many proxies do not answer."""
+
+    def answers(address: str) -> bool:
         try:
-            response = session.get(f"http://{url_host(address)}:{port}/-/healthz", timeout=PROBE_TIMEOUT_SECONDS)
+            response = _session().get(f"http://{url_host(address)}:{port}/-/healthz", timeout=PROBE_TIMEOUT_SECONDS)
         except requests.RequestException:
-            continue
-        if response.status_code == 200:
-            healthy.add(address)
-    return healthy
+            return False
+        return response.status_code == 200
+
+    if not addresses:
+        return set()
+    ordered = sorted(addresses)
+    with ThreadPoolExecutor(max_workers=len(ordered)) as probes:
+        return {address for address, ok in zip(ordered, probes.map(answers, ordered), strict=True) if ok}
+
+
+class ProxyHealth:
+    """Each proxy's health across passes, as a readiness probe keeps a pod's: healthy from its first answer until
+    FAILURE_THRESHOLD probes in a row fail. A proxy not probed any more is forgotten."""
+
+    def __init__(self) -> None:
+        self.failures: dict[str, int] = {}  # failed probes in a row, per proxy; FAILURE_THRESHOLD: not healthy
+
+    def observe(self, probed: set[str], answering: set[str]) -> set[str]:
+        """Record one round of probes; the proxies healthy after it."""
+        self.failures = {
+            address: 0
+            if address in answering
+            else min(self.failures.get(address, FAILURE_THRESHOLD - 1) + 1, FAILURE_THRESHOLD)
+            for address in probed
+        }
+        return {address for address, failed in self.failures.items() if failed < FAILURE_THRESHOLD}
 
 
 def proxy_addresses(status: Document) -> set[str]:
@@ -233,6 +262,7 @@ class Keeper:
         self.applied: Document | None = None
         self.published: list[str] | None = None
         self.checked_at = -RESYNC_SECONDS
+        self.health = ProxyHealth()
         self._said = ""
 
     def say(self, message: str) -> None:
@@ -272,11 +302,18 @@ class Keeper:
             # until it publishes a proxy of its own: what the Service holds may be an older generation's.
             self.published = self.live_addresses() if self.holds_service else []
         published = self.published
-        healthy = healthy_proxies(proxy_addresses(status) | set(published), self.port)
-        addresses = serving_addresses(status, healthy, published)
-        if not addresses and not self.holds_service:
-            # Taking the Service over: the old generation's proxies keep it until one of this one's answers.
-            self.say(f"the Service {self.name} is this generation's: waiting for a healthy proxy to send it to")
+        probed = proxy_addresses(status) | set(published)
+        addresses = serving_addresses(
+            status, self.health.observe(probed, healthy_proxies(probed, self.port)), published
+        )
+        if not addresses:
+            # Never emptied: taking the Service over, the old generation's proxies keep it until one of this one's
+            # answers; holding it, its proxies keep it, though they miss their probes.
+            self.say(
+                f"the Service {self.name} is this generation's: waiting for a healthy proxy to send it to"
+                if not self.holds_service
+                else f"no proxy is healthy: the Service {self.name} keeps sending requests to {published}"
+            )
             return
         if addresses != self.published or time.monotonic() - self.checked_at >= RESYNC_SECONDS:
             self.publish(addresses)

@@ -44,8 +44,8 @@ CHECK_RESOURCES = PodResources(cpu="100m", memory="128Mi")
 # How long `pulumi up` waits for the applications: an image's first replicas may pull dependencies (runtime_env).
 CHECK_DEADLINE_SECONDS = 900
 # The keeper touches this file after every pass; its probes read its age. A pass whose every call runs into its
-# timeout (seven calls of 5 s, a second per proxy's health check) still fits the window, so a slow dashboard or
-# API server never turns the head NotReady; a keeper that stopped going round is restarted.
+# timeout (seven calls of 5 s, and the proxies' health checks, 2 s all at once) still fits the window, so a slow
+# dashboard or API server never turns the head NotReady; a keeper that stopped going round is restarted.
 HEARTBEAT_FILE = "/tmp/heartbeat"
 LIVENESS_SECONDS = 60
 READINESS_SECONDS = 60
