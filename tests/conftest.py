@@ -29,18 +29,20 @@ BUILDER_TESTS_FIRST = (
 )
 
 
-# The modules that take minutes, longest first (their tests' times summed from pytest's --durations). scripts/test
-# runs the suite on pytest-xdist workers, each module whole on one worker (its cluster is module-scoped), handed out
-# in collection order (a worker gets its next module once two or fewer of its tests are left): the longest start
-# first and the quick ones fill in behind them.
+# The modules that take minutes, in the order that ends a run soonest (their times from the timed runs in
+# docs/benchmarks.md). scripts/test runs the suite on pytest-xdist workers, each module whole on one worker (its
+# cluster is module-scoped), handed out in collection order (a worker gets its next module once two or fewer of its
+# tests are left): roughly longest first, the quick ones filling in behind them. In f7a0ed8's run the harness and in
+# ab9186b's the fault-tolerance module ended it, each started last beside workers with nothing left.
 LONGEST_FIRST = (
     "test_rehearsal_autoscaling.py",
     "test_rehearsal_heals.py",
     "test_rehearsal.py",
     "test_rehearsal_metrics.py",
+    "test_serve.py",  # 4-6 minutes, a Ray head on this machine among them
     "test_rehearsal_serve.py",
-    # The longest now, but not first: beside three clusters forming, the client's submissions queue on its old head
-    # for minutes (109 once), which its retirement waits for; it starts once a first module is done.
+    # Not first: beside three clusters forming, the client's submissions queue on its old head for minutes (109
+    # once), which its retirement waits for; it starts once a first module is done.
     "test_rehearsal_upgrades.py",
     # What its worker is handed with it, as the drill is one test: a quick module, which the worker runs after it.
     # (The harness's 2 minutes, handed out here in a run, waited behind the drill's 7 while the other workers had
@@ -49,7 +51,6 @@ LONGEST_FIRST = (
     "test_rehearsal_fault_tolerance.py",
     "test_rehearsal_harness.py",
     "test_rehearsal_serve_without_fault_tolerance.py",
-    "test_serve.py",
     "test_rehearsal_apiserver.py",
 )
 

@@ -755,6 +755,23 @@ def test_a_failed_job_fails_up_again_unless_it_may_be_replaced(cluster: Cluster,
 
 
 @pytest.mark.rehearsal
+def test_a_failed_step_lets_the_steps_in_flight_run_to_their_end_before_up_exits(cluster: Cluster) -> None:
+    """As the engine's step executor: a failed Job starts no more steps, but a Job created beside it is awaited to
+    its end; the next `up` finds that one done and leaves it, rather than run a second copy beside the first."""
+    replace = {"pulumi.com/replaceUnready": "true"}
+    slow = job("slow", template(container("sleep 3")), replace, backoffLimit=0)
+    failing = job("failing", template(container("false")), replace, backoffLimit=0)
+    program = stack(("slow", slow, ()), ("failing", failing, ()))
+    with pytest.raises(JobFailedError):
+        cluster.up(program, timeout=60)
+    assert cluster.job_status(slow) == "Succeeded"
+    [first] = pods(cluster, slow)
+    with pytest.raises(JobFailedError):  # the failed one replaced, and failing again
+        cluster.up(program, timeout=60)
+    assert pods(cluster, slow) == [first]
+
+
+@pytest.mark.rehearsal
 def test_a_changed_job_template_replaces_the_job_and_unchanged_inputs_leave_it_alone(cluster: Cluster) -> None:
     def program(version: str) -> Rendered:
         return stack(("print", job("print", template(container(f"echo version {version}")), backoffLimit=0), ()))

@@ -294,7 +294,10 @@ class ServeHead:
 @pytest.fixture(scope="module")
 def serve_head() -> Iterator[ServeHead]:
     """`ray start --head --block` of the rehearsal's image, with token auth and an app module on its path, in a
-    session of its own (stopped as a whole), on loopback only."""
+    session of its own (stopped as a whole), on loopback only; at nice -10, as the Serve modules' clusters run
+    (tests/test_rehearsal_serve.py): at the others' priority, beside three clusters and the upgrade drill's job a
+    second, its dashboard stopped answering (timeouts, then refused connections) and all three of its tests failed,
+    twice in eight runs."""
     if not IMAGE_PYTHON.exists():
         pytest.fail(f"{IMAGE_PYTHON} is missing: scripts/test builds the rehearsal's image (as root)")
     directory = Path(tempfile.mkdtemp(prefix="/tmp/serve-"))
@@ -306,9 +309,10 @@ def serve_head() -> Iterator[ServeHead]:
                "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0",
                "PYTHONPATH": str(directory / "apps")}  # fmt: skip
     dashboard_port, serve_port = free_port(), free_port()
-    command = [str(IMAGE_PYTHON.parent / "ray"), "start", "--head", "--block", f"--port={free_port()}",
-               "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-               "--num-cpus=4", f"--temp-dir={directory / 'ray'}", "--disable-usage-stats"]  # fmt: skip
+    command = ["nice", "-n", "-10", str(IMAGE_PYTHON.parent / "ray"), "start", "--head", "--block",
+               f"--port={free_port()}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+               f"--dashboard-port={dashboard_port}", "--num-cpus=4", f"--temp-dir={directory / 'ray'}",
+               "--disable-usage-stats"]  # fmt: skip
     log = (directory / "head.log").open("w")
     head = subprocess.Popen(command, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     dashboard = f"http://127.0.0.1:{dashboard_port}"

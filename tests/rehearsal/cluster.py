@@ -82,6 +82,7 @@ PersistentVolumes, `volumeName`, selectors, data sources, block volumes, other a
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import functools
 import hashlib
@@ -1535,11 +1536,11 @@ class Cluster:
         step out once all the resource depends on is ready, and await it; then delete what the program no longer
         declares and the old copies of create-before-delete replacements (those of a failed `up` too), but for what
         was applied with retainOnDelete, which only leaves the state. Returns the seconds until every resource was
-        ready. A failed Job raises JobFailedError, a resource not ready in time TimeoutError; either way the
-        resources left unready are remembered, and the next `up` awaits them again (or replaces them, where that is
-        asked for). `delays` holds back resources by logical name, as a slow image pull would. `upsert` is the
-        provider's upsertExistingObjects: without it, a create of an object that exists fails
-        (AlreadyExistsError)."""
+        ready. A failed Job raises JobFailedError (once the steps then in flight have run to their end, as the
+        engine lets them), a resource not ready in time TimeoutError; either way the resources left unready are
+        remembered, and the next `up` awaits them again (or replaces them, where that is asked for). `delays` holds
+        back resources by logical name, as a slow image pull would. `upsert` is the provider's
+        upsertExistingObjects: without it, a create of an object that exists fails (AlreadyExistsError)."""
         started = time.monotonic()
         declared = {r.urn: r for r in rendered.kubernetes()}
         ready: set[str] = {r.urn for r in rendered.registrations if r.urn not in declared}
@@ -1568,7 +1569,27 @@ class Cluster:
 
         try:
             wait_for(progress, timeout, not_ready, interval=0.2)
-        except BaseException:
+        except Exception as failed:
+            if not isinstance(failed, TimeoutError):
+                # As the engine's step executor does on a failed step: no step starts any more, but those in flight
+                # (applied, awaited) run to their end, ready or failed, before `up` exits.
+                in_flight = {urn: step for urn, step in steps.items() if step.applied and urn not in ready}
+
+                def settled() -> bool:
+                    for urn, step in list(in_flight.items()):
+                        try:
+                            done = self._advance(step, upsert, declared[urn].options.retain_on_delete)
+                        except JobFailedError:  # failed too: reported beside the first failure
+                            done = False
+                            del in_flight[urn]
+                        if done:
+                            ready.add(urn)
+                            del in_flight[urn]
+                    return not in_flight
+
+                left = timeout - (time.monotonic() - started)
+                with contextlib.suppress(TimeoutError):
+                    wait_for(settled, max(0.0, left), "pulumi up: the steps in flight", interval=0.2)
             self._init_errors |= {urn for urn, step in steps.items() if step.applied and urn not in ready}
             raise
         elapsed = time.monotonic() - started
