@@ -49,6 +49,7 @@ PERIOD_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 2.0
 # A readiness probe's default failureThreshold.
 FAILURE_THRESHOLD = 3
+PROBES_AT_ONCE = 32
 # Short enough that a pass with every call slow still leaves its heartbeat within the probes' window
 # (components/manifests/serve.py, LIVENESS_SECONDS).
 REQUEST_TIMEOUT_SECONDS = 5.0
@@ -193,8 +194,8 @@ def endpoint_slice(name: str, service: Document, addresses: list[str], port: int
 
 
 def healthy_proxies(addresses: set[str], port: int) -> set[str]:
-    """The addresses whose Serve proxy answers its health check now: all probed at once, so that a pass lasts at most
-    one probe's timeout however many proxies do not answer."""
+    """The addresses whose Serve proxy answers its health check now: probed PROBES_AT_ONCE at a time, so that a pass
+    lasts one probe's timeout however many of a cluster's few proxies do not answer."""
 
     def answers(address: str) -> bool:
         try:
@@ -206,7 +207,7 @@ def healthy_proxies(addresses: set[str], port: int) -> set[str]:
     if not addresses:
         return set()
     ordered = sorted(addresses)
-    with ThreadPoolExecutor(max_workers=len(ordered)) as probes:
+    with ThreadPoolExecutor(max_workers=min(len(ordered), PROBES_AT_ONCE)) as probes:
         return {address for address, ok in zip(ordered, probes.map(answers, ordered), strict=True) if ok}
 
 
