@@ -285,6 +285,20 @@ class ServeHead:
     dashboard: str
     serve_port: int
     environ: dict[str, str]
+    directory: Path
+
+    def logs(self) -> str:
+        """For a failure: what `ray start` said, which of Ray's processes ended and why, the dashboard's last words."""
+        logs = self.directory / "ray" / "session_latest" / "logs"
+        shown = [
+            self.directory / "head.log",
+            logs / "ray_process_exit.log",
+            logs / "dashboard.err",
+            logs / "dashboard.log",
+        ]
+        return "".join(
+            f"\n--- {path.name}\n{path.read_text(errors='replace')[-3000:]}" for path in shown if path.exists()
+        )
 
     def config(self, *applications: dict[str, Any]) -> dict[str, Any]:
         return {"proxy_location": "EveryNode", "http_options": {"host": "0.0.0.0", "port": self.serve_port},
@@ -326,7 +340,7 @@ def serve_head() -> Iterator[ServeHead]:
                 pass
             assert head.poll() is None and time.monotonic() < deadline, (directory / "head.log").read_text()
             time.sleep(0.5)
-        yield ServeHead(dashboard, serve_port, {**environ, "SERVE_DASHBOARD_URL": dashboard})
+        yield ServeHead(dashboard, serve_port, {**environ, "SERVE_DASHBOARD_URL": dashboard}, directory)
     finally:
         stop_all(head, directory)
         log.close()
@@ -361,7 +375,7 @@ def run_check(head: ServeHead, config: dict[str, Any], seconds: int = 120) -> su
 @pytest.mark.rehearsal
 def test_the_check_passes_once_the_application_answers(serve_head: ServeHead) -> None:
     result = run_check(serve_head, serve_head.config(APP))
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr + serve_head.logs()
     assert "Serve applications RUNNING and routed: ['hello']" in result.stdout
     assert requests.get(f"http://127.0.0.1:{serve_head.serve_port}/hello", timeout=5).text == "hello"
 
@@ -371,8 +385,8 @@ def test_a_bad_import_path_fails_the_check_with_serves_message(serve_head: Serve
     broken = {**APP, "name": "broken", "route_prefix": "/broken", "import_path": "no_such_module:app"}
     started = time.monotonic()
     result = run_check(serve_head, serve_head.config(APP, broken))
-    assert result.returncode == 1, result.stdout
-    assert "Serve application 'broken' is DEPLOY_FAILED" in result.stdout
+    assert result.returncode == 1, result.stdout + serve_head.logs()
+    assert "Serve application 'broken' is DEPLOY_FAILED" in result.stdout, result.stdout + serve_head.logs()
     assert "No module named 'no_such_module'" in result.stdout
     assert time.monotonic() - started < 60
 
@@ -596,7 +610,7 @@ def test_the_keeper_keeps_the_applications_and_points_the_service_at_the_proxy(s
                 done, why = False, str(error)
             if done and not why and kubernetes.objects.get(slice_path, {}).get("endpoints"):
                 return
-            assert time.monotonic() < deadline, why
+            assert time.monotonic() < deadline, why + serve_head.logs()
             time.sleep(0.5)
 
     settled(config)
