@@ -68,7 +68,8 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     module)."""
     if os.geteuid() != 0:
         pytest.fail("the rehearsal needs root to create network namespaces; run it as root (CI does)")
-    niceness = getattr(request.module, "cluster_niceness", getattr(request.module, "CLUSTER_NICENESS", 0))
+    every_pod = getattr(request.module, "CLUSTER_NICENESS", 0)
+    niceness = getattr(request.module, "cluster_niceness", lambda pod: every_pod)
     cluster = Cluster(Path(f"/run/ray-rehearsal-{os.getpid()}"), niceness=niceness)
     try:
         yield cluster

@@ -420,13 +420,13 @@ class Cluster:
         node: Node | None = None,
         storage_classes: Iterable[StorageClass] = (StorageClass(),),
         default_storage_class: str | None = "standard",
-        niceness: int | Callable[[str], int] = 0,
+        niceness: Callable[[str], int] = lambda pod: 0,
         cores: Callable[[str], str | None] = lambda pod: None,
     ) -> None:
         """`directory` holds the pods' files and the claims' volumes (outside /tmp, which pods mount over); `prefix`
         names this cluster's network namespaces; `node` is its one node (by default roomy enough for any
         rehearsal, without GPUs); `storage_classes` are its StorageClasses, of which `default_storage_class` (if
-        any) is the default; `niceness` the nice value of every pod's processes, or of a pod's by its name (below 0:
+        any) is the default; `niceness(pod name)` the nice value of a pod's processes (below 0:
         ahead of the other clusters on this machine, as if its node's CPUs were its own); `cores(pod name)` the CPUs
         a pod's processes may run on (taskset's list; None: any), to give pods CPUs of their own as pods on
         different nodes have."""
@@ -1075,7 +1075,7 @@ class Cluster:
             clock=self.clock,
             service_env=self._service_env,
             private=self.directory,
-            niceness=self.niceness(name) if callable(self.niceness) else self.niceness,
+            niceness=self.niceness(name),
             cores=self.cores(name),
         )
         with self._lock:
