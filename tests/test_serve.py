@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -444,6 +444,15 @@ class QuietDashboard(serve_keeper.Dashboard):
         return None
 
 
+def answering(healthy: set[str] | None = None) -> Callable[[set[str], int], dict[str, str]]:
+    """A stand-in for the keeper's probes: the proxies in `healthy` (every one, if None) answer 200, the others
+    nothing in time."""
+    return lambda addresses, port: {
+        address: serve_keeper.ANSWERED if healthy is None or address in healthy else serve_keeper.SILENT
+        for address in addresses
+    }
+
+
 def test_a_new_keeper_keeps_the_proxies_the_service_holds_while_they_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     """A new head's keeper (nothing published yet in its process) finds the workers' proxies in the live slice;
     while the new controller lists no proxy, those that answer stay, and one that does not goes."""
@@ -455,7 +464,7 @@ def test_a_new_keeper_keeps_the_proxies_the_service_holds_while_they_answer(monk
     kubernetes.objects[slice_path] = {**live, "metadata": {**live["metadata"], "resourceVersion": "7"}}
     status = {"controller_info": {"node_id": "h"}, "proxies": {}, "applications": {"hello": {}}}
     keeper = serve_keeper.Keeper(QuietDashboard(status), kubernetes, "ray-serve", 8000, "10.0.0.1")
-    monkeypatch.setattr(serve_keeper, "healthy_proxies", lambda addresses, port: {"10.0.0.2"} & addresses)
+    monkeypatch.setattr(serve_keeper, "probe_proxies", answering({"10.0.0.2"}))
     keeper.step()
     assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.0.2"]
 
@@ -465,44 +474,88 @@ def test_the_first_keeper_creates_the_endpoint_slice_with_the_healthy_proxies(mo
     kubernetes = MemoryKubernetes({"applications": [APP]})
     status = {"controller_info": {"node_id": "h"}, "proxies": {"w": {"node_ip": "10.0.0.2"}}, "applications": {}}
     keeper = serve_keeper.Keeper(QuietDashboard(status), kubernetes, "ray-serve", 8000, "10.0.0.1")
-    monkeypatch.setattr(serve_keeper, "healthy_proxies", lambda addresses, port: {"10.0.0.2"} & addresses)
+    monkeypatch.setattr(serve_keeper, "probe_proxies", answering({"10.0.0.2"}))
     keeper.step()
     created = kubernetes.objects[kubernetes.path("discovery.k8s.io/v1", "endpointslices", "ray-serve")]
     assert serve_keeper.slice_addresses(created) == ["10.0.0.2"]
     assert created["metadata"]["ownerReferences"][0]["uid"] == "u-1"
 
 
-def test_a_proxy_is_healthy_from_its_first_answer_until_three_probes_in_a_row_fail() -> None:
+def test_a_proxy_is_healthy_from_its_first_200_until_it_refuses_or_is_silent_for_30_seconds() -> None:
     health = serve_keeper.ProxyHealth()
-    both = {"10.0.0.1", "10.0.0.2"}
-    assert health.observe(both, {"10.0.0.1"}) == {"10.0.0.1"}  # one never answered: not healthy
-    assert health.observe(both, set()) == {"10.0.0.1"}
-    assert health.observe(both, set()) == {"10.0.0.1"}
-    assert health.observe(both, both) == both  # an answer resets the count
-    assert health.observe(both, set()) == both
-    assert health.observe(both, {"10.0.0.2"}) == both
-    assert health.observe(both, {"10.0.0.2"}) == {"10.0.0.2"}  # 10.0.0.1's third failure in a row
-    assert health.observe({"10.0.0.2"}, set()) == {"10.0.0.2"}
-    assert health.observe(both, set()) == {"10.0.0.2"}  # 10.0.0.1 forgotten: it must answer again
-    assert health.observe(both, set()) == set()
+    answered, refused, silent = serve_keeper.ANSWERED, serve_keeper.REFUSED, serve_keeper.SILENT
+    one, two = "10.0.0.1", "10.0.0.2"
+    assert health.observe({one: answered, two: silent}, 0.0) == {one}  # two never answered: not healthy
+    assert health.observe({one: silent, two: silent}, 29.9) == {one}  # its probes time out, for less than 30 s
+    assert health.observe({one: silent, two: answered}, 30.0) == {two}  # 30 s without an answer
+    assert health.observe({one: answered, two: silent}, 31.0) == {one, two}  # an answer: healthy at once
+    assert health.observe({one: refused, two: silent}, 32.0) == {two}  # a 503 or a refused connection: at once
+    assert health.observe({one: silent, two: silent}, 33.0) == {two}  # and until it answers 200 again
+    assert health.observe({one: answered}, 34.0) == {one}
+    assert health.observe({one: silent, two: silent}, 35.0) == {one}  # two, not probed last, was forgotten
 
 
-def test_a_keeper_rides_out_missed_probes_and_never_empties_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under load probes time out now and then: the Service stays on the worker's proxy (not flapping to the head's
-    at each miss), and with no proxy answering at all it keeps the one it has rather than refuse every request."""
+class Clock:
+    """The keeper's time, as the test sets it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_keeper_rides_out_silent_probes_and_never_empties_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under load probes time out now and then: the Service stays on the worker's proxy (not moving to the head's,
+    whose node the job submissions load) until the worker's has not answered for 30 s, or at once when it refuses;
+    and with no proxy answering at all it keeps the one it has rather than refuse every request."""
     kubernetes = MemoryKubernetes({"applications": [APP]})
     proxies = {"h": {"node_ip": "10.0.0.1"}, "w": {"node_ip": "10.0.0.2"}}
     status = {"controller_info": {"node_id": "h"}, "proxies": proxies, "applications": {}}
     keeper = serve_keeper.Keeper(QuietDashboard(status), kubernetes, "ray-serve", 8000, "10.0.0.1")
     slice_path = kubernetes.path("discovery.k8s.io/v1", "endpointslices", "ray-serve")
-    both, head = {"10.0.0.1", "10.0.0.2"}, {"10.0.0.1"}
-    rounds = [both, head, head, both, set(), set(), set(), set()]
-    monkeypatch.setattr(serve_keeper, "healthy_proxies", lambda addresses, port: rounds.pop(0) & addresses)
-    while rounds:
+    clock = Clock()
+    monkeypatch.setattr(serve_keeper, "time", clock)
+
+    def served_at(seconds: float, healthy: set[str] | None) -> list[str]:
+        clock.now = seconds
+        monkeypatch.setattr(serve_keeper, "probe_proxies", answering(healthy))
         keeper.step()
-        assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.0.2"]
-    rounds.append(head)
-    keeper.step()  # the head's answers; the worker's has failed its last five
+        return serve_keeper.slice_addresses(kubernetes.objects[slice_path])
+
+    assert served_at(0, None) == ["10.0.0.2"]
+    for second in range(1, 30):
+        assert served_at(second, {"10.0.0.1"}) == ["10.0.0.2"], second
+    assert served_at(30, {"10.0.0.1"}) == ["10.0.0.1"]  # the worker's has not answered for 30 s
+    assert served_at(31, None) == ["10.0.0.2"]  # it answers again
+    for second in range(32, 70):  # no proxy answers at all
+        assert served_at(second, set()) == ["10.0.0.2"], second
+    assert served_at(70, None) == ["10.0.0.2"]
+    monkeypatch.setattr(
+        serve_keeper, "probe_proxies", lambda addresses, port: dict.fromkeys(addresses, serve_keeper.ANSWERED)
+        | {"10.0.0.2": serve_keeper.REFUSED}
+    )  # fmt: skip
+    clock.now = 71
+    keeper.step()  # the worker's proxy drains (503): the head's takes the requests at once
+    assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.0.1"]
+
+
+def test_a_silent_proxy_that_serve_no_longer_lists_goes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's node that left the cluster (Serve lists its proxy no more) and does not answer is gone, not busy:
+    the head's proxy takes the requests on the next pass, not 30 s later."""
+    kubernetes = MemoryKubernetes({"applications": [APP]})
+    proxies = {"h": {"node_ip": "10.0.0.1"}, "w": {"node_ip": "10.0.0.2"}}
+    status = {"controller_info": {"node_id": "h"}, "proxies": proxies, "applications": {}}
+    keeper = serve_keeper.Keeper(QuietDashboard(status), kubernetes, "ray-serve", 8000, "10.0.0.1")
+    slice_path = kubernetes.path("discovery.k8s.io/v1", "endpointslices", "ray-serve")
+    monkeypatch.setattr(serve_keeper, "probe_proxies", answering())
+    keeper.step()
+    assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.0.2"]
+    monkeypatch.setattr(serve_keeper, "probe_proxies", answering({"10.0.0.1"}))
+    keeper.step()  # silent, but listed: it stays
+    assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.0.2"]
+    del proxies["w"]
+    keeper.step()
     assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.0.1"]
 
 
@@ -513,7 +566,7 @@ def test_generations_keepers_hand_the_service_over_when_its_annotation_moves(mon
     service = kubernetes.objects[kubernetes.path("v1", "services", "ray-serve")]
     service["metadata"]["annotations"] = {GENERATION_LABEL: "0000000a"}
     slice_path = kubernetes.path("discovery.k8s.io/v1", "endpointslices", "ray-serve")
-    monkeypatch.setattr(serve_keeper, "healthy_proxies", lambda addresses, port: addresses)
+    monkeypatch.setattr(serve_keeper, "probe_proxies", answering())
 
     def keeper(generation: str, worker: str) -> serve_keeper.Keeper:
         status = {"controller_info": {"node_id": "h"}, "proxies": {"w": {"node_ip": worker}}, "applications": {}}
@@ -531,11 +584,11 @@ def test_generations_keepers_hand_the_service_over_when_its_annotation_moves(mon
     assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.2.2"]
     # A keeper taking the Service over never empties it: until a proxy of its own answers, the old ones keep it.
     newer = keeper("0000000c", "10.0.3.2")
-    monkeypatch.setattr(serve_keeper, "healthy_proxies", lambda addresses, port: set())
+    monkeypatch.setattr(serve_keeper, "probe_proxies", answering(set()))
     service["metadata"]["annotations"] = {GENERATION_LABEL: "0000000c"}
     newer.step()
     assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.2.2"]
-    monkeypatch.setattr(serve_keeper, "healthy_proxies", lambda addresses, port: addresses)
+    monkeypatch.setattr(serve_keeper, "probe_proxies", answering())
     newer.step()
     assert serve_keeper.slice_addresses(kubernetes.objects[slice_path]) == ["10.0.3.2"]
     # An old keeper's pass that began before a switch (its addresses computed then) writes nothing after it.
@@ -558,14 +611,19 @@ def test_a_generations_check_asks_its_heads_own_proxy_and_in_place_the_service()
         serve_keeper.serve_url({"SERVE_PORT": "8000"}, {"controller_info": {"node_id": "h"}, "proxies": {}})
 
 
-def test_a_proxy_is_healthy_only_when_its_health_check_answers_200() -> None:
+def test_a_probe_tells_a_200_from_a_refusal_and_from_silence() -> None:
+    """A 200 answers; a 503 (a draining proxy) or no listener (a proxy gone) refuses; a listener that takes the
+    connection and says nothing within the probe's timeout (a loaded node) is silent."""
     healthy = RecordingServer(("127.0.0.1", 0), default=(200, {}))
     unhealthy = RecordingServer(("127.0.0.3", healthy.port), default=(503, {}))
-    try:
-        assert serve_keeper.healthy_proxies({"127.0.0.1", "127.0.0.2", "127.0.0.3"}, healthy.port) == {"127.0.0.1"}
-    finally:
-        healthy.close()
-        unhealthy.close()
+    with socket.create_server(("127.0.0.4", healthy.port)):  # the kernel takes connections; none is read
+        try:
+            probes = serve_keeper.probe_proxies({f"127.0.0.{n}" for n in range(1, 5)}, healthy.port)
+        finally:
+            healthy.close()
+            unhealthy.close()
+    answered, refused, silent = serve_keeper.ANSWERED, serve_keeper.REFUSED, serve_keeper.SILENT
+    assert probes == {"127.0.0.1": answered, "127.0.0.2": refused, "127.0.0.3": refused, "127.0.0.4": silent}
     for server in (healthy, unhealthy):
         assert [(e.method, e.path, e.headers.get("Authorization")) for e in server.exchanges] == [
             ("GET", "/-/healthz", None)

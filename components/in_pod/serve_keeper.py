@@ -15,10 +15,13 @@ the standard library and `requests` (which Ray needs).
   EndpointSlice of the Service `<cluster>-serve`: the healthy proxies of workers, or the head's while no worker's is
   healthy (a proxy on a node without replicas answers 503 while it drains, and is gone once drained); when they
   change, and every RESYNC_SECONDS whatever happened to the slice meanwhile (deleted by hand, or with a replaced
-  Service). A proxy is healthy as a readiness probe keeps a pod ready: from its first answer until FAILURE_THRESHOLD
-  probes in a row fail. One lost probe on a loaded node says little, and a Service that followed each one flapped
-  between proxies and refused requests. The Service is never emptied: with no proxy healthy it keeps those it has
-  (an empty Service refuses every request at once, where a proxy that misses its probes still answers most).
+  Service). A proxy is healthy from its first 200 until it says otherwise: it answers anything else (503: it drains)
+  or refuses the connection (it is gone), at once; or it has not answered for SILENT_SECONDS, as long as a kubelet's
+  default readiness probe takes to give up on a pod (at once, if Serve no longer lists it: its node has left). A probe
+  that times out on a loaded node says little: the same proxy answered requests in 10-60 ms while three probes in a
+  row timed out, and a Service that gave up on it then sent its requests to the head's proxy, on the node the job
+  submissions load. The Service is never emptied: with no proxy healthy it keeps those it has (an empty Service
+  refuses every request at once, where a proxy that misses its probes still answers most).
   With upgradeStrategy `generation` (SERVE_GENERATION set), only while the Service's annotation names its own
   generation: Pulumi moves the annotation to a new generation once it is proven, and the keepers hand over in the
   same update, the old one stopping, the new one publishing its own proxies (never adopting the old ones, and never
@@ -47,9 +50,11 @@ HEARTBEAT_FILE = Path("/tmp/heartbeat")
 SERVE_API = "/api/serve/applications/"
 PERIOD_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 2.0
-# A readiness probe's default failureThreshold.
-FAILURE_THRESHOLD = 3
+# A kubelet's default readiness probe gives up on a pod after failureThreshold 3 probes periodSeconds 10 apart.
+SILENT_SECONDS = 30.0
 PROBES_AT_ONCE = 32
+# What a probe of a proxy found: a 200; another answer or a refused connection (draining, or gone); nothing in time.
+ANSWERED, REFUSED, SILENT = "answered", "refused", "silent"
 # Short enough that a pass with every call slow still leaves its heartbeat within the probes' window
 # (components/manifests/serve.py, LIVENESS_SECONDS).
 REQUEST_TIMEOUT_SECONDS = 5.0
@@ -193,40 +198,43 @@ def endpoint_slice(name: str, service: Document, addresses: list[str], port: int
     }
 
 
-def healthy_proxies(addresses: set[str], port: int) -> set[str]:
-    """The addresses whose Serve proxy answers its health check now: probed PROBES_AT_ONCE at a time, so that a pass
-    lasts one probe's timeout however many of a cluster's few proxies do not answer."""
+def probe_proxies(addresses: set[str], port: int) -> dict[str, str]:
+    """What each address's Serve proxy answers its health check now (ANSWERED, REFUSED or SILENT): probed
+    PROBES_AT_ONCE at a time, so that a pass lasts one probe's timeout however many of a cluster's few proxies do not
+    answer."""
 
-    def answers(address: str) -> bool:
+    def probe(address: str) -> str:
         try:
             response = _session().get(f"http://{url_host(address)}:{port}/-/healthz", timeout=PROBE_TIMEOUT_SECONDS)
+        except requests.Timeout:
+            return SILENT
         except requests.RequestException:
-            return False
-        return response.status_code == 200
+            return REFUSED
+        return ANSWERED if response.status_code == 200 else REFUSED
 
     if not addresses:
-        return set()
+        return {}
     ordered = sorted(addresses)
     with ThreadPoolExecutor(max_workers=min(len(ordered), PROBES_AT_ONCE)) as probes:
-        return {address for address, ok in zip(ordered, probes.map(answers, ordered), strict=True) if ok}
+        return dict(zip(ordered, probes.map(probe, ordered), strict=True))
 
 
 class ProxyHealth:
-    """Each proxy's health across passes, as a readiness probe keeps a pod's: healthy from its first answer until
-    FAILURE_THRESHOLD probes in a row fail. A proxy not probed any more is forgotten."""
+    """Each proxy's health across passes: healthy from its first 200 until it answers otherwise or refuses the
+    connection, or has not answered for SILENT_SECONDS. A proxy not probed any more is forgotten."""
 
     def __init__(self) -> None:
-        self.failures: dict[str, int] = {}  # failed probes in a row, per proxy; FAILURE_THRESHOLD: not healthy
+        # Per proxy that answered 200 and has not refused since, when it last answered (time.monotonic()).
+        self.answered_at: dict[str, float] = {}
 
-    def observe(self, probed: set[str], answering: set[str]) -> set[str]:
-        """Record one round of probes; the proxies healthy after it."""
-        self.failures = {
-            address: 0
-            if address in answering
-            else min(self.failures.get(address, FAILURE_THRESHOLD - 1) + 1, FAILURE_THRESHOLD)
-            for address in probed
+    def observe(self, probes: dict[str, str], now: float) -> set[str]:
+        """Record one round of probes, made at `now`; the proxies healthy after it."""
+        self.answered_at = {
+            address: now if found == ANSWERED else self.answered_at[address]
+            for address, found in probes.items()
+            if found == ANSWERED or (found == SILENT and address in self.answered_at)
         }
-        return {address for address, failed in self.failures.items() if failed < FAILURE_THRESHOLD}
+        return {address for address, answered in self.answered_at.items() if now - answered < SILENT_SECONDS}
 
 
 def proxy_addresses(status: Document) -> set[str]:
@@ -264,6 +272,7 @@ class Keeper:
         self.published: list[str] | None = None
         self.checked_at = -RESYNC_SECONDS
         self.health = ProxyHealth()
+        self.healthy: set[str] = set()
         self._said = ""
 
     def say(self, message: str) -> None:
@@ -303,10 +312,18 @@ class Keeper:
             # until it publishes a proxy of its own: what the Service holds may be an older generation's.
             self.published = self.live_addresses() if self.holds_service else []
         published = self.published
-        probed = proxy_addresses(status) | set(published)
-        addresses = serving_addresses(
-            status, self.health.observe(probed, healthy_proxies(probed, self.port)), published
-        )
+        listed = proxy_addresses(status)
+        # A proxy Serve no longer lists (its node has left the cluster) stays only while it answers: its silence is
+        # a dead node's, not a busy one's.
+        probes = {
+            address: REFUSED if found == SILENT and address not in listed else found
+            for address, found in probe_proxies(listed | set(published), self.port).items()
+        }
+        healthy = self.health.observe(probes, time.monotonic())
+        if healthy != self.healthy:
+            print(f"healthy proxies: {sorted(healthy)}; this pass's probes: {probes}", flush=True)
+            self.healthy = healthy
+        addresses = serving_addresses(status, healthy, published)
         if not addresses:
             # Never emptied: taking the Service over, the old generation's proxies keep it until one of this one's
             # answers; holding it, its proxies keep it, though they miss their probes.
