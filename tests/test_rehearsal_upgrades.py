@@ -5,11 +5,12 @@ One cluster lives through the module, with a Serve application. A client in the 
 the clients' head Service (`ray-head`, at its ClusterIP) throughout an image change, and another sends the
 application 20 requests a second through `ray-serve`. The change's first `pulumi up` makes the new generation,
 whose smoke test then fails (its pods are evicted twice): `pulumi up` fails, the clients' Service stays on the old
-generation, which answers every submission (one every 3 s), and the new one, which answers at its own address, gets
+generation, which answers every submission (one every 5 s), and the new one, which answers at its own address, gets
 none. A long job starts on the old generation; 10 s after it runs, the next `pulumi up`, with the same config,
 applies the image change: it proves the new generation, moves the Service to it and returns while the long job runs
-on. From 10 s before that `up` until 60 s after it began, a job every second: none fails, and every submission made
-after the move lands in the new generation. Then the drill lets the long job end (it waits for a file in its head's
+on. From 10 s before that `up` until 60 s after it began, and from its smoke test's run until 15 s after it returned,
+a job every second (every 5 s in between): none fails, and every submission made after the move lands in the new
+generation. Then the drill lets the long job end (it waits for a file in its head's
 container): it ends SUCCEEDED; the retirement Job then deletes the old
 generation (its GCS state in the stack's Redis too: the cluster is fault-tolerant), whose pods are gone within
 upgradeDrainSeconds + 30 s of the job's end; at no moment do more than twice the cluster's pods plus two run. From
@@ -144,17 +145,18 @@ url, rate = sys.argv[1], float(sys.argv[2])
 failures, lock = [], threading.Lock()
 
 
-def ask():
+def ask(request_id="drill-first"):
     sent = time.time()
     try:
-        with urllib.request.urlopen(url, timeout=30) as answer:
+        request = urllib.request.Request(url, headers={"X-Request-ID": request_id})  # Serve logs it with the request
+        with urllib.request.urlopen(request, timeout=30) as answer:
             body = answer.read()
         error = None if body == b"hello" else f"answered {body[:100]!r}"
     except Exception as failure:
         error = repr(failure)
     if error:
         with lock:
-            failures.append({"sent": sent, "error": error})
+            failures.append({"sent": sent, "error": error, "id": request_id})
 
 
 end = time.monotonic() + 60
@@ -171,7 +173,7 @@ stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
 threads, start = [], time.monotonic()
 while not stop.wait(max(0.0, start + len(threads) / rate - time.monotonic())):
-    threads.append(threading.Thread(target=ask))
+    threads.append(threading.Thread(target=ask, args=(f"drill-{len(threads)}",)))
     threads[-1].start()
 seconds = time.monotonic() - start
 for thread in threads:
@@ -283,8 +285,8 @@ class ServeTraffic:
 
 class Watch:
     """In threads: which generation the clients' Service selects (the last moment each was seen, every tenth of a
-    second), and the job submissions each generation's head has taken (asked at its pod's IP every second, also
-    while it terminates), with how many times each answered."""
+    second), and the job submissions each generation's head has taken (asked at its pod's IP every 2 s, also
+    while it terminates: each answer lists every job it has, hundreds), with how many times each answered."""
 
     def __init__(self, deployment: Deployment) -> None:
         self._deployment = deployment
@@ -347,7 +349,7 @@ class Watch:
         )
 
     def _jobs(self) -> None:
-        while not self._stop.wait(1):
+        while not self._stop.wait(2):
             self._list_jobs()
 
     def _list_jobs(self) -> None:
@@ -457,16 +459,38 @@ class JobWatch:
         return self.details
 
 
-def serve_logs(pods: list[Pod]) -> str:
-    """The last lines of each Serve log (its controller's, proxies', replicas') in each of `pods`' Ray container."""
+def smoke_test_runs_since(cluster: Cluster, since: float) -> list[Pod]:
+    """The smoke-test pods created since `since` (time.monotonic()) that run."""
+    return [
+        p for p in cluster.pods_in(NAMESPACE)
+        if p.name.startswith("ray-smoke-test-") and p.created_at > since and p.phase == "Running"
+    ]  # fmt: skip
+
+
+SERVE_LOGS = "/tmp/ray/session_latest/logs/serve/*.log"
+
+
+def serve_logs(pods: list[Pod], select: str = f"tail -n 15 {SERVE_LOGS}") -> str:
+    """Lines of the Serve logs (its controller's, proxies', replicas') in each of `pods`' Ray container: by default
+    each log's last ones, else what the shell command `select` prints."""
     shown = []
     for pod in pods:
         container = "ray-head" if pod.labels.get("ray.io/group") == "head" else "ray-worker"
-        argv = pod.exec_argv(container, ["sh", "-c", "tail -n 15 /tmp/ray/session_latest/logs/serve/*.log"])
+        argv = pod.exec_argv(container, ["sh", "-c", select])
         if argv is not None:
             listed = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
             shown.append(f"--- {pod.name}\n{listed.stdout[-6000:]}{listed.stderr[-500:]}")
     return "\n".join(shown)
+
+
+def failed_lines(failures: list[dict[str, Any]]) -> str:
+    """A shell command printing the Serve log lines of the first failed requests (by the request ids the client
+    sent), and those of answers that took a second or more or were not 200."""
+    patterns = [f"{failure['id']} " for failure in failures[:20]] + [
+        r" [0-9]{4,}\.[0-9]+ms$",
+        r" [1345][0-9][0-9] [0-9.]+ms$",
+    ]
+    return f"grep -H -E '{'|'.join(patterns)}' {SERVE_LOGS} | tail -n 60"
 
 
 def release(head: Pod) -> None:
@@ -503,7 +527,7 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
     def retirement_logs() -> str:
         return cluster.job_logs(cluster.get("Job", NAMESPACE, f"ray-{new}"))
 
-    client = Submitter(deployment, period=3)
+    client = Submitter(deployment, period=5)
     watch = Watch(deployment)
     long_job_watch: JobWatch | None = None
     serve_traffic: ServeTraffic | None = None
@@ -544,8 +568,26 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
         )
         client.every(1)
         time.sleep(10)
-        switch_started = time.time()
-        deployment.up()  # the same config: the failed smoke test is replaced and runs again
+        switch_started, switch_began = time.time(), time.monotonic()
+        # The same config: the failed smoke test is replaced and runs again.
+        switching, failure = deployment.up_in_a_thread()
+        # A submission a second for the issue's 60 s from the change, and again from the new generation's smoke test's
+        # run (the switch follows its pass) to the end. In between, one every 5 s: on a loaded machine the `up` takes
+        # minutes, and each submission starts Python processes on the old head, which starts fewer a second than one:
+        # at a job a second throughout, the backlog (48 jobs in a run) held the old generation, and the machine, for
+        # minutes after the switch.
+        switching.join(60)
+        if switching.is_alive():
+            client.every(5)
+            wait_for(
+                lambda: not switching.is_alive() or smoke_test_runs_since(cluster, switch_began),
+                UP_TIMEOUT,
+                "the new generation's smoke test's run",
+                interval=0.2,
+            )
+            client.every(1)
+        switching.join(UP_TIMEOUT)
+        assert not switching.is_alive() and not failure, failure
         # `pulumi up` returned while the long job runs on: the old generation is left to drain.
         returned = time.time()
         [new_head] = [head for head in heads(cluster) if head.labels[GENERATION_LABEL] == new]
@@ -577,11 +619,17 @@ def test_an_image_change_moves_every_later_submission_to_a_proven_generation_and
     failures = [(round(float(f["sent"]) - watch.first_seen[new], 1), f["error"]) for f in serve["failures"]]
     if failures or serve["sent"] < SERVE_REQUESTS:
         keepers = "\n".join(f"--- {head.name}\n{head.logs('serve-keeper')}" for head in (old_head, new_head))
+        failed_in_logs = serve_logs(
+            list({pod.name: pod for pod in heads(cluster) + generation_pods(cluster, new)}.values()),
+            failed_lines(serve["failures"]),
+        )
         pytest.fail(
             f"{len(failures)} of {serve['sent']} requests failed (at least {SERVE_REQUESTS} wanted), the first at"
             f" {failures[:10]} s from the move; by where `ray-serve` sent them:"
             f" {watch.failures_by_endpoints(serve['failures'])}\n{keepers}\n--- the new generation's Serve logs\n"
-            f"{serve_logs(generation_pods(cluster, new))}\n--- changes\n{watch.history(watch.first_seen[new])}"
+            f"{serve_logs(generation_pods(cluster, new))}\n--- what the Serve logs say of the first failed requests,"
+            f" and their answers that took a second or more or were not 200\n{failed_in_logs}"
+            f"\n--- changes\n{watch.history(watch.first_seen[new])}"
             f"\n--- the retirement\n{retirement_logs()}"
         )
     assert set(serving(cluster)) <= {pod.ip for pod in generation_pods(cluster, new)}, serving(cluster)
