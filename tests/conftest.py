@@ -6,7 +6,9 @@ builders catch most mutants in milliseconds; the tests that render whole stacks 
 under mutmut only, the former run first: the same tests, the same verdicts, in a fraction of the time.
 """
 
+import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,24 +33,21 @@ BUILDER_TESTS_FIRST = (
 
 # The modules that take minutes, in the order that ends a run soonest (their times from the timed runs in
 # docs/benchmarks.md). scripts/test runs the suite on pytest-xdist workers, each module whole on one worker (its
-# cluster is module-scoped), handed out in collection order (a worker gets its next module once two or fewer of its
-# tests are left): roughly longest first, the quick ones filling in behind them. In f7a0ed8's run the harness and in
-# ab9186b's the fault-tolerance module ended it, each started last beside workers with nothing left.
+# cluster is module-scoped), handed out in collection order: one to each worker at first, then to a worker once two or
+# fewer of its tests are left (xdist's loadscope), so a worker takes its next module while its last two tests run.
+# The upgrade drill is the longest (7 minutes, a CPU of the machine's two: CPU_BY_MODULE below) and is one test: it
+# goes first, and the same first pass hands its worker a second module at once, the quick test_docs.py (the
+# harness's 2 minutes, once handed out behind the drill, ended a run while the other workers had nothing left).
 LONGEST_FIRST = (
-    "test_rehearsal_autoscaling.py",
+    "test_rehearsal_upgrades.py",
+    "test_rehearsal_fault_tolerance.py",
     "test_rehearsal_heals.py",
     "test_rehearsal.py",
+    "test_docs.py",  # the drill's worker's second module (the fifth one handed out, in the first pass)
+    "test_rehearsal_autoscaling.py",
     "test_rehearsal_metrics.py",
-    "test_serve.py",  # 4-6 minutes, a Ray head on this machine among them
+    "test_serve.py",  # 2-4 minutes, a Ray head on this machine among them
     "test_rehearsal_serve.py",
-    # Not first: beside three clusters forming, the client's submissions queue on its old head for minutes (109
-    # once), which its retirement waits for; it starts once a first module is done.
-    "test_rehearsal_upgrades.py",
-    # What its worker is handed with it, as the drill is one test: a quick module, which the worker runs after it.
-    # (The harness's 2 minutes, handed out here in a run, waited behind the drill's 7 while the other workers had
-    # nothing left.)
-    "test_docs.py",
-    "test_rehearsal_fault_tolerance.py",
     "test_rehearsal_harness.py",
     "test_rehearsal_serve_without_fault_tolerance.py",
     "test_rehearsal_apiserver.py",
@@ -75,3 +74,27 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+# `CPU_BY_MODULE=<file> scripts/test`: each module's CPU time, its cluster's pods included, appended to <file> as a
+# line of JSON (docs/benchmarks.md, "The test suite"). The suite is bound by the machine's two cores, so what each
+# module costs in CPU, not in wall time (which its neighbours stretch), says where a run's minutes go.
+CPU_BY_MODULE = os.environ.get("CPU_BY_MODULE")
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")  # cgroup v1's CPU accounting, as this machine mounts it
+
+
+@pytest.fixture(scope="module", autouse=bool(CPU_BY_MODULE))
+def cpu_by_module(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The test worker's process, and so every process it starts from now on, in a cgroup of the worker's own: a
+    worker runs one module at a time (--dist loadfile), so the cgroup's CPU time across a module is the module's."""
+    assert CPU_BY_MODULE, "only with CPU_BY_MODULE set"
+    group = CPUACCT / f"ray-cluster-tests-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+    group.mkdir(exist_ok=True)
+    (group / "cgroup.procs").write_text(str(os.getpid()))
+    used, started = int((group / "cpuacct.usage").read_text()), time.time()
+    yield
+    cpu = (int((group / "cpuacct.usage").read_text()) - used) / 1e9
+    measured = {"module": request.module.__name__, "cpu_seconds": round(cpu, 1),
+                "wall_seconds": round(time.time() - started, 1)}  # fmt: skip
+    with Path(CPU_BY_MODULE).open("a") as out:
+        out.write(json.dumps(measured) + "\n")
