@@ -13,6 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from xdist.remote import Producer
+from xdist.scheduler import LoadFileScheduling
+from xdist.workermanage import WorkerController
 
 from tests.mutation_testing import under_mutmut
 from tests.rehearsal.cluster import Cluster
@@ -34,17 +37,17 @@ BUILDER_TESTS_FIRST = (
 # The modules that take minutes, in the order that ends a run soonest (their times from the timed runs in
 # docs/benchmarks.md). scripts/test runs the suite on pytest-xdist workers, each module whole on one worker (its
 # cluster is module-scoped), handed out in collection order: one to each worker at first, then to a worker once two or
-# fewer of its tests are left (xdist's loadscope), so a worker takes its next module while its last two tests run.
-# The upgrade drill is the longest (7 minutes, a CPU of the machine's two: CPU_BY_MODULE below) and is one test: it
-# goes first, and the same first pass hands its worker a second module at once, the quick test_docs.py (the
-# harness's 2 minutes, once handed out behind the drill, ended a run while the other workers had nothing left).
+# fewer of its tests are left (xdist's loadfile), so a worker takes its next module while its last two tests run. The
+# first four are the heaviest; the upgrade drill, one test of 7 minutes and 400-630 CPU-seconds (CPU_BY_MODULE below),
+# follows them, as the machine's load then eases (first among them, it ran beside three clusters forming, and its
+# Serve controller, starved, restarted a worker's healthy proxy), with the quick test_docs.py (ModulePairs).
 LONGEST_FIRST = (
-    "test_rehearsal_upgrades.py",
     "test_rehearsal_fault_tolerance.py",
     "test_rehearsal_heals.py",
     "test_rehearsal.py",
-    "test_docs.py",  # the drill's worker's second module (the fifth one handed out, in the first pass)
     "test_rehearsal_autoscaling.py",
+    "test_rehearsal_upgrades.py",
+    "test_docs.py",  # handed out with the drill (ModulePairs)
     "test_rehearsal_metrics.py",
     "test_serve.py",  # 2-4 minutes, a Ray head on this machine among them
     "test_rehearsal_serve.py",
@@ -52,6 +55,24 @@ LONGEST_FIRST = (
     "test_rehearsal_serve_without_fault_tolerance.py",
     "test_rehearsal_apiserver.py",
 )
+
+
+class ModulePairs(LoadFileScheduling):  # type: ignore[misc]  # xdist ships no type information
+    """xdist's loadfile, except that a module of one test goes out together with the module after it. Handed out
+    alone, it leaves its worker with one test pending, under loadfile's threshold of two, so the worker takes the
+    next module in the queue at once, or a moment later whatever is next then: the harness's 2 minutes, so taken
+    behind the drill, ended a run 100 s after the other workers. Paired, the one after it is the one the order says."""
+
+    def _assign_work_unit(self, node: WorkerController) -> None:
+        one_test = len(next(iter(self.workqueue.values()))) == 1
+        super()._assign_work_unit(node)
+        if one_test and self.workqueue:
+            super()._assign_work_unit(node)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> LoadFileScheduling | None:
+    """ModulePairs for `--dist loadfile` (scripts/test); xdist's own scheduling otherwise."""
+    return ModulePairs(config, log) if config.getoption("dist") == "loadfile" else None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -504,6 +504,8 @@ class Clock:
     def monotonic(self) -> float:
         return self.now
 
+    strftime = staticmethod(time.strftime)
+
 
 def test_a_keeper_rides_out_silent_probes_and_never_empties_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under load probes time out now and then: the Service stays on the worker's proxy (not moving to the head's,

@@ -68,6 +68,11 @@ class UnavailableError(Exception):
     """A call that did not get an answer worth acting on (no connection, a timeout, a 5xx): tried again later."""
 
 
+def log(message: str) -> None:
+    """A line of the container's log, with the time: what happened when, beside the other pods' logs."""
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
 def url_host(address: str) -> str:
     """An address as a URL's host: an IPv6 one in brackets."""
     return f"[{address}]" if ":" in address else address
@@ -278,7 +283,7 @@ class Keeper:
     def say(self, message: str) -> None:
         """Log a state once when it begins, not once a second."""
         if message != self._said:
-            print(message, flush=True)
+            log(message)
             self._said = message
 
     def wanted(self) -> Document:
@@ -299,7 +304,7 @@ class Keeper:
                 self.say(refused)
                 return
             names = [app.get("name", "default") for app in config["applications"]]
-            print(f"applied the Serve config ({why}): {names}", flush=True)
+            log(f"applied the Serve config ({why}): {names}")
             self.applied = config
             status = self.dashboard.status()
         if not self.serves_here(self.service()):
@@ -321,7 +326,7 @@ class Keeper:
         }
         healthy = self.health.observe(probes, time.monotonic())
         if healthy != self.healthy:
-            print(f"healthy proxies: {sorted(healthy)}; this pass's probes: {probes}", flush=True)
+            log(f"healthy proxies: {sorted(healthy)}; this pass's probes: {probes}")
             self.healthy = healthy
         addresses = serving_addresses(status, healthy, published)
         if not addresses:
@@ -379,7 +384,7 @@ class Keeper:
             code, answer = kubernetes.call("PUT", path, wanted)
         if code not in (200, 201):
             raise UnavailableError(f"EndpointSlice {self.name}: {code} {answer.get('message', '')}")
-        print(f"the Service {self.name} sends requests to {addresses or 'no proxy'}", flush=True)
+        log(f"the Service {self.name} sends requests to {addresses or 'no proxy'}")
         self.published, self.checked_at, self.holds_service = addresses, time.monotonic(), True
 
 
@@ -453,26 +458,26 @@ def check(environ: dict[str, str]) -> int:
             if not applied:
                 refused = dashboard.apply(config)
                 if refused:
-                    print(refused, flush=True)
+                    log(refused)
                     return 1
                 applied = True
             status = dashboard.status()
             done, why = check_state(config, status)
             if done and why:
-                print(why, flush=True)
+                log(why)
                 return 1
             why = why or routes_served(serve_url(environ, status), config) or ""
         except (UnavailableError, OSError, ValueError, LookupError, TypeError, AttributeError) as error:
             why = f"{type(error).__name__}: {error}"
         if not why:
             names = [app.get("name", "default") for app in config["applications"]]
-            print(f"Serve applications RUNNING and routed: {names}", flush=True)
+            log(f"Serve applications RUNNING and routed: {names}")
             return 0
         if why != said:
-            print(f"waiting: {why}", flush=True)
+            log(f"waiting: {why}")
             said = why
         time.sleep(PERIOD_SECONDS)
-    print(f"the Serve applications were not RUNNING within {environ['SERVE_CHECK_SECONDS']} s: {said}", flush=True)
+    log(f"the Serve applications were not RUNNING within {environ['SERVE_CHECK_SECONDS']} s: {said}")
     return 1
 
 
