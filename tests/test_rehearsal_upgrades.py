@@ -460,10 +460,10 @@ class JobWatch:
 
 
 def smoke_test_runs_since(cluster: Cluster, since: float) -> list[Pod]:
-    """The smoke-test pods created since `since` (time.monotonic()) that run."""
+    """The smoke-test pods created since `since` (time.monotonic()) that run, or ran and passed."""
     return [
         p for p in cluster.pods_in(NAMESPACE)
-        if p.name.startswith("ray-smoke-test-") and p.created_at > since and p.phase == "Running"
+        if p.name.startswith("ray-smoke-test-") and p.created_at > since and p.phase in ("Running", "Succeeded")
     ]  # fmt: skip
 
 
