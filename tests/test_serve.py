@@ -486,13 +486,15 @@ def test_a_proxy_is_healthy_from_its_first_200_until_it_refuses_or_is_silent_for
     answered, refused, silent = serve_keeper.ANSWERED, serve_keeper.REFUSED, serve_keeper.SILENT
     one, two = "10.0.0.1", "10.0.0.2"
     assert health.observe({one: answered, two: silent}, 0.0) == {one}  # two never answered: not healthy
-    assert health.observe({one: silent, two: silent}, 29.9) == {one}  # its probes time out, for less than 30 s
-    assert health.observe({one: silent, two: answered}, 30.0) == {two}  # 30 s without an answer
-    assert health.observe({one: answered, two: silent}, 31.0) == {one, two}  # an answer: healthy at once
-    assert health.observe({one: refused, two: silent}, 32.0) == {two}  # a 503 or a refused connection: at once
-    assert health.observe({one: silent, two: silent}, 33.0) == {two}  # and until it answers 200 again
-    assert health.observe({one: answered}, 34.0) == {one}
-    assert health.observe({one: silent, two: silent}, 35.0) == {one}  # two, not probed last, was forgotten
+    # No probe for 100 s (the keeper's passes failed): the silence counts from the first silent probe after it.
+    assert health.observe({one: silent, two: silent}, 100.0) == {one}
+    assert health.observe({one: silent, two: silent}, 129.9) == {one}
+    assert health.observe({one: silent, two: answered}, 130.0) == {two}  # its probes found it silent for 30 s
+    assert health.observe({one: answered, two: silent}, 131.0) == {one, two}  # an answer: healthy at once
+    assert health.observe({one: refused, two: silent}, 132.0) == {two}  # a 503 or a refused connection: at once
+    assert health.observe({one: silent, two: silent}, 133.0) == {two}  # and until it answers 200 again
+    assert health.observe({one: answered}, 134.0) == {one}
+    assert health.observe({one: silent, two: silent}, 135.0) == {one}  # two, not probed last, was forgotten
 
 
 class Clock:
@@ -526,11 +528,11 @@ def test_a_keeper_rides_out_silent_probes_and_never_empties_the_service(monkeypa
         return serve_keeper.slice_addresses(kubernetes.objects[slice_path])
 
     assert served_at(0, None) == ["10.0.0.2"]
-    for second in range(1, 30):
+    for second in range(1, 31):
         assert served_at(second, {"10.0.0.1"}) == ["10.0.0.2"], second
-    assert served_at(30, {"10.0.0.1"}) == ["10.0.0.1"]  # the worker's has not answered for 30 s
-    assert served_at(31, None) == ["10.0.0.2"]  # it answers again
-    for second in range(32, 70):  # no proxy answers at all
+    assert served_at(31, {"10.0.0.1"}) == ["10.0.0.1"]  # the worker's probes have found it silent for 30 s
+    assert served_at(32, None) == ["10.0.0.2"]  # it answers again
+    for second in range(33, 70):  # no proxy answers at all
         assert served_at(second, set()) == ["10.0.0.2"], second
     assert served_at(70, None) == ["10.0.0.2"]
     monkeypatch.setattr(

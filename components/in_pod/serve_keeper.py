@@ -16,12 +16,13 @@ the standard library and `requests` (which Ray needs).
   healthy (a proxy on a node without replicas answers 503 while it drains, and is gone once drained); when they
   change, and every RESYNC_SECONDS whatever happened to the slice meanwhile (deleted by hand, or with a replaced
   Service). A proxy is healthy from its first 200 until it says otherwise: it answers anything else (503: it drains)
-  or refuses the connection (it is gone), at once; or it has not answered for SILENT_SECONDS, as long as a kubelet's
-  default readiness probe takes to give up on a pod (at once, if Serve no longer lists it: its node has left). A probe
-  that times out on a loaded node says little: the same proxy answered requests in 10-60 ms while three probes in a
-  row timed out, and a Service that gave up on it then sent its requests to the head's proxy, on the node the job
-  submissions load. The Service is never emptied: with no proxy healthy it keeps those it has (an empty Service
-  refuses every request at once, where a proxy that misses its probes still answers most).
+  or refuses the connection (it is gone), at once; or its probes found it silent for SILENT_SECONDS, counted from the
+  first silent probe (a pass that cannot probe is the keeper's silence), as long as a kubelet's default readiness
+  probe takes to give up on a pod (at once, if Serve no longer lists it: its node has left). A probe that times out on
+  a loaded node says little: the same proxy answered requests in 10-60 ms while three probes in a row timed out, and a
+  Service that gave up on it then sent its requests to the head's proxy, on the node the job submissions load. The
+  Service is never emptied: with no proxy healthy it keeps those it has (an empty Service refuses every request at
+  once, where a proxy that misses its probes still answers most).
   With upgradeStrategy `generation` (SERVE_GENERATION set), only while the Service's annotation names its own
   generation: Pulumi moves the annotation to a new generation once it is proven, and the keepers hand over in the
   same update, the old one stopping, the new one publishing its own proxies (never adopting the old ones, and never
@@ -226,20 +227,29 @@ def probe_proxies(addresses: set[str], port: int) -> dict[str, str]:
 
 class ProxyHealth:
     """Each proxy's health across passes: healthy from its first 200 until it answers otherwise or refuses the
-    connection, or has not answered for SILENT_SECONDS. A proxy not probed any more is forgotten."""
+    connection, or its probes have found it silent for SILENT_SECONDS, counted from the first silent one (a pass
+    that could not probe, its dashboard not answering, is the keeper's silence, not the proxy's). A proxy not probed
+    any more is forgotten."""
 
     def __init__(self) -> None:
-        # Per proxy that answered 200 and has not refused since, when it last answered (time.monotonic()).
-        self.answered_at: dict[str, float] = {}
+        # Per proxy that answered 200 and has not refused since: when its probes began to find it silent (None: its
+        # last one answered), in time.monotonic().
+        self.silent_since: dict[str, float | None] = {}
 
     def observe(self, probes: dict[str, str], now: float) -> set[str]:
         """Record one round of probes, made at `now`; the proxies healthy after it."""
-        self.answered_at = {
-            address: now if found == ANSWERED else self.answered_at[address]
+        self.silent_since = {
+            address: None if found == ANSWERED else self._silent_since(address, now)
             for address, found in probes.items()
-            if found == ANSWERED or (found == SILENT and address in self.answered_at)
+            if found == ANSWERED or (found == SILENT and address in self.silent_since)
         }
-        return {address for address, answered in self.answered_at.items() if now - answered < SILENT_SECONDS}
+        return {
+            address for address, since in self.silent_since.items() if since is None or now - since < SILENT_SECONDS
+        }
+
+    def _silent_since(self, address: str, now: float) -> float:
+        since = self.silent_since[address]
+        return now if since is None else since
 
 
 def proxy_addresses(status: Document) -> set[str]:
