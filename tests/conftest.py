@@ -6,6 +6,7 @@ builders catch most mutants in milliseconds; the tests that render whole stacks 
 under mutmut only, the former run first: the same tests, the same verdicts, in a fraction of the time.
 """
 
+import fcntl
 import json
 import os
 import time
@@ -34,26 +35,36 @@ BUILDER_TESTS_FIRST = (
 )
 
 
-# The modules that take minutes, in the order that ends a run soonest (their times from the timed runs in
-# docs/benchmarks.md). scripts/test runs the suite on pytest-xdist workers, each module whole on one worker (its
-# cluster is module-scoped), handed out in collection order: one to each worker at first, then to a worker once two or
-# fewer of its tests are left (xdist's loadfile), so a worker takes its next module while its last two tests run. The
-# first four are the heaviest; the upgrade drill, one test of 7 minutes and 400-630 CPU-seconds (CPU_BY_MODULE below),
-# follows them, as the machine's load then eases (first among them, it ran beside three clusters forming, and its
-# Serve controller, starved, restarted a worker's healthy proxy), with the quick test_docs.py (ModulePairs).
-LONGEST_FIRST = (
-    "test_rehearsal_fault_tolerance.py",
+# The order modules are handed out in, which decides what runs beside what. scripts/test runs the suite on
+# pytest-xdist workers, each module whole on one worker (its cluster is module-scoped), handed out in collection order:
+# one to each worker at first, then to a worker once two or fewer of its tests are left (xdist's loadfile), so a worker
+# takes its next module while its last two tests run.
+#
+# The upgrade drill goes first, beside modules that take little CPU: its switch needs about 1.6 of this machine's 2
+# cores (a job submitted a second starts a Python process of about 1.2 CPU-seconds on the head, its supervisor, and
+# 20 Serve requests a second go through two proxies), and every place it had among the heavy modules starved its new
+# head somewhere: fifth, behind the four heaviest, it met the next modules' clusters forming as it retired its old
+# generation, and its new worker's proxy held requests past the client's timeout; first beside three of them, its
+# Serve controller restarted a healthy proxy. Beside it: the harness and the API server's tests (their pods are shells;
+# they mostly wait), the metrics module, then the modules that run no cluster (CPU-bound, but none waits on a
+# deadline). The modules that form Ray clusters follow, longest first, once the drill is over (the_drills_switch_alone).
+BESIDE_THE_DRILL = (
+    "test_rehearsal_upgrades.py",
+    "test_docs.py",  # handed out with the drill (ModulePairs)
+    "test_rehearsal_harness.py",
+    "test_rehearsal_apiserver.py",
+    "test_rehearsal_metrics.py",  # 35 CPU-seconds in 3 minutes: its cluster forms beside the drill's, then waits
+)
+# After every module neither list names, in the order that ends a run soonest (their times from the timed runs in
+# docs/benchmarks.md; CPU_BY_MODULE below).
+CLUSTERS_LAST = (
     "test_rehearsal_heals.py",
     "test_rehearsal.py",
     "test_rehearsal_autoscaling.py",
-    "test_rehearsal_upgrades.py",
-    "test_docs.py",  # handed out with the drill (ModulePairs)
-    "test_rehearsal_metrics.py",
+    "test_rehearsal_fault_tolerance.py",
     "test_serve.py",  # 2-4 minutes, a Ray head on this machine among them
     "test_rehearsal_serve.py",
-    "test_rehearsal_harness.py",
     "test_rehearsal_serve_without_fault_tolerance.py",
-    "test_rehearsal_apiserver.py",
 )
 
 
@@ -76,9 +87,35 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> LoadFil
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    order = BUILDER_TESTS_FIRST if under_mutmut() else LONGEST_FIRST
-    rank = {name: position for position, name in enumerate(order)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    if under_mutmut():
+        items.sort(key=lambda item: rank(item.path.name, BUILDER_TESTS_FIRST))
+    else:
+        items.sort(key=lambda item: (rank(item.path.name, BESIDE_THE_DRILL), item.path.name in CLUSTERS_LAST,
+                                     rank(item.path.name, CLUSTERS_LAST)))  # fmt: skip
+
+
+def rank(module: str, order: tuple[str, ...]) -> int:
+    """A module's place in `order`; those it does not name come after: one rank, to keep their collection order."""
+    return order.index(module) if module in order else len(order)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def the_drills_switch_alone(request: pytest.FixtureRequest) -> Iterator[None]:
+    """On xdist's workers, the drill's module holds a lock while it runs, and each module of CLUSTERS_LAST waits
+    for it before it starts: handed out after the modules beside the drill, they would otherwise form their clusters
+    while the drill retires its old generation (see BESIDE_THE_DRILL). The workers that wait meanwhile lose little:
+    the drill alone keeps about 1.6 of the 2 cores busy."""
+    run, module = os.environ.get("PYTEST_XDIST_TESTRUNUID"), request.path.name
+    if run is None or (module != BESIDE_THE_DRILL[0] and module not in CLUSTERS_LAST):
+        yield
+        return
+    with open(f"/tmp/ray-cluster-tests-{run}.drill.lock", "a") as lock:
+        if module == BESIDE_THE_DRILL[0]:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        else:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        yield
 
 
 @pytest.fixture(scope="module")

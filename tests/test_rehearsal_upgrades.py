@@ -31,6 +31,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -299,8 +300,13 @@ class Watch:
         # Each change of where `ray-serve` sends new connections, and of the pods' addresses: when, and to what.
         self.serve_endpoints: list[tuple[float, list[str]]] = []
         self.pod_addresses: list[tuple[float, dict[str, str]]] = []
+        # Every 5 s, the machine's load: its load average and how much of the last 10 s some task waited for a CPU,
+        # and for I/O (the kernel's pressure stall information), to tell a starved drill from a stalled one.
+        self.machine_load: list[tuple[float, str]] = []
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=target, daemon=True) for target in (self._selector, self._jobs)]
+        self._threads = [
+            threading.Thread(target=target, daemon=True) for target in (self._selector, self._jobs, self._load)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -342,11 +348,20 @@ class Watch:
         return counts
 
     def history(self, since: float) -> str:
-        """Where `ray-serve` sent new connections, and the pods' addresses, each change in seconds from `since`."""
-        return "\n".join(
-            f"{when - since:+.1f} {what}"
-            for when, what in sorted([*self.serve_endpoints, *self.pod_addresses], key=lambda change: change[0])
-        )
+        """Where `ray-serve` sent new connections, the pods' addresses and the machine's load, each change in seconds
+        from `since`."""
+        changes = sorted([*self.serve_endpoints, *self.pod_addresses, *self.machine_load], key=lambda change: change[0])
+        return "\n".join(f"{when - since:+.1f} {what}" for when, what in changes)
+
+    def _load(self) -> None:
+        while not self._stop.wait(5):
+            average = Path("/proc/loadavg").read_text().split()[0]
+            cpu, io = (
+                Path(f"/proc/pressure/{what}").read_text().split()[1].removeprefix("avg10=") for what in ("cpu", "io")
+            )
+            self.machine_load.append(
+                (time.time(), f"load average {average}; of the last 10 s, waited for CPU {cpu}%, I/O {io}%")
+            )
 
     def _jobs(self) -> None:
         while not self._stop.wait(2):
