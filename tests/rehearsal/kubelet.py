@@ -813,9 +813,11 @@ class Pod:
             log.write(f"--- start {time.strftime('%H:%M:%S')} ---\n".encode())
             process = subprocess.Popen([*self._placement(), *argv], stdout=log, stderr=subprocess.STDOUT)
         # A runtime's container has started once its own command runs: until this one's PID 1 has left the setup of
-        # its mounts, it is not running (nor Ready without a probe, nor open to exec), as a runtime's StartContainer
-        # has not returned; and a SIGTERM its stop sends now reaches its command (the setup's PID 1 ignored it).
-        deadline = time.monotonic() + 10
+        # its mounts and the wrappers that set its identity and environment, it is not running (nor Ready without a
+        # probe, nor open to exec), as a runtime's StartContainer has not returned; and a SIGTERM its stop sends now
+        # reaches its command (the setup's PID 1 ignored it). The kubelet waits on StartContainer up to its
+        # --runtime-request-timeout, 2 minutes by default (a loaded machine once took over 10 s here).
+        deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
             main = _main_pids(process)
             if main and not _in_setup(main[0]):
@@ -1067,11 +1069,14 @@ def _host_path(target: PurePosixPath, mounts: list[tuple[PurePosixPath, Path]], 
 
 
 def _in_setup(pid: int) -> bool:
-    """Whether a container's PID 1 still runs the setup of its mounts (Pod.argv), not yet its own command."""
+    """Whether a container's PID 1 still runs the setup of its mounts, or the setpriv and `env -i` it then execs to
+    set the container's identity and environment (Pod.argv), not yet its own command: a test that looked for the
+    command's process as soon as the pod ran once found `env` in its place."""
     try:
-        return _SETUP_MARK in Path(f"/proc/{pid}/cmdline").read_bytes()
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+    return _SETUP_MARK in command_line or command_line.startswith((b"setpriv\0", b"env\0-i\0"))
 
 
 def _main_pids(process: subprocess.Popen[bytes]) -> list[int]:
