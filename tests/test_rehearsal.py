@@ -146,6 +146,24 @@ class Deployment:
         except (OSError, ValueError, AssertionError):
             return False
 
+    def membership(self) -> str:
+        """Why `joined` is not true, for a failed wait: each pod of the cluster, Terminating ones included (its
+        address, phase, readiness, restarts and its first container's last lines), and the nodes the head's
+        dashboard lists as alive."""
+        try:
+            alive = str(sorted(self.alive_node_ips()))
+        except (OSError, ValueError, AssertionError) as error:
+            alive = f"unknown ({error!r})"
+        lines = [f"alive Ray nodes: {alive}"]
+        for name, pod in sorted(self.cluster.pods.items()):
+            last = pod.logs(pod.spec["containers"][0]["name"]).rstrip().splitlines()[-5:]
+            state = (
+                f"{pod.phase}{' Terminating' if pod.terminating else ''} ready={pod.ready} restarts={pod.restarts()}"
+            )
+            lines.append(f"--- {name} {pod.ip} {state}")
+            lines += [f"    {line[:200]}" for line in last]
+        return "\n".join(lines)
+
     def smoke_test(self) -> str:
         logs = self.cluster.run_job(self.rendered.smoke_test(), timeout=300)
         assert "Success!" in logs, logs
@@ -386,7 +404,7 @@ def test_new_nodes_join_when_workers_go_from_2_to_4(deployment: Deployment) -> N
     workers = deployment.workers()
     assert len(workers) == 4 and before < {pod.name for pod in workers}
     assert deployment.head().name == head  # scaling never touches the head
-    assert wait_for(deployment.joined, 120, "the new nodes joined")
+    assert wait_for(deployment.joined, 120, lambda: f"the new nodes joined: {deployment.membership()}")
     assert [pod.phase for pod in deployment.smoke_test_runs()] == ["Succeeded"]
     assert {pod.ip for pod in workers} <= ran_calls_on(deployment.smoke_test())
 
@@ -395,7 +413,7 @@ def test_a_killed_worker_pod_is_replaced_and_rejoins(deployment: Deployment) -> 
     victim = deployment.workers()[0]
     deployment.cluster.delete_pod(victim.name)
     wait_for(lambda: len(deployment.workers()) == 4 and victim.name not in deployment.cluster.pods, 60, "replaced")
-    wait_for(deployment.joined, 180, "the replacement worker joined")
+    wait_for(deployment.joined, 180, lambda: f"the replacement worker joined: {deployment.membership()}")
     replacement = [pod for pod in deployment.workers() if pod.ip != victim.ip and pod.restarts() == 0]
     assert replacement
     assert {pod.ip for pod in deployment.workers()} <= ran_calls_on(deployment.smoke_test())
