@@ -1,5 +1,6 @@
-"""The rehearsal's cluster fixture, and the order tests run in: the longest modules first on the test workers, and
-under mutation testing (scripts/mutation, docs/mutation.md) the quickest to fail first.
+"""The rehearsal's cluster fixture, and the order tests run in: on the test workers, the upgrade drill first beside
+modules that take little CPU, then the modules that form clusters, once it is over; under mutation testing
+(scripts/mutation, docs/mutation.md) the quickest to fail first.
 
 mutmut sets MUTANT_UNDER_TEST for every mutant it runs and stops at the first failing test. The tests of single
 builders catch most mutants in milliseconds; the tests that render whole stacks many times catch the rest. So,
@@ -142,9 +143,10 @@ CPUACCT = Path("/sys/fs/cgroup/cpuacct")  # cgroup v1's CPU accounting, as this 
 
 
 @pytest.fixture(scope="module", autouse=bool(CPU_BY_MODULE))
-def cpu_by_module(request: pytest.FixtureRequest) -> Iterator[None]:
+def cpu_by_module(request: pytest.FixtureRequest, the_drills_switch_alone: None) -> Iterator[None]:
     """The test worker's process, and so every process it starts from now on, in a cgroup of the worker's own: a
-    worker runs one module at a time (--dist loadfile), so the cgroup's CPU time across a module is the module's."""
+    worker runs one module at a time (--dist loadfile), so the cgroup's CPU time across a module is the module's.
+    Its wall time starts once the module no longer waits for the drill."""
     assert CPU_BY_MODULE, "only with CPU_BY_MODULE set"
     group = CPUACCT / f"ray-cluster-tests-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
     group.mkdir(exist_ok=True)

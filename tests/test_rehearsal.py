@@ -11,6 +11,7 @@ skip.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import re
 import subprocess
@@ -150,13 +151,17 @@ class Deployment:
         """Why `joined` is not true, for a failed wait: each pod of the cluster, Terminating ones included (its
         address, phase, readiness, restarts and its first container's last lines), and the nodes the head's
         dashboard lists as alive."""
+        # Whatever the dashboard answers (or not): this only explains a failure, it must not hide it.
         try:
             alive = str(sorted(self.alive_node_ips()))
-        except (OSError, ValueError, AssertionError) as error:
+        except (OSError, ValueError, AssertionError, KeyError, TypeError, http.client.HTTPException) as error:
             alive = f"unknown ({error!r})"
         lines = [f"alive Ray nodes: {alive}"]
         for name, pod in sorted(self.cluster.pods.items()):
-            last = pod.logs(pod.spec["containers"][0]["name"]).rstrip().splitlines()[-5:]
+            try:
+                last = pod.logs(pod.spec["containers"][0]["name"]).rstrip().splitlines()[-5:]
+            except OSError as error:
+                last = [repr(error)]
             state = (
                 f"{pod.phase}{' Terminating' if pod.terminating else ''} ready={pod.ready} restarts={pod.restarts()}"
             )

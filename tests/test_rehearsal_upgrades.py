@@ -356,12 +356,15 @@ class Watch:
     def _load(self) -> None:
         while not self._stop.wait(5):
             average = Path("/proc/loadavg").read_text().split()[0]
-            cpu, io = (
-                Path(f"/proc/pressure/{what}").read_text().split()[1].removeprefix("avg10=") for what in ("cpu", "io")
-            )
-            self.machine_load.append(
-                (time.time(), f"load average {average}; of the last 10 s, waited for CPU {cpu}%, I/O {io}%")
-            )
+            try:
+                cpu, io = (
+                    Path(f"/proc/pressure/{what}").read_text().split()[1].removeprefix("avg10=")
+                    for what in ("cpu", "io")
+                )
+                waited = f"of the last 10 s, waited for CPU {cpu}%, I/O {io}%"
+            except OSError:  # a kernel without pressure stall information
+                waited = "no pressure stall information"
+            self.machine_load.append((time.time(), f"load average {average}; {waited}"))
 
     def _jobs(self) -> None:
         while not self._stop.wait(2):

@@ -305,6 +305,9 @@ class ServeHead:
                 "applications": list(applications)}  # fmt: skip
 
 
+HEAD_STARTS = 3  # a kubelet would go on, backing off; three starts bound the fixture
+
+
 @pytest.fixture(scope="module")
 def serve_head() -> Iterator[ServeHead]:
     """`ray start --head --block` of the rehearsal's image, with token auth and an app module on its path, in a
@@ -328,16 +331,31 @@ def serve_head() -> Iterator[ServeHead]:
                f"--dashboard-port={dashboard_port}", "--num-cpus=4", f"--temp-dir={directory / 'ray'}",
                "--disable-usage-stats"]  # fmt: skip
     log = (directory / "head.log").open("w")
-    head = subprocess.Popen(command, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start() -> tuple[subprocess.Popen[bytes], int]:
+        """`ray start`, and where its lines begin in the log."""
+        since = (directory / "head.log").stat().st_size
+        process = subprocess.Popen(command, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return process, since
+
+    head, since = start()
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     try:
-        deadline = time.monotonic() + 60
+        # Up once `ray start` says so (its raylet registered with the GCS) and the dashboard answers. `ray start`
+        # gives up when its raylet has not registered within 30 s (Ray's node.py, fixed), which a full run's load
+        # once made it do after the dashboard had answered; a head pod's container would then be restarted by its
+        # kubelet, and so is this.
+        deadline, starts = time.monotonic() + 180, 1
         while True:
             try:
-                if requests.get(f"{dashboard}/api/gcs_healthz", timeout=1).status_code == 200:
+                started = b"Ray runtime started" in (directory / "head.log").read_bytes()[since:]
+                if started and requests.get(f"{dashboard}/api/gcs_healthz", timeout=1).status_code == 200:
                     break
             except requests.RequestException:
                 pass
+            if head.poll() is not None and starts < HEAD_STARTS:
+                stop_all(head, directory)
+                (head, since), starts = start(), starts + 1
             assert head.poll() is None and time.monotonic() < deadline, (directory / "head.log").read_text()
             time.sleep(0.5)
         yield ServeHead(dashboard, serve_port, {**environ, "SERVE_DASHBOARD_URL": dashboard}, directory)

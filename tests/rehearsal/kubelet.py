@@ -818,7 +818,7 @@ class Pod:
         # reaches its command (the setup's PID 1 ignored it). The kubelet waits on StartContainer up to its
         # --runtime-request-timeout, 2 minutes by default (a loaded machine once took over 10 s here).
         deadline = time.monotonic() + 120
-        while process.poll() is None and time.monotonic() < deadline:
+        while process.poll() is None and not self._stop.is_set() and time.monotonic() < deadline:
             main = _main_pids(process)
             if main and not _in_setup(main[0]):
                 break
