@@ -147,6 +147,10 @@ class Deployment:
         except (OSError, ValueError, AssertionError):
             return False
 
+    def wait_joined(self, seconds: float, what: str) -> bool:
+        """Wait until `joined`; past `seconds`, fail saying `what` was awaited and why it is not so (`membership`)."""
+        return wait_for(self.joined, seconds, lambda: f"{what}: {self.membership()}")
+
     def membership(self) -> str:
         """Why `joined` is not true, for a failed wait: each pod of the cluster, Terminating ones included (its
         address, phase, readiness, restarts and its first container's last lines), and the nodes the head's
@@ -409,7 +413,7 @@ def test_new_nodes_join_when_workers_go_from_2_to_4(deployment: Deployment) -> N
     workers = deployment.workers()
     assert len(workers) == 4 and before < {pod.name for pod in workers}
     assert deployment.head().name == head  # scaling never touches the head
-    assert wait_for(deployment.joined, 120, lambda: f"the new nodes joined: {deployment.membership()}")
+    assert deployment.wait_joined(120, "the new nodes joined")
     assert [pod.phase for pod in deployment.smoke_test_runs()] == ["Succeeded"]
     assert {pod.ip for pod in workers} <= ran_calls_on(deployment.smoke_test())
 
@@ -418,7 +422,7 @@ def test_a_killed_worker_pod_is_replaced_and_rejoins(deployment: Deployment) -> 
     victim = deployment.workers()[0]
     deployment.cluster.delete_pod(victim.name)
     wait_for(lambda: len(deployment.workers()) == 4 and victim.name not in deployment.cluster.pods, 60, "replaced")
-    wait_for(deployment.joined, 180, lambda: f"the replacement worker joined: {deployment.membership()}")
+    deployment.wait_joined(180, "the replacement worker joined")
     replacement = [pod for pod in deployment.workers() if pod.ip != victim.ip and pod.restarts() == 0]
     assert replacement
     assert {pod.ip for pod in deployment.workers()} <= ran_calls_on(deployment.smoke_test())

@@ -111,11 +111,7 @@ def heal_after_losing_the_head(deployment: Deployment) -> float:
         HEAL_BOUND_SECONDS,
         "a new head",
     )
-    wait_for(
-        deployment.joined,
-        HEAL_BOUND_SECONDS,
-        lambda: f"every worker in the new head's cluster: {deployment.membership()}",
-    )
+    deployment.wait_joined(HEAL_BOUND_SECONDS, "every worker in the new head's cluster")
     return time.monotonic() - deleted_at
 
 
@@ -167,7 +163,7 @@ def test_a_lost_redis_pod_comes_back_with_the_clusters_state(deployment: Deploym
     deployment.cluster.delete_pod(redis.name)
     wait_for(lambda: [p for p in deployment.pods("ray-redis-") if p.ready and p.name != redis.name], 120, "Redis")
     wait_for(lambda: head.restarts() > head_restarts and head.ready, 180, "the head's restart on the new Redis")
-    wait_for(deployment.joined, 180, lambda: f"every worker in the cluster: {deployment.membership()}")
+    deployment.wait_joined(180, "every worker in the cluster")
     print(f"Redis lost: the head is back with every worker in {time.monotonic() - deleted_at:.1f}s")
     assert deployment.head() is head  # the same pod: its Ray container restarted, nothing was rescheduled
     assert worker_exits(workers) == exits

@@ -64,7 +64,7 @@ def test_a_lost_head_is_replaced_and_the_workers_rejoin_it(deployment: Deploymen
     deployment.cluster.node = node
     new_head = wait_for(lambda: [p for p in deployment.pods("ray-head-") if p.ready], 120, "a new head")[0]
     assert new_head.name != old_head.name
-    wait_for(deployment.joined, 120, lambda: f"the workers rejoined the new head: {deployment.membership()}")
+    deployment.wait_joined(120, "the workers rejoined the new head")
     assert [pod.name for pod in deployment.workers()] == [pod.name for pod in workers]  # same pods, restarted
     assert {pod.ip for pod in workers} <= ran_calls_on(deployment.smoke_test())
 
@@ -131,9 +131,7 @@ def test_a_head_only_change_runs_the_smoke_test_again_once_the_head_is_back(depl
     assert new_head.ready_since is not None and old_head.deleted_at is not None
     assert run.phase == "Succeeded" and run.created_at > new_head.ready_since  # the test ran against the new head
     assert "Success!" in run.logs("smoke-test")
-    assert wait_for(
-        deployment.joined, 120, lambda: f"every worker in the new head's cluster: {deployment.membership()}"
-    )
+    assert deployment.wait_joined(120, "every worker in the new head's cluster")
     # A worker whose raylet reconnected to the new head in time learns at its next self-check that this head does
     # not know it, and exits to rejoin: within seconds of the new head, not at Ray's default minute.
     back = max(RECONNECT_SECONDS, new_head.ready_since - old_head.deleted_at)
@@ -150,9 +148,7 @@ def test_a_new_token_rolls_every_pod_and_the_old_token_is_refused(deployment: De
     assert len(now) == 1 + WORKERS and not before & {pod.name for pod in now}  # head and every worker are new pods
     assert [pod.phase for pod in deployment.smoke_test_runs()] == ["Succeeded"]
     assert deployment.dashboard("/nodes?view=summary", old_token)[0] == 403
-    assert wait_for(
-        deployment.joined, 120, lambda: f"every worker joined with the new token: {deployment.membership()}"
-    )
+    assert deployment.wait_joined(120, "every worker joined with the new token")
     assert all(pod.restarts() == 0 for pod in deployment.workers())  # none waited on a token the head refused
 
 
