@@ -1,6 +1,6 @@
 """The rehearsal's cluster fixture, and the order tests run in: on the test workers, the upgrade drill first beside
-modules that take little CPU, then the modules that form clusters, once it is over; under mutation testing
-(scripts/mutation, docs/mutation.md) the quickest to fail first.
+modules that take little CPU, then the modules that form clusters, once it is over, then the rest; under mutation
+testing (scripts/mutation, docs/mutation.md) the quickest to fail first.
 
 mutmut sets MUTANT_UNDER_TEST for every mutant it runs and stops at the first failing test. The tests of single
 builders catch most mutants in milliseconds; the tests that render whole stacks many times catch the rest. So,
@@ -46,9 +46,9 @@ BUILDER_TESTS_FIRST = (
 # 20 Serve requests a second go through two proxies), and every place it had among the heavy modules starved its new
 # head somewhere: fifth, behind the four heaviest, it met the next modules' clusters forming as it retired its old
 # generation, and its new worker's proxy held requests past the client's timeout; first beside three of them, its
-# Serve controller restarted a healthy proxy. Beside it: the harness and the API server's tests (their pods are shells;
-# they mostly wait), the metrics module, then the modules that run no cluster (CPU-bound, but none waits on a
-# deadline). The modules that form Ray clusters follow, longest first, once the drill is over (the_drills_switch_alone).
+# Serve controller restarted a healthy proxy. Beside it only the harness, the API server's tests (their pods are
+# shells; they mostly wait) and the metrics module: with the modules that form no cluster (CPU-bound) beside it too,
+# the drill took 186-238 s; with two workers on them, 343 s.
 BESIDE_THE_DRILL = (
     "test_rehearsal_upgrades.py",
     "test_docs.py",  # handed out with the drill (ModulePairs)
@@ -56,15 +56,16 @@ BESIDE_THE_DRILL = (
     "test_rehearsal_apiserver.py",
     "test_rehearsal_metrics.py",  # 35 CPU-seconds in 3 minutes: its cluster forms beside the drill's, then waits
 )
-# After every module neither list names, in the order that ends a run soonest (their times from the timed runs in
-# docs/benchmarks.md; CPU_BY_MODULE below).
-CLUSTERS_LAST = (
+# Then the modules that form Ray clusters, longest first, once the drill is over (the_drills_switch_alone); and last
+# every module neither list names, which forms no cluster: their CPU fills the cores as the clusters' modules end,
+# where the last clusters' waits left them half idle.
+AFTER_THE_DRILL = (
     "test_rehearsal_heals.py",
     "test_rehearsal.py",
     "test_rehearsal_autoscaling.py",
     "test_rehearsal_fault_tolerance.py",
-    "test_serve.py",  # 2-4 minutes, a Ray head on this machine among them
     "test_rehearsal_serve.py",
+    "test_serve.py",  # 2-3 minutes, a Ray head on this machine among them
     "test_rehearsal_serve_without_fault_tolerance.py",
 )
 
@@ -91,8 +92,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if under_mutmut():
         items.sort(key=lambda item: rank(item.path.name, BUILDER_TESTS_FIRST))
     else:
-        items.sort(key=lambda item: (rank(item.path.name, BESIDE_THE_DRILL), item.path.name in CLUSTERS_LAST,
-                                     rank(item.path.name, CLUSTERS_LAST)))  # fmt: skip
+        items.sort(key=lambda item: (rank(item.path.name, BESIDE_THE_DRILL), rank(item.path.name, AFTER_THE_DRILL)))
 
 
 def rank(module: str, order: tuple[str, ...]) -> int:
@@ -102,12 +102,12 @@ def rank(module: str, order: tuple[str, ...]) -> int:
 
 @pytest.fixture(scope="module", autouse=True)
 def the_drills_switch_alone(request: pytest.FixtureRequest) -> Iterator[None]:
-    """On xdist's workers, the drill's module holds a lock while it runs, and each module of CLUSTERS_LAST waits
+    """On xdist's workers, the drill's module holds a lock while it runs, and each module of AFTER_THE_DRILL waits
     for it before it starts: handed out after the modules beside the drill, they would otherwise form their clusters
     while the drill retires its old generation (see BESIDE_THE_DRILL). The workers that wait meanwhile lose little:
     the drill alone keeps about 1.6 of the 2 cores busy."""
     run, module = os.environ.get("PYTEST_XDIST_TESTRUNUID"), request.path.name
-    if run is None or (module != BESIDE_THE_DRILL[0] and module not in CLUSTERS_LAST):
+    if run is None or (module != BESIDE_THE_DRILL[0] and module not in AFTER_THE_DRILL):
         yield
         return
     with open(f"/tmp/ray-cluster-tests-{run}.drill.lock", "a") as lock:
