@@ -1169,7 +1169,9 @@ def test_a_claim_outlives_its_pods_and_is_deleted_once_no_pod_uses_it(cluster: C
     assert second.unschedulable == 'persistentvolumeclaim "data" is being deleted'
     wait_for(lambda: first.name not in cluster.pods, 10, "the first pod gone", interval=0.1)
     wait_for(lambda: (NAMESPACE, "data") not in cluster.claims, 5, "the claim gone", interval=0.1)
-    assert not volume.exists()  # reclaim policy Delete
+    # Reclaim policy Delete: the volume goes after its claim, as a provisioner deletes it once the claim has gone (a
+    # full run once found it still there just after).
+    wait_for(lambda: not volume.exists(), 10, "the claim's volume deleted", interval=0.1)
     cluster.apply(claim())  # a new claim: a new, empty volume
     [pod] = running(cluster, web, 1)
     new_volume = cluster.claims[(NAMESPACE, "data")].volume
